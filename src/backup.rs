@@ -1,0 +1,1 @@
+//! The pipeline of one backup (placeholder until the pipeline lands).

@@ -1,0 +1,827 @@
+//! Configuration: YAML file, environment overrides, validation.
+//!
+//! Shape (see `config/*.yaml` for complete examples and `docs/config.md` for the reference):
+//!
+//! ```yaml
+//! etcd:
+//!   endpoints: ["https://127.0.0.1:2379"]       # ETCDCTL_ENDPOINTS
+//!   tls: {ca_file: ..., cert_file: ..., key_file: ..., server_name: ...}
+//!   auth: {username: ..., password_file: ...}   # ETCDCTL_USER, ETCDCTL_PASSWORD
+//!   dial_timeout: 5s
+//!   request_timeout: 10s
+//!   snapshot_timeout: 30m
+//! storage:
+//!   backend: local            # local | s3
+//!   local: {path: /var/lib/etcd-lifeboat}
+//!   s3: {bucket: ..., prefix: ..., region: ..., endpoint: ..., force_path_style: true}
+//! compression: {level: 3, threads: 0}
+//! schedule: {cron: "0 */30 * * * *", timezone: UTC}
+//! retention: {keep_last: 24, keep_hourly: 24, keep_daily: 7, keep_weekly: 4, keep_monthly: 6}
+//! leader_election: {enabled: false, lease_ttl: 15s}
+//! http: {listen: "0.0.0.0:9790", max_backup_age: 2h}
+//! ```
+//!
+//! Every section and key is optional and has a default. Unknown keys are errors. Environment
+//! variables override the file: the `ETCDCTL_*` names that etcdctl reads, plus
+//! `ETCD_LIFEBOAT_*` names listed in [`ENV_OVERRIDES`].
+//!
+//! Errors name the key (`etcd.tls.ca_file: file /x/ca.crt does not exist ...`); the CLI maps
+//! them to exit code 2.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, naming the offending key (dotted path, or the environment variable
+/// it came from) and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// Dotted config key (`etcd.tls.ca_file`), environment variable or file path.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// Builds an error for `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Default config file looked for in the working directory.
+pub const DEFAULT_CONFIG_LOCAL: &str = "etcd-lifeboat.yaml";
+/// Default config file looked for when there is none in the working directory.
+pub const DEFAULT_CONFIG_SYSTEM: &str = "/etc/etcd-lifeboat/config.yaml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// How to reach etcd.
+    pub etcd: EtcdConfig,
+    /// Where backups are stored.
+    pub storage: StorageConfig,
+    /// zstd settings for stored snapshots.
+    pub compression: CompressionConfig,
+    /// Settings of one backup run.
+    pub backup: BackupConfig,
+    /// When the daemon backs up.
+    pub schedule: ScheduleConfig,
+    /// Which backups `prune` and the daemon keep.
+    pub retention: RetentionConfig,
+    /// Leader election between daemon replicas.
+    pub leader_election: LeaderElectionConfig,
+    /// The daemon's HTTP endpoints.
+    pub http: HttpConfig,
+}
+
+/// Connection to the etcd cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs (`https://10.0.0.1:2379`) or `host:port`. Env: `ETCDCTL_ENDPOINTS`
+    /// (comma-separated).
+    pub endpoints: Vec<String>,
+    /// TLS settings; required for `https://` endpoints with client-cert auth.
+    pub tls: Option<TlsConfig>,
+    /// User/password authentication (etcd RBAC).
+    pub auth: Option<AuthConfig>,
+    /// Time allowed to open a connection to one endpoint. Env: `ETCDCTL_DIAL_TIMEOUT`.
+    #[serde(with = "humantime_serde")]
+    pub dial_timeout: Duration,
+    /// Time allowed for one short request (status, member list). Env: `ETCDCTL_COMMAND_TIMEOUT`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Time allowed for a whole snapshot stream from one endpoint.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_timeout: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            tls: None,
+            auth: None,
+            dial_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            snapshot_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// TLS files, as a kubeadm node has them under `/etc/kubernetes/pki/etcd/`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA bundle (PEM) that signed the etcd server certificates. Env: `ETCDCTL_CACERT`.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM). Env: `ETCDCTL_CERT`.
+    pub cert_file: Option<PathBuf>,
+    /// Client private key (PEM). Env: `ETCDCTL_KEY`.
+    pub key_file: Option<PathBuf>,
+    /// Name to check the server certificate against, when it differs from the endpoint host.
+    pub server_name: Option<String>,
+}
+
+/// etcd user/password authentication.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// User name. Env: `ETCDCTL_USER` (`user` or `user:password`).
+    pub username: String,
+    /// Password inline (prefer `password_file`). Env: `ETCDCTL_PASSWORD`.
+    pub password: Option<String>,
+    /// File whose first line is the password (e.g. a mounted Secret).
+    pub password_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// The password from `password`, or the first line of `password_file`.
+    ///
+    /// Errors: the password file cannot be read (names `etcd.auth.password_file`).
+    pub fn resolve_password(&self) -> Result<String, ConfigError> {
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        match &self.password_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|s| s.lines().next().unwrap_or("").to_string())
+                .map_err(|e| {
+                    ConfigError::new(
+                        "etcd.auth.password_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                }),
+            None => Ok(String::new()),
+        }
+    }
+}
+
+/// Which object store backend holds the backups.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A directory on a local or mounted file system (the default).
+    #[default]
+    Local,
+    /// Amazon S3 or an S3-compatible store (Ceph RGW, MinIO, Garage).
+    S3,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `local` or `s3`. Env: `ETCD_LIFEBOAT_STORAGE_BACKEND`.
+    pub backend: Backend,
+    /// Settings of the `local` backend.
+    pub local: LocalConfig,
+    /// Settings of the `s3` backend.
+    pub s3: S3Config,
+}
+
+/// The local directory store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Root directory of the store. Env: `ETCD_LIFEBOAT_LOCAL_PATH`.
+    pub path: PathBuf,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            path: PathBuf::from("/var/lib/etcd-lifeboat"),
+        }
+    }
+}
+
+/// When the S3 client sends request checksums.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumMode {
+    /// Only where the operation requires one (works with most S3-compatible stores).
+    #[default]
+    WhenRequired,
+    /// On every operation that supports one (AWS S3 default in newer SDKs).
+    WhenSupported,
+}
+
+/// The S3 store. Credentials come from the standard AWS chain (environment, shared profile,
+/// web identity / IRSA, container and instance metadata).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name (must exist). Env: `ETCD_LIFEBOAT_S3_BUCKET`.
+    pub bucket: String,
+    /// Key prefix inside the bucket, without leading or trailing `/`. Env:
+    /// `ETCD_LIFEBOAT_S3_PREFIX`.
+    pub prefix: String,
+    /// Region; default from the AWS chain (`AWS_REGION`), else `us-east-1`. Env:
+    /// `ETCD_LIFEBOAT_S3_REGION`.
+    pub region: Option<String>,
+    /// Custom endpoint URL for S3-compatible stores (`https://minio.example:9000`). Env:
+    /// `ETCD_LIFEBOAT_S3_ENDPOINT`.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
+    /// Env: `ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE`.
+    pub force_path_style: bool,
+    /// Extra CA bundle (PEM) trusted for the endpoint.
+    pub ca_file: Option<PathBuf>,
+    /// Allow a plain `http://` endpoint. Without it an `http://` endpoint is a config error.
+    pub insecure: bool,
+    /// `when_required` (default) or `when_supported`.
+    pub checksum: ChecksumMode,
+    /// Size of one multipart upload part, in bytes (5 MiB ..= 5 GiB).
+    pub part_size: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            prefix: String::new(),
+            region: None,
+            endpoint: None,
+            force_path_style: false,
+            ca_file: None,
+            insecure: false,
+            checksum: ChecksumMode::WhenRequired,
+            part_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// zstd compression of stored snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// zstd level, 1 ..= 19 (3 is zstd's default). Env: `ETCD_LIFEBOAT_COMPRESSION_LEVEL`.
+    pub level: i32,
+    /// Compression worker threads; 0 = one per core.
+    pub threads: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            level: 3,
+            threads: 0,
+        }
+    }
+}
+
+/// Settings of one backup run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Directory for the temporary snapshot file (needs room for one raw snapshot); default
+    /// the system temp dir. Env: `ETCD_LIFEBOAT_TEMP_DIR`.
+    pub temp_dir: Option<PathBuf>,
+}
+
+/// The daemon's schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// 5-field crontab (`*/30 * * * *`) or 6-field with seconds (`0 */30 * * * *`).
+    pub cron: String,
+    /// IANA time zone the expression is read in (`Europe/Berlin`); default UTC.
+    pub timezone: Option<String>,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            cron: "0 */30 * * * *".to_string(),
+            timezone: None,
+        }
+    }
+}
+
+/// Grandfather-father-son retention. A backup is kept when any rule keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Keep the newest N backups.
+    pub keep_last: u32,
+    /// Keep the newest backup of each of the last N hours that have one.
+    pub keep_hourly: u32,
+    /// Keep the newest backup of each of the last N days that have one.
+    pub keep_daily: u32,
+    /// Keep the newest backup of each of the last N ISO weeks that have one.
+    pub keep_weekly: u32,
+    /// Keep the newest backup of each of the last N months that have one.
+    pub keep_monthly: u32,
+    /// Objects without a manifest older than this are removed by prune.
+    #[serde(with = "humantime_serde")]
+    pub orphan_grace: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep_last: 24,
+            keep_hourly: 24,
+            keep_daily: 7,
+            keep_weekly: 4,
+            keep_monthly: 6,
+            orphan_grace: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// Leader election between daemon replicas (etcd election API on a lease).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaderElectionConfig {
+    /// Run for leadership before backing up.
+    pub enabled: bool,
+    /// Lease TTL: a dead leader is replaced within this time.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// Election name (etcd key prefix) shared by the replicas.
+    pub name: String,
+}
+
+impl Default for LeaderElectionConfig {
+    fn default() -> Self {
+        LeaderElectionConfig {
+            enabled: false,
+            lease_ttl: Duration::from_secs(15),
+            name: "/etcd-lifeboat/leader".to_string(),
+        }
+    }
+}
+
+/// The daemon's HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address for `/metrics`, `/healthz`, `/readyz`. Env: `ETCD_LIFEBOAT_HTTP_LISTEN`.
+    pub listen: String,
+    /// `/readyz` fails when the newest backup in the store is older than this.
+    #[serde(with = "humantime_serde")]
+    pub max_backup_age: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:9790".to_string(),
+            max_backup_age: Duration::from_secs(2 * 3600),
+        }
+    }
+}
+
+/// Environment variables that override config keys, with the key each overrides.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("ETCDCTL_ENDPOINTS", "etcd.endpoints"),
+    ("ETCDCTL_CACERT", "etcd.tls.ca_file"),
+    ("ETCDCTL_CERT", "etcd.tls.cert_file"),
+    ("ETCDCTL_KEY", "etcd.tls.key_file"),
+    ("ETCDCTL_USER", "etcd.auth.username"),
+    ("ETCDCTL_PASSWORD", "etcd.auth.password"),
+    ("ETCDCTL_DIAL_TIMEOUT", "etcd.dial_timeout"),
+    ("ETCDCTL_COMMAND_TIMEOUT", "etcd.request_timeout"),
+    ("ETCD_LIFEBOAT_STORAGE_BACKEND", "storage.backend"),
+    ("ETCD_LIFEBOAT_LOCAL_PATH", "storage.local.path"),
+    ("ETCD_LIFEBOAT_S3_BUCKET", "storage.s3.bucket"),
+    ("ETCD_LIFEBOAT_S3_PREFIX", "storage.s3.prefix"),
+    ("ETCD_LIFEBOAT_S3_REGION", "storage.s3.region"),
+    ("ETCD_LIFEBOAT_S3_ENDPOINT", "storage.s3.endpoint"),
+    ("ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE", "storage.s3.force_path_style"),
+    ("ETCD_LIFEBOAT_S3_INSECURE", "storage.s3.insecure"),
+    ("ETCD_LIFEBOAT_COMPRESSION_LEVEL", "compression.level"),
+    ("ETCD_LIFEBOAT_TEMP_DIR", "backup.temp_dir"),
+    ("ETCD_LIFEBOAT_HTTP_LISTEN", "http.listen"),
+];
+
+impl Config {
+    /// Parses YAML text. An empty document gives the defaults.
+    ///
+    /// Errors: YAML syntax, unknown keys, wrong types; the message carries serde_yaml's key
+    /// path and line, and `key` is `origin`.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| ConfigError::new(origin, e.to_string()))
+    }
+
+    /// Finds the config file: `explicit`, else `./etcd-lifeboat.yaml`, else
+    /// `/etc/etcd-lifeboat/config.yaml`. `None` when no file exists and none was named
+    /// (defaults plus environment are used).
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+        if let Some(p) = explicit {
+            return Some(p.to_path_buf());
+        }
+        [DEFAULT_CONFIG_LOCAL, DEFAULT_CONFIG_SYSTEM]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    }
+
+    /// Loads the file (if any), applies the process environment and validates.
+    ///
+    /// Errors: unreadable file, bad YAML, bad environment value, failed [`Config::validate`].
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut cfg = match Config::locate(explicit) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::new(
+                        path.display().to_string(),
+                        format!("cannot read config file: {e} (pass --config FILE)"),
+                    )
+                })?;
+                Config::from_yaml(&text, &path.display().to_string())?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Applies environment overrides read through `get` (injectable for tests).
+    ///
+    /// Errors: a value that does not parse (names the variable).
+    pub fn apply_env(
+        &mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("ETCDCTL_ENDPOINTS") {
+            self.etcd.endpoints = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        for (var, slot) in [
+            ("ETCDCTL_CACERT", 0),
+            ("ETCDCTL_CERT", 1),
+            ("ETCDCTL_KEY", 2),
+        ] {
+            if let Some(v) = get(var) {
+                let tls = self.etcd.tls.get_or_insert_with(TlsConfig::default);
+                let p = Some(PathBuf::from(v));
+                match slot {
+                    0 => tls.ca_file = p,
+                    1 => tls.cert_file = p,
+                    _ => tls.key_file = p,
+                }
+            }
+        }
+        if let Some(v) = get("ETCDCTL_USER") {
+            let auth = self.etcd.auth.get_or_insert_with(AuthConfig::default);
+            match v.split_once(':') {
+                Some((u, p)) => {
+                    auth.username = u.to_string();
+                    auth.password = Some(p.to_string());
+                }
+                None => auth.username = v,
+            }
+        }
+        if let Some(v) = get("ETCDCTL_PASSWORD") {
+            self.etcd
+                .auth
+                .get_or_insert_with(AuthConfig::default)
+                .password = Some(v);
+        }
+        if let Some(v) = get("ETCDCTL_DIAL_TIMEOUT") {
+            self.etcd.dial_timeout = parse_env_duration("ETCDCTL_DIAL_TIMEOUT", &v)?;
+        }
+        if let Some(v) = get("ETCDCTL_COMMAND_TIMEOUT") {
+            self.etcd.request_timeout = parse_env_duration("ETCDCTL_COMMAND_TIMEOUT", &v)?;
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_STORAGE_BACKEND") {
+            self.storage.backend = match v.as_str() {
+                "local" => Backend::Local,
+                "s3" => Backend::S3,
+                _ => {
+                    return Err(ConfigError::new(
+                        "ETCD_LIFEBOAT_STORAGE_BACKEND",
+                        format!("unknown backend {v:?}; use local or s3"),
+                    ))
+                }
+            }
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_LOCAL_PATH") {
+            self.storage.local.path = PathBuf::from(v);
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_S3_BUCKET") {
+            self.storage.s3.bucket = v;
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_S3_PREFIX") {
+            self.storage.s3.prefix = v;
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_S3_REGION") {
+            self.storage.s3.region = Some(v);
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_S3_ENDPOINT") {
+            self.storage.s3.endpoint = Some(v);
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE") {
+            self.storage.s3.force_path_style = parse_env_bool("ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE", &v)?;
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_S3_INSECURE") {
+            self.storage.s3.insecure = parse_env_bool("ETCD_LIFEBOAT_S3_INSECURE", &v)?;
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_COMPRESSION_LEVEL") {
+            self.compression.level = v.parse().map_err(|_| {
+                ConfigError::new(
+                    "ETCD_LIFEBOAT_COMPRESSION_LEVEL",
+                    format!("{v:?} is not an integer zstd level (1..=19)"),
+                )
+            })?;
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_TEMP_DIR") {
+            self.backup.temp_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_HTTP_LISTEN") {
+            self.http.listen = v;
+        }
+        Ok(())
+    }
+
+    /// Checks values and referenced files. Does not contact etcd or the store.
+    ///
+    /// Errors: the first problem found, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let e = &self.etcd;
+        if e.endpoints.is_empty() {
+            return Err(ConfigError::new(
+                "etcd.endpoints",
+                "no endpoints; list at least one client URL such as https://127.0.0.1:2379",
+            ));
+        }
+        for (i, ep) in e.endpoints.iter().enumerate() {
+            validate_endpoint(ep).map_err(|m| ConfigError::new(format!("etcd.endpoints[{i}]"), m))?;
+        }
+        for (key, d) in [
+            ("etcd.dial_timeout", e.dial_timeout),
+            ("etcd.request_timeout", e.request_timeout),
+            ("etcd.snapshot_timeout", e.snapshot_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "must be greater than 0 (e.g. 5s)"));
+            }
+        }
+        if let Some(tls) = &e.tls {
+            for (key, p) in [
+                ("etcd.tls.ca_file", &tls.ca_file),
+                ("etcd.tls.cert_file", &tls.cert_file),
+                ("etcd.tls.key_file", &tls.key_file),
+            ] {
+                if let Some(p) = p {
+                    check_readable_file(key, p)?;
+                }
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(ConfigError::new(
+                    if tls.cert_file.is_some() {
+                        "etcd.tls.key_file"
+                    } else {
+                        "etcd.tls.cert_file"
+                    },
+                    "client certificate and key go together: set both cert_file and key_file",
+                ));
+            }
+        }
+        if let Some(auth) = &e.auth {
+            if auth.username.is_empty() {
+                return Err(ConfigError::new(
+                    "etcd.auth.username",
+                    "empty; set the etcd user name or remove the auth section",
+                ));
+            }
+            if auth.password.is_some() && auth.password_file.is_some() {
+                return Err(ConfigError::new(
+                    "etcd.auth.password_file",
+                    "set either password or password_file, not both",
+                ));
+            }
+            if let Some(p) = &auth.password_file {
+                check_readable_file("etcd.auth.password_file", p)?;
+            }
+        }
+        match self.storage.backend {
+            Backend::Local => {
+                if self.storage.local.path.as_os_str().is_empty() {
+                    return Err(ConfigError::new("storage.local.path", "empty; set a directory"));
+                }
+            }
+            Backend::S3 => {
+                let s3 = &self.storage.s3;
+                if s3.bucket.is_empty() {
+                    return Err(ConfigError::new(
+                        "storage.s3.bucket",
+                        "required with backend s3 (env ETCD_LIFEBOAT_S3_BUCKET)",
+                    ));
+                }
+                if let Some(ep) = &s3.endpoint {
+                    if ep.starts_with("http://") && !s3.insecure {
+                        return Err(ConfigError::new(
+                            "storage.s3.endpoint",
+                            format!("{ep} is plain HTTP; use https:// or set storage.s3.insecure: true"),
+                        ));
+                    }
+                    if !ep.starts_with("http://") && !ep.starts_with("https://") {
+                        return Err(ConfigError::new(
+                            "storage.s3.endpoint",
+                            format!("{ep:?} is not a URL; write https://host:port"),
+                        ));
+                    }
+                }
+                if let Some(p) = &s3.ca_file {
+                    check_readable_file("storage.s3.ca_file", p)?;
+                }
+                const MIB: u64 = 1024 * 1024;
+                if !(5 * MIB..=5 * 1024 * MIB).contains(&s3.part_size) {
+                    return Err(ConfigError::new(
+                        "storage.s3.part_size",
+                        "must be between 5 MiB (5242880) and 5 GiB bytes",
+                    ));
+                }
+            }
+        }
+        if !(1..=19).contains(&self.compression.level) {
+            return Err(ConfigError::new(
+                "compression.level",
+                format!("{} is out of range; use a zstd level 1..=19 (3 is the default)", self.compression.level),
+            ));
+        }
+        if self.compression.threads > 256 {
+            return Err(ConfigError::new("compression.threads", "at most 256 (0 = one per core)"));
+        }
+        if let Some(d) = &self.backup.temp_dir {
+            if !d.is_dir() {
+                return Err(ConfigError::new(
+                    "backup.temp_dir",
+                    format!("{} is not a directory", d.display()),
+                ));
+            }
+        }
+        crate::config::parse_cron(&self.schedule.cron)
+            .map_err(|m| ConfigError::new("schedule.cron", m))?;
+        if let Some(tz) = &self.schedule.timezone {
+            chrono_tz::Tz::from_str(tz).map_err(|_| {
+                ConfigError::new(
+                    "schedule.timezone",
+                    format!("unknown time zone {tz:?}; use an IANA name such as UTC or Europe/Berlin"),
+                )
+            })?;
+        }
+        if self.leader_election.lease_ttl < Duration::from_secs(2) {
+            return Err(ConfigError::new("leader_election.lease_ttl", "must be at least 2s"));
+        }
+        if self.leader_election.name.is_empty() {
+            return Err(ConfigError::new("leader_election.name", "empty; set an etcd key prefix"));
+        }
+        SocketAddr::from_str(&self.http.listen).map_err(|_| {
+            ConfigError::new(
+                "http.listen",
+                format!("{:?} is not an address; write host:port such as 0.0.0.0:9790", self.http.listen),
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// Parses a 5-field crontab expression (minute hour day month weekday) or a 6-field one with
+/// seconds first, as the `cron` crate reads it (a 5-field expression fires at second 0).
+///
+/// Errors: a message saying which form was expected.
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+    let fields = expr.split_whitespace().count();
+    let full = match fields {
+        5 => format!("0 {expr}"),
+        6 | 7 => expr.to_string(),
+        _ => {
+            return Err(format!(
+                "{expr:?} has {fields} fields; write 5 (\"*/30 * * * *\") or 6 with seconds (\"0 */30 * * * *\")"
+            ))
+        }
+    };
+    cron::Schedule::from_str(&full).map_err(|e| format!("{expr:?} is not a cron expression: {e}"))
+}
+
+fn validate_endpoint(ep: &str) -> Result<(), String> {
+    let rest = ep
+        .strip_prefix("https://")
+        .or_else(|| ep.strip_prefix("http://"))
+        .unwrap_or(ep);
+    if ep.contains("://") && !ep.starts_with("http://") && !ep.starts_with("https://") {
+        return Err(format!("{ep:?}: only http:// and https:// endpoints are supported"));
+    }
+    let hostport = rest.trim_end_matches('/');
+    match hostport.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{ep:?} is not host:port or a URL like https://10.0.0.1:2379")),
+    }
+}
+
+fn check_readable_file(key: &str, p: &Path) -> Result<(), ConfigError> {
+    match std::fs::File::open(p) {
+        Ok(f) => match f.metadata() {
+            Ok(m) if m.is_file() => Ok(()),
+            _ => Err(ConfigError::new(key, format!("{} is not a regular file", p.display()))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::new(
+            key,
+            format!("file {} does not exist; fix the path", p.display()),
+        )),
+        Err(e) => Err(ConfigError::new(
+            key,
+            format!("cannot read {}: {e}; check permissions", p.display()),
+        )),
+    }
+}
+
+fn parse_env_duration(var: &str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v)
+        .map_err(|e| ConfigError::new(var, format!("{v:?} is not a duration like 5s: {e}")))
+}
+
+fn parse_env_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(ConfigError::new(var, format!("{v:?} is not true or false"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_yaml("etcd:\n  endpoint: [x]\n", "c.yaml").unwrap_err();
+        assert!(err.to_string().contains("unknown field `endpoint`"), "{err}");
+        assert!(err.to_string().contains("etcd"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let err = Config::from_yaml("etcd:\n  dial_timeout: soon\n", "c.yaml").unwrap_err();
+        assert!(err.to_string().contains("dial_timeout"), "{err}");
+    }
+
+    #[test]
+    fn etcdctl_env_names_apply() {
+        let mut c = Config::default();
+        let env = |k: &str| match k {
+            "ETCDCTL_ENDPOINTS" => Some("https://a:2379, https://b:2379".to_string()),
+            "ETCDCTL_USER" => Some("root:pw".to_string()),
+            "ETCDCTL_DIAL_TIMEOUT" => Some("3s".to_string()),
+            _ => None,
+        };
+        c.apply_env(env).unwrap();
+        assert_eq!(c.etcd.endpoints, vec!["https://a:2379", "https://b:2379"]);
+        let auth = c.etcd.auth.unwrap();
+        assert_eq!((auth.username.as_str(), auth.password.as_deref()), ("root", Some("pw")));
+        assert_eq!(c.etcd.dial_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn validation_names_keys() {
+        let mut c = Config::default();
+        c.storage.backend = Backend::S3;
+        assert_eq!(c.validate().unwrap_err().key, "storage.s3.bucket");
+        let mut c = Config::default();
+        c.compression.level = 40;
+        assert_eq!(c.validate().unwrap_err().key, "compression.level");
+        let mut c = Config::default();
+        c.etcd.tls = Some(TlsConfig {
+            ca_file: Some("/nonexistent/ca.crt".into()),
+            ..Default::default()
+        });
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.key, "etcd.tls.ca_file");
+        assert!(err.message.contains("does not exist"));
+        let mut c = Config::default();
+        c.schedule.cron = "every minute".into();
+        assert_eq!(c.validate().unwrap_err().key, "schedule.cron");
+        let mut c = Config::default();
+        c.etcd.endpoints = vec!["localhost".into()];
+        assert_eq!(c.validate().unwrap_err().key, "etcd.endpoints[0]");
+    }
+
+    #[test]
+    fn cron_accepts_five_and_six_fields() {
+        assert!(parse_cron("*/30 * * * *").is_ok());
+        assert!(parse_cron("*/2 * * * * *").is_ok());
+        assert!(parse_cron("* *").is_err());
+    }
+}

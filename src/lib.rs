@@ -1,0 +1,24 @@
+//! etcd-lifeboat: verified etcd backups, native restore, scheduled daemon.
+//!
+//! # Layout
+//! - [`config`]: YAML config, environment overrides (`ETCDCTL_*`), validation naming keys.
+//! - [`error`]: the error policy and exit codes (0 ok, 1 failed, 2 bad usage/config).
+//! - [`etcd`]: client construction (TLS, auth), endpoint selection, the snapshot stream.
+//! - [`snapshot`]: bbolt reader, integrity check, `snapshot status` values, sha256 trailer.
+//! - [`store`]: object stores (local directory, S3), manifests, catalog, retention.
+//! - [`backup`]: the pipeline of one backup (stream, verify, compress, upload, manifest).
+//! - [`restore`]: native restore: db rewrite, member/cluster IDs, WAL and snap files.
+//! - [`daemon`]: cron scheduler, HTTP endpoints, leader election.
+//! - [`metrics`]: Prometheus registry and metric definitions.
+#![forbid(unsafe_code)]
+
+pub mod backup;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod etcd;
+pub mod metrics;
+pub mod progress;
+pub mod restore;
+pub mod snapshot;
+pub mod store;
