@@ -374,7 +374,11 @@ pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result
         debug_assert!(!b.reasons.contains(&KeepReason::Newest));
         for key in [&b.manifest_key, &b.data_key] {
             attempted += 1;
-            match store.delete(&crate::store::ObjectKey::new(key.as_str())).await {
+            let r = match crate::store::ObjectKey::new(key.as_str()) {
+                Ok(k) => store.delete(&k).await,
+                Err(e) => Err(e),
+            };
+            match r {
                 Ok(()) => tracing::info!(backup = %b.id, key = %key, "prune: deleted"),
                 Err(e) => {
                     tracing::warn!(backup = %b.id, key = %key, error = %e, "prune: delete failed");
@@ -389,7 +393,11 @@ pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result
     }
     for o in p.orphans_removed() {
         attempted += 1;
-        match store.delete(&crate::store::ObjectKey::new(o.key.as_str())).await {
+        let r = match crate::store::ObjectKey::new(o.key.as_str()) {
+            Ok(k) => store.delete(&k).await,
+            Err(e) => Err(e),
+        };
+        match r {
             Ok(()) => tracing::info!(key = %o.key, size = o.size, "prune: deleted orphan object"),
             Err(e) => {
                 tracing::warn!(key = %o.key, error = %e, "prune: delete of orphan failed");
@@ -443,7 +451,7 @@ mod tests {
             "compression_level": 3,
             "tool_version": "test",
             "tag": null,
-            "data_key": crate::store::manifest::data_key(cluster, &id).to_string(),
+            "data_key": crate::store::manifest::data_key(cluster, &id).as_str(),
         });
         serde_json::from_value(json).unwrap()
     }
@@ -734,7 +742,7 @@ mod tests {
         let now = t("2026-11-23T12:00:00Z");
         let b = m("2026-11-23T10:00:00Z");
         let obj = |k: &str, modified: &str| ObjectMeta {
-            key: crate::store::ObjectKey::new(k),
+            key: crate::store::ObjectKey::new(k).unwrap(),
             size: 7,
             last_modified: t(modified),
         };
