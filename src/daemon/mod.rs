@@ -191,8 +191,14 @@ pub async fn run_with_shutdown(
 }
 
 /// Reads the catalog into the store metrics and the health state. Returns it on success.
+/// The store counts as reachable when [`Store::check`] (reachable and writable) and the
+/// catalog listing both succeed.
 async fn refresh(store: &Store, health: &SharedHealth, limit: Duration) -> Option<Vec<Manifest>> {
-    let r = timeout(limit, catalog(store)).await;
+    let r = timeout(limit, async {
+        store.check().await?;
+        catalog(store).await
+    })
+    .await;
     let mut h = health.lock().expect("health");
     match r {
         Ok(Ok(list)) => {
@@ -207,7 +213,7 @@ async fn refresh(store: &Store, health: &SharedHealth, limit: Duration) -> Optio
         }
         Ok(Err(e)) => {
             metrics::record_store_refresh_error();
-            tracing::warn!(error = %e, "store catalog read failed");
+            tracing::warn!(error = %e, "store check or catalog read failed");
             h.store = Some(Err(e.to_string()));
             None
         }

@@ -143,3 +143,151 @@ fn files_with(store: &Path, suffix: &str) -> Vec<String> {
     out.sort();
     out
 }
+
+/// Environment variable that turns a test binary into a daemon process (see [`child_entry`]).
+pub const CHILD_CONFIG_ENV: &str = "LIFEBOAT_TEST_DAEMON_CONFIG";
+const CHILD_ARGS_ENV: &str = "LIFEBOAT_TEST_DAEMON_ARGS";
+
+/// Body of a `#[test] fn daemon_child()` in each test file that spawns daemon processes: when
+/// [`CHILD_CONFIG_ENV`] is set, runs `etcd_lifeboat::daemon::run` (signals included) with that
+/// config and exits with its status (0 Ok, 1 error), as the `daemon` subcommand does. Used
+/// when the built binary has no `daemon` subcommand yet; otherwise the binary is used.
+pub fn child_entry() {
+    let Ok(path) = std::env::var(CHILD_CONFIG_ENV) else { return };
+    #[derive(clap::Parser)]
+    struct W {
+        #[command(flatten)]
+        a: DaemonArgs,
+    }
+    use clap::Parser as _;
+    let extra: Vec<String> = std::env::var(CHILD_ARGS_ENV)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let w = W::parse_from(std::iter::once("daemon".to_string()).chain(extra));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("info")
+        .try_init();
+    let cfg = Config::load(Some(Path::new(&path))).expect("child config");
+    cfg.validate().expect("child config valid");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let code = match rt.block_on(etcd_lifeboat::daemon::run(w.a, cfg)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("daemon failed: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Whether the built `etcd-lifeboat` binary has the `daemon` subcommand.
+pub fn binary_has_daemon() -> bool {
+    let Ok(mut cmd) = assert_cmd::Command::cargo_bin("etcd-lifeboat") else { return false };
+    cmd.args(["daemon", "--help"])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--refresh-interval"))
+        .unwrap_or(false)
+}
+
+/// A daemon in its own process (the real binary when it has `daemon`, else this test binary
+/// in child mode), with its stderr in a log file.
+pub struct DaemonProc {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: std::path::PathBuf,
+    pub real_binary: bool,
+}
+
+impl DaemonProc {
+    /// Starts a daemon with the config file `config` (whose `http.listen` is `addr`) and extra
+    /// daemon flags `args` (e.g. `--refresh-interval 1s`); waits until `/healthz` answers.
+    pub fn spawn(config: &Path, addr: SocketAddr, args: &str, log: &Path) -> DaemonProc {
+        let real = binary_has_daemon();
+        let logf = std::fs::File::create(log).unwrap();
+        let mut cmd = if real {
+            let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
+            c.arg("--config").arg(config).arg("daemon").args(args.split_whitespace());
+            c
+        } else {
+            let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+            c.args(["--exact", "daemon_child", "--nocapture", "--test-threads=1"])
+                .env(CHILD_CONFIG_ENV, config)
+                .env(CHILD_ARGS_ENV, args);
+            c
+        };
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn daemon");
+        let p = DaemonProc { child, addr, log: log.to_path_buf(), real_binary: real };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(addr, "/healthz").is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start:\n{}", p.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.addr, "/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (at most `limit`) for the exit code.
+    pub fn sigterm(&mut self, limit: Duration) -> Option<i32> {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Resident set size in KiB (`VmRSS` of /proc/<pid>/status).
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    /// utime + stime of the process in clock ticks (/proc/<pid>/stat fields 14 and 15).
+    pub fn cpu_ticks(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let rest = &s[s.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest starts at field 3 (state): utime is field 14 -> index 11.
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
