@@ -175,8 +175,9 @@ pub async fn run_with_shutdown(
         })
     };
 
-    let d = Daemon { args, cfg, store, health: health.clone(), sched, shutdown: shutdown.clone() };
-    d.schedule_loop(leader_rx).await;
+    let election = cfg.leader_election.enabled;
+    let d = Daemon { args, cfg, store, health: health.clone(), shutdown: shutdown.clone() };
+    schedule_loop(&d, &sched, &shutdown, leader_rx, election).await;
 
     // Shutdown: the scheduler has finished or cancelled its backup; resign, stop the rest.
     resign.cancel();
@@ -231,7 +232,6 @@ struct Daemon {
     cfg: Arc<Config>,
     store: Arc<Store>,
     health: SharedHealth,
-    sched: Schedule,
     shutdown: CancellationToken,
 }
 
@@ -245,74 +245,6 @@ impl Daemon {
         match refresh(&self.store, &self.health, self.args.store_timeout).await {
             Some(list) => list.iter().map(|m| m.finished_at).max(),
             None => Some(Utc::now()),
-        }
-    }
-
-    async fn schedule_loop(&self, mut leader_rx: watch::Receiver<bool>) {
-        let mut leader = *leader_rx.borrow_and_update();
-        let mut last: Option<DateTime<Utc>> = if leader { self.last_from_store().await } else { Some(Utc::now()) };
-        loop {
-            if self.shutdown.is_cancelled() {
-                return;
-            }
-            let now = Utc::now();
-            let due = self.sched.due(last, now);
-            let next = match due {
-                Due::Now { slot, missed } => {
-                    if missed > 1 {
-                        tracing::info!(missed, slot = %slot, "missed schedule slots: running once now");
-                    }
-                    None
-                }
-                Due::At(t) => Some(t),
-                Due::Never => {
-                    tracing::warn!(cron = %self.cfg.schedule.cron, "schedule has no future slot; idle");
-                    None
-                }
-            };
-            if let Some(t) = next {
-                metrics::metrics().next_backup.set(t.timestamp() as f64);
-                self.health.lock().expect("health").next_run = Some(t);
-            }
-            let wait = match (due, next) {
-                (Due::Never, _) => MAX_SLEEP,
-                (_, Some(t)) => (t - now).to_std().unwrap_or_default().min(MAX_SLEEP),
-                _ => Duration::ZERO,
-            };
-            if !wait.is_zero() {
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return,
-                    _ = sleep(wait) => {}
-                    r = leader_rx.changed(), if self.cfg.leader_election.enabled => {
-                        if r.is_err() { return; }
-                        let now_leader = *leader_rx.borrow_and_update();
-                        self.health.lock().expect("health").leader = now_leader;
-                        if now_leader && !leader {
-                            // Took over: catch up on what the previous leader may have missed.
-                            last = self.last_from_store().await;
-                        }
-                        leader = now_leader;
-                    }
-                }
-                continue;
-            }
-            if matches!(due, Due::Never) {
-                continue;
-            }
-            let slot = match due {
-                Due::Now { slot, .. } => slot,
-                _ => now,
-            };
-            leader = *leader_rx.borrow_and_update();
-            self.health.lock().expect("health").leader = leader;
-            if !leader {
-                tracing::debug!(slot = %slot, "not leader: skipping slot");
-                last = Some(slot.max(now));
-                continue;
-            }
-            self.run_once().await;
-            // The run stood for `slot`; slots that passed during it coalesce into one run.
-            last = Some(slot);
         }
     }
 
@@ -433,6 +365,107 @@ impl Daemon {
     }
 }
 
+impl Runner for Daemon {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+    async fn run(&self) {
+        self.run_once().await
+    }
+    async fn last_backup(&self) -> Option<DateTime<Utc>> {
+        self.last_from_store().await
+    }
+    fn set_next(&self, t: DateTime<Utc>) {
+        metrics::metrics().next_backup.set(t.timestamp() as f64);
+        self.health.lock().expect("health").next_run = Some(t);
+    }
+    fn set_leader(&self, leader: bool) {
+        self.health.lock().expect("health").leader = leader;
+    }
+}
+
+/// What [`schedule_loop`] drives: the daemon backs up; the unit tests count runs under
+/// tokio's paused clock.
+pub(crate) trait Runner {
+    /// Wall-clock now.
+    fn now(&self) -> DateTime<Utc>;
+    /// One scheduled run (backup, retries, prune); never called concurrently.
+    async fn run(&self);
+    /// When the newest backup in the store finished (`None`: store empty).
+    async fn last_backup(&self) -> Option<DateTime<Utc>>;
+    /// The next slot, for metrics and /readyz.
+    fn set_next(&self, t: DateTime<Utc>);
+    /// Leadership as the loop last saw it.
+    fn set_leader(&self, leader: bool);
+}
+
+/// The scheduler: one loop, so runs never overlap. Sleeps until the next slot (in chunks of at
+/// most [`MAX_SLEEP`], re-reading the wall clock), then runs if leader; slots missed while a
+/// run was going on, while down (`last` from the store) or before a takeover coalesce into
+/// one run. Returns when `shutdown` is cancelled (a run in progress handles shutdown itself).
+pub(crate) async fn schedule_loop<R: Runner>(
+    r: &R,
+    sched: &Schedule,
+    shutdown: &CancellationToken,
+    mut leader_rx: watch::Receiver<bool>,
+    election: bool,
+) {
+    let mut leader = *leader_rx.borrow_and_update();
+    r.set_leader(leader);
+    let mut last: Option<DateTime<Utc>> = if leader { r.last_backup().await } else { Some(r.now()) };
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let now = r.now();
+        let due = sched.due(last, now);
+        let wait = match due {
+            Due::Now { slot, missed } => {
+                if missed > 1 {
+                    tracing::info!(missed, slot = %slot, "missed schedule slots: running once now");
+                }
+                Duration::ZERO
+            }
+            Due::At(t) => {
+                r.set_next(t);
+                (t - now).to_std().unwrap_or_default().min(MAX_SLEEP)
+            }
+            Due::Never => {
+                tracing::warn!("schedule has no future slot; idle");
+                MAX_SLEEP
+            }
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sleep(wait) => {}
+                res = leader_rx.changed(), if election => {
+                    if res.is_err() { return; }
+                    let now_leader = *leader_rx.borrow_and_update();
+                    r.set_leader(now_leader);
+                    if now_leader && !leader {
+                        // Took over: catch up on what the previous leader may have missed.
+                        last = r.last_backup().await;
+                    }
+                    leader = now_leader;
+                }
+            }
+            continue;
+        }
+        let Due::Now { slot, .. } = due else { continue };
+        leader = *leader_rx.borrow_and_update();
+        r.set_leader(leader);
+        if !leader {
+            tracing::debug!(slot = %slot, "not leader: skipping slot");
+            last = Some(slot.max(now));
+            continue;
+        }
+        r.run().await;
+        // The run stood for `slot`; slots that passed during it coalesce into one run.
+        last = Some(slot);
+    }
+}
+
 enum Attempt {
     /// Retry-worthy failure.
     Failed(String),
@@ -444,5 +477,134 @@ fn join(r: Result<Result<Manifest, String>, tokio::task::JoinError>) -> Result<M
     match r {
         Ok(r) => r,
         Err(e) => Err(format!("backup task failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scheduler loop under tokio's paused clock: `sleep` advances virtual time, and the
+    //! runner's wall clock is derived from it.
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Fake {
+        wall0: DateTime<Utc>,
+        t0: tokio::time::Instant,
+        run_for: Duration,
+        runs: Mutex<Vec<DateTime<Utc>>>,
+        running: AtomicUsize,
+        max_running: AtomicUsize,
+        last_backup: Mutex<Option<DateTime<Utc>>>,
+    }
+
+    impl Fake {
+        fn new(wall0: &str, run_for: Duration, last_backup: Option<&str>) -> Fake {
+            Fake {
+                wall0: t(wall0),
+                t0: tokio::time::Instant::now(),
+                run_for,
+                runs: Mutex::new(Vec::new()),
+                running: AtomicUsize::new(0),
+                max_running: AtomicUsize::new(0),
+                last_backup: Mutex::new(last_backup.map(t)),
+            }
+        }
+        fn runs(&self) -> Vec<String> {
+            self.runs.lock().unwrap().iter().map(|d| d.format("%H:%M:%S").to_string()).collect()
+        }
+    }
+
+    impl Runner for Fake {
+        fn now(&self) -> DateTime<Utc> {
+            self.wall0 + chrono::Duration::from_std(self.t0.elapsed()).unwrap()
+        }
+        async fn run(&self) {
+            let n = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(n, Ordering::SeqCst);
+            self.runs.lock().unwrap().push(self.now());
+            sleep(self.run_for).await;
+            *self.last_backup.lock().unwrap() = Some(self.now());
+            self.running.fetch_sub(1, Ordering::SeqCst);
+        }
+        async fn last_backup(&self) -> Option<DateTime<Utc>> {
+            *self.last_backup.lock().unwrap()
+        }
+        fn set_next(&self, _t: DateTime<Utc>) {}
+        fn set_leader(&self, _l: bool) {}
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// Runs the loop for `span` of virtual time, then shuts it down.
+    async fn drive(f: &Fake, cron: &str, span: Duration, leader: watch::Receiver<bool>, election: bool) {
+        let sched = Schedule::new(cron, None).unwrap();
+        let stop = CancellationToken::new();
+        let s2 = stop.clone();
+        tokio::spawn(async move {
+            sleep(span).await;
+            s2.cancel();
+        });
+        schedule_loop(f, &sched, &stop, leader, election).await;
+    }
+
+    fn always_leader() -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_on_each_slot() {
+        let f = Fake::new("2026-11-23T10:00:01Z", Duration::from_secs(1), Some("2026-11-23T10:00:00Z"));
+        drive(&f, "*/10 * * * * *", Duration::from_secs(35), always_leader(), false).await;
+        assert_eq!(f.runs(), ["10:00:10", "10:00:20", "10:00:30"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_run_never_overlaps_and_catches_up_once() {
+        // A 25 s run on a 10 s schedule: the slots at :20 and :30 pass during the run of :10;
+        // one catch-up run follows at once (for :30), not two.
+        let f = Fake::new("2026-11-23T10:00:01Z", Duration::from_secs(25), Some("2026-11-23T10:00:00Z"));
+        drive(&f, "*/10 * * * * *", Duration::from_secs(64), always_leader(), false).await;
+        assert_eq!(f.runs(), ["10:00:10", "10:00:35", "10:01:00"]);
+        assert_eq!(f.max_running.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn down_for_a_day_runs_once_at_start() {
+        let f = Fake::new("2026-11-23T10:20:00Z", Duration::from_secs(60), Some("2026-11-22T09:00:00Z"));
+        drive(&f, "0 * * * *", Duration::from_secs(3600), always_leader(), false).await;
+        assert_eq!(f.runs(), ["10:20:00", "11:00:00"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_store_runs_at_start_then_on_schedule() {
+        let f = Fake::new("2026-11-23T10:20:00Z", Duration::from_secs(1), None);
+        drive(&f, "*/30 * * * *", Duration::from_secs(1800), always_leader(), false).await;
+        assert_eq!(f.runs(), ["10:20:00", "10:30:00"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn follower_skips_slots_and_catches_up_on_takeover() {
+        // Follower from 10:00:01; the leader's last backup was at 10:00:00; it dies and this
+        // replica takes over at 10:00:25, after the :10 and :20 slots went by unserved.
+        let f = Fake::new("2026-11-23T10:00:01Z", Duration::from_secs(1), Some("2026-11-23T10:00:00Z"));
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            sleep(Duration::from_secs(24)).await;
+            tx.send(true).unwrap();
+            sleep(Duration::from_secs(3600)).await;
+        });
+        drive(&f, "*/10 * * * * *", Duration::from_secs(36), rx, true).await;
+        assert_eq!(f.runs(), ["10:00:25", "10:00:30"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_while_waiting_returns_at_once() {
+        let f = Fake::new("2026-11-23T10:00:01Z", Duration::from_secs(1), Some("2026-11-23T10:00:00Z"));
+        let started = tokio::time::Instant::now();
+        drive(&f, "0 0 * * *", Duration::from_secs(5), always_leader(), false).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(f.runs().is_empty());
     }
 }
