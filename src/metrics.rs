@@ -20,6 +20,7 @@
 //! `etcd_lifeboat_store_last_refresh_timestamp_seconds`, `etcd_lifeboat_store_refresh_errors_total`,
 //! `etcd_lifeboat_backup_retries_total`, `etcd_lifeboat_prune_deleted_total{kind="backup|orphan"}`,
 //! `etcd_lifeboat_prunes_total{result}`, `etcd_lifeboat_next_backup_timestamp_seconds`,
+//! `etcd_lifeboat_backup_in_progress`,
 //! `etcd_lifeboat_build_info{version}`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,30 +40,54 @@ use crate::store::manifest::Manifest;
 pub struct Metrics {
     /// The registry `/metrics` encodes.
     pub registry: Registry,
+    /// `etcd_lifeboat_backup_last_success_timestamp_seconds`
     pub backup_last_success: Gauge,
+    /// `etcd_lifeboat_backup_last_failure_timestamp_seconds`
     pub backup_last_failure: Gauge,
+    /// `etcd_lifeboat_backups_total{result}`
     pub backups_total: IntCounterVec,
+    /// `etcd_lifeboat_backup_duration_seconds`
     pub backup_duration: Histogram,
+    /// `etcd_lifeboat_backup_size_bytes{kind}`
     pub backup_size: GaugeVec,
+    /// `etcd_lifeboat_snapshot_revision`
     pub snapshot_revision: IntGauge,
+    /// `etcd_lifeboat_snapshot_keys`
     pub snapshot_keys: IntGauge,
+    /// `etcd_lifeboat_store_latest_backup_timestamp_seconds`
     pub store_latest: Gauge,
+    /// `etcd_lifeboat_store_oldest_backup_timestamp_seconds`
     pub store_oldest: Gauge,
+    /// `etcd_lifeboat_store_backups`
     pub store_backups: IntGauge,
+    /// `etcd_lifeboat_store_up`
     pub store_up: IntGauge,
+    /// `etcd_lifeboat_store_last_refresh_timestamp_seconds`
     pub store_last_refresh: Gauge,
+    /// `etcd_lifeboat_store_refresh_errors_total`
     pub store_refresh_errors: IntCounter,
+    /// `etcd_lifeboat_is_leader`
     pub is_leader: IntGauge,
+    /// `etcd_lifeboat_backup_retries_total`
     pub backup_retries: IntCounter,
+    /// `etcd_lifeboat_prune_deleted_total{kind}`
     pub prune_deleted: IntCounterVec,
+    /// `etcd_lifeboat_prunes_total{result}`
     pub prunes_total: IntCounterVec,
+    /// `etcd_lifeboat_next_backup_timestamp_seconds`
     pub next_backup: Gauge,
+    /// `etcd_lifeboat_backup_in_progress`
+    pub backup_in_progress: IntGauge,
     store_refreshed: AtomicBool,
     success_recorded: AtomicBool,
 }
 
 /// Names left out of a Pushgateway push: daemon-only state.
-const DAEMON_ONLY: &[&str] = &["etcd_lifeboat_is_leader", "etcd_lifeboat_next_backup_timestamp_seconds"];
+const DAEMON_ONLY: &[&str] = &[
+    "etcd_lifeboat_is_leader",
+    "etcd_lifeboat_next_backup_timestamp_seconds",
+    "etcd_lifeboat_backup_in_progress",
+];
 
 fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
     let g = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
@@ -76,7 +101,13 @@ fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     for v in values {
@@ -115,7 +146,8 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
-        r.register(Box::new(backup_duration.clone())).expect("unique metric");
+        r.register(Box::new(backup_duration.clone()))
+            .expect("unique metric");
         let backup_size = GaugeVec::new(
             Opts::new(
                 "etcd_lifeboat_backup_size_bytes",
@@ -124,7 +156,8 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
-        r.register(Box::new(backup_size.clone())).expect("unique metric");
+        r.register(Box::new(backup_size.clone()))
+            .expect("unique metric");
         backup_size.with_label_values(&["raw"]);
         backup_size.with_label_values(&["stored"]);
         let snapshot_revision = int_gauge(
@@ -167,7 +200,8 @@ impl Metrics {
             "Failed reads of the store catalog.",
         )
         .expect("valid metric");
-        r.register(Box::new(store_refresh_errors.clone())).expect("unique metric");
+        r.register(Box::new(store_refresh_errors.clone()))
+            .expect("unique metric");
         let is_leader = int_gauge(
             &r,
             "etcd_lifeboat_is_leader",
@@ -178,7 +212,8 @@ impl Metrics {
             "Backup attempts retried after a transient failure inside one scheduled run.",
         )
         .expect("valid metric");
-        r.register(Box::new(backup_retries.clone())).expect("unique metric");
+        r.register(Box::new(backup_retries.clone()))
+            .expect("unique metric");
         let prune_deleted = counter_vec(
             &r,
             "etcd_lifeboat_prune_deleted_total",
@@ -198,9 +233,17 @@ impl Metrics {
             "etcd_lifeboat_next_backup_timestamp_seconds",
             "Unix time of the next scheduled backup.",
         );
+        let backup_in_progress = int_gauge(
+            &r,
+            "etcd_lifeboat_backup_in_progress",
+            "1 while this daemon runs a backup, else 0.",
+        );
         let build_info = IntGauge::with_opts(
-            Opts::new("etcd_lifeboat_build_info", "Build information; value is always 1.")
-                .const_label("version", env!("CARGO_PKG_VERSION")),
+            Opts::new(
+                "etcd_lifeboat_build_info",
+                "Build information; value is always 1.",
+            )
+            .const_label("version", env!("CARGO_PKG_VERSION")),
         )
         .expect("valid metric");
         build_info.set(1);
@@ -225,6 +268,7 @@ impl Metrics {
             prune_deleted,
             prunes_total,
             next_backup,
+            backup_in_progress,
             store_refreshed: AtomicBool::new(false),
             success_recorded: AtomicBool::new(false),
         }
@@ -249,8 +293,12 @@ pub fn record_backup_success(m: &Manifest, duration: Duration) {
     x.backups_total.with_label_values(&["success"]).inc();
     x.backup_last_success.set(unix(Utc::now()));
     x.backup_duration.observe(duration.as_secs_f64());
-    x.backup_size.with_label_values(&["raw"]).set(m.total_size as f64);
-    x.backup_size.with_label_values(&["stored"]).set(m.stored_bytes as f64);
+    x.backup_size
+        .with_label_values(&["raw"])
+        .set(m.total_size as f64);
+    x.backup_size
+        .with_label_values(&["stored"])
+        .set(m.stored_bytes as f64);
     x.snapshot_revision.set(m.revision);
     x.snapshot_keys.set(m.total_key as i64);
     x.success_recorded.store(true, Ordering::Relaxed);
@@ -326,7 +374,8 @@ pub async fn push(url: &str, job: &str, instance: &str) -> anyhow::Result<()> {
             }
             full || matches!(
                 n,
-                "etcd_lifeboat_backup_last_failure_timestamp_seconds" | "etcd_lifeboat_backups_total"
+                "etcd_lifeboat_backup_last_failure_timestamp_seconds"
+                    | "etcd_lifeboat_backups_total"
             )
         })
         .collect();
@@ -343,7 +392,10 @@ pub async fn push(url: &str, job: &str, instance: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("pushgateway {target}: {method} failed; check --pushgateway"))?;
     if !(200..300).contains(&status) {
-        anyhow::bail!("pushgateway {target}: {method} answered HTTP {status}: {}", text.trim());
+        anyhow::bail!(
+            "pushgateway {target}: {method} answered HTTP {status}: {}",
+            text.trim()
+        );
     }
     tracing::info!(url = %target, method, "pushed metrics to the pushgateway");
     Ok(())
@@ -435,17 +487,29 @@ mod tests {
             "etcd_lifeboat_store_refresh_errors_total",
             "etcd_lifeboat_build_info",
         ] {
-            assert!(text.contains(&format!("# HELP {name} ")), "{name} missing:\n{text}");
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} missing:\n{text}"
+            );
         }
-        assert!(text.contains("etcd_lifeboat_backups_total{result=\"failure\"}"), "{text}");
-        assert!(text.contains("etcd_lifeboat_backup_size_bytes{kind=\"stored\"}"), "{text}");
+        assert!(
+            text.contains("etcd_lifeboat_backups_total{result=\"failure\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("etcd_lifeboat_backup_size_bytes{kind=\"stored\"}"),
+            "{text}"
+        );
     }
 
     #[test]
     fn grouping_key_encoding() {
         assert_eq!(grouping_segment("job", "etcd-backup"), "job/etcd-backup");
         // Pushgateway README example: "/path/to/job" -> "L3BhdGgvdG8vam9i".
-        assert_eq!(grouping_segment("job", "/path/to/job"), "job@base64/L3BhdGgvdG8vam9i");
+        assert_eq!(
+            grouping_segment("job", "/path/to/job"),
+            "job@base64/L3BhdGgvdG8vam9i"
+        );
         assert_eq!(base64url(b"ab"), "YWI=");
         assert_eq!(base64url(b"a"), "YQ==");
         assert_eq!(grouping_segment("instance", ""), "instance@base64/=");

@@ -55,25 +55,44 @@ async fn one_leader_resign_hands_over_and_dead_leader_is_replaced_within_ttl() {
     let b = replica(&cfg);
 
     // Exactly one leader, and it stays that way.
-    daemon_support::wait_for("a leader", Duration::from_secs(10), || (leaders(&[&a, &b]) == 1).then_some(())).await;
+    daemon_support::wait_for("a leader", Duration::from_secs(10), || {
+        (leaders(&[&a, &b]) == 1).then_some(())
+    })
+    .await;
     for _ in 0..20 {
         assert_eq!(leaders(&[&a, &b]), 1, "exactly one leader at all times");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(election_keys(&etcd, &cfg.leader_election.name).len(), 2, "both replicas campaign");
+    assert_eq!(
+        election_keys(&etcd, &cfg.leader_election.name).len(),
+        2,
+        "both replicas campaign"
+    );
     let (leader, follower) = if *a.rx.borrow() { (a, b) } else { (b, a) };
 
     // Resign: the follower leads almost at once (well under the TTL).
     let t0 = Instant::now();
     leader.resign.cancel();
-    tokio::time::timeout(Duration::from_secs(10), leader.task).await.unwrap().unwrap();
-    daemon_support::wait_for("follower takes over after resign", Duration::from_secs(5), || {
-        (*follower.rx.borrow()).then_some(())
-    })
+    tokio::time::timeout(Duration::from_secs(10), leader.task)
+        .await
+        .unwrap()
+        .unwrap();
+    daemon_support::wait_for(
+        "follower takes over after resign",
+        Duration::from_secs(5),
+        || (*follower.rx.borrow()).then_some(()),
+    )
     .await;
     let handover = t0.elapsed();
-    assert!(handover < Duration::from_secs(ttl), "handover after resign took {handover:?}");
-    assert_eq!(election_keys(&etcd, &cfg.leader_election.name).len(), 1, "resigned key is gone");
+    assert!(
+        handover < Duration::from_secs(ttl),
+        "handover after resign took {handover:?}"
+    );
+    assert_eq!(
+        election_keys(&etcd, &cfg.leader_election.name).len(),
+        1,
+        "resigned key is gone"
+    );
 
     // A third replica joins as follower; then the leader dies without resigning (task aborted:
     // no more keep-alives). The new one must lead within the TTL (+1 s for the round trips).
@@ -86,18 +105,25 @@ async fn one_leader_resign_hands_over_and_dead_leader_is_replaced_within_ttl() {
     let t1 = Instant::now();
     follower.task.abort();
     let _ = follower.task.await;
-    daemon_support::wait_for("c takes over from a dead leader", Duration::from_secs(ttl + 5), || {
-        (*c.rx.borrow()).then_some(())
-    })
+    daemon_support::wait_for(
+        "c takes over from a dead leader",
+        Duration::from_secs(ttl + 5),
+        || (*c.rx.borrow()).then_some(()),
+    )
     .await;
     let takeover = t1.elapsed();
     assert!(
         takeover <= Duration::from_millis(ttl * 1000 + 1000),
         "takeover after leader death took {takeover:?} with a {ttl}s TTL"
     );
-    eprintln!("handover after resign: {handover:?}; takeover after death: {takeover:?} (ttl {ttl}s)");
+    eprintln!(
+        "handover after resign: {handover:?}; takeover after death: {takeover:?} (ttl {ttl}s)"
+    );
     c.resign.cancel();
-    tokio::time::timeout(Duration::from_secs(10), c.task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), c.task)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(election_keys(&etcd, &cfg.leader_election.name).is_empty());
 }
 
@@ -106,12 +132,24 @@ async fn leader_steps_down_when_etcd_goes_away_and_returns() {
     let mut etcd = Etcd::start(EtcdOpts::default());
     let cfg = cfg_for(&etcd, 3);
     let a = replica(&cfg);
-    daemon_support::wait_for("leader", Duration::from_secs(10), || (*a.rx.borrow()).then_some(())).await;
+    daemon_support::wait_for("leader", Duration::from_secs(10), || {
+        (*a.rx.borrow()).then_some(())
+    })
+    .await;
     etcd.stop_member(0);
     // Keep-alives fail: step down within 2/3 TTL plus one keep-alive period.
-    daemon_support::wait_for("step down", Duration::from_secs(5), || (!*a.rx.borrow()).then_some(())).await;
+    daemon_support::wait_for("step down", Duration::from_secs(5), || {
+        (!*a.rx.borrow()).then_some(())
+    })
+    .await;
     etcd.restart_member(0);
-    daemon_support::wait_for("leader again", Duration::from_secs(45), || (*a.rx.borrow()).then_some(())).await;
+    daemon_support::wait_for("leader again", Duration::from_secs(45), || {
+        (*a.rx.borrow()).then_some(())
+    })
+    .await;
     a.resign.cancel();
-    tokio::time::timeout(Duration::from_secs(10), a.task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), a.task)
+        .await
+        .unwrap()
+        .unwrap();
 }

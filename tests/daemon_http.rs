@@ -39,16 +39,31 @@ async fn endpoints_with_etcd_unreachable() {
         (sample(&t, "etcd_lifeboat_backups_total{result=\"failure\"}")? >= 2.0).then_some(t)
     })
     .await;
-    assert_eq!(sample(&text, "etcd_lifeboat_backups_total{result=\"success\"}"), Some(0.0));
-    assert!(sample(&text, "etcd_lifeboat_backup_retries_total").unwrap() >= 2.0, "{text}");
+    assert_eq!(
+        sample(&text, "etcd_lifeboat_backups_total{result=\"success\"}"),
+        Some(0.0)
+    );
+    assert!(
+        sample(&text, "etcd_lifeboat_backup_retries_total").unwrap() >= 2.0,
+        "{text}"
+    );
     let failed_at = sample(&text, "etcd_lifeboat_backup_last_failure_timestamp_seconds").unwrap();
     let now = chrono::Utc::now().timestamp() as f64;
-    assert!((now - failed_at).abs() < 30.0, "last failure {failed_at} vs now {now}");
+    assert!(
+        (now - failed_at).abs() < 30.0,
+        "last failure {failed_at} vs now {now}"
+    );
     assert_eq!(sample(&text, "etcd_lifeboat_store_backups"), Some(0.0));
     assert_eq!(sample(&text, "etcd_lifeboat_store_up"), Some(1.0));
     assert_eq!(sample(&text, "etcd_lifeboat_is_leader"), Some(1.0));
-    assert!(text.contains("etcd_lifeboat_build_info{version=\""), "{text}");
-    assert!(text.contains("# TYPE etcd_lifeboat_backup_duration_seconds histogram"), "{text}");
+    assert!(
+        text.contains("etcd_lifeboat_build_info{version=\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE etcd_lifeboat_backup_duration_seconds histogram"),
+        "{text}"
+    );
     let lint = promtool_check(&text);
     assert!(lint.trim().is_empty(), "promtool lint findings: {lint}");
 
@@ -60,7 +75,10 @@ async fn endpoints_with_etcd_unreachable() {
     assert_eq!(v["checks"]["config"]["ok"], true);
     assert_eq!(v["checks"]["store"]["ok"], true);
     assert_eq!(v["checks"]["backup_age"]["ok"], false);
-    assert_eq!(v["checks"]["backup_age"]["detail"], "no backup in the store");
+    assert_eq!(
+        v["checks"]["backup_age"]["detail"],
+        "no backup in the store"
+    );
     assert_eq!(v["checks"]["last_run"]["ok"], false, "{body}");
     let reasons = v["reasons"].as_array().unwrap();
     assert_eq!(reasons.len(), 2, "{body}");

@@ -44,19 +44,35 @@ fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
         ),
     )
     .unwrap();
-    let check = std::process::Command::new("promtool").arg("check").arg("config").arg(&cfg).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let check = std::process::Command::new("promtool")
+        .arg("check")
+        .arg("config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
     let child = std::process::Command::new("/usr/bin/prometheus")
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .expect("start prometheus");
-    Prometheus { child, port, _dir: dir }
+    Prometheus {
+        child,
+        port,
+        _dir: dir,
+    }
 }
 
 /// Instant query; the `result` array of the answer.
@@ -91,14 +107,21 @@ async fn prometheus_scrapes_and_records_backup_age() {
     let yaml = etcd.config_yaml(&store)
         + "schedule:\n  cron: \"*/3 * * * * *\"\n\
            retention:\n  keep_last: 3\n  keep_hourly: 0\n  keep_daily: 0\n  keep_weekly: 0\n  keep_monthly: 0\n";
-    let args = DaemonArgs { refresh_interval: Duration::from_secs(1), ..Default::default() };
+    let args = DaemonArgs {
+        refresh_interval: Duration::from_secs(1),
+        ..Default::default()
+    };
     let d = InProcess::start(&yaml, args).await;
     let prom = start_prometheus(d.addr);
 
-    let up = wait_for("prometheus scrapes the daemon", Duration::from_secs(60), || {
-        let r = query(&prom, "up{job=\"etcd-lifeboat\"}");
-        (r.len() == 1 && value(&r[0]) == 1.0).then_some(r)
-    })
+    let up = wait_for(
+        "prometheus scrapes the daemon",
+        Duration::from_secs(60),
+        || {
+            let r = query(&prom, "up{job=\"etcd-lifeboat\"}");
+            (r.len() == 1 && value(&r[0]) == 1.0).then_some(r)
+        },
+    )
     .await;
     assert_eq!(up[0]["metric"]["instance"], d.addr.to_string());
 
@@ -107,7 +130,7 @@ async fn prometheus_scrapes_and_records_backup_age() {
         (r.len() == 1 && value(&r[0]) < 30.0).then_some(value(&r[0]))
     })
     .await;
-    assert!(age >= 0.0 && age < 30.0, "backup age {age}");
+    assert!((0.0..30.0).contains(&age), "backup age {age}");
     let successes = query(&prom, "etcd_lifeboat_backups_total{result=\"success\"}");
     assert!(value(&successes[0]) >= 1.0);
     let leader = query(&prom, "etcd_lifeboat_is_leader");

@@ -37,7 +37,11 @@ fn manifest() -> Manifest {
 fn group_lines(addr: std::net::SocketAddr, name: &str) -> Vec<String> {
     let (_, body) = http_get(addr, "/metrics").unwrap();
     body.lines()
-        .filter(|l| l.starts_with(name) && l.contains("job=\"etcd-backup\"") && l.contains("instance=\"node-1\""))
+        .filter(|l| {
+            l.starts_with(name)
+                && l.contains("job=\"etcd-backup\"")
+                && l.contains("instance=\"node-1\"")
+        })
         .map(String::from)
         .collect()
 }
@@ -61,7 +65,7 @@ async fn push_failure_then_success() {
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while http_get(addr, "/-/ready").map(|(c, _)| c) .unwrap_or(0) != 200 {
+    while http_get(addr, "/-/ready").map(|(c, _)| c).unwrap_or(0) != 200 {
         assert!(Instant::now() < deadline, "pushgateway did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -70,32 +74,78 @@ async fn push_failure_then_success() {
     // A failure first, before any success: only the failure metrics are pushed.
     metrics::record_backup_failure();
     metrics::push(&url, "etcd-backup", "node-1").await.unwrap();
-    assert!(value(&group_lines(addr, "etcd_lifeboat_backup_last_failure_timestamp_seconds")) > 0.0);
+    assert!(
+        value(&group_lines(
+            addr,
+            "etcd_lifeboat_backup_last_failure_timestamp_seconds"
+        )) > 0.0
+    );
     assert!(group_lines(addr, "etcd_lifeboat_backup_last_success_timestamp_seconds").is_empty());
 
     // Success: the whole set (PUT).
     metrics::record_backup_success(&manifest(), Duration::from_millis(2500));
     metrics::push(&url, "etcd-backup", "node-1").await.unwrap();
-    let success = value(&group_lines(addr, "etcd_lifeboat_backup_last_success_timestamp_seconds"));
+    let success = value(&group_lines(
+        addr,
+        "etcd_lifeboat_backup_last_success_timestamp_seconds",
+    ));
     assert!((chrono::Utc::now().timestamp() as f64 - success).abs() < 60.0);
-    assert_eq!(value(&group_lines(addr, "etcd_lifeboat_snapshot_revision")), 4242.0);
-    assert_eq!(value(&group_lines(addr, "etcd_lifeboat_snapshot_keys")), 1234.0);
+    assert_eq!(
+        value(&group_lines(addr, "etcd_lifeboat_snapshot_revision")),
+        4242.0
+    );
+    assert_eq!(
+        value(&group_lines(addr, "etcd_lifeboat_snapshot_keys")),
+        1234.0
+    );
     let sizes = group_lines(addr, "etcd_lifeboat_backup_size_bytes");
-    assert!(sizes.iter().any(|l| l.contains("kind=\"stored\"") && l.ends_with(" 123456")), "{sizes:?}");
-    assert!(group_lines(addr, "etcd_lifeboat_is_leader").is_empty(), "daemon-only metrics are not pushed");
-    assert!(group_lines(addr, "etcd_lifeboat_store_backups").is_empty(), "store metrics only after a refresh");
-    assert_eq!(value(&group_lines(addr, "etcd_lifeboat_backup_duration_seconds_count")), 1.0);
+    assert!(
+        sizes
+            .iter()
+            .any(|l| l.contains("kind=\"stored\"") && l.ends_with(" 123456")),
+        "{sizes:?}"
+    );
+    assert!(
+        group_lines(addr, "etcd_lifeboat_is_leader").is_empty(),
+        "daemon-only metrics are not pushed"
+    );
+    assert!(
+        group_lines(addr, "etcd_lifeboat_store_backups").is_empty(),
+        "store metrics only after a refresh"
+    );
+    assert_eq!(
+        value(&group_lines(
+            addr,
+            "etcd_lifeboat_backup_duration_seconds_count"
+        )),
+        1.0
+    );
 
     // A label value with '/' goes through the base64 form of the grouping key; the first
     // group is untouched.
-    metrics::push(&url, "etcd-backup", "node/with/slash").await.unwrap();
+    metrics::push(&url, "etcd-backup", "node/with/slash")
+        .await
+        .unwrap();
     let (_, body) = http_get(addr, "/metrics").unwrap();
     assert!(body.contains("instance=\"node/with/slash\""), "{body}");
-    assert_eq!(value(&group_lines(addr, "etcd_lifeboat_backup_last_success_timestamp_seconds")), success);
+    assert_eq!(
+        value(&group_lines(
+            addr,
+            "etcd_lifeboat_backup_last_success_timestamp_seconds"
+        )),
+        success
+    );
 
     // Errors name the target and the fix.
-    let err = metrics::push("http://127.0.0.1:1", "j", "i").await.unwrap_err();
-    assert!(format!("{err:#}").contains("pushgateway http://127.0.0.1:1/metrics/job/j/instance/i"), "{err:#}");
-    let err = metrics::push("https://example.invalid", "j", "i").await.unwrap_err();
+    let err = metrics::push("http://127.0.0.1:1", "j", "i")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("pushgateway http://127.0.0.1:1/metrics/job/j/instance/i"),
+        "{err:#}"
+    );
+    let err = metrics::push("https://example.invalid", "j", "i")
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("only http://"), "{err:#}");
 }

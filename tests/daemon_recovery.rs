@@ -33,33 +33,51 @@ async fn etcd_and_store_outages_are_reported_and_recovered_from() {
         ..Default::default()
     };
     let d = InProcess::start(&yaml, args).await;
-    wait_for("a backup", Duration::from_secs(30), || (successes(&d.metrics()) >= 1.0).then_some(())).await;
-    wait_for("ready", Duration::from_secs(10), || (d.get("/readyz").0 == 200).then_some(())).await;
+    wait_for("a backup", Duration::from_secs(30), || {
+        (successes(&d.metrics()) >= 1.0).then_some(())
+    })
+    .await;
+    wait_for("ready", Duration::from_secs(10), || {
+        (d.get("/readyz").0 == 200).then_some(())
+    })
+    .await;
 
     // etcd down.
     etcd.stop_member(0);
     let f0 = failures(&d.metrics());
-    let t = wait_for("failures while etcd is down", Duration::from_secs(60), || {
-        let t = d.metrics();
-        (failures(&t) >= f0 + 2.0).then_some(t)
-    })
+    let t = wait_for(
+        "failures while etcd is down",
+        Duration::from_secs(60),
+        || {
+            let t = d.metrics();
+            (failures(&t) >= f0 + 2.0).then_some(t)
+        },
+    )
     .await;
     assert!(sample(&t, "etcd_lifeboat_backup_last_failure_timestamp_seconds").unwrap() > 0.0);
     let (code, body) = d.get("/readyz");
     assert_eq!(code, 503, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["checks"]["last_run"]["ok"], false, "{body}");
-    assert_eq!(v["checks"]["backup_age"]["ok"], true, "an older backup is still young: {body}");
+    assert_eq!(
+        v["checks"]["backup_age"]["ok"], true,
+        "an older backup is still young: {body}"
+    );
     assert_eq!(d.get("/healthz").0, 200, "the process stays alive");
 
     // etcd back: backups resume, ready again.
     etcd.restart_member(0);
     let s0 = successes(&d.metrics());
-    wait_for("backups resume after etcd returns", Duration::from_secs(60), || {
-        (successes(&d.metrics()) >= s0 + 1.0).then_some(())
+    wait_for(
+        "backups resume after etcd returns",
+        Duration::from_secs(60),
+        || (successes(&d.metrics()) >= s0 + 1.0).then_some(()),
+    )
+    .await;
+    wait_for("ready after etcd returns", Duration::from_secs(10), || {
+        (d.get("/readyz").0 == 200).then_some(())
     })
     .await;
-    wait_for("ready after etcd returns", Duration::from_secs(10), || (d.get("/readyz").0 == 200).then_some(())).await;
 
     // Store down: the store directory is replaced by a file (listing and writing fail).
     let aside = etcd.dir.path().join("store.aside");
@@ -80,14 +98,21 @@ async fn etcd_and_store_outages_are_reported_and_recovered_from() {
     std::fs::remove_file(&store).unwrap();
     std::fs::rename(&aside, &store).unwrap();
     let s1 = successes(&d.metrics());
-    wait_for("backups resume after the store returns", Duration::from_secs(60), || {
-        (successes(&d.metrics()) >= s1 + 1.0).then_some(())
-    })
+    wait_for(
+        "backups resume after the store returns",
+        Duration::from_secs(60),
+        || (successes(&d.metrics()) >= s1 + 1.0).then_some(()),
+    )
     .await;
-    wait_for("ready after the store returns", Duration::from_secs(10), || {
-        let t = d.metrics();
-        (d.get("/readyz").0 == 200 && sample(&t, "etcd_lifeboat_store_up") == Some(1.0)).then_some(())
-    })
+    wait_for(
+        "ready after the store returns",
+        Duration::from_secs(10),
+        || {
+            let t = d.metrics();
+            (d.get("/readyz").0 == 200 && sample(&t, "etcd_lifeboat_store_up") == Some(1.0))
+                .then_some(())
+        },
+    )
     .await;
     d.stop().await;
 }

@@ -14,7 +14,13 @@ fn daemon_child() {
     child_entry();
 }
 
-fn config(etcd: &Etcd, store: &std::path::Path, port: u16, cron: &str, election: bool) -> std::path::PathBuf {
+fn config(
+    etcd: &Etcd,
+    store: &std::path::Path,
+    port: u16,
+    cron: &str,
+    election: bool,
+) -> std::path::PathBuf {
     let mut y = etcd.config_yaml(store);
     y += &format!(
         "schedule:\n  cron: \"{cron}\"\n\
@@ -28,7 +34,11 @@ fn config(etcd: &Etcd, store: &std::path::Path, port: u16, cron: &str, election:
 }
 
 fn successes(p: &DaemonProc) -> f64 {
-    sample(&p.metrics(), "etcd_lifeboat_backups_total{result=\"success\"}").unwrap_or(-1.0)
+    sample(
+        &p.metrics(),
+        "etcd_lifeboat_backups_total{result=\"success\"}",
+    )
+    .unwrap_or(-1.0)
 }
 
 fn is_leader(p: &DaemonProc) -> bool {
@@ -38,7 +48,10 @@ fn is_leader(p: &DaemonProc) -> bool {
 fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -53,17 +66,36 @@ fn two_replicas_one_leader_one_set_of_backups_and_takeover_on_sigterm() {
     let (pa, pb) = (free_port(), free_port());
     let ca = config(&etcd, &store, pa, "*/2 * * * * *", true);
     let cb = config(&etcd, &store, pb, "*/2 * * * * *", true);
-    let a = DaemonProc::spawn(&ca, format!("127.0.0.1:{pa}").parse().unwrap(), "--refresh-interval 1s", &etcd.dir.path().join("a.log"));
-    let b = DaemonProc::spawn(&cb, format!("127.0.0.1:{pb}").parse().unwrap(), "--refresh-interval 1s", &etcd.dir.path().join("b.log"));
+    let a = DaemonProc::spawn(
+        &ca,
+        format!("127.0.0.1:{pa}").parse().unwrap(),
+        "--refresh-interval 1s",
+        &etcd.dir.path().join("a.log"),
+    );
+    let b = DaemonProc::spawn(
+        &cb,
+        format!("127.0.0.1:{pb}").parse().unwrap(),
+        "--refresh-interval 1s",
+        &etcd.dir.path().join("b.log"),
+    );
     eprintln!("daemon processes use the real binary: {}", a.real_binary);
 
-    wait("one leader", Duration::from_secs(15), || is_leader(&a) ^ is_leader(&b));
+    wait("one leader", Duration::from_secs(15), || {
+        is_leader(&a) ^ is_leader(&b)
+    });
     let (mut leader, follower) = if is_leader(&a) { (a, b) } else { (b, a) };
-    wait("leader makes 3 backups", Duration::from_secs(30), || successes(&leader) >= 3.0);
+    wait("leader makes 3 backups", Duration::from_secs(30), || {
+        successes(&leader) >= 3.0
+    });
     // Still exactly one leader; the follower has not backed up; every manifest in the store is
     // one of the leader's backups (one set, not two).
     assert!(is_leader(&leader) && !is_leader(&follower));
-    assert_eq!(successes(&follower), 0.0, "follower backed up:\n{}", follower.log_text());
+    assert_eq!(
+        successes(&follower),
+        0.0,
+        "follower backed up:\n{}",
+        follower.log_text()
+    );
     let in_store = manifests_in(&store).len() as f64;
     let by_leader = successes(&leader);
     assert!(
@@ -75,15 +107,30 @@ fn two_replicas_one_leader_one_set_of_backups_and_takeover_on_sigterm() {
     let t0 = Instant::now();
     let code = leader.sigterm(Duration::from_secs(30));
     let exit_took = t0.elapsed();
-    assert_eq!(code, Some(0), "leader exit code; log:\n{}", leader.log_text());
-    wait("follower takes over", Duration::from_secs(5), || is_leader(&follower));
+    assert_eq!(
+        code,
+        Some(0),
+        "leader exit code; log:\n{}",
+        leader.log_text()
+    );
+    wait("follower takes over", Duration::from_secs(5), || {
+        is_leader(&follower)
+    });
     let takeover = t0.elapsed();
     let before = successes(&follower);
-    wait("new leader backs up", Duration::from_secs(20), || successes(&follower) >= before + 2.0);
+    wait("new leader backs up", Duration::from_secs(20), || {
+        successes(&follower) >= before + 2.0
+    });
     eprintln!("leader exit after SIGTERM: {exit_took:?}; takeover: {takeover:?}");
-    assert!(takeover < Duration::from_secs(3), "takeover took {takeover:?} (lease TTL 3s)");
+    assert!(
+        takeover < Duration::from_secs(3),
+        "takeover took {takeover:?} (lease TTL 3s)"
+    );
     let log = leader.log_text();
-    assert!(log.contains("resigned"), "leader log does not show the resignation:\n{log}");
+    assert!(
+        log.contains("resigned"),
+        "leader log does not show the resignation:\n{log}"
+    );
     let mut follower = follower;
     assert_eq!(follower.sigterm(Duration::from_secs(30)), Some(0));
 }
@@ -98,8 +145,15 @@ fn idle_daemon_footprint() {
     let port = free_port();
     // Hourly schedule: the empty store makes the daemon back up once at start, then it idles.
     let c = config(&etcd, &store, port, "0 0 * * * *", false);
-    let mut d = DaemonProc::spawn(&c, format!("127.0.0.1:{port}").parse().unwrap(), "", &etcd.dir.path().join("d.log"));
-    wait("first backup", Duration::from_secs(30), || successes(&d) >= 1.0);
+    let mut d = DaemonProc::spawn(
+        &c,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "",
+        &etcd.dir.path().join("d.log"),
+    );
+    wait("first backup", Duration::from_secs(30), || {
+        successes(&d) >= 1.0
+    });
     std::thread::sleep(Duration::from_secs(2));
     let rss_after_backup = d.rss_kib();
     let t0 = d.cpu_ticks();

@@ -27,7 +27,11 @@ pub fn identity() -> String {
     let host = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     format!("{host}/{}", std::process::id())
 }
@@ -113,7 +117,12 @@ async fn session(
                 Err(e) => return Err(e.into()),
             }
         };
-        tracing::info!(name, value, lease = format!("{lease_id:x}"), "leader election: became leader");
+        tracing::info!(
+            name,
+            value,
+            lease = format!("{lease_id:x}"),
+            "leader election: became leader"
+        );
         set_leader(tx, true);
         tokio::select! {
             _ = resign.cancelled() => Ok(Some(leader_key)),
@@ -130,7 +139,12 @@ async fn session(
             set_leader(tx, false);
             if let Some(key) = key {
                 let mut election = client.election_client();
-                match timeout(rt, election.resign(Some(ResignOptions::new().with_leader(key)))).await {
+                match timeout(
+                    rt,
+                    election.resign(Some(ResignOptions::new().with_leader(key))),
+                )
+                .await
+                {
                     Ok(Ok(_)) => tracing::info!("leader election: resigned"),
                     Ok(Err(e)) => tracing::warn!(error = %e, "leader election: resign failed"),
                     Err(_) => tracing::warn!("leader election: resign timed out"),
@@ -163,7 +177,13 @@ fn is_timeout(e: &etcd_client::Error) -> bool {
     }
 }
 
-async fn keep_alive(client: Client, lease_id: i64, ttl: Duration, rt: Duration, lost: CancellationToken) {
+async fn keep_alive(
+    client: Client,
+    lease_id: i64,
+    ttl: Duration,
+    rt: Duration,
+    lost: CancellationToken,
+) {
     let deadline_after = ttl * 2 / 3;
     let every = (ttl / 3).max(Duration::from_millis(500));
     let mut last_ok = Instant::now();
@@ -188,13 +208,21 @@ async fn keep_alive(client: Client, lease_id: i64, ttl: Duration, rt: Duration, 
             match ok {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => last_ok = Instant::now(),
                 Ok(Ok(Some(_))) => {
-                    tracing::warn!(lease = format!("{lease_id:x}"), "leader election: lease expired");
+                    tracing::warn!(
+                        lease = format!("{lease_id:x}"),
+                        "leader election: lease expired"
+                    );
                     lost.cancel();
                     return;
                 }
                 _ => stream = None,
             }
         }
-        sleep(if stream.is_some() { every } else { Duration::from_millis(500) }).await;
+        sleep(if stream.is_some() {
+            every
+        } else {
+            Duration::from_millis(500)
+        })
+        .await;
     }
 }

@@ -69,18 +69,37 @@ struct Readiness {
 
 fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
     let mut checks = std::collections::BTreeMap::new();
-    checks.insert("config", Check { ok: true, detail: None });
+    checks.insert(
+        "config",
+        Check {
+            ok: true,
+            detail: None,
+        },
+    );
     let store = match &h.store {
-        None => Check { ok: false, detail: Some("store not read yet".into()) },
-        Some(Ok(())) => Check { ok: true, detail: None },
-        Some(Err(e)) => Check { ok: false, detail: Some(format!("store unreachable: {e}")) },
+        None => Check {
+            ok: false,
+            detail: Some("store not read yet".into()),
+        },
+        Some(Ok(())) => Check {
+            ok: true,
+            detail: None,
+        },
+        Some(Err(e)) => Check {
+            ok: false,
+            detail: Some(format!("store unreachable: {e}")),
+        },
     };
     checks.insert("store", store);
-    let age = h.newest.as_ref().map(|(_, t)| now.signed_duration_since(*t).num_seconds());
+    let age = h
+        .newest
+        .as_ref()
+        .map(|(_, t)| now.signed_duration_since(*t).num_seconds());
     let age_check = match (&h.newest, age) {
-        (Some((id, _)), Some(a)) if a <= max_age.as_secs() as i64 => {
-            Check { ok: true, detail: Some(format!("newest backup {id} is {a}s old")) }
-        }
+        (Some((id, _)), Some(a)) if a <= max_age.as_secs() as i64 => Check {
+            ok: true,
+            detail: Some(format!("newest backup {id} is {a}s old")),
+        },
         (Some((id, _)), Some(a)) => Check {
             ok: false,
             detail: Some(format!(
@@ -88,15 +107,27 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
                 max_age.as_secs()
             )),
         },
-        _ => Check { ok: false, detail: Some("no backup in the store".into()) },
+        _ => Check {
+            ok: false,
+            detail: Some("no backup in the store".into()),
+        },
     };
     checks.insert("backup_age", age_check);
     let run = match &h.last_run {
-        None => Check { ok: true, detail: Some("no run by this replica yet".into()) },
-        Some((at, Ok(id))) => Check { ok: true, detail: Some(format!("backup {id} at {}", at.to_rfc3339())) },
+        None => Check {
+            ok: true,
+            detail: Some("no run by this replica yet".into()),
+        },
+        Some((at, Ok(id))) => Check {
+            ok: true,
+            detail: Some(format!("backup {id} at {}", at.to_rfc3339())),
+        },
         Some((at, Err(e))) => Check {
             ok: false,
-            detail: Some(format!("last backup run failed at {}: {e}", at.to_rfc3339())),
+            detail: Some(format!(
+                "last backup run failed at {}: {e}",
+                at.to_rfc3339()
+            )),
         },
     };
     checks.insert("last_run", run);
@@ -118,7 +149,11 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
 }
 
 async fn metrics_handler() -> Response {
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::encode()).into_response()
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::encode(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -128,7 +163,11 @@ async fn healthz() -> &'static str {
 async fn readyz(State(st): State<AppState>) -> Response {
     let h = st.health.lock().expect("health lock").clone();
     let r = readiness(&h, st.max_age, Utc::now());
-    let code = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = serde_json::to_string_pretty(&r).expect("readiness serializes") + "\n";
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -184,7 +223,11 @@ mod tests {
         assert!(readiness(&h, Duration::from_secs(3600), now).ready);
         let r = readiness(&h, Duration::from_secs(5), now);
         assert!(!r.ready);
-        assert!(r.reasons[0].starts_with("backup_age: newest backup x is 10s old, max 5s"), "{:?}", r.reasons);
+        assert!(
+            r.reasons[0].starts_with("backup_age: newest backup x is 10s old, max 5s"),
+            "{:?}",
+            r.reasons
+        );
         h.last_run = Some((now, Err("etcd down".into())));
         let r = readiness(&h, Duration::from_secs(3600), now);
         assert!(r.reasons[0].contains("etcd down"), "{:?}", r.reasons);

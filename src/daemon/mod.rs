@@ -133,8 +133,13 @@ pub async fn run_with_shutdown(
     let cfg = Arc::new(cfg);
     let health: SharedHealth = Arc::new(Mutex::new(Health::default()));
     let http_stop = CancellationToken::new();
-    let (addr, http_task) =
-        http::serve(&cfg.http.listen, health.clone(), cfg.http.max_backup_age, http_stop.clone()).await?;
+    let (addr, http_task) = http::serve(
+        &cfg.http.listen,
+        health.clone(),
+        cfg.http.max_backup_age,
+        http_stop.clone(),
+    )
+    .await?;
     if let Some(tx) = bound {
         let _ = tx.send(addr);
     }
@@ -152,7 +157,11 @@ pub async fn run_with_shutdown(
     let resign = CancellationToken::new();
     let election_task = if cfg.leader_election.enabled {
         metrics::metrics().is_leader.set(0);
-        Some(tokio::spawn(election::run((*cfg).clone(), leader_tx, resign.clone())))
+        Some(tokio::spawn(election::run(
+            (*cfg).clone(),
+            leader_tx,
+            resign.clone(),
+        )))
     } else {
         metrics::metrics().is_leader.set(1);
         drop(leader_tx);
@@ -176,7 +185,13 @@ pub async fn run_with_shutdown(
     };
 
     let election = cfg.leader_election.enabled;
-    let d = Daemon { args, cfg, store, health: health.clone(), shutdown: shutdown.clone() };
+    let d = Daemon {
+        args,
+        cfg,
+        store,
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+    };
     schedule_loop(&d, &sched, &shutdown, leader_rx, election).await;
 
     // Shutdown: the scheduler has finished or cancelled its backup; resign, stop the rest.
@@ -331,11 +346,25 @@ impl Daemon {
     /// One backup attempt in its own task, bounded by the snapshot and upload timeouts, and
     /// by shutdown: after `--shutdown-grace` the backup is cancelled and awaited (cleanup).
     async fn backup_attempt(&self) -> Result<Manifest, Attempt> {
+        let g = &metrics::metrics().backup_in_progress;
+        g.set(1);
+        let r = self.backup_attempt_inner().await;
+        g.set(0);
+        r
+    }
+
+    async fn backup_attempt_inner(&self) -> Result<Manifest, Attempt> {
         let cancel = CancellationToken::new();
         let (cfg, store, c) = (self.cfg.clone(), self.store.clone(), cancel.clone());
         let mut task = tokio::spawn(async move {
-            let opts = BackupOptions { tag: None, progress: false, cancel: c };
-            run_backup(&cfg, &store, &opts).await.map_err(|e| format!("{e:#}"))
+            let opts = BackupOptions {
+                tag: None,
+                progress: false,
+                cancel: c,
+            };
+            run_backup(&cfg, &store, &opts)
+                .await
+                .map_err(|e| format!("{e:#}"))
         });
         let limit = self.cfg.etcd.snapshot_timeout + self.args.upload_timeout;
         let deadline = sleep(limit);
@@ -356,10 +385,16 @@ impl Daemon {
         // The pipeline cleans up (aborts uploads, no manifest); wait for it, bounded.
         match timeout(Duration::from_secs(60), &mut task).await {
             Ok(Ok(Ok(m))) => Ok(m), // finished just before noticing the cancellation
-            Ok(_) => Err(if self.shutdown.is_cancelled() { Attempt::Cancelled(why) } else { Attempt::Failed(why) }),
+            Ok(_) => Err(if self.shutdown.is_cancelled() {
+                Attempt::Cancelled(why)
+            } else {
+                Attempt::Failed(why)
+            }),
             Err(_) => {
                 task.abort();
-                Err(Attempt::Cancelled(format!("{why}; cleanup did not finish within 60s")))
+                Err(Attempt::Cancelled(format!(
+                    "{why}; cleanup did not finish within 60s"
+                )))
             }
         }
     }
@@ -412,7 +447,11 @@ pub(crate) async fn schedule_loop<R: Runner>(
 ) {
     let mut leader = *leader_rx.borrow_and_update();
     r.set_leader(leader);
-    let mut last: Option<DateTime<Utc>> = if leader { r.last_backup().await } else { Some(r.now()) };
+    let mut last: Option<DateTime<Utc>> = if leader {
+        r.last_backup().await
+    } else {
+        Some(r.now())
+    };
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -510,7 +549,12 @@ mod tests {
             }
         }
         fn runs(&self) -> Vec<String> {
-            self.runs.lock().unwrap().iter().map(|d| d.format("%H:%M:%S").to_string()).collect()
+            self.runs
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|d| d.format("%H:%M:%S").to_string())
+                .collect()
         }
     }
 
@@ -538,7 +582,13 @@ mod tests {
     }
 
     /// Runs the loop for `span` of virtual time, then shuts it down.
-    async fn drive(f: &Fake, cron: &str, span: Duration, leader: watch::Receiver<bool>, election: bool) {
+    async fn drive(
+        f: &Fake,
+        cron: &str,
+        span: Duration,
+        leader: watch::Receiver<bool>,
+        election: bool,
+    ) {
         let sched = Schedule::new(cron, None).unwrap();
         let stop = CancellationToken::new();
         let s2 = stop.clone();
@@ -555,8 +605,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn runs_on_each_slot() {
-        let f = Fake::new("2026-11-23T10:00:01Z", Duration::from_secs(1), Some("2026-11-23T10:00:00Z"));
-        drive(&f, "*/10 * * * * *", Duration::from_secs(35), always_leader(), false).await;
+        let f = Fake::new(
+            "2026-11-23T10:00:01Z",
+            Duration::from_secs(1),
+            Some("2026-11-23T10:00:00Z"),
+        );
+        drive(
+            &f,
+            "*/10 * * * * *",
+            Duration::from_secs(35),
+            always_leader(),
+            false,
+        )
+        .await;
         assert_eq!(f.runs(), ["10:00:10", "10:00:20", "10:00:30"]);
     }
 
@@ -564,23 +625,52 @@ mod tests {
     async fn long_run_never_overlaps_and_catches_up_once() {
         // A 25 s run on a 10 s schedule: the slots at :20 and :30 pass during the run of :10;
         // one catch-up run follows at once (for :30), not two.
-        let f = Fake::new("2026-11-23T10:00:01Z", Duration::from_secs(25), Some("2026-11-23T10:00:00Z"));
-        drive(&f, "*/10 * * * * *", Duration::from_secs(64), always_leader(), false).await;
+        let f = Fake::new(
+            "2026-11-23T10:00:01Z",
+            Duration::from_secs(25),
+            Some("2026-11-23T10:00:00Z"),
+        );
+        drive(
+            &f,
+            "*/10 * * * * *",
+            Duration::from_secs(64),
+            always_leader(),
+            false,
+        )
+        .await;
         assert_eq!(f.runs(), ["10:00:10", "10:00:35", "10:01:00"]);
         assert_eq!(f.max_running.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn down_for_a_day_runs_once_at_start() {
-        let f = Fake::new("2026-11-23T10:20:00Z", Duration::from_secs(60), Some("2026-11-22T09:00:00Z"));
-        drive(&f, "0 * * * *", Duration::from_secs(3600), always_leader(), false).await;
+        let f = Fake::new(
+            "2026-11-23T10:20:00Z",
+            Duration::from_secs(60),
+            Some("2026-11-22T09:00:00Z"),
+        );
+        drive(
+            &f,
+            "0 * * * *",
+            Duration::from_secs(3600),
+            always_leader(),
+            false,
+        )
+        .await;
         assert_eq!(f.runs(), ["10:20:00", "11:00:00"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn empty_store_runs_at_start_then_on_schedule() {
         let f = Fake::new("2026-11-23T10:20:00Z", Duration::from_secs(1), None);
-        drive(&f, "*/30 * * * *", Duration::from_secs(1800), always_leader(), false).await;
+        drive(
+            &f,
+            "*/30 * * * *",
+            Duration::from_secs(1800),
+            always_leader(),
+            false,
+        )
+        .await;
         assert_eq!(f.runs(), ["10:20:00", "10:30:00"]);
     }
 
@@ -588,7 +678,11 @@ mod tests {
     async fn follower_skips_slots_and_catches_up_on_takeover() {
         // Follower from 10:00:01; the leader's last backup was at 10:00:00; it dies and this
         // replica takes over at 10:00:25, after the :10 and :20 slots went by unserved.
-        let f = Fake::new("2026-11-23T10:00:01Z", Duration::from_secs(1), Some("2026-11-23T10:00:00Z"));
+        let f = Fake::new(
+            "2026-11-23T10:00:01Z",
+            Duration::from_secs(1),
+            Some("2026-11-23T10:00:00Z"),
+        );
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
             sleep(Duration::from_secs(24)).await;
@@ -601,9 +695,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_while_waiting_returns_at_once() {
-        let f = Fake::new("2026-11-23T10:00:01Z", Duration::from_secs(1), Some("2026-11-23T10:00:00Z"));
+        let f = Fake::new(
+            "2026-11-23T10:00:01Z",
+            Duration::from_secs(1),
+            Some("2026-11-23T10:00:00Z"),
+        );
         let started = tokio::time::Instant::now();
-        drive(&f, "0 0 * * *", Duration::from_secs(5), always_leader(), false).await;
+        drive(
+            &f,
+            "0 0 * * *",
+            Duration::from_secs(5),
+            always_leader(),
+            false,
+        )
+        .await;
         assert_eq!(started.elapsed(), Duration::from_secs(5));
         assert!(f.runs().is_empty());
     }

@@ -44,9 +44,9 @@ impl Schedule {
         let cron = crate::config::parse_cron(expr)?;
         let tz = match tz {
             None => Tz::UTC,
-            Some(s) => s
-                .parse::<Tz>()
-                .map_err(|_| format!("unknown time zone {s:?}; use an IANA name such as Europe/Berlin"))?,
+            Some(s) => s.parse::<Tz>().map_err(|_| {
+                format!("unknown time zone {s:?}; use an IANA name such as Europe/Berlin")
+            })?,
         };
         Ok(Schedule { cron, tz })
     }
@@ -63,7 +63,10 @@ impl Schedule {
     /// `last = None` (no backup known) means a run is due now.
     pub fn due(&self, last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Due {
         let Some(last) = last else {
-            return Due::Now { slot: now, missed: 0 };
+            return Due::Now {
+                slot: now,
+                missed: 0,
+            };
         };
         let mut it = self.cron.after(&last.with_timezone(&self.tz));
         let Some(first) = it.next().map(|d| d.with_timezone(&Utc)) else {
@@ -112,16 +115,25 @@ mod tests {
     #[test]
     fn five_and_six_fields() {
         let s = Schedule::new("*/30 * * * *", None).unwrap();
-        assert_eq!(s.next_after(t("2026-11-23T10:00:00Z")), Some(t("2026-11-23T10:30:00Z")));
+        assert_eq!(
+            s.next_after(t("2026-11-23T10:00:00Z")),
+            Some(t("2026-11-23T10:30:00Z"))
+        );
         let s = Schedule::new("*/2 * * * * *", None).unwrap();
-        assert_eq!(s.next_after(t("2026-11-23T10:00:01Z")), Some(t("2026-11-23T10:00:02Z")));
+        assert_eq!(
+            s.next_after(t("2026-11-23T10:00:01Z")),
+            Some(t("2026-11-23T10:00:02Z"))
+        );
     }
 
     #[test]
     fn due_cases() {
         let s = Schedule::new("0 */30 * * * *", None).unwrap();
         // No backup at all: now.
-        assert!(matches!(s.due(None, t("2026-11-23T10:07:00Z")), Due::Now { .. }));
+        assert!(matches!(
+            s.due(None, t("2026-11-23T10:07:00Z")),
+            Due::Now { .. }
+        ));
         // Last run 10:00, now 10:20: next 10:30.
         assert_eq!(
             s.due(Some(t("2026-11-23T10:00:00Z")), t("2026-11-23T10:20:00Z")),
@@ -130,12 +142,18 @@ mod tests {
         // A run that finished late (10:31 for the 10:00 slot): the 10:30 slot was missed, run once.
         assert_eq!(
             s.due(Some(t("2026-11-23T10:00:00Z")), t("2026-11-23T10:31:00Z")),
-            Due::Now { slot: t("2026-11-23T10:30:00Z"), missed: 1 }
+            Due::Now {
+                slot: t("2026-11-23T10:30:00Z"),
+                missed: 1
+            }
         );
         // Down for a day: one run now for the latest slot, 48 missed.
         assert_eq!(
             s.due(Some(t("2026-11-22T10:00:00Z")), t("2026-11-23T10:05:00Z")),
-            Due::Now { slot: t("2026-11-23T10:00:00Z"), missed: 48 }
+            Due::Now {
+                slot: t("2026-11-23T10:00:00Z"),
+                missed: 48
+            }
         );
         // Per-second schedule down for a week: bounded work, latest slot.
         let s = Schedule::new("* * * * * *", None).unwrap();
@@ -147,19 +165,32 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let s = Schedule::new("0 0 0 1 1 * 2020", None).unwrap();
-        assert_eq!(s.due(Some(t("2026-01-01T00:00:00Z")), t("2026-11-23T10:05:00Z")), Due::Never);
+        assert_eq!(
+            s.due(Some(t("2026-01-01T00:00:00Z")), t("2026-11-23T10:05:00Z")),
+            Due::Never
+        );
     }
 
     #[test]
     fn timezone_and_dst() {
         // 02:30 every day in Berlin: on 2026-03-29 (spring forward) 02:30 does not exist.
         let s = Schedule::new("30 2 * * *", Some("Europe/Berlin")).unwrap();
-        assert_eq!(s.next_after(t("2026-03-27T12:00:00Z")), Some(t("2026-03-28T01:30:00Z")));
+        assert_eq!(
+            s.next_after(t("2026-03-27T12:00:00Z")),
+            Some(t("2026-03-28T01:30:00Z"))
+        );
         let after = s.next_after(t("2026-03-28T01:30:00Z")).unwrap();
-        assert_eq!(after, t("2026-03-30T00:30:00Z"), "skips the missing 02:30 of 03-29");
+        assert_eq!(
+            after,
+            t("2026-03-30T00:30:00Z"),
+            "skips the missing 02:30 of 03-29"
+        );
         // UTC by default.
         let s = Schedule::new("30 2 * * *", None).unwrap();
-        assert_eq!(s.next_after(t("2026-03-27T12:00:00Z")), Some(t("2026-03-28T02:30:00Z")));
+        assert_eq!(
+            s.next_after(t("2026-03-27T12:00:00Z")),
+            Some(t("2026-03-28T02:30:00Z"))
+        );
         assert!(Schedule::new("30 2 * * *", Some("Mars/Olympus")).is_err());
     }
 }

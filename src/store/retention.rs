@@ -147,7 +147,11 @@ impl PrunePlan {
                 "{:<6} {:<36} {}\n",
                 if b.keep() { "keep" } else { "remove" },
                 b.id,
-                if reasons.is_empty() { "-".to_string() } else { reasons.join(", ") }
+                if reasons.is_empty() {
+                    "-".to_string()
+                } else {
+                    reasons.join(", ")
+                }
             ));
         }
         for o in &self.orphans {
@@ -157,7 +161,11 @@ impl PrunePlan {
                 o.key,
                 o.size,
                 o.last_modified.format("%Y-%m-%dT%H:%M:%SZ"),
-                if o.remove { "" } else { " (within grace period)" }
+                if o.remove {
+                    ""
+                } else {
+                    " (within grace period)"
+                }
             ));
         }
         out.push_str(&format!(
@@ -243,7 +251,7 @@ pub fn orphans(
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     objects
         .iter()
-        .filter(|o| is_data_object(&o.key.to_string()) && !referenced.contains(&o.key.to_string()))
+        .filter(|o| is_data_object(o.key.as_str()) && !referenced.contains(o.key.as_str()))
         .map(|o| OrphanDecision {
             key: o.key.to_string(),
             size: o.size,
@@ -506,7 +514,11 @@ mod tests {
             },
             Case {
                 name: "all-zero policy keeps only the newest",
-                times: &["2026-11-01T10:00:00Z", "2026-11-02T10:00:00Z", "2026-11-03T10:00:00Z"],
+                times: &[
+                    "2026-11-01T10:00:00Z",
+                    "2026-11-02T10:00:00Z",
+                    "2026-11-03T10:00:00Z",
+                ],
                 policy: policy(0, 0, 0, 0, 0),
                 tz: Tz::UTC,
                 keep: &["2026-11-03T10:00:00Z"],
@@ -547,7 +559,11 @@ mod tests {
                 ],
                 policy: policy(0, 0, 3, 0, 0),
                 tz: Tz::UTC,
-                keep: &["2026-10-30T23:30:00Z", "2026-10-31T23:30:00Z", "2026-11-01T00:30:00Z"],
+                keep: &[
+                    "2026-10-30T23:30:00Z",
+                    "2026-10-31T23:30:00Z",
+                    "2026-11-01T00:30:00Z",
+                ],
             },
             Case {
                 name: "monthly keeps the last backup of each month (leap February)",
@@ -561,11 +577,19 @@ mod tests {
                 ],
                 policy: policy(0, 0, 0, 0, 6),
                 tz: Tz::UTC,
-                keep: &["2028-01-31T23:59:59Z", "2028-02-29T23:00:00Z", "2028-03-31T12:00:00Z"],
+                keep: &[
+                    "2028-01-31T23:59:59Z",
+                    "2028-02-29T23:00:00Z",
+                    "2028-03-31T12:00:00Z",
+                ],
             },
             Case {
                 name: "monthly count is of months with backups, not calendar months",
-                times: &["2026-01-15T00:00:00Z", "2026-06-15T00:00:00Z", "2026-11-15T00:00:00Z"],
+                times: &[
+                    "2026-01-15T00:00:00Z",
+                    "2026-06-15T00:00:00Z",
+                    "2026-11-15T00:00:00Z",
+                ],
                 policy: policy(0, 0, 0, 0, 2),
                 tz: Tz::UTC,
                 keep: &["2026-06-15T00:00:00Z", "2026-11-15T00:00:00Z"],
@@ -584,12 +608,20 @@ mod tests {
                 ],
                 policy: policy(0, 0, 0, 3, 0),
                 tz: Tz::UTC,
-                keep: &["2026-12-27T12:00:00Z", "2027-01-03T12:00:00Z", "2027-01-04T12:00:00Z"],
+                keep: &[
+                    "2026-12-27T12:00:00Z",
+                    "2027-01-03T12:00:00Z",
+                    "2027-01-04T12:00:00Z",
+                ],
             },
             Case {
                 // 2024-12-30 (Monday) is in ISO week 2025-W01 together with 2025-01-05.
                 name: "ISO week 1 starting in December",
-                times: &["2024-12-29T12:00:00Z", "2024-12-30T12:00:00Z", "2025-01-05T12:00:00Z"],
+                times: &[
+                    "2024-12-29T12:00:00Z",
+                    "2024-12-30T12:00:00Z",
+                    "2025-01-05T12:00:00Z",
+                ],
                 policy: policy(0, 0, 0, 5, 0),
                 tz: Tz::UTC,
                 keep: &["2024-12-29T12:00:00Z", "2025-01-05T12:00:00Z"],
@@ -640,7 +672,11 @@ mod tests {
             Case {
                 // Berlin month boundary: 2026-10-31T23:30Z is 2026-11-01 00:30 CET.
                 name: "months in the configured zone",
-                times: &["2026-10-31T22:30:00Z", "2026-10-31T23:30:00Z", "2026-11-30T12:00:00Z"],
+                times: &[
+                    "2026-10-31T22:30:00Z",
+                    "2026-10-31T23:30:00Z",
+                    "2026-11-30T12:00:00Z",
+                ],
                 policy: policy(0, 0, 0, 0, 3),
                 tz: berlin,
                 keep: &["2026-10-31T22:30:00Z", "2026-11-30T12:00:00Z"],
@@ -666,7 +702,12 @@ mod tests {
             },
         ];
         for c in &cases {
-            assert_eq!(kept(c.times, &c.policy, c.tz), sorted(c.keep), "case: {}", c.name);
+            assert_eq!(
+                kept(c.times, &c.policy, c.tz),
+                sorted(c.keep),
+                "case: {}",
+                c.name
+            );
         }
     }
 
@@ -681,22 +722,38 @@ mod tests {
         let r: Vec<(String, Vec<String>)> = p
             .backups
             .iter()
-            .map(|b| (b.time.to_rfc3339(), b.reasons.iter().map(|r| r.to_string()).collect()))
+            .map(|b| {
+                (
+                    b.time.to_rfc3339(),
+                    b.reasons.iter().map(|r| r.to_string()).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             r,
             vec![
                 (
                     "2026-11-23T11:00:00+00:00".to_string(),
-                    vec!["newest".into(), "last".into(), "daily 2026-11-23".into(), "monthly 2026-11".into()]
+                    vec![
+                        "newest".into(),
+                        "last".into(),
+                        "daily 2026-11-23".into(),
+                        "monthly 2026-11".into()
+                    ]
                 ),
-                ("2026-11-22T11:00:00+00:00".to_string(), vec!["daily 2026-11-22".to_string()]),
+                (
+                    "2026-11-22T11:00:00+00:00".to_string(),
+                    vec!["daily 2026-11-22".to_string()]
+                ),
                 ("2026-11-22T10:00:00+00:00".to_string(), vec![]),
             ]
         );
         assert_eq!(p.removed().count(), 1);
         let hour = plan(&ms, &policy(0, 1, 0, 0, 0), t("2026-11-24T00:00:00Z"));
-        assert_eq!(hour.backups[0].reasons[1].to_string(), "hourly 2026-11-23T11+00:00");
+        assert_eq!(
+            hour.backups[0].reasons[1].to_string(),
+            "hourly 2026-11-23T11+00:00"
+        );
         let table = p.to_table();
         assert!(table.contains("remove"), "{table}");
         assert!(table.contains("3 backups: keep 2, remove 1"), "{table}");
@@ -747,10 +804,19 @@ mod tests {
             last_modified: t(modified),
         };
         let objects = vec![
-            obj(&b.data_key.to_string(), "2026-11-23T10:00:00Z"),
-            obj(&manifest_key(&b.cluster_id, &b.id).to_string(), "2026-11-23T10:00:00Z"),
-            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r1.db.zst", "2026-11-23T09:00:00Z"),
-            obj("aaaaaaaaaaaaaaaa/20261123T113000Z-r2.db.zst", "2026-11-23T11:30:00Z"),
+            obj(b.data_key.as_str(), "2026-11-23T10:00:00Z"),
+            obj(
+                manifest_key(&b.cluster_id, &b.id).as_str(),
+                "2026-11-23T10:00:00Z",
+            ),
+            obj(
+                "aaaaaaaaaaaaaaaa/20261123T090000Z-r1.db.zst",
+                "2026-11-23T09:00:00Z",
+            ),
+            obj(
+                "aaaaaaaaaaaaaaaa/20261123T113000Z-r2.db.zst",
+                "2026-11-23T11:30:00Z",
+            ),
             obj("aaaaaaaaaaaaaaaa/notes.txt", "2020-01-01T00:00:00Z"),
             obj("aaaaaaaaaaaaaaaa/broken.json", "2020-01-01T00:00:00Z"),
         ];

@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -37,7 +40,10 @@ pub async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Opt
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -45,12 +51,10 @@ pub async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Opt
 /// Value of the first sample line of `name` (with exact label set text, e.g.
 /// `etcd_lifeboat_backups_total{result="success"}`) in a text exposition.
 pub fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name).then(|| v.parse().ok()).flatten()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
 }
 
 /// Runs `promtool check metrics` on `text`; returns its combined output, panicking on failure.
@@ -62,14 +66,22 @@ pub fn promtool_check(text: &str) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("promtool installed");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "promtool check metrics failed:\n{all}\n---\n{text}");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{all}\n---\n{text}"
+    );
     all
 }
 
@@ -93,7 +105,11 @@ impl InProcess {
             .await
             .expect("daemon binds in time")
             .expect("daemon bound");
-        InProcess { addr, shutdown, task }
+        InProcess {
+            addr,
+            shutdown,
+            task,
+        }
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -129,7 +145,9 @@ pub fn data_in(store: &Path) -> Vec<String> {
 
 fn files_with(store: &Path, suffix: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(store) else { return out };
+    let Ok(rd) = std::fs::read_dir(store) else {
+        return out;
+    };
     for d in rd.flatten() {
         if d.path().is_dir() {
             for f in std::fs::read_dir(d.path()).unwrap().flatten() {
@@ -153,7 +171,9 @@ const CHILD_ARGS_ENV: &str = "LIFEBOAT_TEST_DAEMON_ARGS";
 /// config and exits with its status (0 Ok, 1 error), as the `daemon` subcommand does. Used
 /// when the built binary has no `daemon` subcommand yet; otherwise the binary is used.
 pub fn child_entry() {
-    let Ok(path) = std::env::var(CHILD_CONFIG_ENV) else { return };
+    let Ok(path) = std::env::var(CHILD_CONFIG_ENV) else {
+        return;
+    };
     #[derive(clap::Parser)]
     struct W {
         #[command(flatten)]
@@ -172,7 +192,10 @@ pub fn child_entry() {
         .try_init();
     let cfg = Config::load(Some(Path::new(&path))).expect("child config");
     cfg.validate().expect("child config valid");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let code = match rt.block_on(etcd_lifeboat::daemon::run(w.a, cfg)) {
         Ok(()) => 0,
         Err(e) => {
@@ -185,10 +208,14 @@ pub fn child_entry() {
 
 /// Whether the built `etcd-lifeboat` binary has the `daemon` subcommand.
 pub fn binary_has_daemon() -> bool {
-    let Ok(mut cmd) = assert_cmd::Command::cargo_bin("etcd-lifeboat") else { return false };
+    let Ok(mut cmd) = assert_cmd::Command::cargo_bin("etcd-lifeboat") else {
+        return false;
+    };
     cmd.args(["daemon", "--help"])
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--refresh-interval"))
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--refresh-interval")
+        })
         .unwrap_or(false)
 }
 
@@ -209,7 +236,10 @@ impl DaemonProc {
         let logf = std::fs::File::create(log).unwrap();
         let mut cmd = if real {
             let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
-            c.arg("--config").arg(config).arg("daemon").args(args.split_whitespace());
+            c.arg("--config")
+                .arg(config)
+                .arg("daemon")
+                .args(args.split_whitespace());
             c
         } else {
             let mut c = std::process::Command::new(std::env::current_exe().unwrap());
@@ -228,10 +258,19 @@ impl DaemonProc {
             .stderr(logf)
             .spawn()
             .expect("spawn daemon");
-        let p = DaemonProc { child, addr, log: log.to_path_buf(), real_binary: real };
+        let p = DaemonProc {
+            child,
+            addr,
+            log: log.to_path_buf(),
+            real_binary: real,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while http_get(addr, "/healthz").is_err() {
-            assert!(Instant::now() < deadline, "daemon did not start:\n{}", p.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start:\n{}",
+                p.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         p
@@ -242,7 +281,9 @@ impl DaemonProc {
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.addr, "/metrics").map(|(_, b)| b).unwrap_or_default()
+        http_get(self.addr, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
