@@ -97,17 +97,23 @@ impl Db {
             Ok(()) => m0.page_size,
             Err(reason0) => {
                 let mut found = None;
+                let mut reason1 = String::from("missing");
                 let mut ps = MIN_PAGE_SIZE;
                 while ps <= MAX_PAGE_SIZE {
                     if let Some(m1) = read_meta(u64::from(ps))? {
-                        if m1.validate().is_ok() && m1.page_size == ps {
-                            found = Some(ps);
-                            break;
+                        match m1.validate() {
+                            Ok(()) if m1.page_size == ps => {
+                                found = Some(ps);
+                                break;
+                            }
+                            Ok(()) => {}
+                            Err(r) if ps == 4096 => reason1 = r,
+                            Err(_) => {}
                         }
                     }
                     ps *= 2;
                 }
-                found.ok_or_else(|| not_bbolt(format!("meta page 0: {reason0}; no valid meta page 1")))?
+                found.ok_or_else(|| not_bbolt(format!("meta page 0: {reason0}; meta page 1: {reason1}")))?
             }
         };
         if !page_size.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) {
@@ -237,6 +243,22 @@ impl Db {
     /// as empty, nested buckets' contents are not hashed), `totalKey` = entries of the root's
     /// buckets, `revision` = main revision of the last key of bucket `key`.
     pub fn check_and_status(&self) -> Result<Status, SnapshotError> {
+        self.walk().map(|(s, _)| s)
+    }
+
+    /// The free pages: the freelist's ids, or, when the freelist is not synced (etcd opens
+    /// bbolt with `NoFreelistSync`), every page below the high water mark that no bucket
+    /// reaches (bbolt `DB.freepages`). Runs the full check.
+    pub fn free_pages(&self) -> Result<Vec<u64>, SnapshotError> {
+        let (_, reachable, freed) = self.walk_sets()?;
+        Ok((2..self.meta.pgid).filter(|&id| freed.get(id) || !reachable.get(id)).collect())
+    }
+
+    fn walk(&self) -> Result<(Status, PageSet), SnapshotError> {
+        self.walk_sets().map(|(s, r, _)| (s, r))
+    }
+
+    fn walk_sets(&self) -> Result<(Status, PageSet, PageSet), SnapshotError> {
         let hwm = self.meta.pgid;
         let mut w = Walker {
             db: self,
@@ -282,13 +304,14 @@ impl Db {
                 }
             }
         }
-        Ok(Status {
+        let status = Status {
             hash: w.hash,
             revision: w.revision,
             total_key: w.total_key,
             total_size: self.size(),
             version: w.version,
-        })
+        };
+        Ok((status, w.reachable, w.freed))
     }
 
     /// Entries of a bucket tree (its own leaves, nested buckets not descended) and the ids of
