@@ -3,6 +3,8 @@
 //! `ETCD_LIFEBOAT_TEST_S3_*`; see tests/common/s3.rs). Backend-specific error messages are
 //! tested at the end.
 
+#![allow(clippy::field_reassign_with_default)]
+
 #[path = "common/s3.rs"]
 mod s3h;
 
@@ -39,12 +41,22 @@ async fn fixture(kind: Kind) -> Fixture {
             // A path that does not exist yet: from_config creates it.
             cfg.local.path = dir.path().join("store/nested");
             let store = Store::from_config(&cfg).await.unwrap();
-            Fixture { store, _dir: Some(dir), _s3: None }
+            Fixture {
+                store,
+                _dir: Some(dir),
+                _s3: None,
+            }
         }
         Kind::S3 => {
-            let srv = tokio::task::spawn_blocking(s3h::S3Server::start).await.unwrap();
+            let srv = tokio::task::spawn_blocking(s3h::S3Server::start)
+                .await
+                .unwrap();
             let store = Store::from_config(&srv.storage_config()).await.unwrap();
-            Fixture { store, _dir: None, _s3: Some(srv) }
+            Fixture {
+                store,
+                _dir: None,
+                _s3: Some(srv),
+            }
         }
     }
 }
@@ -118,19 +130,39 @@ async fn leftovers(store: &Store) -> Vec<String> {
 async fn put_get_list_delete(f: Fixture) {
     let s = &f.store;
     assert!(s.list("").await.unwrap().is_empty());
-    for (k, n) in [("b/x", 3usize), ("a/2", 20), ("a/1", 10), ("a/sub/3", 30), ("ab", 1)] {
-        s.put_bytes(&key(k), Bytes::from(data(n, n as u64))).await.unwrap();
+    for (k, n) in [
+        ("b/x", 3usize),
+        ("a/2", 20),
+        ("a/1", 10),
+        ("a/sub/3", 30),
+        ("ab", 1),
+    ] {
+        s.put_bytes(&key(k), Bytes::from(data(n, n as u64)))
+            .await
+            .unwrap();
     }
     let all = s.list("").await.unwrap();
     assert_eq!(keys(&all), ["a/1", "a/2", "a/sub/3", "ab", "b/x"]);
-    assert_eq!(all.iter().map(|m| m.size).collect::<Vec<_>>(), [10, 20, 30, 1, 3]);
+    assert_eq!(
+        all.iter().map(|m| m.size).collect::<Vec<_>>(),
+        [10, 20, 30, 1, 3]
+    );
     let now = Utc::now();
     for m in &all {
         let age = now - m.last_modified;
-        assert!(age < chrono::Duration::minutes(5) && age > chrono::Duration::minutes(-5), "{m:?}");
+        assert!(
+            age < chrono::Duration::minutes(5) && age > chrono::Duration::minutes(-5),
+            "{m:?}"
+        );
     }
-    assert_eq!(keys(&s.list("a/").await.unwrap()), ["a/1", "a/2", "a/sub/3"]);
-    assert_eq!(keys(&s.list("a").await.unwrap()), ["a/1", "a/2", "a/sub/3", "ab"]);
+    assert_eq!(
+        keys(&s.list("a/").await.unwrap()),
+        ["a/1", "a/2", "a/sub/3"]
+    );
+    assert_eq!(
+        keys(&s.list("a").await.unwrap()),
+        ["a/1", "a/2", "a/sub/3", "ab"]
+    );
     assert_eq!(keys(&s.list("a/s").await.unwrap()), ["a/sub/3"]);
     assert!(s.list("zz/").await.unwrap().is_empty());
 
@@ -138,13 +170,18 @@ async fn put_get_list_delete(f: Fixture) {
     assert_eq!(read_all(s, &key("a/sub/3")).await, data(30, 30));
 
     // Overwrite replaces.
-    s.put_bytes(&key("a/2"), Bytes::from_static(b"new")).await.unwrap();
+    s.put_bytes(&key("a/2"), Bytes::from_static(b"new"))
+        .await
+        .unwrap();
     assert_eq!(s.get_bytes(&key("a/2")).await.unwrap(), &b"new"[..]);
 
     s.delete(&key("a/1")).await.unwrap();
     assert!(s.get_bytes(&key("a/1")).await.unwrap_err().is_not_found());
     s.delete(&key("a/1")).await.unwrap(); // deleting a missing key is fine
-    assert_eq!(keys(&s.list("").await.unwrap()), ["a/2", "a/sub/3", "ab", "b/x"]);
+    assert_eq!(
+        keys(&s.list("").await.unwrap()),
+        ["a/2", "a/sub/3", "ab", "b/x"]
+    );
     s.check().await.unwrap();
     assert!(leftovers(s).await.is_empty());
 }
@@ -173,7 +210,10 @@ async fn upload_visible_only_at_finish(f: Fixture) {
     u.write(&body[..100_000]).await.unwrap();
     u.write(&body[100_000..]).await.unwrap();
     assert_eq!(u.bytes_written(), 300_000);
-    assert!(s.list("").await.unwrap().is_empty(), "visible before finish");
+    assert!(
+        s.list("").await.unwrap().is_empty(),
+        "visible before finish"
+    );
     assert!(s.get_bytes(&k).await.unwrap_err().is_not_found());
     let info = u.finish().await.unwrap();
     assert_eq!(info.bytes, 300_000);
@@ -199,7 +239,10 @@ async fn abort_leaves_nothing(f: Fixture) {
     let k = key("c1/aborted.db.zst");
     let mut u = s.begin_upload(&k).await.unwrap();
     u.write(&body).await.unwrap();
-    assert!(!matches!(s, Store::S3(_)) || !leftovers(s).await.is_empty(), "multipart upload started");
+    assert!(
+        !matches!(s, Store::S3(_)) || !leftovers(s).await.is_empty(),
+        "multipart upload started"
+    );
     u.abort().await.unwrap();
     assert!(s.list("").await.unwrap().is_empty());
     assert!(s.get_bytes(&k).await.unwrap_err().is_not_found());
@@ -211,7 +254,11 @@ async fn abort_leaves_nothing(f: Fixture) {
     drop(u);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !leftovers(s).await.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "dropped upload left {:?}", leftovers(s).await);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dropped upload left {:?}",
+            leftovers(s).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(s.list("").await.unwrap().is_empty());
@@ -237,9 +284,19 @@ async fn multipart_several_parts(f: Fixture) {
     assert_eq!(s.list("c1/").await.unwrap()[0].size, len as u64);
     if let Store::S3(s3) = s {
         // A multipart object's ETag is "<md5 of part md5s>-<number of parts>".
-        let head = s3.client().head_object().bucket(s3.bucket()).key(s3.s3_key(&k)).send().await.unwrap();
+        let head = s3
+            .client()
+            .head_object()
+            .bucket(s3.bucket())
+            .key(s3.s3_key(&k))
+            .send()
+            .await
+            .unwrap();
         let etag = head.e_tag().unwrap().trim_matches('"').to_string();
-        assert!(etag.ends_with("-3"), "3 parts of 5 MiB expected, ETag {etag}");
+        assert!(
+            etag.ends_with("-3"),
+            "3 parts of 5 MiB expected, ETag {etag}"
+        );
     }
     // put_bytes of more than a part goes the same way.
     let k2 = key("c1/big2");
@@ -277,7 +334,10 @@ fn manifest(cluster: &str, t: chrono::DateTime<Utc>, rev: i64) -> Manifest {
 async fn catalog_newest_first(f: Fixture) {
     let s = &f.store;
     assert!(catalog(s).await.unwrap().is_empty());
-    assert!(matches!(find(s, "latest").await, Err(StoreError::BackupNotFound { .. })));
+    assert!(matches!(
+        find(s, "latest").await,
+        Err(StoreError::BackupNotFound { .. })
+    ));
     let c = "cdf818194e3a8c32";
     let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 23, 0, 0).unwrap();
     let ms = [
@@ -286,21 +346,35 @@ async fn catalog_newest_first(f: Fixture) {
         manifest(c, t0 + chrono::Duration::hours(1), 200),
     ];
     for m in &ms {
-        s.put_bytes(&m.data_key, Bytes::from_static(b"zstd data")).await.unwrap();
-        s.put_bytes(&manifest_key(c, &m.id), Bytes::from(m.to_json())).await.unwrap();
+        s.put_bytes(&m.data_key, Bytes::from_static(b"zstd data"))
+            .await
+            .unwrap();
+        s.put_bytes(&manifest_key(c, &m.id), Bytes::from(m.to_json()))
+            .await
+            .unwrap();
     }
     // An orphan data object (no manifest), newer than all: not a backup.
     let orphan = backup_id(t0 + chrono::Duration::hours(5), 999);
-    s.put_bytes(&data_key(c, &orphan), Bytes::from_static(b"partial")).await.unwrap();
-    // An unparsable manifest and one stored under the wrong key are skipped.
-    s.put_bytes(&manifest_key(c, "20261123T000000Z-r0000000000000500"), Bytes::from_static(b"{not json"))
+    s.put_bytes(&data_key(c, &orphan), Bytes::from_static(b"partial"))
         .await
         .unwrap();
-    s.put_bytes(&key("elsewhere/x.json"), Bytes::from(ms[0].to_json())).await.unwrap();
+    // An unparsable manifest and one stored under the wrong key are skipped.
+    s.put_bytes(
+        &manifest_key(c, "20261123T000000Z-r0000000000000500"),
+        Bytes::from_static(b"{not json"),
+    )
+    .await
+    .unwrap();
+    s.put_bytes(&key("elsewhere/x.json"), Bytes::from(ms[0].to_json()))
+        .await
+        .unwrap();
 
     let cat = catalog(s).await.unwrap();
     let ids: Vec<&str> = cat.iter().map(|m| m.id.as_str()).collect();
-    assert_eq!(ids, [ms[1].id.as_str(), ms[2].id.as_str(), ms[0].id.as_str()]);
+    assert_eq!(
+        ids,
+        [ms[1].id.as_str(), ms[2].id.as_str(), ms[0].id.as_str()]
+    );
     assert_eq!(cat[0], ms[1], "manifest round-trips through JSON");
 
     assert_eq!(find(s, "latest").await.unwrap().id, ms[1].id);
@@ -361,16 +435,23 @@ conformance!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_missing_bucket_is_named() {
-    let srv = tokio::task::spawn_blocking(s3h::S3Server::start).await.unwrap();
+    let srv = tokio::task::spawn_blocking(s3h::S3Server::start)
+        .await
+        .unwrap();
     let bucket = format!("lifeboat-missing-{:08x}", rand::random::<u32>());
-    let store = Store::from_config(&srv.storage_config_for_bucket(&bucket)).await.unwrap();
+    let store = Store::from_config(&srv.storage_config_for_bucket(&bucket))
+        .await
+        .unwrap();
     let want = format!(
         "bucket {bucket} does not exist at endpoint {}; create it or fix storage.s3.bucket",
         srv.endpoint
     );
     let e = store.check().await.unwrap_err();
     assert!(e.to_string().contains(&want), "{e}");
-    let e = store.put_bytes(&key("a/b"), Bytes::from_static(b"x")).await.unwrap_err();
+    let e = store
+        .put_bytes(&key("a/b"), Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains(&want), "{e}");
     let e = store.list("").await.unwrap_err();
     assert!(e.to_string().contains(&want), "{e}");
@@ -389,12 +470,21 @@ async fn s3_unreachable_endpoint_is_named() {
     cfg.s3.endpoint = Some(format!("http://127.0.0.1:{port}"));
     cfg.s3.force_path_style = true;
     cfg.s3.insecure = true;
-    std::env::set_var("AWS_ACCESS_KEY_ID", std::env::var("AWS_ACCESS_KEY_ID").unwrap_or("testing".into()));
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or("testing".into()));
+    std::env::set_var(
+        "AWS_ACCESS_KEY_ID",
+        std::env::var("AWS_ACCESS_KEY_ID").unwrap_or("testing".into()),
+    );
+    std::env::set_var(
+        "AWS_SECRET_ACCESS_KEY",
+        std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or("testing".into()),
+    );
     let store = Store::from_config(&cfg).await.unwrap();
     let e = store.check().await.unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains(&format!("cannot reach endpoint http://127.0.0.1:{port}")), "{msg}");
+    assert!(
+        msg.contains(&format!("cannot reach endpoint http://127.0.0.1:{port}")),
+        "{msg}"
+    );
     assert!(msg.contains("check storage.s3.endpoint"), "{msg}");
 }
 
@@ -403,20 +493,31 @@ async fn s3_tls_with_custom_ca() {
     if s3h::S3Server::external().is_some() {
         return; // TLS is tested against moto only
     }
-    let srv = tokio::task::spawn_blocking(|| s3h::S3Server::start_moto(true)).await.unwrap();
+    let srv = tokio::task::spawn_blocking(|| s3h::S3Server::start_moto(true))
+        .await
+        .unwrap();
     let cfg = srv.storage_config();
     assert!(cfg.s3.endpoint.as_deref().unwrap().starts_with("https://"));
     let store = Store::from_config(&cfg).await.unwrap();
     store.check().await.unwrap();
-    store.put_bytes(&key("t/x"), Bytes::from_static(b"over tls")).await.unwrap();
-    assert_eq!(store.get_bytes(&key("t/x")).await.unwrap(), &b"over tls"[..]);
+    store
+        .put_bytes(&key("t/x"), Bytes::from_static(b"over tls"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_bytes(&key("t/x")).await.unwrap(),
+        &b"over tls"[..]
+    );
 
     // Without the CA the server certificate is not trusted.
     let mut bad = cfg.clone();
     bad.s3.ca_file = None;
     let store = Store::from_config(&bad).await.unwrap();
     let msg = store.check().await.unwrap_err().to_string();
-    assert!(msg.contains("cannot reach endpoint") && msg.contains("storage.s3.ca_file"), "{msg}");
+    assert!(
+        msg.contains("cannot reach endpoint") && msg.contains("storage.s3.ca_file"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,12 +528,18 @@ async fn s3_missing_ca_file_is_named() {
     cfg.s3.ca_file = Some("/nonexistent/lifeboat-ca.crt".into());
     let e = Store::from_config(&cfg).await.unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("storage.s3.ca_file /nonexistent/lifeboat-ca.crt"), "{msg}");
+    assert!(
+        msg.contains("storage.s3.ca_file /nonexistent/lifeboat-ca.crt"),
+        "{msg}"
+    );
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -445,13 +552,22 @@ async fn local_unusable_directory_is_named() {
     let mut cfg = StorageConfig::default();
     cfg.local.path = file.join("store");
     let msg = Store::from_config(&cfg).await.unwrap_err().to_string();
-    let want = format!("cannot create store directory {}", file.join("store").display());
-    assert!(msg.contains(&want) && msg.contains("storage.local.path"), "{msg}");
+    let want = format!(
+        "cannot create store directory {}",
+        file.join("store").display()
+    );
+    assert!(
+        msg.contains(&want) && msg.contains("storage.local.path"),
+        "{msg}"
+    );
 
     // The store path itself is a file.
     cfg.local.path = file.clone();
     let msg = Store::from_config(&cfg).await.unwrap_err().to_string();
-    assert!(msg.contains("is not a directory; set storage.local.path"), "{msg}");
+    assert!(
+        msg.contains("is not a directory; set storage.local.path"),
+        "{msg}"
+    );
 
     // No permission to create or write. Root ignores file modes, so as root use a directory
     // the kernel refuses (sysfs).
@@ -473,13 +589,19 @@ async fn local_unusable_directory_is_named() {
         let store = Store::from_config(&cfg).await.unwrap();
         std::fs::set_permissions(&store_dir, std::fs::Permissions::from_mode(0o555)).unwrap();
         let msg = store.check().await.unwrap_err().to_string();
-        assert!(msg.contains(&store_dir.display().to_string()) && msg.contains("write access"), "{msg}");
+        assert!(
+            msg.contains(&store_dir.display().to_string()) && msg.contains("write access"),
+            "{msg}"
+        );
         let msg = store.begin_upload(&key("x")).await.unwrap_err().to_string();
         assert!(msg.contains("write access"), "{msg}");
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
         cfg.local.path = ro.join("new");
         let msg = Store::from_config(&cfg).await.unwrap_err().to_string();
-        assert!(msg.contains("cannot create store directory") && msg.contains("write access"), "{msg}");
+        assert!(
+            msg.contains("cannot create store directory") && msg.contains("write access"),
+            "{msg}"
+        );
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&store_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }

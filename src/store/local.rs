@@ -64,22 +64,24 @@ impl LocalStore {
     /// message names the path and says to fix permissions or `storage.local.path`), or when
     /// `root` exists but is not a directory.
     pub async fn new(root: &Path) -> Result<LocalStore, StoreError> {
-        match tokio::fs::create_dir_all(root).await {
-            Ok(()) => {}
-            Err(e) => return Err(io_err(root, "cannot create store directory", e)),
-        }
-        let meta = tokio::fs::metadata(root)
-            .await
-            .map_err(|e| io_err(root, "cannot read store directory", e))?;
-        if !meta.is_dir() {
-            return Err(StoreError::Io {
-                path: root.to_path_buf(),
-                message: format!(
-                    "store path {} is not a directory; set storage.local.path to a directory",
-                    root.display()
-                ),
-                cause: std::io::Error::from(ErrorKind::NotADirectory),
-            });
+        match tokio::fs::metadata(root).await {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(StoreError::Io {
+                    path: root.to_path_buf(),
+                    message: format!(
+                        "store path {} is not a directory; set storage.local.path to a directory",
+                        root.display()
+                    ),
+                    cause: std::io::Error::from(ErrorKind::NotADirectory),
+                })
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                tokio::fs::create_dir_all(root)
+                    .await
+                    .map_err(|e| io_err(root, "cannot create store directory", e))?
+            }
+            Err(e) => return Err(io_err(root, "cannot access store directory", e)),
         }
         Ok(LocalStore {
             root: root.to_path_buf(),
@@ -107,7 +109,9 @@ impl LocalStore {
     ///
     /// Errors: [`StoreError::Io`] naming the directory when it is missing or not writable.
     pub async fn check(&self) -> Result<(), StoreError> {
-        let probe = self.root.join(format!(".check{PARTIAL_MARKER}{}", random_suffix()));
+        let probe = self
+            .root
+            .join(format!(".check{PARTIAL_MARKER}{}", random_suffix()));
         let f = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -123,11 +127,18 @@ impl LocalStore {
     /// Creates the parent directories of `key` and its temp file.
     pub(crate) async fn begin_upload(&self, key: &ObjectKey) -> Result<LocalUpload, StoreError> {
         let target = self.path_of(key);
-        let dir = target.parent().expect("object path has a parent").to_path_buf();
+        let dir = target
+            .parent()
+            .expect("object path has a parent")
+            .to_path_buf();
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| io_err(&dir, "cannot create directory", e))?;
-        let tmp = dir.join(format!(".{}{PARTIAL_MARKER}{}", key.file_name(), random_suffix()));
+        let tmp = dir.join(format!(
+            ".{}{PARTIAL_MARKER}{}",
+            key.file_name(),
+            random_suffix()
+        ));
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -210,7 +221,9 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StoreErro
     while let Some((dir, rel)) = stack.pop() {
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => continue,
+            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => {
+                continue
+            }
             Err(e) => return Err(io_err(&dir, "cannot list", e)),
         };
         for ent in rd {
@@ -224,7 +237,9 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StoreErro
                 continue;
             }
             let rel_name = format!("{rel}{name}");
-            let ft = ent.file_type().map_err(|e| io_err(&ent.path(), "cannot stat", e))?;
+            let ft = ent
+                .file_type()
+                .map_err(|e| io_err(&ent.path(), "cannot stat", e))?;
             if ft.is_dir() {
                 // Descend only where keys below can still match the prefix.
                 let d = format!("{rel_name}/");
@@ -236,7 +251,9 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StoreErro
             if !ft.is_file() || !rel_name.starts_with(prefix) {
                 continue;
             }
-            let Ok(key) = ObjectKey::new(rel_name) else { continue };
+            let Ok(key) = ObjectKey::new(rel_name) else {
+                continue;
+            };
             let meta = match ent.metadata() {
                 Ok(m) => m,
                 Err(e) if e.kind() == ErrorKind::NotFound => continue, // deleted meanwhile
@@ -263,7 +280,10 @@ fn random_suffix() -> String {
 
 impl LocalUpload {
     pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        let f = self.file.as_mut().expect("upload file open until finish/abort");
+        let f = self
+            .file
+            .as_mut()
+            .expect("upload file open until finish/abort");
         f.write_all(chunk)
             .await
             .map_err(|e| io_err(&self.tmp, "cannot write", e))
@@ -279,14 +299,25 @@ impl LocalUpload {
     }
 
     async fn finish_inner(&mut self) -> Result<(), StoreError> {
-        let mut f = self.file.take().expect("upload file open until finish/abort");
-        f.flush().await.map_err(|e| io_err(&self.tmp, "cannot write", e))?;
-        f.sync_all().await.map_err(|e| io_err(&self.tmp, "cannot fsync", e))?;
+        let mut f = self
+            .file
+            .take()
+            .expect("upload file open until finish/abort");
+        f.flush()
+            .await
+            .map_err(|e| io_err(&self.tmp, "cannot write", e))?;
+        f.sync_all()
+            .await
+            .map_err(|e| io_err(&self.tmp, "cannot fsync", e))?;
         drop(f);
         tokio::fs::rename(&self.tmp, &self.target)
             .await
             .map_err(|e| io_err(&self.target, "cannot rename temp file to", e))?;
-        let dir = self.target.parent().expect("object path has a parent").to_path_buf();
+        let dir = self
+            .target
+            .parent()
+            .expect("object path has a parent")
+            .to_path_buf();
         tokio::task::spawn_blocking(move || {
             std::fs::File::open(&dir)
                 .and_then(|d| d.sync_all())

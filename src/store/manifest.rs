@@ -92,12 +92,14 @@ pub fn backup_id(t: DateTime<Utc>, revision: i64) -> String {
 /// Panics when `cluster_id_hex` or `id` would make an invalid key (empty, containing `/`
 /// at the ends or a leading `.`): both come from this program, not from users.
 pub fn data_key(cluster_id_hex: &str, id: &str) -> ObjectKey {
-    ObjectKey::new(format!("{cluster_id_hex}/{id}{DATA_SUFFIX}")).expect("valid cluster id and backup id")
+    ObjectKey::new(format!("{cluster_id_hex}/{id}{DATA_SUFFIX}"))
+        .expect("valid cluster id and backup id")
 }
 
 /// Key of the manifest object: `"<cluster-id-hex>/<id>.json"`. Panics like [`data_key`].
 pub fn manifest_key(cluster_id_hex: &str, id: &str) -> ObjectKey {
-    ObjectKey::new(format!("{cluster_id_hex}/{id}{MANIFEST_SUFFIX}")).expect("valid cluster id and backup id")
+    ObjectKey::new(format!("{cluster_id_hex}/{id}{MANIFEST_SUFFIX}"))
+        .expect("valid cluster id and backup id")
 }
 
 /// All backups in the store, newest first (by id, which sorts by time; then by cluster id).
@@ -141,7 +143,10 @@ pub async fn catalog(store: &Store) -> Result<Vec<Manifest>, StoreError> {
             Err(e) => tracing::warn!("skipping manifest {key} in {}: {e}", store.describe()),
         }
     }
-    out.sort_by(|a, b| b.id.cmp(&a.id).then_with(|| b.cluster_id.cmp(&a.cluster_id)));
+    out.sort_by(|a, b| {
+        b.id.cmp(&a.id)
+            .then_with(|| b.cluster_id.cmp(&a.cluster_id))
+    });
     Ok(out)
 }
 
@@ -165,7 +170,10 @@ pub async fn find(store: &Store, which: &str) -> Result<Manifest, StoreError> {
     if let Some(m) = all.iter().find(|m| m.id == which) {
         return Ok(m.clone());
     }
-    let mut hits: Vec<Manifest> = all.into_iter().filter(|m| m.id.starts_with(which)).collect();
+    let mut hits: Vec<Manifest> = all
+        .into_iter()
+        .filter(|m| m.id.starts_with(which))
+        .collect();
     match hits.len() {
         0 => Err(not_found()),
         1 => Ok(hits.remove(0)),
@@ -209,10 +217,23 @@ mod tests {
 
     #[test]
     fn object_key_rules() {
-        for bad in ["", "/a", "a/", "a//b", ".x", "a/.partial-x", "a/../b", "a\\b"] {
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            ".x",
+            "a/.partial-x",
+            "a/../b",
+            "a\\b",
+        ] {
             assert!(ObjectKey::new(bad).is_err(), "{bad:?} accepted");
         }
-        for good in ["a", "a/b.json", "8e9e05c52164694d/20261122T230000Z-r1.db.zst"] {
+        for good in [
+            "a",
+            "a/b.json",
+            "8e9e05c52164694d/20261122T230000Z-r1.db.zst",
+        ] {
             assert_eq!(ObjectKey::new(good).unwrap().as_str(), good);
         }
     }

@@ -117,7 +117,9 @@ impl StoreError {
 /// Rules (checked by [`ObjectKey::new`]): not empty; at most 1024 bytes; no leading or trailing
 /// `/`; no empty segment (`a//b`); no segment `.`, `..` or starting with `.` (such names are
 /// reserved for temporary files); no NUL or `\`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct ObjectKey(String);
 
@@ -127,7 +129,12 @@ impl ObjectKey {
     /// Errors: [`StoreError::InvalidKey`] naming the rule broken.
     pub fn new(key: impl Into<String>) -> Result<ObjectKey, StoreError> {
         let key = key.into();
-        let bad = |reason| Err(StoreError::InvalidKey { key: key.clone(), reason });
+        let bad = |reason| {
+            Err(StoreError::InvalidKey {
+                key: key.clone(),
+                reason,
+            })
+        };
         if key.is_empty() {
             return bad("empty");
         }

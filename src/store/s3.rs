@@ -22,7 +22,6 @@
 
 use std::time::Duration;
 
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -86,7 +85,9 @@ impl S3Store {
             .tls_context(tls_ctx)
             .build_https();
 
-        let part_size = usize::try_from(cfg.part_size).unwrap_or(usize::MAX).max(5 << 20);
+        let part_size = usize::try_from(cfg.part_size)
+            .unwrap_or(usize::MAX)
+            .max(5 << 20);
         let attempt = Duration::from_secs(300).max(Duration::from_secs((part_size >> 20) as u64));
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -103,21 +104,27 @@ impl S3Store {
                 ResponseChecksumValidation::WhenSupported,
             ),
         };
-        let region = RegionProviderChain::first_try(cfg.region.clone().map(Region::new))
-            .or_default_provider()
-            .or_else(Region::new("us-east-1"));
+        // Without storage.s3.region the loader's default chain (which shares our HTTP client)
+        // finds the region; us-east-1 is the fallback below.
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
             .timeout_config(timeouts)
-            .region(region)
             .request_checksum_calculation(req_ck)
             .response_checksum_validation(resp_ck);
+        if let Some(r) = &cfg.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
         if let Some(ep) = &cfg.endpoint {
             loader = loader.endpoint_url(ep.trim_end_matches('/'));
         }
         let sdk = loader.load().await;
-        let region_name = sdk.region().map(|r| r.to_string()).unwrap_or_default();
+        let region = sdk
+            .region()
+            .cloned()
+            .unwrap_or_else(|| Region::new("us-east-1"));
+        let region_name = region.to_string();
         let conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .region(region)
             .force_path_style(cfg.force_path_style)
             .build();
         Ok(S3Store {
@@ -246,7 +253,10 @@ impl S3Store {
             }
             return Err(self.map_err("HeadBucket", &self.bucket, e));
         }
-        let probe = self.s3_prefix(&format!(".etcd-lifeboat-check-{}", hex::encode(rand::random::<[u8; 8]>())));
+        let probe = self.s3_prefix(&format!(
+            ".etcd-lifeboat-check-{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -308,7 +318,13 @@ impl S3Store {
         let s3_key = self.s3_key(key);
         let resp = self.get_object(key, &s3_key).await?;
         let data = resp.body.collect().await.map_err(|e| {
-            self.err(&s3_key, format!("GetObject: reading the body from {} failed: {e}", self.endpoint))
+            self.err(
+                &s3_key,
+                format!(
+                    "GetObject: reading the body from {} failed: {e}",
+                    self.endpoint
+                ),
+            )
         })?;
         Ok(data.into_bytes())
     }
@@ -318,7 +334,14 @@ impl S3Store {
         key: &ObjectKey,
         s3_key: &str,
     ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
-        match self.client.get_object().bucket(&self.bucket).key(s3_key).send().await {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(s3_key)
+            .send()
+            .await
+        {
             Ok(r) => Ok(r),
             Err(e) => {
                 let status = e.raw_response().map(|r| r.status().as_u16());
@@ -363,8 +386,12 @@ impl S3Store {
                 .map_err(|e| self.map_err("ListObjectsV2", &full, e))?;
             for obj in page.contents() {
                 let Some(k) = obj.key() else { continue };
-                let Some(rel) = k.strip_prefix(&strip) else { continue };
-                let Ok(key) = ObjectKey::new(rel) else { continue };
+                let Some(rel) = k.strip_prefix(&strip) else {
+                    continue;
+                };
+                let Ok(key) = ObjectKey::new(rel) else {
+                    continue;
+                };
                 let last_modified = obj
                     .last_modified()
                     .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
@@ -386,7 +413,14 @@ impl S3Store {
 
     pub(crate) async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
         let s3_key = self.s3_key(key);
-        match self.client.delete_object().bucket(&self.bucket).key(&s3_key).send().await {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&s3_key)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("NoSuchKey") => Ok(()),
             Err(e) => Err(self.map_err("DeleteObject", &s3_key, e)),
@@ -472,7 +506,8 @@ impl S3Upload {
         let ps = self.store.part_size;
         while !chunk.is_empty() {
             if self.buf.capacity() == 0 {
-                self.buf.reserve_exact(ps.min(chunk.len().max(64 << 10)));
+                // One allocation per part; pages are only touched as they fill.
+                self.buf.reserve_exact(ps);
             }
             let n = (ps - self.buf.len()).min(chunk.len());
             self.buf.extend_from_slice(&chunk[..n]);
@@ -524,8 +559,10 @@ impl S3Upload {
                     .await
                     .map_err(|e| self.store.map_err("CreateMultipartUpload", &self.s3_key, e))?;
                 let id = out.upload_id().map(str::to_string).ok_or_else(|| {
-                    self.store
-                        .err(&self.s3_key, "CreateMultipartUpload returned no upload id".into())
+                    self.store.err(
+                        &self.s3_key,
+                        "CreateMultipartUpload returned no upload id".into(),
+                    )
                 })?;
                 self.upload_id = Some(id.clone());
                 id
@@ -572,10 +609,17 @@ impl S3Upload {
             .bucket(&self.store.bucket)
             .key(&self.s3_key)
             .upload_id(&upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
-            .map_err(|e| self.store.map_err("CompleteMultipartUpload", &self.s3_key, e))?;
+            .map_err(|e| {
+                self.store
+                    .map_err("CompleteMultipartUpload", &self.s3_key, e)
+            })?;
         self.upload_id = None;
         Ok(())
     }

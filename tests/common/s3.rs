@@ -11,7 +11,7 @@
 //! none are set (moto accepts any).
 //!
 //! Used as `#[path = "common/s3.rs"] mod s3h;` or through `mod common;` (`pub mod s3;`).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::field_reassign_with_default)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -43,7 +43,11 @@ pub struct S3Server {
 
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Path of the moto_server executable.
@@ -113,7 +117,12 @@ impl S3Server {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}; install moto (scripts/) or set MOTO_SERVER", moto_bin().display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e}; install moto (scripts/) or set MOTO_SERVER",
+                    moto_bin().display()
+                )
+            });
         let scheme = if tls { "https" } else { "http" };
         let mut s = S3Server {
             child: Some(child),
@@ -133,7 +142,11 @@ impl S3Server {
                 .args(["-X", "PUT", &format!("{}/{}", s.endpoint, s.bucket)])
                 .output()
                 .expect("curl");
-            assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "create bucket over TLS: {out:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "200",
+                "create bucket over TLS: {out:?}"
+            );
         } else {
             let status = raw_http(port, "PUT", &format!("/{}", s.bucket));
             assert_eq!(status, 200, "create bucket {}; log: {}", s.bucket, s.log());
@@ -150,7 +163,11 @@ impl S3Server {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("moto_server exited ({st}); log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "moto_server not listening after 30s; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "moto_server not listening after 30s; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -212,19 +229,65 @@ fn raw_http(port: u16, method: &str, path: &str) -> u16 {
 /// returns the CA path.
 fn make_certs(dir: &Path) -> PathBuf {
     let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lifeboat-test-ca",
-        "-keyout", "ca.key", "-out", "ca.crt"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
-        "-out", "server.csr"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=lifeboat-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
-    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt"]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
     dir.join("ca.crt")
 }
