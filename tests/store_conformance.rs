@@ -489,6 +489,44 @@ async fn s3_unreachable_endpoint_is_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_bad_credentials_are_named() {
+    let srv = match s3h::S3Server::external() {
+        Some(s) => s,
+        None => tokio::task::spawn_blocking(|| s3h::S3Server::start_moto_opts(false, true))
+            .await
+            .unwrap(),
+    };
+    let creds = aws_sdk_s3::config::Credentials::new(
+        "AKIALIFEBOATBOGUSKEY",
+        "bogus-secret",
+        None,
+        None,
+        "test",
+    );
+    let cfg = srv.storage_config();
+    let store = Store::S3(
+        etcd_lifeboat::store::S3Store::from_config_with_credentials(&cfg.s3, Some(creds))
+            .await
+            .unwrap(),
+    );
+    let msg = store.check().await.unwrap_err().to_string();
+    assert!(
+        msg.contains("HTTP 403") && msg.contains("check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+        "{msg}"
+    );
+    let msg = store
+        .put_bytes(&key("a/b"), Bytes::from_static(b"x"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("rejected the credentials (InvalidAccessKeyId)")
+            && msg.contains("check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_tls_with_custom_ca() {
     if s3h::S3Server::external().is_some() {
         return; // TLS is tested against moto only
@@ -518,6 +556,22 @@ async fn s3_tls_with_custom_ca() {
         msg.contains("cannot reach endpoint") && msg.contains("storage.s3.ca_file"),
         "{msg}"
     );
+}
+
+/// `storage.s3.checksum: when_supported`: CRC32C checksums on PutObject and on every part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_checksum_when_supported() {
+    let srv = tokio::task::spawn_blocking(s3h::S3Server::start)
+        .await
+        .unwrap();
+    let mut cfg = srv.storage_config();
+    cfg.s3.checksum = etcd_lifeboat::config::ChecksumMode::WhenSupported;
+    let f = Fixture {
+        store: Store::from_config(&cfg).await.unwrap(),
+        _dir: None,
+        _s3: Some(srv),
+    };
+    multipart_several_parts(f).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,17 @@ impl S3Store {
     ///
     /// Errors: [`StoreError::Io`] when `storage.s3.ca_file` cannot be read.
     pub async fn from_config(cfg: &S3Config) -> Result<S3Store, StoreError> {
+        Self::from_config_with_credentials(cfg, None).await
+    }
+
+    /// Like [`S3Store::from_config`], with fixed credentials instead of the AWS chain when
+    /// `credentials` is `Some` (tests, embedding).
+    ///
+    /// Errors: as [`S3Store::from_config`].
+    pub async fn from_config_with_credentials(
+        cfg: &S3Config,
+        credentials: Option<aws_sdk_s3::config::Credentials>,
+    ) -> Result<S3Store, StoreError> {
         let mut trust = TrustStore::default();
         if let Some(ca) = &cfg.ca_file {
             let pem = tokio::fs::read(ca).await.map_err(|e| StoreError::Io {
@@ -113,6 +124,9 @@ impl S3Store {
             .response_checksum_validation(resp_ck);
         if let Some(r) = &cfg.region {
             loader = loader.region(Region::new(r.clone()));
+        }
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(c);
         }
         if let Some(ep) = &cfg.endpoint {
             loader = loader.endpoint_url(ep.trim_end_matches('/'));

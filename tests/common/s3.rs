@@ -97,6 +97,13 @@ impl S3Server {
     /// 127.0.0.1 signed by a CA made with openssl (see [`S3Server::ca_file`]). Waits until it
     /// answers and creates a bucket.
     pub fn start_moto(tls: bool) -> S3Server {
+        Self::start_moto_opts(tls, false)
+    }
+
+    /// Like [`S3Server::start_moto`]; with `auth`, moto checks request signatures and access
+    /// keys (`INITIAL_NO_AUTH_ACTION_COUNT=0`), so any key is unknown to it, and no bucket is
+    /// created.
+    pub fn start_moto_opts(tls: bool, auth: bool) -> S3Server {
         if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
             std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
             std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
@@ -107,6 +114,9 @@ impl S3Server {
         let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
         let mut cmd = Command::new(moto_bin());
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        if auth {
+            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
+        }
         if tls {
             cmd.arg("-c").arg(dir.path().join("server.crt"));
             cmd.arg("-k").arg(dir.path().join("server.key"));
@@ -134,7 +144,9 @@ impl S3Server {
             external: false,
         };
         s.wait_listening(port);
-        if tls {
+        if auth {
+            // Requests need valid signatures from now on; tests use this for bad credentials.
+        } else if tls {
             // moto answers any HTTP method on any path; create the bucket over TLS with curl.
             let out = Command::new("curl")
                 .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
