@@ -79,7 +79,9 @@ pub fn go_json_string(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
             c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
@@ -106,12 +108,20 @@ pub fn rewrite_db(
 ) -> Result<(), SnapshotError> {
     let size = Db::open(src, Some(db_len))?.size();
     copy_prefix(src, dst, size)?;
-    writer::apply(dst, Some(size), &membership_edits(members, consistent_index, term))?;
+    writer::apply(
+        dst,
+        Some(size),
+        &membership_edits(members, consistent_index, term),
+    )?;
     Ok(())
 }
 
 /// The bucket edits of a 3.5 restore (see the module doc).
-pub fn membership_edits(members: &[RestoreMember], consistent_index: u64, term: u64) -> BTreeMap<Vec<u8>, BucketEdit> {
+pub fn membership_edits(
+    members: &[RestoreMember],
+    consistent_index: u64,
+    term: u64,
+) -> BTreeMap<Vec<u8>, BucketEdit> {
     let mut edits = BTreeMap::new();
     let kvs = members
         .iter()
@@ -122,7 +132,10 @@ pub fn membership_edits(members: &[RestoreMember], consistent_index: u64, term: 
     edits.insert(b"cluster".to_vec(), BucketEdit::Put(Vec::new()));
     let mut meta = Vec::new();
     if consistent_index > 0 {
-        meta.push((b"consistent_index".to_vec(), consistent_index.to_be_bytes().to_vec()));
+        meta.push((
+            b"consistent_index".to_vec(),
+            consistent_index.to_be_bytes().to_vec(),
+        ));
         if term > 0 {
             meta.push((b"term".to_vec(), term.to_be_bytes().to_vec()));
         }
@@ -134,13 +147,25 @@ pub fn membership_edits(members: &[RestoreMember], consistent_index: u64, term: 
 /// Copies the first `len` bytes of `src` into a new file `dst` (0600), kernel side.
 fn copy_prefix(src: &Path, dst: &Path, len: u64) -> Result<(), SnapshotError> {
     fn io(p: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
-        move |source| SnapshotError::Io { path: p.to_path_buf(), source }
+        move |source| SnapshotError::Io {
+            path: p.to_path_buf(),
+            source,
+        }
     }
     let from = std::fs::File::open(src).map_err(io(src))?;
-    let mut to = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).map_err(io(dst))?;
+    let mut to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)
+        .map_err(io(dst))?;
     let copied = std::io::copy(&mut std::io::Read::take(from, len), &mut to).map_err(io(dst))?;
     if copied != len {
-        return Err(SnapshotError::Truncated { path: src.to_path_buf(), expected: len, actual: copied });
+        return Err(SnapshotError::Truncated {
+            path: src.to_path_buf(),
+            expected: len,
+            actual: copied,
+        });
     }
     to.flush().map_err(io(dst))?;
     Ok(())
@@ -152,11 +177,25 @@ mod tests {
 
     #[test]
     fn member_json_like_go() {
-        let m = RestoreMember { id: 0x71405583d3e2d5ce, name: "a".into(), peer_urls: vec!["http://127.0.0.1:2380".into()] };
+        let m = RestoreMember {
+            id: 0x71405583d3e2d5ce,
+            name: "a".into(),
+            peer_urls: vec!["http://127.0.0.1:2380".into()],
+        };
         assert_eq!(m.backend_key(), "71405583d3e2d5ce");
-        assert_eq!(m.backend_value(), r#"{"id":8160616549479273934,"peerURLs":["http://127.0.0.1:2380"],"name":"a"}"#);
-        let small = RestoreMember { id: 0xab, name: String::new(), peer_urls: vec!["http://x/?a=1&b=<2>".into()] };
+        assert_eq!(
+            m.backend_value(),
+            r#"{"id":8160616549479273934,"peerURLs":["http://127.0.0.1:2380"],"name":"a"}"#
+        );
+        let small = RestoreMember {
+            id: 0xab,
+            name: String::new(),
+            peer_urls: vec!["http://x/?a=1&b=<2>".into()],
+        };
         assert_eq!(small.backend_key(), "ab");
-        assert_eq!(small.backend_value(), r#"{"id":171,"peerURLs":["http://x/?a=1\u0026b=\u003c2\u003e"]}"#);
+        assert_eq!(
+            small.backend_value(),
+            r#"{"id":171,"peerURLs":["http://x/?a=1\u0026b=\u003c2\u003e"]}"#
+        );
     }
 }

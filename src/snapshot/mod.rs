@@ -40,13 +40,22 @@ pub enum SnapshotError {
         "{}: snapshot is truncated: the bbolt meta page says the db is {expected} bytes but only {actual} bytes are present; the file is incomplete, take or download the snapshot again",
         path.display()
     )]
-    Truncated { path: PathBuf, expected: u64, actual: u64 },
+    Truncated {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
     /// The sha256 trailer does not match the data.
     #[error(
         "{}: sha256 mismatch: the snapshot's trailer says {expected} but its {db_len} data bytes hash to {actual}; the snapshot is corrupt, take or download it again",
         path.display()
     )]
-    HashMismatch { path: PathBuf, db_len: u64, expected: String, actual: String },
+    HashMismatch {
+        path: PathBuf,
+        db_len: u64,
+        expected: String,
+        actual: String,
+    },
     /// A structural error in a page (bbolt `tx.Check` would report it, or worse, crash).
     #[error("bbolt page {page}: {reason}; the snapshot is corrupt, take a new one")]
     Corrupt { page: u64, reason: String },
@@ -98,7 +107,11 @@ impl Status {
             hdr.push("VERSION");
             row.push(v.clone());
         }
-        let widths: Vec<usize> = hdr.iter().zip(&row).map(|(h, r)| h.len().max(r.len())).collect();
+        let widths: Vec<usize> = hdr
+            .iter()
+            .zip(&row)
+            .map(|(h, r)| h.len().max(r.len()))
+            .collect();
         let sep: String = {
             let mut s = String::from("+");
             for w in &widths {
@@ -113,7 +126,12 @@ impl Status {
                 if center {
                     let pad = w - c.len();
                     let left = pad / 2;
-                    s.push_str(&format!(" {}{}{} |", " ".repeat(left), c, " ".repeat(pad - left)));
+                    s.push_str(&format!(
+                        " {}{}{} |",
+                        " ".repeat(left),
+                        c,
+                        " ".repeat(pad - left)
+                    ));
                 } else {
                     s.push_str(&format!(" {c:>w$} |"));
                 }
@@ -121,7 +139,11 @@ impl Status {
             s
         };
         let hdr: Vec<String> = hdr.into_iter().map(String::from).collect();
-        format!("{sep}\n{}\n{sep}\n{}\n{sep}\n", line(&hdr, true), line(&row, false))
+        format!(
+            "{sep}\n{}\n{sep}\n{}\n{sep}\n",
+            line(&hdr, true),
+            line(&row, false)
+        )
     }
 }
 
@@ -159,7 +181,10 @@ pub fn verify_file(path: &Path, db_len: Option<u64>) -> Result<Status, SnapshotE
 /// trailer; a mismatch means the file is damaged, so it is refused here).
 pub fn status_file(path: &Path) -> Result<Status, SnapshotError> {
     let len = std::fs::metadata(path)
-        .map_err(|source| SnapshotError::Io { path: path.to_path_buf(), source })?
+        .map_err(|source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
         .len();
     if !has_trailer(len) {
         return verify_file(path, None);
@@ -169,7 +194,10 @@ pub fn status_file(path: &Path) -> Result<Status, SnapshotError> {
         let t = s.spawn(|| check_sha256_trailer(path));
         let status = verify_file(path, Some(db_len));
         let trailer = t.join().unwrap_or_else(|_| {
-            Err(SnapshotError::Io { path: path.to_path_buf(), source: std::io::Error::other("sha256 thread panicked") })
+            Err(SnapshotError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("sha256 thread panicked"),
+            })
         });
         (status, trailer)
     });
@@ -208,19 +236,45 @@ mod tests {
 
     #[test]
     fn json_field_names() {
-        let s = Status { hash: 1, revision: 2, total_key: 3, total_size: 4, version: None };
-        assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"hash":1,"revision":2,"totalKey":3,"totalSize":4}"#);
-        let v = Status { version: Some("3.6.0".into()), ..s };
-        assert!(serde_json::to_string(&v).unwrap().ends_with(r#""version":"3.6.0"}"#));
+        let s = Status {
+            hash: 1,
+            revision: 2,
+            total_key: 3,
+            total_size: 4,
+            version: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"hash":1,"revision":2,"totalKey":3,"totalSize":4}"#
+        );
+        let v = Status {
+            version: Some("3.6.0".into()),
+            ..s
+        };
+        assert!(serde_json::to_string(&v)
+            .unwrap()
+            .ends_with(r#""version":"3.6.0"}"#));
     }
 
     #[test]
     fn table_shape() {
-        let s = Status { hash: 0xfe01cf57, revision: 10, total_key: 7, total_size: 20480, version: None };
+        let s = Status {
+            hash: 0xfe01cf57,
+            revision: 10,
+            total_key: 7,
+            total_size: 20480,
+            version: None,
+        };
         let t = s.to_table();
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 5);
-        assert_eq!(lines[1], "|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |");
-        assert_eq!(lines[3], "| fe01cf57 |       10 |          7 |      20 kB |");
+        assert_eq!(
+            lines[1],
+            "|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |"
+        );
+        assert_eq!(
+            lines[3],
+            "| fe01cf57 |       10 |          7 |      20 kB |"
+        );
     }
 }
