@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KV="${KUBERNETES_VALIDATE:-/root/.cache/etcd-lifeboat/venv/bin/kubernetes-validate}"
+KV="${KUBERNETES_VALIDATE:-${XDG_CACHE_HOME:-$HOME/.cache}/etcd-lifeboat/venv/bin/kubernetes-validate}"
 PROMTOOL="${PROMTOOL:-promtool}"
 K8S_VERSIONS="${K8S_VERSIONS:-1.31.0 1.37.0}"
 

@@ -39,7 +39,10 @@ fn the_expected_examples_exist() {
         "deploy/cronjob/configmap.yaml (data.config.yaml)",
         "deploy/daemon/configmap.yaml (data.config.yaml)",
     ] {
-        assert!(names.iter().any(|n| n == want), "missing {want} in {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "missing {want} in {names:?}"
+        );
     }
 }
 
@@ -50,8 +53,10 @@ fn examples_parse_and_validate_in_process() {
         // Keys and types, on the text as shipped (deny_unknown_fields names a wrong key).
         let shipped = Config::from_yaml(&text, &origin).unwrap_or_else(|e| panic!("{origin}: {e}"));
         let (rewritten, _) = materialize(&text, tmp.path());
-        let cfg = Config::from_yaml(&rewritten, &origin).unwrap_or_else(|e| panic!("{origin} (rewritten): {e}"));
-        cfg.validate().unwrap_or_else(|e| panic!("{origin}: {e}\n{rewritten}"));
+        let cfg = Config::from_yaml(&rewritten, &origin)
+            .unwrap_or_else(|e| panic!("{origin} (rewritten): {e}"));
+        cfg.validate()
+            .unwrap_or_else(|e| panic!("{origin}: {e}\n{rewritten}"));
         // Rewriting touched paths only.
         assert_eq!(shipped.etcd.endpoints, cfg.etcd.endpoints, "{origin}");
         assert_eq!(shipped.schedule, cfg.schedule, "{origin}");
@@ -66,15 +71,24 @@ fn examples_have_the_promised_shapes() {
     let load = |rel: &str| Config::from_yaml(&read(rel), rel).unwrap();
     let kubeadm = load("config/kubeadm.yaml");
     assert_eq!(kubeadm.storage.backend, Backend::S3);
-    assert!(kubeadm.storage.s3.endpoint.is_some() && kubeadm.storage.s3.force_path_style, "S3-compatible store");
+    assert!(
+        kubeadm.storage.s3.endpoint.is_some() && kubeadm.storage.s3.force_path_style,
+        "S3-compatible store"
+    );
     let tls = kubeadm.etcd.tls.unwrap();
     assert!(tls.ca_file.unwrap().starts_with("/etc/kubernetes/pki/etcd"));
 
     let sysd = load("config/systemd-cluster.yaml");
     assert_eq!(sysd.etcd.endpoints.len(), 2, "two members");
     let tls = sysd.etcd.tls.unwrap();
-    assert_eq!(tls.cert_file.unwrap().to_str(), Some("/etc/etcd/cert/etcd.pem"));
-    assert_eq!(tls.key_file.unwrap().to_str(), Some("/etc/etcd/cert/etcd-key.pem"));
+    assert_eq!(
+        tls.cert_file.unwrap().to_str(),
+        Some("/etc/etcd/cert/etcd.pem")
+    );
+    assert_eq!(
+        tls.key_file.unwrap().to_str(),
+        Some("/etc/etcd/cert/etcd-key.pem")
+    );
 
     assert_eq!(load("config/local.yaml").storage.backend, Backend::Local);
     let daemon = load("config/daemon.yaml");
@@ -88,7 +102,12 @@ fn config_check_accepts_every_example() {
         let (rewritten, _) = materialize(&text, tmp.path());
         let file = tmp.path().join("config.yaml");
         std::fs::write(&file, &rewritten).unwrap();
-        let out = lifeboat().arg("--config").arg(&file).args(["config", "check"]).output().unwrap();
+        let out = lifeboat()
+            .arg("--config")
+            .arg(&file)
+            .args(["config", "check"])
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{origin}: `config check` exit {:?}\nstdout: {}\nstderr: {}\nconfig:\n{rewritten}",
@@ -109,24 +128,47 @@ fn config_check_names_the_key_it_rejects() {
         let (_, rewritten_keys) = materialize(&text, tmp.path());
         let file = tmp.path().join("as-shipped.yaml");
         std::fs::write(&file, &text).unwrap();
-        let out = lifeboat().arg("--config").arg(&file).args(["config", "check"]).output().unwrap();
+        let out = lifeboat()
+            .arg("--config")
+            .arg(&file)
+            .args(["config", "check"])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             assert_eq!(out.status.code(), Some(2), "{origin}: {stderr}");
             assert!(
-                rewritten_keys.iter().any(|(k, _)| stderr.contains(k.as_str())),
+                rewritten_keys
+                    .iter()
+                    .any(|(k, _)| stderr.contains(k.as_str())),
                 "{origin}: rejected for something other than a missing file: {stderr}"
             );
         }
 
         let (rewritten, _) = materialize(&text, tmp.path());
-        let bad = rewritten.replacen("etcd:\n", "etcd:\n  endpoint_list: [\"https://127.0.0.1:2379\"]\n", 1);
+        let bad = rewritten.replacen(
+            "etcd:\n",
+            "etcd:\n  endpoint_list: [\"https://127.0.0.1:2379\"]\n",
+            1,
+        );
         assert_ne!(bad, rewritten, "{origin}: no etcd section to break");
         let file = tmp.path().join("bad.yaml");
         std::fs::write(&file, &bad).unwrap();
-        let out = lifeboat().arg("--config").arg(&file).args(["config", "check"]).output().unwrap();
+        let out = lifeboat()
+            .arg("--config")
+            .arg(&file)
+            .args(["config", "check"])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{origin}: unknown key accepted: {stderr}");
-        assert!(stderr.contains("endpoint_list"), "{origin}: error does not name the key: {stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{origin}: unknown key accepted: {stderr}"
+        );
+        assert!(
+            stderr.contains("endpoint_list"),
+            "{origin}: error does not name the key: {stderr}"
+        );
     }
 }

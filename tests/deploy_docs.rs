@@ -32,7 +32,11 @@ fn code_keys() -> BTreeMap<String, Value> {
             Value::Mapping(m) => {
                 for (k, child) in m {
                     let k = k.as_str().unwrap();
-                    let key = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+                    let key = if prefix.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     flatten(&key, child, out);
                 }
             }
@@ -43,7 +47,12 @@ fn code_keys() -> BTreeMap<String, Value> {
     }
     flatten("", &v, &mut out);
     // Sanity: the expansion worked and Option scalars stayed leaves.
-    for k in ["etcd.tls.ca_file", "etcd.auth.password_file", "storage.s3.region", "backup.temp_dir"] {
+    for k in [
+        "etcd.tls.ca_file",
+        "etcd.auth.password_file",
+        "storage.s3.region",
+        "backup.temp_dir",
+    ] {
         assert!(out.contains_key(k), "flattening lost {k}: {:?}", out.keys());
     }
     out
@@ -64,7 +73,11 @@ fn render_default(v: &Value) -> String {
 }
 
 fn env_for(key: &str) -> Vec<&'static str> {
-    ENV_OVERRIDES.iter().filter(|(_, k)| *k == key).map(|(v, _)| *v).collect()
+    ENV_OVERRIDES
+        .iter()
+        .filter(|(_, k)| *k == key)
+        .map(|(v, _)| *v)
+        .collect()
 }
 
 /// Rows of the key table in docs/config.md: lines `| \`key\` | type | default | env | ... |`.
@@ -72,15 +85,32 @@ fn doc_rows() -> BTreeMap<String, Vec<String>> {
     let text = read("docs/config.md");
     let mut rows = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("| `") else { continue };
-        let cells: Vec<String> = line.trim().trim_matches('|').split(" | ").map(|c| c.trim().to_string()).collect();
+        let Some(rest) = line.strip_prefix("| `") else {
+            continue;
+        };
+        let cells: Vec<String> = line
+            .trim()
+            .trim_matches('|')
+            .split(" | ")
+            .map(|c| c.trim().to_string())
+            .collect();
         let key = rest.split('`').next().unwrap().to_string();
         // Config keys are dotted lower-case paths; other tables (environment variables) are not.
-        if !(key.contains('.') && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_')) {
+        if !(key.contains('.')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_'))
+        {
             continue;
         }
-        assert!(cells.len() >= 5, "docs/config.md row for {key} needs 5 cells: {line}");
-        assert!(rows.insert(key.clone(), cells).is_none(), "docs/config.md lists {key} twice");
+        assert!(
+            cells.len() >= 5,
+            "docs/config.md row for {key} needs 5 cells: {line}"
+        );
+        assert!(
+            rows.insert(key.clone(), cells).is_none(),
+            "docs/config.md lists {key} twice"
+        );
     }
     rows
 }
@@ -91,7 +121,14 @@ fn config_reference_matches_the_code() {
     if std::env::var("DEPLOY_DOCS_PRINT").is_ok() {
         for (k, v) in &code {
             let env = env_for(k);
-            let env = if env.is_empty() { "—".to_string() } else { env.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ") };
+            let env = if env.is_empty() {
+                "—".to_string()
+            } else {
+                env.iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             println!("| `{k}` | ? | {} | {env} | ? |", render_default(v));
         }
     }
@@ -100,19 +137,35 @@ fn config_reference_matches_the_code() {
     let doc_set: BTreeSet<&String> = rows.keys().collect();
     let missing: Vec<_> = code_set.difference(&doc_set).collect();
     let extra: Vec<_> = doc_set.difference(&code_set).collect();
-    assert!(missing.is_empty(), "docs/config.md lacks keys the code has: {missing:?}");
-    assert!(extra.is_empty(), "docs/config.md lists keys the code does not have: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/config.md lacks keys the code has: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "docs/config.md lists keys the code does not have: {extra:?}"
+    );
     for (k, v) in &code {
         let cells = &rows[k];
-        assert_eq!(cells[2], render_default(v), "docs/config.md: default of {k}");
+        assert_eq!(
+            cells[2],
+            render_default(v),
+            "docs/config.md: default of {k}"
+        );
         let documented: BTreeSet<String> = cells[3]
             .split(',')
             .map(|s| s.trim().trim_matches('`').to_string())
             .filter(|s| !s.is_empty() && s != "—")
             .collect();
         let actual: BTreeSet<String> = env_for(k).into_iter().map(String::from).collect();
-        assert_eq!(documented, actual, "docs/config.md: environment variables of {k}");
-        assert!(!cells[4].is_empty() && cells[4] != "?", "docs/config.md: {k} has no description");
+        assert_eq!(
+            documented, actual,
+            "docs/config.md: environment variables of {k}"
+        );
+        assert!(
+            !cells[4].is_empty() && cells[4] != "?",
+            "docs/config.md: {k} has no description"
+        );
     }
 }
 
@@ -120,7 +173,11 @@ fn config_reference_matches_the_code() {
 #[test]
 fn config_reference_parser_sees_rows() {
     let rows = doc_rows();
-    assert!(rows.len() >= 30, "only {} rows parsed from docs/config.md", rows.len());
+    assert!(
+        rows.len() >= 30,
+        "only {} rows parsed from docs/config.md",
+        rows.len()
+    );
     assert!(rows.contains_key("storage.s3.force_path_style"));
 }
 
@@ -130,7 +187,9 @@ fn metrics_in(expr: &str) -> BTreeSet<String> {
     let mut rest = expr;
     while let Some(i) = rest.find("etcd_lifeboat_") {
         let tail = &rest[i..];
-        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
         out.insert(tail[..end].to_string());
         rest = &tail[end..];
     }
@@ -176,7 +235,10 @@ fn metrics_reference_documents_metrics_and_alerts() {
     assert!(used.len() >= 6, "{used:?}");
     used.extend(CONTRACT_METRICS.iter().map(|s| s.to_string()));
     for m in used {
-        assert!(doc.contains(&format!("`{m}`")), "docs/metrics.md does not document {m}");
+        assert!(
+            doc.contains(&format!("`{m}`")),
+            "docs/metrics.md does not document {m}"
+        );
     }
 }
 
@@ -211,8 +273,14 @@ fn heading_anchors(markdown: &str) -> BTreeSet<String> {
 
 #[test]
 fn slug_is_githubs() {
-    assert_eq!(slug(" EtcdLifeboatBackupTooOld"), "etcdlifeboatbackuptooold");
-    assert_eq!(slug(" Restore: 3 control-plane nodes (kubeadm)"), "restore-3-control-plane-nodes-kubeadm");
+    assert_eq!(
+        slug(" EtcdLifeboatBackupTooOld"),
+        "etcdlifeboatbackuptooold"
+    );
+    assert_eq!(
+        slug(" Restore: 3 control-plane nodes (kubeadm)"),
+        "restore-3-control-plane-nodes-kubeadm"
+    );
     assert_eq!(slug(" `etcd.tls.ca_file`"), "etcdtlsca_file");
 }
 
@@ -222,8 +290,13 @@ fn every_runbook_url_has_its_section() {
     let prefix = "https://github.com/etcd-lifeboat/etcd-lifeboat/blob/main/docs/runbook.md#";
     for r in rules() {
         let url = r["annotations"]["runbook_url"].as_str().unwrap();
-        let anchor = url.strip_prefix(prefix).unwrap_or_else(|| panic!("{url} is not under {prefix}"));
-        assert!(anchors.contains(anchor), "docs/runbook.md has no heading for #{anchor}; headings: {anchors:?}");
+        let anchor = url
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("{url} is not under {prefix}"));
+        assert!(
+            anchors.contains(anchor),
+            "docs/runbook.md has no heading for #{anchor}; headings: {anchors:?}"
+        );
     }
 }
 
@@ -250,11 +323,18 @@ fn relative_links_resolve() {
                 continue;
             }
             let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
-            let path = if file.is_empty() { e.path() } else { docs.join(file) };
+            let path = if file.is_empty() {
+                e.path()
+            } else {
+                docs.join(file)
+            };
             assert!(path.exists(), "docs/{name}: link to missing {target}");
             if !anchor.is_empty() {
                 let anchors = heading_anchors(&std::fs::read_to_string(&path).unwrap());
-                assert!(anchors.contains(anchor), "docs/{name}: link {target}: no such heading");
+                assert!(
+                    anchors.contains(anchor),
+                    "docs/{name}: link {target}: no such heading"
+                );
             }
             checked += 1;
         }
@@ -263,13 +343,24 @@ fn relative_links_resolve() {
     // Anchors named in comments of deploy/ and config/ files.
     let runbook = heading_anchors(&read("docs/runbook.md"));
     let mut files = manifest_files();
-    files.extend(config_texts().into_iter().map(|(n, _)| n).filter(|n| n.starts_with("config/")));
+    files.extend(
+        config_texts()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with("config/")),
+    );
     files.push("deploy/Dockerfile".into());
     for f in files {
         let text = read(&f);
         for part in text.split("docs/runbook.md#").skip(1) {
-            let anchor: String = part.chars().take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '_').collect();
-            assert!(runbook.contains(&anchor), "{f}: docs/runbook.md#{anchor} does not exist");
+            let anchor: String = part
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            assert!(
+                runbook.contains(&anchor),
+                "{f}: docs/runbook.md#{anchor} does not exist"
+            );
         }
     }
 }

@@ -45,17 +45,33 @@ fn run_kubernetes_validate(files: &[String], version: &str) -> (bool, String) {
 fn manifests_pass_kubernetes_schemas_strict() {
     let files = core_manifests();
     let kinds: BTreeSet<String> = files.iter().map(|f| kind(&yaml(f)).to_string()).collect();
-    for k in ["CronJob", "Deployment", "Service", "PodDisruptionBudget", "ServiceAccount", "ConfigMap", "Secret"] {
+    for k in [
+        "CronJob",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ServiceAccount",
+        "ConfigMap",
+        "Secret",
+    ] {
         assert!(kinds.contains(k), "no {k} among {files:?}");
     }
     for v in K8S_VERSIONS {
         let (ok, text) = run_kubernetes_validate(&files, v);
         assert!(ok, "kubernetes-validate -k {v} failed:\n{text}");
         // A kind without a schema is only a WARN with exit 0: demand one pass line per file.
-        let passed = text.lines().filter(|l| l.starts_with("INFO ") && l.contains(" passed for resource ")).count();
-        assert_eq!(passed, files.len(), "kubernetes-validate -k {v}: not every file passed:\n{text}");
+        let passed = text
+            .lines()
+            .filter(|l| l.starts_with("INFO ") && l.contains(" passed for resource "))
+            .count();
+        assert_eq!(
+            passed,
+            files.len(),
+            "kubernetes-validate -k {v}: not every file passed:\n{text}"
+        );
         assert!(
-            text.lines().all(|l| l.trim().is_empty() || (l.starts_with("INFO ") && l.contains(" passed "))),
+            text.lines()
+                .all(|l| l.trim().is_empty() || (l.starts_with("INFO ") && l.contains(" passed "))),
             "kubernetes-validate -k {v} printed warnings:\n{text}"
         );
     }
@@ -67,15 +83,28 @@ fn kubernetes_validate_rejects_broken_manifests() {
     let tmp = tempfile::tempdir().unwrap();
     let good = read("deploy/cronjob/cronjob.yaml");
     let cases = [
-        ("typo.yaml", good.replace("concurrencyPolicy: Forbid", "concurencyPolicy: Forbid")),
-        ("type.yaml", good.replace("startingDeadlineSeconds: 300", "startingDeadlineSeconds: soon")),
+        (
+            "typo.yaml",
+            good.replace("concurrencyPolicy: Forbid", "concurencyPolicy: Forbid"),
+        ),
+        (
+            "type.yaml",
+            good.replace(
+                "startingDeadlineSeconds: 300",
+                "startingDeadlineSeconds: soon",
+            ),
+        ),
     ];
     for (name, text) in cases {
         assert_ne!(text, good, "{name}: the replacement did not apply");
         let p = tmp.path().join(name);
         std::fs::write(&p, text).unwrap();
-        let (ok, out) = run_kubernetes_validate(&[p.to_string_lossy().into_owned()], K8S_VERSIONS[1]);
-        assert!(!ok, "{name}: kubernetes-validate accepted a broken CronJob:\n{out}");
+        let (ok, out) =
+            run_kubernetes_validate(&[p.to_string_lossy().into_owned()], K8S_VERSIONS[1]);
+        assert!(
+            !ok,
+            "{name}: kubernetes-validate accepted a broken CronJob:\n{out}"
+        );
     }
 }
 
@@ -86,7 +115,11 @@ fn promtool_check_rules() {
         .current_dir(repo())
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "promtool check rules failed:\n{text}");
     assert!(text.contains("SUCCESS: 8 rules found"), "{text}");
 }
@@ -98,8 +131,15 @@ fn promtool_test_rules() {
         .current_dir(repo().join("deploy/prometheus"))
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("SUCCESS"), "promtool test rules failed:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("SUCCESS"),
+        "promtool test rules failed:\n{text}"
+    );
 }
 
 /// Every alert has unit tests where it fires and where it stays quiet.
@@ -121,7 +161,10 @@ fn every_alert_has_firing_and_quiet_unit_tests() {
     }
     for alert in alert_names(&rules) {
         assert!(fires.contains(&alert), "no unit test where {alert} fires");
-        assert!(quiet.contains(&alert), "no unit test where {alert} stays quiet");
+        assert!(
+            quiet.contains(&alert),
+            "no unit test where {alert} stays quiet"
+        );
     }
 }
 
@@ -148,28 +191,65 @@ fn prometheus_rule_equals_rule_file() {
     );
     // Shape the Prometheus Operator's CRD accepts (PrometheusRuleSpec / RuleGroup / Rule).
     let keys = |v: &Value| -> BTreeSet<String> {
-        v.as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect()
+        v.as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(keys(&pr["spec"]), BTreeSet::from(["groups".to_string()]));
-    let group_keys: BTreeSet<&str> = ["name", "interval", "rules", "limit", "partial_response_strategy", "query_offset", "labels"].into();
-    let rule_keys: BTreeSet<&str> = ["alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"].into();
+    let group_keys: BTreeSet<&str> = [
+        "name",
+        "interval",
+        "rules",
+        "limit",
+        "partial_response_strategy",
+        "query_offset",
+        "labels",
+    ]
+    .into();
+    let rule_keys: BTreeSet<&str> = [
+        "alert",
+        "record",
+        "expr",
+        "for",
+        "keep_firing_for",
+        "labels",
+        "annotations",
+    ]
+    .into();
     let mut names = BTreeSet::new();
     for g in pr["spec"]["groups"].as_sequence().unwrap() {
         for k in keys(g) {
-            assert!(group_keys.contains(k.as_str()), "rule group key {k} unknown to the PrometheusRule CRD");
+            assert!(
+                group_keys.contains(k.as_str()),
+                "rule group key {k} unknown to the PrometheusRule CRD"
+            );
         }
-        assert!(names.insert(g["name"].as_str().unwrap().to_string()), "duplicate group name");
+        assert!(
+            names.insert(g["name"].as_str().unwrap().to_string()),
+            "duplicate group name"
+        );
         for r in g["rules"].as_sequence().unwrap() {
             for k in keys(r) {
-                assert!(rule_keys.contains(k.as_str()), "rule key {k} unknown to the PrometheusRule CRD");
+                assert!(
+                    rule_keys.contains(k.as_str()),
+                    "rule key {k} unknown to the PrometheusRule CRD"
+                );
             }
             let alert = r["alert"].as_str().expect("only alerting rules here");
             assert!(r["expr"].is_string(), "{alert}: expr must be a string");
             if let Some(f) = r["for"].as_str() {
-                assert!(is_prometheus_duration(f), "{alert}: for {f:?} is not a Prometheus duration");
+                assert!(
+                    is_prometheus_duration(f),
+                    "{alert}: for {f:?} is not a Prometheus duration"
+                );
             }
             let sev = r["labels"]["severity"].as_str().unwrap_or_default();
-            assert!(["critical", "warning", "info"].contains(&sev), "{alert}: severity {sev:?}");
+            assert!(
+                ["critical", "warning", "info"].contains(&sev),
+                "{alert}: severity {sev:?}"
+            );
             for a in ["summary", "description", "runbook_url"] {
                 assert!(
                     r["annotations"][a].as_str().is_some_and(|s| !s.is_empty()),
@@ -198,7 +278,10 @@ fn is_prometheus_duration(s: &str) -> bool {
     let mut any = false;
     for unit in ["y", "w", "d", "h", "ms", "m", "s"] {
         let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
-        if digits > 0 && rest[digits..].starts_with(unit) && !(unit == "m" && rest[digits..].starts_with("ms")) {
+        if digits > 0
+            && rest[digits..].starts_with(unit)
+            && !(unit == "m" && rest[digits..].starts_with("ms"))
+        {
             rest = &rest[digits + unit.len()..];
             any = true;
         }
@@ -228,40 +311,93 @@ fn service_monitor_scrapes_the_daemon_service() {
     assert_eq!(sm["apiVersion"].as_str(), Some("monitoring.coreos.com/v1"));
     assert_eq!(kind(&sm), "ServiceMonitor");
     assert_eq!(sm["metadata"]["namespace"], svc["metadata"]["namespace"]);
-    let spec_keys: BTreeSet<&str> = ["selector", "namespaceSelector", "endpoints", "jobLabel", "targetLabels", "podTargetLabels", "sampleLimit"].into();
+    let spec_keys: BTreeSet<&str> = [
+        "selector",
+        "namespaceSelector",
+        "endpoints",
+        "jobLabel",
+        "targetLabels",
+        "podTargetLabels",
+        "sampleLimit",
+    ]
+    .into();
     for k in sm["spec"].as_mapping().unwrap().keys() {
-        assert!(spec_keys.contains(k.as_str().unwrap()), "ServiceMonitor spec key {k:?} unknown");
+        assert!(
+            spec_keys.contains(k.as_str().unwrap()),
+            "ServiceMonitor spec key {k:?} unknown"
+        );
     }
     // The selector picks the Service (its labels), and the namespace it lives in.
     let svc_labels = svc["metadata"]["labels"].as_mapping().unwrap();
     for (k, v) in sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
-        assert_eq!(svc_labels.get(k), Some(v), "ServiceMonitor selector {k:?} does not match the Service");
+        assert_eq!(
+            svc_labels.get(k),
+            Some(v),
+            "ServiceMonitor selector {k:?} does not match the Service"
+        );
     }
-    let ns = sm["spec"]["namespaceSelector"]["matchNames"].as_sequence().unwrap();
+    let ns = sm["spec"]["namespaceSelector"]["matchNames"]
+        .as_sequence()
+        .unwrap();
     assert!(ns.contains(&svc["metadata"]["namespace"]));
     // The job label (Service name by default) is what the alert rules select on.
     assert_eq!(svc["metadata"]["name"].as_str(), Some("etcd-lifeboat"));
     assert!(read("deploy/prometheus/rules.yaml").contains("job=\"etcd-lifeboat\""));
-    let endpoint_keys: BTreeSet<&str> = ["port", "path", "scheme", "interval", "scrapeTimeout", "honorLabels", "relabelings", "metricRelabelings", "tlsConfig"].into();
+    let endpoint_keys: BTreeSet<&str> = [
+        "port",
+        "path",
+        "scheme",
+        "interval",
+        "scrapeTimeout",
+        "honorLabels",
+        "relabelings",
+        "metricRelabelings",
+        "tlsConfig",
+    ]
+    .into();
     let svc_ports: Vec<&Value> = svc["spec"]["ports"].as_sequence().unwrap().iter().collect();
-    let container_ports: Vec<&Value> = dep["spec"]["template"]["spec"]["containers"][0]["ports"].as_sequence().unwrap().iter().collect();
+    let container_ports: Vec<&Value> = dep["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .collect();
     for ep in sm["spec"]["endpoints"].as_sequence().unwrap() {
         for k in ep.as_mapping().unwrap().keys() {
-            assert!(endpoint_keys.contains(k.as_str().unwrap()), "ServiceMonitor endpoint key {k:?} unknown");
+            assert!(
+                endpoint_keys.contains(k.as_str().unwrap()),
+                "ServiceMonitor endpoint key {k:?} unknown"
+            );
         }
         let port = ep["port"].as_str().unwrap();
-        let sp = svc_ports.iter().find(|p| p["name"].as_str() == Some(port)).expect("endpoint port names a Service port");
-        assert!(container_ports.iter().any(|p| p["name"] == sp["targetPort"]), "Service targetPort names a container port");
+        let sp = svc_ports
+            .iter()
+            .find(|p| p["name"].as_str() == Some(port))
+            .expect("endpoint port names a Service port");
+        assert!(
+            container_ports
+                .iter()
+                .any(|p| p["name"] == sp["targetPort"]),
+            "Service targetPort names a container port"
+        );
         assert_eq!(ep["path"].as_str(), Some("/metrics"));
-        let (iv, to) = (ep["interval"].as_str().unwrap(), ep["scrapeTimeout"].as_str().unwrap());
+        let (iv, to) = (
+            ep["interval"].as_str().unwrap(),
+            ep["scrapeTimeout"].as_str().unwrap(),
+        );
         assert!(is_prometheus_duration(iv) && is_prometheus_duration(to));
-        assert!(seconds(to) <= seconds(iv), "scrapeTimeout must not exceed interval");
+        assert!(
+            seconds(to) <= seconds(iv),
+            "scrapeTimeout must not exceed interval"
+        );
     }
     // The container listens where the config says.
     let cfg = config_map_config("deploy/daemon/configmap.yaml");
     let listen = cfg["http"]["listen"].as_str().unwrap();
     let port = container_ports[0]["containerPort"].as_u64().unwrap();
-    assert!(listen.ends_with(&format!(":{port}")), "http.listen {listen} vs containerPort {port}");
+    assert!(
+        listen.ends_with(&format!(":{port}")),
+        "http.listen {listen} vs containerPort {port}"
+    );
 }
 
 #[test]
@@ -269,7 +405,10 @@ fn kustomizations_list_every_manifest() {
     let root = repo();
     for dir in ["deploy", "deploy/cronjob", "deploy/daemon"] {
         let k = yaml(&format!("{dir}/kustomization.yaml"));
-        assert_eq!(k["apiVersion"].as_str(), Some("kustomize.config.k8s.io/v1beta1"));
+        assert_eq!(
+            k["apiVersion"].as_str(),
+            Some("kustomize.config.k8s.io/v1beta1")
+        );
         assert_eq!(kind(&k), "Kustomization");
         let listed: BTreeSet<String> = k["resources"]
             .as_sequence()
@@ -278,19 +417,33 @@ fn kustomizations_list_every_manifest() {
             .map(|r| r.as_str().unwrap().to_string())
             .collect();
         for r in &listed {
-            assert!(root.join(dir).join(r).exists(), "{dir}/kustomization.yaml lists missing {r}");
+            assert!(
+                root.join(dir).join(r).exists(),
+                "{dir}/kustomization.yaml lists missing {r}"
+            );
         }
         // Every manifest in the directory is listed, except examples and the kustomization.
         for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if n.ends_with(".yaml") && n != "kustomization.yaml" && !n.ends_with(".example.yaml") {
-                assert!(listed.contains(&n), "{dir}/kustomization.yaml does not list {n}");
+                assert!(
+                    listed.contains(&n),
+                    "{dir}/kustomization.yaml does not list {n}"
+                );
             }
         }
     }
     let top = yaml("deploy/kustomization.yaml");
-    let res: Vec<&str> = top["resources"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert!(res.contains(&"daemon") && res.contains(&"prometheusrule.yaml"), "{res:?}");
+    let res: Vec<&str> = top["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        res.contains(&"daemon") && res.contains(&"prometheusrule.yaml"),
+        "{res:?}"
+    );
 }
 
 fn config_map_config(rel: &str) -> Value {
@@ -313,48 +466,117 @@ fn pod_spec(workload: &Value) -> (&Value, Vec<&Value>) {
 }
 
 fn env_from_secret(c: &Value, var: &str) -> Option<(String, String)> {
-    let e = c["env"].as_sequence()?.iter().find(|e| e["name"].as_str() == Some(var))?;
+    let e = c["env"]
+        .as_sequence()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(var))?;
     let r = &e["valueFrom"]["secretKeyRef"];
-    Some((r["name"].as_str()?.to_string(), r["key"].as_str()?.to_string()))
+    Some((
+        r["name"].as_str()?.to_string(),
+        r["key"].as_str()?.to_string(),
+    ))
 }
 
 /// Settings every workload shares: least privilege, resources, S3 keys from a Secret, the
 /// image of this version, control-plane placement.
 fn check_common(rel: &str, w: &Value) {
     let (spec, containers) = pod_spec(w);
-    assert_eq!(spec["automountServiceAccountToken"].as_bool(), Some(false), "{rel}: API token mounted");
+    assert_eq!(
+        spec["automountServiceAccountToken"].as_bool(),
+        Some(false),
+        "{rel}: API token mounted"
+    );
     let sa = spec["serviceAccountName"].as_str().unwrap();
     let sa_file = rel.rsplit_once('/').unwrap().0.to_string() + "/serviceaccount.yaml";
     let sa_obj = yaml(&sa_file);
-    assert_eq!(sa_obj["metadata"]["name"].as_str(), Some(sa), "{rel}: ServiceAccount {sa} not in {sa_file}");
-    assert_eq!(sa_obj["automountServiceAccountToken"].as_bool(), Some(false));
-    assert_eq!(spec["securityContext"]["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"), "{rel}");
-    assert_eq!(spec["hostNetwork"].as_bool(), Some(true), "{rel}: reaches etcd on the node's 127.0.0.1");
-    assert_eq!(spec["dnsPolicy"].as_str(), Some("ClusterFirstWithHostNet"), "{rel}");
-    assert_eq!(spec["nodeSelector"]["node-role.kubernetes.io/control-plane"].as_str(), Some(""), "{rel}");
-    let tolerated: Vec<&str> = spec["tolerations"].as_sequence().unwrap().iter().filter_map(|t| t["key"].as_str()).collect();
-    assert!(tolerated.contains(&"node-role.kubernetes.io/control-plane"), "{rel}: {tolerated:?}");
+    assert_eq!(
+        sa_obj["metadata"]["name"].as_str(),
+        Some(sa),
+        "{rel}: ServiceAccount {sa} not in {sa_file}"
+    );
+    assert_eq!(
+        sa_obj["automountServiceAccountToken"].as_bool(),
+        Some(false)
+    );
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault"),
+        "{rel}"
+    );
+    assert_eq!(
+        spec["hostNetwork"].as_bool(),
+        Some(true),
+        "{rel}: reaches etcd on the node's 127.0.0.1"
+    );
+    assert_eq!(
+        spec["dnsPolicy"].as_str(),
+        Some("ClusterFirstWithHostNet"),
+        "{rel}"
+    );
+    assert_eq!(
+        spec["nodeSelector"]["node-role.kubernetes.io/control-plane"].as_str(),
+        Some(""),
+        "{rel}"
+    );
+    let tolerated: Vec<&str> = spec["tolerations"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["key"].as_str())
+        .collect();
+    assert!(
+        tolerated.contains(&"node-role.kubernetes.io/control-plane"),
+        "{rel}: {tolerated:?}"
+    );
     let tmp_volume = spec["volumes"]
         .as_sequence()
         .unwrap()
         .iter()
         .find(|v| v["name"].as_str() == Some("tmp"))
         .unwrap_or_else(|| panic!("{rel}: no tmp volume"));
-    assert!(tmp_volume["emptyDir"].is_mapping(), "{rel}: /tmp must be an emptyDir");
+    assert!(
+        tmp_volume["emptyDir"].is_mapping(),
+        "{rel}: /tmp must be an emptyDir"
+    );
     assert!(!containers.is_empty());
     for c in containers {
         let name = c["name"].as_str().unwrap();
-        assert_eq!(c["image"].as_str(), Some(expected_image().as_str()), "{rel}/{name}: image tag must be the crate version");
+        assert_eq!(
+            c["image"].as_str(),
+            Some(expected_image().as_str()),
+            "{rel}/{name}: image tag must be the crate version"
+        );
         let sc = &c["securityContext"];
-        assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false), "{rel}/{name}");
-        assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{rel}/{name}");
+        assert_eq!(
+            sc["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{rel}/{name}"
+        );
+        assert_eq!(
+            sc["readOnlyRootFilesystem"].as_bool(),
+            Some(true),
+            "{rel}/{name}"
+        );
         assert_eq!(sc["privileged"].as_bool(), Some(false), "{rel}/{name}");
-        assert_eq!(sc["capabilities"]["drop"], serde_yaml::from_str::<Value>("[ALL]").unwrap(), "{rel}/{name}");
-        assert!(sc["capabilities"]["add"].is_null(), "{rel}/{name}: adds capabilities");
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_yaml::from_str::<Value>("[ALL]").unwrap(),
+            "{rel}/{name}"
+        );
+        assert!(
+            sc["capabilities"]["add"].is_null(),
+            "{rel}/{name}: adds capabilities"
+        );
         for r in ["cpu", "memory"] {
-            assert!(c["resources"]["requests"][r].is_string(), "{rel}/{name}: no {r} request");
+            assert!(
+                c["resources"]["requests"][r].is_string(),
+                "{rel}/{name}: no {r} request"
+            );
         }
-        assert!(c["resources"]["limits"]["memory"].is_string(), "{rel}/{name}: no memory limit");
+        assert!(
+            c["resources"]["limits"]["memory"].is_string(),
+            "{rel}/{name}: no memory limit"
+        );
         for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
             assert_eq!(
                 env_from_secret(c, var),
@@ -363,10 +585,18 @@ fn check_common(rel: &str, w: &Value) {
             );
         }
         let mounts = c["volumeMounts"].as_sequence().unwrap();
-        let tmp = mounts.iter().find(|m| m["name"].as_str() == Some("tmp")).expect("tmp mounted");
+        let tmp = mounts
+            .iter()
+            .find(|m| m["name"].as_str() == Some("tmp"))
+            .expect("tmp mounted");
         assert_eq!(tmp["mountPath"].as_str(), Some("/tmp"));
         for m in mounts.iter().filter(|m| m["name"].as_str() != Some("tmp")) {
-            assert_eq!(m["readOnly"].as_bool(), Some(true), "{rel}/{name}: mount {:?} must be read-only", m["name"]);
+            assert_eq!(
+                m["readOnly"].as_bool(),
+                Some(true),
+                "{rel}/{name}: mount {:?} must be read-only",
+                m["name"]
+            );
         }
     }
 }
@@ -379,21 +609,42 @@ fn cronjob_settings() {
     let s = &cj["spec"];
     assert_eq!(s["concurrencyPolicy"].as_str(), Some("Forbid"));
     assert!(s["startingDeadlineSeconds"].as_u64().is_some());
-    assert!(s["successfulJobsHistoryLimit"].as_u64().is_some() && s["failedJobsHistoryLimit"].as_u64().is_some());
+    assert!(
+        s["successfulJobsHistoryLimit"].as_u64().is_some()
+            && s["failedJobsHistoryLimit"].as_u64().is_some()
+    );
     let job = &s["jobTemplate"]["spec"];
-    let deadline = job["activeDeadlineSeconds"].as_u64().expect("activeDeadlineSeconds");
+    let deadline = job["activeDeadlineSeconds"]
+        .as_u64()
+        .expect("activeDeadlineSeconds");
     // etcd-lifeboat must give up (and clean up) before Kubernetes kills the pod.
     let cfg = config_map_config("deploy/cronjob/configmap.yaml");
     let snap = seconds(cfg["etcd"]["snapshot_timeout"].as_str().unwrap());
-    assert!(snap < deadline, "snapshot_timeout {snap}s must be below activeDeadlineSeconds {deadline}s");
+    assert!(
+        snap < deadline,
+        "snapshot_timeout {snap}s must be below activeDeadlineSeconds {deadline}s"
+    );
     let (spec, containers) = pod_spec(&cj);
     assert_eq!(spec["restartPolicy"].as_str(), Some("Never"));
     // Root only because kubeadm's keys are 0600 root; never privileged, no capabilities.
     assert_eq!(spec["securityContext"]["runAsUser"].as_u64(), Some(0));
-    let certs = spec["volumes"].as_sequence().unwrap().iter().find(|v| v["name"].as_str() == Some("etcd-certs")).unwrap();
-    assert_eq!(certs["hostPath"]["path"].as_str(), Some("/etc/kubernetes/pki/etcd"));
+    let certs = spec["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str() == Some("etcd-certs"))
+        .unwrap();
+    assert_eq!(
+        certs["hostPath"]["path"].as_str(),
+        Some("/etc/kubernetes/pki/etcd")
+    );
     for c in &containers {
-        let m = c["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["name"].as_str() == Some("etcd-certs")).unwrap();
+        let m = c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"].as_str() == Some("etcd-certs"))
+            .unwrap();
         assert_eq!(m["mountPath"].as_str(), Some("/etc/kubernetes/pki/etcd"));
     }
     // The config in the ConfigMap reads its certs from where they are mounted.
@@ -406,7 +657,10 @@ fn cronjob_settings() {
     assert_eq!(spec["initContainers"][0]["name"].as_str(), Some("backup"));
     assert_eq!(spec["containers"][0]["name"].as_str(), Some("prune"));
     // The optional Pushgateway flag is there to uncomment.
-    assert!(read(rel).contains("# - --pushgateway"), "the commented --pushgateway arg is gone");
+    assert!(
+        read(rel).contains("# - --pushgateway"),
+        "the commented --pushgateway arg is gone"
+    );
 }
 
 #[test]
@@ -419,23 +673,43 @@ fn daemon_settings() {
     let psc = &spec["securityContext"];
     assert_eq!(psc["runAsNonRoot"].as_bool(), Some(true));
     assert_ne!(psc["runAsUser"].as_u64(), Some(0));
-    assert!(psc["fsGroup"].as_u64().is_some(), "fsGroup lets the non-root user read the Secret's key");
+    assert!(
+        psc["fsGroup"].as_u64().is_some(),
+        "fsGroup lets the non-root user read the Secret's key"
+    );
     let cfg = config_map_config("deploy/daemon/configmap.yaml");
     assert_eq!(cfg["leader_election"]["enabled"].as_bool(), Some(true));
-    assert!(spec["volumes"].as_sequence().unwrap().iter().all(|v| v["hostPath"].is_null()), "the daemon uses no hostPath");
+    assert!(
+        spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .all(|v| v["hostPath"].is_null()),
+        "the daemon uses no hostPath"
+    );
     // Replicas on different nodes, drains one at a time.
-    let anti = &spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    let anti =
+        &spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
     assert_eq!(anti["topologyKey"].as_str(), Some("kubernetes.io/hostname"));
     let pdb = yaml("deploy/daemon/poddisruptionbudget.yaml");
     assert_eq!(pdb["spec"]["selector"], d["spec"]["selector"]);
     assert_eq!(pdb["spec"]["maxUnavailable"].as_u64(), Some(1));
     let svc = yaml("deploy/daemon/service.yaml");
-    let labels = d["spec"]["template"]["metadata"]["labels"].as_mapping().unwrap();
+    let labels = d["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .unwrap();
     for (k, v) in svc["spec"]["selector"].as_mapping().unwrap() {
-        assert_eq!(labels.get(k), Some(v), "Service selector {k:?} does not match the pods");
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "Service selector {k:?} does not match the pods"
+        );
     }
     for probe in ["livenessProbe", "readinessProbe"] {
-        assert!(containers[0][probe]["httpGet"]["path"].is_string(), "{probe}");
+        assert!(
+            containers[0][probe]["httpGet"]["path"].is_string(),
+            "{probe}"
+        );
     }
 }
 
@@ -444,7 +718,10 @@ fn daemon_settings() {
 fn no_rbac_objects() {
     for f in manifest_files() {
         let k = kind(&yaml(&f)).to_string();
-        assert!(!k.contains("Role"), "{f}: {k}: etcd-lifeboat needs no Kubernetes API access");
+        assert!(
+            !k.contains("Role"),
+            "{f}: {k}: etcd-lifeboat needs no Kubernetes API access"
+        );
     }
 }
 
@@ -454,7 +731,11 @@ fn everything_in_kube_system() {
     for f in manifest_files() {
         let v = yaml(&f);
         if kind(&v) != "Kustomization" {
-            assert_eq!(v["metadata"]["namespace"].as_str(), Some("kube-system"), "{f}");
+            assert_eq!(
+                v["metadata"]["namespace"].as_str(),
+                Some("kube-system"),
+                "{f}"
+            );
         }
     }
 }
@@ -465,20 +746,41 @@ fn everything_in_kube_system() {
 #[test]
 fn container_command_lines_parse() {
     let mut lines: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for rel in ["deploy/cronjob/cronjob.yaml", "deploy/daemon/deployment.yaml"] {
+    for rel in [
+        "deploy/cronjob/cronjob.yaml",
+        "deploy/daemon/deployment.yaml",
+    ] {
         let w = yaml(rel);
         let (_, containers) = pod_spec(&w);
         for c in containers {
-            assert!(c["command"].is_null(), "{rel}: keep the image ENTRYPOINT, set args only");
-            let args: Vec<String> = c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+            assert!(
+                c["command"].is_null(),
+                "{rel}: keep the image ENTRYPOINT, set args only"
+            );
+            let args: Vec<String> = c["args"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
             lines.insert(format!("{rel}/{}", c["name"].as_str().unwrap()), args);
         }
     }
     let mut backup = lines["deploy/cronjob/cronjob.yaml/backup"].clone();
-    backup.extend(["--pushgateway".to_string(), "http://pushgateway.monitoring.svc:9091".to_string()]);
-    lines.insert("deploy/cronjob/cronjob.yaml/backup (with --pushgateway)".into(), backup);
+    backup.extend([
+        "--pushgateway".to_string(),
+        "http://pushgateway.monitoring.svc:9091".to_string(),
+    ]);
+    lines.insert(
+        "deploy/cronjob/cronjob.yaml/backup (with --pushgateway)".into(),
+        backup,
+    );
     for (what, args) in &lines {
-        let sub = args.iter().rev().find(|a| !a.starts_with('-') && !a.starts_with("http")).unwrap();
+        let sub = args
+            .iter()
+            .rev()
+            .find(|a| !a.starts_with('-') && !a.starts_with("http"))
+            .unwrap();
         let out = assert_cmd::Command::cargo_bin("etcd-lifeboat")
             .unwrap()
             .args(args)
@@ -500,4 +802,46 @@ fn container_command_lines_parse() {
             args.join(" ")
         );
     }
+}
+
+/// deploy/systemd units pass `systemd-analyze verify` without a single complaint (unknown keys
+/// are only warnings there, so any output fails), with ExecStart pointing at the built binary.
+#[test]
+fn systemd_units_verify() {
+    let analyze = std::path::Path::new("/usr/bin/systemd-analyze");
+    assert!(
+        analyze.is_file(),
+        "systemd-analyze not found (Debian package systemd): install it"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("etcd-lifeboat");
+    let mut units = Vec::new();
+    for e in std::fs::read_dir(repo().join("deploy/systemd"))
+        .unwrap()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let p = tmp.path().join(e.file_name());
+        std::fs::write(
+            &p,
+            text.replace("/usr/local/bin/etcd-lifeboat", &bin.to_string_lossy()),
+        )
+        .unwrap();
+        units.push(p);
+    }
+    assert!(units.len() >= 2, "{units:?}");
+    let out = Command::new(analyze)
+        .arg("verify")
+        .args(&units)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify:\n{text}"
+    );
 }

@@ -71,11 +71,19 @@ pub fn manifest_files() -> Vec<String> {
     walk(&root.join("deploy"), &mut files);
     let mut rel: Vec<String> = files
         .iter()
-        .map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned())
+        .map(|p| {
+            p.strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|p| !p.starts_with("deploy/prometheus/"))
         .collect();
     rel.sort();
-    assert!(rel.len() >= 10, "expected the deploy/ manifests, found {rel:?}");
+    assert!(
+        rel.len() >= 10,
+        "expected the deploy/ manifests, found {rel:?}"
+    );
     rel
 }
 
@@ -121,7 +129,11 @@ pub fn materialize(text: &str, tmp: &Path) -> (String, Vec<(String, String)>) {
             Value::Mapping(m) => {
                 for (k, child) in m.iter_mut() {
                     let k = k.as_str().unwrap_or("?");
-                    let dotted = if key.is_empty() { k.to_string() } else { format!("{key}.{k}") };
+                    let dotted = if key.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{key}.{k}")
+                    };
                     walk(child, &dotted, tmp, done);
                 }
             }
@@ -135,7 +147,11 @@ pub fn materialize(text: &str, tmp: &Path) -> (String, Vec<(String, String)>) {
                 let new = tmp.join(s.trim_start_matches('/'));
                 if is_file {
                     std::fs::create_dir_all(new.parent().unwrap()).unwrap();
-                    std::fs::write(&new, "placeholder written by tests/deploy_config_examples.rs\n").unwrap();
+                    std::fs::write(
+                        &new,
+                        "placeholder written by tests/deploy_config_examples.rs\n",
+                    )
+                    .unwrap();
                 } else {
                     std::fs::create_dir_all(&new).unwrap();
                 }
@@ -153,5 +169,8 @@ pub fn materialize(text: &str, tmp: &Path) -> (String, Vec<(String, String)>) {
 
 /// The image every workload must run: this crate's version.
 pub fn expected_image() -> String {
-    format!("ghcr.io/etcd-lifeboat/etcd-lifeboat:{}", env!("CARGO_PKG_VERSION"))
+    format!(
+        "ghcr.io/etcd-lifeboat/etcd-lifeboat:{}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
