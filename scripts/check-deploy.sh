@@ -7,7 +7,8 @@
 #   scripts/check-deploy.sh --sync-rules  rewrite deploy/prometheusrule.yaml from
 #                                         deploy/prometheus/rules.yaml, then check
 #
-# Tools: promtool (Debian package prometheus) and kubernetes-validate (PyPI) in the venv
+# Tools: promtool (Debian package prometheus), kubernetes-validate and
+# cloudcoil-models-prometheus-operator (PyPI) in the venv
 # that scripts/install.sh creates. Missing tools are an error, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,8 +50,9 @@ command -v "$PROMTOOL" >/dev/null || { echo "promtool not found: run scripts/ins
 "$PROMTOOL" check rules deploy/prometheus/rules.yaml
 (cd deploy/prometheus && "$PROMTOOL" test rules rules_test.yaml)
 
-# Core Kubernetes kinds; the CRD kinds (ServiceMonitor, PrometheusRule) and kustomization.yaml
-# have no schema in kubernetes-validate and are checked by tests/deploy_manifests.rs.
+# Core Kubernetes kinds with kubernetes-validate; the CRD kinds (ServiceMonitor, PrometheusRule)
+# have no schema there and go through scripts/validate-crds.py (prometheus-operator CRD
+# schemas); kustomization.yaml files are checked by tests/deploy_manifests.rs.
 mapfile -t manifests < <(grep -L -E '^kind: (ServiceMonitor|PrometheusRule|Kustomization)$' \
     $(find deploy -name '*.yaml' -not -path 'deploy/prometheus/*' | sort))
 for v in $K8S_VERSIONS; do
@@ -61,4 +63,7 @@ for v in $K8S_VERSIONS; do
         exit 1
     fi
 done
+PY="$(dirname "$KV")/python"
+mapfile -t crds < <(grep -l -E '^kind: (ServiceMonitor|PrometheusRule)$' $(find deploy -name '*.yaml' | sort))
+"$PY" scripts/validate-crds.py "${crds[@]}"
 echo "deploy checks passed"

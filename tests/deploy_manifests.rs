@@ -845,3 +845,81 @@ fn systemd_units_verify() {
         "systemd-analyze verify:\n{text}"
     );
 }
+
+fn run_validate_crds(files: &[String]) -> (bool, String) {
+    let out = Command::new(venv_python())
+        .arg("scripts/validate-crds.py")
+        .args(files)
+        .current_dir(repo())
+        .output()
+        .expect("run scripts/validate-crds.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// ServiceMonitor and PrometheusRule validate strictly against the prometheus-operator CRD
+/// schemas (scripts/validate-crds.py; kubernetes-validate has no CRD schemas).
+#[test]
+fn crd_objects_pass_prometheus_operator_schemas_strict() {
+    let files: Vec<String> = manifest_files()
+        .into_iter()
+        .filter(|f| ["ServiceMonitor", "PrometheusRule"].contains(&kind(&yaml(f))))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let (ok, text) = run_validate_crds(&files);
+    assert!(
+        ok,
+        "scripts/validate-crds.py failed (if cloudcoil is missing: run scripts/install.sh):\n{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("PASS ")).count(),
+        2,
+        "{text}"
+    );
+}
+
+/// The CRD validation is not vacuous: a misspelled field, a bad duration and a misspelled rule
+/// key are rejected.
+#[test]
+fn crd_validation_rejects_broken_objects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sm = read("deploy/daemon/servicemonitor.yaml");
+    let pr = read("deploy/prometheusrule.yaml");
+    let cases = [
+        (
+            "sm-typo.yaml",
+            sm.replace("scrapeTimeout:", "scrapeTimout:"),
+            &sm,
+        ),
+        (
+            "sm-duration.yaml",
+            sm.replace("interval: 30s", "interval: half-a-minute"),
+            &sm,
+        ),
+        (
+            "pr-typo.yaml",
+            pr.replacen("          expr: |", "          expresion: |", 1),
+            &pr,
+        ),
+    ];
+    let mut files = Vec::new();
+    for (name, text, orig) in &cases {
+        assert_ne!(&text, orig, "{name}: the replacement did not apply");
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        files.push(p.to_string_lossy().into_owned());
+    }
+    // One run for all (loading the schemas takes seconds); each file must have its FAIL line.
+    let (ok, out) = run_validate_crds(&files);
+    assert!(!ok, "broken objects accepted:\n{out}");
+    for f in &files {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("FAIL {f}:"))),
+            "{f}: accepted:\n{out}"
+        );
+    }
+}

@@ -174,3 +174,19 @@ pub fn expected_image() -> String {
         env!("CARGO_PKG_VERSION")
     )
 }
+
+/// The Python of the venv that scripts/install.sh makes (for scripts/validate-crds.py).
+pub fn venv_python() -> PathBuf {
+    if let Ok(p) = std::env::var("ETCD_LIFEBOAT_VENV_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let base = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+    let p = PathBuf::from(base).join("etcd-lifeboat/venv/bin/python");
+    assert!(
+        p.is_file(),
+        "venv python not found at {}: run scripts/install.sh",
+        p.display()
+    );
+    p
+}
