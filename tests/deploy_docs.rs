@@ -364,3 +364,71 @@ fn relative_links_resolve() {
         }
     }
 }
+
+/// `etcd-lifeboat ...` command lines in the shell blocks of docs/*.md, backslash continuations
+/// joined, cut at a comment or a shell operator.
+fn documented_commands() -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for name in ["runbook.md", "metrics.md", "config.md"] {
+        let text = read(&format!("docs/{name}"));
+        let mut in_sh = false;
+        let mut joined = String::new();
+        for line in text.lines() {
+            let t = line.trim();
+            if t.starts_with("```") {
+                in_sh = !in_sh && (t == "```sh" || t == "```bash");
+                joined.clear();
+                continue;
+            }
+            if !in_sh {
+                continue;
+            }
+            if let Some(head) = t.strip_suffix('\\') {
+                joined.push_str(head);
+                joined.push(' ');
+                continue;
+            }
+            joined.push_str(t);
+            let cmd = std::mem::take(&mut joined);
+            let Some(rest) = cmd.trim().strip_prefix("etcd-lifeboat ") else {
+                continue;
+            };
+            let args: Vec<String> = rest
+                .split_whitespace()
+                .take_while(|w| !["#", "|", "&&", ";", ">"].contains(w))
+                .map(String::from)
+                .collect();
+            out.push((format!("docs/{name}: etcd-lifeboat {rest}"), args));
+        }
+    }
+    out
+}
+
+/// Every documented command line parses with the real binary: `<args> --help` exits 0 with
+/// the subcommand's usage (clap rejects an unknown or misspelled flag before it gets to
+/// --help), so the runbook cannot drift from the CLI.
+#[test]
+fn documented_command_lines_parse() {
+    let cmds = documented_commands();
+    assert!(
+        cmds.len() >= 6,
+        "only {} commands found: {cmds:?}",
+        cmds.len()
+    );
+    for (what, args) in cmds {
+        let out = assert_cmd::Command::cargo_bin("etcd-lifeboat")
+            .unwrap()
+            .args(&args)
+            .arg("--help")
+            .env_remove("ETCD_LIFEBOAT_CONFIG")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("Usage:"),
+            "{what}\n  does not parse: exit {:?}\n{stdout}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
