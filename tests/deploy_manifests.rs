@@ -923,3 +923,56 @@ fn crd_validation_rejects_broken_objects() {
         );
     }
 }
+
+/// deploy/Dockerfile agrees with the crate and the manifests: the builder's Rust is at least
+/// the crate's rust-version and has protoc; the runtime user is the non-root uid the
+/// Deployment runs as; the entrypoint is where the runbook copies the binary from.
+/// (No Docker daemon on the test machines: the image itself is not built here.)
+#[test]
+fn dockerfile_agrees_with_crate_and_manifests() {
+    let df = read("deploy/Dockerfile");
+    let from: Vec<&str> = df.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(from.len(), 2, "multi-stage: builder and runtime: {from:?}");
+    let rust = from[0]
+        .strip_prefix("FROM rust:")
+        .and_then(|r| r.split('-').next())
+        .expect("builder FROM rust:X.Y-...");
+    let cargo_toml = read("Cargo.toml");
+    let msrv = cargo_toml
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"'))
+        .expect("rust-version in Cargo.toml");
+    let ver = |v: &str| -> (u32, u32) {
+        let mut it = v.split('.').map(|x| x.parse::<u32>().unwrap());
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    assert!(
+        ver(rust) >= ver(msrv),
+        "builder rust {rust} < rust-version {msrv}"
+    );
+    assert!(df.contains("protobuf-compiler"), "etcd-client needs protoc");
+    assert!(df.contains("--locked"), "build with Cargo.lock");
+    let runtime = df.split(from[1]).nth(1).unwrap();
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("runtime USER");
+    let uid: u64 = user.split(':').next().unwrap().parse().unwrap();
+    assert_ne!(uid, 0, "the image runs as non-root by default");
+    let dep = yaml("deploy/daemon/deployment.yaml");
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"].as_u64(),
+        Some(uid)
+    );
+    assert!(runtime.contains("ENTRYPOINT [\"/usr/local/bin/etcd-lifeboat\"]"));
+    assert!(read("docs/runbook.md").contains(":/usr/local/bin/etcd-lifeboat"));
+    assert!(
+        df.contains(&expected_image()),
+        "build command names the image tag"
+    );
+    let ignore = read("deploy/Dockerfile.dockerignore");
+    for p in ["target", ".git"] {
+        assert!(ignore.lines().any(|l| l.trim() == p), "{p} not ignored");
+    }
+}
