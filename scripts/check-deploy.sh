@@ -66,4 +66,17 @@ done
 PY="$(dirname "$KV")/python"
 mapfile -t crds < <(grep -l -E '^kind: (ServiceMonitor|PrometheusRule)$' $(find deploy -name '*.yaml' | sort))
 "$PY" scripts/validate-crds.py "${crds[@]}"
+# kustomize renders (kubectl's built-in kustomize). kubectl is not something scripts/install.sh
+# can install, so this step says loudly when it cannot run; tests/deploy_manifests.rs checks the
+# kustomization files structurally either way.
+if command -v kubectl >/dev/null; then
+    for k in deploy deploy/cronjob deploy/daemon; do
+        n=$(kubectl kustomize "$k" | grep -c '^kind:')
+        echo "kubectl kustomize $k: $n objects"
+    done
+    kubectl kustomize deploy | grep -q 'defaultMode: 288' \
+        || { echo "deploy/daemon: secret defaultMode is not 0440 (288) after kustomize" >&2; exit 1; }
+else
+    echo "NOT CHECKED: kubectl not found, kustomize rendering of deploy/ skipped" >&2
+fi
 echo "deploy checks passed"
