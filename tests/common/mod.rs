@@ -204,6 +204,8 @@ pub struct EtcdOpts {
     /// https on client and peer URLs, client-cert-auth on.
     pub tls: bool,
     pub token: String,
+    /// Extra etcd flags for every member (e.g. `--quota-backend-bytes=...`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for EtcdOpts {
@@ -213,6 +215,7 @@ impl Default for EtcdOpts {
             members: 1,
             tls: false,
             token: "lifeboat-test".into(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -288,7 +291,8 @@ impl Etcd {
             .arg(format!("--initial-cluster-state={state}"))
             .arg("--heartbeat-interval=50")
             .arg("--election-timeout=500")
-            .arg("--snapshot-count=100000");
+            .arg("--snapshot-count=100000")
+            .args(&self.opts.extra_args);
         if let Some(c) = &self.certs {
             cmd.arg(format!("--cert-file={}", c.server_cert.display()))
                 .arg(format!("--key-file={}", c.server_key.display()))
