@@ -294,3 +294,242 @@ fn deployment_daemon_with_its_configmap_backs_up_and_serves_what_the_rules_use()
         daemon_log()
     );
 }
+
+/// Starts the Deployment's daemon command line with its ConfigMap's config (rewritten as the
+/// other tests do) and waits until it leads and has made a backup. Returns it and its port.
+fn spawn_daemon(etcd: &Etcd, tmp: &Path) -> (Daemon, u16) {
+    let mut cfg = test_config("deploy/daemon/configmap.yaml", etcd, tmp);
+    let port = common::free_port();
+    cfg["http"]["listen"] = format!("127.0.0.1:{port}").into();
+    cfg["schedule"]["cron"] = "*/2 * * * * *".into();
+    cfg["leader_election"]["name"] = format!("/etcd-lifeboat-test/{port}").into();
+    let config = write_config(tmp, &cfg);
+    let args = container_args(
+        &yaml("deploy/daemon/deployment.yaml"),
+        "etcd-lifeboat",
+        &config,
+    );
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_") {
+            cmd.env_remove(k);
+        }
+    }
+    let log = std::fs::File::create(tmp.join("daemon.log")).unwrap();
+    let daemon = Daemon(Some(
+        cmd.args(&args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((200, body)) = http_get(port, "/metrics") {
+            if sample(&body, "etcd_lifeboat_is_leader") == Some(1.0)
+                && sample(&body, "etcd_lifeboat_store_latest_backup_timestamp_seconds")
+                    .is_some_and(|t| t > 0.0)
+            {
+                return (daemon, port);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon: no leader with a backup within 60 s; log:\n{}",
+            std::fs::read_to_string(tmp.join("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Prometheus on loopback; killed on Drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Prometheus {
+    /// Scrapes `target` as job "etcd-lifeboat" (the job label the ServiceMonitor gives) every
+    /// second and evaluates deploy/prometheus/rules.yaml every second.
+    fn start(dir: &Path, target: &str) -> Prometheus {
+        let bin = Path::new("/usr/bin/prometheus");
+        assert!(
+            bin.is_file(),
+            "prometheus not found (Debian package prometheus): run scripts/install.sh"
+        );
+        let port = common::free_port();
+        let rules = repo().join("deploy/prometheus/rules.yaml");
+        let conf = dir.join("prometheus.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 rule_files: [\"{}\"]\n\
+                 scrape_configs:\n  - job_name: etcd-lifeboat\n    static_configs:\n      - targets: [\"{target}\"]\n        labels: {{namespace: kube-system}}\n",
+                rules.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", conf.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Prometheus { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(http_get(port, "/-/ready"), Some((200, _))) {
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready; log:\n{}",
+                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    fn api(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http_get(self.port, path).expect("prometheus answers");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Instant query; the result vector.
+    fn query(&self, q: &str) -> Vec<serde_json::Value> {
+        let v = self.api(&format!("/api/v1/query?query={}", urlencode(q)));
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// The alert rules evaluated by a real Prometheus against the real daemon, scraped as the
+/// ServiceMonitor would (job="etcd-lifeboat"): every rule evaluates without error, the
+/// expressions' selectors match the daemon's series (a label mismatch would leave an alert
+/// silently dead), nothing fires or is pending while the daemon is healthy, and once it is
+/// stopped EtcdLifeboatDaemonDown goes pending.
+#[test]
+fn alert_rules_on_a_real_prometheus_scraping_the_daemon() {
+    let etcd = Etcd::start(EtcdOpts {
+        tls: true,
+        ..Default::default()
+    });
+    etcd.etcdctl_ok(&["put", "/registry/namespaces/default", "v"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut daemon, port) = spawn_daemon(&etcd, tmp.path());
+    let prom = Prometheus::start(tmp.path(), &format!("127.0.0.1:{port}"));
+
+    // Wait for scrapes and several rule evaluations.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = prom.query("sum(up{job=\"etcd-lifeboat\"})");
+        let rules = prom.api("/api/v1/rules");
+        let evaluated = rules["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().iter())
+            .all(|r| {
+                r["lastEvaluation"]
+                    .as_str()
+                    .is_some_and(|t| !t.starts_with("0001"))
+            });
+        if evaluated && up.first().is_some_and(|s| s["value"][1] == "1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not scrape and evaluate in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // Every rule is healthy (evaluates without error) and inactive.
+    let rules = prom.api("/api/v1/rules");
+    let mut n = 0;
+    for g in rules["data"]["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            n += 1;
+            assert_eq!(
+                r["health"], "ok",
+                "rule {} does not evaluate: {}",
+                r["name"], r["lastError"]
+            );
+            assert_eq!(
+                r["state"], "inactive",
+                "rule {} is {} on a healthy daemon: {r}",
+                r["name"], r["state"]
+            );
+        }
+    }
+    assert_eq!(n, 8, "{rules}");
+    // The selectors of the rules match what the daemon exports.
+    let one = |q: &str| -> f64 {
+        let r = prom.query(q);
+        assert_eq!(r.len(), 1, "{q}: {r:?}");
+        r[0]["value"][1].as_str().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        one("sum(etcd_lifeboat_is_leader{job=\"etcd-lifeboat\"})"),
+        1.0
+    );
+    let age = one(
+        "time() - max by (namespace, job) (etcd_lifeboat_store_latest_backup_timestamp_seconds)",
+    );
+    assert!((0.0..60.0).contains(&age), "backup age {age}");
+    assert!(one("max by (namespace, job) (etcd_lifeboat_store_backups)") >= 1.0);
+    assert_eq!(
+        one("sum(increase(etcd_lifeboat_backups_total{result=\"failure\"}[1h]))"),
+        0.0
+    );
+    assert!(one("sum(etcd_lifeboat_backups_total{result=\"success\"})") >= 1.0);
+    assert_eq!(prom.query("etcd_lifeboat_backup_last_failure_timestamp_seconds > etcd_lifeboat_backup_last_success_timestamp_seconds").len(), 0);
+    assert!(
+        prom.query("ALERTS").is_empty(),
+        "alerts on a healthy daemon: {:?}",
+        prom.query("ALERTS")
+    );
+
+    // Stop the daemon: EtcdLifeboatDaemonDown goes pending (it fires after its `for`).
+    let mut child = daemon.0.take().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending =
+            prom.query("ALERTS{alertname=\"EtcdLifeboatDaemonDown\",alertstate=\"pending\"}");
+        if !pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "EtcdLifeboatDaemonDown not pending 30 s after the daemon stopped: {:?}",
+            prom.query("ALERTS")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
