@@ -976,3 +976,51 @@ fn dockerfile_agrees_with_crate_and_manifests() {
         assert!(ignore.lines().any(|l| l.trim() == p), "{p} not ignored");
     }
 }
+
+/// The optional Pushgateway lines of the CronJob, once uncommented, give a valid CronJob whose
+/// backup container has the flag and the variable (the comment's indentation is right).
+#[test]
+fn cronjob_pushgateway_lines_work_uncommented() {
+    let text = read("deploy/cronjob/cronjob.yaml");
+    let uncommented = text
+        .replace("# - --pushgateway", "- --pushgateway")
+        .replace(
+            "# - http://pushgateway.monitoring.svc:9091",
+            "- http://pushgateway.monitoring.svc:9091",
+        )
+        .replace(
+            "# - name: ETCD_LIFEBOAT_PUSHGATEWAY",
+            "- name: ETCD_LIFEBOAT_PUSHGATEWAY",
+        )
+        .replace(
+            "#   value: http://pushgateway.monitoring.svc:9091",
+            "  value: http://pushgateway.monitoring.svc:9091",
+        );
+    let v: Value = serde_yaml::from_str(&uncommented).unwrap();
+    let (spec, _) = pod_spec(&v);
+    let backup = &spec["initContainers"][0];
+    let args: Vec<&str> = backup["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &args[args.len() - 3..],
+        [
+            "backup",
+            "--pushgateway",
+            "http://pushgateway.monitoring.svc:9091"
+        ]
+    );
+    let env = backup["env"].as_sequence().unwrap();
+    assert!(env
+        .iter()
+        .any(|e| e["name"].as_str() == Some("ETCD_LIFEBOAT_PUSHGATEWAY")
+            && e["value"].as_str() == Some("http://pushgateway.monitoring.svc:9091")));
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("cronjob-pushgateway.yaml");
+    std::fs::write(&p, uncommented).unwrap();
+    let (ok, out) = run_kubernetes_validate(&[p.to_string_lossy().into_owned()], K8S_VERSIONS[1]);
+    assert!(ok && out.contains(" passed "), "{out}");
+}
