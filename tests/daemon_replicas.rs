@@ -139,11 +139,12 @@ fn two_replicas_one_leader_one_set_of_backups_and_takeover_on_sigterm() {
 fn idle_daemon_footprint() {
     let etcd = Etcd::start(EtcdOpts::default());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { fill(&etcd.client().await, 2000, 1024, "k/").await });
+    rt.block_on(async { fill(&etcd.client().await, 15_000, 4096, "k/").await });
     let store = etcd.dir.path().join("store");
     std::fs::create_dir_all(&store).unwrap();
     let port = free_port();
-    // Hourly schedule: the empty store makes the daemon back up once at start, then it idles.
+    // ~60 MiB of data. Hourly schedule: the empty store makes the daemon back up once at
+    // start, then it idles.
     let c = config(&etcd, &store, port, "0 0 * * * *", false);
     let mut d = DaemonProc::spawn(
         &c,
