@@ -69,6 +69,12 @@ async fn one_leader_resign_hands_over_and_dead_leader_is_replaced_within_ttl() {
         "both replicas campaign"
     );
     let (leader, follower) = if *a.rx.borrow() { (a, b) } else { (b, a) };
+    // Both replicas observe the same leader (this process's identity, host/pid).
+    daemon_support::wait_for("observed leader", Duration::from_secs(5), || {
+        election::current_leader()
+    })
+    .await;
+    assert_eq!(election::current_leader().unwrap(), election::identity());
 
     // Resign: the follower leads almost at once (well under the TTL).
     let t0 = Instant::now();

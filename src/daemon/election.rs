@@ -11,7 +11,8 @@
 //! revokes the lease at once.
 //!
 //! The state is published on a `watch` channel (`true` = leader) and in
-//! `etcd_lifeboat_is_leader`.
+//! `etcd_lifeboat_is_leader`. Every replica also follows `Observe(name)` to know who leads
+//! ([`current_leader`], shown in `/readyz` and logged on change).
 
 use std::time::Duration;
 
@@ -21,6 +22,31 @@ use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+
+static CURRENT_LEADER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The current leader's value (`host/pid`) as last observed through `Observe`, if any.
+pub fn current_leader() -> Option<String> {
+    CURRENT_LEADER.lock().expect("leader lock").clone()
+}
+
+/// Follows the election's leader changes until the stream ends (etcd gone, session over).
+async fn observe(client: Client, name: String) {
+    let mut election = client.election_client();
+    let Ok(mut stream) = election.observe(name).await else {
+        return;
+    };
+    while let Ok(Some(resp)) = stream.message().await {
+        if let Some(kv) = resp.kv() {
+            let v = String::from_utf8_lossy(kv.value()).into_owned();
+            let mut cur = CURRENT_LEADER.lock().expect("leader lock");
+            if cur.as_deref() != Some(v.as_str()) {
+                tracing::info!(leader = %v, "leader election: current leader");
+                *cur = Some(v);
+            }
+        }
+    }
+}
 
 /// Value written under the election key: who this replica is (`host/pid`).
 pub fn identity() -> String {
@@ -97,6 +123,7 @@ async fn session(
     let lost = CancellationToken::new();
     let keeper = tokio::spawn(keep_alive(client.clone(), lease_id, ttl, rt, lost.clone()));
     let _abort = AbortOnDrop(keeper);
+    let _observer = AbortOnDrop(tokio::spawn(observe(client.clone(), name.to_string())));
 
     let result = async {
         let mut election = client.election_client();
