@@ -72,23 +72,31 @@ fn set_leader(tx: &watch::Sender<bool>, v: bool) {
 }
 
 /// Runs the election until `resign` is cancelled, then resigns (if leader) and revokes the
-/// lease. Connection failures are retried with backoff (1 s doubling to 30 s); the replica is
-/// not leader meanwhile.
+/// lease. Connection failures are retried with backoff (1 s doubling, at most the lease TTL
+/// or 30 s); the replica is not leader meanwhile.
 pub async fn run(cfg: Config, tx: watch::Sender<bool>, resign: CancellationToken) {
     let mut backoff = Duration::from_secs(1);
     let name = cfg.leader_election.name.clone();
     let value = identity();
+    let cap = cfg.leader_election.lease_ttl.min(Duration::from_secs(30));
     while !resign.is_cancelled() {
+        let started = Instant::now();
         match session(&cfg, &name, &value, &tx, &resign).await {
             Ok(()) => break,
             Err(e) => {
                 set_leader(&tx, false);
+                if started.elapsed() > cfg.leader_election.lease_ttl {
+                    // A session that held for a while: start the backoff afresh.
+                    backoff = Duration::from_secs(1);
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "leader election: session ended");
                 tokio::select! {
                     _ = resign.cancelled() => break,
                     _ = sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                // Capped at the lease TTL, so that a replica recovers from an etcd outage about
+                // as fast as a takeover would happen.
+                backoff = (backoff * 2).min(cap);
             }
         }
     }
