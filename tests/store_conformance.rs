@@ -688,3 +688,23 @@ async fn local_temp_files_are_not_listed() {
         .collect();
     assert_eq!(names, ["x.db.zst"]);
 }
+
+/// Stores, uploads and their futures can move between threads (the backup pipeline spawns
+/// them).
+#[allow(dead_code)]
+fn types_are_send(store: Store) {
+    fn send<T: Send>(_: &T) {}
+    fn sync<T: Send + Sync>() {}
+    sync::<Store>();
+    sync::<StoreError>();
+    async fn uses(store: Store) {
+        let k = key("a");
+        let mut u = store.begin_upload(&k).await.unwrap();
+        u.write(b"x").await.unwrap();
+        u.finish().await.unwrap();
+        let _ = store.get_stream(&k).await;
+        let _ = catalog(&store).await;
+        let _ = find(&store, "latest").await;
+    }
+    send(&uses(store));
+}

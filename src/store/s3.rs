@@ -528,7 +528,12 @@ impl S3Upload {
             self.buf.extend_from_slice(&chunk[..n]);
             chunk = &chunk[n..];
             if self.buf.len() == ps {
-                self.send_part().await?;
+                if let Err(e) = self.send_part().await {
+                    // Do not leave a multipart upload behind, even if the caller forgets abort.
+                    let _ = self.cleanup().await;
+                    self.done = true;
+                    return Err(e);
+                }
             }
         }
         Ok(())
