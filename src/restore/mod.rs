@@ -1,1 +1,3 @@
 //! Placeholder: owned by the restore helper.
+
+pub mod db;
