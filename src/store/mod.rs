@@ -20,6 +20,7 @@
 //! # Layout of backups
 //! `<cluster-id-hex>/<id>.db.zst` (data) and `<cluster-id-hex>/<id>.json` (manifest); see
 //! [`manifest`].
+#![warn(missing_docs)]
 
 pub mod local;
 pub mod manifest;
