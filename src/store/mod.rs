@@ -24,6 +24,7 @@
 
 pub mod local;
 pub mod manifest;
+pub mod retention;
 pub mod s3;
 
 use std::path::PathBuf;
