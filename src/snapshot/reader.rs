@@ -190,16 +190,27 @@ impl Db {
         &self.path
     }
 
-    /// Reads page `id` with its overflow pages into `buf` (resized) and returns its header.
-    /// Checks: id below the high water mark, header id equal to `id`, span inside the db.
+    /// Reads page `id` with its overflow pages into `buf` (resized to the span) and returns
+    /// its header. Checks: id below the high water mark, header id equal to `id`, span inside
+    /// the db and at most [`MAX_SPAN_BYTES`].
     pub fn read_page(&self, id: u64, buf: &mut Vec<u8>) -> Result<PageHeader, SnapshotError> {
+        let (hdr, n) = self.read_page_into(id, buf)?;
+        buf.truncate(n);
+        Ok(hdr)
+    }
+
+    /// Like [`Db::read_page`] but never shrinks `buf` (no re-zeroing when reused): the page
+    /// is `buf[..n]`.
+    fn read_page_into(&self, id: u64, buf: &mut Vec<u8>) -> Result<(PageHeader, usize), SnapshotError> {
         let hwm = self.meta.pgid;
         if id >= hwm {
             return Err(corrupt(id, format!("page id beyond the high water mark {hwm}")));
         }
         let ps = u64::from(self.page_size);
-        buf.resize(ps as usize, 0);
-        self.file.read_exact_at(buf, id * ps).map_err(|e| io_err(&self.path, e))?;
+        if (buf.len() as u64) < ps {
+            buf.resize(ps as usize, 0);
+        }
+        self.file.read_exact_at(&mut buf[..ps as usize], id * ps).map_err(|e| io_err(&self.path, e))?;
         let hdr = PageHeader::parse(buf, id)?;
         if hdr.id != id {
             return Err(corrupt(id, format!("page header says id {} (type {})", hdr.id, hdr.typ())));
@@ -214,13 +225,16 @@ impl Db {
         if span * ps > MAX_SPAN_BYTES {
             return Err(corrupt(id, format!("overflow {} spans more than 64 MiB", hdr.overflow)));
         }
+        let n = (span * ps) as usize;
         if span > 1 {
-            buf.resize((span * ps) as usize, 0);
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
             self.file
-                .read_exact_at(&mut buf[ps as usize..], (id + 1) * ps)
+                .read_exact_at(&mut buf[ps as usize..n], (id + 1) * ps)
                 .map_err(|e| io_err(&self.path, e))?;
         }
-        Ok(hdr)
+        Ok((hdr, n))
     }
 
     /// The ids listed in the freelist page (empty when the freelist is not synced).
@@ -444,7 +458,8 @@ impl Walker<'_> {
         ctx: Ctx,
         buf: &mut Vec<u8>,
     ) -> Result<Option<Vec<u8>>, SnapshotError> {
-        let hdr = self.db.read_page(id, buf)?;
+        let (hdr, n) = self.db.read_page_into(id, buf)?;
+        let buf = &buf[..n];
         for p in id..=id + u64::from(hdr.overflow) {
             if self.reachable.set(p) {
                 return Err(corrupt(p, "multiple references (page reachable twice)"));
