@@ -11,7 +11,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use etcd_lifeboat::snapshot::page::{self, Meta, PageHeader, PAGE_HEADER_SIZE};
-use etcd_lifeboat::snapshot::{status_file, status_file_verified, verify_file, Db, SnapshotError, Status};
+use etcd_lifeboat::snapshot::{
+    status_file, status_file_verified, verify_file, Db, SnapshotError, Status,
+};
 
 struct Base {
     _dir: tempfile::TempDir,
@@ -24,7 +26,10 @@ fn base() -> &'static Base {
     static B: OnceLock<Base> = OnceLock::new();
     B.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let etcd = Etcd::start(EtcdOpts { version: Version::V3_5, ..Default::default() });
+        let etcd = Etcd::start(EtcdOpts {
+            version: Version::V3_5,
+            ..Default::default()
+        });
         tokio::runtime::Runtime::new().unwrap().block_on(async {
             let c = etcd.client().await;
             fill(&c, 5000, 50, "k/").await;
@@ -33,9 +38,16 @@ fn base() -> &'static Base {
         let path = dir.path().join("base.db");
         etcd.etcdctl_ok(&["snapshot", "save", path.to_str().unwrap()]);
         let (status, trailer) = status_file_verified(&path).unwrap();
-        assert_eq!((trailer.matches, trailer.db_len), (Some(true), trailer.file_len - 32));
+        assert_eq!(
+            (trailer.matches, trailer.db_len),
+            (Some(true), trailer.file_len - 32)
+        );
         assert_eq!(status_file(&path).unwrap(), status);
-        Base { _dir: dir, path, status }
+        Base {
+            _dir: dir,
+            path,
+            status,
+        }
     })
 }
 
@@ -58,12 +70,19 @@ fn patch(p: &Path, off: u64, bytes: &[u8]) {
 
 fn read_at(p: &Path, off: u64, n: usize) -> Vec<u8> {
     let mut b = vec![0; n];
-    std::fs::File::open(p).unwrap().read_exact_at(&mut b, off).unwrap();
+    std::fs::File::open(p)
+        .unwrap()
+        .read_exact_at(&mut b, off)
+        .unwrap();
     b
 }
 
 fn etcdutl_status_fails(p: &Path) -> String {
-    let out = Command::new(etcdutl_bin()).args(["snapshot", "status", "-w", "json"]).arg(p).output().unwrap();
+    let out = Command::new(etcdutl_bin())
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(p)
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "etcdutl accepted {}", p.display());
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -83,7 +102,9 @@ fn edit_meta(p: &Path, f: impl FnOnce(&mut Meta)) -> Meta {
 fn bucket_root(p: &Path, name: &[u8]) -> u64 {
     let db = Db::open(p, Some(db_len(p))).unwrap();
     let m = db.meta();
-    let (entries, _) = db.bucket_contents(&page::encode_bucket_header(m.root, m.sequence), 0).unwrap();
+    let (entries, _) = db
+        .bucket_contents(&page::encode_bucket_header(m.root, m.sequence), 0)
+        .unwrap();
     let e = entries.iter().find(|e| e.key == name).unwrap();
     page::bucket_header(&e.value, 0, name).unwrap().0
 }
@@ -91,7 +112,10 @@ fn bucket_root(p: &Path, name: &[u8]) -> u64 {
 #[test]
 fn base_is_sound() {
     let b = base();
-    assert_eq!(verify_file(&b.path, Some(db_len(&b.path))).unwrap(), b.status);
+    assert_eq!(
+        verify_file(&b.path, Some(db_len(&b.path))).unwrap(),
+        b.status
+    );
 }
 
 #[test]
@@ -99,9 +123,17 @@ fn truncated_file_is_refused() {
     let (_d, p) = copy("t.db");
     let full = db_len(&p);
     let cut = (full / 2) & !4095;
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(cut).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
     let err = status_file(&p).unwrap_err();
-    assert!(matches!(err, SnapshotError::Truncated { expected, actual, .. } if expected == full && actual == cut), "{err:?}");
+    assert!(
+        matches!(err, SnapshotError::Truncated { expected, actual, .. } if expected == full && actual == cut),
+        "{err:?}"
+    );
     assert_eq!(
         err.to_string(),
         format!(
@@ -110,12 +142,28 @@ fn truncated_file_is_refused() {
         )
     );
     // An odd length (not a page multiple, no trailer by size) is truncated too.
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(cut + 100).unwrap();
-    assert!(matches!(status_file(&p).unwrap_err(), SnapshotError::Truncated { .. }));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(cut + 100)
+        .unwrap();
+    assert!(matches!(
+        status_file(&p).unwrap_err(),
+        SnapshotError::Truncated { .. }
+    ));
     // Shorter than a meta page.
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(40).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(40)
+        .unwrap();
     let err = status_file(&p).unwrap_err().to_string();
-    assert!(err.contains("not a bbolt database (only 40 bytes, too small for a bbolt meta page)"), "{err}");
+    assert!(
+        err.contains("not a bbolt database (only 40 bytes, too small for a bbolt meta page)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -128,7 +176,15 @@ fn bad_trailer_is_refused() {
     // Like etcdctl, plain status does not hash the trailer.
     assert_eq!(status_file(&p).unwrap(), base().status);
     let err = status_file_verified(&p).unwrap_err();
-    let SnapshotError::HashMismatch { expected, actual, db_len, .. } = &err else { panic!("{err:?}") };
+    let SnapshotError::HashMismatch {
+        expected,
+        actual,
+        db_len,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
     assert_eq!(*db_len, len - 32);
     assert_ne!(expected, actual);
     assert!(
@@ -148,10 +204,16 @@ fn flipped_value_byte_changes_hash_and_fails_trailer() {
     let mut x = read_at(&p, off, 1);
     x[0] ^= 0x01;
     patch(&p, off, &x);
-    assert!(matches!(status_file_verified(&p).unwrap_err(), SnapshotError::HashMismatch { .. }));
+    assert!(matches!(
+        status_file_verified(&p).unwrap_err(),
+        SnapshotError::HashMismatch { .. }
+    ));
     // Without the trailer check the structure passes but the status hash differs.
     match verify_file(&p, Some(db_len(&p))) {
-        Ok(s) => assert_ne!(s.hash, b.status.hash, "a flipped data byte must change the hash"),
+        Ok(s) => assert_ne!(
+            s.hash, b.status.hash,
+            "a flipped data byte must change the hash"
+        ),
         Err(e) => assert!(matches!(e, SnapshotError::Corrupt { .. }), "{e}"),
     }
 }
@@ -177,8 +239,15 @@ fn element_count_beyond_page_is_corrupt() {
     let ps = u64::from(Db::open(&p, Some(db_len(&p))).unwrap().page_size());
     patch(&p, root * ps + 10, &0xFFF0u16.to_le_bytes());
     let err = verify_file(&p, Some(db_len(&p))).unwrap_err();
-    assert!(matches!(err, SnapshotError::Corrupt { page, .. } if page == root), "{err:?}");
-    assert!(err.to_string().contains("65520 elements need 1048336 bytes but the page has 4096"), "{err}");
+    assert!(
+        matches!(err, SnapshotError::Corrupt { page, .. } if page == root),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("65520 elements need 1048336 bytes but the page has 4096"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -188,7 +257,13 @@ fn wrong_page_id_in_header_is_corrupt() {
     let ps = u64::from(Db::open(&p, Some(db_len(&p))).unwrap().page_size());
     patch(&p, root * ps, &(root + 1).to_le_bytes());
     let err = verify_file(&p, Some(db_len(&p))).unwrap_err().to_string();
-    assert!(err.starts_with(&format!("bbolt page {root}: page header says id {}", root + 1)), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "bbolt page {root}: page header says id {}",
+            root + 1
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -198,14 +273,25 @@ fn page_reachable_twice_is_corrupt() {
     let ps = u64::from(Db::open(&p, Some(db_len(&p))).unwrap().page_size());
     let buf = read_at(&p, root * ps, ps as usize);
     let h = PageHeader::parse(&buf, root).unwrap();
-    assert_eq!(h.flags, page::BRANCH_PAGE_FLAG, "5000 keys make a branch root");
+    assert_eq!(
+        h.flags,
+        page::BRANCH_PAGE_FLAG,
+        "5000 keys make a branch root"
+    );
     let first = page::branch_elem(&buf, 0, root).unwrap().pgid;
     // Element 1 points to element 0's child.
-    patch(&p, root * ps + PAGE_HEADER_SIZE as u64 + 16 + 8, &first.to_le_bytes());
+    patch(
+        &p,
+        root * ps + PAGE_HEADER_SIZE as u64 + 16 + 8,
+        &first.to_le_bytes(),
+    );
     let err = verify_file(&p, Some(db_len(&p))).unwrap_err().to_string();
     assert_eq!(err, format!("bbolt page {first}: multiple references (page reachable twice); the snapshot is corrupt, take a new one"));
     let theirs = etcdutl_status_fails(&p);
-    assert!(theirs.contains("multiple references") || theirs.contains("needs to be"), "{theirs}");
+    assert!(
+        theirs.contains("multiple references") || theirs.contains("needs to be"),
+        "{theirs}"
+    );
 }
 
 #[test]
@@ -218,9 +304,17 @@ fn unreachable_page_without_freelist_is_free_like_bbolt() {
         assert_eq!(m.freelist, page::PGID_NO_FREELIST);
         m.pgid += 1
     });
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len + u64::from(m.page_size)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len + u64::from(m.page_size))
+        .unwrap();
     let s = verify_file(&p, None).unwrap();
-    assert_eq!((s.hash, s.total_size), (base().status.hash, base().status.total_size + 4096));
+    assert_eq!(
+        (s.hash, s.total_size),
+        (base().status.hash, base().status.total_size + 4096)
+    );
 }
 
 #[test]
@@ -248,7 +342,12 @@ fn unreachable_unfreed_page_is_corrupt() {
         m.freelist = hwm;
         m.pgid = hwm + 2;
     });
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len + 2 * 4096).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len + 2 * 4096)
+        .unwrap();
     patch(&p, hwm * 4096, &fl);
     let err = verify_file(&p, None).unwrap_err().to_string();
     assert_eq!(
@@ -256,18 +355,27 @@ fn unreachable_unfreed_page_is_corrupt() {
         format!("bbolt page {}: unreachable unfreed (neither in a bucket nor in the freelist); the snapshot is corrupt, take a new one", hwm + 1)
     );
     let theirs = etcdutl_status_fails(&p);
-    assert!(theirs.contains(&format!("page {}: unreachable unfreed", hwm + 1)), "{theirs}");
+    assert!(
+        theirs.contains(&format!("page {}: unreachable unfreed", hwm + 1)),
+        "{theirs}"
+    );
     // Listing it in the freelist makes the db sound again.
     patch(&p, hwm * 4096, &with(&[hwm + 1]));
     assert_eq!(verify_file(&p, None).unwrap().hash, base().status.hash);
     // Listing a reachable page as free is corrupt.
     patch(&p, hwm * 4096, &with(&[root, hwm + 1]));
     let err = verify_file(&p, None).unwrap_err().to_string();
-    assert!(err.starts_with(&format!("bbolt page {root}: reachable freed")), "{err}");
+    assert!(
+        err.starts_with(&format!("bbolt page {root}: reachable freed")),
+        "{err}"
+    );
     // A freed id twice.
     patch(&p, hwm * 4096, &with(&[hwm + 1, hwm + 1]));
     let err = verify_file(&p, None).unwrap_err().to_string();
-    assert!(err.starts_with(&format!("bbolt page {}: page freed twice", hwm + 1)), "{err}");
+    assert!(
+        err.starts_with(&format!("bbolt page {}: page freed twice", hwm + 1)),
+        "{err}"
+    );
 }
 
 #[test]
@@ -292,7 +400,10 @@ fn broken_meta_falls_back_then_refuses() {
     assert!(matches!(err, SnapshotError::NotBbolt { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("not a bbolt database (meta page"), "{msg}");
-    assert!(msg.contains("meta checksum mismatch") && msg.contains("meta page 1: bad magic 0x00000000"), "{msg}");
+    assert!(
+        msg.contains("meta checksum mismatch") && msg.contains("meta page 1: bad magic 0x00000000"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -301,11 +412,22 @@ fn garbage_is_not_bbolt() {
     let p = d.path().join("garbage.db");
     std::fs::write(&p, vec![0x5au8; 3 * 4096]).unwrap();
     let err = status_file(&p).unwrap_err().to_string();
-    assert!(err.contains("not a bbolt database (meta page 0: bad magic 0x5a5a5a5a"), "{err}");
-    assert!(err.ends_with("expected an etcd snapshot (etcdctl snapshot save) or a member/snap/db file"), "{err}");
+    assert!(
+        err.contains("not a bbolt database (meta page 0: bad magic 0x5a5a5a5a"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("expected an etcd snapshot (etcdctl snapshot save) or a member/snap/db file"),
+        "{err}"
+    );
     let missing = status_file(&d.path().join("nope.db")).unwrap_err();
     assert!(matches!(missing, SnapshotError::Io { .. }));
-    assert!(missing.to_string().contains("nope.db: No such file or directory"), "{missing}");
+    assert!(
+        missing
+            .to_string()
+            .contains("nope.db: No such file or directory"),
+        "{missing}"
+    );
 }
 
 /// Random byte flips anywhere in the db never panic: every outcome is Ok or a typed error.

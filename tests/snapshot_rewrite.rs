@@ -32,22 +32,42 @@ type Dump = BTreeMap<Vec<u8>, Vec<(u32, Vec<u8>, Vec<u8>)>>;
 fn dump(p: &Path) -> Dump {
     let db = Db::open(p, None).unwrap();
     let m = db.meta();
-    let (root, _) = db.bucket_contents(&page::encode_bucket_header(m.root, m.sequence), 0).unwrap();
+    let (root, _) = db
+        .bucket_contents(&page::encode_bucket_header(m.root, m.sequence), 0)
+        .unwrap();
     root.iter()
         .map(|b| {
             let (es, _) = db.bucket_contents(&b.value, 0).unwrap();
-            (b.key.clone(), es.into_iter().map(|e| (e.flags, e.key, e.value)).collect())
+            (
+                b.key.clone(),
+                es.into_iter().map(|e| (e.flags, e.key, e.value)).collect(),
+            )
         })
         .collect()
 }
 
 fn etcdutl_status(p: &Path) -> serde_json::Value {
-    let out = Command::new(etcdutl_bin()).args(["snapshot", "status", "-w", "json"]).arg(p).output().unwrap();
-    assert!(out.status.success(), "etcdutl status {}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(etcdutl_bin())
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "etcdutl status {}: {}",
+        p.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn etcdutl_restore(snap: &Path, data_dir: &Path, name: &str, cluster: &[(&str, String)], token: &str) {
+fn etcdutl_restore(
+    snap: &Path,
+    data_dir: &Path,
+    name: &str,
+    cluster: &[(&str, String)],
+    token: &str,
+) {
     let ic: Vec<String> = cluster.iter().map(|(n, u)| format!("{n}={u}")).collect();
     let me = &cluster.iter().find(|(n, _)| *n == name).unwrap().1;
     let out = Command::new(etcdutl_bin())
@@ -60,7 +80,11 @@ fn etcdutl_restore(snap: &Path, data_dir: &Path, name: &str, cluster: &[(&str, S
         .arg(format!("--data-dir={}", data_dir.display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "etcdutl restore: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "etcdutl restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct Snap {
@@ -71,23 +95,50 @@ struct Snap {
 
 async fn populated_snapshot() -> Snap {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(EtcdOpts { version: Version::V3_5, ..Default::default() });
+    let etcd = Etcd::start(EtcdOpts {
+        version: Version::V3_5,
+        ..Default::default()
+    });
     let c = etcd.client().await;
     fill(&c, 3000, 200, "k/").await;
     fill(&c, 500, 100, "k/").await;
-    c.kv_client().delete("k/0000002", Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
+    c.kv_client()
+        .delete(
+            "k/0000002",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
     let lease = c.lease_client().grant(3600, None).await.unwrap().id();
-    c.kv_client().put("leased", "v", Some(etcd_client::PutOptions::new().with_lease(lease))).await.unwrap();
+    c.kv_client()
+        .put(
+            "leased",
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
     fill(&c, 2, 1 << 20, "big/").await;
     let keys = c
         .kv_client()
-        .get("", Some(etcd_client::GetOptions::new().with_from_key().with_count_only()))
+        .get(
+            "",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_from_key()
+                    .with_count_only(),
+            ),
+        )
         .await
         .unwrap()
         .count() as u64;
     let path = dir.path().join("snap.db");
     etcd.etcdctl_ok(&["snapshot", "save", path.to_str().unwrap()]);
-    Snap { _dir: dir, path, keys }
+    Snap {
+        _dir: dir,
+        path,
+        keys,
+    }
 }
 
 fn db_len(p: &Path) -> u64 {
@@ -106,20 +157,43 @@ async fn rewrite_equals_etcdutl_restore_and_boots() {
 
     // Two members: etcdutl's db vs ours, bucket by bucket.
     let theirs_dir = tmp.path().join("theirs");
-    etcdutl_restore(&snap.path, &theirs_dir, "a", &[("a", ua.into()), ("b", ub.into())], "tok");
+    etcdutl_restore(
+        &snap.path,
+        &theirs_dir,
+        "a",
+        &[("a", ua.into()), ("b", ub.into())],
+        "tok",
+    );
     let theirs = theirs_dir.join("member/snap/db");
     let ours = tmp.path().join("ours.db");
     let members = vec![
-        RestoreMember { id: member_id(&[ua], "tok"), name: "a".into(), peer_urls: vec![ua.into()] },
-        RestoreMember { id: member_id(&[ub], "tok"), name: "b".into(), peer_urls: vec![ub.into()] },
+        RestoreMember {
+            id: member_id(&[ua], "tok"),
+            name: "a".into(),
+            peer_urls: vec![ua.into()],
+        },
+        RestoreMember {
+            id: member_id(&[ub], "tok"),
+            name: "b".into(),
+            peer_urls: vec![ub.into()],
+        },
     ];
     let t0 = Instant::now();
     rewrite_db(&snap.path, db_len(&snap.path), &ours, &members, 2, 1).unwrap();
     eprintln!("rewrite_db took {:?}", t0.elapsed());
     let (d_ours, d_theirs) = (dump(&ours), dump(&theirs));
-    assert_eq!(d_ours.keys().collect::<Vec<_>>(), d_theirs.keys().collect::<Vec<_>>(), "same buckets");
+    assert_eq!(
+        d_ours.keys().collect::<Vec<_>>(),
+        d_theirs.keys().collect::<Vec<_>>(),
+        "same buckets"
+    );
     for (name, es) in &d_theirs {
-        assert_eq!(&d_ours[name], es, "bucket {:?} differs from etcdutl's", String::from_utf8_lossy(name));
+        assert_eq!(
+            &d_ours[name],
+            es,
+            "bucket {:?} differs from etcdutl's",
+            String::from_utf8_lossy(name)
+        );
     }
     assert_eq!(
         std::fs::metadata(&ours).unwrap().permissions().mode() & 0o777,
@@ -138,26 +212,60 @@ async fn rewrite_equals_etcdutl_restore_and_boots() {
 
     // The old meta stays a valid, consistent view (copy-on-write, nothing overwritten).
     let db = Db::open(&ours, None).unwrap();
-    assert_eq!(db.meta().txid, Db::open(&snap.path, Some(db_len(&snap.path))).unwrap().meta().txid + 1);
+    assert_eq!(
+        db.meta().txid,
+        Db::open(&snap.path, Some(db_len(&snap.path)))
+            .unwrap()
+            .meta()
+            .txid
+            + 1
+    );
 
     // Boot: a one-member etcdutl data dir with its db replaced by ours, on etcd 3.5 and 3.4.
     for v in [Version::V3_5, Version::V3_4] {
         let peer = format!("http://127.0.0.1:{}", free_port());
         let client = format!("http://127.0.0.1:{}", free_port());
         let dd = tmp.path().join(format!("boot-{v:?}"));
-        etcdutl_restore(&snap.path, &dd, "solo", &[("solo", peer.clone())], "boot-tok");
+        etcdutl_restore(
+            &snap.path,
+            &dd,
+            "solo",
+            &[("solo", peer.clone())],
+            "boot-tok",
+        );
         let db = dd.join("member/snap/db");
         std::fs::remove_file(&db).unwrap();
-        let m = RestoreMember { id: member_id(&[&peer], "boot-tok"), name: "solo".into(), peer_urls: vec![peer.clone()] };
+        let m = RestoreMember {
+            id: member_id(&[&peer], "boot-tok"),
+            name: "solo".into(),
+            peer_urls: vec![peer.clone()],
+        };
         rewrite_db(&snap.path, db_len(&snap.path), &db, &[m], 1, 1).unwrap();
         let mut child = Booted(spawn_etcd(v, &dd, &peer, &client));
         wait_health(v, &client, &mut child.0, &dd);
         let ctl = |args: &[&str]| {
-            let out = Command::new(etcdctl_bin(v)).env("ETCDCTL_API", "3").arg(format!("--endpoints={client}")).args(args).output().unwrap();
-            assert!(out.status.success(), "{v:?} etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(etcdctl_bin(v))
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={client}"))
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{v:?} etcdctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
-        let fields = ctl(&["get", "", "--from-key", "--keys-only", "--limit=1", "-w", "fields"]);
+        let fields = ctl(&[
+            "get",
+            "",
+            "--from-key",
+            "--keys-only",
+            "--limit=1",
+            "-w",
+            "fields",
+        ]);
         let count: u64 = fields
             .lines()
             .find_map(|l| l.strip_prefix("\"Count\" : "))
@@ -168,7 +276,10 @@ async fn rewrite_equals_etcdutl_restore_and_boots() {
         assert_eq!(count, snap.keys, "{v:?}: every key is there");
         let members = ctl(&["member", "list"]);
         assert_eq!(members.lines().count(), 1, "{members}");
-        assert!(members.contains(&peer) && members.contains("solo"), "{members}");
+        assert!(
+            members.contains(&peer) && members.contains("solo"),
+            "{members}"
+        );
         ctl(&["put", "after-restore", "ok"]);
         assert!(ctl(&["get", "big/00000001", "--print-value-only"]).len() > 1 << 20);
     }
@@ -202,8 +313,20 @@ async fn rewrite_keeps_a_synced_freelist_consistent() {
     }
     let before = verify_file(&src, None).unwrap();
     let dst = tmp.path().join("out.db");
-    let m = RestoreMember { id: 1, name: "x".into(), peer_urls: vec!["http://127.0.0.1:1".into()] };
-    rewrite_db(&src, std::fs::metadata(&src).unwrap().len(), &dst, &[m], 1, 1).unwrap();
+    let m = RestoreMember {
+        id: 1,
+        name: "x".into(),
+        peer_urls: vec!["http://127.0.0.1:1".into()],
+    };
+    rewrite_db(
+        &src,
+        std::fs::metadata(&src).unwrap().len(),
+        &dst,
+        &[m],
+        1,
+        1,
+    )
+    .unwrap();
     let db = Db::open(&dst, None).unwrap();
     assert_ne!(db.meta().freelist, page::PGID_NO_FREELIST);
     let after = verify_file(&dst, None).unwrap();
@@ -211,11 +334,27 @@ async fn rewrite_keeps_a_synced_freelist_consistent() {
     assert_ne!(after.hash, before.hash, "membership changed");
     // Rewriting the rewritten db again works too (a second transaction on top).
     let dst2 = tmp.path().join("out2.db");
-    rewrite_db(&dst, std::fs::metadata(&dst).unwrap().len(), &dst2, &[], 0, 0).unwrap();
+    rewrite_db(
+        &dst,
+        std::fs::metadata(&dst).unwrap().len(),
+        &dst2,
+        &[],
+        0,
+        0,
+    )
+    .unwrap();
     verify_file(&dst2, None).unwrap();
     etcdutl_status(&dst2);
     // The destination must not exist.
-    let err = rewrite_db(&src, std::fs::metadata(&src).unwrap().len(), &dst, &[], 1, 1).unwrap_err();
+    let err = rewrite_db(
+        &src,
+        std::fs::metadata(&src).unwrap().len(),
+        &dst,
+        &[],
+        1,
+        1,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("out.db: File exists"), "{err}");
 }
 
@@ -225,7 +364,11 @@ async fn rewrite_keeps_a_synced_freelist_consistent() {
 async fn verify_copy_rewrite_pipeline() {
     let snap = populated_snapshot().await;
     let tmp = tempfile::tempdir().unwrap();
-    let m = vec![RestoreMember { id: 0x71405583d3e2d5ce, name: "a".into(), peer_urls: vec!["http://127.0.0.1:2380".into()] }];
+    let m = vec![RestoreMember {
+        id: 0x71405583d3e2d5ce,
+        name: "a".into(),
+        peer_urls: vec!["http://127.0.0.1:2380".into()],
+    }];
     let a = tmp.path().join("a.db");
     let r = verify_copy_rewrite(&snap.path, &a, false, &m, 1, 1).unwrap();
     assert_eq!(r.source, status_file(&snap.path).unwrap());
@@ -238,9 +381,13 @@ async fn verify_copy_rewrite_pipeline() {
 
     // The destination exists: refused, and left alone.
     std::fs::write(tmp.path().join("keep.db"), b"precious").unwrap();
-    let err = verify_copy_rewrite(&snap.path, &tmp.path().join("keep.db"), false, &m, 1, 1).unwrap_err();
+    let err =
+        verify_copy_rewrite(&snap.path, &tmp.path().join("keep.db"), false, &m, 1, 1).unwrap_err();
     assert!(err.to_string().contains("keep.db: File exists"), "{err}");
-    assert_eq!(std::fs::read(tmp.path().join("keep.db")).unwrap(), b"precious");
+    assert_eq!(
+        std::fs::read(tmp.path().join("keep.db")).unwrap(),
+        b"precious"
+    );
 
     // A bad trailer: refused, nothing left behind.
     let bad = tmp.path().join("bad.db");
@@ -260,7 +407,12 @@ async fn verify_copy_rewrite_pipeline() {
     // No trailer (a data-dir db): needs skip_hash_check, like etcdutl.
     let raw = tmp.path().join("raw.db");
     std::fs::copy(&snap.path, &raw).unwrap();
-    std::fs::OpenOptions::new().write(true).open(&raw).unwrap().set_len(len - 32).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&raw)
+        .unwrap()
+        .set_len(len - 32)
+        .unwrap();
     let err = verify_copy_rewrite(&raw, &out, false, &m, 1, 1).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -273,7 +425,12 @@ async fn verify_copy_rewrite_pipeline() {
     // A truncated snapshot: refused before anything is created.
     let trunc = tmp.path().join("trunc.db");
     std::fs::copy(&raw, &trunc).unwrap();
-    std::fs::OpenOptions::new().write(true).open(&trunc).unwrap().set_len((len - 32) / 2 & !4095).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&trunc)
+        .unwrap()
+        .set_len((len - 32) / 2 & !4095)
+        .unwrap();
     let out2 = tmp.path().join("out2.db");
     let err = verify_copy_rewrite(&trunc, &out2, true, &m, 1, 1).unwrap_err();
     assert!(matches!(err, SnapshotError::Truncated { .. }), "{err}");
@@ -321,7 +478,11 @@ fn wait_health(v: Version, client: &str, child: &mut Child, dd: &Path) {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("{v:?} etcd exited ({st}) on our db:\n{}", log());
         }
-        assert!(Instant::now() < deadline, "{v:?} etcd not healthy in 30s:\n{}", log());
+        assert!(
+            Instant::now() < deadline,
+            "{v:?} etcd not healthy in 30s:\n{}",
+            log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -20,7 +20,12 @@ fn reference(v: Version, file: &Path) -> serde_json::Value {
             .env("ETCDCTL_API", "3")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{} snapshot status failed: {}", bin.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{} snapshot status failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     match v {
@@ -37,7 +42,11 @@ fn reference(v: Version, file: &Path) -> serde_json::Value {
 fn assert_same_as_etcd(v: Version, file: &Path, what: &str) -> Status {
     let ours = status_file(file).unwrap_or_else(|e| panic!("{what}: native status failed: {e}"));
     let theirs = reference(v, file);
-    assert_eq!(serde_json::to_value(&ours).unwrap(), theirs, "{what} ({v:?}): native status differs from etcd's");
+    assert_eq!(
+        serde_json::to_value(&ours).unwrap(),
+        theirs,
+        "{what} ({v:?}): native status differs from etcd's"
+    );
     // The structure check alone (trailer cut by size) gives the same values.
     let len = std::fs::metadata(file).unwrap().len();
     assert_eq!(verify_file(file, Some(len - 32)).unwrap(), ours);
@@ -48,7 +57,11 @@ fn assert_same_as_etcd(v: Version, file: &Path, what: &str) -> Status {
 
 /// `-w table` of etcdutl 3.5 (the same code as etcdctl's) equals `Status::to_table`.
 fn assert_table_like_etcdutl(file: &Path, ours: &Status) {
-    let out = Command::new(etcdutl_bin()).args(["snapshot", "status", "-w", "table"]).arg(file).output().unwrap();
+    let out = Command::new(etcdutl_bin())
+        .args(["snapshot", "status", "-w", "table"])
+        .arg(file)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(ours.to_table(), String::from_utf8(out.stdout).unwrap());
 }
@@ -71,12 +84,19 @@ fn current_revision(etcd: &Etcd, extra: &[&str]) -> i64 {
 
 async fn scenario(v: Version) {
     let tmp = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(EtcdOpts { version: v, ..Default::default() });
+    let etcd = Etcd::start(EtcdOpts {
+        version: v,
+        ..Default::default()
+    });
 
     // Empty db.
     let empty = save(&etcd, tmp.path(), "empty.db", &[]);
     let s = assert_same_as_etcd(v, &empty, "empty");
-    assert_eq!((s.revision, s.total_key > 0), (0, true), "empty: no key in bucket key, {s:?}");
+    assert_eq!(
+        (s.revision, s.total_key > 0),
+        (0, true),
+        "empty: no key in bucket key, {s:?}"
+    );
     assert_table_like_etcdutl(&empty, &s);
 
     // Deep B+tree, overwrites, deletes, leases, 1 MiB values.
@@ -84,16 +104,31 @@ async fn scenario(v: Version) {
     fill(&client, 30_000, 100, "deep/").await;
     fill(&client, 3_000, 120, "deep/").await; // overwrite
     let mut kv = client.kv_client();
-    kv.delete("deep/0001", Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
+    kv.delete(
+        "deep/0001",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
     let lease = client.lease_client().grant(600, None).await.unwrap().id();
     for i in 0..50 {
-        kv.put(format!("leased/{i}"), "x", Some(etcd_client::PutOptions::new().with_lease(lease))).await.unwrap();
+        kv.put(
+            format!("leased/{i}"),
+            "x",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
     }
     fill(&client, 4, 1 << 20, "big/").await;
     let populated = save(&etcd, tmp.path(), "populated.db", &[]);
     let s = assert_same_as_etcd(v, &populated, "populated");
     assert!(s.total_key > 33_000, "{s:?}");
-    let db = Db::open(&populated, Some(std::fs::metadata(&populated).unwrap().len() - 32)).unwrap();
+    let db = Db::open(
+        &populated,
+        Some(std::fs::metadata(&populated).unwrap().len() - 32),
+    )
+    .unwrap();
     assert!(db.size() > 4 << 20);
     assert_table_like_etcdutl(&populated, &s);
 
@@ -102,7 +137,10 @@ async fn scenario(v: Version) {
     etcd.etcdctl_ok(&["compact", &rev.to_string(), "--physical"]);
     let compacted = save(&etcd, tmp.path(), "compacted.db", &[]);
     let c = assert_same_as_etcd(v, &compacted, "compacted");
-    assert!(c.total_key < s.total_key, "compaction removed old revisions: {c:?} vs {s:?}");
+    assert!(
+        c.total_key < s.total_key,
+        "compaction removed old revisions: {c:?} vs {s:?}"
+    );
 
     // Defragmentation.
     etcd.etcdctl_ok(&["defrag"]);

@@ -33,7 +33,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::snapshot::writer::{self, BucketEdit};
-use crate::snapshot::{check_sha256_trailer, check_trailer_info, has_trailer, verify_file, Db, SnapshotError, Status, TrailerInfo};
+use crate::snapshot::{
+    check_sha256_trailer, check_trailer_info, has_trailer, verify_file, Db, SnapshotError, Status,
+    TrailerInfo,
+};
 
 /// A member of the restored cluster, as etcd's membership stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +82,9 @@ pub fn go_json_string(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
             c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
@@ -107,7 +112,11 @@ pub fn rewrite_db(
     let size = Db::open(src, Some(db_len))?.size();
     let to = create_dst(dst)?;
     copy_prefix(src, to, dst, size)?;
-    writer::apply(dst, Some(size), &membership_edits(members, consistent_index, term))?;
+    writer::apply(
+        dst,
+        Some(size),
+        &membership_edits(members, consistent_index, term),
+    )?;
     Ok(())
 }
 
@@ -142,11 +151,16 @@ pub fn verify_copy_rewrite(
     term: u64,
 ) -> Result<RestoredDb, SnapshotError> {
     let file_len = std::fs::metadata(src)
-        .map_err(|source| SnapshotError::Io { path: src.to_path_buf(), source })?
+        .map_err(|source| SnapshotError::Io {
+            path: src.to_path_buf(),
+            source,
+        })?
         .len();
     let has = has_trailer(file_len);
     if !has && !skip_hash_check {
-        return Err(SnapshotError::MissingHash { path: src.to_path_buf() });
+        return Err(SnapshotError::MissingHash {
+            path: src.to_path_buf(),
+        });
     }
     let db_len = if has { file_len - 32 } else { file_len };
     let size = Db::open(src, Some(db_len))?.size();
@@ -178,9 +192,18 @@ pub fn verify_copy_rewrite(
         };
         let source = status?;
         copied?;
-        writer::apply(dst, Some(size), &membership_edits(members, consistent_index, term))?;
+        writer::apply(
+            dst,
+            Some(size),
+            &membership_edits(members, consistent_index, term),
+        )?;
         let rewritten = verify_file(dst, None)?;
-        Ok(RestoredDb { source, trailer, db_len, rewritten })
+        Ok(RestoredDb {
+            source,
+            trailer,
+            db_len,
+            rewritten,
+        })
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(dst);
@@ -189,7 +212,11 @@ pub fn verify_copy_rewrite(
 }
 
 /// The bucket edits of a 3.5 restore (see the module doc).
-pub fn membership_edits(members: &[RestoreMember], consistent_index: u64, term: u64) -> BTreeMap<Vec<u8>, BucketEdit> {
+pub fn membership_edits(
+    members: &[RestoreMember],
+    consistent_index: u64,
+    term: u64,
+) -> BTreeMap<Vec<u8>, BucketEdit> {
     let mut edits = BTreeMap::new();
     let kvs = members
         .iter()
@@ -200,7 +227,10 @@ pub fn membership_edits(members: &[RestoreMember], consistent_index: u64, term: 
     edits.insert(b"cluster".to_vec(), BucketEdit::Put(Vec::new()));
     let mut meta = Vec::new();
     if consistent_index > 0 {
-        meta.push((b"consistent_index".to_vec(), consistent_index.to_be_bytes().to_vec()));
+        meta.push((
+            b"consistent_index".to_vec(),
+            consistent_index.to_be_bytes().to_vec(),
+        ));
         if term > 0 {
             meta.push((b"term".to_vec(), term.to_be_bytes().to_vec()));
         }
@@ -216,19 +246,41 @@ fn create_dst(dst: &Path) -> Result<std::fs::File, SnapshotError> {
         .create_new(true)
         .mode(0o600)
         .open(dst)
-        .map_err(|source| SnapshotError::Io { path: dst.to_path_buf(), source })
+        .map_err(|source| SnapshotError::Io {
+            path: dst.to_path_buf(),
+            source,
+        })
 }
 
 /// Copies the first `len` bytes of `src` into `to` (the new file `dst`), kernel side
 /// (`copy_file_range` through `std::io::copy`).
-fn copy_prefix(src: &Path, mut to: std::fs::File, dst: &Path, len: u64) -> Result<(), SnapshotError> {
-    let from = std::fs::File::open(src).map_err(|source| SnapshotError::Io { path: src.to_path_buf(), source })?;
-    let copied = std::io::copy(&mut std::io::Read::take(from, len), &mut to)
-        .map_err(|source| SnapshotError::Io { path: dst.to_path_buf(), source })?;
+fn copy_prefix(
+    src: &Path,
+    mut to: std::fs::File,
+    dst: &Path,
+    len: u64,
+) -> Result<(), SnapshotError> {
+    let from = std::fs::File::open(src).map_err(|source| SnapshotError::Io {
+        path: src.to_path_buf(),
+        source,
+    })?;
+    let copied = std::io::copy(&mut std::io::Read::take(from, len), &mut to).map_err(|source| {
+        SnapshotError::Io {
+            path: dst.to_path_buf(),
+            source,
+        }
+    })?;
     if copied != len {
-        return Err(SnapshotError::Truncated { path: src.to_path_buf(), expected: len, actual: copied });
+        return Err(SnapshotError::Truncated {
+            path: src.to_path_buf(),
+            expected: len,
+            actual: copied,
+        });
     }
-    to.flush().map_err(|source| SnapshotError::Io { path: dst.to_path_buf(), source })?;
+    to.flush().map_err(|source| SnapshotError::Io {
+        path: dst.to_path_buf(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -238,11 +290,25 @@ mod tests {
 
     #[test]
     fn member_json_like_go() {
-        let m = RestoreMember { id: 0x71405583d3e2d5ce, name: "a".into(), peer_urls: vec!["http://127.0.0.1:2380".into()] };
+        let m = RestoreMember {
+            id: 0x71405583d3e2d5ce,
+            name: "a".into(),
+            peer_urls: vec!["http://127.0.0.1:2380".into()],
+        };
         assert_eq!(m.backend_key(), "71405583d3e2d5ce");
-        assert_eq!(m.backend_value(), r#"{"id":8160616549479273934,"peerURLs":["http://127.0.0.1:2380"],"name":"a"}"#);
-        let small = RestoreMember { id: 0xab, name: String::new(), peer_urls: vec!["http://x/?a=1&b=<2>".into()] };
+        assert_eq!(
+            m.backend_value(),
+            r#"{"id":8160616549479273934,"peerURLs":["http://127.0.0.1:2380"],"name":"a"}"#
+        );
+        let small = RestoreMember {
+            id: 0xab,
+            name: String::new(),
+            peer_urls: vec!["http://x/?a=1&b=<2>".into()],
+        };
         assert_eq!(small.backend_key(), "ab");
-        assert_eq!(small.backend_value(), r#"{"id":171,"peerURLs":["http://x/?a=1\u0026b=\u003c2\u003e"]}"#);
+        assert_eq!(
+            small.backend_value(),
+            r#"{"id":171,"peerURLs":["http://x/?a=1\u0026b=\u003c2\u003e"]}"#
+        );
     }
 }

@@ -50,13 +50,22 @@ pub enum SnapshotError {
         "{}: snapshot is truncated: the bbolt meta page says the db is {expected} bytes but only {actual} bytes are present; the file is incomplete, take or download the snapshot again",
         path.display()
     )]
-    Truncated { path: PathBuf, expected: u64, actual: u64 },
+    Truncated {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
     /// The sha256 trailer does not match the data.
     #[error(
         "{}: sha256 mismatch: the snapshot's trailer says {expected} but its {db_len} data bytes hash to {actual}; the snapshot is corrupt, take or download it again",
         path.display()
     )]
-    HashMismatch { path: PathBuf, db_len: u64, expected: String, actual: String },
+    HashMismatch {
+        path: PathBuf,
+        db_len: u64,
+        expected: String,
+        actual: String,
+    },
     /// No sha256 trailer where one is required (restore without `--skip-hash-check`).
     #[error(
         "{}: snapshot has no sha256 trailer (its size is not 32 bytes past a multiple of 512), so its integrity cannot be checked; if it is a db copied out of a data dir (member/snap/db), pass --skip-hash-check",
@@ -114,7 +123,11 @@ impl Status {
             hdr.push("VERSION");
             row.push(v.clone());
         }
-        let widths: Vec<usize> = hdr.iter().zip(&row).map(|(h, r)| h.len().max(r.len())).collect();
+        let widths: Vec<usize> = hdr
+            .iter()
+            .zip(&row)
+            .map(|(h, r)| h.len().max(r.len()))
+            .collect();
         let sep: String = {
             let mut s = String::from("+");
             for w in &widths {
@@ -129,7 +142,12 @@ impl Status {
                 if center {
                     let pad = w - c.len();
                     let left = pad / 2;
-                    s.push_str(&format!(" {}{}{} |", " ".repeat(left), c, " ".repeat(pad - left)));
+                    s.push_str(&format!(
+                        " {}{}{} |",
+                        " ".repeat(left),
+                        c,
+                        " ".repeat(pad - left)
+                    ));
                 } else {
                     s.push_str(&format!(" {c:>w$} |"));
                 }
@@ -137,7 +155,11 @@ impl Status {
             s
         };
         let hdr: Vec<String> = hdr.into_iter().map(String::from).collect();
-        format!("{sep}\n{}\n{sep}\n{}\n{sep}\n", line(&hdr, true), line(&row, false))
+        format!(
+            "{sep}\n{}\n{sep}\n{}\n{sep}\n",
+            line(&hdr, true),
+            line(&row, false)
+        )
     }
 }
 
@@ -175,7 +197,10 @@ pub fn verify_file(path: &Path, db_len: Option<u64>) -> Result<Status, SnapshotE
 /// Errors: Io, NotBbolt, Truncated, Corrupt.
 pub fn status_file(path: &Path) -> Result<Status, SnapshotError> {
     let len = std::fs::metadata(path)
-        .map_err(|source| SnapshotError::Io { path: path.to_path_buf(), source })?
+        .map_err(|source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
         .len();
     verify_file(path, has_trailer(len).then(|| len - trailer::TRAILER_LEN))
 }
@@ -187,14 +212,20 @@ pub fn status_file(path: &Path) -> Result<Status, SnapshotError> {
 /// (reported first: a file whose bytes changed is refused whatever its structure says).
 pub fn status_file_verified(path: &Path) -> Result<(Status, TrailerInfo), SnapshotError> {
     let len = std::fs::metadata(path)
-        .map_err(|source| SnapshotError::Io { path: path.to_path_buf(), source })?
+        .map_err(|source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
         .len();
     let db_len = has_trailer(len).then(|| len - trailer::TRAILER_LEN);
     let (status, trailer) = std::thread::scope(|s| {
         let t = s.spawn(|| check_sha256_trailer(path));
         let status = verify_file(path, db_len);
         let trailer = t.join().unwrap_or_else(|_| {
-            Err(SnapshotError::Io { path: path.to_path_buf(), source: std::io::Error::other("sha256 thread panicked") })
+            Err(SnapshotError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("sha256 thread panicked"),
+            })
         });
         (status, trailer)
     });
@@ -233,19 +264,45 @@ mod tests {
 
     #[test]
     fn json_field_names() {
-        let s = Status { hash: 1, revision: 2, total_key: 3, total_size: 4, version: None };
-        assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"hash":1,"revision":2,"totalKey":3,"totalSize":4}"#);
-        let v = Status { version: Some("3.6.0".into()), ..s };
-        assert!(serde_json::to_string(&v).unwrap().ends_with(r#""version":"3.6.0"}"#));
+        let s = Status {
+            hash: 1,
+            revision: 2,
+            total_key: 3,
+            total_size: 4,
+            version: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"hash":1,"revision":2,"totalKey":3,"totalSize":4}"#
+        );
+        let v = Status {
+            version: Some("3.6.0".into()),
+            ..s
+        };
+        assert!(serde_json::to_string(&v)
+            .unwrap()
+            .ends_with(r#""version":"3.6.0"}"#));
     }
 
     #[test]
     fn table_shape() {
-        let s = Status { hash: 0xfe01cf57, revision: 10, total_key: 7, total_size: 20480, version: None };
+        let s = Status {
+            hash: 0xfe01cf57,
+            revision: 10,
+            total_key: 7,
+            total_size: 20480,
+            version: None,
+        };
         let t = s.to_table();
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 5);
-        assert_eq!(lines[1], "|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |");
-        assert_eq!(lines[3], "| fe01cf57 |       10 |          7 |      20 kB |");
+        assert_eq!(
+            lines[1],
+            "|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |"
+        );
+        assert_eq!(
+            lines[3],
+            "| fe01cf57 |       10 |          7 |      20 kB |"
+        );
     }
 }

@@ -46,20 +46,26 @@ pub const MIN_PAGE_SIZE: u32 = 512;
 pub const MAX_PAGE_SIZE: u32 = 1 << 20;
 
 pub(crate) fn corrupt(page: u64, reason: impl Into<String>) -> SnapshotError {
-    SnapshotError::Corrupt { page, reason: reason.into() }
+    SnapshotError::Corrupt {
+        page,
+        reason: reason.into(),
+    }
 }
 
 #[inline]
 pub(crate) fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    b.get(off..off.checked_add(2)?).map(|s| u16::from_le_bytes([s[0], s[1]]))
+    b.get(off..off.checked_add(2)?)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]))
 }
 #[inline]
 pub(crate) fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    b.get(off..off.checked_add(4)?).map(|s| u32::from_le_bytes(s.try_into().unwrap_or([0; 4])))
+    b.get(off..off.checked_add(4)?)
+        .map(|s| u32::from_le_bytes(s.try_into().unwrap_or([0; 4])))
 }
 #[inline]
 pub(crate) fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    b.get(off..off.checked_add(8)?).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+    b.get(off..off.checked_add(8)?)
+        .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
 }
 
 /// A page header (`common.Page`).
@@ -79,7 +85,10 @@ impl PageHeader {
     /// Parses the 16-byte header at the start of `b`; `page` names the page in errors.
     pub fn parse(b: &[u8], page: u64) -> Result<PageHeader, SnapshotError> {
         if b.len() < PAGE_HEADER_SIZE {
-            return Err(corrupt(page, format!("page header needs 16 bytes, have {}", b.len())));
+            return Err(corrupt(
+                page,
+                format!("page header needs 16 bytes, have {}", b.len()),
+            ));
         }
         Ok(PageHeader {
             id: u64_at(b, 0).unwrap_or(0),
@@ -142,7 +151,10 @@ impl Meta {
     /// Parses the meta struct from `b`, which starts at the meta struct (page offset 16).
     pub fn parse(b: &[u8], page: u64) -> Result<Meta, SnapshotError> {
         if b.len() < META_SIZE {
-            return Err(corrupt(page, format!("meta needs 64 bytes, have {}", b.len())));
+            return Err(corrupt(
+                page,
+                format!("meta needs 64 bytes, have {}", b.len()),
+            ));
         }
         let g = |o| u64_at(b, o).unwrap_or(0);
         let g32 = |o| u32_at(b, o).unwrap_or(0);
@@ -184,9 +196,15 @@ impl Meta {
     /// bbolt `Meta.Validate`: magic, version, checksum. Returns the reason when invalid.
     pub fn validate(&self) -> Result<(), String> {
         if self.magic != MAGIC {
-            Err(format!("bad magic {:#010x} (want {MAGIC:#010x})", self.magic))
+            Err(format!(
+                "bad magic {:#010x} (want {MAGIC:#010x})",
+                self.magic
+            ))
         } else if self.version != VERSION {
-            Err(format!("unsupported bbolt version {} (want {VERSION})", self.version))
+            Err(format!(
+                "unsupported bbolt version {} (want {VERSION})",
+                self.version
+            ))
         } else if self.checksum != self.sum64() {
             Err(format!(
                 "meta checksum mismatch: stored {:#018x}, computed {:#018x}",
@@ -222,12 +240,20 @@ pub struct BranchElem<'a> {
 }
 
 /// Range of the element table after the header, checked against the buffer.
-fn elements_end(buf: &[u8], count: u16, elem_size: usize, page: u64) -> Result<usize, SnapshotError> {
+fn elements_end(
+    buf: &[u8],
+    count: u16,
+    elem_size: usize,
+    page: u64,
+) -> Result<usize, SnapshotError> {
     let end = PAGE_HEADER_SIZE + usize::from(count) * elem_size;
     if end > buf.len() {
         return Err(corrupt(
             page,
-            format!("{count} elements need {end} bytes but the page has {}", buf.len()),
+            format!(
+                "{count} elements need {end} bytes but the page has {}",
+                buf.len()
+            ),
         ));
     }
     Ok(end)
@@ -237,10 +263,16 @@ fn elements_end(buf: &[u8], count: u16, elem_size: usize, page: u64) -> Result<u
 /// Key and value must lie inside `buf` (`pos` is relative to the element's own offset).
 pub fn leaf_elem(buf: &[u8], i: usize, page: u64) -> Result<LeafElem<'_>, SnapshotError> {
     let off = PAGE_HEADER_SIZE + i * LEAF_ELEMENT_SIZE;
-    let (Some(flags), Some(pos), Some(ksize), Some(vsize)) =
-        (u32_at(buf, off), u32_at(buf, off + 4), u32_at(buf, off + 8), u32_at(buf, off + 12))
-    else {
-        return Err(corrupt(page, format!("leaf element {i} lies outside the page")));
+    let (Some(flags), Some(pos), Some(ksize), Some(vsize)) = (
+        u32_at(buf, off),
+        u32_at(buf, off + 4),
+        u32_at(buf, off + 8),
+        u32_at(buf, off + 12),
+    ) else {
+        return Err(corrupt(
+            page,
+            format!("leaf element {i} lies outside the page"),
+        ));
     };
     let kstart = off as u64 + u64::from(pos);
     let kend = kstart + u64::from(ksize);
@@ -255,30 +287,48 @@ pub fn leaf_elem(buf: &[u8], i: usize, page: u64) -> Result<LeafElem<'_>, Snapsh
         ));
     }
     let (ks, ke, ve) = (kstart as usize, kend as usize, vend as usize);
-    Ok(LeafElem { flags, key: &buf[ks..ke], value: &buf[ke..ve] })
+    Ok(LeafElem {
+        flags,
+        key: &buf[ks..ke],
+        value: &buf[ke..ve],
+    })
 }
 
 /// Parses branch element `i` of a branch page held in `buf`.
 pub fn branch_elem(buf: &[u8], i: usize, page: u64) -> Result<BranchElem<'_>, SnapshotError> {
     let off = PAGE_HEADER_SIZE + i * BRANCH_ELEMENT_SIZE;
-    let (Some(pos), Some(ksize), Some(pgid)) = (u32_at(buf, off), u32_at(buf, off + 4), u64_at(buf, off + 8))
+    let (Some(pos), Some(ksize), Some(pgid)) =
+        (u32_at(buf, off), u32_at(buf, off + 4), u64_at(buf, off + 8))
     else {
-        return Err(corrupt(page, format!("branch element {i} lies outside the page")));
+        return Err(corrupt(
+            page,
+            format!("branch element {i} lies outside the page"),
+        ));
     };
     let kstart = off as u64 + u64::from(pos);
     let kend = kstart + u64::from(ksize);
     if kend > buf.len() as u64 {
         return Err(corrupt(
             page,
-            format!("branch element {i}: key [{kstart}, {kend}) beyond the page end {}", buf.len()),
+            format!(
+                "branch element {i}: key [{kstart}, {kend}) beyond the page end {}",
+                buf.len()
+            ),
         ));
     }
-    Ok(BranchElem { key: &buf[kstart as usize..kend as usize], pgid })
+    Ok(BranchElem {
+        key: &buf[kstart as usize..kend as usize],
+        pgid,
+    })
 }
 
 /// Checks that the element table of a leaf or branch page fits in `buf`.
 pub fn check_element_table(buf: &[u8], hdr: &PageHeader, page: u64) -> Result<(), SnapshotError> {
-    let size = if hdr.flags == BRANCH_PAGE_FLAG { BRANCH_ELEMENT_SIZE } else { LEAF_ELEMENT_SIZE };
+    let size = if hdr.flags == BRANCH_PAGE_FLAG {
+        BRANCH_ELEMENT_SIZE
+    } else {
+        LEAF_ELEMENT_SIZE
+    };
     elements_end(buf, hdr.count, size, page).map(|_| ())
 }
 
@@ -302,7 +352,14 @@ pub fn bucket_header(value: &[u8], page: u64, key: &[u8]) -> Result<(u64, u64), 
 pub fn freelist_ids(buf: &[u8], page: u64) -> Result<Vec<u64>, SnapshotError> {
     let hdr = PageHeader::parse(buf, page)?;
     if hdr.flags & FREELIST_PAGE_FLAG == 0 {
-        return Err(corrupt(page, format!("freelist page has type {} (flags {:#x})", hdr.typ(), hdr.flags)));
+        return Err(corrupt(
+            page,
+            format!(
+                "freelist page has type {} (flags {:#x})",
+                hdr.typ(),
+                hdr.flags
+            ),
+        ));
     }
     let (start, count) = if hdr.count == 0xFFFF {
         let c = u64_at(buf, PAGE_HEADER_SIZE)
@@ -313,7 +370,10 @@ pub fn freelist_ids(buf: &[u8], page: u64) -> Result<Vec<u64>, SnapshotError> {
     };
     let avail = (buf.len().saturating_sub(start) / 8) as u64;
     if count > avail {
-        return Err(corrupt(page, format!("freelist claims {count} ids but the page holds at most {avail}")));
+        return Err(corrupt(
+            page,
+            format!("freelist claims {count} ids but the page holds at most {avail}"),
+        ));
     }
     let mut ids = Vec::with_capacity(count as usize);
     for i in 0..count as usize {
@@ -331,12 +391,19 @@ pub fn freelist_size(n: usize) -> usize {
 /// Encodes a freelist page (header + ids) into `buf` (zeroed, at least [`freelist_size`]).
 pub fn write_freelist(buf: &mut [u8], id: u64, overflow: u32, ids: &[u64]) {
     let (count, mut off) = if ids.len() >= 0xFFFF {
-        buf[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + 8].copy_from_slice(&(ids.len() as u64).to_le_bytes());
+        buf[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + 8]
+            .copy_from_slice(&(ids.len() as u64).to_le_bytes());
         (0xFFFF, PAGE_HEADER_SIZE + 8)
     } else {
         (ids.len() as u16, PAGE_HEADER_SIZE)
     };
-    PageHeader { id, flags: FREELIST_PAGE_FLAG, count, overflow }.write(buf);
+    PageHeader {
+        id,
+        flags: FREELIST_PAGE_FLAG,
+        count,
+        overflow,
+    }
+    .write(buf);
     for id in ids {
         buf[off..off + 8].copy_from_slice(&id.to_le_bytes());
         off += 8;
@@ -361,7 +428,13 @@ pub fn leaf_entry_size(e: &Entry) -> usize {
 /// then the keys and values in the same order.
 pub fn encode_leaf(id: u64, overflow: u32, entries: &[Entry], len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
-    PageHeader { id, flags: LEAF_PAGE_FLAG, count: entries.len() as u16, overflow }.write(&mut buf);
+    PageHeader {
+        id,
+        flags: LEAF_PAGE_FLAG,
+        count: entries.len() as u16,
+        overflow,
+    }
+    .write(&mut buf);
     let mut data = PAGE_HEADER_SIZE + entries.len() * LEAF_ELEMENT_SIZE;
     for (i, e) in entries.iter().enumerate() {
         let off = PAGE_HEADER_SIZE + i * LEAF_ELEMENT_SIZE;
@@ -381,7 +454,13 @@ pub fn encode_leaf(id: u64, overflow: u32, entries: &[Entry], len: usize) -> Vec
 /// Encodes a branch page whose children are `(first key, pgid)`.
 pub fn encode_branch(id: u64, overflow: u32, children: &[(Vec<u8>, u64)], len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
-    PageHeader { id, flags: BRANCH_PAGE_FLAG, count: children.len() as u16, overflow }.write(&mut buf);
+    PageHeader {
+        id,
+        flags: BRANCH_PAGE_FLAG,
+        count: children.len() as u16,
+        overflow,
+    }
+    .write(&mut buf);
     let mut data = PAGE_HEADER_SIZE + children.len() * BRANCH_ELEMENT_SIZE;
     for (i, (key, pgid)) in children.iter().enumerate() {
         let off = PAGE_HEADER_SIZE + i * BRANCH_ELEMENT_SIZE;
@@ -420,7 +499,11 @@ mod tests {
     use super::*;
 
     fn e(k: &[u8], v: &[u8]) -> Entry {
-        Entry { flags: 0, key: k.to_vec(), value: v.to_vec() }
+        Entry {
+            flags: 0,
+            key: k.to_vec(),
+            value: v.to_vec(),
+        }
     }
 
     #[test]
@@ -460,7 +543,15 @@ mod tests {
         let es = vec![e(b"a", b"1"), e(b"bb", b""), e(b"ccc", b"333")];
         let buf = encode_leaf(9, 0, &es, 4096);
         let h = PageHeader::parse(&buf, 9).unwrap();
-        assert_eq!(h, PageHeader { id: 9, flags: LEAF_PAGE_FLAG, count: 3, overflow: 0 });
+        assert_eq!(
+            h,
+            PageHeader {
+                id: 9,
+                flags: LEAF_PAGE_FLAG,
+                count: 3,
+                overflow: 0
+            }
+        );
         for (i, x) in es.iter().enumerate() {
             let l = leaf_elem(&buf, i, 9).unwrap();
             assert_eq!((l.key, l.value), (&x.key[..], &x.value[..]));
@@ -474,7 +565,10 @@ mod tests {
         // vsize huge
         buf[PAGE_HEADER_SIZE + 12..PAGE_HEADER_SIZE + 16].copy_from_slice(&u32::MAX.to_le_bytes());
         let err = leaf_elem(&buf, 0, 5).unwrap_err();
-        assert!(matches!(err, SnapshotError::Corrupt { page: 5, .. }), "{err}");
+        assert!(
+            matches!(err, SnapshotError::Corrupt { page: 5, .. }),
+            "{err}"
+        );
         // element index beyond the buffer
         assert!(leaf_elem(&buf, 100, 5).is_err());
         // pos huge: no overflow panic

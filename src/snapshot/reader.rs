@@ -47,7 +47,9 @@ impl PageSet {
     }
     #[inline]
     pub(crate) fn get(&self, id: u64) -> bool {
-        self.0.get((id / 64) as usize).is_some_and(|w| w & (1 << (id % 64)) != 0)
+        self.0
+            .get((id / 64) as usize)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
     /// Sets `id`; returns whether it was set before.
     #[inline]
@@ -64,7 +66,10 @@ impl PageSet {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> SnapshotError {
-    SnapshotError::Io { path: path.to_path_buf(), source }
+    SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Db {
@@ -78,16 +83,22 @@ impl Db {
         let file = File::open(path).map_err(|e| io_err(path, e))?;
         let file_len = file.metadata().map_err(|e| io_err(path, e))?.len();
         let db_len = db_len.unwrap_or(file_len).min(file_len);
-        let not_bbolt = |reason: String| SnapshotError::NotBbolt { path: path.to_path_buf(), reason };
+        let not_bbolt = |reason: String| SnapshotError::NotBbolt {
+            path: path.to_path_buf(),
+            reason,
+        };
         if db_len < (PAGE_HEADER_SIZE + page::META_SIZE) as u64 {
-            return Err(not_bbolt(format!("only {db_len} bytes, too small for a bbolt meta page")));
+            return Err(not_bbolt(format!(
+                "only {db_len} bytes, too small for a bbolt meta page"
+            )));
         }
         let read_meta = |off: u64| -> Result<Option<Meta>, SnapshotError> {
             if off + (PAGE_HEADER_SIZE + page::META_SIZE) as u64 > db_len {
                 return Ok(None);
             }
             let mut b = [0u8; PAGE_HEADER_SIZE + page::META_SIZE];
-            file.read_exact_at(&mut b, off).map_err(|e| io_err(path, e))?;
+            file.read_exact_at(&mut b, off)
+                .map_err(|e| io_err(path, e))?;
             Ok(Some(Meta::parse(&b[PAGE_HEADER_SIZE..], off)?))
         };
         // Page size: from meta 0 if valid, else from meta 1 at any plausible page size
@@ -113,7 +124,9 @@ impl Db {
                     }
                     ps *= 2;
                 }
-                found.ok_or_else(|| not_bbolt(format!("meta page 0: {reason0}; meta page 1: {reason1}")))?
+                found.ok_or_else(|| {
+                    not_bbolt(format!("meta page 0: {reason0}; meta page 1: {reason1}"))
+                })?
             }
         };
         if !page_size.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) {
@@ -134,35 +147,59 @@ impl Db {
                     chosen = Some((pg, m));
                     break;
                 }
-                Ok(()) => reasons.push(format!("meta page {pg}: page size {} differs", m.page_size)),
+                Ok(()) => {
+                    reasons.push(format!("meta page {pg}: page size {} differs", m.page_size))
+                }
                 Err(r) => reasons.push(format!("meta page {pg}: {r}")),
             }
         }
         let (meta_page, meta) = chosen.ok_or_else(|| not_bbolt(reasons.join("; ")))?;
         let ps = u64::from(page_size);
-        let expected = meta
-            .pgid
-            .checked_mul(ps)
-            .ok_or_else(|| corrupt(meta_page, format!("high water mark {} overflows", meta.pgid)))?;
+        let expected = meta.pgid.checked_mul(ps).ok_or_else(|| {
+            corrupt(
+                meta_page,
+                format!("high water mark {} overflows", meta.pgid),
+            )
+        })?;
         if meta.pgid < 2 {
-            return Err(corrupt(meta_page, format!("high water mark {} below 2 (the meta pages)", meta.pgid)));
+            return Err(corrupt(
+                meta_page,
+                format!("high water mark {} below 2 (the meta pages)", meta.pgid),
+            ));
         }
         if expected > db_len {
-            return Err(SnapshotError::Truncated { path: path.to_path_buf(), expected, actual: db_len });
+            return Err(SnapshotError::Truncated {
+                path: path.to_path_buf(),
+                expected,
+                actual: db_len,
+            });
         }
         if meta.root < 2 || meta.root >= meta.pgid {
             return Err(corrupt(
                 meta_page,
-                format!("root bucket page {} outside [2, high water mark {})", meta.root, meta.pgid),
+                format!(
+                    "root bucket page {} outside [2, high water mark {})",
+                    meta.root, meta.pgid
+                ),
             ));
         }
         if meta.freelist != PGID_NO_FREELIST && (meta.freelist < 2 || meta.freelist >= meta.pgid) {
             return Err(corrupt(
                 meta_page,
-                format!("freelist page {} outside [2, high water mark {})", meta.freelist, meta.pgid),
+                format!(
+                    "freelist page {} outside [2, high water mark {})",
+                    meta.freelist, meta.pgid
+                ),
             ));
         }
-        Ok(Db { file, path: path.to_path_buf(), page_size, meta, meta_page, db_len })
+        Ok(Db {
+            file,
+            path: path.to_path_buf(),
+            page_size,
+            meta,
+            meta_page,
+            db_len,
+        })
     }
 
     /// The meta in use.
@@ -201,29 +238,47 @@ impl Db {
 
     /// Like [`Db::read_page`] but never shrinks `buf` (no re-zeroing when reused): the page
     /// is `buf[..n]`.
-    fn read_page_into(&self, id: u64, buf: &mut Vec<u8>) -> Result<(PageHeader, usize), SnapshotError> {
+    fn read_page_into(
+        &self,
+        id: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(PageHeader, usize), SnapshotError> {
         let hwm = self.meta.pgid;
         if id >= hwm {
-            return Err(corrupt(id, format!("page id beyond the high water mark {hwm}")));
+            return Err(corrupt(
+                id,
+                format!("page id beyond the high water mark {hwm}"),
+            ));
         }
         let ps = u64::from(self.page_size);
         if (buf.len() as u64) < ps {
             buf.resize(ps as usize, 0);
         }
-        self.file.read_exact_at(&mut buf[..ps as usize], id * ps).map_err(|e| io_err(&self.path, e))?;
+        self.file
+            .read_exact_at(&mut buf[..ps as usize], id * ps)
+            .map_err(|e| io_err(&self.path, e))?;
         let hdr = PageHeader::parse(buf, id)?;
         if hdr.id != id {
-            return Err(corrupt(id, format!("page header says id {} (type {})", hdr.id, hdr.typ())));
+            return Err(corrupt(
+                id,
+                format!("page header says id {} (type {})", hdr.id, hdr.typ()),
+            ));
         }
         let span = u64::from(hdr.overflow) + 1;
         if id + span > hwm {
             return Err(corrupt(
                 id,
-                format!("overflow {} runs past the high water mark {hwm}", hdr.overflow),
+                format!(
+                    "overflow {} runs past the high water mark {hwm}",
+                    hdr.overflow
+                ),
             ));
         }
         if span * ps > MAX_SPAN_BYTES {
-            return Err(corrupt(id, format!("overflow {} spans more than 64 MiB", hdr.overflow)));
+            return Err(corrupt(
+                id,
+                format!("overflow {} spans more than 64 MiB", hdr.overflow),
+            ));
         }
         let n = (span * ps) as usize;
         if span > 1 {
@@ -265,7 +320,9 @@ impl Db {
     /// reaches (bbolt `DB.freepages`). Runs the full check.
     pub fn free_pages(&self) -> Result<Vec<u64>, SnapshotError> {
         let (_, reachable, freed) = self.walk_sets()?;
-        Ok((2..self.meta.pgid).filter(|&id| freed.get(id) || !reachable.get(id)).collect())
+        Ok((2..self.meta.pgid)
+            .filter(|&id| freed.get(id) || !reachable.get(id))
+            .collect())
     }
 
     fn walk(&self) -> Result<(Status, PageSet), SnapshotError> {
@@ -297,16 +354,27 @@ impl Db {
                     ));
                 }
                 if freed.set(id) {
-                    return Err(corrupt(id, "page freed twice (listed twice in the freelist)"));
+                    return Err(corrupt(
+                        id,
+                        "page freed twice (listed twice in the freelist)",
+                    ));
                 }
             }
         }
-        let mut w = Walker::new(self, &freed, reachable, std::thread::available_parallelism().map_or(1, |n| n.get()) > 1);
+        let mut w = Walker::new(
+            self,
+            &freed,
+            reachable,
+            std::thread::available_parallelism().map_or(1, |n| n.get()) > 1,
+        );
         w.visit_page(self.meta.root, None, None, Ctx::Root)?;
         if !no_freelist {
             for id in 0..hwm {
                 if !w.reachable.get(id) && !freed.get(id) {
-                    return Err(corrupt(id, "unreachable unfreed (neither in a bucket nor in the freelist)"));
+                    return Err(corrupt(
+                        id,
+                        "unreachable unfreed (neither in a bucket nor in the freelist)",
+                    ));
                 }
             }
         }
@@ -323,7 +391,11 @@ impl Db {
     /// Entries of a bucket tree (its own leaves, nested buckets not descended) and the ids of
     /// all its pages (overflow included). `value` is the bucket's value in its parent; for the
     /// root bucket pass [`page::encode_bucket_header`]`(meta.root, meta.sequence)`.
-    pub fn bucket_contents(&self, value: &[u8], page_ref: u64) -> Result<(Vec<Entry>, Vec<u64>), SnapshotError> {
+    pub fn bucket_contents(
+        &self,
+        value: &[u8],
+        page_ref: u64,
+    ) -> Result<(Vec<Entry>, Vec<u64>), SnapshotError> {
         let (root, _seq) = bucket_header(value, page_ref, b"")?;
         let mut entries = Vec::new();
         let mut pages = Vec::new();
@@ -338,18 +410,35 @@ impl Db {
 
     /// All page ids of the bucket trees below `value` (the bucket itself and, recursively,
     /// nested non-inline buckets): what becomes free when the bucket is dropped.
-    pub fn bucket_pages_recursive(&self, value: &[u8], page_ref: u64, out: &mut Vec<u64>) -> Result<(), SnapshotError> {
+    pub fn bucket_pages_recursive(
+        &self,
+        value: &[u8],
+        page_ref: u64,
+        out: &mut Vec<u64>,
+    ) -> Result<(), SnapshotError> {
         let (entries, pages) = self.bucket_contents(value, page_ref)?;
         out.extend(pages);
-        for e in entries.iter().filter(|e| e.flags & page::BUCKET_LEAF_FLAG != 0) {
+        for e in entries
+            .iter()
+            .filter(|e| e.flags & page::BUCKET_LEAF_FLAG != 0)
+        {
             self.bucket_pages_recursive(&e.value, page_ref, out)?;
         }
         Ok(())
     }
 
-    fn collect_tree(&self, id: u64, depth: usize, entries: &mut Vec<Entry>, pages: &mut Vec<u64>) -> Result<(), SnapshotError> {
+    fn collect_tree(
+        &self,
+        id: u64,
+        depth: usize,
+        entries: &mut Vec<Entry>,
+        pages: &mut Vec<u64>,
+    ) -> Result<(), SnapshotError> {
         if depth > MAX_DEPTH {
-            return Err(corrupt(id, format!("b+tree deeper than {MAX_DEPTH} levels (a cycle?)")));
+            return Err(corrupt(
+                id,
+                format!("b+tree deeper than {MAX_DEPTH} levels (a cycle?)"),
+            ));
         }
         let mut buf = Vec::new();
         let hdr = self.read_page(id, &mut buf)?;
@@ -364,7 +453,10 @@ impl Db {
                 Ok(())
             }
             LEAF_PAGE_FLAG => collect_leaf(&buf, id, entries),
-            _ => Err(corrupt(id, format!("expected a branch or leaf page, found {}", hdr.typ()))),
+            _ => Err(corrupt(
+                id,
+                format!("expected a branch or leaf page, found {}", hdr.typ()),
+            )),
         }
     }
 }
@@ -372,12 +464,19 @@ impl Db {
 fn collect_leaf(buf: &[u8], id: u64, entries: &mut Vec<Entry>) -> Result<(), SnapshotError> {
     let hdr = PageHeader::parse(buf, id)?;
     if hdr.flags != LEAF_PAGE_FLAG {
-        return Err(corrupt(id, format!("expected a leaf page, found {}", hdr.typ())));
+        return Err(corrupt(
+            id,
+            format!("expected a leaf page, found {}", hdr.typ()),
+        ));
     }
     page::check_element_table(buf, &hdr, id)?;
     for i in 0..usize::from(hdr.count) {
         let e = page::leaf_elem(buf, i, id)?;
-        entries.push(Entry { flags: e.flags, key: e.key.to_vec(), value: e.value.to_vec() });
+        entries.push(Entry {
+            flags: e.flags,
+            key: e.key.to_vec(),
+            value: e.value.to_vec(),
+        });
     }
     Ok(())
 }
@@ -467,7 +566,9 @@ impl<'a> Walker<'a> {
         max: Option<&[u8]>,
         ctx: Ctx,
     ) -> Result<Option<Vec<u8>>, SnapshotError> {
-        let elems = (0..n).map(|i| page::branch_elem(buf, i, id)).collect::<Result<Vec<_>, _>>()?;
+        let elems = (0..n)
+            .map(|i| page::branch_elem(buf, i, id))
+            .collect::<Result<Vec<_>, _>>()?;
         let mid = n / 2;
         let mut right = Walker::new(self.db, self.freed, PageSet::new(self.db.meta.pgid), false);
         right.depth = self.depth;
@@ -485,7 +586,13 @@ impl<'a> Walker<'a> {
         let left_last = left?;
         let (right_res, right) = right.map_err(|_| corrupt(id, "walker thread panicked"))?;
         // Pages both halves reached: what the sequential walk would have reported first.
-        for (i, (a, b)) in self.reachable.0.iter_mut().zip(&right.reachable.0).enumerate() {
+        for (i, (a, b)) in self
+            .reachable
+            .0
+            .iter_mut()
+            .zip(&right.reachable.0)
+            .enumerate()
+        {
             if *a & *b != 0 {
                 let p = i as u64 * 64 + u64::from((*a & *b).trailing_zeros());
                 return Err(corrupt(p, "multiple references (page reachable twice)"));
@@ -524,7 +631,11 @@ impl<'a> Walker<'a> {
         for i in from..to {
             let BranchElem { key, pgid } = elems[i];
             verify_key_order(id, "branch", i - from, key, running_min.as_deref(), max)?;
-            let child_max = if i + 1 < elems.len() { Some(elems[i + 1].key) } else { max };
+            let child_max = if i + 1 < elems.len() {
+                Some(elems[i + 1].key)
+            } else {
+                max
+            };
             let sub = self.visit_page(pgid, Some(key), child_max, ctx)?;
             running_min = sub.clone();
             last = sub;
@@ -541,7 +652,10 @@ impl<'a> Walker<'a> {
         ctx: Ctx,
     ) -> Result<Option<Vec<u8>>, SnapshotError> {
         if self.depth >= MAX_DEPTH {
-            return Err(corrupt(id, format!("pages nested deeper than {MAX_DEPTH} levels")));
+            return Err(corrupt(
+                id,
+                format!("pages nested deeper than {MAX_DEPTH} levels"),
+            ));
         }
         self.depth += 1;
         let mut buf = self.pool.pop().unwrap_or_default();
@@ -567,7 +681,10 @@ impl<'a> Walker<'a> {
             }
         }
         if self.freed.get(id) {
-            return Err(corrupt(id, "reachable freed (page in use is listed in the freelist)"));
+            return Err(corrupt(
+                id,
+                "reachable freed (page in use is listed in the freelist)",
+            ));
         }
         page::check_element_table(buf, &hdr, id)?;
         match hdr.flags {
@@ -579,11 +696,16 @@ impl<'a> Walker<'a> {
                 if n >= 2 && self.can_split && matches!(ctx, Ctx::Top(_)) {
                     return self.visit_branch_split(buf, id, n, min, max, ctx);
                 }
-                let elems = (0..n).map(|i| page::branch_elem(buf, i, id)).collect::<Result<Vec<_>, _>>()?;
+                let elems = (0..n)
+                    .map(|i| page::branch_elem(buf, i, id))
+                    .collect::<Result<Vec<_>, _>>()?;
                 self.visit_children(id, &elems, 0, n, min, max, ctx)
             }
             LEAF_PAGE_FLAG => self.visit_leaf(buf, id, min, max, ctx),
-            _ => Err(corrupt(id, format!("invalid type: {} (expected branch or leaf)", hdr.typ()))),
+            _ => Err(corrupt(
+                id,
+                format!("invalid type: {} (expected branch or leaf)", hdr.typ()),
+            )),
         }
     }
 
@@ -617,7 +739,10 @@ impl<'a> Walker<'a> {
                 if !e.is_bucket() {
                     return Err(corrupt(
                         id,
-                        format!("root bucket holds key {:?} that is not a bucket", String::from_utf8_lossy(e.key)),
+                        format!(
+                            "root bucket holds key {:?} that is not a bucket",
+                            String::from_utf8_lossy(e.key)
+                        ),
                     ));
                 }
                 self.hash(e.key);
@@ -639,7 +764,13 @@ impl<'a> Walker<'a> {
                 match kind {
                     TopKind::Key => {
                         let main = e.key.get(..8).ok_or_else(|| {
-                            corrupt(id, format!("bucket key: key {} is shorter than a revision (8 bytes)", key_hex(e.key)))
+                            corrupt(
+                                id,
+                                format!(
+                                    "bucket key: key {} is shorter than a revision (8 bytes)",
+                                    key_hex(e.key)
+                                ),
+                            )
                         })?;
                         self.revision = i64::from_be_bytes(main.try_into().unwrap_or([0; 8]));
                         self.rev_set = true;
@@ -665,17 +796,33 @@ impl<'a> Walker<'a> {
     }
 
     /// A bucket value: inline (root 0, page follows) or a root page id.
-    fn visit_bucket(&mut self, id: u64, name: &[u8], value: &[u8], ctx: Ctx) -> Result<(), SnapshotError> {
+    fn visit_bucket(
+        &mut self,
+        id: u64,
+        name: &[u8],
+        value: &[u8],
+        ctx: Ctx,
+    ) -> Result<(), SnapshotError> {
         let (root, _seq) = bucket_header(value, id, name)?;
         if root == 0 {
             let inline = &value[BUCKET_HEADER_SIZE..];
             let hdr = PageHeader::parse(inline, id).map_err(|_| {
-                corrupt(id, format!("inline bucket {:?} has no page header", String::from_utf8_lossy(name)))
+                corrupt(
+                    id,
+                    format!(
+                        "inline bucket {:?} has no page header",
+                        String::from_utf8_lossy(name)
+                    ),
+                )
             })?;
             if hdr.flags != LEAF_PAGE_FLAG {
                 return Err(corrupt(
                     id,
-                    format!("inline bucket {:?} holds a {} page, expected leaf", String::from_utf8_lossy(name), hdr.typ()),
+                    format!(
+                        "inline bucket {:?} holds a {} page, expected leaf",
+                        String::from_utf8_lossy(name),
+                        hdr.typ()
+                    ),
                 ));
             }
             page::check_element_table(inline, &hdr, id)?;
@@ -699,7 +846,11 @@ fn verify_key_order(
         if i == 0 && p > key {
             return Err(corrupt(
                 id,
-                format!("the first key[0]={} on {typ} page needs to be >= the key in the ancestor ({})", key_hex(key), key_hex(p)),
+                format!(
+                    "the first key[0]={} on {typ} page needs to be >= the key in the ancestor ({})",
+                    key_hex(key),
+                    key_hex(p)
+                ),
             ));
         }
         if i > 0 && p >= key {
@@ -717,7 +868,11 @@ fn verify_key_order(
         if key >= m {
             return Err(corrupt(
                 id,
-                format!("key[{i}]={} on {typ} page needs to be < the next key in the ancestor ({})", key_hex(key), key_hex(m)),
+                format!(
+                    "key[{i}]={} on {typ} page needs to be < the next key in the ancestor ({})",
+                    key_hex(key),
+                    key_hex(m)
+                ),
             ));
         }
     }

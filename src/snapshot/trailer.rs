@@ -45,14 +45,20 @@ pub struct TrailerHasher {
 
 impl std::fmt::Debug for TrailerHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrailerHasher").field("len", &self.len).finish_non_exhaustive()
+        f.debug_struct("TrailerHasher")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 
 impl TrailerHasher {
     /// A fresh hasher.
     pub fn new() -> Self {
-        TrailerHasher { hasher: Sha256::new(), tail: Vec::with_capacity(64), len: 0 }
+        TrailerHasher {
+            hasher: Sha256::new(),
+            tail: Vec::with_capacity(64),
+            len: 0,
+        }
     }
 
     /// Feeds the next chunk of the stream.
@@ -90,11 +96,19 @@ impl TrailerHasher {
     pub fn finish(self) -> TrailerCheck {
         if has_trailer(self.len) && self.tail.len() == TRAILER_LEN as usize {
             let raw: [u8; 32] = self.hasher.finalize().into();
-            TrailerCheck { db_len: self.len - TRAILER_LEN, raw_sha256: raw, trailer: Some(raw[..] == self.tail[..]) }
+            TrailerCheck {
+                db_len: self.len - TRAILER_LEN,
+                raw_sha256: raw,
+                trailer: Some(raw[..] == self.tail[..]),
+            }
         } else {
             let mut h = self.hasher;
             h.update(&self.tail);
-            TrailerCheck { db_len: self.len, raw_sha256: h.finalize().into(), trailer: None }
+            TrailerCheck {
+                db_len: self.len,
+                raw_sha256: h.finalize().into(),
+                trailer: None,
+            }
         }
     }
 }
@@ -117,7 +131,10 @@ pub struct TrailerInfo {
 /// Reads `path` once (1 MiB buffer) and checks its sha256 trailer.
 /// Errors: [`SnapshotError::Io`] only; a mismatch is reported in [`TrailerInfo::matches`].
 pub fn check_sha256_trailer(path: &Path) -> Result<TrailerInfo, SnapshotError> {
-    let io = |source| SnapshotError::Io { path: path.to_path_buf(), source };
+    let io = |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = File::open(path).map_err(io)?;
     let mut h = TrailerHasher::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -16,8 +16,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::page::{
-    self, encode_branch, encode_bucket_header, encode_inline_bucket, encode_leaf, leaf_entry_size, Entry, Meta,
-    PageHeader, BRANCH_ELEMENT_SIZE, BUCKET_LEAF_FLAG, META_PAGE_FLAG, PAGE_HEADER_SIZE, PGID_NO_FREELIST,
+    self, encode_branch, encode_bucket_header, encode_inline_bucket, encode_leaf, leaf_entry_size,
+    Entry, Meta, PageHeader, BRANCH_ELEMENT_SIZE, BUCKET_LEAF_FLAG, META_PAGE_FLAG,
+    PAGE_HEADER_SIZE, PGID_NO_FREELIST,
 };
 use super::reader::Db;
 use super::SnapshotError;
@@ -78,8 +79,15 @@ fn write_tree(entries: &[Entry], a: &mut Alloc) -> u64 {
             end += 1;
         }
         let (id, ovf, len) = a.reserve(size);
-        a.pages.push((id, encode_leaf(id, ovf, &entries[start..end], len)));
-        level.push((entries.get(start).map(|e| e.key.clone()).unwrap_or_default(), id));
+        a.pages
+            .push((id, encode_leaf(id, ovf, &entries[start..end], len)));
+        level.push((
+            entries
+                .get(start)
+                .map(|e| e.key.clone())
+                .unwrap_or_default(),
+            id,
+        ));
         start = end;
         if entries.is_empty() {
             break;
@@ -101,7 +109,8 @@ fn write_tree(entries: &[Entry], a: &mut Alloc) -> u64 {
                 end += 1;
             }
             let (id, ovf, len) = a.reserve(size);
-            a.pages.push((id, encode_branch(id, ovf, &level[start..end], len)));
+            a.pages
+                .push((id, encode_branch(id, ovf, &level[start..end], len)));
             next.push((level[start].0.clone(), id));
             start = end;
         }
@@ -136,7 +145,10 @@ fn bucket_value(entries: &[Entry], sequence: u64, a: &mut Alloc) -> Vec<u8> {
 }
 
 fn rewrite_err(path: &Path, reason: impl Into<String>) -> SnapshotError {
-    SnapshotError::Rewrite { path: path.to_path_buf(), reason: reason.into() }
+    SnapshotError::Rewrite {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// Applies `edits` (bucket name -> edit) to the bbolt file at `path` in place, as one
@@ -144,7 +156,11 @@ fn rewrite_err(path: &Path, reason: impl Into<String>) -> SnapshotError {
 ///
 /// Errors: Io; Corrupt/NotBbolt/Truncated from reading; Rewrite when an edited root entry is
 /// not a bucket or a put key names a nested bucket.
-pub fn apply(path: &Path, db_len: Option<u64>, edits: &BTreeMap<Vec<u8>, BucketEdit>) -> Result<Applied, SnapshotError> {
+pub fn apply(
+    path: &Path,
+    db_len: Option<u64>,
+    edits: &BTreeMap<Vec<u8>, BucketEdit>,
+) -> Result<Applied, SnapshotError> {
     let db = Db::open(path, db_len)?;
     let old = *db.meta();
     let ps = db.page_size() as usize;
@@ -153,17 +169,27 @@ pub fn apply(path: &Path, db_len: Option<u64>, edits: &BTreeMap<Vec<u8>, BucketE
     let root_value = encode_bucket_header(old.root, old.sequence);
     let (root_entries, root_pages) = db.bucket_contents(&root_value, meta_pg)?;
     let mut freed: Vec<u64> = root_pages;
-    let mut a = Alloc { ps, next: old.pgid, pages: Vec::new() };
+    let mut a = Alloc {
+        ps,
+        next: old.pgid,
+        pages: Vec::new(),
+    };
 
     // Merge the root's entries with the edits, in key order.
-    let mut by_key: BTreeMap<Vec<u8>, Entry> = root_entries.into_iter().map(|e| (e.key.clone(), e)).collect();
+    let mut by_key: BTreeMap<Vec<u8>, Entry> = root_entries
+        .into_iter()
+        .map(|e| (e.key.clone(), e))
+        .collect();
     for (name, edit) in edits {
         let existing = by_key.remove(name);
         if let Some(e) = &existing {
             if e.flags & BUCKET_LEAF_FLAG == 0 {
                 return Err(rewrite_err(
                     path,
-                    format!("root entry {:?} is not a bucket", String::from_utf8_lossy(name)),
+                    format!(
+                        "root entry {:?} is not a bucket",
+                        String::from_utf8_lossy(name)
+                    ),
                 ));
             }
         }
@@ -183,16 +209,28 @@ pub fn apply(path: &Path, db_len: Option<u64>, edits: &BTreeMap<Vec<u8>, BucketE
                 continue;
             }
             BucketEdit::Replace(kvs) => {
-                for e in old_entries.iter().filter(|e| e.flags & BUCKET_LEAF_FLAG != 0) {
+                for e in old_entries
+                    .iter()
+                    .filter(|e| e.flags & BUCKET_LEAF_FLAG != 0)
+                {
                     db.bucket_pages_recursive(&e.value, meta_pg, &mut freed)?;
                 }
                 freed.extend(old_pages);
                 let m: BTreeMap<&[u8], &[u8]> = kvs.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-                m.into_iter().map(|(k, v)| Entry { flags: 0, key: k.to_vec(), value: v.to_vec() }).collect()
+                m.into_iter()
+                    .map(|(k, v)| Entry {
+                        flags: 0,
+                        key: k.to_vec(),
+                        value: v.to_vec(),
+                    })
+                    .collect()
             }
             BucketEdit::Put(kvs) => {
                 freed.extend(old_pages);
-                let mut m: BTreeMap<Vec<u8>, Entry> = old_entries.into_iter().map(|e| (e.key.clone(), e)).collect();
+                let mut m: BTreeMap<Vec<u8>, Entry> = old_entries
+                    .into_iter()
+                    .map(|e| (e.key.clone(), e))
+                    .collect();
                 for (k, v) in kvs {
                     if m.get(k).is_some_and(|e| e.flags & BUCKET_LEAF_FLAG != 0) {
                         return Err(rewrite_err(
@@ -204,13 +242,27 @@ pub fn apply(path: &Path, db_len: Option<u64>, edits: &BTreeMap<Vec<u8>, BucketE
                             ),
                         ));
                     }
-                    m.insert(k.clone(), Entry { flags: 0, key: k.clone(), value: v.clone() });
+                    m.insert(
+                        k.clone(),
+                        Entry {
+                            flags: 0,
+                            key: k.clone(),
+                            value: v.clone(),
+                        },
+                    );
                 }
                 m.into_values().collect()
             }
         };
         let value = bucket_value(&new_entries, seq, &mut a);
-        by_key.insert(name.clone(), Entry { flags: BUCKET_LEAF_FLAG, key: name.clone(), value });
+        by_key.insert(
+            name.clone(),
+            Entry {
+                flags: BUCKET_LEAF_FLAG,
+                key: name.clone(),
+                value,
+            },
+        );
     }
     let new_root_entries: Vec<Entry> = by_key.into_values().collect();
     let new_root = write_tree(&new_root_entries, &mut a);
@@ -228,7 +280,10 @@ pub fn apply(path: &Path, db_len: Option<u64>, edits: &BTreeMap<Vec<u8>, BucketE
         let before = ids.len();
         ids.dedup();
         if ids.len() != before {
-            return Err(page::corrupt(old.freelist, "a page would be freed twice (run a full check first)"));
+            return Err(page::corrupt(
+                old.freelist,
+                "a page would be freed twice (run a full check first)",
+            ));
         }
         let (id, ovf, len) = a.reserve(page::freelist_size(ids.len()));
         let mut fbuf = vec![0u8; len];
@@ -250,7 +305,10 @@ pub fn apply(path: &Path, db_len: Option<u64>, edits: &BTreeMap<Vec<u8>, BucketE
     let freed_pages = freed.len() as u64;
     drop(db);
 
-    let io = |source| SnapshotError::Io { path: path.to_path_buf(), source };
+    let io = |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let f = OpenOptions::new().write(true).open(path).map_err(io)?;
     for (id, buf) in &a.pages {
         f.write_all_at(buf, id * ps as u64).map_err(io)?;
@@ -259,7 +317,13 @@ pub fn apply(path: &Path, db_len: Option<u64>, edits: &BTreeMap<Vec<u8>, BucketE
     // Meta last (bbolt tx.writeMeta): page id txid % 2.
     let slot = meta.txid % 2;
     let mut mbuf = vec![0u8; ps];
-    PageHeader { id: slot, flags: META_PAGE_FLAG, count: 0, overflow: 0 }.write(&mut mbuf);
+    PageHeader {
+        id: slot,
+        flags: META_PAGE_FLAG,
+        count: 0,
+        overflow: 0,
+    }
+    .write(&mut mbuf);
     mbuf[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + page::META_SIZE].copy_from_slice(&meta.encode());
     f.write_all_at(&mbuf, slot * ps as u64).map_err(io)?;
     let end = meta.pgid * ps as u64;
@@ -267,7 +331,11 @@ pub fn apply(path: &Path, db_len: Option<u64>, edits: &BTreeMap<Vec<u8>, BucketE
         f.set_len(end).map_err(io)?;
     }
     f.sync_all().map_err(io)?;
-    Ok(Applied { meta, new_pages, freed_pages })
+    Ok(Applied {
+        meta,
+        new_pages,
+        freed_pages,
+    })
 }
 
 #[cfg(test)]
@@ -277,13 +345,21 @@ mod tests {
 
     fn entries(n: usize, vlen: usize) -> Vec<Entry> {
         (0..n)
-            .map(|i| Entry { flags: 0, key: format!("k{i:08}").into_bytes(), value: vec![b'v'; vlen] })
+            .map(|i| Entry {
+                flags: 0,
+                key: format!("k{i:08}").into_bytes(),
+                value: vec![b'v'; vlen],
+            })
             .collect()
     }
 
     #[test]
     fn tree_of_many_entries_has_branches() {
-        let mut a = Alloc { ps: 4096, next: 10, pages: Vec::new() };
+        let mut a = Alloc {
+            ps: 4096,
+            next: 10,
+            pages: Vec::new(),
+        };
         let es = entries(5000, 20);
         let root = write_tree(&es, &mut a);
         let (_, rootbuf) = a.pages.iter().find(|(id, _)| *id == root).unwrap();
@@ -298,12 +374,20 @@ mod tests {
 
     #[test]
     fn big_value_gets_overflow_and_empty_tree_one_leaf() {
-        let mut a = Alloc { ps: 4096, next: 2, pages: Vec::new() };
+        let mut a = Alloc {
+            ps: 4096,
+            next: 2,
+            pages: Vec::new(),
+        };
         let es = entries(1, 10_000);
         let root = write_tree(&es, &mut a);
         let h = PageHeader::parse(&a.pages[0].1, root).unwrap();
         assert_eq!((h.flags, h.overflow, a.next), (page::LEAF_PAGE_FLAG, 2, 5));
-        let mut a = Alloc { ps: 4096, next: 2, pages: Vec::new() };
+        let mut a = Alloc {
+            ps: 4096,
+            next: 2,
+            pages: Vec::new(),
+        };
         let root = write_tree(&[], &mut a);
         assert_eq!((root, a.pages.len()), (2, 1));
     }
@@ -312,17 +396,29 @@ mod tests {
     /// buckets (nothing etcd writes, but bbolt allows), no freelist.
     fn build_db(path: &Path, root: &[(Vec<u8>, Vec<Entry>, Option<Vec<Entry>>)]) -> Meta {
         let ps = 4096;
-        let mut a = Alloc { ps, next: 2, pages: Vec::new() };
+        let mut a = Alloc {
+            ps,
+            next: 2,
+            pages: Vec::new(),
+        };
         let mut root_entries = Vec::new();
         for (name, entries, nested) in root {
             let mut es = entries.clone();
             if let Some(n) = nested {
                 let v = bucket_value(n, 7, &mut a);
-                es.push(Entry { flags: BUCKET_LEAF_FLAG, key: b"nested".to_vec(), value: v });
+                es.push(Entry {
+                    flags: BUCKET_LEAF_FLAG,
+                    key: b"nested".to_vec(),
+                    value: v,
+                });
                 es.sort_by(|x, y| x.key.cmp(&y.key));
             }
             let value = bucket_value(&es, 0, &mut a);
-            root_entries.push(Entry { flags: BUCKET_LEAF_FLAG, key: name.clone(), value });
+            root_entries.push(Entry {
+                flags: BUCKET_LEAF_FLAG,
+                key: name.clone(),
+                value,
+            });
         }
         let root_pg = write_tree(&root_entries, &mut a);
         let f = std::fs::File::create(path).unwrap();
@@ -345,7 +441,13 @@ mod tests {
             m.txid = 2 - slot;
             m.checksum = m.sum64();
             let mut buf = vec![0u8; ps];
-            PageHeader { id: slot, flags: META_PAGE_FLAG, count: 0, overflow: 0 }.write(&mut buf);
+            PageHeader {
+                id: slot,
+                flags: META_PAGE_FLAG,
+                count: 0,
+                overflow: 0,
+            }
+            .write(&mut buf);
             buf[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + 64].copy_from_slice(&m.encode());
             f.write_all_at(&buf, slot * ps as u64).unwrap();
         }
@@ -357,13 +459,25 @@ mod tests {
     fn synthetic_db_with_nested_buckets_checks_and_hashes_like_etcd() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("syn.db");
-        let small = vec![Entry { flags: 0, key: b"x".to_vec(), value: b"1".to_vec() }];
+        let small = vec![Entry {
+            flags: 0,
+            key: b"x".to_vec(),
+            value: b"1".to_vec(),
+        }];
         let many = entries(3000, 30);
         let inner = entries(400, 10);
-        let c = vec![Entry { flags: 0, key: b"k".to_vec(), value: b"v".to_vec() }];
+        let c = vec![Entry {
+            flags: 0,
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        }];
         build_db(
             &p,
-            &[(b"a".to_vec(), small, None), (b"b".to_vec(), many.clone(), None), (b"c".to_vec(), c, Some(inner))],
+            &[
+                (b"a".to_vec(), small, None),
+                (b"b".to_vec(), many.clone(), None),
+                (b"c".to_vec(), c, Some(inner)),
+            ],
         );
         let db = Db::open(&p, None).unwrap();
         assert_eq!(db.meta_page(), 0);
@@ -387,8 +501,14 @@ mod tests {
         // A transaction on top: delete the nested-bucket holder, replace b, put into a.
         let mut edits = BTreeMap::new();
         edits.insert(b"c".to_vec(), BucketEdit::Delete);
-        edits.insert(b"b".to_vec(), BucketEdit::Replace(vec![(b"only".to_vec(), b"one".to_vec())]));
-        edits.insert(b"a".to_vec(), BucketEdit::Put(vec![(b"y".to_vec(), b"2".to_vec())]));
+        edits.insert(
+            b"b".to_vec(),
+            BucketEdit::Replace(vec![(b"only".to_vec(), b"one".to_vec())]),
+        );
+        edits.insert(
+            b"a".to_vec(),
+            BucketEdit::Put(vec![(b"y".to_vec(), b"2".to_vec())]),
+        );
         edits.insert(b"new".to_vec(), BucketEdit::Put(vec![]));
         let applied = apply(&p, None, &edits).unwrap();
         assert_eq!(applied.meta.txid, 3);
@@ -397,7 +517,17 @@ mod tests {
         assert_eq!(db.meta_page(), 1);
         let s = db.check_and_status().unwrap();
         let mut h = 0;
-        for x in [&b"a"[..], b"x", b"1", b"y", b"2", b"b", b"only", b"one", b"new"] {
+        for x in [
+            &b"a"[..],
+            b"x",
+            b"1",
+            b"y",
+            b"2",
+            b"b",
+            b"only",
+            b"one",
+            b"new",
+        ] {
             h = crc32c::crc32c_append(h, x);
         }
         assert_eq!((s.hash, s.total_key), (h, 3));
@@ -409,9 +539,15 @@ mod tests {
         let nested = entries(2, 1);
         build_db(&p2, &[(b"c".to_vec(), vec![], Some(nested))]);
         let mut edits = BTreeMap::new();
-        edits.insert(b"c".to_vec(), BucketEdit::Put(vec![(b"nested".to_vec(), b"v".to_vec())]));
+        edits.insert(
+            b"c".to_vec(),
+            BucketEdit::Put(vec![(b"nested".to_vec(), b"v".to_vec())]),
+        );
         let err = apply(&p2, None, &edits).unwrap_err().to_string();
-        assert!(err.contains("key \"nested\" of bucket \"c\" is a nested bucket"), "{err}");
+        assert!(
+            err.contains("key \"nested\" of bucket \"c\" is a nested bucket"),
+            "{err}"
+        );
     }
 
     #[test]
