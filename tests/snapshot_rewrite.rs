@@ -429,7 +429,7 @@ async fn verify_copy_rewrite_pipeline() {
         .write(true)
         .open(&trunc)
         .unwrap()
-        .set_len((len - 32) / 2 & !4095)
+        .set_len(((len - 32) / 2) & !4095)
         .unwrap();
     let out2 = tmp.path().join("out2.db");
     let err = verify_copy_rewrite(&trunc, &out2, true, &m, 1, 1).unwrap_err();

@@ -173,10 +173,7 @@ pub fn verify_copy_rewrite(
             path: src.to_path_buf(),
             source: std::io::Error::other(format!("{what} thread panicked")),
         };
-        let trailer = match sha {
-            Some(h) => Some(h.join().unwrap_or_else(|_| Err(panicked("sha256")))),
-            None => None,
-        };
+        let trailer = sha.map(|h| h.join().unwrap_or_else(|_| Err(panicked("sha256"))));
         let copied = copy.join().unwrap_or_else(|_| Err(panicked("copy")));
         (trailer, status, copied)
     });

@@ -392,9 +392,12 @@ mod tests {
         assert_eq!((root, a.pages.len()), (2, 1));
     }
 
+    /// (bucket name, entries, entries of a nested bucket "nested")
+    type SynBucket = (Vec<u8>, Vec<Entry>, Option<Vec<Entry>>);
+
     /// Builds a bbolt file from scratch: root buckets with inline, multi-level and nested
     /// buckets (nothing etcd writes, but bbolt allows), no freelist.
-    fn build_db(path: &Path, root: &[(Vec<u8>, Vec<Entry>, Option<Vec<Entry>>)]) -> Meta {
+    fn build_db(path: &Path, root: &[SynBucket]) -> Meta {
         let ps = 4096;
         let mut a = Alloc {
             ps,
