@@ -250,7 +250,7 @@ fn create_dst(dst: &Path) -> Result<std::fs::File, SnapshotError> {
 }
 
 /// Copies the first `len` bytes of `src` into `to` (the new file `dst`), kernel side
-/// (`copy_file_range` through `std::io::copy`).
+/// (`copy_file_range` through `std::io::copy`), and fsyncs it.
 fn copy_prefix(
     src: &Path,
     mut to: std::fs::File,
@@ -274,10 +274,15 @@ fn copy_prefix(
             actual: copied,
         });
     }
-    to.flush().map_err(|source| SnapshotError::Io {
-        path: dst.to_path_buf(),
-        source,
-    })?;
+    // Flush the copied pages now: in `verify_copy_rewrite` this overlaps the disk writes with
+    // the sha256 and the check still running on the other threads, and leaves the commit's
+    // own fsyncs only a few pages.
+    to.flush()
+        .and_then(|()| to.sync_data())
+        .map_err(|source| SnapshotError::Io {
+            path: dst.to_path_buf(),
+            source,
+        })?;
     Ok(())
 }
 
