@@ -13,7 +13,8 @@ use s3h::S3Server;
 use serde_json::Value;
 
 fn json(out: &[u8]) -> Value {
-    serde_json::from_slice(out).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+    serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
 /// etcd config of `etcd` plus `storage` as YAML.
@@ -38,13 +39,21 @@ async fn fill_random(client: &etcd_client::Client, n: usize, size: usize) {
     let mut kv = client.kv_client();
     for i in 0..n {
         let v: Vec<u8> = (0..size).map(|_| rand::random::<u8>()).collect();
-        kv.put(format!("/registry/secrets/s{i:05}"), v, None).await.unwrap();
+        kv.put(format!("/registry/secrets/s{i:05}"), v, None)
+            .await
+            .unwrap();
     }
 }
 
 async fn objects_and_uploads(storage: &StorageConfig) -> (Vec<String>, Vec<String>) {
     let store = Store::from_config(storage).await.unwrap();
-    let objects = store.list("").await.unwrap().into_iter().map(|m| m.key.to_string()).collect();
+    let objects = store
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key.to_string())
+        .collect();
     let uploads = match &store {
         Store::S3(s) => s
             .client()
@@ -66,26 +75,63 @@ async fn objects_and_uploads(storage: &StorageConfig) -> (Vec<String>, Vec<Strin
 #[test]
 fn s3_backup_is_multipart_listed_and_verified() {
     let s3 = S3Server::start();
-    let etcd = Etcd::start(EtcdOpts { version: Version::V3_5, tls: true, ..Default::default() });
+    let etcd = Etcd::start(EtcdOpts {
+        version: Version::V3_5,
+        tls: true,
+        ..Default::default()
+    });
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async { fill_random(&etcd.client().await, 200, 64 * 1024).await });
     let storage = s3.storage_config();
     let cfg = config(&etcd, &storage);
 
-    let out = lifeboat().args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lifeboat()
+        .args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = json(&out.stdout);
-    assert!(m["stored_bytes"].as_u64().unwrap() > 10 * 1024 * 1024, "{m}");
+    assert!(
+        m["stored_bytes"].as_u64().unwrap() > 10 * 1024 * 1024,
+        "{m}"
+    );
 
     let snap = etcd.dir.path().join("etcdctl.db");
     etcd.etcdctl_ok(&["snapshot", "save", snap.to_str().unwrap()]);
-    let st = json(etcd.etcdctl_ok(&["snapshot", "status", "-w", "json", snap.to_str().unwrap()]).as_bytes());
-    assert_eq!((m["hash"].clone(), m["revision"].clone(), m["total_key"].clone()), (st["hash"].clone(), st["revision"].clone(), st["totalKey"].clone()));
+    let st = json(
+        etcd.etcdctl_ok(&["snapshot", "status", "-w", "json", snap.to_str().unwrap()])
+            .as_bytes(),
+    );
+    assert_eq!(
+        (
+            m["hash"].clone(),
+            m["revision"].clone(),
+            m["total_key"].clone()
+        ),
+        (
+            st["hash"].clone(),
+            st["revision"].clone(),
+            st["totalKey"].clone()
+        )
+    );
 
-    let list = json(&lifeboat().args(["--config", cfg.to_str().unwrap(), "list", "-o", "json"]).output().unwrap().stdout);
+    let list = json(
+        &lifeboat()
+            .args(["--config", cfg.to_str().unwrap(), "list", "-o", "json"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], m["id"]);
-    let v = lifeboat().args(["--config", cfg.to_str().unwrap(), "verify", "--all"]).output().unwrap();
+    let v = lifeboat()
+        .args(["--config", cfg.to_str().unwrap(), "verify", "--all"])
+        .output()
+        .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 
     let (objects, uploads) = rt.block_on(objects_and_uploads(&storage));
@@ -99,10 +145,16 @@ fn s3_missing_bucket_fails_naming_it() {
     let etcd = Etcd::start(EtcdOpts::default());
     let storage = s3.storage_config_for_bucket("no-such-bucket-lifeboat");
     let cfg = config(&etcd, &storage);
-    let out = lifeboat().args(["--config", cfg.to_str().unwrap(), "backup"]).output().unwrap();
+    let out = lifeboat()
+        .args(["--config", cfg.to_str().unwrap(), "backup"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no-such-bucket-lifeboat") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("no-such-bucket-lifeboat") && err.contains("does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -121,7 +173,10 @@ fn sigterm_during_s3_backup_leaves_no_backup_and_no_parts() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
