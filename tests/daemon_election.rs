@@ -162,7 +162,11 @@ async fn leader_steps_down_when_etcd_goes_away_and_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_three_members_one_member_killed_still_one_leader() {
-    let mut etcd = Etcd::start(EtcdOpts { members: 3, tls: true, ..Default::default() });
+    let mut etcd = Etcd::start(EtcdOpts {
+        members: 3,
+        tls: true,
+        ..Default::default()
+    });
     let cfg = cfg_for(&etcd, 3);
     let a = replica(&cfg);
     let b = replica(&cfg);
@@ -174,9 +178,11 @@ async fn tls_three_members_one_member_killed_still_one_leader() {
     // over the other two; after a settling period there is again exactly one leader.
     etcd.kill_member(0);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    daemon_support::wait_for("one leader after losing a member", Duration::from_secs(20), || {
-        (leaders(&[&a, &b]) == 1).then_some(())
-    })
+    daemon_support::wait_for(
+        "one leader after losing a member",
+        Duration::from_secs(20),
+        || (leaders(&[&a, &b]) == 1).then_some(()),
+    )
     .await;
     for _ in 0..30 {
         assert_eq!(leaders(&[&a, &b]), 1, "exactly one leader");
@@ -184,6 +190,9 @@ async fn tls_three_members_one_member_killed_still_one_leader() {
     }
     for r in [a, b] {
         r.resign.cancel();
-        tokio::time::timeout(Duration::from_secs(15), r.task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(15), r.task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
