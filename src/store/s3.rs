@@ -14,7 +14,7 @@
 //!   `Content-MD5` with every PutObject and UploadPart (understood by every S3 implementation);
 //!   `when_supported` lets the SDK send CRC checksums and declares CRC32C for multipart uploads.
 //! - Uploads: below `storage.s3.part_size` one PutObject at `finish`; else a multipart upload
-//!   whose parts are sent while the caller keeps writing (one part in flight, one being filled),
+//!   whose parts are sent while the caller keeps writing ([`PARTS_IN_FLIGHT`] in flight, one being filled),
 //!   completed at `finish`, aborted (AbortMultipartUpload) on `abort`, error, or drop.
 //! - Timeouts: connect 10 s; per attempt max(5 min, part_size at 1 MiB/s); per operation
 //!   (retries included) 3x that. Streaming bodies are covered by the SDK's stalled-stream
@@ -32,6 +32,8 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use md5::Digest as _;
+use std::collections::VecDeque;
+
 use tokio::task::JoinHandle;
 
 use super::{ObjectKey, ObjectMeta, ObjectReader, StoreError};
@@ -298,7 +300,7 @@ impl S3Store {
             buf: Vec::new(),
             upload_id: None,
             parts: Vec::new(),
-            in_flight: None,
+            in_flight: VecDeque::new(),
             next_part: 1,
             done: false,
         }
@@ -501,6 +503,11 @@ async fn upload_part(
     Ok(part.build())
 }
 
+/// Parts uploaded concurrently. Several S3 servers (and moto) serve one request per
+/// connection slowly; four in flight kept a loopback upload at the stream's pace. Memory: up
+/// to this many parts plus the one being filled.
+pub const PARTS_IN_FLIGHT: usize = 4;
+
 /// An upload to S3; see [`super::Upload`] and the module docs.
 #[derive(Debug)]
 pub struct S3Upload {
@@ -510,8 +517,8 @@ pub struct S3Upload {
     buf: Vec<u8>,
     upload_id: Option<String>,
     parts: Vec<CompletedPart>,
-    /// The part being sent.
-    in_flight: Option<JoinHandle<Result<CompletedPart, StoreError>>>,
+    /// Parts being sent, oldest first (at most [`PARTS_IN_FLIGHT`]).
+    in_flight: VecDeque<JoinHandle<Result<CompletedPart, StoreError>>>,
     next_part: i32,
     done: bool,
 }
@@ -539,8 +546,10 @@ impl S3Upload {
         Ok(())
     }
 
-    async fn wait_in_flight(&mut self) -> Result<(), StoreError> {
-        if let Some(h) = self.in_flight.take() {
+    /// Waits for the oldest parts until at most `max` are in flight.
+    async fn wait_in_flight(&mut self, max: usize) -> Result<(), StoreError> {
+        while self.in_flight.len() > max {
+            let h = self.in_flight.pop_front().expect("non-empty");
             let part = h.await.map_err(|e| {
                 self.store
                     .err(&self.s3_key, format!("part upload task failed: {e}"))
@@ -588,11 +597,11 @@ impl S3Upload {
                 id
             }
         };
-        self.wait_in_flight().await?;
+        self.wait_in_flight(PARTS_IN_FLIGHT - 1).await?;
         let data = Bytes::from(std::mem::take(&mut self.buf));
         let number = self.next_part;
         self.next_part += 1;
-        self.in_flight = Some(tokio::spawn(upload_part(
+        self.in_flight.push_back(tokio::spawn(upload_part(
             self.store.clone(),
             self.s3_key.clone(),
             upload_id,
@@ -619,7 +628,7 @@ impl S3Upload {
         if !self.buf.is_empty() {
             self.send_part().await?;
         }
-        self.wait_in_flight().await?;
+        self.wait_in_flight(0).await?;
         let upload_id = self.upload_id.clone().expect("multipart upload started");
         let mut parts = std::mem::take(&mut self.parts);
         parts.sort_by_key(|p| p.part_number());
@@ -647,7 +656,7 @@ impl S3Upload {
     /// Stops the part in flight and aborts the multipart upload, if any.
     async fn cleanup(&mut self) -> Result<(), StoreError> {
         self.buf = Vec::new();
-        if let Some(h) = self.in_flight.take() {
+        for h in self.in_flight.drain(..) {
             h.abort();
             let _ = h.await;
         }
@@ -668,7 +677,7 @@ impl Drop for S3Upload {
         if self.done {
             return;
         }
-        if let Some(h) = self.in_flight.take() {
+        for h in self.in_flight.drain(..) {
             h.abort();
         }
         if let Some(id) = self.upload_id.take() {

@@ -464,7 +464,10 @@ impl Etcd {
                 c.client_key.display()
             );
         }
-        y += &format!("storage:\n  backend: local\n  local:\n    path: {}\ncompression:\n  level: 3\n  threads: 2\n", store_dir.display());
+        y += &format!(
+            "storage:\n  backend: local\n  local:\n    path: {}\ncompression:\n  level: 3\n",
+            store_dir.display()
+        );
         y
     }
 
