@@ -119,7 +119,7 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
         print_report(&args, &plan, &spec, None, manifest.as_ref(), true);
         return Ok(());
     }
-    let temp_dir = temp_parent(&plan.targets[0].data_dir)?;
+    let mut temp_dir = temp_parent(&plan.targets[0].data_dir)?;
     let snapshot = fetch_snapshot(&args, &spec, &temp_dir.0, config_path).await?;
     let status = {
         let (p, n) = (snapshot.path.clone(), snapshot.db_len);
@@ -131,6 +131,7 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
         commit(staged)
     })
     .await??;
+    temp_dir.2 = true; // success: keep the parent dirs created for the targets
     drop(temp_dir);
     print_report(&args, &plan, &spec, Some(&status), manifest.as_ref(), false);
     Ok(())
