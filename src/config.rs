@@ -399,7 +399,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ETCD_LIFEBOAT_S3_PREFIX", "storage.s3.prefix"),
     ("ETCD_LIFEBOAT_S3_REGION", "storage.s3.region"),
     ("ETCD_LIFEBOAT_S3_ENDPOINT", "storage.s3.endpoint"),
-    ("ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE", "storage.s3.force_path_style"),
+    (
+        "ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE",
+        "storage.s3.force_path_style",
+    ),
     ("ETCD_LIFEBOAT_S3_INSECURE", "storage.s3.insecure"),
     ("ETCD_LIFEBOAT_COMPRESSION_LEVEL", "compression.level"),
     ("ETCD_LIFEBOAT_TEMP_DIR", "backup.temp_dir"),
@@ -455,10 +458,7 @@ impl Config {
     /// Applies environment overrides read through `get` (injectable for tests).
     ///
     /// Errors: a value that does not parse (names the variable).
-    pub fn apply_env(
-        &mut self,
-        get: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         if let Some(v) = get("ETCDCTL_ENDPOINTS") {
             self.etcd.endpoints = v
@@ -532,7 +532,8 @@ impl Config {
             self.storage.s3.endpoint = Some(v);
         }
         if let Some(v) = get("ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE") {
-            self.storage.s3.force_path_style = parse_env_bool("ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE", &v)?;
+            self.storage.s3.force_path_style =
+                parse_env_bool("ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE", &v)?;
         }
         if let Some(v) = get("ETCD_LIFEBOAT_S3_INSECURE") {
             self.storage.s3.insecure = parse_env_bool("ETCD_LIFEBOAT_S3_INSECURE", &v)?;
@@ -566,7 +567,8 @@ impl Config {
             ));
         }
         for (i, ep) in e.endpoints.iter().enumerate() {
-            validate_endpoint(ep).map_err(|m| ConfigError::new(format!("etcd.endpoints[{i}]"), m))?;
+            validate_endpoint(ep)
+                .map_err(|m| ConfigError::new(format!("etcd.endpoints[{i}]"), m))?;
         }
         for (key, d) in [
             ("etcd.dial_timeout", e.dial_timeout),
@@ -618,7 +620,10 @@ impl Config {
         match self.storage.backend {
             Backend::Local => {
                 if self.storage.local.path.as_os_str().is_empty() {
-                    return Err(ConfigError::new("storage.local.path", "empty; set a directory"));
+                    return Err(ConfigError::new(
+                        "storage.local.path",
+                        "empty; set a directory",
+                    ));
                 }
             }
             Backend::S3 => {
@@ -633,7 +638,9 @@ impl Config {
                     if ep.starts_with("http://") && !s3.insecure {
                         return Err(ConfigError::new(
                             "storage.s3.endpoint",
-                            format!("{ep} is plain HTTP; use https:// or set storage.s3.insecure: true"),
+                            format!(
+                                "{ep} is plain HTTP; use https:// or set storage.s3.insecure: true"
+                            ),
                         ));
                     }
                     if !ep.starts_with("http://") && !ep.starts_with("https://") {
@@ -658,11 +665,17 @@ impl Config {
         if !(1..=19).contains(&self.compression.level) {
             return Err(ConfigError::new(
                 "compression.level",
-                format!("{} is out of range; use a zstd level 1..=19 (3 is the default)", self.compression.level),
+                format!(
+                    "{} is out of range; use a zstd level 1..=19 (3 is the default)",
+                    self.compression.level
+                ),
             ));
         }
         if self.compression.threads > 256 {
-            return Err(ConfigError::new("compression.threads", "at most 256 (0 = one per core)"));
+            return Err(ConfigError::new(
+                "compression.threads",
+                "at most 256 (0 = one per core)",
+            ));
         }
         if let Some(d) = &self.backup.temp_dir {
             if !d.is_dir() {
@@ -678,20 +691,31 @@ impl Config {
             chrono_tz::Tz::from_str(tz).map_err(|_| {
                 ConfigError::new(
                     "schedule.timezone",
-                    format!("unknown time zone {tz:?}; use an IANA name such as UTC or Europe/Berlin"),
+                    format!(
+                        "unknown time zone {tz:?}; use an IANA name such as UTC or Europe/Berlin"
+                    ),
                 )
             })?;
         }
         if self.leader_election.lease_ttl < Duration::from_secs(2) {
-            return Err(ConfigError::new("leader_election.lease_ttl", "must be at least 2s"));
+            return Err(ConfigError::new(
+                "leader_election.lease_ttl",
+                "must be at least 2s",
+            ));
         }
         if self.leader_election.name.is_empty() {
-            return Err(ConfigError::new("leader_election.name", "empty; set an etcd key prefix"));
+            return Err(ConfigError::new(
+                "leader_election.name",
+                "empty; set an etcd key prefix",
+            ));
         }
         SocketAddr::from_str(&self.http.listen).map_err(|_| {
             ConfigError::new(
                 "http.listen",
-                format!("{:?} is not an address; write host:port such as 0.0.0.0:9790", self.http.listen),
+                format!(
+                    "{:?} is not an address; write host:port such as 0.0.0.0:9790",
+                    self.http.listen
+                ),
             )
         })?;
         Ok(())
@@ -722,12 +746,16 @@ fn validate_endpoint(ep: &str) -> Result<(), String> {
         .or_else(|| ep.strip_prefix("http://"))
         .unwrap_or(ep);
     if ep.contains("://") && !ep.starts_with("http://") && !ep.starts_with("https://") {
-        return Err(format!("{ep:?}: only http:// and https:// endpoints are supported"));
+        return Err(format!(
+            "{ep:?}: only http:// and https:// endpoints are supported"
+        ));
     }
     let hostport = rest.trim_end_matches('/');
     match hostport.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("{ep:?} is not host:port or a URL like https://10.0.0.1:2379")),
+        _ => Err(format!(
+            "{ep:?} is not host:port or a URL like https://10.0.0.1:2379"
+        )),
     }
 }
 
@@ -735,7 +763,10 @@ fn check_readable_file(key: &str, p: &Path) -> Result<(), ConfigError> {
     match std::fs::File::open(p) {
         Ok(f) => match f.metadata() {
             Ok(m) if m.is_file() => Ok(()),
-            _ => Err(ConfigError::new(key, format!("{} is not a regular file", p.display()))),
+            _ => Err(ConfigError::new(
+                key,
+                format!("{} is not a regular file", p.display()),
+            )),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::new(
             key,
@@ -768,7 +799,10 @@ mod tests {
     #[test]
     fn unknown_key_is_named() {
         let err = Config::from_yaml("etcd:\n  endpoint: [x]\n", "c.yaml").unwrap_err();
-        assert!(err.to_string().contains("unknown field `endpoint`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `endpoint`"),
+            "{err}"
+        );
         assert!(err.to_string().contains("etcd"), "{err}");
     }
 
@@ -790,7 +824,10 @@ mod tests {
         c.apply_env(env).unwrap();
         assert_eq!(c.etcd.endpoints, vec!["https://a:2379", "https://b:2379"]);
         let auth = c.etcd.auth.unwrap();
-        assert_eq!((auth.username.as_str(), auth.password.as_deref()), ("root", Some("pw")));
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_deref()),
+            ("root", Some("pw"))
+        );
         assert_eq!(c.etcd.dial_timeout, Duration::from_secs(3));
     }
 

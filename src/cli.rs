@@ -1,0 +1,125 @@
+//! Command-line interface: one clap struct per subcommand. The dispatch is in `main.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Verified etcd backups to local or S3 storage, native restore, and a backup daemon.
+#[derive(Parser, Debug)]
+#[command(name = "etcd-lifeboat", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config file [default: ./etcd-lifeboat.yaml, else /etc/etcd-lifeboat/config.yaml].
+    #[arg(long, global = true, env = "ETCD_LIFEBOAT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ETCD_LIFEBOAT_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Output format of commands that print data (`-w` as in etcdctl).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+/// `--output table|json` (alias `-w/--write-out`, as etcdctl spells it).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct OutputArg {
+    /// Output format.
+    #[arg(long, short = 'o', visible_short_alias = 'w', visible_alias = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Take one verified snapshot now and store it; prints the manifest.
+    Backup(BackupArgs),
+    /// List backups in the store, newest first.
+    List(ListArgs),
+    /// Print hash, revision, total keys and size of a snapshot file (like `etcdctl snapshot status`).
+    Status(StatusArgs),
+    /// Download, decompress and check stored backups against their manifests.
+    Verify(VerifyArgs),
+    // INTEGRATE: Restore(crate::restore::RestoreArgs), Prune(PruneArgs), Daemon(crate::daemon::DaemonArgs)
+    /// Configuration commands.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `backup`.
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Label stored in the manifest.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Push this run's metrics to a Prometheus Pushgateway (e.g. http://pushgateway:9091).
+    #[arg(long, value_name = "URL", env = "ETCD_LIFEBOAT_PUSHGATEWAY")]
+    pub pushgateway: Option<String>,
+    /// Do not show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+/// `list`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+/// `status FILE`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Snapshot file: as `etcdctl snapshot save` wrote it, a db copied from a data dir, or a
+    /// `.zst` compressed one.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+/// `verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Backup id (or unique prefix), or `latest`.
+    #[arg(default_value = "latest", conflicts_with = "all")]
+    pub id: String,
+    /// Verify every backup in the store.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+/// `prune`.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Print what would be deleted and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+/// `config ...`.
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Load and validate the config (files exist, keys known, values sane); exit 2 naming the key.
+    Check,
+}

