@@ -42,9 +42,9 @@ use crate::error::UsageError;
 use plan::{Plan, PlanError, PlanInput, Target};
 use source::LocalSnapshot;
 
-/// Output format of the command.
+/// Output format of `restore` (the values of `cli::Output`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
-pub enum OutputFormat {
+pub enum Output {
     /// Human-readable text.
     #[default]
     Table,
@@ -54,7 +54,7 @@ pub enum OutputFormat {
 
 /// `etcd-lifeboat restore`: flags as `etcdutl snapshot restore` has them, plus sources and
 /// extras (DESIGN.md "restore").
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct RestoreArgs {
     /// Snapshot file to restore: a raw db (`etcdctl snapshot save` output) or `.db.zst`.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["from_store", "snapshot_path"])]
@@ -96,9 +96,31 @@ pub struct RestoreArgs {
     /// Print the plan (members, IDs, directories) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    /// Output format (`-w`/`--write-out` as etcdctl; same spelling as the other commands).
+    #[arg(long, short = 'o', visible_short_alias = 'w', visible_alias = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+impl Default for RestoreArgs {
+    /// etcdutl's defaults, no source, table output (for library callers and tests).
+    fn default() -> Self {
+        RestoreArgs {
+            snapshot: None,
+            snapshot_path: None,
+            from_store: None,
+            data_dir: None,
+            wal_dir: None,
+            name: None,
+            initial_cluster: None,
+            initial_cluster_token: None,
+            initial_advertise_peer_urls: None,
+            skip_hash_check: false,
+            out_dir: None,
+            kubeadm_manifest: None,
+            dry_run: false,
+            output: Output::Table,
+        }
+    }
 }
 
 /// Where the snapshot comes from.
@@ -516,7 +538,7 @@ fn print_report(
         members,
         reminders: reminders(plan),
     };
-    if args.output == OutputFormat::Json {
+    if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
         return;
     }
