@@ -26,6 +26,8 @@ pub mod plan;
 pub mod snap;
 pub mod source;
 pub mod wal;
+// Enabled when `crate::store` (store helper) lands on main; until then the shim says so.
+// mod from_store;
 
 // TEMPORARY SHIM (see the file): replaced by `db.rs` and `crate::snapshot` when they land.
 mod shim;
@@ -142,11 +144,14 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
         return Ok(());
     }
     let mut temp_dir = temp_parent(&plan.targets[0].data_dir)?;
-    let snapshot = fetch_snapshot(&args, &spec, &temp_dir.0, config_path).await?;
+    let (snapshot, expected) = fetch_snapshot(&args, &spec, &temp_dir.0, config_path).await?;
     let status = {
         let (p, n) = (snapshot.path.clone(), snapshot.db_len);
         tokio::task::spawn_blocking(move || verify_snapshot(&p, n)).await??
     };
+    if let Some(e) = &expected {
+        e.check(status.hash, status.revision, status.total_key)?;
+    }
     let plan2 = plan.clone();
     tokio::task::spawn_blocking(move || {
         let staged = stage_members(&plan2, &snapshot)?;
@@ -236,21 +241,22 @@ fn temp_parent(dir: &Path) -> anyhow::Result<TempParent> {
     Ok(TempParent(parent, top, false))
 }
 
-/// Step 2 (`copyAndVerifyDB`): the snapshot as a local file, integrity-checked.
+/// Step 2 (`copyAndVerifyDB`): the snapshot as a local file, integrity-checked; for a stored
+/// backup also what its manifest says the status must be.
 async fn fetch_snapshot(
     args: &RestoreArgs,
     spec: &SourceSpec,
     temp_dir: &Path,
     config_path: Option<&Path>,
-) -> anyhow::Result<LocalSnapshot> {
+) -> anyhow::Result<(LocalSnapshot, Option<source::Expected>)> {
     let skip = args.skip_hash_check;
     match spec.clone() {
         SourceSpec::File { path, zstd: false } => {
-            Ok(tokio::task::spawn_blocking(move || source::hash_raw_file(&path, skip)).await??)
+            Ok((tokio::task::spawn_blocking(move || source::hash_raw_file(&path, skip)).await??, None))
         }
         SourceSpec::File { path, zstd: true } => {
             let dir = temp_dir.to_path_buf();
-            Ok(tokio::task::spawn_blocking(move || {
+            let snap = tokio::task::spawn_blocking(move || {
                 let f = File::open(&path).map_err(|e| source::SourceError::Io {
                     what: "opening",
                     path: path.clone(),
@@ -260,9 +266,13 @@ async fn fetch_snapshot(
                 source::decompress_to_temp(std::io::BufReader::with_capacity(1 << 20, f), &what, &dir, skip, false)
                     .map(|(s, _)| s)
             })
-            .await??)
+            .await??;
+            Ok((snap, None))
         }
-        SourceSpec::Store { which } => shim::fetch_from_store(&which, temp_dir, skip, config_path).await,
+        SourceSpec::Store { which } => {
+            let (snap, expected) = shim::fetch_from_store(&which, temp_dir, skip, config_path).await?;
+            Ok((snap, Some(expected)))
+        }
     }
 }
 

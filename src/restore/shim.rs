@@ -174,6 +174,6 @@ pub async fn fetch_from_store(
     _temp_dir: &Path,
     _skip: bool,
     _config_path: Option<&Path>,
-) -> anyhow::Result<super::source::LocalSnapshot> {
+) -> anyhow::Result<(super::source::LocalSnapshot, super::source::Expected)> {
     anyhow::bail!("--from-store: the store is not available in this build yet")
 }

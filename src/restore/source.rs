@@ -70,6 +70,41 @@ pub enum SourceError {
     },
 }
 
+/// What a stored backup's manifest says the db's status is (checked after verification).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Expected {
+    /// Backup id.
+    pub id: String,
+    /// `hash` (crc32c KV hash).
+    pub hash: u32,
+    /// `revision`.
+    pub revision: i64,
+    /// `total_key`.
+    pub total_key: u64,
+}
+
+impl Expected {
+    /// Compares with the verified status. Errors: [`SourceError::ManifestMismatch`].
+    pub fn check(&self, hash: u32, revision: i64, total_key: u64) -> Result<(), SourceError> {
+        let mismatch = |field: &'static str, expected: String, actual: String| SourceError::ManifestMismatch {
+            id: self.id.clone(),
+            field,
+            expected,
+            actual,
+        };
+        if hash != self.hash {
+            return Err(mismatch("hash", format!("{:08x}", self.hash), format!("{hash:08x}")));
+        }
+        if revision != self.revision {
+            return Err(mismatch("revision", self.revision.to_string(), revision.to_string()));
+        }
+        if total_key != self.total_key {
+            return Err(mismatch("total_key", self.total_key.to_string(), total_key.to_string()));
+        }
+        Ok(())
+    }
+}
+
 /// A snapshot ready to be restored: a local file whose first `db_len` bytes are the db.
 #[derive(Debug)]
 pub struct LocalSnapshot {
@@ -233,16 +268,17 @@ pub fn decompress_to_temp<R: Read>(
 }
 
 /// A blocking [`Read`] over chunks sent from an async task (bridges a store's `AsyncRead`
-/// into the zstd decoder running on a blocking thread). An `Err` chunk ends the stream.
+/// into the zstd decoder running on a blocking thread). An `Err` chunk ends the stream with
+/// that error; a closed channel is the end of the stream.
 pub struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     cur: Vec<u8>,
     pos: usize,
 }
 
 impl ChannelReader {
-    /// Reads from `rx` until it is closed.
-    pub fn new(rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>) -> Self {
+    /// Reads from `rx` (on a blocking thread: uses `blocking_recv`).
+    pub fn new(rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>) -> Self {
         ChannelReader { rx, cur: Vec::new(), pos: 0 }
     }
 }
@@ -250,13 +286,13 @@ impl ChannelReader {
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.pos >= self.cur.len() {
-            match self.rx.recv() {
-                Ok(Ok(c)) => {
+            match self.rx.blocking_recv() {
+                Some(Ok(c)) => {
                     self.cur = c;
                     self.pos = 0;
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.cur.len() - self.pos);
