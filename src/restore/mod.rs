@@ -598,3 +598,59 @@ fn print_report(
         println!("  - {r}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RestoreArgs,
+    }
+
+    #[test]
+    fn flags_as_etcdutl() {
+        let c = Cli::try_parse_from([
+            "restore", "snap.db", "--data-dir", "/d", "--wal-dir", "/w", "--name", "a",
+            "--initial-cluster", "a=http://h:1", "--initial-cluster-token", "t",
+            "--initial-advertise-peer-urls", "http://h:1", "--skip-hash-check", "-w", "json",
+        ])
+        .unwrap();
+        let a = c.args;
+        assert_eq!(a.snapshot_path, Some(PathBuf::from("snap.db")));
+        assert_eq!(a.wal_dir, Some(PathBuf::from("/w")));
+        assert!(a.skip_hash_check);
+        assert_eq!(a.output, Output::Json);
+        assert!(Cli::try_parse_from(["restore", "x.db", "--snapshot", "y.db"]).is_err());
+        assert!(Cli::try_parse_from(["restore", "--snapshot", "y.db", "--from-store", "latest"]).is_err());
+        let c = Cli::try_parse_from(["restore", "--from-store", "latest", "--out-dir", "/o", "--dry-run"]).unwrap();
+        assert_eq!(c.args.from_store.as_deref(), Some("latest"));
+        assert!(c.args.dry_run);
+    }
+
+    #[test]
+    fn etcd_flags_for_a_member() {
+        let p = Plan::build(&PlanInput {
+            name: Some("a".into()),
+            initial_cluster: Some("a=http://127.0.0.1:2380,b=http://127.0.0.1:2381".into()),
+            token: Some("tok".into()),
+            data_dir: Some("/nonexistent/lifeboat/a".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            etcd_flags(&p, &p.targets[0]),
+            [
+                "--name=a",
+                "--data-dir=/nonexistent/lifeboat/a",
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                "--listen-peer-urls=http://127.0.0.1:2380",
+                "--initial-cluster=a=http://127.0.0.1:2380,b=http://127.0.0.1:2381",
+                "--initial-cluster-token=tok",
+                "--initial-cluster-state=new",
+            ]
+        );
+    }
+}
