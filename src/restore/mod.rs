@@ -495,15 +495,19 @@ fn etcd_flags(plan: &Plan, t: &Target) -> Vec<String> {
     f
 }
 
-fn reminders(plan: &Plan) -> Vec<String> {
+fn reminders(plan: &Plan, kubeadm: bool) -> Vec<String> {
     let mut r = vec![
         format!(
             "keep --initial-cluster-token={} and the peer URLs exactly as above: the member IDs and cluster ID {:016x} derive from them, and etcd refuses a member whose peer URLs differ from its WAL",
             plan.token, plan.cluster_id
         ),
         "--initial-cluster-state=new (etcd ignores --initial-cluster* once a data dir has a WAL; never point these members at the old cluster)".to_string(),
-        "add your usual client URL and TLS flags (--listen-client-urls, --advertise-client-urls, --cert-file, ...)".to_string(),
     ];
+    if kubeadm {
+        r.push("stop etcd before restoring and start it after: move the manifest out of /etc/kubernetes/manifests and back (kubelet stops and starts the static pod)".to_string());
+    } else {
+        r.push("add your usual client URL and TLS flags (--listen-client-urls, --advertise-client-urls, --cert-file, ...)".to_string());
+    }
     if plan.members.len() > 1 {
         r.insert(
             0,
@@ -546,7 +550,7 @@ fn print_report(
         initial_cluster_token: &plan.token,
         initial_cluster: &plan.initial_cluster,
         members,
-        reminders: reminders(plan),
+        reminders: reminders(plan, manifest.is_some()),
     };
     if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
