@@ -35,12 +35,16 @@ if [[ -n "${LIFEBOAT:-}" ]]; then
   ours() { echo "$LIFEBOAT" restore --snapshot "$1" --data-dir "$2"; }
 else
   echo "building the release test driver..." >&2
+  # Worktrees sharing one CARGO_TARGET_DIR overwrite each other's crate artifacts (same
+  # metadata hash): make this worktree's sources newer so cargo rebuilds them.
+  touch "$ROOT/src/lib.rs"
   DRIVER=$(cd "$ROOT" && cargo test --release --test restore_bench --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import sys,json
 for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="restore_bench": print(m["executable"])' | tail -1)
   [[ -x "$DRIVER" ]] || { echo "driver build failed" >&2; exit 1; }
+  cp "$DRIVER" "$WORK/driver"; DRIVER=$WORK/driver
   ours() { echo env RESTORE_BENCH_SNAPSHOT="$1" RESTORE_BENCH_DATA_DIR="$2" "$DRIVER" --ignored --exact bench_restore_once -q; }
 fi
 
@@ -65,7 +69,9 @@ if [[ ! -f $SNAP ]]; then
   }
   put_range() { for i in $(seq "$1" "$2"); do gen "$i" | ETCDCTL_API=3 "$ETCDCTL" $EP txn >/dev/null; done; }
   half=$((TXNS / 2))
-  put_range 0 "$half" & put_range $((half + 1)) "$((TXNS - 1))" & wait
+  put_range 0 "$half" & P1=$!
+  put_range $((half + 1)) "$((TXNS - 1))" & P2=$!
+  wait "$P1" "$P2"
   # Overwrites and deletes.
   for i in $(seq 0 9); do gen "$i" | ETCDCTL_API=3 "$ETCDCTL" $EP txn >/dev/null; done
   ETCDCTL_API=3 "$ETCDCTL" $EP del --prefix /registry/bench/000011/ >/dev/null
