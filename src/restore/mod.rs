@@ -284,7 +284,8 @@ fn verify_snapshot(path: &Path, db_len: u64) -> anyhow::Result<Status> {
 /// A directory being built beside (or, when the target exists empty, inside) its target.
 struct Staged {
     target: PathBuf,
-    tmp: tempfile::TempDir,
+    /// The staging dir; removed on drop unless it became the target.
+    tmp: Option<tempfile::TempDir>,
     /// The target existed (empty): entries of `tmp` are moved into it one by one.
     inside: bool,
     /// Paths put in place by `commit` (for rollback).
@@ -313,17 +314,17 @@ impl Staged {
             .permissions(fs::Permissions::from_mode(0o700))
             .tempdir_in(&base)
             .with_context(|| format!("creating a staging dir in {}", base.display()))?;
-        Ok(Staged { target: target.to_path_buf(), tmp, inside: exists, placed: Vec::new() })
+        Ok(Staged { target: target.to_path_buf(), tmp: Some(tmp), inside: exists, placed: Vec::new() })
     }
 
     fn root(&self) -> &Path {
-        self.tmp.path()
+        self.tmp.as_ref().expect("not committed").path()
     }
 
     /// Renames the staged content into place and fsyncs the directories involved.
     fn commit(&mut self) -> anyhow::Result<()> {
         if self.inside {
-            for e in fs::read_dir(self.tmp.path())? {
+            for e in fs::read_dir(self.root())? {
                 let e = e?;
                 let to = self.target.join(e.file_name());
                 fs::rename(e.path(), &to).with_context(|| format!("renaming into {}", to.display()))?;
@@ -331,11 +332,12 @@ impl Staged {
             }
             fsync_dir(&self.target)?;
         } else {
-            fs::rename(self.tmp.path(), &self.target)
-                .with_context(|| format!("renaming {} to {}", self.tmp.path().display(), self.target.display()))?;
+            let tmp = self.root().to_path_buf();
+            fs::rename(&tmp, &self.target)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), self.target.display()))?;
             self.placed.push(self.target.clone());
-            // The staging dir is now the target: recreate an empty one for TempDir to remove.
-            let _ = fs::create_dir(self.tmp.path());
+            // The staging dir is the target now: TempDir must not remove anything.
+            let _ = self.tmp.take().map(tempfile::TempDir::keep);
             fsync_dir(self.target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
         }
         Ok(())
