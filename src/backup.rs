@@ -1,1 +1,734 @@
-//! The pipeline of one backup (placeholder until the pipeline lands).
+//! The pipeline of one backup, and the check of a stored one.
+//!
+//! ```text
+//! select member ─> Maintenance.Snapshot stream ─┬─> temp file (raw snapshot, for verification)
+//!                                               ├─> sha256 trailer check (streaming)
+//!                                               └─> zstd (multi-threaded) ─> store upload
+//! stream ends ─> verify temp file (bbolt check + status) ─> finish upload ─> manifest (LAST)
+//! ```
+//! Stages overlap: the upload runs while the stream arrives, so the wall time is about the
+//! stream's. Memory is bounded by the channel capacities (a few MiB) and zstd's window.
+//!
+//! Guarantees: a backup exists only once its manifest is stored; the data object is made
+//! visible only after the snapshot verified; any failure aborts the upload (local temp file
+//! removed, S3 multipart upload aborted), deletes a data object already finished, and returns
+//! an error (the CLI exits non-zero). When a member's stream breaks or its snapshot fails
+//! verification, the next member is tried; when all fail, the error lists each with its reason.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::etcd::{self, Candidate, EtcdError};
+use crate::progress::Progress;
+use crate::snapshot::{self, SnapshotError, Status, TrailerHasher};
+use crate::store::manifest::{self, Manifest};
+use crate::store::{Store, StoreError};
+
+/// Chunks of the raw stream in flight between the gRPC reader and the writer thread.
+const RAW_CHANNEL_CHUNKS: usize = 64;
+/// Compressed chunks in flight between the compressor and the uploader.
+const STORED_CHANNEL_CHUNKS: usize = 8;
+/// Size of the compressed chunks handed to the uploader, in bytes.
+const STORED_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Options of one backup run.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// Free-form label stored in the manifest (`--tag`).
+    pub tag: Option<String>,
+    /// Show a progress bar (only when stderr is a terminal).
+    pub progress: bool,
+    /// Cancels the run: the upload is aborted and nothing is stored.
+    pub cancel: CancellationToken,
+}
+
+/// Why a backup (or the check of a stored one) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// No member could be reached or every attempt failed.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// The store refused an operation.
+    #[error("store {store}: {source}")]
+    Store {
+        store: String,
+        #[source]
+        source: StoreError,
+    },
+    /// The temp dir cannot hold the snapshot.
+    #[error("temp dir {dir}: {source}; free space there or point backup.temp_dir (ETCD_LIFEBOAT_TEMP_DIR) at a directory with room for one snapshot")]
+    TempDir {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored backup does not match its manifest, or its snapshot is corrupt.
+    #[error("backup {id}: {reason}")]
+    Mismatch { id: String, reason: String },
+    /// The snapshot is corrupt.
+    #[error("backup {id}: {source}")]
+    Snapshot {
+        id: String,
+        #[source]
+        source: SnapshotError,
+    },
+    /// The run was cancelled (shutdown).
+    #[error("backup cancelled before it was stored; nothing was kept")]
+    Cancelled,
+}
+
+/// One member's attempt failed: why, and whether other members are worth trying.
+struct AttemptError {
+    reason: String,
+    /// A store or temp-dir failure is not the member's fault: stop trying others.
+    fatal: Option<BackupError>,
+}
+
+impl From<BackupError> for AttemptError {
+    fn from(e: BackupError) -> Self {
+        match e {
+            BackupError::Store { .. } | BackupError::TempDir { .. } | BackupError::Cancelled => {
+                AttemptError {
+                    reason: e.to_string(),
+                    fatal: Some(e),
+                }
+            }
+            other => AttemptError {
+                reason: other.to_string(),
+                fatal: None,
+            },
+        }
+    }
+}
+
+fn store_err(store: &Store) -> impl Fn(StoreError) -> BackupError + '_ {
+    move |source| BackupError::Store {
+        store: store.describe(),
+        source,
+    }
+}
+
+fn temp_dir(cfg: &Config) -> PathBuf {
+    cfg.backup
+        .temp_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+fn new_temp_file(dir: &Path) -> Result<tempfile::NamedTempFile, BackupError> {
+    tempfile::Builder::new()
+        .prefix(".etcd-lifeboat-")
+        .suffix(".db.partial")
+        .tempfile_in(dir)
+        .map_err(|source| BackupError::TempDir {
+            dir: dir.display().to_string(),
+            source,
+        })
+}
+
+/// Takes one verified backup: picks a member, streams its snapshot, verifies it, compresses and
+/// uploads it, then writes the manifest. Returns the stored manifest.
+///
+/// Errors: every endpoint unreachable or failing (each with its reason), verification failure
+/// on every member, store failure, full temp dir, cancellation. Nothing is left in the store
+/// on error.
+pub async fn run_backup(
+    cfg: &Config,
+    store: &Store,
+    opts: &BackupOptions,
+) -> Result<Manifest, BackupError> {
+    let (candidates, mut failures) = etcd::select_members(&cfg.etcd).await;
+    if candidates.is_empty() {
+        return Err(EtcdError::AllEndpointsFailed(failures).into());
+    }
+    for cand in candidates {
+        if opts.cancel.is_cancelled() {
+            return Err(BackupError::Cancelled);
+        }
+        let endpoint = cand.status.endpoint.clone();
+        tracing::info!(member = %cand.status, "taking snapshot");
+        match attempt(cfg, store, opts, cand).await {
+            Ok(m) => return Ok(m),
+            Err(AttemptError { fatal: Some(e), .. }) => return Err(e),
+            Err(AttemptError { reason, .. }) => {
+                tracing::warn!(%endpoint, %reason, "snapshot attempt failed; trying the next member");
+                failures.push((endpoint, reason));
+            }
+        }
+    }
+    Err(EtcdError::AllEndpointsFailed(failures).into())
+}
+
+/// What the writer thread saw of the raw stream and what it handed to the store.
+struct StreamResult {
+    db_len: u64,
+    raw_sha256: [u8; 32],
+    trailer_ok: Option<bool>,
+    stored_bytes: u64,
+    stored_sha256: [u8; 32],
+}
+
+async fn attempt(
+    cfg: &Config,
+    store: &Store,
+    opts: &BackupOptions,
+    cand: Candidate,
+) -> Result<Manifest, AttemptError> {
+    let Candidate { mut client, status } = cand;
+    let t0 = Instant::now();
+    let endpoint = status.endpoint.clone();
+    let cluster_hex = format!("{:016x}", status.cluster_id);
+    let member_name = member_name(&mut client, cfg, status.member_id).await;
+    let start_rev = start_revision(&mut client, cfg)
+        .await
+        .map_err(|e| AttemptError {
+            reason: e,
+            fatal: None,
+        })?;
+    let (started_at, id) = unused_id(store, &cluster_hex, start_rev).await?;
+    let data_key = manifest::data_key(&cluster_hex, &id);
+
+    let tmp = new_temp_file(&temp_dir(cfg))?;
+    let tmp_path = tmp.path().to_path_buf();
+    let mut upload = store
+        .begin_upload(&data_key)
+        .await
+        .map_err(store_err(store))?;
+
+    let streamed = stream_snapshot(
+        cfg,
+        opts,
+        &mut client,
+        &status,
+        tmp.reopen().map_err(|source| BackupError::TempDir {
+            dir: tmp_path.display().to_string(),
+            source,
+        })?,
+        &mut upload,
+        store,
+    )
+    .await;
+    let streamed = match streamed {
+        Ok(s) => s,
+        Err(e) => {
+            abort(upload).await;
+            return Err(e);
+        }
+    };
+    let raw = streamed.db_len;
+    match streamed.trailer_ok {
+        Some(true) => {}
+        Some(false) => {
+            abort(upload).await;
+            return Err(AttemptError {
+                reason: "the snapshot's sha256 trailer does not match its content (corrupted in transit); not stored".into(),
+                fatal: None,
+            });
+        }
+        None => {
+            abort(upload).await;
+            return Err(AttemptError {
+                reason: format!("the snapshot stream ({raw} bytes) has no sha256 trailer; it is incomplete or not from etcd"),
+                fatal: None,
+            });
+        }
+    }
+    let verify_path = tmp_path.clone();
+    let verified =
+        tokio::task::spawn_blocking(move || snapshot::verify_file(&verify_path, Some(raw)))
+            .await
+            .expect("verification thread");
+    drop(tmp);
+    let st = match verified {
+        Ok(st) => st,
+        Err(e) => {
+            abort(upload).await;
+            return Err(AttemptError {
+                reason: format!("snapshot failed verification, not stored: {e}"),
+                fatal: None,
+            });
+        }
+    };
+    if opts.cancel.is_cancelled() {
+        abort(upload).await;
+        return Err(BackupError::Cancelled.into());
+    }
+    let info = upload.finish().await.map_err(store_err(store))?;
+    if info.bytes != streamed.stored_bytes || info.sha256 != streamed.stored_sha256 {
+        let _ = store.delete(&data_key).await;
+        return Err(AttemptError {
+            reason: format!(
+                "the store wrote {} bytes but {} were sent; deleted the object",
+                info.bytes, streamed.stored_bytes
+            ),
+            fatal: None,
+        });
+    }
+    let manifest = Manifest {
+        id: id.clone(),
+        cluster_id: cluster_hex.clone(),
+        member_id: format!("{:016x}", status.member_id),
+        member_name,
+        endpoint,
+        etcd_version: status.version.clone(),
+        started_at,
+        finished_at: Utc::now(),
+        revision: st.revision,
+        hash: st.hash,
+        total_key: st.total_key,
+        total_size: st.total_size,
+        raw_sha256: hex::encode(streamed.raw_sha256),
+        stored_bytes: streamed.stored_bytes,
+        stored_sha256: hex::encode(streamed.stored_sha256),
+        compression: "zstd".into(),
+        compression_level: cfg.compression.level,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        tag: opts.tag.clone(),
+        data_key: data_key.clone(),
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    if let Err(e) = store
+        .put_bytes(&manifest::manifest_key(&cluster_hex, &id), json.into())
+        .await
+    {
+        let _ = store.delete(&data_key).await;
+        return Err(store_err(store)(e).into());
+    }
+    tracing::info!(
+        id = %manifest.id,
+        revision = manifest.revision,
+        keys = manifest.total_key,
+        raw_bytes = raw,
+        stored_bytes = manifest.stored_bytes,
+        seconds = t0.elapsed().as_secs_f64(),
+        "backup stored"
+    );
+    Ok(manifest)
+}
+
+/// A backup id not yet in the store. Ids have one-second resolution: a second backup in the
+/// same second at the same revision waits for the next second rather than replace the first.
+async fn unused_id(
+    store: &Store,
+    cluster_hex: &str,
+    rev: i64,
+) -> Result<(DateTime<Utc>, String), BackupError> {
+    loop {
+        let now = Utc::now();
+        let id = manifest::backup_id(now, rev);
+        let key = manifest::manifest_key(cluster_hex, &id);
+        match store.get_bytes(&key).await {
+            Err(e) if e.is_not_found() => return Ok((now, id)),
+            Err(e) => return Err(store_err(store)(e)),
+            Ok(_) => {
+                tokio::time::sleep(Duration::from_millis(
+                    1000 - now.timestamp_subsec_millis() as u64 % 1000,
+                ))
+                .await
+            }
+        }
+    }
+}
+
+async fn abort(upload: crate::store::Upload) {
+    if let Err(e) = upload.abort().await {
+        tracing::warn!(error = %e, "could not abort the upload; prune removes the leftover after the orphan grace period");
+    }
+}
+
+/// The member's name from the member list ("" when it cannot be had).
+async fn member_name(client: &mut etcd_client::Client, cfg: &Config, member_id: u64) -> String {
+    match tokio::time::timeout(cfg.etcd.request_timeout, client.member_list()).await {
+        Ok(Ok(list)) => list
+            .members()
+            .iter()
+            .find(|m| m.id() == member_id)
+            .map(|m| m.name().to_string())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// The member's current revision (a serializable read: the member's own state), which the
+/// snapshot's revision is at least. Used in the backup id.
+async fn start_revision(client: &mut etcd_client::Client, cfg: &Config) -> Result<i64, String> {
+    let opts = etcd_client::GetOptions::new()
+        .with_serializable()
+        .with_count_only();
+    match tokio::time::timeout(cfg.etcd.request_timeout, client.get("\0", Some(opts))).await {
+        Ok(Ok(r)) => Ok(r.header().map(|h| h.revision()).unwrap_or(0)),
+        Ok(Err(e)) => Err(etcd::describe_error(&e)),
+        Err(_) => Err(format!(
+            "revision request timed out after {}; raise etcd.request_timeout",
+            humantime::format_duration(cfg.etcd.request_timeout)
+        )),
+    }
+}
+
+/// A `Write` that hands compressed bytes to the async uploader in chunks, hashing them.
+struct ChannelWriter {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+    sha: Sha256,
+    bytes: u64,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(STORED_CHUNK_BYTES));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload stopped"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.sha.update(data);
+        self.bytes += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= STORED_CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+fn zstd_threads(cfg: &Config) -> u32 {
+    match cfg.compression.threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+        n => n,
+    }
+}
+
+/// Receives the stream, feeding the writer thread (temp file + trailer hash + zstd) and the
+/// uploader at once.
+async fn stream_snapshot(
+    cfg: &Config,
+    opts: &BackupOptions,
+    client: &mut etcd_client::Client,
+    status: &etcd::MemberStatus,
+    file: std::fs::File,
+    upload: &mut crate::store::Upload,
+    store: &Store,
+) -> Result<StreamResult, AttemptError> {
+    let (raw_tx, mut raw_rx) = mpsc::channel::<Vec<u8>>(RAW_CHANNEL_CHUNKS);
+    let (stored_tx, mut stored_rx) = mpsc::channel::<Vec<u8>>(STORED_CHANNEL_CHUNKS);
+    let level = cfg.compression.level;
+    let threads = zstd_threads(cfg);
+
+    // Writer thread: temp file, trailer hash, compression. Blocking I/O and CPU stay off the
+    // async runtime.
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<StreamResult> {
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut trailer = TrailerHasher::new();
+        let sink = ChannelWriter {
+            tx: stored_tx,
+            buf: Vec::with_capacity(STORED_CHUNK_BYTES),
+            sha: Sha256::new(),
+            bytes: 0,
+        };
+        let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
+        if threads > 1 {
+            enc.multithread(threads)?;
+        }
+        while let Some(chunk) = raw_rx.blocking_recv() {
+            out.write_all(&chunk)?;
+            trailer.update(&chunk);
+            enc.write_all(&chunk)?;
+        }
+        out.flush()?;
+        let mut sink = enc.finish()?;
+        sink.flush()?;
+        let t = trailer.finish();
+        Ok(StreamResult {
+            db_len: t.db_len,
+            raw_sha256: t.raw_sha256,
+            trailer_ok: t.trailer,
+            stored_bytes: sink.bytes,
+            stored_sha256: sink.sha.finalize().into(),
+        })
+    });
+
+    let progress = Progress::bytes(opts.progress, "snapshot", Some(status.db_size));
+    let receive = async {
+        let mut stream = client.snapshot().await.map_err(|e| AttemptError {
+            reason: etcd::describe_error(&e),
+            fatal: None,
+        })?;
+        let idle = cfg.etcd.request_timeout.max(Duration::from_secs(10));
+        loop {
+            let msg = tokio::select! {
+                _ = opts.cancel.cancelled() => return Err(BackupError::Cancelled.into()),
+                m = tokio::time::timeout(idle, stream.message()) => m,
+            };
+            match msg {
+                Err(_) => {
+                    return Err(AttemptError {
+                        reason: format!(
+                            "snapshot stream stalled for {}",
+                            humantime::format_duration(idle)
+                        ),
+                        fatal: None,
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(AttemptError {
+                        reason: format!("snapshot stream broke: {}", etcd::describe_error(&e)),
+                        fatal: None,
+                    })
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(resp))) => {
+                    progress.inc(resp.blob().len() as u64);
+                    if raw_tx.send(resp.blob().to_vec()).await.is_err() {
+                        // The writer thread stopped: its error is reported below.
+                        break;
+                    }
+                }
+            }
+        }
+        drop(raw_tx);
+        Ok::<(), AttemptError>(())
+    };
+    let uploader = async {
+        while let Some(chunk) = stored_rx.recv().await {
+            upload.write(&chunk).await.map_err(store_err(store))?;
+        }
+        Ok::<(), BackupError>(())
+    };
+    let whole = async { tokio::join!(receive, uploader) };
+    let (received, uploaded) = match tokio::time::timeout(cfg.etcd.snapshot_timeout, whole).await {
+        Ok(r) => r,
+        Err(_) => {
+            return Err(AttemptError {
+                reason: format!(
+                    "snapshot did not finish within etcd.snapshot_timeout ({})",
+                    humantime::format_duration(cfg.etcd.snapshot_timeout)
+                ),
+                fatal: None,
+            })
+        }
+    };
+    progress.finish();
+    // The writer's own error (disk full) explains a broken upload channel better than the
+    // channel does, so it is checked first.
+    let written = writer.await.expect("writer thread");
+    received?;
+    let result = written.map_err(|source| {
+        AttemptError::from(BackupError::TempDir {
+            dir: temp_dir(cfg).display().to_string(),
+            source,
+        })
+    });
+    uploaded?;
+    result
+}
+
+/// Downloads a stored backup, decompresses it to a temp file and checks it against its
+/// manifest: stored size and sha256, raw size and sha256, the sha256 trailer, bbolt structure
+/// and status values.
+///
+/// Errors: the object is missing or differs from the manifest, the snapshot is corrupt.
+pub async fn verify_backup(
+    cfg: &Config,
+    store: &Store,
+    m: &Manifest,
+) -> Result<Status, BackupError> {
+    let tmp = new_temp_file(&temp_dir(cfg))?;
+    let fetched = fetch_decompressed(
+        store,
+        &m.data_key,
+        tmp.reopen().map_err(|source| BackupError::TempDir {
+            dir: tmp.path().display().to_string(),
+            source,
+        })?,
+    )
+    .await;
+    let (stored_bytes, stored_sha, raw_len, raw_sha, trailer_ok) = match fetched {
+        Ok(v) => v,
+        Err(FetchError::Store(e)) => return Err(store_err(store)(e)),
+        Err(FetchError::Decompress(e)) => {
+            return Err(BackupError::Mismatch {
+                id: m.id.clone(),
+                reason: format!("stored object {} does not decompress: {e}", m.data_key),
+            })
+        }
+        Err(FetchError::Temp(source)) => {
+            return Err(BackupError::TempDir {
+                dir: temp_dir(cfg).display().to_string(),
+                source,
+            })
+        }
+    };
+    let mismatch = |reason: String| BackupError::Mismatch {
+        id: m.id.clone(),
+        reason,
+    };
+    if stored_bytes != m.stored_bytes || hex::encode(stored_sha) != m.stored_sha256 {
+        return Err(mismatch(format!(
+            "stored object {} has {} bytes, sha256 {}; the manifest says {} bytes, sha256 {}",
+            m.data_key,
+            stored_bytes,
+            hex::encode(stored_sha),
+            m.stored_bytes,
+            m.stored_sha256
+        )));
+    }
+    if raw_len != m.total_size || hex::encode(raw_sha) != m.raw_sha256 {
+        return Err(mismatch(format!(
+            "decompressed snapshot has {} bytes, sha256 {}; the manifest says {} bytes, sha256 {}",
+            raw_len,
+            hex::encode(raw_sha),
+            m.total_size,
+            m.raw_sha256
+        )));
+    }
+    if trailer_ok != Some(true) {
+        return Err(mismatch(
+            "the snapshot's sha256 trailer is missing or wrong".into(),
+        ));
+    }
+    let path = tmp.path().to_path_buf();
+    let st = tokio::task::spawn_blocking(move || snapshot::verify_file(&path, Some(raw_len)))
+        .await
+        .expect("verification thread")
+        .map_err(|source| BackupError::Snapshot {
+            id: m.id.clone(),
+            source,
+        })?;
+    if (st.hash, st.revision, st.total_key, st.total_size)
+        != (m.hash, m.revision, m.total_key, m.total_size)
+    {
+        return Err(mismatch(format!(
+            "snapshot status (hash {:08x}, revision {}, keys {}, size {}) differs from the manifest (hash {:08x}, revision {}, keys {}, size {})",
+            st.hash, st.revision, st.total_key, st.total_size, m.hash, m.revision, m.total_key, m.total_size
+        )));
+    }
+    Ok(st)
+}
+
+enum FetchError {
+    Store(StoreError),
+    Decompress(std::io::Error),
+    Temp(std::io::Error),
+}
+
+/// A `Write` that hashes and counts the raw snapshot and writes it to the temp file.
+struct RawSink {
+    out: BufWriter<std::fs::File>,
+    trailer: TrailerHasher,
+    err: Option<std::io::Error>,
+}
+
+impl Write for RawSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if let Err(e) = self.out.write_all(data) {
+            let kind = e.kind();
+            self.err = Some(e);
+            return Err(std::io::Error::new(kind, "temp file write failed"));
+        }
+        self.trailer.update(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Streams `key` from the store through zstd into `file`; returns (stored bytes, stored
+/// sha256, raw db length, raw db sha256, trailer ok).
+async fn fetch_decompressed(
+    store: &Store,
+    key: &crate::store::ObjectKey,
+    file: std::fs::File,
+) -> Result<(u64, [u8; 32], u64, [u8; 32], Option<bool>), FetchError> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = store.get_stream(key).await.map_err(FetchError::Store)?;
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
+    let worker = tokio::task::spawn_blocking(move || {
+        let sink = RawSink {
+            out: BufWriter::with_capacity(1 << 20, file),
+            trailer: TrailerHasher::new(),
+            err: None,
+        };
+        let mut dec = zstd::stream::write::Decoder::new(sink).map_err(FetchError::Decompress)?;
+        while let Some(chunk) = rx.blocking_recv() {
+            if let Err(e) = dec.write_all(&chunk) {
+                let sink = dec.into_inner();
+                return Err(match sink.err {
+                    Some(io) => FetchError::Temp(io),
+                    None => FetchError::Decompress(e),
+                });
+            }
+        }
+        dec.flush().map_err(FetchError::Decompress)?;
+        let mut sink = dec.into_inner();
+        sink.out.flush().map_err(FetchError::Temp)?;
+        let t = sink.trailer.finish();
+        Ok((t.db_len, t.raw_sha256, t.trailer))
+    });
+    let mut sha = Sha256::new();
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let read_result = loop {
+        match reader.read(&mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                sha.update(&buf[..n]);
+                bytes += n as u64;
+                if tx.send(buf[..n].to_vec()).await.is_err() {
+                    break Ok(());
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    drop(tx);
+    let raw = worker.await.expect("decompression thread");
+    read_result.map_err(|e| {
+        FetchError::Store(StoreError::Backend {
+            backend: "store",
+            key: key.to_string(),
+            message: format!("reading the object failed: {e}; retry, and check the store"),
+        })
+    })?;
+    let (db_len, raw_sha, trailer) = raw?;
+    Ok((bytes, sha.finalize().into(), db_len, raw_sha, trailer))
+}
+
+/// Decompresses a local `.zst` file into a temp file in `dir` (for `status FILE.zst`).
+///
+/// Errors: unreadable input, bad zstd data, temp dir full.
+pub fn decompress_to_temp(
+    path: &Path,
+    dir: &Path,
+) -> Result<tempfile::NamedTempFile, anyhow::Error> {
+    let input =
+        std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut tmp = new_temp_file(dir)?;
+    let mut dec = zstd::stream::read::Decoder::new(input)?;
+    std::io::copy(&mut dec, &mut BufWriter::new(tmp.as_file_mut()))
+        .map_err(|e| anyhow::anyhow!("{}: cannot decompress: {e}", path.display()))?;
+    Ok(tmp)
+}
+
+/// When a backup happened, for `list`'s age column.
+pub fn age(now: DateTime<Utc>, m: &Manifest) -> Duration {
+    (now - m.finished_at).to_std().unwrap_or_default()
+}

@@ -488,15 +488,16 @@ impl Config {
                 Some((u, p)) => {
                     auth.username = u.to_string();
                     auth.password = Some(p.to_string());
+                    // The environment wins over the file, as with every other key.
+                    auth.password_file = None;
                 }
                 None => auth.username = v,
             }
         }
         if let Some(v) = get("ETCDCTL_PASSWORD") {
-            self.etcd
-                .auth
-                .get_or_insert_with(AuthConfig::default)
-                .password = Some(v);
+            let auth = self.etcd.auth.get_or_insert_with(AuthConfig::default);
+            auth.password = Some(v);
+            auth.password_file = None;
         }
         if let Some(v) = get("ETCDCTL_DIAL_TIMEOUT") {
             self.etcd.dial_timeout = parse_env_duration("ETCDCTL_DIAL_TIMEOUT", &v)?;

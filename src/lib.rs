@@ -1,6 +1,7 @@
 //! etcd-lifeboat: verified etcd backups, native restore, scheduled daemon.
 //!
 //! # Layout
+//! - [`cli`]: clap definitions of the commands.
 //! - [`config`]: YAML config, environment overrides (`ETCDCTL_*`), validation naming keys.
 //! - [`error`]: the error policy and exit codes (0 ok, 1 failed, 2 bad usage/config).
 //! - [`etcd`]: client construction (TLS, auth), endpoint selection, the snapshot stream.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backup;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod error;

@@ -1,1 +1,252 @@
-fn main() {}
+//! `etcd-lifeboat` binary: parse, set up logging, load config, dispatch; map errors to exit
+//! codes (0 ok, 1 failed, 2 bad usage or config).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use etcd_lifeboat::cli::{Cli, Command, ConfigCommand, LogFormat, Output};
+use etcd_lifeboat::config::Config;
+use etcd_lifeboat::store::{manifest, Store};
+use etcd_lifeboat::{backup, error, snapshot};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.verbose);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = error::exit_code(&e);
+            let _ = writeln!(std::io::stderr(), "Error: {e:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info,aws_config=warn,aws_smithy_runtime=warn",
+        1 => "debug,h2=info,hyper=info,tower=info,rustls=info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn load(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(Config::load(cli.config.as_deref())?)
+}
+
+async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    Ok(Store::from_config(&cfg.storage).await?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Status(a) => {
+            let tmp;
+            let path = if a.file.extension().is_some_and(|e| e == "zst") {
+                tmp = backup::decompress_to_temp(&a.file, &std::env::temp_dir())?;
+                tmp.path().to_path_buf()
+            } else {
+                a.file.clone()
+            };
+            let st = tokio::task::spawn_blocking(move || snapshot::status_file(&path))
+                .await?
+                .with_context(|| format!("snapshot {}", a.file.display()))?;
+            match a.output.output {
+                Output::Json => println!("{}", serde_json::to_string(&st)?),
+                Output::Table => print!("{}", st.to_table()),
+            }
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check) => {
+            let cfg = load(&cli).await?;
+            let origin = Config::locate(cli.config.as_deref())
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "defaults and environment (no config file found)".into());
+            println!("config OK: {origin}");
+            println!("  etcd endpoints: {}", cfg.etcd.endpoints.join(", "));
+            println!("  storage: {:?}", cfg.storage.backend);
+            Ok(())
+        }
+        Command::Backup(a) => {
+            let cfg = load(&cli).await?;
+            let store = open_store(&cfg).await?;
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::warn!("signal received: cancelling the backup");
+                on_signal.cancel();
+            });
+            let opts = backup::BackupOptions {
+                tag: a.tag.clone(),
+                progress: !a.no_progress,
+                cancel,
+            };
+            let m = backup::run_backup(&cfg, &store, &opts).await?;
+            match a.output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
+                Output::Table => print!("{}", manifest_table(&[m], chrono::Utc::now())),
+            }
+            Ok(())
+        }
+        Command::List(a) => {
+            let cfg = load(&cli).await?;
+            let store = open_store(&cfg).await?;
+            let all = manifest::catalog(&store).await?;
+            match a.output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&all)?),
+                Output::Table => print!("{}", manifest_table(&all, chrono::Utc::now())),
+            }
+            Ok(())
+        }
+        Command::Verify(a) => {
+            let cfg = load(&cli).await?;
+            let store = open_store(&cfg).await?;
+            let targets = if a.all {
+                manifest::catalog(&store).await?
+            } else {
+                vec![manifest::find(&store, &a.id).await?]
+            };
+            if targets.is_empty() {
+                anyhow::bail!(
+                    "the store {} holds no backups; run `etcd-lifeboat backup` first",
+                    store.describe()
+                );
+            }
+            let mut failed = 0;
+            let mut results = Vec::new();
+            for m in &targets {
+                match backup::verify_backup(&cfg, &store, m).await {
+                    Ok(st) => {
+                        tracing::info!(id = %m.id, "backup verified");
+                        results.push(serde_json::json!({"id": m.id, "ok": true, "status": st}));
+                        if a.output.output == Output::Table {
+                            println!(
+                                "OK    {}  revision {}  keys {}  hash {:08x}",
+                                m.id, st.revision, st.total_key, st.hash
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        results.push(
+                            serde_json::json!({"id": m.id, "ok": false, "error": e.to_string()}),
+                        );
+                        if a.output.output == Output::Table {
+                            println!("FAIL  {}  {e}", m.id);
+                        }
+                    }
+                }
+            }
+            if a.output.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} backups failed verification", targets.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn manifest_table(ms: &[manifest::Manifest], now: chrono::DateTime<chrono::Utc>) -> String {
+    let header = [
+        "ID",
+        "TIME (UTC)",
+        "REVISION",
+        "KEYS",
+        "RAW SIZE",
+        "STORED SIZE",
+        "AGE",
+        "MEMBER",
+    ];
+    let rows: Vec<[String; 8]> = ms
+        .iter()
+        .map(|m| {
+            let age = backup::age(now, m);
+            [
+                m.id.clone(),
+                m.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                m.revision.to_string(),
+                m.total_key.to_string(),
+                human_bytes(m.total_size),
+                human_bytes(m.stored_bytes),
+                humantime::format_duration(std::time::Duration::from_secs(age.as_secs()))
+                    .to_string(),
+                if m.member_name.is_empty() {
+                    m.member_id.clone()
+                } else {
+                    m.member_name.clone()
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(widths.iter())
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+            + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in &rows {
+        out += &line(r.iter().map(|s| s.as_str()).collect());
+    }
+    if rows.is_empty() {
+        out += "(no backups)\n";
+    }
+    out
+}

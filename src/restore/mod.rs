@@ -4,9 +4,12 @@
 //! `etcdutl/snapshot/v3_snapshot.go` `Restore`): validate the flags ([`plan`]), check the
 //! snapshot's integrity, copy the db and rewrite its membership and consistent index
 //! (`saveDB` + `updateCIndex`, in `db.rs`), write the WAL ([`wal`]) and the `.snap` file
-//! ([`snap`]) (`saveWALAndSnap`). Unlike etcdutl, every file is built in a temp dir beside its
-//! target, fsynced, and renamed into place only when all members are complete, so a failure
-//! leaves nothing behind; and `--out-dir` writes every member of the new cluster in one go.
+//! ([`snap`]) (`saveWALAndSnap`). Unlike etcdutl, every file is built in a hidden staging dir
+//! beside its target, fsynced, and renamed into place only when all members are complete and
+//! every check passed, so a failure leaves nothing behind; and `--out-dir` writes every member
+//! of the new cluster in one go. The bbolt verification comes before any db byte is written;
+//! for a raw `.db` file the sha256 trailer check (a full read, the slowest check) runs on a
+//! second thread while the staging dirs are filled, and a mismatch discards them.
 //!
 //! # etcd versions: what is tested and what is not
 //! - 3.5 (3.5.1 here): WAL and `.snap` bytes compared with etcdutl 3.5.1's; a 3-member cluster
@@ -19,6 +22,8 @@
 //!   `meta/storageVersion` (never a newer one: 3.4.31+ refuses a db that says 3.6).
 //!   `--bump-revision`/`--mark-compacted` (3.5.10+/3.6) are not implemented.
 
+pub mod db;
+mod from_store;
 pub mod ids;
 pub mod kubeadm;
 mod pb;
@@ -26,12 +31,8 @@ pub mod plan;
 pub mod snap;
 pub mod source;
 pub mod wal;
-// Enabled when `crate::store` (store helper) lands on main; until then the shim says so.
-// mod from_store;
-
-// TEMPORARY SHIM (see the file): replaced by `db.rs` and `crate::snapshot` when they land.
-mod shim;
-use shim::{rewrite_db, verify_file, RestoreMember, Status};
+use crate::snapshot::{has_trailer, verify_file, Status};
+use db::{rewrite_db, RestoreMember};
 
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -144,24 +145,50 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
         return Ok(());
     }
     let mut temp_dir = temp_parent(&plan.targets[0].data_dir)?;
-    let (snapshot, expected) = fetch_snapshot(&args, &spec, &temp_dir.0, config_path).await?;
-    let status = {
-        let (p, n) = (snapshot.path.clone(), snapshot.db_len);
-        tokio::task::spawn_blocking(move || verify_snapshot(&p, n)).await??
+    let (status, staged) = match &spec {
+        SourceSpec::File { path, zstd: false } => build_from_raw_file(&plan, path, args.skip_hash_check).await?,
+        _ => {
+            let (snapshot, expected) = fetch_snapshot(&args, &spec, &temp_dir.0, config_path).await?;
+            let plan2 = plan.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let status = verify_snapshot(&snapshot.path, snapshot.db_len)?;
+                if let Some(e) = &expected {
+                    e.check(status.hash, status.revision, status.total_key)?;
+                }
+                let staged = stage_members(&plan2, &snapshot.path, snapshot.db_len)?;
+                Ok((status, staged))
+            })
+            .await??
+        }
     };
-    if let Some(e) = &expected {
-        e.check(status.hash, status.revision, status.total_key)?;
-    }
-    let plan2 = plan.clone();
-    tokio::task::spawn_blocking(move || {
-        let staged = stage_members(&plan2, &snapshot)?;
-        commit(staged)
-    })
-    .await??;
+    tokio::task::spawn_blocking(move || commit(staged)).await??;
     temp_dir.2 = true; // success: keep the parent dirs created for the targets
     drop(temp_dir);
     print_report(&args, &plan, &spec, Some(&status), manifest.as_ref(), false);
     Ok(())
+}
+
+/// Steps 2-4 for a raw snapshot file, on two threads: the sha256 trailer check (one full read
+/// of the file) runs while the db is verified and the members are built in their hidden
+/// staging dirs. Nothing is renamed into place unless both succeed; on any failure the
+/// staging dirs are removed (the trailer error is reported first).
+async fn build_from_raw_file(plan: &Plan, path: &Path, skip_hash_check: bool) -> anyhow::Result<(Status, Vec<Staged>)> {
+    let size = fs::metadata(path)
+        .with_context(|| format!("--snapshot: cannot read {}", path.display()))?
+        .len();
+    let db_len = if has_trailer(size) { size - 32 } else { size };
+    let p = path.to_path_buf();
+    let hash = tokio::task::spawn_blocking(move || source::hash_raw_file(&p, skip_hash_check));
+    let (p, plan2) = (path.to_path_buf(), plan.clone());
+    let build = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let status = verify_snapshot(&p, db_len)?;
+        let staged = stage_members(&plan2, &p, db_len)?;
+        Ok((status, staged))
+    });
+    let (hash, build) = tokio::join!(hash, build);
+    let checked = hash??;
+    debug_assert_eq!(checked.db_len, db_len);
+    build?
 }
 
 /// Reads `--kubeadm-manifest` if given.
@@ -270,7 +297,7 @@ async fn fetch_snapshot(
             Ok((snap, None))
         }
         SourceSpec::Store { which } => {
-            let (snap, expected) = shim::fetch_from_store(&which, temp_dir, skip, config_path).await?;
+            let (snap, expected) = from_store::fetch(&which, temp_dir, skip, config_path).await?;
             Ok((snap, Some(expected)))
         }
     }
@@ -371,7 +398,7 @@ fn mkdir0700(p: &Path) -> anyhow::Result<()> {
 }
 
 /// Step 4 (`saveDB`, `updateCIndex`, `saveWALAndSnap`): every target member's files, staged.
-fn stage_members(plan: &Plan, snapshot: &LocalSnapshot) -> anyhow::Result<Vec<Staged>> {
+fn stage_members(plan: &Plan, src: &Path, db_len: u64) -> anyhow::Result<Vec<Staged>> {
     let n = plan.members.len() as u64;
     let members: Vec<RestoreMember> = plan
         .members
@@ -389,7 +416,7 @@ fn stage_members(plan: &Plan, snapshot: &LocalSnapshot) -> anyhow::Result<Vec<St
         let db = snap_dir.join("db");
         match &first_db {
             None => {
-                save_db(snapshot, &db, &members, n, &plan.token)?;
+                save_db(src, db_len, &db, &members, n)?;
                 first_db = Some(db.clone());
             }
             // Every member's db is the same: copy the first one (copy_file_range).
@@ -426,8 +453,8 @@ fn stage_members(plan: &Plan, snapshot: &LocalSnapshot) -> anyhow::Result<Vec<St
 
 /// `saveDB` + `updateCIndex`: copy the db (without trailer) and rewrite membership,
 /// `meta/consistent_index` = N and `meta/term` = 1 (etcd-restore-spec.md §2).
-fn save_db(snapshot: &LocalSnapshot, dst: &Path, members: &[RestoreMember], n: u64, token: &str) -> anyhow::Result<()> {
-    rewrite_db(&snapshot.path, snapshot.db_len, dst, members, n, 1, token)
+fn save_db(src: &Path, db_len: u64, dst: &Path, members: &[RestoreMember], n: u64) -> anyhow::Result<()> {
+    rewrite_db(src, db_len, dst, members, n, 1)
         .with_context(|| format!("writing db {}", dst.display()))
 }
 

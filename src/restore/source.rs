@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-#[allow(unused_imports)]
-use super::shim::{TrailerCheck, TrailerHasher}; // TEMPORARY: crate::snapshot once it lands
+use crate::snapshot::{TrailerCheck, TrailerHasher};
 
 /// Read buffer size for hashing and decompression (bytes).
 const CHUNK: usize = 1 << 20;

@@ -541,3 +541,20 @@ pub fn lifeboat() -> assert_cmd::Command {
     cmd.env("NO_COLOR", "1");
     cmd
 }
+
+/// Like [`fill`] with random (incompressible) values, as Secrets and protobuf blobs mostly are.
+pub async fn fill_random(client: &etcd_client::Client, n: usize, value_size: usize, prefix: &str) {
+    use futures::StreamExt;
+    use rand::RngCore;
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let mut kv = client.kv_client();
+            let key = format!("{prefix}{i:08}");
+            let mut value = vec![0u8; value_size];
+            rand::rng().fill_bytes(&mut value);
+            async move { kv.put(key, value, None).await.expect("put") }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}

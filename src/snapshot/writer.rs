@@ -1,0 +1,402 @@
+//! Copy-on-write update of root-level buckets: one bbolt write transaction, done natively.
+//!
+//! Like bbolt's `tx.Commit` (tx.go: `spill`, `commitFreelist`, `writeMeta`): the changed
+//! buckets, the root bucket's tree and the freelist are written to new pages, the pages they
+//! replace are added to the freelist, and a new meta page (txid + 1, in slot `txid % 2`) is
+//! written last, after an fsync of the data pages. Existing pages are never overwritten (new
+//! pages go above the old high water mark), so the previous meta stays a valid, consistent
+//! view until the new meta is on disk.
+//!
+//! Unchanged buckets (the big `key` bucket) are not read or copied: their root page ids are
+//! kept verbatim in the new root leaf. Cost: a few page reads and writes, whatever the db size.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::page::{
+    self, encode_branch, encode_bucket_header, encode_inline_bucket, encode_leaf, leaf_entry_size,
+    Entry, Meta, PageHeader, BRANCH_ELEMENT_SIZE, BUCKET_LEAF_FLAG, META_PAGE_FLAG,
+    PAGE_HEADER_SIZE, PGID_NO_FREELIST,
+};
+use super::reader::Db;
+use super::SnapshotError;
+
+/// What to do with one bucket of the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketEdit {
+    /// Remove the bucket and everything below it.
+    Delete,
+    /// Replace all of its entries with these (plain key/values, any order; created if missing).
+    Replace(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Set these keys (insert or overwrite), keep the others (created if missing).
+    Put(Vec<(Vec<u8>, Vec<u8>)>),
+}
+
+/// Summary of an applied transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The new meta (written to page `txid % 2`).
+    pub meta: Meta,
+    /// Pages appended above the old high water mark.
+    pub new_pages: u64,
+    /// Pages released to the freelist by this transaction.
+    pub freed_pages: u64,
+}
+
+struct Alloc {
+    ps: usize,
+    next: u64,
+    pages: Vec<(u64, Vec<u8>)>,
+}
+
+impl Alloc {
+    /// Reserves pages for `bytes` and returns (first id, overflow, buffer length).
+    fn reserve(&mut self, bytes: usize) -> (u64, u32, usize) {
+        let n = bytes.div_ceil(self.ps).max(1);
+        let id = self.next;
+        self.next += n as u64;
+        (id, (n - 1) as u32, n * self.ps)
+    }
+}
+
+/// Writes a bucket's b+tree (leaves packed up to one page each, branch levels above) and
+/// returns its root page id. `entries` must be sorted by key and unique.
+fn write_tree(entries: &[Entry], a: &mut Alloc) -> u64 {
+    // Leaves.
+    let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
+    let mut start = 0;
+    while start < entries.len() || (entries.is_empty() && level.is_empty()) {
+        let mut size = PAGE_HEADER_SIZE;
+        let mut end = start;
+        while end < entries.len() {
+            let s = leaf_entry_size(&entries[end]);
+            if end > start && (size + s > a.ps || end - start == 0xFFFF) {
+                break;
+            }
+            size += s;
+            end += 1;
+        }
+        let (id, ovf, len) = a.reserve(size);
+        a.pages
+            .push((id, encode_leaf(id, ovf, &entries[start..end], len)));
+        level.push((
+            entries
+                .get(start)
+                .map(|e| e.key.clone())
+                .unwrap_or_default(),
+            id,
+        ));
+        start = end;
+        if entries.is_empty() {
+            break;
+        }
+    }
+    // Branches until one root remains.
+    while level.len() > 1 {
+        let mut next = Vec::new();
+        let mut start = 0;
+        while start < level.len() {
+            let mut size = PAGE_HEADER_SIZE;
+            let mut end = start;
+            while end < level.len() {
+                let s = BRANCH_ELEMENT_SIZE + level[end].0.len();
+                if end - start >= 2 && (size + s > a.ps || end - start == 0xFFFF) {
+                    break;
+                }
+                size += s;
+                end += 1;
+            }
+            let (id, ovf, len) = a.reserve(size);
+            a.pages
+                .push((id, encode_branch(id, ovf, &level[start..end], len)));
+            next.push((level[start].0.clone(), id));
+            start = end;
+        }
+        level = next;
+    }
+    level[0].1
+}
+
+/// bbolt `Bucket.inlineable`: no nested buckets and the leaf fits in a quarter page.
+fn inlineable(entries: &[Entry], ps: usize) -> bool {
+    let mut size = PAGE_HEADER_SIZE;
+    for e in entries {
+        if e.flags & BUCKET_LEAF_FLAG != 0 {
+            return false;
+        }
+        size += leaf_entry_size(e);
+        if size > ps / 4 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Encodes a (sub-)bucket value for `entries`: inline when bbolt would inline it.
+fn bucket_value(entries: &[Entry], sequence: u64, a: &mut Alloc) -> Vec<u8> {
+    if inlineable(entries, a.ps) {
+        encode_inline_bucket(sequence, entries)
+    } else {
+        let root = write_tree(entries, a);
+        encode_bucket_header(root, sequence)
+    }
+}
+
+fn rewrite_err(path: &Path, reason: impl Into<String>) -> SnapshotError {
+    SnapshotError::Rewrite {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Applies `edits` (bucket name -> edit) to the bbolt file at `path` in place, as one
+/// transaction. The file must be a checked db (its first `db_len` bytes; `None`: all).
+///
+/// Errors: Io; Corrupt/NotBbolt/Truncated from reading; Rewrite when an edited root entry is
+/// not a bucket or a put key names a nested bucket.
+pub fn apply(
+    path: &Path,
+    db_len: Option<u64>,
+    edits: &BTreeMap<Vec<u8>, BucketEdit>,
+) -> Result<Applied, SnapshotError> {
+    let db = Db::open(path, db_len)?;
+    let old = *db.meta();
+    let ps = db.page_size() as usize;
+    let meta_pg = db.meta_page();
+
+    let root_value = encode_bucket_header(old.root, old.sequence);
+    let (root_entries, root_pages) = db.bucket_contents(&root_value, meta_pg)?;
+    let mut freed: Vec<u64> = root_pages;
+    let mut a = Alloc {
+        ps,
+        next: old.pgid,
+        pages: Vec::new(),
+    };
+
+    // Merge the root's entries with the edits, in key order.
+    let mut by_key: BTreeMap<Vec<u8>, Entry> = root_entries
+        .into_iter()
+        .map(|e| (e.key.clone(), e))
+        .collect();
+    for (name, edit) in edits {
+        let existing = by_key.remove(name);
+        if let Some(e) = &existing {
+            if e.flags & BUCKET_LEAF_FLAG == 0 {
+                return Err(rewrite_err(
+                    path,
+                    format!(
+                        "root entry {:?} is not a bucket",
+                        String::from_utf8_lossy(name)
+                    ),
+                ));
+            }
+        }
+        let (old_entries, old_pages, seq) = match &existing {
+            Some(e) => {
+                let (entries, pages) = db.bucket_contents(&e.value, meta_pg)?;
+                let (_, seq) = page::bucket_header(&e.value, meta_pg, name)?;
+                (entries, pages, seq)
+            }
+            None => (Vec::new(), Vec::new(), 0),
+        };
+        let new_entries: Vec<Entry> = match edit {
+            BucketEdit::Delete => {
+                if let Some(e) = &existing {
+                    db.bucket_pages_recursive(&e.value, meta_pg, &mut freed)?;
+                }
+                continue;
+            }
+            BucketEdit::Replace(kvs) => {
+                for e in old_entries
+                    .iter()
+                    .filter(|e| e.flags & BUCKET_LEAF_FLAG != 0)
+                {
+                    db.bucket_pages_recursive(&e.value, meta_pg, &mut freed)?;
+                }
+                freed.extend(old_pages);
+                let m: BTreeMap<&[u8], &[u8]> = kvs.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+                m.into_iter()
+                    .map(|(k, v)| Entry {
+                        flags: 0,
+                        key: k.to_vec(),
+                        value: v.to_vec(),
+                    })
+                    .collect()
+            }
+            BucketEdit::Put(kvs) => {
+                freed.extend(old_pages);
+                let mut m: BTreeMap<Vec<u8>, Entry> = old_entries
+                    .into_iter()
+                    .map(|e| (e.key.clone(), e))
+                    .collect();
+                for (k, v) in kvs {
+                    if m.get(k).is_some_and(|e| e.flags & BUCKET_LEAF_FLAG != 0) {
+                        return Err(rewrite_err(
+                            path,
+                            format!(
+                                "key {:?} of bucket {:?} is a nested bucket, not a value",
+                                String::from_utf8_lossy(k),
+                                String::from_utf8_lossy(name)
+                            ),
+                        ));
+                    }
+                    m.insert(
+                        k.clone(),
+                        Entry {
+                            flags: 0,
+                            key: k.clone(),
+                            value: v.clone(),
+                        },
+                    );
+                }
+                m.into_values().collect()
+            }
+        };
+        let value = bucket_value(&new_entries, seq, &mut a);
+        by_key.insert(
+            name.clone(),
+            Entry {
+                flags: BUCKET_LEAF_FLAG,
+                key: name.clone(),
+                value,
+            },
+        );
+    }
+    let new_root_entries: Vec<Entry> = by_key.into_values().collect();
+    let new_root = write_tree(&new_root_entries, &mut a);
+
+    // Freelist: old free ids + pages this transaction released (incl. the old freelist).
+    let new_freelist = if old.freelist == PGID_NO_FREELIST {
+        PGID_NO_FREELIST
+    } else {
+        let mut buf = Vec::new();
+        let hdr = db.read_page(old.freelist, &mut buf)?;
+        let mut ids = page::freelist_ids(&buf, old.freelist)?;
+        ids.extend(old.freelist..=old.freelist + u64::from(hdr.overflow));
+        ids.extend_from_slice(&freed);
+        ids.sort_unstable();
+        let before = ids.len();
+        ids.dedup();
+        if ids.len() != before {
+            return Err(page::corrupt(
+                old.freelist,
+                "a page would be freed twice (run a full check first)",
+            ));
+        }
+        let (id, ovf, len) = a.reserve(page::freelist_size(ids.len()));
+        let mut fbuf = vec![0u8; len];
+        page::write_freelist(&mut fbuf, id, ovf, &ids);
+        a.pages.push((id, fbuf));
+        id
+    };
+
+    let mut meta = Meta {
+        root: new_root,
+        freelist: new_freelist,
+        pgid: a.next,
+        txid: old.txid + 1,
+        checksum: 0,
+        ..old
+    };
+    meta.checksum = meta.sum64();
+    let new_pages = a.next - old.pgid;
+    let freed_pages = freed.len() as u64;
+    drop(db);
+
+    let io = |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = OpenOptions::new().write(true).open(path).map_err(io)?;
+    for (id, buf) in &a.pages {
+        f.write_all_at(buf, id * ps as u64).map_err(io)?;
+    }
+    f.sync_data().map_err(io)?;
+    // Meta last (bbolt tx.writeMeta): page id txid % 2.
+    let slot = meta.txid % 2;
+    let mut mbuf = vec![0u8; ps];
+    PageHeader {
+        id: slot,
+        flags: META_PAGE_FLAG,
+        count: 0,
+        overflow: 0,
+    }
+    .write(&mut mbuf);
+    mbuf[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + page::META_SIZE].copy_from_slice(&meta.encode());
+    f.write_all_at(&mbuf, slot * ps as u64).map_err(io)?;
+    let end = meta.pgid * ps as u64;
+    if f.metadata().map_err(io)?.len() < end {
+        f.set_len(end).map_err(io)?;
+    }
+    f.sync_all().map_err(io)?;
+    Ok(Applied {
+        meta,
+        new_pages,
+        freed_pages,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: usize, vlen: usize) -> Vec<Entry> {
+        (0..n)
+            .map(|i| Entry {
+                flags: 0,
+                key: format!("k{i:08}").into_bytes(),
+                value: vec![b'v'; vlen],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tree_of_many_entries_has_branches() {
+        let mut a = Alloc {
+            ps: 4096,
+            next: 10,
+            pages: Vec::new(),
+        };
+        let es = entries(5000, 20);
+        let root = write_tree(&es, &mut a);
+        let (_, rootbuf) = a.pages.iter().find(|(id, _)| *id == root).unwrap();
+        let h = PageHeader::parse(rootbuf, root).unwrap();
+        assert_eq!(h.flags, page::BRANCH_PAGE_FLAG);
+        // every leaf fits one page
+        for (id, b) in &a.pages {
+            let h = PageHeader::parse(b, *id).unwrap();
+            assert_eq!(h.overflow, 0);
+        }
+    }
+
+    #[test]
+    fn big_value_gets_overflow_and_empty_tree_one_leaf() {
+        let mut a = Alloc {
+            ps: 4096,
+            next: 2,
+            pages: Vec::new(),
+        };
+        let es = entries(1, 10_000);
+        let root = write_tree(&es, &mut a);
+        let h = PageHeader::parse(&a.pages[0].1, root).unwrap();
+        assert_eq!((h.flags, h.overflow, a.next), (page::LEAF_PAGE_FLAG, 2, 5));
+        let mut a = Alloc {
+            ps: 4096,
+            next: 2,
+            pages: Vec::new(),
+        };
+        let root = write_tree(&[], &mut a);
+        assert_eq!((root, a.pages.len()), (2, 1));
+    }
+
+    #[test]
+    fn inline_rule() {
+        assert!(inlineable(&entries(3, 10), 4096));
+        assert!(!inlineable(&entries(1, 1100), 4096));
+        let mut e = entries(1, 1);
+        e[0].flags = BUCKET_LEAF_FLAG;
+        assert!(!inlineable(&e, 4096));
+    }
+}

@@ -1,0 +1,187 @@
+//! `backup`, `list`, `verify` against an S3 server on loopback (moto, started here), or an
+//! external S3 endpoint named by `ETCD_LIFEBOAT_TEST_S3_*` (see tests/common/s3.rs).
+mod common;
+#[path = "common/s3.rs"]
+mod s3h;
+
+use std::time::Duration;
+
+use common::*;
+use etcd_lifeboat::config::StorageConfig;
+use etcd_lifeboat::store::Store;
+use s3h::S3Server;
+use serde_json::Value;
+
+fn json(out: &[u8]) -> Value {
+    serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+}
+
+/// etcd config of `etcd` plus `storage` as YAML.
+fn config(etcd: &Etcd, storage: &StorageConfig) -> std::path::PathBuf {
+    let base = etcd.config_yaml(std::path::Path::new("/unused"));
+    let etcd_part = &base[..base.find("storage:").unwrap()];
+    let yaml = format!(
+        "{etcd_part}{}compression: {{level: 3, threads: 2}}\n",
+        serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
+            "storage".into(),
+            serde_yaml::to_value(storage).unwrap()
+        )]))
+        .unwrap()
+    );
+    let p = etcd.dir.path().join(format!("s3-{}.yaml", free_port()));
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+/// Incompressible values, so the stored object spans several 5 MiB parts.
+async fn fill_random(client: &etcd_client::Client, n: usize, size: usize) {
+    let mut kv = client.kv_client();
+    for i in 0..n {
+        let v: Vec<u8> = (0..size).map(|_| rand::random::<u8>()).collect();
+        kv.put(format!("/registry/secrets/s{i:05}"), v, None)
+            .await
+            .unwrap();
+    }
+}
+
+async fn objects_and_uploads(storage: &StorageConfig) -> (Vec<String>, Vec<String>) {
+    let store = Store::from_config(storage).await.unwrap();
+    let objects = store
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key.to_string())
+        .collect();
+    let uploads = match &store {
+        Store::S3(s) => s
+            .client()
+            .list_multipart_uploads()
+            .bucket(s.bucket())
+            .prefix(s.prefix())
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .iter()
+            .map(|u| format!("{:?}", u.key()))
+            .collect(),
+        Store::Local(_) => unreachable!("S3 tests use S3"),
+    };
+    (objects, uploads)
+}
+
+#[test]
+fn s3_backup_is_multipart_listed_and_verified() {
+    let s3 = S3Server::start();
+    let etcd = Etcd::start(EtcdOpts {
+        version: Version::V3_5,
+        tls: true,
+        ..Default::default()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { fill_random(&etcd.client().await, 200, 64 * 1024).await });
+    let storage = s3.storage_config();
+    let cfg = config(&etcd, &storage);
+
+    let out = lifeboat()
+        .args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = json(&out.stdout);
+    assert!(
+        m["stored_bytes"].as_u64().unwrap() > 10 * 1024 * 1024,
+        "{m}"
+    );
+
+    let snap = etcd.dir.path().join("etcdctl.db");
+    etcd.etcdctl_ok(&["snapshot", "save", snap.to_str().unwrap()]);
+    let st = json(
+        etcd.etcdctl_ok(&["snapshot", "status", "-w", "json", snap.to_str().unwrap()])
+            .as_bytes(),
+    );
+    assert_eq!(
+        (
+            m["hash"].clone(),
+            m["revision"].clone(),
+            m["total_key"].clone()
+        ),
+        (
+            st["hash"].clone(),
+            st["revision"].clone(),
+            st["totalKey"].clone()
+        )
+    );
+
+    let list = json(
+        &lifeboat()
+            .args(["--config", cfg.to_str().unwrap(), "list", "-o", "json"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], m["id"]);
+    let v = lifeboat()
+        .args(["--config", cfg.to_str().unwrap(), "verify", "--all"])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+
+    let (objects, uploads) = rt.block_on(objects_and_uploads(&storage));
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    assert!(uploads.is_empty(), "{uploads:?}");
+}
+
+#[test]
+fn s3_missing_bucket_fails_naming_it() {
+    let s3 = S3Server::start();
+    let etcd = Etcd::start(EtcdOpts::default());
+    let storage = s3.storage_config_for_bucket("no-such-bucket-lifeboat");
+    let cfg = config(&etcd, &storage);
+    let out = lifeboat()
+        .args(["--config", cfg.to_str().unwrap(), "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-such-bucket-lifeboat") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_during_s3_backup_leaves_no_backup_and_no_parts() {
+    let s3 = S3Server::start();
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { fill_random(&etcd.client().await, 600, 64 * 1024).await });
+    let storage = s3.storage_config();
+    let cfg = config(&etcd, &storage);
+    let bin = assert_cmd::cargo::cargo_bin("etcd-lifeboat");
+    let mut child = std::process::Command::new(bin)
+        .args(["--config", cfg.to_str().unwrap(), "backup"])
+        .env("ETCD_LIFEBOAT_COMPRESSION_LEVEL", "19") // slow enough to be caught mid-way
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    let (objects, uploads) = rt.block_on(objects_and_uploads(&storage));
+    assert!(objects.is_empty(), "{objects:?}");
+    assert!(uploads.is_empty(), "{uploads:?}");
+}

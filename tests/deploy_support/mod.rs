@@ -1,0 +1,192 @@
+//! Helpers shared by the `tests/deploy_*.rs` test files: repository paths, the external tools
+//! (promtool, kubernetes-validate) and the config example rewriting.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde_yaml::Value;
+
+/// The repository root (where Cargo.toml is).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Reads a file under the repository root, panicking with its path.
+pub fn read(rel: &str) -> String {
+    let p = repo().join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+/// Parses a one-document YAML file under the repository root.
+pub fn yaml(rel: &str) -> Value {
+    serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: not YAML: {e}"))
+}
+
+/// `promtool` from $PROMTOOL or PATH. Missing: a failure telling how to install it.
+pub fn promtool() -> PathBuf {
+    if let Ok(p) = std::env::var("PROMTOOL") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join("promtool");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("promtool not found on PATH (Debian package prometheus): run scripts/install.sh, or set PROMTOOL")
+}
+
+/// `kubernetes-validate` from $KUBERNETES_VALIDATE or the venv that scripts/install.sh makes.
+/// Missing: a failure telling how to install it.
+pub fn kubernetes_validate() -> PathBuf {
+    if let Ok(p) = std::env::var("KUBERNETES_VALIDATE") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let base = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+    let p = PathBuf::from(base).join("etcd-lifeboat/venv/bin/kubernetes-validate");
+    assert!(
+        p.is_file(),
+        "kubernetes-validate not found at {}: run scripts/install.sh, or set KUBERNETES_VALIDATE",
+        p.display()
+    );
+    p
+}
+
+/// Every Kubernetes YAML file under deploy/ (relative paths, sorted): everything but the
+/// Prometheus rule files in deploy/prometheus/.
+pub fn manifest_files() -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
+        }
+    }
+    let root = repo();
+    let mut files = Vec::new();
+    walk(&root.join("deploy"), &mut files);
+    let mut rel: Vec<String> = files
+        .iter()
+        .map(|p| {
+            p.strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|p| !p.starts_with("deploy/prometheus/"))
+        .collect();
+    rel.sort();
+    assert!(
+        rel.len() >= 10,
+        "expected the deploy/ manifests, found {rel:?}"
+    );
+    rel
+}
+
+/// `kind` of a manifest.
+pub fn kind(v: &Value) -> &str {
+    v["kind"].as_str().unwrap_or("")
+}
+
+/// Every etcd-lifeboat config in the repository: `config/*.yaml` and the `config.yaml` key of
+/// each ConfigMap under deploy/, as (origin, YAML text).
+pub fn config_texts() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(repo().join("config"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    for n in names {
+        let rel = format!("config/{n}");
+        out.push((rel.clone(), read(&rel)));
+    }
+    for rel in manifest_files() {
+        let v = yaml(&rel);
+        if kind(&v) == "ConfigMap" {
+            let text = v["data"]["config.yaml"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{rel}: ConfigMap without data.config.yaml"));
+            out.push((format!("{rel} (data.config.yaml)"), text.to_string()));
+        }
+    }
+    out
+}
+
+/// Rewrites a config so that the files and directories it names exist: every absolute path
+/// under a key ending in `_file` becomes `<tmp>/<path>` and is created as a small file;
+/// `backup.temp_dir` and `storage.local.path` become `<tmp>/<path>` directories. Returns the
+/// rewritten YAML and the list of (dotted key, original path) rewritten.
+pub fn materialize(text: &str, tmp: &Path) -> (String, Vec<(String, String)>) {
+    fn walk(v: &mut Value, key: &str, tmp: &Path, done: &mut Vec<(String, String)>) {
+        match v {
+            Value::Mapping(m) => {
+                for (k, child) in m.iter_mut() {
+                    let k = k.as_str().unwrap_or("?");
+                    let dotted = if key.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{key}.{k}")
+                    };
+                    walk(child, &dotted, tmp, done);
+                }
+            }
+            Value::String(s) if s.starts_with('/') => {
+                let leaf = key.rsplit('.').next().unwrap();
+                let is_file = leaf.ends_with("_file");
+                let is_dir = key == "backup.temp_dir" || key == "storage.local.path";
+                if !(is_file || is_dir) {
+                    return;
+                }
+                let new = tmp.join(s.trim_start_matches('/'));
+                if is_file {
+                    std::fs::create_dir_all(new.parent().unwrap()).unwrap();
+                    std::fs::write(
+                        &new,
+                        "placeholder written by tests/deploy_config_examples.rs\n",
+                    )
+                    .unwrap();
+                } else {
+                    std::fs::create_dir_all(&new).unwrap();
+                }
+                done.push((key.to_string(), s.clone()));
+                *s = new.to_string_lossy().into_owned();
+            }
+            _ => {}
+        }
+    }
+    let mut v: Value = serde_yaml::from_str(text).expect("config is YAML");
+    let mut done = Vec::new();
+    walk(&mut v, "", tmp, &mut done);
+    (serde_yaml::to_string(&v).unwrap(), done)
+}
+
+/// The image every workload must run: this crate's version.
+pub fn expected_image() -> String {
+    format!(
+        "ghcr.io/etcd-lifeboat/etcd-lifeboat:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The Python of the venv that scripts/install.sh makes (for scripts/validate-crds.py).
+pub fn venv_python() -> PathBuf {
+    if let Ok(p) = std::env::var("ETCD_LIFEBOAT_VENV_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let base = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+    let p = PathBuf::from(base).join("etcd-lifeboat/venv/bin/python");
+    assert!(
+        p.is_file(),
+        "venv python not found at {}: run scripts/install.sh",
+        p.display()
+    );
+    p
+}

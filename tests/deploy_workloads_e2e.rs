@@ -1,0 +1,535 @@
+//! The workloads of deploy/ run for real: the CronJob's two command lines (backup, then prune)
+//! and the Deployment's daemon command line, each with its own ConfigMap's config, against a
+//! real etcd 3.5 with TLS and client-certificate auth (tests/common harness).
+//!
+//! Only what cannot exist on a test machine is rewritten in the configs: the etcd endpoints and
+//! certificate paths (to the test cluster's), the S3 store (to a local store in a temp dir; S3
+//! is covered by the store tests), temp_dir, the daemon's listen address, schedule (every 2 s)
+//! and election name. Everything else (timeouts, compression, retention, leader election) and
+//! the container args are used as shipped; the args only get the config path replaced.
+
+mod common;
+mod deploy_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Etcd, EtcdOpts};
+use deploy_support::*;
+use serde_yaml::Value;
+
+/// The ConfigMap's config, pointed at `etcd` and a local store under `tmp`.
+fn test_config(configmap: &str, etcd: &Etcd, tmp: &Path) -> Value {
+    let cm = yaml(configmap);
+    let mut cfg: Value = serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let certs = etcd.certs.as_ref().unwrap();
+    cfg["etcd"]["endpoints"] = serde_yaml::to_value(etcd.endpoints()).unwrap();
+    cfg["etcd"]["tls"]["ca_file"] = certs.ca.to_string_lossy().into_owned().into();
+    cfg["etcd"]["tls"]["cert_file"] = certs.client_cert.to_string_lossy().into_owned().into();
+    cfg["etcd"]["tls"]["key_file"] = certs.client_key.to_string_lossy().into_owned().into();
+    let store = tmp.join("store");
+    let temp = tmp.join("tmp");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::create_dir_all(&temp).unwrap();
+    cfg["storage"] = serde_yaml::from_str(&format!(
+        "backend: local\nlocal:\n  path: {}\n",
+        store.display()
+    ))
+    .unwrap();
+    cfg["backup"]["temp_dir"] = temp.to_string_lossy().into_owned().into();
+    cfg
+}
+
+/// Args of a container, with the mounted config path replaced by `config`.
+fn container_args(workload: &Value, container: &str, config: &Path) -> Vec<String> {
+    let spec = match workload["kind"].as_str() {
+        Some("CronJob") => &workload["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        _ => &workload["spec"]["template"]["spec"],
+    };
+    let c = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_sequence().into_iter().flatten())
+        .find(|c| c["name"].as_str() == Some(container))
+        .unwrap_or_else(|| panic!("no container {container}"));
+    let args: Vec<String> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        args.iter().any(|a| a == "/etc/etcd-lifeboat/config.yaml"),
+        "{container}: {args:?}"
+    );
+    args.into_iter()
+        .map(|a| {
+            if a == "/etc/etcd-lifeboat/config.yaml" {
+                config.to_string_lossy().into_owned()
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+fn write_config(tmp: &Path, cfg: &Value) -> std::path::PathBuf {
+    let p = tmp.join("config.yaml");
+    std::fs::write(&p, serde_yaml::to_string(cfg).unwrap()).unwrap();
+    p
+}
+
+#[test]
+fn cronjob_backup_then_prune_with_its_configmap() {
+    let etcd = Etcd::start(EtcdOpts {
+        tls: true,
+        ..Default::default()
+    });
+    etcd.etcdctl_ok(&["put", "/registry/namespaces/default", "v"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = test_config("deploy/cronjob/configmap.yaml", &etcd, tmp.path());
+    let config = write_config(tmp.path(), &cfg);
+    let cj = yaml("deploy/cronjob/cronjob.yaml");
+
+    for container in ["backup", "prune"] {
+        let args = container_args(&cj, container, &config);
+        let out = common::lifeboat().args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{container}: `etcd-lifeboat {}` exit {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // --log-format json: every log line on stderr is a JSON object.
+        for line in String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                "{container}: not a JSON log line: {line}"
+            );
+        }
+    }
+    let out = common::lifeboat()
+        .arg("--config")
+        .arg(&config)
+        .args(["list", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "list --output json: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let n = list
+        .as_array()
+        .map(|a| a.len())
+        .or_else(|| list["backups"].as_array().map(|a| a.len()));
+    assert_eq!(
+        n,
+        Some(1),
+        "one backup in the store after one CronJob run: {list}"
+    );
+}
+
+/// Kills the daemon if the test fails before it stops it.
+struct Daemon(Option<Child>);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn deployment_daemon_with_its_configmap_backs_up_and_serves_what_the_rules_use() {
+    let etcd = Etcd::start(EtcdOpts {
+        tls: true,
+        ..Default::default()
+    });
+    etcd.etcdctl_ok(&["put", "/registry/namespaces/default", "v"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = test_config("deploy/daemon/configmap.yaml", &etcd, tmp.path());
+    let port = common::free_port();
+    cfg["http"]["listen"] = format!("127.0.0.1:{port}").into();
+    cfg["schedule"]["cron"] = "*/2 * * * * *".into();
+    cfg["leader_election"]["name"] = format!("/etcd-lifeboat-test/{port}").into();
+    assert_eq!(cfg["leader_election"]["enabled"].as_bool(), Some(true));
+    let config = write_config(tmp.path(), &cfg);
+    let dep = yaml("deploy/daemon/deployment.yaml");
+    let args = container_args(&dep, "etcd-lifeboat", &config);
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_") {
+            cmd.env_remove(k);
+        }
+    }
+    let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
+    let mut daemon = Daemon(Some(
+        cmd.args(&args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    ));
+    let daemon_log = || std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
+
+    // The probes' path answers 200.
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    let probe_paths: Vec<&str> = ["livenessProbe", "readinessProbe"]
+        .iter()
+        .map(|p| c[*p]["httpGet"]["path"].as_str().unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        if let Some((200, body)) = http_get(port, "/metrics") {
+            let leader = sample(&body, "etcd_lifeboat_is_leader");
+            let latest = sample(&body, "etcd_lifeboat_store_latest_backup_timestamp_seconds");
+            if leader == Some(1.0) && latest.is_some_and(|t| t > 0.0) {
+                break body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader with a backup within 60 s; daemon log:\n{}",
+            daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    for p in probe_paths {
+        let got = http_get(port, p).map(|(s, _)| s);
+        assert_eq!(
+            got,
+            Some(200),
+            "probe path {p}; daemon log:\n{}",
+            daemon_log()
+        );
+    }
+    // Every metric the alert rules use is served (by name; counters' _total included).
+    let rules = read("deploy/prometheus/rules.yaml");
+    let mut used: Vec<String> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("etcd_lifeboat_"))
+        .map(String::from)
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 6, "{used:?}");
+    for m in &used {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(m.as_str()) && l[m.len()..].starts_with([' ', '{'])),
+            "{m} (used by deploy/prometheus/rules.yaml) is not on /metrics:\n{metrics}"
+        );
+    }
+    // The failure series exists from the start, so increase() sees the first failure.
+    assert!(
+        metrics.contains("etcd_lifeboat_backups_total{result=\"failure\"}"),
+        "{metrics}"
+    );
+
+    // SIGTERM: exit 0 within the pod's terminationGracePeriodSeconds.
+    let grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    let mut child = daemon.0.take().unwrap();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(grace);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "daemon did not exit within {grace}s of SIGTERM; log:\n{}",
+                daemon_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "daemon exit {status:?} after SIGTERM; log:\n{}",
+        daemon_log()
+    );
+}
+
+/// Starts the Deployment's daemon command line with its ConfigMap's config (rewritten as the
+/// other tests do) and waits until it leads and has made a backup. Returns it and its port.
+fn spawn_daemon(etcd: &Etcd, tmp: &Path) -> (Daemon, u16) {
+    let mut cfg = test_config("deploy/daemon/configmap.yaml", etcd, tmp);
+    let port = common::free_port();
+    cfg["http"]["listen"] = format!("127.0.0.1:{port}").into();
+    cfg["schedule"]["cron"] = "*/2 * * * * *".into();
+    cfg["leader_election"]["name"] = format!("/etcd-lifeboat-test/{port}").into();
+    let config = write_config(tmp, &cfg);
+    let args = container_args(
+        &yaml("deploy/daemon/deployment.yaml"),
+        "etcd-lifeboat",
+        &config,
+    );
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_") {
+            cmd.env_remove(k);
+        }
+    }
+    let log = std::fs::File::create(tmp.join("daemon.log")).unwrap();
+    let daemon = Daemon(Some(
+        cmd.args(&args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((200, body)) = http_get(port, "/metrics") {
+            if sample(&body, "etcd_lifeboat_is_leader") == Some(1.0)
+                && sample(&body, "etcd_lifeboat_store_latest_backup_timestamp_seconds")
+                    .is_some_and(|t| t > 0.0)
+            {
+                return (daemon, port);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon: no leader with a backup within 60 s; log:\n{}",
+            std::fs::read_to_string(tmp.join("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Prometheus on loopback; killed on Drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Prometheus {
+    /// Scrapes `target` as job "etcd-lifeboat" (the job label the ServiceMonitor gives) every
+    /// second and evaluates deploy/prometheus/rules.yaml every second.
+    fn start(dir: &Path, target: &str) -> Prometheus {
+        let bin = Path::new("/usr/bin/prometheus");
+        assert!(
+            bin.is_file(),
+            "prometheus not found (Debian package prometheus): run scripts/install.sh"
+        );
+        let port = common::free_port();
+        let rules = repo().join("deploy/prometheus/rules.yaml");
+        let conf = dir.join("prometheus.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 rule_files: [\"{}\"]\n\
+                 scrape_configs:\n  - job_name: etcd-lifeboat\n    static_configs:\n      - targets: [\"{target}\"]\n        labels: {{namespace: kube-system}}\n",
+                rules.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", conf.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Prometheus { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(http_get(port, "/-/ready"), Some((200, _))) {
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready; log:\n{}",
+                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    fn api(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http_get(self.port, path).expect("prometheus answers");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Instant query; the result vector.
+    fn query(&self, q: &str) -> Vec<serde_json::Value> {
+        let v = self.api(&format!("/api/v1/query?query={}", urlencode(q)));
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// The alert rules evaluated by a real Prometheus against the real daemon, scraped as the
+/// ServiceMonitor would (job="etcd-lifeboat"): every rule evaluates without error, the
+/// expressions' selectors match the daemon's series (a label mismatch would leave an alert
+/// silently dead), nothing fires or is pending while the daemon is healthy, and once it is
+/// stopped EtcdLifeboatDaemonDown goes pending.
+#[test]
+fn alert_rules_on_a_real_prometheus_scraping_the_daemon() {
+    let etcd = Etcd::start(EtcdOpts {
+        tls: true,
+        ..Default::default()
+    });
+    etcd.etcdctl_ok(&["put", "/registry/namespaces/default", "v"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut daemon, port) = spawn_daemon(&etcd, tmp.path());
+    let prom = Prometheus::start(tmp.path(), &format!("127.0.0.1:{port}"));
+
+    // Wait for scrapes and several rule evaluations.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = prom.query("sum(up{job=\"etcd-lifeboat\"})");
+        let rules = prom.api("/api/v1/rules");
+        let evaluated = rules["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().iter())
+            .all(|r| {
+                r["lastEvaluation"]
+                    .as_str()
+                    .is_some_and(|t| !t.starts_with("0001"))
+            });
+        if evaluated && up.first().is_some_and(|s| s["value"][1] == "1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not scrape and evaluate in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // Every rule is healthy (evaluates without error) and inactive.
+    let rules = prom.api("/api/v1/rules");
+    let mut n = 0;
+    for g in rules["data"]["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            n += 1;
+            assert_eq!(
+                r["health"], "ok",
+                "rule {} does not evaluate: {}",
+                r["name"], r["lastError"]
+            );
+            assert_eq!(
+                r["state"], "inactive",
+                "rule {} is {} on a healthy daemon: {r}",
+                r["name"], r["state"]
+            );
+        }
+    }
+    assert_eq!(n, 8, "{rules}");
+    // The selectors of the rules match what the daemon exports.
+    let one = |q: &str| -> f64 {
+        let r = prom.query(q);
+        assert_eq!(r.len(), 1, "{q}: {r:?}");
+        r[0]["value"][1].as_str().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        one("sum(etcd_lifeboat_is_leader{job=\"etcd-lifeboat\"})"),
+        1.0
+    );
+    let age = one(
+        "time() - max by (namespace, job) (etcd_lifeboat_store_latest_backup_timestamp_seconds)",
+    );
+    assert!((0.0..60.0).contains(&age), "backup age {age}");
+    assert!(one("max by (namespace, job) (etcd_lifeboat_store_backups)") >= 1.0);
+    assert_eq!(
+        one("sum(increase(etcd_lifeboat_backups_total{result=\"failure\"}[1h]))"),
+        0.0
+    );
+    assert!(one("sum(etcd_lifeboat_backups_total{result=\"success\"})") >= 1.0);
+    assert_eq!(prom.query("etcd_lifeboat_backup_last_failure_timestamp_seconds > etcd_lifeboat_backup_last_success_timestamp_seconds").len(), 0);
+    assert!(
+        prom.query("ALERTS").is_empty(),
+        "alerts on a healthy daemon: {:?}",
+        prom.query("ALERTS")
+    );
+
+    // Stop the daemon: EtcdLifeboatDaemonDown goes pending (it fires after its `for`).
+    let mut child = daemon.0.take().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending =
+            prom.query("ALERTS{alertname=\"EtcdLifeboatDaemonDown\",alertstate=\"pending\"}");
+        if !pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "EtcdLifeboatDaemonDown not pending 30 s after the daemon stopped: {:?}",
+            prom.query("ALERTS")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
