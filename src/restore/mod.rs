@@ -177,6 +177,10 @@ async fn build_from_raw_file(plan: &Plan, path: &Path, skip_hash_check: bool) ->
         .with_context(|| format!("--snapshot: cannot read {}", path.display()))?
         .len();
     let db_len = if has_trailer(size) { size - 32 } else { size };
+    if !has_trailer(size) && !skip_hash_check {
+        // Known from the size alone: refuse before building anything.
+        return Err(source::SourceError::MissingTrailer { path: path.to_path_buf(), size }.into());
+    }
     let p = path.to_path_buf();
     let hash = tokio::task::spawn_blocking(move || source::hash_raw_file(&p, skip_hash_check));
     let (p, plan2) = (path.to_path_buf(), plan.clone());
