@@ -82,38 +82,41 @@ fi
 SNAP_BYTES=$(stat -c %s "$SNAP")
 
 # 3. Measure: wall seconds and peak RSS (KiB) of each tool, RUNS times, page cache warm.
-measure() { # $1 = label, $2.. = command (no shell functions); prints "secs kib"
+measure() { # $1 = label, $2.. = command (no shell functions); prints "secs kib cpusecs"
   local out=$WORK/time.txt
-  /usr/bin/time -f '%e %M' -o "$out" "${@:2}" >>"$WORK/cmd.log" 2>&1 || { echo "$1 failed, see $WORK/cmd.log" >&2; exit 1; }
-  cat "$out"
+  /usr/bin/time -f '%e %M %U %S' -o "$out" "${@:2}" >>"$WORK/cmd.log" 2>&1 || { echo "$1 failed, see $WORK/cmd.log" >&2; exit 1; }
+  awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$out"
 }
 cat "$SNAP" >/dev/null
-declare -a U_T U_R O_T O_R
+declare -a U_T U_R U_C O_T O_R O_C
 for r in $(seq "$RUNS"); do
   rm -rf "$WORK/u" "$WORK/o"
-  read -r t m < <(measure etcdutl "$ETCDUTL" snapshot restore "$SNAP" --data-dir "$WORK/u")
+  read -r t m c < <(measure etcdutl "$ETCDUTL" snapshot restore "$SNAP" --data-dir "$WORK/u")
   [[ -n "${t:-}" ]] || exit 1
-  U_T+=("$t"); U_R+=("$m")
+  U_T+=("$t"); U_R+=("$m"); U_C+=("$c")
   # shellcheck disable=SC2046 # word splitting of the command is intended (no spaces in paths)
-  read -r t m < <(measure lifeboat $(ours "$SNAP" "$WORK/o"))
+  read -r t m c < <(measure lifeboat $(ours "$SNAP" "$WORK/o"))
   [[ -n "${t:-}" ]] || exit 1
-  O_T+=("$t"); O_R+=("$m")
+  O_T+=("$t"); O_R+=("$m"); O_C+=("$c")
   sync
 done
 # Correctness guard: same files, same WAL/snap bytes.
 cmp "$WORK/u/member/wal/0000000000000000-0000000000000000.wal" "$WORK/o/member/wal/0000000000000000-0000000000000000.wal"
 cmp "$WORK/u/member/snap/0000000000000001-0000000000000001.snap" "$WORK/o/member/snap/0000000000000001-0000000000000001.snap"
 
-python3 - "$SNAP_BYTES" "${U_T[*]}" "${U_R[*]}" "${O_T[*]}" "${O_R[*]}" <<'EOF'
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+python3 - "$SNAP_BYTES" "${U_T[*]}" "${U_R[*]}" "${U_C[*]}" "${O_T[*]}" "${O_R[*]}" "${O_C[*]}" "$LOAD" "$(nproc)" <<'EOF'
 import sys, statistics as st
 size = int(sys.argv[1])
-ut, ur, ot, orr = ([float(x) for x in a.split()] for a in sys.argv[2:6])
+ut, ur, uc, ot, orr, oc = ([float(x) for x in a.split()] for a in sys.argv[2:8])
 mu, mo = st.median(ut), st.median(ot)
+cu, co = st.median(uc), st.median(oc)
 ru, ro = max(ur) / 1024, max(orr) / 1024
-print(f"snapshot: {size/2**20:.0f} MiB, {len(ut)} runs each (median wall time, max peak RSS)")
-print("| tool | wall s | peak RSS MiB | runs (s) |")
-print("|---|---:|---:|---|")
-print(f"| etcdutl 3.5.1 snapshot restore | {mu:.2f} | {ru:.0f} | {' '.join(f'{x:.2f}' for x in ut)} |")
-print(f"| etcd-lifeboat restore | {mo:.2f} | {ro:.0f} | {' '.join(f'{x:.2f}' for x in ot)} |")
-print(f"| ratio lifeboat/etcdutl | {mo/mu:.2f}x | {ro/ru:.2f}x | target <= 0.30x time, <= 256 MiB |")
+print(f"snapshot: {size/2**20:.0f} MiB; {len(ut)} runs each, alternating; median wall and CPU (user+sys), max peak RSS;")
+print(f"page cache warm; load average at the end {sys.argv[8]} on {sys.argv[9]} CPUs")
+print("| tool | wall s | CPU s | peak RSS MiB | wall per run (s) |")
+print("|---|---:|---:|---:|---|")
+print(f"| etcdutl 3.5.1 snapshot restore | {mu:.2f} | {cu:.2f} | {ru:.0f} | {' '.join(f'{x:.2f}' for x in ut)} |")
+print(f"| etcd-lifeboat restore | {mo:.2f} | {co:.2f} | {ro:.0f} | {' '.join(f'{x:.2f}' for x in ot)} |")
+print(f"| ratio lifeboat/etcdutl | {mo/mu:.2f}x | {co/cu:.2f}x | {ro/ru:.2f}x | target <= 0.30x wall, <= 256 MiB |")
 EOF
