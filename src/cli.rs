@@ -55,7 +55,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Download, decompress and check stored backups against their manifests.
     Verify(VerifyArgs),
-    // INTEGRATE: Restore(crate::restore::RestoreArgs), Prune(PruneArgs), Daemon(crate::daemon::DaemonArgs)
+    /// Apply the retention policy to the store.
+    Prune(PruneArgs),
+    /// Run scheduled backups with metrics, health endpoints and leader election.
+    Daemon(crate::daemon::DaemonArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),

@@ -100,7 +100,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: !a.no_progress,
                 cancel,
             };
-            let m = backup::run_backup(&cfg, &store, &opts).await?;
+            let t0 = std::time::Instant::now();
+            let result = backup::run_backup(&cfg, &store, &opts).await;
+            if let Some(url) = &a.pushgateway {
+                push_backup_metrics(url, &store, &result, t0.elapsed()).await;
+            }
+            let m = result?;
             match a.output.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
                 Output::Table => print!("{}", manifest_table(&[m], chrono::Utc::now())),
@@ -116,6 +121,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => print!("{}", manifest_table(&all, chrono::Utc::now())),
             }
             Ok(())
+        }
+        Command::Prune(a) => {
+            let cfg = load(&cli).await?;
+            let store = open_store(&cfg).await?;
+            let plan = etcd_lifeboat::store::retention::prune(&cfg, &store, a.dry_run).await?;
+            match a.output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                Output::Table => {
+                    if a.dry_run {
+                        println!("dry run: nothing is deleted");
+                    }
+                    print!("{}", plan.to_table());
+                }
+            }
+            Ok(())
+        }
+        Command::Daemon(a) => {
+            let cfg = load(&cli).await?;
+            etcd_lifeboat::daemon::run(a.clone(), cfg).await
         }
         Command::Verify(a) => {
             let cfg = load(&cli).await?;
@@ -166,6 +190,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Pushes this run's metrics to a Pushgateway, with the store catalog's newest-backup metrics
+/// so that backup-age alerts work for CronJob installs. A push failure is logged, not fatal:
+/// the backup itself is what the exit code reports.
+async fn push_backup_metrics(
+    url: &str,
+    store: &Store,
+    result: &Result<manifest::Manifest, backup::BackupError>,
+    took: std::time::Duration,
+) {
+    use etcd_lifeboat::metrics;
+    match result {
+        Ok(m) => metrics::record_backup_success(m, took),
+        Err(_) => metrics::record_backup_failure(),
+    }
+    match manifest::catalog(store).await {
+        Ok(all) => metrics::refresh_store(&all),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the store catalog for the pushgateway")
+        }
+    }
+    let instance = std::env::var("NODE_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "etcd-lifeboat".into());
+    if let Err(e) = metrics::push(url, PUSH_JOB, &instance).await {
+        tracing::error!(error = %format!("{e:#}"), "pushing metrics failed");
+    }
+}
+
+/// Pushgateway job name of `backup --pushgateway` (alert rules select on it).
+const PUSH_JOB: &str = "etcd-lifeboat-backup";
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {

@@ -11,7 +11,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use etcd_lifeboat::snapshot::page::{self, Meta, PageHeader, PAGE_HEADER_SIZE};
-use etcd_lifeboat::snapshot::{status_file, verify_file, Db, SnapshotError, Status};
+use etcd_lifeboat::snapshot::{
+    status_file, status_file_verified, verify_file, Db, SnapshotError, Status,
+};
 
 struct Base {
     _dir: tempfile::TempDir,
@@ -35,7 +37,12 @@ fn base() -> &'static Base {
         });
         let path = dir.path().join("base.db");
         etcd.etcdctl_ok(&["snapshot", "save", path.to_str().unwrap()]);
-        let status = status_file(&path).unwrap();
+        let (status, trailer) = status_file_verified(&path).unwrap();
+        assert_eq!(
+            (trailer.matches, trailer.db_len),
+            (Some(true), trailer.file_len - 32)
+        );
+        assert_eq!(status_file(&path).unwrap(), status);
         Base {
             _dir: dir,
             path,
@@ -166,7 +173,9 @@ fn bad_trailer_is_refused() {
     let mut last = read_at(&p, len - 1, 1);
     last[0] ^= 0xff;
     patch(&p, len - 1, &last);
-    let err = status_file(&p).unwrap_err();
+    // Like etcdctl, plain status does not hash the trailer.
+    assert_eq!(status_file(&p).unwrap(), base().status);
+    let err = status_file_verified(&p).unwrap_err();
     let SnapshotError::HashMismatch {
         expected,
         actual,
@@ -196,7 +205,7 @@ fn flipped_value_byte_changes_hash_and_fails_trailer() {
     x[0] ^= 0x01;
     patch(&p, off, &x);
     assert!(matches!(
-        status_file(&p).unwrap_err(),
+        status_file_verified(&p).unwrap_err(),
         SnapshotError::HashMismatch { .. }
     ));
     // Without the trailer check the structure passes but the status hash differs.

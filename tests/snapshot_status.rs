@@ -8,7 +8,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use etcd_lifeboat::snapshot::{status_file, verify_file, Db, Status};
+use etcd_lifeboat::snapshot::{status_file, status_file_verified, verify_file, Db, Status};
 
 /// What etcd's own tools say about `file`, as JSON. For 3.5 both `etcdutl` and the
 /// deprecated `etcdctl snapshot status` are asked and must agree.
@@ -50,6 +50,8 @@ fn assert_same_as_etcd(v: Version, file: &Path, what: &str) -> Status {
     // The structure check alone (trailer cut by size) gives the same values.
     let len = std::fs::metadata(file).unwrap().len();
     assert_eq!(verify_file(file, Some(len - 32)).unwrap(), ours);
+    let (verified, trailer) = status_file_verified(file).unwrap();
+    assert_eq!((verified, trailer.matches), (ours.clone(), Some(true)));
     ours
 }
 

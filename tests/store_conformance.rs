@@ -447,6 +447,7 @@ async fn s3_missing_bucket_is_named() {
         srv.endpoint
     );
     let e = store.check().await.unwrap_err();
+    eprintln!("missing bucket: {e}");
     assert!(e.to_string().contains(&want), "{e}");
     let e = store
         .put_bytes(&key("a/b"), Bytes::from_static(b"x"))
@@ -510,6 +511,7 @@ async fn s3_bad_credentials_are_named() {
             .unwrap(),
     );
     let msg = store.check().await.unwrap_err().to_string();
+    eprintln!("bad credentials, check: {msg}");
     assert!(
         msg.contains("HTTP 403") && msg.contains("check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
         "{msg}"
@@ -519,6 +521,7 @@ async fn s3_bad_credentials_are_named() {
         .await
         .unwrap_err()
         .to_string();
+    eprintln!("bad credentials, put: {msg}");
     assert!(
         msg.contains("rejected the credentials (InvalidAccessKeyId)")
             && msg.contains("check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
@@ -628,6 +631,7 @@ async fn local_unusable_directory_is_named() {
     if is_root() {
         cfg.local.path = "/sys/etcd-lifeboat-test/store".into();
         let msg = Store::from_config(&cfg).await.unwrap_err().to_string();
+        eprintln!("no permission: {msg}");
         assert!(
             msg.contains("cannot create store directory /sys/etcd-lifeboat-test/store")
                 && msg.contains("give this user write access"),
@@ -683,4 +687,24 @@ async fn local_temp_files_are_not_listed() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["x.db.zst"]);
+}
+
+/// Stores, uploads and their futures can move between threads (the backup pipeline spawns
+/// them).
+#[allow(dead_code)]
+fn types_are_send(store: Store) {
+    fn send<T: Send>(_: &T) {}
+    fn sync<T: Send + Sync>() {}
+    sync::<Store>();
+    sync::<StoreError>();
+    async fn uses(store: Store) {
+        let k = key("a");
+        let mut u = store.begin_upload(&k).await.unwrap();
+        u.write(b"x").await.unwrap();
+        u.finish().await.unwrap();
+        let _ = store.get_stream(&k).await;
+        let _ = catalog(&store).await;
+        let _ = find(&store, "latest").await;
+    }
+    send(&uses(store));
 }

@@ -1,1 +1,715 @@
-//! Placeholder: owned by the daemon helper.
+//! `etcd-lifeboat daemon`: scheduled backups, retention, metrics, health, leader election.
+//!
+//! # Tasks
+//! - **scheduler** ([`schedule`]): sleeps until the next cron slot, then (if leader) runs one
+//!   backup with retries, prunes with the retention policy and re-reads the store catalog. Runs
+//!   never overlap (one loop); missed slots coalesce into one run. At start, and whenever this
+//!   replica becomes leader, the last run is taken to be the newest backup in the store, so a
+//!   slot missed while down (or while another replica led and died) runs at once.
+//! - **catalog refresher**: every `--refresh-interval` reads the store catalog into the
+//!   `etcd_lifeboat_store_*` metrics and `/readyz`, so the backup age is visible whoever takes
+//!   the backups (a CronJob, another replica).
+//! - **HTTP** ([`http`]): `/metrics`, `/healthz`, `/readyz` on `http.listen`.
+//! - **election** ([`election`]) when `leader_election.enabled`.
+//!
+//! # Shutdown
+//! SIGTERM or SIGINT (or the `shutdown` token of [`run_with_shutdown`]): no new run starts; a
+//! running backup gets `--shutdown-grace` to finish, then is cancelled through its
+//! `CancellationToken` (the pipeline removes its uploads and writes no manifest) and awaited;
+//! then the leader resigns, the HTTP server stops, and `run` returns `Ok` (exit 0).
+//!
+//! # Timeouts
+//! Store listings and deletions are bounded by `etcd.request_timeout`-derived limits
+//! (`--store-timeout`), one backup attempt by `etcd.snapshot_timeout` plus `--upload-timeout`,
+//! the election's etcd calls by `etcd.request_timeout`.
+
+pub mod election;
+pub mod http;
+pub mod schedule;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{run_backup, BackupOptions};
+use crate::config::Config;
+use crate::metrics;
+use crate::store::manifest::{catalog, Manifest};
+use crate::store::Store;
+
+use self::http::{Health, SharedHealth};
+use self::schedule::{Due, Schedule};
+
+/// Flags of `etcd-lifeboat daemon`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// How often the store catalog is re-read for the store metrics and /readyz.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub refresh_interval: Duration,
+    /// On SIGTERM, how long a running backup may still take before it is cancelled.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    pub shutdown_grace: Duration,
+    /// Extra attempts of a failed backup inside one scheduled run.
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// Wait before the first retry; doubles on each further retry (at most 5m).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub retry_backoff: Duration,
+    /// Time allowed for one store listing or deletion.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub store_timeout: Duration,
+    /// Time allowed for one backup attempt beyond etcd.snapshot_timeout (compression, upload).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30m")]
+    pub upload_timeout: Duration,
+    /// Do not apply the retention policy after backups.
+    #[arg(long)]
+    pub no_prune: bool,
+}
+
+impl Default for DaemonArgs {
+    fn default() -> Self {
+        DaemonArgs {
+            refresh_interval: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
+            retries: 3,
+            retry_backoff: Duration::from_secs(5),
+            store_timeout: Duration::from_secs(60),
+            upload_timeout: Duration::from_secs(30 * 60),
+            no_prune: false,
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; `Ok(())` after a clean shutdown (exit 0).
+///
+/// Errors (exit 1): the HTTP address cannot be bound, the store cannot be built from the
+/// config, or the schedule is invalid (exit 2 via `ConfigError`).
+pub async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let sig = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        sig.cancel();
+    });
+    run_with_shutdown(args, cfg, shutdown, None).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install SIGTERM handler");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// As [`run`], stopped by `shutdown` instead of signals. `bound`, when given, receives the
+/// HTTP address actually bound (for `http.listen` with port 0).
+pub async fn run_with_shutdown(
+    args: DaemonArgs,
+    cfg: Config,
+    shutdown: CancellationToken,
+    bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> anyhow::Result<()> {
+    let sched = Schedule::new(&cfg.schedule.cron, cfg.schedule.timezone.as_deref())
+        .map_err(|m| crate::config::ConfigError::new("schedule.cron", m))?;
+    let store = Arc::new(
+        Store::from_config(&cfg.storage)
+            .await
+            .context("storage: cannot set up the store")?,
+    );
+    let cfg = Arc::new(cfg);
+    let health: SharedHealth = Arc::new(Mutex::new(Health::default()));
+    let http_stop = CancellationToken::new();
+    let (addr, http_task) = http::serve(
+        &cfg.http.listen,
+        health.clone(),
+        cfg.http.max_backup_age,
+        http_stop.clone(),
+    )
+    .await?;
+    if let Some(tx) = bound {
+        let _ = tx.send(addr);
+    }
+    tracing::info!(
+        listen = %addr,
+        store = %store.describe(),
+        schedule = %cfg.schedule.cron,
+        timezone = cfg.schedule.timezone.as_deref().unwrap_or("UTC"),
+        leader_election = cfg.leader_election.enabled,
+        "daemon started"
+    );
+
+    // Leadership.
+    let (leader_tx, leader_rx) = watch::channel(!cfg.leader_election.enabled);
+    let resign = CancellationToken::new();
+    let election_task = if cfg.leader_election.enabled {
+        metrics::metrics().is_leader.set(0);
+        Some(tokio::spawn(election::run(
+            (*cfg).clone(),
+            leader_tx,
+            resign.clone(),
+        )))
+    } else {
+        metrics::metrics().is_leader.set(1);
+        drop(leader_tx);
+        None
+    };
+    health.lock().expect("health").leader = *leader_rx.borrow();
+
+    // Catalog refresher.
+    let refresher = {
+        let (store, health, stop) = (store.clone(), health.clone(), shutdown.clone());
+        let (every, limit) = (args.refresh_interval, args.store_timeout);
+        tokio::spawn(async move {
+            loop {
+                refresh(&store, &health, limit).await;
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = sleep(every) => {}
+                }
+            }
+        })
+    };
+
+    let election = cfg.leader_election.enabled;
+    let d = Daemon {
+        args,
+        cfg,
+        store,
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+    };
+    schedule_loop(&d, &sched, &shutdown, leader_rx, election).await;
+
+    // Shutdown: the scheduler has finished or cancelled its backup; resign, stop the rest.
+    resign.cancel();
+    if let Some(t) = election_task {
+        let _ = timeout(Duration::from_secs(10), t).await;
+    }
+    refresher.abort();
+    http_stop.cancel();
+    let _ = timeout(Duration::from_secs(5), http_task).await;
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// Reads the catalog into the store metrics and the health state. Returns it on success.
+/// The store counts as reachable when [`Store::check`] (reachable and writable) and the
+/// catalog listing both succeed.
+async fn refresh(store: &Store, health: &SharedHealth, limit: Duration) -> Option<Vec<Manifest>> {
+    let r = timeout(limit, async {
+        store.check().await?;
+        catalog(store).await
+    })
+    .await;
+    let mut h = health.lock().expect("health");
+    match r {
+        Ok(Ok(list)) => {
+            metrics::refresh_store(&list);
+            h.store = Some(Ok(()));
+            h.backups = list.len();
+            h.newest = list
+                .iter()
+                .max_by_key(|m| m.finished_at)
+                .map(|m| (m.id.clone(), m.finished_at));
+            Some(list)
+        }
+        Ok(Err(e)) => {
+            metrics::record_store_refresh_error();
+            tracing::warn!(error = %e, "store check or catalog read failed");
+            h.store = Some(Err(e.to_string()));
+            None
+        }
+        Err(_) => {
+            metrics::record_store_refresh_error();
+            tracing::warn!(timeout = ?limit, "store catalog read timed out");
+            h.store = Some(Err(format!("catalog read timed out after {limit:?}")));
+            None
+        }
+    }
+}
+
+struct Daemon {
+    args: DaemonArgs,
+    cfg: Arc<Config>,
+    store: Arc<Store>,
+    health: SharedHealth,
+    shutdown: CancellationToken,
+}
+
+/// Latest wait in one sleep, so that wall-clock jumps (suspend, NTP steps) are noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+impl Daemon {
+    /// The newest backup's `finished_at` in the store, `None` when the store is empty; on a
+    /// read error, `now` (do not trigger a catch-up run on a store we cannot read).
+    async fn last_from_store(&self) -> Option<DateTime<Utc>> {
+        match refresh(&self.store, &self.health, self.args.store_timeout).await {
+            Some(list) => list.iter().map(|m| m.finished_at).max(),
+            None => Some(Utc::now()),
+        }
+    }
+
+    /// One scheduled run: backup with retries, then prune and catalog refresh on success.
+    async fn run_once(&self) {
+        let started = Instant::now();
+        let mut backoff = self.args.retry_backoff;
+        let mut attempt = 0u32;
+        let result = loop {
+            attempt += 1;
+            match self.backup_attempt().await {
+                Ok(m) => break Ok(m),
+                Err(Attempt::Cancelled(e)) => break Err(e),
+                Err(Attempt::Failed(e)) => {
+                    if attempt > self.args.retries || self.shutdown.is_cancelled() {
+                        break Err(e);
+                    }
+                    tracing::warn!(attempt, error = %e, retry_in = ?backoff, "backup failed; retrying");
+                    metrics::metrics().backup_retries.inc();
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break Err(e),
+                        _ = sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                }
+            }
+        };
+        let now = Utc::now();
+        match result {
+            Ok(m) => {
+                let took = started.elapsed();
+                metrics::record_backup_success(&m, took);
+                tracing::info!(id = %m.id, revision = m.revision, keys = m.total_key,
+                    raw_bytes = m.total_size, stored_bytes = m.stored_bytes, seconds = took.as_secs_f64(),
+                    "backup stored");
+                self.health.lock().expect("health").last_run = Some((now, Ok(m.id.clone())));
+                if !self.args.no_prune && !self.shutdown.is_cancelled() {
+                    self.prune().await;
+                }
+            }
+            Err(e) => {
+                metrics::record_backup_failure();
+                tracing::error!(error = %e, attempts = attempt, "backup run failed");
+                self.health.lock().expect("health").last_run = Some((now, Err(e)));
+            }
+        }
+        refresh(&self.store, &self.health, self.args.store_timeout).await;
+    }
+
+    async fn prune(&self) {
+        let r = timeout(
+            self.args.store_timeout * 4,
+            crate::store::retention::prune(&self.cfg, &self.store, false),
+        )
+        .await;
+        let m = metrics::metrics();
+        match r {
+            Ok(Ok(plan)) => {
+                m.prunes_total.with_label_values(&["success"]).inc();
+                m.prune_deleted
+                    .with_label_values(&["backup"])
+                    .inc_by(plan.removed().count() as u64);
+                m.prune_deleted
+                    .with_label_values(&["orphan"])
+                    .inc_by(plan.orphans_removed().count() as u64);
+                tracing::info!(
+                    kept = plan.kept().count(),
+                    removed = plan.removed().count(),
+                    orphans_removed = plan.orphans_removed().count(),
+                    "retention applied"
+                );
+            }
+            Ok(Err(e)) => {
+                m.prunes_total.with_label_values(&["failure"]).inc();
+                tracing::error!(error = %format!("{e:#}"), "retention failed");
+            }
+            Err(_) => {
+                m.prunes_total.with_label_values(&["failure"]).inc();
+                tracing::error!("retention timed out");
+            }
+        }
+    }
+
+    /// One backup attempt in its own task, bounded by the snapshot and upload timeouts, and
+    /// by shutdown: after `--shutdown-grace` the backup is cancelled and awaited (cleanup).
+    async fn backup_attempt(&self) -> Result<Manifest, Attempt> {
+        let g = &metrics::metrics().backup_in_progress;
+        g.set(1);
+        let r = self.backup_attempt_inner().await;
+        g.set(0);
+        r
+    }
+
+    async fn backup_attempt_inner(&self) -> Result<Manifest, Attempt> {
+        let cancel = CancellationToken::new();
+        let (cfg, store, c) = (self.cfg.clone(), self.store.clone(), cancel.clone());
+        let mut task = tokio::spawn(async move {
+            let opts = BackupOptions {
+                tag: None,
+                progress: false,
+                cancel: c,
+            };
+            run_backup(&cfg, &store, &opts)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        });
+        let limit = self.cfg.etcd.snapshot_timeout + self.args.upload_timeout;
+        let deadline = sleep(limit);
+        tokio::pin!(deadline);
+        let why = tokio::select! {
+            r = &mut task => return join(r).map_err(Attempt::Failed),
+            _ = &mut deadline => format!("backup attempt exceeded {limit:?}: cancelled"),
+            _ = self.shutdown.cancelled() => {
+                tracing::info!(grace = ?self.args.shutdown_grace, "shutdown: waiting for the running backup");
+                match timeout(self.args.shutdown_grace, &mut task).await {
+                    Ok(r) => return join(r).map_err(Attempt::Cancelled),
+                    Err(_) => "shutdown: backup cancelled after the grace period".to_string(),
+                }
+            }
+        };
+        tracing::warn!(reason = %why, "cancelling backup");
+        cancel.cancel();
+        // The pipeline cleans up (aborts uploads, no manifest); wait for it, bounded.
+        match timeout(Duration::from_secs(60), &mut task).await {
+            Ok(Ok(Ok(m))) => Ok(m), // finished just before noticing the cancellation
+            Ok(_) => Err(if self.shutdown.is_cancelled() {
+                Attempt::Cancelled(why)
+            } else {
+                Attempt::Failed(why)
+            }),
+            Err(_) => {
+                task.abort();
+                Err(Attempt::Cancelled(format!(
+                    "{why}; cleanup did not finish within 60s"
+                )))
+            }
+        }
+    }
+}
+
+impl Runner for Daemon {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+    async fn run(&self) {
+        self.run_once().await
+    }
+    async fn last_backup(&self) -> Option<DateTime<Utc>> {
+        self.last_from_store().await
+    }
+    fn set_next(&self, t: DateTime<Utc>) {
+        metrics::metrics().next_backup.set(t.timestamp() as f64);
+        self.health.lock().expect("health").next_run = Some(t);
+    }
+    fn set_leader(&self, leader: bool) {
+        self.health.lock().expect("health").leader = leader;
+    }
+}
+
+/// What [`schedule_loop`] drives: the daemon backs up; the unit tests count runs under
+/// tokio's paused clock.
+pub(crate) trait Runner {
+    /// Wall-clock now.
+    fn now(&self) -> DateTime<Utc>;
+    /// One scheduled run (backup, retries, prune); never called concurrently.
+    async fn run(&self);
+    /// When the newest backup in the store finished (`None`: store empty).
+    async fn last_backup(&self) -> Option<DateTime<Utc>>;
+    /// The next slot, for metrics and /readyz.
+    fn set_next(&self, t: DateTime<Utc>);
+    /// Leadership as the loop last saw it.
+    fn set_leader(&self, leader: bool);
+}
+
+/// The scheduler: one loop, so runs never overlap. Sleeps until the next slot (in chunks of at
+/// most [`MAX_SLEEP`], re-reading the wall clock), then runs if leader; slots missed while a
+/// run was going on, while down (`last` from the store) or before a takeover coalesce into
+/// one run. Returns when `shutdown` is cancelled (a run in progress handles shutdown itself).
+pub(crate) async fn schedule_loop<R: Runner>(
+    r: &R,
+    sched: &Schedule,
+    shutdown: &CancellationToken,
+    mut leader_rx: watch::Receiver<bool>,
+    election: bool,
+) {
+    let mut leader = *leader_rx.borrow_and_update();
+    r.set_leader(leader);
+    let mut last: Option<DateTime<Utc>> = if leader {
+        r.last_backup().await
+    } else {
+        Some(r.now())
+    };
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let now = r.now();
+        let due = sched.due(last, now);
+        let wait = match due {
+            Due::Now { slot, missed } => {
+                if missed > 1 {
+                    tracing::info!(missed, slot = %slot, "missed schedule slots: running once now");
+                }
+                Duration::ZERO
+            }
+            Due::At(t) => {
+                r.set_next(t);
+                (t - now).to_std().unwrap_or_default().min(MAX_SLEEP)
+            }
+            Due::Never => {
+                tracing::warn!("schedule has no future slot; idle");
+                MAX_SLEEP
+            }
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sleep(wait) => {}
+                res = leader_rx.changed(), if election => {
+                    if res.is_err() { return; }
+                    let now_leader = *leader_rx.borrow_and_update();
+                    r.set_leader(now_leader);
+                    if now_leader && !leader {
+                        // Took over: catch up on what the previous leader may have missed.
+                        last = r.last_backup().await;
+                    }
+                    leader = now_leader;
+                }
+            }
+            continue;
+        }
+        let Due::Now { slot, .. } = due else { continue };
+        leader = *leader_rx.borrow_and_update();
+        r.set_leader(leader);
+        if !leader {
+            tracing::debug!(slot = %slot, "not leader: skipping slot");
+            last = Some(slot.max(now));
+            continue;
+        }
+        r.run().await;
+        // The run stood for `slot`; slots that passed during it coalesce into one run.
+        last = Some(slot);
+    }
+}
+
+enum Attempt {
+    /// Retry-worthy failure.
+    Failed(String),
+    /// Stopped by shutdown; no retry.
+    Cancelled(String),
+}
+
+fn join(r: Result<Result<Manifest, String>, tokio::task::JoinError>) -> Result<Manifest, String> {
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(format!("backup task failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scheduler loop under tokio's paused clock: `sleep` advances virtual time, and the
+    //! runner's wall clock is derived from it.
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Fake {
+        wall0: DateTime<Utc>,
+        t0: tokio::time::Instant,
+        run_for: Duration,
+        runs: Mutex<Vec<DateTime<Utc>>>,
+        running: AtomicUsize,
+        max_running: AtomicUsize,
+        last_backup: Mutex<Option<DateTime<Utc>>>,
+    }
+
+    impl Fake {
+        fn new(wall0: &str, run_for: Duration, last_backup: Option<&str>) -> Fake {
+            Fake {
+                wall0: t(wall0),
+                t0: tokio::time::Instant::now(),
+                run_for,
+                runs: Mutex::new(Vec::new()),
+                running: AtomicUsize::new(0),
+                max_running: AtomicUsize::new(0),
+                last_backup: Mutex::new(last_backup.map(t)),
+            }
+        }
+        fn runs(&self) -> Vec<String> {
+            self.runs
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|d| d.format("%H:%M:%S").to_string())
+                .collect()
+        }
+    }
+
+    impl Runner for Fake {
+        fn now(&self) -> DateTime<Utc> {
+            self.wall0 + chrono::Duration::from_std(self.t0.elapsed()).unwrap()
+        }
+        async fn run(&self) {
+            let n = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(n, Ordering::SeqCst);
+            self.runs.lock().unwrap().push(self.now());
+            sleep(self.run_for).await;
+            *self.last_backup.lock().unwrap() = Some(self.now());
+            self.running.fetch_sub(1, Ordering::SeqCst);
+        }
+        async fn last_backup(&self) -> Option<DateTime<Utc>> {
+            *self.last_backup.lock().unwrap()
+        }
+        fn set_next(&self, _t: DateTime<Utc>) {}
+        fn set_leader(&self, _l: bool) {}
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// Runs the loop for `span` of virtual time, then shuts it down.
+    async fn drive(
+        f: &Fake,
+        cron: &str,
+        span: Duration,
+        leader: watch::Receiver<bool>,
+        election: bool,
+    ) {
+        let sched = Schedule::new(cron, None).unwrap();
+        let stop = CancellationToken::new();
+        let s2 = stop.clone();
+        tokio::spawn(async move {
+            sleep(span).await;
+            s2.cancel();
+        });
+        schedule_loop(f, &sched, &stop, leader, election).await;
+    }
+
+    fn always_leader() -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_on_each_slot() {
+        let f = Fake::new(
+            "2026-11-23T10:00:01Z",
+            Duration::from_secs(1),
+            Some("2026-11-23T10:00:00Z"),
+        );
+        drive(
+            &f,
+            "*/10 * * * * *",
+            Duration::from_secs(35),
+            always_leader(),
+            false,
+        )
+        .await;
+        assert_eq!(f.runs(), ["10:00:10", "10:00:20", "10:00:30"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_run_never_overlaps_and_catches_up_once() {
+        // A 25 s run on a 10 s schedule: the slots at :20 and :30 pass during the run of :10;
+        // one catch-up run follows at once (for :30), not two.
+        let f = Fake::new(
+            "2026-11-23T10:00:01Z",
+            Duration::from_secs(25),
+            Some("2026-11-23T10:00:00Z"),
+        );
+        drive(
+            &f,
+            "*/10 * * * * *",
+            Duration::from_secs(64),
+            always_leader(),
+            false,
+        )
+        .await;
+        assert_eq!(f.runs(), ["10:00:10", "10:00:35", "10:01:00"]);
+        assert_eq!(f.max_running.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn down_for_a_day_runs_once_at_start() {
+        let f = Fake::new(
+            "2026-11-23T10:20:00Z",
+            Duration::from_secs(60),
+            Some("2026-11-22T09:00:00Z"),
+        );
+        drive(
+            &f,
+            "0 * * * *",
+            Duration::from_secs(3600),
+            always_leader(),
+            false,
+        )
+        .await;
+        assert_eq!(f.runs(), ["10:20:00", "11:00:00"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_store_runs_at_start_then_on_schedule() {
+        let f = Fake::new("2026-11-23T10:20:00Z", Duration::from_secs(1), None);
+        drive(
+            &f,
+            "*/30 * * * *",
+            Duration::from_secs(1800),
+            always_leader(),
+            false,
+        )
+        .await;
+        assert_eq!(f.runs(), ["10:20:00", "10:30:00"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn follower_skips_slots_and_catches_up_on_takeover() {
+        // Follower from 10:00:01; the leader's last backup was at 10:00:00; it dies and this
+        // replica takes over at 10:00:25, after the :10 and :20 slots went by unserved.
+        let f = Fake::new(
+            "2026-11-23T10:00:01Z",
+            Duration::from_secs(1),
+            Some("2026-11-23T10:00:00Z"),
+        );
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            sleep(Duration::from_secs(24)).await;
+            tx.send(true).unwrap();
+            sleep(Duration::from_secs(3600)).await;
+        });
+        drive(&f, "*/10 * * * * *", Duration::from_secs(36), rx, true).await;
+        assert_eq!(f.runs(), ["10:00:25", "10:00:30"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_while_waiting_returns_at_once() {
+        let f = Fake::new(
+            "2026-11-23T10:00:01Z",
+            Duration::from_secs(1),
+            Some("2026-11-23T10:00:00Z"),
+        );
+        let started = tokio::time::Instant::now();
+        drive(
+            &f,
+            "0 0 * * *",
+            Duration::from_secs(5),
+            always_leader(),
+            false,
+        )
+        .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(f.runs().is_empty());
+    }
+}

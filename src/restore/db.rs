@@ -33,7 +33,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::snapshot::writer::{self, BucketEdit};
-use crate::snapshot::{Db, SnapshotError};
+use crate::snapshot::{
+    check_sha256_trailer, check_trailer_info, has_trailer, verify_file, Db, SnapshotError, Status,
+    TrailerInfo,
+};
 
 /// A member of the restored cluster, as etcd's membership stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,13 +110,102 @@ pub fn rewrite_db(
     term: u64,
 ) -> Result<(), SnapshotError> {
     let size = Db::open(src, Some(db_len))?.size();
-    copy_prefix(src, dst, size)?;
+    let to = create_dst(dst)?;
+    copy_prefix(src, to, dst, size)?;
     writer::apply(
         dst,
         Some(size),
         &membership_edits(members, consistent_index, term),
     )?;
     Ok(())
+}
+
+/// What [`verify_copy_rewrite`] checked and wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredDb {
+    /// Status of the source snapshot (before the membership rewrite).
+    pub source: Status,
+    /// The trailer check (`None` with `skip_hash_check`).
+    pub trailer: Option<TrailerInfo>,
+    /// Bytes of the db (the source without its trailer).
+    pub db_len: u64,
+    /// Status of the rewritten db.
+    pub rewritten: Status,
+}
+
+/// The whole db part of `etcdutl snapshot restore`, overlapped on three threads: the sha256
+/// trailer check (skipped with `skip_hash_check`), the full bbolt check + status of `src`,
+/// and the kernel-side copy to `dst`; when all three succeed, the copy-on-write rewrite of
+/// [`rewrite_db`], then a check of the result. Trailer rules as etcdutl's `copyAndVerifyDB`:
+/// a trailer is present when `size % 512 == 32` and always cut; without one, and without
+/// `skip_hash_check`, the file is refused (it is not an `etcdctl snapshot save` file).
+///
+/// Errors: HashMismatch, MissingHash, Io, NotBbolt, Truncated, Corrupt, Rewrite. On error
+/// `dst` is removed.
+pub fn verify_copy_rewrite(
+    src: &Path,
+    dst: &Path,
+    skip_hash_check: bool,
+    members: &[RestoreMember],
+    consistent_index: u64,
+    term: u64,
+) -> Result<RestoredDb, SnapshotError> {
+    let file_len = std::fs::metadata(src)
+        .map_err(|source| SnapshotError::Io {
+            path: src.to_path_buf(),
+            source,
+        })?
+        .len();
+    let has = has_trailer(file_len);
+    if !has && !skip_hash_check {
+        return Err(SnapshotError::MissingHash {
+            path: src.to_path_buf(),
+        });
+    }
+    let db_len = if has { file_len - 32 } else { file_len };
+    let size = Db::open(src, Some(db_len))?.size();
+    let to = create_dst(dst)?; // from here on, dst is ours to remove on error
+    let res = std::thread::scope(|s| {
+        let sha = (!skip_hash_check).then(|| s.spawn(|| check_sha256_trailer(src)));
+        let copy = s.spawn(|| copy_prefix(src, to, dst, size));
+        let status = verify_file(src, Some(db_len));
+        let panicked = |what: &str| SnapshotError::Io {
+            path: src.to_path_buf(),
+            source: std::io::Error::other(format!("{what} thread panicked")),
+        };
+        let trailer = sha.map(|h| h.join().unwrap_or_else(|_| Err(panicked("sha256"))));
+        let copied = copy.join().unwrap_or_else(|_| Err(panicked("copy")));
+        (trailer, status, copied)
+    });
+    let result = (|| {
+        let (trailer, status, copied) = res;
+        let trailer = match trailer {
+            Some(t) => {
+                let t = t?;
+                check_trailer_info(src, &t)?;
+                Some(t)
+            }
+            None => None,
+        };
+        let source = status?;
+        copied?;
+        writer::apply(
+            dst,
+            Some(size),
+            &membership_edits(members, consistent_index, term),
+        )?;
+        let rewritten = verify_file(dst, None)?;
+        Ok(RestoredDb {
+            source,
+            trailer,
+            db_len,
+            rewritten,
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(dst);
+    }
+    result
 }
 
 /// The bucket edits of a 3.5 restore (see the module doc).
@@ -144,22 +236,37 @@ pub fn membership_edits(
     edits
 }
 
-/// Copies the first `len` bytes of `src` into a new file `dst` (0600), kernel side.
-fn copy_prefix(src: &Path, dst: &Path, len: u64) -> Result<(), SnapshotError> {
-    fn io(p: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
-        move |source| SnapshotError::Io {
-            path: p.to_path_buf(),
-            source,
-        }
-    }
-    let from = std::fs::File::open(src).map_err(io(src))?;
-    let mut to = OpenOptions::new()
+/// Creates `dst` (0600); it must not exist.
+fn create_dst(dst: &Path) -> Result<std::fs::File, SnapshotError> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(dst)
-        .map_err(io(dst))?;
-    let copied = std::io::copy(&mut std::io::Read::take(from, len), &mut to).map_err(io(dst))?;
+        .map_err(|source| SnapshotError::Io {
+            path: dst.to_path_buf(),
+            source,
+        })
+}
+
+/// Copies the first `len` bytes of `src` into `to` (the new file `dst`), kernel side
+/// (`copy_file_range` through `std::io::copy`), and fsyncs it.
+fn copy_prefix(
+    src: &Path,
+    mut to: std::fs::File,
+    dst: &Path,
+    len: u64,
+) -> Result<(), SnapshotError> {
+    let from = std::fs::File::open(src).map_err(|source| SnapshotError::Io {
+        path: src.to_path_buf(),
+        source,
+    })?;
+    let copied = std::io::copy(&mut std::io::Read::take(from, len), &mut to).map_err(|source| {
+        SnapshotError::Io {
+            path: dst.to_path_buf(),
+            source,
+        }
+    })?;
     if copied != len {
         return Err(SnapshotError::Truncated {
             path: src.to_path_buf(),
@@ -167,7 +274,15 @@ fn copy_prefix(src: &Path, dst: &Path, len: u64) -> Result<(), SnapshotError> {
             actual: copied,
         });
     }
-    to.flush().map_err(io(dst))?;
+    // Flush the copied pages now: in `verify_copy_rewrite` this overlaps the disk writes with
+    // the sha256 and the check still running on the other threads, and leaves the commit's
+    // own fsyncs only a few pages.
+    to.flush()
+        .and_then(|()| to.sync_data())
+        .map_err(|source| SnapshotError::Io {
+            path: dst.to_path_buf(),
+            source,
+        })?;
     Ok(())
 }
 

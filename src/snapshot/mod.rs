@@ -5,8 +5,18 @@
 //! - [`trailer`]: the sha256 trailer of a snapshot stream ([`TrailerHasher`]).
 //! - [`writer`]: copy-on-write update of root-level buckets (used by the restore rewrite).
 //!
+//! Entry points: [`status_file`] (`etcdctl snapshot status`), [`status_file_verified`] (the
+//! same plus the sha256 trailer), [`verify_file`] (check + status of the first `db_len`
+//! bytes), [`TrailerHasher`] (streaming trailer detection), [`check_sha256_trailer`];
+//! `crate::restore::db` builds the restore rewrite on [`writer`].
+//!
 //! Everything here is `#![forbid(unsafe_code)]` (crate-wide): pages are read with `pread`
 //! into per-level buffers, so memory stays bounded (a few MiB) whatever the db size.
+//!
+//! Compatibility notes: etcd opens bbolt with `NoFreelistSync`, so snapshots carry no
+//! freelist (meta freelist = `PGID_NO_FREELIST`); free pages are then the unreachable ones,
+//! as in bbolt. `status` values follow etcd 3.4/3.5 (3.6 counts `totalKey` differently: live
+//! keys only; its `version` comes from `meta/storageVersion`, which we report when present).
 //!
 //! Sources: go.etcd.io/bbolt (page.go, db.go, bucket.go, node.go, freelist, tx_check.go);
 //! etcd release-3.4 `clientv3/snapshot/v3_snapshot.go` and release-3.5
@@ -56,6 +66,12 @@ pub enum SnapshotError {
         expected: String,
         actual: String,
     },
+    /// No sha256 trailer where one is required (restore without `--skip-hash-check`).
+    #[error(
+        "{}: snapshot has no sha256 trailer (its size is not 32 bytes past a multiple of 512), so its integrity cannot be checked; if it is a db copied out of a data dir (member/snap/db), pass --skip-hash-check",
+        path.display()
+    )]
+    MissingHash { path: PathBuf },
     /// A structural error in a page (bbolt `tx.Check` would report it, or worse, crash).
     #[error("bbolt page {page}: {reason}; the snapshot is corrupt, take a new one")]
     Corrupt { page: u64, reason: String },
@@ -174,11 +190,11 @@ pub fn verify_file(path: &Path, db_len: Option<u64>) -> Result<Status, SnapshotE
 }
 
 /// `etcdctl snapshot status FILE`, natively: when the size says there is a sha256 trailer
-/// (`size % 512 == 32`) it is checked (in a second thread, overlapping the walk) and cut off;
-/// then the bbolt structure is checked and the status computed.
+/// (`size % 512 == 32`) it is cut off (not hashed: etcdctl/etcdutl do not check it either,
+/// and hashing costs more than the whole walk; see [`status_file_verified`]); then the bbolt
+/// structure is checked and the status computed.
 ///
-/// Errors: Io, NotBbolt, Truncated, Corrupt, HashMismatch (etcdctl itself ignores the
-/// trailer; a mismatch means the file is damaged, so it is refused here).
+/// Errors: Io, NotBbolt, Truncated, Corrupt.
 pub fn status_file(path: &Path) -> Result<Status, SnapshotError> {
     let len = std::fs::metadata(path)
         .map_err(|source| SnapshotError::Io {
@@ -186,13 +202,25 @@ pub fn status_file(path: &Path) -> Result<Status, SnapshotError> {
             source,
         })?
         .len();
-    if !has_trailer(len) {
-        return verify_file(path, None);
-    }
-    let db_len = len - trailer::TRAILER_LEN;
+    verify_file(path, has_trailer(len).then(|| len - trailer::TRAILER_LEN))
+}
+
+/// [`status_file`] plus the sha256 trailer check (hashed in a second thread, overlapping the
+/// walk): what `verify` and `restore` need before trusting a file.
+///
+/// Errors: Io, NotBbolt, Truncated, Corrupt, and HashMismatch when the trailer does not match
+/// (reported first: a file whose bytes changed is refused whatever its structure says).
+pub fn status_file_verified(path: &Path) -> Result<(Status, TrailerInfo), SnapshotError> {
+    let len = std::fs::metadata(path)
+        .map_err(|source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    let db_len = has_trailer(len).then(|| len - trailer::TRAILER_LEN);
     let (status, trailer) = std::thread::scope(|s| {
         let t = s.spawn(|| check_sha256_trailer(path));
-        let status = verify_file(path, Some(db_len));
+        let status = verify_file(path, db_len);
         let trailer = t.join().unwrap_or_else(|_| {
             Err(SnapshotError::Io {
                 path: path.to_path_buf(),
@@ -203,7 +231,7 @@ pub fn status_file(path: &Path) -> Result<Status, SnapshotError> {
     });
     let info = trailer?;
     check_trailer_info(path, &info)?;
-    status
+    Ok((status?, info))
 }
 
 /// Turns a trailer mismatch into [`SnapshotError::HashMismatch`].

@@ -227,9 +227,22 @@ impl Db {
         &self.path
     }
 
-    /// Reads page `id` with its overflow pages into `buf` (resized) and returns its header.
-    /// Checks: id below the high water mark, header id equal to `id`, span inside the db.
+    /// Reads page `id` with its overflow pages into `buf` (resized to the span) and returns
+    /// its header. Checks: id below the high water mark, header id equal to `id`, span inside
+    /// the db and at most [`MAX_SPAN_BYTES`].
     pub fn read_page(&self, id: u64, buf: &mut Vec<u8>) -> Result<PageHeader, SnapshotError> {
+        let (hdr, n) = self.read_page_into(id, buf)?;
+        buf.truncate(n);
+        Ok(hdr)
+    }
+
+    /// Like [`Db::read_page`] but never shrinks `buf` (no re-zeroing when reused): the page
+    /// is `buf[..n]`.
+    fn read_page_into(
+        &self,
+        id: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(PageHeader, usize), SnapshotError> {
         let hwm = self.meta.pgid;
         if id >= hwm {
             return Err(corrupt(
@@ -238,9 +251,11 @@ impl Db {
             ));
         }
         let ps = u64::from(self.page_size);
-        buf.resize(ps as usize, 0);
+        if (buf.len() as u64) < ps {
+            buf.resize(ps as usize, 0);
+        }
         self.file
-            .read_exact_at(buf, id * ps)
+            .read_exact_at(&mut buf[..ps as usize], id * ps)
             .map_err(|e| io_err(&self.path, e))?;
         let hdr = PageHeader::parse(buf, id)?;
         if hdr.id != id {
@@ -265,13 +280,16 @@ impl Db {
                 format!("overflow {} spans more than 64 MiB", hdr.overflow),
             ));
         }
+        let n = (span * ps) as usize;
         if span > 1 {
-            buf.resize((span * ps) as usize, 0);
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
             self.file
-                .read_exact_at(&mut buf[ps as usize..], (id + 1) * ps)
+                .read_exact_at(&mut buf[ps as usize..n], (id + 1) * ps)
                 .map_err(|e| io_err(&self.path, e))?;
         }
-        Ok(hdr)
+        Ok((hdr, n))
     }
 
     /// The ids listed in the freelist page (empty when the freelist is not synced).
@@ -313,27 +331,18 @@ impl Db {
 
     fn walk_sets(&self) -> Result<(Status, PageSet, PageSet), SnapshotError> {
         let hwm = self.meta.pgid;
-        let mut w = Walker {
-            db: self,
-            reachable: PageSet::new(hwm),
-            freed: PageSet::new(hwm),
-            hash: 0,
-            total_key: 0,
-            revision: 0,
-            version: None,
-            pool: Vec::new(),
-            depth: 0,
-        };
+        let mut reachable = PageSet::new(hwm);
+        let mut freed = PageSet::new(hwm);
         // Freelist: ids below the high water mark, not the meta pages, not freed twice.
         let no_freelist = self.meta.freelist == PGID_NO_FREELIST;
-        w.reachable.set(0);
-        w.reachable.set(1);
+        reachable.set(0);
+        reachable.set(1);
         if !no_freelist {
             let mut buf = Vec::new();
             let fl = self.meta.freelist;
             let hdr = self.read_page(fl, &mut buf)?;
             for id in fl..=fl + u64::from(hdr.overflow) {
-                if w.reachable.set(id) {
+                if reachable.set(id) {
                     return Err(corrupt(id, "freelist page overlaps a meta page"));
                 }
             }
@@ -344,7 +353,7 @@ impl Db {
                         format!("freelist lists page {id}, outside [2, high water mark {hwm})"),
                     ));
                 }
-                if w.freed.set(id) {
+                if freed.set(id) {
                     return Err(corrupt(
                         id,
                         "page freed twice (listed twice in the freelist)",
@@ -352,10 +361,16 @@ impl Db {
                 }
             }
         }
+        let mut w = Walker::new(
+            self,
+            &freed,
+            reachable,
+            std::thread::available_parallelism().map_or(1, |n| n.get()) > 1,
+        );
         w.visit_page(self.meta.root, None, None, Ctx::Root)?;
         if !no_freelist {
             for id in 0..hwm {
-                if !w.reachable.get(id) && !w.freed.get(id) {
+                if !w.reachable.get(id) && !freed.get(id) {
                     return Err(corrupt(
                         id,
                         "unreachable unfreed (neither in a bucket nor in the freelist)",
@@ -370,7 +385,7 @@ impl Db {
             total_size: self.size(),
             version: w.version,
         };
-        Ok((status, w.reachable, w.freed))
+        Ok((status, w.reachable, freed))
     }
 
     /// Entries of a bucket tree (its own leaves, nested buckets not descended) and the ids of
@@ -484,16 +499,26 @@ enum TopKind {
     Other,
 }
 
+/// The check + status walk over one part of the tree. The main walker may hand the second
+/// half of a big bucket's root branch to a second walker on another thread (2 cores halve
+/// the page copying); partial results are merged in key order: crc32c combined
+/// (`crc32c_combine`), reachable sets checked for overlap and OR-ed, counts added.
 struct Walker<'a> {
     db: &'a Db,
     reachable: PageSet,
-    freed: PageSet,
+    freed: &'a PageSet,
     hash: u32,
+    /// Bytes fed into `hash` (needed to combine partial crcs).
+    hash_len: u64,
     total_key: u64,
     revision: i64,
+    /// Whether `revision` was set by a key of bucket `key` (for merging).
+    rev_set: bool,
     version: Option<String>,
     pool: Vec<Vec<u8>>,
     depth: usize,
+    /// May split work onto a second thread (main walker only, one split at a time).
+    can_split: bool,
 }
 
 fn key_hex(k: &[u8]) -> String {
@@ -505,7 +530,118 @@ fn key_hex(k: &[u8]) -> String {
     }
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
+    fn new(db: &'a Db, freed: &'a PageSet, reachable: PageSet, can_split: bool) -> Walker<'a> {
+        Walker {
+            db,
+            reachable,
+            freed,
+            hash: 0,
+            hash_len: 0,
+            total_key: 0,
+            revision: 0,
+            rev_set: false,
+            version: None,
+            pool: Vec::new(),
+            depth: 0,
+            can_split,
+        }
+    }
+
+    #[inline]
+    fn hash(&mut self, data: &[u8]) {
+        self.hash = crc32c::crc32c_append(self.hash, data);
+        self.hash_len += data.len() as u64;
+    }
+
+    /// A branch page of a top-level bucket with `n >= 2` children: the first half here, the
+    /// second half on a scoped thread, then merged (same result and checks as sequential).
+    #[allow(clippy::too_many_arguments)]
+    fn visit_branch_split(
+        &mut self,
+        buf: &[u8],
+        id: u64,
+        n: usize,
+        min: Option<&[u8]>,
+        max: Option<&[u8]>,
+        ctx: Ctx,
+    ) -> Result<Option<Vec<u8>>, SnapshotError> {
+        let elems = (0..n)
+            .map(|i| page::branch_elem(buf, i, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mid = n / 2;
+        let mut right = Walker::new(self.db, self.freed, PageSet::new(self.db.meta.pgid), false);
+        right.depth = self.depth;
+        self.can_split = false;
+        let elems = &elems;
+        let (left, right) = std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                let r = right.visit_children(id, elems, mid, n, None, max, ctx);
+                (r, right)
+            });
+            let left = self.visit_children(id, elems, 0, mid, min, max, ctx);
+            (left, h.join())
+        });
+        self.can_split = true;
+        let left_last = left?;
+        let (right_res, right) = right.map_err(|_| corrupt(id, "walker thread panicked"))?;
+        // Pages both halves reached: what the sequential walk would have reported first.
+        for (i, (a, b)) in self
+            .reachable
+            .0
+            .iter_mut()
+            .zip(&right.reachable.0)
+            .enumerate()
+        {
+            if *a & *b != 0 {
+                let p = i as u64 * 64 + u64::from((*a & *b).trailing_zeros());
+                return Err(corrupt(p, "multiple references (page reachable twice)"));
+            }
+            *a |= *b;
+        }
+        let right_last = right_res?;
+        // The check the sequential loop makes at the seam.
+        verify_key_order(id, "branch", mid, elems[mid].key, left_last.as_deref(), max)?;
+        self.hash = crc32c::crc32c_combine(self.hash, right.hash, right.hash_len as usize);
+        self.hash_len += right.hash_len;
+        self.total_key += right.total_key;
+        if right.rev_set {
+            (self.revision, self.rev_set) = (right.revision, true);
+        }
+        if right.version.is_some() {
+            self.version = right.version;
+        }
+        Ok(right_last)
+    }
+
+    /// Children `from..to` of a branch page, in order (bbolt's key-order rules).
+    #[allow(clippy::too_many_arguments)]
+    fn visit_children(
+        &mut self,
+        id: u64,
+        elems: &[BranchElem<'_>],
+        from: usize,
+        to: usize,
+        min: Option<&[u8]>,
+        max: Option<&[u8]>,
+        ctx: Ctx,
+    ) -> Result<Option<Vec<u8>>, SnapshotError> {
+        let mut running_min: Option<Vec<u8>> = min.map(<[u8]>::to_vec);
+        let mut last = None;
+        for i in from..to {
+            let BranchElem { key, pgid } = elems[i];
+            verify_key_order(id, "branch", i - from, key, running_min.as_deref(), max)?;
+            let child_max = if i + 1 < elems.len() {
+                Some(elems[i + 1].key)
+            } else {
+                max
+            };
+            let sub = self.visit_page(pgid, Some(key), child_max, ctx)?;
+            running_min = sub.clone();
+            last = sub;
+        }
+        Ok(last)
+    }
     /// Visits page `id` of a bucket tree; returns the largest key in its subtree.
     /// `min`: closed lower bound for the first key, `max`: open upper bound for all keys.
     fn visit_page(
@@ -537,7 +673,8 @@ impl Walker<'_> {
         ctx: Ctx,
         buf: &mut Vec<u8>,
     ) -> Result<Option<Vec<u8>>, SnapshotError> {
-        let hdr = self.db.read_page(id, buf)?;
+        let (hdr, n) = self.db.read_page_into(id, buf)?;
+        let buf = &buf[..n];
         for p in id..=id + u64::from(hdr.overflow) {
             if self.reachable.set(p) {
                 return Err(corrupt(p, "multiple references (page reachable twice)"));
@@ -556,21 +693,13 @@ impl Walker<'_> {
                 if n == 0 {
                     return Err(corrupt(id, "empty branch page"));
                 }
-                let mut running_min: Option<Vec<u8>> = min.map(<[u8]>::to_vec);
-                let mut last = None;
-                for i in 0..n {
-                    let BranchElem { key, pgid } = page::branch_elem(buf, i, id)?;
-                    verify_key_order(id, "branch", i, key, running_min.as_deref(), max)?;
-                    let child_max = if i + 1 < n {
-                        Some(page::branch_elem(buf, i + 1, id)?.key)
-                    } else {
-                        max
-                    };
-                    let sub = self.visit_page(pgid, Some(key), child_max, ctx)?;
-                    running_min = sub.clone();
-                    last = sub;
+                if n >= 2 && self.can_split && matches!(ctx, Ctx::Top(_)) {
+                    return self.visit_branch_split(buf, id, n, min, max, ctx);
                 }
-                Ok(last)
+                let elems = (0..n)
+                    .map(|i| page::branch_elem(buf, i, id))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.visit_children(id, &elems, 0, n, min, max, ctx)
             }
             LEAF_PAGE_FLAG => self.visit_leaf(buf, id, min, max, ctx),
             _ => Err(corrupt(
@@ -616,7 +745,7 @@ impl Walker<'_> {
                         ),
                     ));
                 }
-                self.hash = crc32c::crc32c_append(self.hash, e.key);
+                self.hash(e.key);
                 let kind = match e.key {
                     b"key" => TopKind::Key,
                     b"meta" => TopKind::Meta,
@@ -626,12 +755,12 @@ impl Walker<'_> {
             }
             Ctx::Top(kind) => {
                 self.total_key += 1;
-                self.hash = crc32c::crc32c_append(self.hash, e.key);
+                self.hash(e.key);
                 if e.is_bucket() {
                     // bbolt ForEach yields a nil value for a nested bucket.
                     return self.visit_bucket(id, e.key, e.value, Ctx::Nested(2));
                 }
-                self.hash = crc32c::crc32c_append(self.hash, e.value);
+                self.hash(e.value);
                 match kind {
                     TopKind::Key => {
                         let main = e.key.get(..8).ok_or_else(|| {
@@ -644,6 +773,7 @@ impl Walker<'_> {
                             )
                         })?;
                         self.revision = i64::from_be_bytes(main.try_into().unwrap_or([0; 8]));
+                        self.rev_set = true;
                     }
                     TopKind::Meta if e.key == b"storageVersion" => {
                         self.version = Some(String::from_utf8_lossy(e.value).trim().to_string());

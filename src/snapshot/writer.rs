@@ -341,6 +341,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     fn entries(n: usize, vlen: usize) -> Vec<Entry> {
         (0..n)
@@ -389,6 +390,167 @@ mod tests {
         };
         let root = write_tree(&[], &mut a);
         assert_eq!((root, a.pages.len()), (2, 1));
+    }
+
+    /// (bucket name, entries, entries of a nested bucket "nested")
+    type SynBucket = (Vec<u8>, Vec<Entry>, Option<Vec<Entry>>);
+
+    /// Builds a bbolt file from scratch: root buckets with inline, multi-level and nested
+    /// buckets (nothing etcd writes, but bbolt allows), no freelist.
+    fn build_db(path: &Path, root: &[SynBucket]) -> Meta {
+        let ps = 4096;
+        let mut a = Alloc {
+            ps,
+            next: 2,
+            pages: Vec::new(),
+        };
+        let mut root_entries = Vec::new();
+        for (name, entries, nested) in root {
+            let mut es = entries.clone();
+            if let Some(n) = nested {
+                let v = bucket_value(n, 7, &mut a);
+                es.push(Entry {
+                    flags: BUCKET_LEAF_FLAG,
+                    key: b"nested".to_vec(),
+                    value: v,
+                });
+                es.sort_by(|x, y| x.key.cmp(&y.key));
+            }
+            let value = bucket_value(&es, 0, &mut a);
+            root_entries.push(Entry {
+                flags: BUCKET_LEAF_FLAG,
+                key: name.clone(),
+                value,
+            });
+        }
+        let root_pg = write_tree(&root_entries, &mut a);
+        let f = std::fs::File::create(path).unwrap();
+        for (id, b) in &a.pages {
+            f.write_all_at(b, id * ps as u64).unwrap();
+        }
+        let mut m = Meta {
+            magic: page::MAGIC,
+            version: page::VERSION,
+            page_size: ps as u32,
+            flags: 0,
+            root: root_pg,
+            sequence: 0,
+            freelist: PGID_NO_FREELIST,
+            pgid: a.next,
+            txid: 2,
+            checksum: 0,
+        };
+        for slot in [0u64, 1] {
+            m.txid = 2 - slot;
+            m.checksum = m.sum64();
+            let mut buf = vec![0u8; ps];
+            PageHeader {
+                id: slot,
+                flags: META_PAGE_FLAG,
+                count: 0,
+                overflow: 0,
+            }
+            .write(&mut buf);
+            buf[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + 64].copy_from_slice(&m.encode());
+            f.write_all_at(&buf, slot * ps as u64).unwrap();
+        }
+        f.set_len(a.next * ps as u64).unwrap();
+        m
+    }
+
+    #[test]
+    fn synthetic_db_with_nested_buckets_checks_and_hashes_like_etcd() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("syn.db");
+        let small = vec![Entry {
+            flags: 0,
+            key: b"x".to_vec(),
+            value: b"1".to_vec(),
+        }];
+        let many = entries(3000, 30);
+        let inner = entries(400, 10);
+        let c = vec![Entry {
+            flags: 0,
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        }];
+        build_db(
+            &p,
+            &[
+                (b"a".to_vec(), small, None),
+                (b"b".to_vec(), many.clone(), None),
+                (b"c".to_vec(), c, Some(inner)),
+            ],
+        );
+        let db = Db::open(&p, None).unwrap();
+        assert_eq!(db.meta_page(), 0);
+        let s = db.check_and_status().unwrap();
+        // etcd: name, then k, v per entry; a nested bucket contributes its key only.
+        let mut h = crc32c::crc32c(b"a");
+        for x in [&b"x"[..], b"1", b"b"] {
+            h = crc32c::crc32c_append(h, x);
+        }
+        for e in &many {
+            h = crc32c::crc32c_append(h, &e.key);
+            h = crc32c::crc32c_append(h, &e.value);
+        }
+        for x in [&b"c"[..], b"k", b"v", b"nested"] {
+            h = crc32c::crc32c_append(h, x);
+        }
+        assert_eq!((s.hash, s.total_key, s.revision), (h, 1 + 3000 + 2, 0));
+        assert_eq!(db.free_pages().unwrap(), Vec::<u64>::new());
+        drop(db);
+
+        // A transaction on top: delete the nested-bucket holder, replace b, put into a.
+        let mut edits = BTreeMap::new();
+        edits.insert(b"c".to_vec(), BucketEdit::Delete);
+        edits.insert(
+            b"b".to_vec(),
+            BucketEdit::Replace(vec![(b"only".to_vec(), b"one".to_vec())]),
+        );
+        edits.insert(
+            b"a".to_vec(),
+            BucketEdit::Put(vec![(b"y".to_vec(), b"2".to_vec())]),
+        );
+        edits.insert(b"new".to_vec(), BucketEdit::Put(vec![]));
+        let applied = apply(&p, None, &edits).unwrap();
+        assert_eq!(applied.meta.txid, 3);
+        assert!(applied.freed_pages > 10, "{applied:?}");
+        let db = Db::open(&p, None).unwrap();
+        assert_eq!(db.meta_page(), 1);
+        let s = db.check_and_status().unwrap();
+        let mut h = 0;
+        for x in [
+            &b"a"[..],
+            b"x",
+            b"1",
+            b"y",
+            b"2",
+            b"b",
+            b"only",
+            b"one",
+            b"new",
+        ] {
+            h = crc32c::crc32c_append(h, x);
+        }
+        assert_eq!((s.hash, s.total_key), (h, 3));
+        // Everything the old tree used is now free (no freelist: unreachable = free).
+        assert!(db.free_pages().unwrap().len() as u64 >= applied.freed_pages);
+        // Putting a value over a nested bucket is refused.
+        drop(db);
+        let p2 = d.path().join("syn2.db");
+        let nested = entries(2, 1);
+        build_db(&p2, &[(b"c".to_vec(), vec![], Some(nested))]);
+        let mut edits = BTreeMap::new();
+        edits.insert(
+            b"c".to_vec(),
+            BucketEdit::Put(vec![(b"nested".to_vec(), b"v".to_vec())]),
+        );
+        let err = apply(&p2, None, &edits).unwrap_err().to_string();
+        assert!(
+            err.contains("key \"nested\" of bucket \"c\" is a nested bucket"),
+            "{err}"
+        );
     }
 
     #[test]

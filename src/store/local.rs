@@ -30,6 +30,7 @@ pub struct LocalUpload {
     file: Option<tokio::fs::File>,
     tmp: PathBuf,
     target: PathBuf,
+    root: PathBuf,
     done: bool,
 }
 
@@ -149,6 +150,7 @@ impl LocalStore {
             file: Some(file),
             tmp,
             target,
+            root: self.root.clone(),
             done: false,
         })
     }
@@ -313,15 +315,26 @@ impl LocalUpload {
         tokio::fs::rename(&self.tmp, &self.target)
             .await
             .map_err(|e| io_err(&self.target, "cannot rename temp file to", e))?;
+        // fsync the object's directory (the rename) and its ancestors up to the store root
+        // (directories begin_upload may have created).
         let dir = self
             .target
             .parent()
             .expect("object path has a parent")
             .to_path_buf();
+        let root = self.root.clone();
         tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err(&dir, "cannot fsync directory", e))
+            let mut d = Some(dir.as_path());
+            while let Some(p) = d {
+                std::fs::File::open(p)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| io_err(p, "cannot fsync directory", e))?;
+                if p == root {
+                    break;
+                }
+                d = p.parent();
+            }
+            Ok(())
         })
         .await
         .expect("fsync task panicked")

@@ -20,9 +20,11 @@
 //! # Layout of backups
 //! `<cluster-id-hex>/<id>.db.zst` (data) and `<cluster-id-hex>/<id>.json` (manifest); see
 //! [`manifest`].
+#![warn(missing_docs)]
 
 pub mod local;
 pub mod manifest;
+pub mod retention;
 pub mod s3;
 
 use std::path::PathBuf;

@@ -227,9 +227,10 @@ impl S3Store {
                  to the bucket's region ({detail})"
             ),
             (_, Some(403)) | ("AccessDenied", _) => format!(
-                "{op}: access denied by endpoint {ep} (HTTP 403 {code}); the credentials are invalid \
+                "{op}: access denied by endpoint {ep} (HTTP 403{}); the credentials are invalid \
                  or lack permission on bucket {bucket}: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY \
-                 (or the profile / IRSA role) and the bucket policy"
+                 (or the profile / IRSA role) and the bucket policy",
+                if code.is_empty() { String::new() } else { format!(" {code}") }
             ),
             _ => match &e {
                 SdkError::TimeoutError(_) => format!(
@@ -527,7 +528,12 @@ impl S3Upload {
             self.buf.extend_from_slice(&chunk[..n]);
             chunk = &chunk[n..];
             if self.buf.len() == ps {
-                self.send_part().await?;
+                if let Err(e) = self.send_part().await {
+                    // Do not leave a multipart upload behind, even if the caller forgets abort.
+                    let _ = self.cleanup().await;
+                    self.done = true;
+                    return Err(e);
+                }
             }
         }
         Ok(())

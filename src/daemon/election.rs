@@ -1,0 +1,228 @@
+//! Leader election between daemon replicas with etcd's election API (the v3election service
+//! that `etcdctl elect` uses; server side `server/etcdserver/api/v3election`), on a lease of
+//! `leader_election.lease_ttl`.
+//!
+//! One session: grant a lease, keep it alive every TTL/3, `Campaign(name, value, lease)`
+//! (blocks until this replica's key is the oldest under `name`). While leader, the lease keeps
+//! the key; if keep-alives fail for 2/3 of the TTL the replica steps down on its own before
+//! the server can expire the lease, so two replicas never both believe they lead. A leader
+//! that dies stops renewing: its key goes when the lease expires, and the next campaigner's
+//! Campaign returns, i.e. takeover within the TTL. On shutdown the leader calls `Resign` and
+//! revokes the lease at once.
+//!
+//! The state is published on a `watch` channel (`true` = leader) and in
+//! `etcd_lifeboat_is_leader`.
+
+use std::time::Duration;
+
+use etcd_client::{Client, LeaderKey, ResignOptions};
+use tokio::sync::watch;
+use tokio::time::{sleep, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// Value written under the election key: who this replica is (`host/pid`).
+pub fn identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("{host}/{}", std::process::id())
+}
+
+fn set_leader(tx: &watch::Sender<bool>, v: bool) {
+    crate::metrics::metrics().is_leader.set(i64::from(v));
+    tx.send_if_modified(|cur| {
+        let changed = *cur != v;
+        *cur = v;
+        changed
+    });
+}
+
+/// Runs the election until `resign` is cancelled, then resigns (if leader) and revokes the
+/// lease. Connection failures are retried with backoff (1 s doubling to 30 s); the replica is
+/// not leader meanwhile.
+pub async fn run(cfg: Config, tx: watch::Sender<bool>, resign: CancellationToken) {
+    let mut backoff = Duration::from_secs(1);
+    let name = cfg.leader_election.name.clone();
+    let value = identity();
+    while !resign.is_cancelled() {
+        match session(&cfg, &name, &value, &tx, &resign).await {
+            Ok(()) => break,
+            Err(e) => {
+                set_leader(&tx, false);
+                tracing::warn!(error = %e, retry_in = ?backoff, "leader election: session ended");
+                tokio::select! {
+                    _ = resign.cancelled() => break,
+                    _ = sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    set_leader(&tx, false);
+}
+
+/// One lease session. `Ok(())`: resigned on request. `Err`: the session was lost.
+async fn session(
+    cfg: &Config,
+    name: &str,
+    value: &str,
+    tx: &watch::Sender<bool>,
+    resign: &CancellationToken,
+) -> anyhow::Result<()> {
+    let rt = cfg.etcd.request_timeout;
+    let ttl = cfg.leader_election.lease_ttl;
+    let client = timeout(
+        cfg.etcd.dial_timeout + rt,
+        crate::etcd::connect(&cfg.etcd, &cfg.etcd.endpoints),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("connecting to etcd timed out"))??;
+    let mut lease = client.lease_client();
+    let granted = timeout(rt, lease.grant(ttl.as_secs().max(2) as i64, None))
+        .await
+        .map_err(|_| anyhow::anyhow!("lease grant timed out"))??;
+    let lease_id = granted.id();
+    tracing::debug!(lease = lease_id, "leader election: lease granted");
+
+    // Keep-alive task: reports the lease as lost when renewals failed for 2/3 of the TTL or
+    // the server says it expired.
+    let lost = CancellationToken::new();
+    let keeper = tokio::spawn(keep_alive(client.clone(), lease_id, ttl, rt, lost.clone()));
+    let _abort = AbortOnDrop(keeper);
+
+    let result = async {
+        let mut election = client.election_client();
+        // Campaign blocks while another replica leads; a per-request client timeout may end
+        // it early, in which case we campaign again on the same lease.
+        let leader_key: LeaderKey = loop {
+            let r = tokio::select! {
+                _ = resign.cancelled() => return Ok(None),
+                _ = lost.cancelled() => anyhow::bail!("lease {lease_id:x} lost while campaigning"),
+                r = election.campaign(name, value, lease_id) => r,
+            };
+            match r {
+                Ok(mut resp) => match resp.take_leader() {
+                    Some(k) => break k,
+                    None => anyhow::bail!("campaign answered without a leader key"),
+                },
+                Err(e) if is_timeout(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        tracing::info!(
+            name,
+            value,
+            lease = format!("{lease_id:x}"),
+            "leader election: became leader"
+        );
+        set_leader(tx, true);
+        tokio::select! {
+            _ = resign.cancelled() => Ok(Some(leader_key)),
+            _ = lost.cancelled() => {
+                set_leader(tx, false);
+                anyhow::bail!("lease {lease_id:x} lost: stepped down")
+            }
+        }
+    }
+    .await;
+
+    match result {
+        Ok(key) => {
+            set_leader(tx, false);
+            if let Some(key) = key {
+                let mut election = client.election_client();
+                match timeout(
+                    rt,
+                    election.resign(Some(ResignOptions::new().with_leader(key))),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => tracing::info!("leader election: resigned"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "leader election: resign failed"),
+                    Err(_) => tracing::warn!("leader election: resign timed out"),
+                }
+            }
+            let _ = timeout(rt, lease.revoke(lease_id)).await;
+            Ok(())
+        }
+        Err(e) => {
+            set_leader(tx, false);
+            // Best effort: free the key so another replica does not wait for the TTL.
+            let _ = timeout(Duration::from_secs(1), lease.revoke(lease_id)).await;
+            Err(e)
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn is_timeout(e: &etcd_client::Error) -> bool {
+    match e {
+        // gRPC codes: 1 CANCELLED, 4 DEADLINE_EXCEEDED (tonic is not a direct dependency).
+        etcd_client::Error::GRpcStatus(s) => matches!(i32::from(s.code()), 1 | 4),
+        _ => false,
+    }
+}
+
+async fn keep_alive(
+    client: Client,
+    lease_id: i64,
+    ttl: Duration,
+    rt: Duration,
+    lost: CancellationToken,
+) {
+    let deadline_after = ttl * 2 / 3;
+    let every = (ttl / 3).max(Duration::from_millis(500));
+    let mut last_ok = Instant::now();
+    let mut lease = client.lease_client();
+    let mut stream: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> = None;
+    loop {
+        if last_ok.elapsed() >= deadline_after {
+            lost.cancel();
+            return;
+        }
+        if stream.is_none() {
+            if let Ok(Ok(s)) = timeout(rt.min(every), lease.keep_alive(lease_id)).await {
+                stream = Some(s);
+            }
+        }
+        if let Some((keeper, responses)) = stream.as_mut() {
+            let ok = timeout(every, async {
+                keeper.keep_alive().await?;
+                responses.message().await
+            })
+            .await;
+            match ok {
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => last_ok = Instant::now(),
+                Ok(Ok(Some(_))) => {
+                    tracing::warn!(
+                        lease = format!("{lease_id:x}"),
+                        "leader election: lease expired"
+                    );
+                    lost.cancel();
+                    return;
+                }
+                _ => stream = None,
+            }
+        }
+        sleep(if stream.is_some() {
+            every
+        } else {
+            Duration::from_millis(500)
+        })
+        .await;
+    }
+}

@@ -1,0 +1,237 @@
+//! The daemon's HTTP endpoints (axum, HTTP/1.1) on `http.listen`:
+//! - `GET /metrics`: Prometheus text format ([`crate::metrics::encode`]);
+//! - `GET /healthz`: 200 `ok` while the process serves requests;
+//! - `GET /readyz`: 200 when ready, 503 otherwise, with a JSON body naming each check:
+//!   `config` (loaded), `store` (last catalog read succeeded), `backup_age` (newest backup in
+//!   the store younger than `http.max_backup_age`), `last_run` (this replica's last backup run,
+//!   if any, succeeded). Example:
+//!   `{"ready":false,"reasons":["backup_age: newest backup ... is 7300s old, max 7200s"],"checks":{...},"leader":true}`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// What `/readyz` reports on; updated by the scheduler and the catalog refresher.
+#[derive(Debug, Default, Clone)]
+pub struct Health {
+    /// Last catalog read: `Ok(())` or the error text. `None`: not read yet.
+    pub store: Option<Result<(), String>>,
+    /// Newest backup in the store: id and `finished_at`.
+    pub newest: Option<(String, DateTime<Utc>)>,
+    /// Backups in the store at the last read.
+    pub backups: usize,
+    /// This replica's last run: when it ended, and `Ok` or the error text.
+    pub last_run: Option<(DateTime<Utc>, Result<String, String>)>,
+    /// Whether this replica is leader (or election is disabled).
+    pub leader: bool,
+    /// Next scheduled slot.
+    pub next_run: Option<DateTime<Utc>>,
+}
+
+/// Shared health state.
+pub type SharedHealth = Arc<Mutex<Health>>;
+
+#[derive(Clone)]
+struct AppState {
+    health: SharedHealth,
+    max_age: Duration,
+}
+
+#[derive(Serialize)]
+struct Check {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    reasons: Vec<String>,
+    checks: std::collections::BTreeMap<&'static str, Check>,
+    leader: bool,
+    store_backups: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    newest_backup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    newest_backup_age_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_run: Option<DateTime<Utc>>,
+}
+
+fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
+    let mut checks = std::collections::BTreeMap::new();
+    checks.insert(
+        "config",
+        Check {
+            ok: true,
+            detail: None,
+        },
+    );
+    let store = match &h.store {
+        None => Check {
+            ok: false,
+            detail: Some("store not read yet".into()),
+        },
+        Some(Ok(())) => Check {
+            ok: true,
+            detail: None,
+        },
+        Some(Err(e)) => Check {
+            ok: false,
+            detail: Some(format!("store unreachable: {e}")),
+        },
+    };
+    checks.insert("store", store);
+    let age = h
+        .newest
+        .as_ref()
+        .map(|(_, t)| now.signed_duration_since(*t).num_seconds());
+    let age_check = match (&h.newest, age) {
+        (Some((id, _)), Some(a)) if a <= max_age.as_secs() as i64 => Check {
+            ok: true,
+            detail: Some(format!("newest backup {id} is {a}s old")),
+        },
+        (Some((id, _)), Some(a)) => Check {
+            ok: false,
+            detail: Some(format!(
+                "newest backup {id} is {a}s old, max {}s (http.max_backup_age)",
+                max_age.as_secs()
+            )),
+        },
+        _ => Check {
+            ok: false,
+            detail: Some("no backup in the store".into()),
+        },
+    };
+    checks.insert("backup_age", age_check);
+    let run = match &h.last_run {
+        None => Check {
+            ok: true,
+            detail: Some("no run by this replica yet".into()),
+        },
+        Some((at, Ok(id))) => Check {
+            ok: true,
+            detail: Some(format!("backup {id} at {}", at.to_rfc3339())),
+        },
+        Some((at, Err(e))) => Check {
+            ok: false,
+            detail: Some(format!(
+                "last backup run failed at {}: {e}",
+                at.to_rfc3339()
+            )),
+        },
+    };
+    checks.insert("last_run", run);
+    let reasons: Vec<String> = checks
+        .iter()
+        .filter(|(_, c)| !c.ok)
+        .map(|(k, c)| format!("{k}: {}", c.detail.as_deref().unwrap_or("failed")))
+        .collect();
+    Readiness {
+        ready: reasons.is_empty(),
+        reasons,
+        checks,
+        leader: h.leader,
+        store_backups: h.backups,
+        newest_backup: h.newest.as_ref().map(|(id, _)| id.clone()),
+        newest_backup_age_seconds: age,
+        next_run: h.next_run,
+    }
+}
+
+async fn metrics_handler() -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::encode(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let h = st.health.lock().expect("health lock").clone();
+    let r = readiness(&h, st.max_age, Utc::now());
+    let code = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::to_string_pretty(&r).expect("readiness serializes") + "\n";
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The router with the three endpoints.
+pub fn router(health: SharedHealth, max_age: Duration) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { health, max_age })
+}
+
+/// Binds `listen` and serves until `shutdown`. Returns once the socket is bound (the server
+/// runs in a task whose handle is returned).
+///
+/// Errors: the address cannot be bound (in use, permission), naming `http.listen`.
+pub async fn serve(
+    listen: &str,
+    health: SharedHealth,
+    max_age: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("http.listen: cannot listen on {listen}: {e}; pick a free address")
+    })?;
+    let addr = listener.local_addr()?;
+    let app = router(health, max_age);
+    let handle = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    Ok((addr, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_reasons() {
+        let now = Utc::now();
+        let mut h = Health::default();
+        let r = readiness(&h, Duration::from_secs(3600), now);
+        assert!(!r.ready);
+        assert_eq!(r.reasons.len(), 2, "{:?}", r.reasons);
+        h.store = Some(Ok(()));
+        h.newest = Some(("x".into(), now - chrono::Duration::seconds(10)));
+        assert!(readiness(&h, Duration::from_secs(3600), now).ready);
+        let r = readiness(&h, Duration::from_secs(5), now);
+        assert!(!r.ready);
+        assert!(
+            r.reasons[0].starts_with("backup_age: newest backup x is 10s old, max 5s"),
+            "{:?}",
+            r.reasons
+        );
+        h.last_run = Some((now, Err("etcd down".into())));
+        let r = readiness(&h, Duration::from_secs(3600), now);
+        assert!(r.reasons[0].contains("etcd down"), "{:?}", r.reasons);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["checks"]["last_run"]["ok"], false);
+    }
+}
