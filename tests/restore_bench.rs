@@ -8,7 +8,10 @@
 fn bench_restore_once() {
     let snap = std::env::var("RESTORE_BENCH_SNAPSHOT").expect("RESTORE_BENCH_SNAPSHOT");
     let dd = std::env::var("RESTORE_BENCH_DATA_DIR").expect("RESTORE_BENCH_DATA_DIR");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(etcd_lifeboat::restore::run(
         etcd_lifeboat::restore::RestoreArgs {
             snapshot: Some(snap.into()),

@@ -31,8 +31,10 @@ async fn out_dir_three_members_boot_etcd_3_5() {
     assert!(want.len() > 250);
 
     let out = dir.path().join("restored");
-    let specs: Vec<MemberSpec> =
-        ["m1", "m2", "m3"].iter().map(|n| MemberSpec::new(n, out.join(n))).collect();
+    let specs: Vec<MemberSpec> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|n| MemberSpec::new(n, out.join(n)))
+        .collect();
     let ic = initial_cluster(&specs);
     run(
         RestoreArgs {
@@ -53,40 +55,69 @@ async fn out_dir_three_members_boot_etcd_3_5() {
     let o = etcdutl_restore(
         &snap,
         &[
-            "--name", "m1", "--initial-cluster", &ic, "--initial-cluster-token", "restored-token",
-            "--initial-advertise-peer-urls", &specs[0].peer_url(), "--data-dir", refdir.to_str().unwrap(),
+            "--name",
+            "m1",
+            "--initial-cluster",
+            &ic,
+            "--initial-cluster-token",
+            "restored-token",
+            "--initial-advertise-peer-urls",
+            &specs[0].peer_url(),
+            "--data-dir",
+            refdir.to_str().unwrap(),
         ],
     );
     assert!(o.status.success());
     let wal = "member/wal/0000000000000000-0000000000000000.wal";
     let a = std::fs::read(refdir.join(wal)).unwrap();
     let b = std::fs::read(out.join("m1").join(wal)).unwrap();
-    assert!(a == b, "WAL (metadata: node and cluster IDs) differs from etcdutl's");
+    assert!(
+        a == b,
+        "WAL (metadata: node and cluster IDs) differs from etcdutl's"
+    );
     let c = Cluster::start(V::V3_5, specs.clone(), "restored-token", dir.path());
     // One cluster ID, the one etcdutl derives; 3 members with etcdutl's IDs.
     let urls: Vec<String> = specs.iter().map(|s| s.peer_url()).collect();
-    let want_ids: Vec<u64> = urls.iter().map(|u| ids::member_id(&[u.clone()], "restored-token")).collect();
+    let want_ids: Vec<u64> = urls
+        .iter()
+        .map(|u| ids::member_id(std::slice::from_ref(u), "restored-token"))
+        .collect();
     let want_cid = ids::cluster_id(&want_ids);
     let ml = json(&c.ok(&["member", "list", "-w", "json"]));
-    let mut got_ids: Vec<u64> = ml["members"].as_array().unwrap().iter().map(|m| m["ID"].as_u64().unwrap()).collect();
+    let mut got_ids: Vec<u64> = ml["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ID"].as_u64().unwrap())
+        .collect();
     got_ids.sort();
     let mut w = want_ids.clone();
     w.sort();
     assert_eq!(got_ids, w);
     for s in &specs {
         let st = json(&c.ok_at(&s.client_url(), &["endpoint", "status", "-w", "json"]));
-        assert_eq!(st[0]["Status"]["header"]["cluster_id"].as_u64().unwrap(), want_cid);
+        assert_eq!(
+            st[0]["Status"]["header"]["cluster_id"].as_u64().unwrap(),
+            want_cid
+        );
         assert_eq!(dump(&c, &s.client_url()), want, "keyspace of {}", s.name);
     }
     // Writes are accepted and visible on every member.
     c.ok(&["put", "/after/restore", "yes"]);
     for s in &specs {
-        let v = c.ok_at(&s.client_url(), &["get", "/after/restore", "--print-value-only"]);
+        let v = c.ok_at(
+            &s.client_url(),
+            &["get", "/after/restore", "--print-value-only"],
+        );
         assert_eq!(v.trim(), "yes");
     }
     let st = json(&c.ok(&["endpoint", "health", "-w", "json"]));
     assert_eq!(st.as_array().unwrap().len(), 3);
-    assert!(st.as_array().unwrap().iter().all(|h| h["health"].as_bool() == Some(true)));
+    assert!(st
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["health"].as_bool() == Some(true)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -112,13 +143,22 @@ async fn zst_into_one_etcd_3_4_member() {
     .await
     .unwrap();
     // Only the data dir is left (no temp files beside it).
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("data")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("solo.etcd")]);
     let c = Cluster::start(V::V3_4, vec![spec.clone()], "etcd-cluster", dir.path());
     assert_eq!(dump(&c, &spec.client_url()), want);
     c.ok(&["put", "/after", "1"]);
     let st = json(&c.ok(&["endpoint", "status", "-w", "json"]));
     let want_id = ids::member_id(&[spec.peer_url()], "etcd-cluster");
-    assert_eq!(st[0]["Status"]["header"]["member_id"].as_u64().unwrap(), want_id);
-    assert_eq!(st[0]["Status"]["header"]["cluster_id"].as_u64().unwrap(), ids::cluster_id(&[want_id]));
+    assert_eq!(
+        st[0]["Status"]["header"]["member_id"].as_u64().unwrap(),
+        want_id
+    );
+    assert_eq!(
+        st[0]["Status"]["header"]["cluster_id"].as_u64().unwrap(),
+        ids::cluster_id(&[want_id])
+    );
 }

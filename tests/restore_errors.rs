@@ -15,7 +15,12 @@ fn snapshot() -> &'static Path {
     static SNAP: OnceLock<PathBuf> = OnceLock::new();
     SNAP.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        let c = Cluster::start(V::V3_5, vec![MemberSpec::new("s", dir.join("s.etcd"))], "t", &dir);
+        let c = Cluster::start(
+            V::V3_5,
+            vec![MemberSpec::new("s", dir.join("s.etcd"))],
+            "t",
+            &dir,
+        );
         populate(&c, 20);
         let p = dir.join("snap.db");
         snapshot_save(&c, &p);
@@ -92,7 +97,10 @@ async fn non_empty_target() {
     std::fs::create_dir(&target).unwrap();
     std::fs::write(target.join("keep.txt"), b"precious").unwrap();
     let (msg, code) = fails(args(snapshot(), &target), d.path()).await;
-    assert!(msg.contains("is not empty") && msg.contains("never deletes or overwrites"), "{msg}");
+    assert!(
+        msg.contains("is not empty") && msg.contains("never deletes or overwrites"),
+        "{msg}"
+    );
     assert_eq!(code, 1);
     assert_eq!(std::fs::read(target.join("keep.txt")).unwrap(), b"precious");
     // --out-dir: one member's dir in the way stops the whole restore.
@@ -134,7 +142,10 @@ async fn name_not_in_initial_cluster() {
     let mut a = args(snapshot(), &d.path().join("out"));
     a.name = Some("c".into());
     let (msg, code) = fails(a, d.path()).await;
-    assert!(msg.starts_with("--name: couldn't find local name \"c\""), "{msg}");
+    assert!(
+        msg.starts_with("--name: couldn't find local name \"c\""),
+        "{msg}"
+    );
     assert_eq!(code, 2);
 }
 

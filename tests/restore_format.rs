@@ -45,11 +45,16 @@ async fn wal_and_snap_identical_to_etcdutl() {
         let o = etcdutl_restore(
             &snap,
             &[
-                "--name", name,
-                "--initial-cluster", ic,
-                "--initial-cluster-token", "tok-<&>",
-                "--initial-advertise-peer-urls", urls,
-                "--data-dir", refdir.to_str().unwrap(),
+                "--name",
+                name,
+                "--initial-cluster",
+                ic,
+                "--initial-cluster-token",
+                "tok-<&>",
+                "--initial-advertise-peer-urls",
+                urls,
+                "--data-dir",
+                refdir.to_str().unwrap(),
             ],
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -63,6 +68,11 @@ async fn wal_and_snap_identical_to_etcdutl() {
         let snapf = "member/snap/0000000000000001-0000000000000003.snap";
         let a = std::fs::read(ours.join(snapf)).unwrap();
         let b = std::fs::read(refdir.join(snapf)).unwrap();
-        assert!(a == b, "snap of {name} differs from etcdutl's:\n{}\n{}", String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+        assert!(
+            a == b,
+            "snap of {name} differs from etcdutl's:\n{}\n{}",
+            String::from_utf8_lossy(&a),
+            String::from_utf8_lossy(&b)
+        );
     }
 }

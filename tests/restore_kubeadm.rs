@@ -10,7 +10,12 @@ use restore_util::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_from_kubeadm_manifest() {
     let dir = tempfile::tempdir().unwrap();
-    let src = Cluster::start(V::V3_5, vec![MemberSpec::new("src", dir.path().join("src.etcd"))], "t", dir.path());
+    let src = Cluster::start(
+        V::V3_5,
+        vec![MemberSpec::new("src", dir.path().join("src.etcd"))],
+        "t",
+        dir.path(),
+    );
     populate(&src, 40);
     let want = dump(&src, &src.members[0].client_url());
     let snap = dir.path().join("snap.db");
@@ -60,12 +65,19 @@ spec:
     std::fs::create_dir(&spec.data_dir).unwrap();
 
     run(
-        RestoreArgs { snapshot: Some(snap), kubeadm_manifest: Some(mpath), ..Default::default() },
+        RestoreArgs {
+            snapshot: Some(snap),
+            kubeadm_manifest: Some(mpath),
+            ..Default::default()
+        },
         None,
     )
     .await
     .unwrap();
-    assert!(spec.data_dir.join("member/wal/0000000000000000-0000000000000000.wal").is_file());
+    assert!(spec
+        .data_dir
+        .join("member/wal/0000000000000000-0000000000000000.wal")
+        .is_file());
 
     // Token absent from the manifest: etcd's default "etcd-cluster", as the restore used.
     let c = Cluster::start(V::V3_5, vec![spec.clone()], "etcd-cluster", dir.path());

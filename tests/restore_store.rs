@@ -18,7 +18,12 @@ fn dump_harness(e: &Etcd) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["key"].as_str().unwrap().to_string(), e["value"].as_str().unwrap_or("").to_string()))
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect();
     kv.sort();
     kv
@@ -26,7 +31,10 @@ fn dump_harness(e: &Etcd) -> Vec<(String, String)> {
 
 /// A 3.4 source with overwrites, deletes, a lease and 1 MiB values, backed up to `store`.
 async fn backup_of_3_4(work: &Path) -> (Etcd, std::path::PathBuf, Vec<(String, String)>) {
-    let e = Etcd::start(EtcdOpts { version: Version::V3_4, ..Default::default() });
+    let e = Etcd::start(EtcdOpts {
+        version: Version::V3_4,
+        ..Default::default()
+    });
     let client = e.client().await;
     common::fill(&client, 400, 512, "/fill/").await;
     for i in 0..50 {
@@ -42,7 +50,12 @@ async fn backup_of_3_4(work: &Path) -> (Etcd, std::path::PathBuf, Vec<(String, S
     let want = dump_harness(&e);
     let store = work.join("store");
     let cfg = e.write_config(&store);
-    lifeboat().arg("--config").arg(&cfg).arg("backup").assert().success();
+    lifeboat()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("backup")
+        .assert()
+        .success();
     (e, cfg, want)
 }
 
@@ -85,7 +98,10 @@ async fn corrupted_stored_object_is_refused() {
     let work = tempfile::tempdir().unwrap();
     let (_src, cfg, _) = backup_of_3_4(work.path()).await;
     // Flip one byte in the middle of the stored .db.zst.
-    let zst = walk(&work.path().join("store")).into_iter().find(|p| p.to_string_lossy().ends_with(".db.zst")).unwrap();
+    let zst = walk(&work.path().join("store"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".db.zst"))
+        .unwrap();
     let mut b = std::fs::read(&zst).unwrap();
     let mid = b.len() / 2;
     b[mid] ^= 0x55;
@@ -94,7 +110,11 @@ async fn corrupted_stored_object_is_refused() {
     let target = work.path().join("out");
     let before = restore_util::tree(work.path());
     let e = run(
-        RestoreArgs { from_store: Some("latest".into()), data_dir: Some(target.clone()), ..Default::default() },
+        RestoreArgs {
+            from_store: Some("latest".into()),
+            data_dir: Some(target.clone()),
+            ..Default::default()
+        },
         Some(&cfg),
     )
     .await

@@ -27,11 +27,18 @@ pub async fn fetch(
     let store = Store::from_config(&cfg.storage)
         .await
         .context("--from-store: opening the configured store")?;
-    let m = manifest::find(&store, which)
-        .await
-        .with_context(|| format!("--from-store {which}: looking up the backup in {}", store.describe()))?;
+    let m = manifest::find(&store, which).await.with_context(|| {
+        format!(
+            "--from-store {which}: looking up the backup in {}",
+            store.describe()
+        )
+    })?;
     if m.compression != "zstd" {
-        anyhow::bail!("backup {}: compression {:?} is not supported (only zstd)", m.id, m.compression);
+        anyhow::bail!(
+            "backup {}: compression {:?} is not supported (only zstd)",
+            m.id,
+            m.compression
+        );
     }
     let what = format!("{} {}", store.describe(), m.data_key.as_str());
     let mut reader = store
@@ -63,14 +70,20 @@ pub async fn fetch(
     }
     drop(tx);
     let (snap, (stored_bytes, stored_sha)) = work.await??;
-    let mismatch = |field: &'static str, expected: String, actual: String| SourceError::ManifestMismatch {
-        id: m.id.clone(),
-        field,
-        expected,
-        actual,
-    };
+    let mismatch =
+        |field: &'static str, expected: String, actual: String| SourceError::ManifestMismatch {
+            id: m.id.clone(),
+            field,
+            expected,
+            actual,
+        };
     if stored_bytes != m.stored_bytes {
-        return Err(mismatch("stored_bytes", m.stored_bytes.to_string(), stored_bytes.to_string()).into());
+        return Err(mismatch(
+            "stored_bytes",
+            m.stored_bytes.to_string(),
+            stored_bytes.to_string(),
+        )
+        .into());
     }
     if !stored_sha.eq_ignore_ascii_case(&m.stored_sha256) {
         return Err(mismatch("stored_sha256", m.stored_sha256.clone(), stored_sha).into());

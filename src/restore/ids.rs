@@ -64,6 +64,9 @@ mod tests {
         let x = member_id(&["http://b:1".into(), "http://a:1".into()], "t");
         let y = member_id(&["http://a:1".into(), "http://b:1".into()], "t");
         assert_eq!(x, y);
-        assert_ne!(x, member_id(&["http://a:1".into(), "http://b:1".into()], "u"));
+        assert_ne!(
+            x,
+            member_id(&["http://a:1".into(), "http://b:1".into()], "u")
+        );
     }
 }

@@ -97,9 +97,14 @@ struct HostPath {
 
 /// Reads the manifest at `path`. Errors: unreadable file, not YAML, no etcd container.
 pub fn read_manifest(path: &Path) -> Result<EtcdManifest, KubeadmError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| KubeadmError::Io { path: path.to_path_buf(), source: e })?;
-    parse_manifest(&text).map_err(|message| KubeadmError::Invalid { path: path.to_path_buf(), message })
+    let text = std::fs::read_to_string(path).map_err(|e| KubeadmError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    parse_manifest(&text).map_err(|message| KubeadmError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    })
 }
 
 /// Parses manifest text; the error says what is missing.
@@ -110,7 +115,14 @@ pub fn parse_manifest(text: &str) -> Result<EtcdManifest, String> {
         .containers
         .iter()
         .find(|c| c.name == "etcd")
-        .or_else(|| pod.spec.containers.iter().find(|c| c.command.iter().chain(&c.args).any(|a| a.starts_with("--data-dir"))))
+        .or_else(|| {
+            pod.spec.containers.iter().find(|c| {
+                c.command
+                    .iter()
+                    .chain(&c.args)
+                    .any(|a| a.starts_with("--data-dir"))
+            })
+        })
         .ok_or("no container named etcd in spec.containers")?;
     let items: Vec<&String> = c.command.iter().chain(c.args.iter()).collect();
     let get = |name: &str| -> Option<String> {
@@ -143,7 +155,10 @@ pub fn parse_manifest(text: &str) -> Result<EtcdManifest, String> {
         return Err("the etcd container has no --data-dir flag".into());
     }
     if let Some(dd) = &m.data_dir {
-        let mount = c.volume_mounts.iter().find(|vm| Path::new(&vm.mount_path) == dd);
+        let mount = c
+            .volume_mounts
+            .iter()
+            .find(|vm| Path::new(&vm.mount_path) == dd);
         if let Some(vm) = mount {
             m.data_host_path = pod
                 .spec
@@ -212,9 +227,15 @@ status: {}
     #[test]
     fn reads_seed_manifest() {
         let m = parse_manifest(SEED).unwrap();
-        assert_eq!(m.name.as_deref(), Some("e1192523-1d5d-43fa-b0ed-80cfffed0de0"));
+        assert_eq!(
+            m.name.as_deref(),
+            Some("e1192523-1d5d-43fa-b0ed-80cfffed0de0")
+        );
         assert_eq!(m.data_dir, Some(PathBuf::from("/var/lib/etcd")));
-        assert_eq!(m.initial_advertise_peer_urls.as_deref(), Some("https://192.168.1.33:2380"));
+        assert_eq!(
+            m.initial_advertise_peer_urls.as_deref(),
+            Some("https://192.168.1.33:2380")
+        );
         assert_eq!(
             m.initial_cluster.as_deref(),
             Some("e1192523-1d5d-43fa-b0ed-80cfffed0de0=https://192.168.1.33:2380")

@@ -146,9 +146,12 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
     }
     let mut temp_dir = temp_parent(&plan.targets[0].data_dir)?;
     let (status, staged) = match &spec {
-        SourceSpec::File { path, zstd: false } => build_from_raw_file(&plan, path, args.skip_hash_check).await?,
+        SourceSpec::File { path, zstd: false } => {
+            build_from_raw_file(&plan, path, args.skip_hash_check).await?
+        }
         _ => {
-            let (snapshot, expected) = fetch_snapshot(&args, &spec, &temp_dir.0, config_path).await?;
+            let (snapshot, expected) =
+                fetch_snapshot(&args, &spec, &temp_dir.0, config_path).await?;
             let plan2 = plan.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let status = verify_snapshot(&snapshot.path, snapshot.db_len)?;
@@ -172,14 +175,22 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
 /// of the file) runs while the db is verified and the members are built in their hidden
 /// staging dirs. Nothing is renamed into place unless both succeed; on any failure the
 /// staging dirs are removed (the trailer error is reported first).
-async fn build_from_raw_file(plan: &Plan, path: &Path, skip_hash_check: bool) -> anyhow::Result<(Status, Vec<Staged>)> {
+async fn build_from_raw_file(
+    plan: &Plan,
+    path: &Path,
+    skip_hash_check: bool,
+) -> anyhow::Result<(Status, Vec<Staged>)> {
     let size = fs::metadata(path)
         .with_context(|| format!("--snapshot: cannot read {}", path.display()))?
         .len();
     let db_len = if has_trailer(size) { size - 32 } else { size };
     if !has_trailer(size) && !skip_hash_check {
         // Known from the size alone: refuse before building anything.
-        return Err(source::SourceError::MissingTrailer { path: path.to_path_buf(), size }.into());
+        return Err(source::SourceError::MissingTrailer {
+            path: path.to_path_buf(),
+            size,
+        }
+        .into());
     }
     let p = path.to_path_buf();
     let hash = tokio::task::spawn_blocking(move || source::hash_raw_file(&p, skip_hash_check));
@@ -199,7 +210,11 @@ async fn build_from_raw_file(plan: &Plan, path: &Path, skip_hash_check: bool) ->
 fn read_kubeadm_manifest(args: &RestoreArgs) -> anyhow::Result<Option<kubeadm::EtcdManifest>> {
     match &args.kubeadm_manifest {
         None => Ok(None),
-        Some(p) => Ok(Some(kubeadm::read_manifest(p).map_err(|e| UsageError::new(format!("--kubeadm-manifest: {e}")))?)),
+        Some(p) => {
+            Ok(Some(kubeadm::read_manifest(p).map_err(|e| {
+                UsageError::new(format!("--kubeadm-manifest: {e}"))
+            })?))
+        }
     }
 }
 
@@ -210,11 +225,25 @@ fn make_plan(args: &RestoreArgs, m: Option<&kubeadm::EtcdManifest>) -> anyhow::R
     let input = PlanInput {
         name: args.name.clone().or(m.name),
         initial_cluster: args.initial_cluster.clone().or(m.initial_cluster),
-        token: args.initial_cluster_token.clone().or(m.initial_cluster_token),
-        advertise_peer_urls: args.initial_advertise_peer_urls.clone().or(m.initial_advertise_peer_urls),
+        token: args
+            .initial_cluster_token
+            .clone()
+            .or(m.initial_cluster_token),
+        advertise_peer_urls: args
+            .initial_advertise_peer_urls
+            .clone()
+            .or(m.initial_advertise_peer_urls),
         // On the host the data lives at the volume's hostPath (usually the same path).
-        data_dir: args.data_dir.clone().or(if args.out_dir.is_none() { m.data_host_path.or(m.data_dir) } else { None }),
-        wal_dir: args.wal_dir.clone().or(if args.out_dir.is_none() { m.wal_dir } else { None }),
+        data_dir: args.data_dir.clone().or(if args.out_dir.is_none() {
+            m.data_host_path.or(m.data_dir)
+        } else {
+            None
+        }),
+        wal_dir: args.wal_dir.clone().or(if args.out_dir.is_none() {
+            m.wal_dir
+        } else {
+            None
+        }),
         out_dir: args.out_dir.clone(),
     };
     Plan::build(&input).map_err(|e| match e {
@@ -226,8 +255,13 @@ fn make_plan(args: &RestoreArgs, m: Option<&kubeadm::EtcdManifest>) -> anyhow::R
 fn source_spec(args: &RestoreArgs) -> anyhow::Result<SourceSpec> {
     let file = args.snapshot.clone().or(args.snapshot_path.clone());
     match (file, &args.from_store) {
-        (Some(_), Some(_)) => Err(UsageError::new("--snapshot and --from-store: give only one source").into()),
-        (None, None) => Err(UsageError::new("--snapshot FILE or --from-store ID|latest: a source is required").into()),
+        (Some(_), Some(_)) => {
+            Err(UsageError::new("--snapshot and --from-store: give only one source").into())
+        }
+        (None, None) => Err(UsageError::new(
+            "--snapshot FILE or --from-store ID|latest: a source is required",
+        )
+        .into()),
         (None, Some(w)) => Ok(SourceSpec::Store { which: w.clone() }),
         (Some(p), None) => {
             let zstd = source::is_zstd(&p)
@@ -282,9 +316,10 @@ async fn fetch_snapshot(
 ) -> anyhow::Result<(LocalSnapshot, Option<source::Expected>)> {
     let skip = args.skip_hash_check;
     match spec.clone() {
-        SourceSpec::File { path, zstd: false } => {
-            Ok((tokio::task::spawn_blocking(move || source::hash_raw_file(&path, skip)).await??, None))
-        }
+        SourceSpec::File { path, zstd: false } => Ok((
+            tokio::task::spawn_blocking(move || source::hash_raw_file(&path, skip)).await??,
+            None,
+        )),
         SourceSpec::File { path, zstd: true } => {
             let dir = temp_dir.to_path_buf();
             let snap = tokio::task::spawn_blocking(move || {
@@ -294,8 +329,14 @@ async fn fetch_snapshot(
                     source: e,
                 })?;
                 let what = path.display().to_string();
-                source::decompress_to_temp(std::io::BufReader::with_capacity(1 << 20, f), &what, &dir, skip, false)
-                    .map(|(s, _)| s)
+                source::decompress_to_temp(
+                    std::io::BufReader::with_capacity(1 << 20, f),
+                    &what,
+                    &dir,
+                    skip,
+                    false,
+                )
+                .map(|(s, _)| s)
             })
             .await??;
             Ok((snap, None))
@@ -309,7 +350,8 @@ async fn fetch_snapshot(
 
 /// Step 3: bbolt structure and status of the db part (`crate::snapshot::verify_file`).
 fn verify_snapshot(path: &Path, db_len: u64) -> anyhow::Result<Status> {
-    verify_file(path, Some(db_len)).with_context(|| format!("verifying snapshot {}", path.display()))
+    verify_file(path, Some(db_len))
+        .with_context(|| format!("verifying snapshot {}", path.display()))
 }
 
 /// A directory being built beside (or, when the target exists empty, inside) its target.
@@ -330,7 +372,10 @@ impl Staged {
         let (base, prefix) = if exists {
             (target.to_path_buf(), ".etcd-lifeboat-staging-".to_string())
         } else {
-            let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let parent = match target.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
@@ -338,14 +383,23 @@ impl Staged {
             (parent, format!(".{name}.etcd-lifeboat-"))
         };
         if exists && fs::read_dir(target)?.next().is_some() {
-            return Err(PlanError::NotEmpty { what: "directory", path: target.to_path_buf() }.into());
+            return Err(PlanError::NotEmpty {
+                what: "directory",
+                path: target.to_path_buf(),
+            }
+            .into());
         }
         let tmp = tempfile::Builder::new()
             .prefix(&prefix)
             .permissions(fs::Permissions::from_mode(0o700))
             .tempdir_in(&base)
             .with_context(|| format!("creating a staging dir in {}", base.display()))?;
-        Ok(Staged { target: target.to_path_buf(), tmp: Some(tmp), inside: exists, placed: Vec::new() })
+        Ok(Staged {
+            target: target.to_path_buf(),
+            tmp: Some(tmp),
+            inside: exists,
+            placed: Vec::new(),
+        })
     }
 
     fn root(&self) -> &Path {
@@ -358,18 +412,25 @@ impl Staged {
             for e in fs::read_dir(self.root())? {
                 let e = e?;
                 let to = self.target.join(e.file_name());
-                fs::rename(e.path(), &to).with_context(|| format!("renaming into {}", to.display()))?;
+                fs::rename(e.path(), &to)
+                    .with_context(|| format!("renaming into {}", to.display()))?;
                 self.placed.push(to);
             }
             fsync_dir(&self.target)?;
         } else {
             let tmp = self.root().to_path_buf();
-            fs::rename(&tmp, &self.target)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), self.target.display()))?;
+            fs::rename(&tmp, &self.target).with_context(|| {
+                format!("renaming {} to {}", tmp.display(), self.target.display())
+            })?;
             self.placed.push(self.target.clone());
             // The staging dir is the target now: TempDir must not remove anything.
             let _ = self.tmp.take().map(tempfile::TempDir::keep);
-            fsync_dir(self.target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+            fsync_dir(
+                self.target
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            )?;
         }
         Ok(())
     }
@@ -407,7 +468,11 @@ fn stage_members(plan: &Plan, src: &Path, db_len: u64) -> anyhow::Result<Vec<Sta
     let members: Vec<RestoreMember> = plan
         .members
         .iter()
-        .map(|m| RestoreMember { id: m.id, name: m.name.clone(), peer_urls: m.peer_urls.clone() })
+        .map(|m| RestoreMember {
+            id: m.id,
+            name: m.name.clone(),
+            peer_urls: m.peer_urls.clone(),
+        })
         .collect();
     let mut staged = Vec::new();
     let mut first_db: Option<PathBuf> = None;
@@ -430,7 +495,8 @@ fn stage_members(plan: &Plan, src: &Path, db_len: u64) -> anyhow::Result<Vec<Sta
         }
         fs::set_permissions(&db, fs::Permissions::from_mode(0o600))?;
         fsync_file(&db)?;
-        snap::write_snap(&snap_dir, &plan.members).with_context(|| format!("writing snap file in {}", snap_dir.display()))?;
+        snap::write_snap(&snap_dir, &plan.members)
+            .with_context(|| format!("writing snap file in {}", snap_dir.display()))?;
         fsync_dir(&snap_dir)?;
 
         let wal_staged = match &t.wal_dir {
@@ -457,7 +523,13 @@ fn stage_members(plan: &Plan, src: &Path, db_len: u64) -> anyhow::Result<Vec<Sta
 
 /// `saveDB` + `updateCIndex`: copy the db (without trailer) and rewrite membership,
 /// `meta/consistent_index` = N and `meta/term` = 1 (etcd-restore-spec.md §2).
-fn save_db(src: &Path, db_len: u64, dst: &Path, members: &[RestoreMember], n: u64) -> anyhow::Result<()> {
+fn save_db(
+    src: &Path,
+    db_len: u64,
+    dst: &Path,
+    members: &[RestoreMember],
+    n: u64,
+) -> anyhow::Result<()> {
     rewrite_db(src, db_len, dst, members, n, 1)
         .with_context(|| format!("writing db {}", dst.display()))
 }
@@ -586,7 +658,10 @@ fn print_report(
         reminders: reminders(plan, manifest.is_some()),
     };
     if args.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
         return;
     }
     let src = match spec {
@@ -594,7 +669,10 @@ fn print_report(
         SourceSpec::Store { which } => format!("store backup {which}"),
     };
     if dry_run {
-        println!("Dry run: nothing written. Would restore {src} into cluster {} (token {}):", report.cluster_id, plan.token);
+        println!(
+            "Dry run: nothing written. Would restore {src} into cluster {} (token {}):",
+            report.cluster_id, plan.token
+        );
     } else {
         let s = status.expect("status after restore");
         println!(
@@ -604,13 +682,29 @@ fn print_report(
     }
     for (t, m) in plan.targets.iter().zip(&report.members) {
         println!();
-        println!("member {}  id {}  data dir {}", t.name, m.id, t.data_dir.display());
+        println!(
+            "member {}  id {}  data dir {}",
+            t.name,
+            m.id,
+            t.data_dir.display()
+        );
         if let Some(km) = manifest {
-            let mpath = args.kubeadm_manifest.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            let mpath = args
+                .kubeadm_manifest
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             println!("  in {mpath}:");
             if let Some(hp) = &km.data_host_path {
-                let note = if hp == &t.data_dir { "unchanged".to_string() } else { format!("now {}", hp.display()) };
-                println!("    the etcd-data volume: hostPath: {{path: {}}}  ({note})", t.data_dir.display());
+                let note = if hp == &t.data_dir {
+                    "unchanged".to_string()
+                } else {
+                    format!("now {}", hp.display())
+                };
+                println!(
+                    "    the etcd-data volume: hostPath: {{path: {}}}  ({note})",
+                    t.data_dir.display()
+                );
             }
             let container_dir = km.data_dir.clone().unwrap_or_else(|| t.data_dir.clone());
             println!("    the etcd command: (keep the other flags)");
@@ -650,9 +744,23 @@ mod tests {
     #[test]
     fn flags_as_etcdutl() {
         let c = Cli::try_parse_from([
-            "restore", "snap.db", "--data-dir", "/d", "--wal-dir", "/w", "--name", "a",
-            "--initial-cluster", "a=http://h:1", "--initial-cluster-token", "t",
-            "--initial-advertise-peer-urls", "http://h:1", "--skip-hash-check", "-w", "json",
+            "restore",
+            "snap.db",
+            "--data-dir",
+            "/d",
+            "--wal-dir",
+            "/w",
+            "--name",
+            "a",
+            "--initial-cluster",
+            "a=http://h:1",
+            "--initial-cluster-token",
+            "t",
+            "--initial-advertise-peer-urls",
+            "http://h:1",
+            "--skip-hash-check",
+            "-w",
+            "json",
         ])
         .unwrap();
         let a = c.args;
@@ -661,8 +769,19 @@ mod tests {
         assert!(a.skip_hash_check);
         assert_eq!(a.output, Output::Json);
         assert!(Cli::try_parse_from(["restore", "x.db", "--snapshot", "y.db"]).is_err());
-        assert!(Cli::try_parse_from(["restore", "--snapshot", "y.db", "--from-store", "latest"]).is_err());
-        let c = Cli::try_parse_from(["restore", "--from-store", "latest", "--out-dir", "/o", "--dry-run"]).unwrap();
+        assert!(
+            Cli::try_parse_from(["restore", "--snapshot", "y.db", "--from-store", "latest"])
+                .is_err()
+        );
+        let c = Cli::try_parse_from([
+            "restore",
+            "--from-store",
+            "latest",
+            "--out-dir",
+            "/o",
+            "--dry-run",
+        ])
+        .unwrap();
         assert_eq!(c.args.from_store.as_deref(), Some("latest"));
         assert!(c.args.dry_run);
     }

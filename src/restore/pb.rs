@@ -158,6 +158,9 @@ mod tests {
 
     #[test]
     fn go_json_escapes() {
-        assert_eq!(go_json_string("a<b>&\"\\\n\u{1}"), r#""a\u003cb\u003e\u0026\"\\\n\u0001""#);
+        assert_eq!(
+            go_json_string("a<b>&\"\\\n\u{1}"),
+            r#""a\u003cb\u003e\u0026\"\\\n\u0001""#
+        );
     }
 }

@@ -73,7 +73,10 @@ pub enum PlanError {
 }
 
 fn flag(flag: &'static str, message: impl Into<String>) -> PlanError {
-    PlanError::Flag { flag, message: message.into() }
+    PlanError::Flag {
+        flag,
+        message: message.into(),
+    }
 }
 
 /// One member of the restored cluster.
@@ -110,7 +113,11 @@ impl Member {
     }
 
     fn urls_json(&self) -> String {
-        self.peer_urls.iter().map(|u| go_json_string(u)).collect::<Vec<_>>().join(",")
+        self.peer_urls
+            .iter()
+            .map(|u| go_json_string(u))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -167,12 +174,18 @@ pub struct PlanInput {
 /// http/https/unix/unixs, a `host:port` authority, no path. Returns the URL as Go prints it.
 pub fn parse_url(flag_name: &'static str, raw: &str) -> Result<String, PlanError> {
     let s = raw.trim();
-    let (scheme, rest) = s
-        .split_once("://")
-        .ok_or_else(|| flag(flag_name, format!("{s:?} is not a URL (want scheme://host:port)")))?;
+    let (scheme, rest) = s.split_once("://").ok_or_else(|| {
+        flag(
+            flag_name,
+            format!("{s:?} is not a URL (want scheme://host:port)"),
+        )
+    })?;
     let scheme = scheme.to_ascii_lowercase();
     if !matches!(scheme.as_str(), "http" | "https" | "unix" | "unixs") {
-        return Err(flag(flag_name, format!("URL scheme must be http, https, unix, or unixs: {s}")));
+        return Err(flag(
+            flag_name,
+            format!("URL scheme must be http, https, unix, or unixs: {s}"),
+        ));
     }
     if rest.contains(['/', '?', '#']) {
         return Err(flag(flag_name, format!("URL must not contain a path: {s}")));
@@ -189,7 +202,10 @@ pub fn parse_url(flag_name: &'static str, raw: &str) -> Result<String, PlanError
         None => false,
     };
     if !host_port_ok {
-        return Err(flag(flag_name, format!("URL address does not have the form \"host:port\": {s}")));
+        return Err(flag(
+            flag_name,
+            format!("URL address does not have the form \"host:port\": {s}"),
+        ));
     }
     Ok(format!("{scheme}://{rest}"))
 }
@@ -219,10 +235,15 @@ pub fn parse_initial_cluster(raw: &str) -> Result<BTreeMap<String, Vec<String>>,
         if name.trim().is_empty() {
             return Err(flag(F, format!("{part:?} has an empty member name")));
         }
-        m.entry(name.to_string()).or_default().push(parse_url(F, url)?);
+        m.entry(name.to_string())
+            .or_default()
+            .push(parse_url(F, url)?);
     }
     if m.is_empty() {
-        return Err(flag(F, "initial cluster unset: give name=peerURL for every member"));
+        return Err(flag(
+            F,
+            "initial cluster unset: give name=peerURL for every member",
+        ));
     }
     for urls in m.values_mut() {
         urls.sort();
@@ -234,13 +255,24 @@ pub fn parse_initial_cluster(raw: &str) -> Result<BTreeMap<String, Vec<String>>,
 fn check_target(what: &'static str, dir: &Path) -> Result<(), PlanError> {
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(PlanError::Io { path: dir.to_path_buf(), source: e }),
-        Ok(md) if !md.is_dir() => Err(PlanError::NotADirectory { what, path: dir.to_path_buf() }),
+        Err(e) => Err(PlanError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+        Ok(md) if !md.is_dir() => Err(PlanError::NotADirectory {
+            what,
+            path: dir.to_path_buf(),
+        }),
         Ok(_) => {
-            let mut rd = std::fs::read_dir(dir)
-                .map_err(|e| PlanError::Io { path: dir.to_path_buf(), source: e })?;
+            let mut rd = std::fs::read_dir(dir).map_err(|e| PlanError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
             if rd.next().is_some() {
-                Err(PlanError::NotEmpty { what, path: dir.to_path_buf() })
+                Err(PlanError::NotEmpty {
+                    what,
+                    path: dir.to_path_buf(),
+                })
             } else {
                 Ok(())
             }
@@ -255,11 +287,17 @@ impl Plan {
     /// / [`PlanError::NotADirectory`] for a target that is in the way, `Io` when a target
     /// cannot be inspected. Reads the file system, writes nothing.
     pub fn build(input: &PlanInput) -> Result<Plan, PlanError> {
-        let token = input.token.clone().unwrap_or_else(|| DEFAULT_TOKEN.to_string());
+        let token = input
+            .token
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TOKEN.to_string());
         if token.is_empty() {
             return Err(flag("--initial-cluster-token", "must not be empty"));
         }
-        let ic_raw = input.initial_cluster.as_deref().unwrap_or(DEFAULT_INITIAL_CLUSTER);
+        let ic_raw = input
+            .initial_cluster
+            .as_deref()
+            .unwrap_or(DEFAULT_INITIAL_CLUSTER);
         let cluster = parse_initial_cluster(ic_raw)?;
 
         // CheckDuplicateURL: a URL may belong to one member only, once.
@@ -291,12 +329,21 @@ impl Plan {
             if w[0].id == w[1].id {
                 return Err(flag(
                     "--initial-cluster",
-                    format!("members {} and {} get the identical ID {:x}", w[0].name, w[1].name, w[0].id),
+                    format!(
+                        "members {} and {} get the identical ID {:x}",
+                        w[0].name, w[1].name, w[0].id
+                    ),
                 ));
             }
         }
         if let Some(m) = members.iter().find(|m| m.id == 0) {
-            return Err(flag("--initial-cluster", format!("member {} gets ID 0, which raft reserves; change its URL or the token", m.name)));
+            return Err(flag(
+                "--initial-cluster",
+                format!(
+                    "member {} gets ID 0, which raft reserves; change its URL or the token",
+                    m.name
+                ),
+            ));
         }
         let cluster_id = ids::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
 
@@ -305,7 +352,10 @@ impl Plan {
                 for (f, given) in [
                     ("--data-dir", input.data_dir.is_some()),
                     ("--wal-dir", input.wal_dir.is_some()),
-                    ("--initial-advertise-peer-urls", input.advertise_peer_urls.is_some()),
+                    (
+                        "--initial-advertise-peer-urls",
+                        input.advertise_peer_urls.is_some(),
+                    ),
                 ] {
                     if given {
                         return Err(flag(f, "cannot be combined with --out-dir (every member goes to DIR/<name> with its URLs from --initial-cluster)"));
@@ -322,14 +372,20 @@ impl Plan {
                     .collect();
                 for m in &members {
                     if m.name.contains('/') || m.name == "." || m.name == ".." {
-                        return Err(flag("--out-dir", format!("member name {:?} cannot be a directory name", m.name)));
+                        return Err(flag(
+                            "--out-dir",
+                            format!("member name {:?} cannot be a directory name", m.name),
+                        ));
                     }
                 }
                 t.sort_by(|a, b| a.name.cmp(&b.name));
                 t
             }
             None => {
-                let name = input.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_string());
+                let name = input
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_NAME.to_string());
                 let member = members.iter().find(|m| m.name == name).ok_or_else(|| {
                     flag(
                         "--name",
@@ -366,7 +422,10 @@ impl Plan {
             check_target("data dir", &t.data_dir)?;
             if let Some(w) = &t.wal_dir {
                 if w.starts_with(&t.data_dir) {
-                    return Err(flag("--wal-dir", "must be outside --data-dir (leave it unset for <data-dir>/member/wal)"));
+                    return Err(flag(
+                        "--wal-dir",
+                        "must be outside --data-dir (leave it unset for <data-dir>/member/wal)",
+                    ));
                 }
                 check_target("wal dir", w)?;
             }
@@ -377,12 +436,21 @@ impl Plan {
             .flat_map(|(n, urls)| urls.iter().map(move |u| format!("{n}={u}")))
             .collect::<Vec<_>>()
             .join(",");
-        Ok(Plan { token, cluster_id, members, targets, initial_cluster })
+        Ok(Plan {
+            token,
+            cluster_id,
+            members,
+            targets,
+            initial_cluster,
+        })
     }
 
     /// The member a target restores.
     pub fn member(&self, t: &Target) -> &Member {
-        self.members.iter().find(|m| m.id == t.id).expect("target of a planned member")
+        self.members
+            .iter()
+            .find(|m| m.id == t.id)
+            .expect("target of a planned member")
     }
 }
 
@@ -402,7 +470,11 @@ mod tests {
 
     #[test]
     fn two_members() {
-        let p = Plan::build(&input("a", "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381")).unwrap();
+        let p = Plan::build(&input(
+            "a",
+            "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381",
+        ))
+        .unwrap();
         assert_eq!(p.cluster_id, 0x8d9fa1f3dd2c1d34);
         assert_eq!(p.members[0].name, "b");
         assert_eq!(p.members[0].id, 0x321b4ccd5c32edea);
@@ -422,7 +494,11 @@ mod tests {
 
     #[test]
     fn duplicate_urls_rejected() {
-        let e = Plan::build(&input("a", "a=http://127.0.0.1:2380,b=http://127.0.0.1:2380")).unwrap_err();
+        let e = Plan::build(&input(
+            "a",
+            "a=http://127.0.0.1:2380,b=http://127.0.0.1:2380",
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("duplicate url"), "{e}");
     }
 
@@ -431,7 +507,16 @@ mod tests {
         let mut i = input("a", "a=http://127.0.0.1:2380");
         i.advertise_peer_urls = Some("http://127.0.0.1:2390".into());
         let e = Plan::build(&i).unwrap_err();
-        assert!(matches!(e, PlanError::Flag { flag: "--initial-advertise-peer-urls", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                PlanError::Flag {
+                    flag: "--initial-advertise-peer-urls",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         i.advertise_peer_urls = Some("HTTP://127.0.0.1:2380".into());
         Plan::build(&i).unwrap();
     }
@@ -441,7 +526,10 @@ mod tests {
         for u in ["127.0.0.1:2380", "ftp://x:1", "http://x", "http://x:1/p"] {
             assert!(parse_url("--x", u).is_err(), "{u}");
         }
-        assert_eq!(parse_url("--x", " http://[::1]:2380 ").unwrap(), "http://[::1]:2380");
+        assert_eq!(
+            parse_url("--x", " http://[::1]:2380 ").unwrap(),
+            "http://[::1]:2380"
+        );
     }
 
     #[test]
@@ -460,7 +548,10 @@ mod tests {
         let p = Plan::build(&i).unwrap();
         let names: Vec<_> = p.targets.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["x", "y", "z"]);
-        assert_eq!(p.targets[1].data_dir, PathBuf::from("/nonexistent/lifeboat-out/y"));
+        assert_eq!(
+            p.targets[1].data_dir,
+            PathBuf::from("/nonexistent/lifeboat-out/y")
+        );
     }
 
     #[test]
@@ -469,7 +560,10 @@ mod tests {
         std::fs::write(d.path().join("f"), b"x").unwrap();
         let mut i = input("a", "a=http://127.0.0.1:2380");
         i.data_dir = Some(d.path().to_path_buf());
-        assert!(matches!(Plan::build(&i).unwrap_err(), PlanError::NotEmpty { .. }));
+        assert!(matches!(
+            Plan::build(&i).unwrap_err(),
+            PlanError::NotEmpty { .. }
+        ));
         i.data_dir = Some(d.path().join("new"));
         Plan::build(&i).unwrap();
     }

@@ -162,6 +162,9 @@ mod tests {
 
     #[test]
     fn name() {
-        assert_eq!(snap_file_name(1, 2), "0000000000000001-0000000000000002.snap");
+        assert_eq!(
+            snap_file_name(1, 2),
+            "0000000000000001-0000000000000002.snap"
+        );
     }
 }

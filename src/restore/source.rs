@@ -85,20 +85,33 @@ pub struct Expected {
 impl Expected {
     /// Compares with the verified status. Errors: [`SourceError::ManifestMismatch`].
     pub fn check(&self, hash: u32, revision: i64, total_key: u64) -> Result<(), SourceError> {
-        let mismatch = |field: &'static str, expected: String, actual: String| SourceError::ManifestMismatch {
-            id: self.id.clone(),
-            field,
-            expected,
-            actual,
-        };
+        let mismatch =
+            |field: &'static str, expected: String, actual: String| SourceError::ManifestMismatch {
+                id: self.id.clone(),
+                field,
+                expected,
+                actual,
+            };
         if hash != self.hash {
-            return Err(mismatch("hash", format!("{:08x}", self.hash), format!("{hash:08x}")));
+            return Err(mismatch(
+                "hash",
+                format!("{:08x}", self.hash),
+                format!("{hash:08x}"),
+            ));
         }
         if revision != self.revision {
-            return Err(mismatch("revision", self.revision.to_string(), revision.to_string()));
+            return Err(mismatch(
+                "revision",
+                self.revision.to_string(),
+                revision.to_string(),
+            ));
         }
         if total_key != self.total_key {
-            return Err(mismatch("total_key", self.total_key.to_string(), total_key.to_string()));
+            return Err(mismatch(
+                "total_key",
+                self.total_key.to_string(),
+                total_key.to_string(),
+            ));
         }
         Ok(())
     }
@@ -120,7 +133,11 @@ pub struct LocalSnapshot {
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SourceError + 'a {
-    move |source| SourceError::Io { what, path: path.to_path_buf(), source }
+    move |source| SourceError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Whether a path names a zstd-compressed snapshot (by its magic bytes, else by extension).
@@ -149,7 +166,10 @@ fn check_trailer(path: &Path, size: u64, tc: &TrailerCheck, skip: bool) -> Resul
             })
         }
         None if skip => Ok(()),
-        None => Err(SourceError::MissingTrailer { path: path.to_path_buf(), size }),
+        None => Err(SourceError::MissingTrailer {
+            path: path.to_path_buf(),
+            size,
+        }),
     }
 }
 
@@ -187,7 +207,11 @@ pub struct HashingReader<R> {
 impl<R: Read> HashingReader<R> {
     /// Wraps `inner`.
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, sha: Sha256::new(), n: 0 }
+        HashingReader {
+            inner,
+            sha: Sha256::new(),
+            n: 0,
+        }
     }
     /// Bytes read and their sha256 (hex).
     pub fn finish(self) -> (u64, String) {
@@ -224,13 +248,16 @@ pub fn decompress_to_temp<R: Read>(
     let mut out = BufWriter::with_capacity(CHUNK, file);
     let mut h = TrailerHasher::new();
     {
-        let mut dec = zstd::stream::read::Decoder::new(&mut hr)
-            .map_err(|e| SourceError::Zstd { what: what.to_string(), source: e })?;
+        let mut dec = zstd::stream::read::Decoder::new(&mut hr).map_err(|e| SourceError::Zstd {
+            what: what.to_string(),
+            source: e,
+        })?;
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let n = dec
-                .read(&mut buf)
-                .map_err(|e| SourceError::Zstd { what: what.to_string(), source: e })?;
+            let n = dec.read(&mut buf).map_err(|e| SourceError::Zstd {
+                what: what.to_string(),
+                source: e,
+            })?;
             if n == 0 {
                 break;
             }
@@ -239,7 +266,10 @@ pub fn decompress_to_temp<R: Read>(
         }
     }
     // Drain anything after the frame so that the compressed hash covers the whole object.
-    std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| SourceError::Zstd { what: what.to_string(), source: e })?;
+    std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| SourceError::Zstd {
+        what: what.to_string(),
+        source: e,
+    })?;
     out.flush().map_err(io("writing", &tpath))?;
     drop(out);
     let tc = h.finish();
@@ -247,10 +277,17 @@ pub fn decompress_to_temp<R: Read>(
     let p: PathBuf = tpath.to_path_buf();
     if require_trailer || tc.trailer.is_some() {
         check_trailer(&p, size, &tc, skip_hash_check).map_err(|e| match e {
-            SourceError::MissingTrailer { size, .. } => SourceError::MissingTrailer { path: PathBuf::from(what), size },
-            SourceError::TrailerMismatch { expected, actual, .. } => {
-                SourceError::TrailerMismatch { path: PathBuf::from(what), expected, actual }
-            }
+            SourceError::MissingTrailer { size, .. } => SourceError::MissingTrailer {
+                path: PathBuf::from(what),
+                size,
+            },
+            SourceError::TrailerMismatch {
+                expected, actual, ..
+            } => SourceError::TrailerMismatch {
+                path: PathBuf::from(what),
+                expected,
+                actual,
+            },
             e => e,
         })?;
     }
@@ -278,7 +315,11 @@ pub struct ChannelReader {
 impl ChannelReader {
     /// Reads from `rx` (on a blocking thread: uses `blocking_recv`).
     pub fn new(rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>) -> Self {
-        ChannelReader { rx, cur: Vec::new(), pos: 0 }
+        ChannelReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        }
     }
 }
 
@@ -325,7 +366,8 @@ mod tests {
         assert!(matches!(e, SourceError::TrailerMismatch { .. }), "{e}");
         // A truncated compressed stream is caught.
         let z = zstd::encode_all(&db[..], 3).unwrap();
-        let e = decompress_to_temp(&z[..z.len() - 5], "x.db.zst", d.path(), false, true).unwrap_err();
+        let e =
+            decompress_to_temp(&z[..z.len() - 5], "x.db.zst", d.path(), false, true).unwrap_err();
         assert!(matches!(e, SourceError::Zstd { .. }), "{e}");
         // Temp files are gone.
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);

@@ -56,7 +56,10 @@ pub struct Encoder {
 impl Encoder {
     /// A new encoder whose crc chain starts at `prev_crc` (0 for the first segment).
     pub fn new(prev_crc: u32) -> Self {
-        Encoder { buf: Vec::new(), crc: prev_crc }
+        Encoder {
+            buf: Vec::new(),
+            crc: prev_crc,
+        }
     }
 
     /// Appends one record: length word, `walpb.Record`, padding to 8 bytes.
@@ -98,18 +101,30 @@ pub fn restore_wal_bytes(node_id: u64, cluster_id: u64, members: &[Member]) -> V
     let mut e = Encoder::new(0);
     // wal.Create
     e.encode(RecordType::Crc, None);
-    e.encode(RecordType::Metadata, Some(&pb::metadata(node_id, cluster_id)));
+    e.encode(
+        RecordType::Metadata,
+        Some(&pb::metadata(node_id, cluster_id)),
+    );
     e.encode(RecordType::Snapshot, Some(&pb::wal_snapshot(0, 0, None)));
     // saveWALAndSnap: w.Save(hardState, ents)
     for (i, m) in members.iter().enumerate() {
         let cc = pb::conf_change_add_node(m.id, m.context_json().as_bytes());
-        e.encode(RecordType::Entry, Some(&pb::entry(1, term, i as u64 + 1, &cc)));
+        e.encode(
+            RecordType::Entry,
+            Some(&pb::entry(1, term, i as u64 + 1, &cc)),
+        );
     }
-    e.encode(RecordType::State, Some(&pb::hard_state(term, members[0].id, commit)));
+    e.encode(
+        RecordType::State,
+        Some(&pb::hard_state(term, members[0].id, commit)),
+    );
     // saveWALAndSnap: w.SaveSnapshot(walpb.Snapshot{Index: commit, Term: term, ConfState})
     let voters: Vec<u64> = members.iter().map(|m| m.id).collect();
     let cs = pb::conf_state(&voters);
-    e.encode(RecordType::Snapshot, Some(&pb::wal_snapshot(commit, term, Some(&cs))));
+    e.encode(
+        RecordType::Snapshot,
+        Some(&pb::wal_snapshot(commit, term, Some(&cs))),
+    );
     e.into_bytes()
 }
 

