@@ -162,3 +162,32 @@ async fn zst_into_one_etcd_3_4_member() {
         ids::cluster_id(&[want_id])
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn separate_wal_dir_boots_etcd_3_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snap, want) = source_snapshot(dir.path(), V::V3_5, 60);
+    let mut spec = MemberSpec::new("w", dir.path().join("data"));
+    spec.wal_dir = Some(dir.path().join("wal-disk").join("wal"));
+    run(
+        RestoreArgs {
+            snapshot: Some(snap),
+            name: Some("w".into()),
+            initial_cluster: Some(format!("w={}", spec.peer_url())),
+            data_dir: Some(spec.data_dir.clone()),
+            wal_dir: spec.wal_dir.clone(),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(!spec.data_dir.join("member/wal").exists());
+    assert_eq!(
+        tree(spec.wal_dir.as_ref().unwrap()),
+        ["0000000000000000-0000000000000000.wal"]
+    );
+    let c = Cluster::start(V::V3_5, vec![spec.clone()], "etcd-cluster", dir.path());
+    assert_eq!(dump(&c, &spec.client_url()), want);
+    c.ok(&["put", "/after", "1"]);
+}

@@ -144,7 +144,13 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
         print_report(&args, &plan, &spec, None, manifest.as_ref(), true);
         return Ok(());
     }
-    let mut temp_dir = temp_parent(&plan.targets[0].data_dir)?;
+    let temp_dir = temp_parent(&plan.targets[0].data_dir)?;
+    // Parents of separate WAL dirs are created too (etcdutl: `CreateDirAll`), and removed
+    // again on failure.
+    let mut wal_parents = Vec::new();
+    for w in plan.targets.iter().filter_map(|t| t.wal_dir.as_ref()) {
+        wal_parents.push(temp_parent(w)?);
+    }
     let (status, staged) = match &spec {
         SourceSpec::File { path, zstd: false } => {
             build_from_raw_file(&plan, path, args.skip_hash_check).await?
@@ -165,8 +171,10 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
         }
     };
     tokio::task::spawn_blocking(move || commit(staged)).await??;
-    temp_dir.2 = true; // success: keep the parent dirs created for the targets
-    drop(temp_dir);
+    // Success: keep the parent dirs created for the targets.
+    for mut p in std::iter::once(temp_dir).chain(wal_parents) {
+        p.2 = true;
+    }
     print_report(&args, &plan, &spec, Some(&status), manifest.as_ref(), false);
     Ok(())
 }

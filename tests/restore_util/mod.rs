@@ -47,6 +47,8 @@ pub fn free_port() -> u16 {
 pub struct MemberSpec {
     pub name: String,
     pub data_dir: PathBuf,
+    /// `--wal-dir` when the WAL lives outside the data dir.
+    pub wal_dir: Option<PathBuf>,
     pub peer_port: u16,
     pub client_port: u16,
 }
@@ -56,6 +58,7 @@ impl MemberSpec {
         MemberSpec {
             name: name.into(),
             data_dir,
+            wal_dir: None,
             peer_port: free_port(),
             client_port: free_port(),
         }
@@ -105,7 +108,11 @@ impl Cluster {
         for m in &members {
             let log = log_dir.join(format!("etcd-{}.log", m.name));
             let f = std::fs::File::create(&log).unwrap();
-            let child = Command::new(etcd_bin(v))
+            let mut cmd = Command::new(etcd_bin(v));
+            if let Some(w) = &m.wal_dir {
+                cmd.arg("--wal-dir").arg(w);
+            }
+            let child = cmd
                 .args(["--name", &m.name])
                 .arg("--data-dir")
                 .arg(&m.data_dir)
