@@ -66,9 +66,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 a.file.clone()
             };
-            let st = tokio::task::spawn_blocking(move || snapshot::status_file(&path))
-                .await?
-                .with_context(|| format!("snapshot {}", a.file.display()))?;
+            let skip_hash = a.skip_hash_check;
+            let st = tokio::task::spawn_blocking(move || {
+                if skip_hash {
+                    snapshot::status_file(&path)
+                } else {
+                    snapshot::status_file_verified(&path).map(|(st, _)| st)
+                }
+            })
+            .await?
+            .with_context(|| format!("snapshot {}", a.file.display()))?;
             match a.output.output {
                 Output::Json => println!("{}", serde_json::to_string(&st)?),
                 Output::Table => print!("{}", st.to_table()),

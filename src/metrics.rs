@@ -328,6 +328,7 @@ pub fn refresh_store(catalog: &[Manifest]) {
 /// Records a failed read of the store catalog (the store gauges keep their last values).
 pub fn record_store_refresh_error() {
     let x = metrics();
+    x.store_refreshed.store(true, Ordering::Relaxed);
     x.store_refresh_errors.inc();
     x.store_up.set(0);
 }
@@ -352,8 +353,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// <url>/metrics/job/<job>/instance/<instance>` (replacing the group). After a failed one,
 /// only the failure metrics are sent with `POST`, which replaces just those names, so the
 /// pushed `etcd_lifeboat_backup_last_success_timestamp_seconds` of the previous success stays
-/// and age alerts keep working. Daemon-only metrics are never pushed; store metrics only when
-/// [`refresh_store`] was called. Label values containing `/` (or empty) are sent in the
+/// and age alerts keep working. Daemon-only metrics are never pushed; store metrics
+/// (`etcd_lifeboat_store_*`) are pushed, after success or failure, when [`refresh_store`] or
+/// [`record_store_refresh_error`] was called. Label values containing `/` (or empty) are sent in the
 /// Pushgateway's base64url form (`instance@base64/...`).
 ///
 /// Plain `http://` only (the gateway is normally cluster-internal). 10 s timeout.
@@ -372,11 +374,12 @@ pub async fn push(url: &str, job: &str, instance: &str) -> anyhow::Result<()> {
             if DAEMON_ONLY.contains(&n) || (!store && n.starts_with("etcd_lifeboat_store_")) {
                 return false;
             }
-            full || matches!(
-                n,
-                "etcd_lifeboat_backup_last_failure_timestamp_seconds"
-                    | "etcd_lifeboat_backups_total"
-            )
+            full || n.starts_with("etcd_lifeboat_store_")
+                || matches!(
+                    n,
+                    "etcd_lifeboat_backup_last_failure_timestamp_seconds"
+                        | "etcd_lifeboat_backups_total"
+                )
         })
         .collect();
     let mut body = Vec::new();

@@ -392,7 +392,7 @@ fn corrupted_stored_object_fails_verify() {
 #[test]
 fn truncated_or_corrupted_snapshot_file_is_refused_by_status() {
     let etcd = Etcd::start(EtcdOpts::default());
-    etcd.etcdctl_ok(&["put", "a", "1"]);
+    etcd.etcdctl_ok(&["put", "a", "lifeboat-value-xyz"]);
     let snap = etcd.dir.path().join("s.db");
     etcd.etcdctl_ok(&["snapshot", "save", snap.to_str().unwrap()]);
     let bytes = std::fs::read(&snap).unwrap();
@@ -409,6 +409,28 @@ fn truncated_or_corrupted_snapshot_file_is_refused_by_status() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(!out.stderr.is_empty());
+
+    // A flipped byte inside a value: bbolt's structure is intact, only the sha256 trailer
+    // tells. The default refuses it; --skip-hash-check (etcdctl's behaviour) cannot see it.
+    let mut flipped = bytes.clone();
+    let pos = flipped
+        .windows(18)
+        .position(|w| w == b"lifeboat-value-xyz")
+        .expect("the value is in the db");
+    flipped[pos] = b'L';
+    let bad = etcd.dir.path().join("flipped.db");
+    std::fs::write(&bad, &flipped).unwrap();
+    let out = lifeboat()
+        .args(["status", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sha256"), "{err}");
+    lifeboat()
+        .args(["status", "--skip-hash-check", bad.to_str().unwrap()])
+        .assert()
+        .success();
 }
 
 #[test]

@@ -166,7 +166,7 @@ fn sigterm_during_s3_backup_leaves_no_backup_and_no_parts() {
     let storage = s3.storage_config();
     let cfg = config(&etcd, &storage);
     let bin = assert_cmd::cargo::cargo_bin("etcd-lifeboat");
-    let mut child = std::process::Command::new(bin)
+    let child = std::process::Command::new(bin)
         .args(["--config", cfg.to_str().unwrap(), "backup"])
         .env("ETCD_LIFEBOAT_COMPRESSION_LEVEL", "19") // slow enough to be caught mid-way
         .stderr(std::process::Stdio::piped())

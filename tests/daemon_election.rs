@@ -69,6 +69,12 @@ async fn one_leader_resign_hands_over_and_dead_leader_is_replaced_within_ttl() {
         "both replicas campaign"
     );
     let (leader, follower) = if *a.rx.borrow() { (a, b) } else { (b, a) };
+    // Both replicas observe the same leader (this process's identity, host/pid).
+    daemon_support::wait_for("observed leader", Duration::from_secs(5), || {
+        election::current_leader()
+    })
+    .await;
+    assert_eq!(election::current_leader().unwrap(), election::identity());
 
     // Resign: the follower leads almost at once (well under the TTL).
     let t0 = Instant::now();
@@ -152,4 +158,41 @@ async fn leader_steps_down_when_etcd_goes_away_and_returns() {
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_three_members_one_member_killed_still_one_leader() {
+    let mut etcd = Etcd::start(EtcdOpts {
+        members: 3,
+        tls: true,
+        ..Default::default()
+    });
+    let cfg = cfg_for(&etcd, 3);
+    let a = replica(&cfg);
+    let b = replica(&cfg);
+    daemon_support::wait_for("a leader over TLS", Duration::from_secs(15), || {
+        (leaders(&[&a, &b]) == 1).then_some(())
+    })
+    .await;
+    // Lose one member (maybe the one a replica's streams run through): the election goes on
+    // over the other two; after a settling period there is again exactly one leader.
+    etcd.kill_member(0);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    daemon_support::wait_for(
+        "one leader after losing a member",
+        Duration::from_secs(20),
+        || (leaders(&[&a, &b]) == 1).then_some(()),
+    )
+    .await;
+    for _ in 0..30 {
+        assert_eq!(leaders(&[&a, &b]), 1, "exactly one leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for r in [a, b] {
+        r.resign.cancel();
+        tokio::time::timeout(Duration::from_secs(15), r.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

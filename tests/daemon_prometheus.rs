@@ -90,7 +90,10 @@ fn query(p: &Prometheus, q: &str) -> Vec<serde_json::Value> {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             v["data"]["result"].as_array().cloned().unwrap_or_default()
         }
-        _ => Vec::new(),
+        other => {
+            eprintln!("query {q}: {other:?}");
+            Vec::new()
+        }
     }
 }
 
@@ -127,14 +130,20 @@ async fn prometheus_scrapes_and_records_backup_age() {
 
     let age = wait_for("recorded backup age", Duration::from_secs(60), || {
         let r = query(&prom, "etcd_lifeboat:backup_age_seconds");
-        (r.len() == 1 && value(&r[0]) < 30.0).then_some(value(&r[0]))
+        (r.len() == 1 && value(&r[0]) < 30.0).then(|| value(&r[0]))
     })
     .await;
     assert!((0.0..30.0).contains(&age), "backup age {age}");
-    let successes = query(&prom, "etcd_lifeboat_backups_total{result=\"success\"}");
-    assert!(value(&successes[0]) >= 1.0);
-    let leader = query(&prom, "etcd_lifeboat_is_leader");
-    assert_eq!(value(&leader[0]), 1.0);
+    wait_for("success counter in Prometheus", Duration::from_secs(10), || {
+        let r = query(&prom, "etcd_lifeboat_backups_total{result=\"success\"}");
+        (r.len() == 1 && value(&r[0]) >= 1.0).then_some(())
+    })
+    .await;
+    wait_for("is_leader in Prometheus", Duration::from_secs(10), || {
+        let r = query(&prom, "etcd_lifeboat_is_leader");
+        (r.len() == 1 && value(&r[0]) == 1.0).then_some(())
+    })
+    .await;
     eprintln!("backup age recorded by Prometheus: {age:.1}s");
     d.stop().await;
 }

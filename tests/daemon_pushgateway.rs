@@ -81,6 +81,10 @@ async fn push_failure_then_success() {
         )) > 0.0
     );
     assert!(group_lines(addr, "etcd_lifeboat_backup_last_success_timestamp_seconds").is_empty());
+    assert!(
+        group_lines(addr, "etcd_lifeboat_store_backups").is_empty(),
+        "store metrics only after a catalog read"
+    );
 
     // Success: the whole set (PUT).
     metrics::record_backup_success(&manifest(), Duration::from_millis(2500));
@@ -111,7 +115,7 @@ async fn push_failure_then_success() {
     );
     assert!(
         group_lines(addr, "etcd_lifeboat_store_backups").is_empty(),
-        "store metrics only after a refresh"
+        "store metrics only after a catalog read"
     );
     assert_eq!(
         value(&group_lines(
@@ -134,6 +138,20 @@ async fn push_failure_then_success() {
             "etcd_lifeboat_backup_last_success_timestamp_seconds"
         )),
         success
+    );
+
+    // After a catalog read the store metrics go along.
+    metrics::refresh_store(&[manifest(), manifest()]);
+    metrics::push(&url, "etcd-backup", "node-1").await.unwrap();
+    assert_eq!(
+        value(&group_lines(addr, "etcd_lifeboat_store_backups")),
+        2.0
+    );
+    assert!(
+        value(&group_lines(
+            addr,
+            "etcd_lifeboat_store_latest_backup_timestamp_seconds"
+        )) > 0.0
     );
 
     // Errors name the target and the fix.

@@ -103,6 +103,20 @@ fn two_replicas_one_leader_one_set_of_backups_and_takeover_on_sigterm() {
         "store has {in_store} manifests, leader reports {by_leader} successes"
     );
 
+    // The follower knows who leads (Observe): the leader's host/pid, in its /readyz.
+    let leader_pid = format!("/{}", leader.pid());
+    wait(
+        "follower observes the leader",
+        Duration::from_secs(5),
+        || {
+            let (_, body) = http_get(follower.addr, "/readyz").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v["current_leader"]
+                .as_str()
+                .is_some_and(|l| l.ends_with(&leader_pid))
+        },
+    );
+
     // SIGTERM the leader: exit 0 promptly (resigns), the follower leads well within the TTL.
     let t0 = Instant::now();
     let code = leader.sigterm(Duration::from_secs(30));
@@ -139,11 +153,12 @@ fn two_replicas_one_leader_one_set_of_backups_and_takeover_on_sigterm() {
 fn idle_daemon_footprint() {
     let etcd = Etcd::start(EtcdOpts::default());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { fill(&etcd.client().await, 2000, 1024, "k/").await });
+    rt.block_on(async { fill(&etcd.client().await, 15_000, 4096, "k/").await });
     let store = etcd.dir.path().join("store");
     std::fs::create_dir_all(&store).unwrap();
     let port = free_port();
-    // Hourly schedule: the empty store makes the daemon back up once at start, then it idles.
+    // ~60 MiB of data. Hourly schedule: the empty store makes the daemon back up once at
+    // start, then it idles.
     let c = config(&etcd, &store, port, "0 0 * * * *", false);
     let mut d = DaemonProc::spawn(
         &c,

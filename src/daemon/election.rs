@@ -11,7 +11,8 @@
 //! revokes the lease at once.
 //!
 //! The state is published on a `watch` channel (`true` = leader) and in
-//! `etcd_lifeboat_is_leader`.
+//! `etcd_lifeboat_is_leader`. Every replica also follows `Observe(name)` to know who leads
+//! ([`current_leader`], shown in `/readyz` and logged on change).
 
 use std::time::Duration;
 
@@ -21,6 +22,31 @@ use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+
+static CURRENT_LEADER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The current leader's value (`host/pid`) as last observed through `Observe`, if any.
+pub fn current_leader() -> Option<String> {
+    CURRENT_LEADER.lock().expect("leader lock").clone()
+}
+
+/// Follows the election's leader changes until the stream ends (etcd gone, session over).
+async fn observe(client: Client, name: String) {
+    let mut election = client.election_client();
+    let Ok(mut stream) = election.observe(name).await else {
+        return;
+    };
+    while let Ok(Some(resp)) = stream.message().await {
+        if let Some(kv) = resp.kv() {
+            let v = String::from_utf8_lossy(kv.value()).into_owned();
+            let mut cur = CURRENT_LEADER.lock().expect("leader lock");
+            if cur.as_deref() != Some(v.as_str()) {
+                tracing::info!(leader = %v, "leader election: current leader");
+                *cur = Some(v);
+            }
+        }
+    }
+}
 
 /// Value written under the election key: who this replica is (`host/pid`).
 pub fn identity() -> String {
@@ -46,23 +72,31 @@ fn set_leader(tx: &watch::Sender<bool>, v: bool) {
 }
 
 /// Runs the election until `resign` is cancelled, then resigns (if leader) and revokes the
-/// lease. Connection failures are retried with backoff (1 s doubling to 30 s); the replica is
-/// not leader meanwhile.
+/// lease. Connection failures are retried with backoff (1 s doubling, at most the lease TTL
+/// or 30 s); the replica is not leader meanwhile.
 pub async fn run(cfg: Config, tx: watch::Sender<bool>, resign: CancellationToken) {
     let mut backoff = Duration::from_secs(1);
     let name = cfg.leader_election.name.clone();
     let value = identity();
+    let cap = cfg.leader_election.lease_ttl.min(Duration::from_secs(30));
     while !resign.is_cancelled() {
+        let started = Instant::now();
         match session(&cfg, &name, &value, &tx, &resign).await {
             Ok(()) => break,
             Err(e) => {
                 set_leader(&tx, false);
+                if started.elapsed() > cfg.leader_election.lease_ttl {
+                    // A session that held for a while: start the backoff afresh.
+                    backoff = Duration::from_secs(1);
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "leader election: session ended");
                 tokio::select! {
                     _ = resign.cancelled() => break,
                     _ = sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                // Capped at the lease TTL, so that a replica recovers from an etcd outage about
+                // as fast as a takeover would happen.
+                backoff = (backoff * 2).min(cap);
             }
         }
     }
@@ -97,6 +131,7 @@ async fn session(
     let lost = CancellationToken::new();
     let keeper = tokio::spawn(keep_alive(client.clone(), lease_id, ttl, rt, lost.clone()));
     let _abort = AbortOnDrop(keeper);
+    let _observer = AbortOnDrop(tokio::spawn(observe(client.clone(), name.to_string())));
 
     let result = async {
         let mut election = client.election_client();

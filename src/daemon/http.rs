@@ -58,6 +58,8 @@ struct Readiness {
     reasons: Vec<String>,
     checks: std::collections::BTreeMap<&'static str, Check>,
     leader: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_leader: Option<String>,
     store_backups: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     newest_backup: Option<String>,
@@ -141,6 +143,7 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
         reasons,
         checks,
         leader: h.leader,
+        current_leader: super::election::current_leader(),
         store_backups: h.backups,
         newest_backup: h.newest.as_ref().map(|(id, _)| id.clone()),
         newest_backup_age_seconds: age,

@@ -235,7 +235,11 @@ impl DaemonProc {
         let real = binary_has_daemon();
         let logf = std::fs::File::create(log).unwrap();
         let mut cmd = if real {
-            let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
+            // LIFEBOAT_TEST_BIN: measure another build (e.g. target/release/etcd-lifeboat).
+            let bin = std::env::var_os("LIFEBOAT_TEST_BIN")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
+            let mut c = std::process::Command::new(bin);
             c.arg("--config")
                 .arg(config)
                 .arg("daemon")
