@@ -144,20 +144,19 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
         print_report(&args, &plan, &spec, None, manifest.as_ref(), true);
         return Ok(());
     }
-    let temp_dir = temp_parent(&plan.targets[0].data_dir)?;
-    // Parents of separate WAL dirs are created too (etcdutl: `CreateDirAll`), and removed
-    // again on failure.
-    let mut wal_parents = Vec::new();
+    // Parents of the targets (and of separate WAL dirs) are created (etcdutl:
+    // `CreateDirAll`), and removed again on failure.
+    let mut parents = vec![temp_parent(&plan.targets[0].data_dir)?];
     for w in plan.targets.iter().filter_map(|t| t.wal_dir.as_ref()) {
-        wal_parents.push(temp_parent(w)?);
+        parents.push(temp_parent(w)?);
     }
+    let temp_dir = parents[0].0.clone();
     let (status, staged) = match &spec {
         SourceSpec::File { path, zstd: false } => {
             build_from_raw_file(&plan, path, args.skip_hash_check).await?
         }
         _ => {
-            let (snapshot, expected) =
-                fetch_snapshot(&args, &spec, &temp_dir.0, config_path).await?;
+            let (snapshot, expected) = fetch_snapshot(&args, &spec, &temp_dir, config_path).await?;
             let plan2 = plan.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let status = verify_snapshot(&snapshot.path, snapshot.db_len)?;
@@ -172,7 +171,7 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
     };
     tokio::task::spawn_blocking(move || commit(staged)).await??;
     // Success: keep the parent dirs created for the targets.
-    for mut p in std::iter::once(temp_dir).chain(wal_parents) {
+    for p in &mut parents {
         p.2 = true;
     }
     print_report(&args, &plan, &spec, Some(&status), manifest.as_ref(), false);
