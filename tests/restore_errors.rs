@@ -1,0 +1,175 @@
+//! Restore refuses bad input with a clear error and writes nothing: corrupted or truncated
+//! snapshots, a non-empty target, a name missing from --initial-cluster, duplicate peer URLs.
+
+mod restore_util;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use etcd_lifeboat::error::exit_code;
+use etcd_lifeboat::restore::{run, RestoreArgs};
+use restore_util::*;
+
+/// One real snapshot (etcd 3.5, a few keys) shared by the tests of this file.
+fn snapshot() -> &'static Path {
+    static SNAP: OnceLock<PathBuf> = OnceLock::new();
+    SNAP.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let c = Cluster::start(
+            V::V3_5,
+            vec![MemberSpec::new("s", dir.join("s.etcd"))],
+            "t",
+            &dir,
+        );
+        populate(&c, 20);
+        let p = dir.join("snap.db");
+        snapshot_save(&c, &p);
+        p
+    })
+}
+
+fn args(snap: &Path, data_dir: &Path) -> RestoreArgs {
+    RestoreArgs {
+        snapshot: Some(snap.to_path_buf()),
+        name: Some("a".into()),
+        initial_cluster: Some("a=http://127.0.0.1:2380,b=http://127.0.0.1:2381".into()),
+        initial_advertise_peer_urls: Some("http://127.0.0.1:2380".into()),
+        data_dir: Some(data_dir.to_path_buf()),
+        ..Default::default()
+    }
+}
+
+/// Runs a restore that must fail; returns (message, exit code) and checks that `dir` holds
+/// exactly `before` afterwards.
+async fn fails(a: RestoreArgs, dir: &Path) -> (String, i32) {
+    let before = tree(dir);
+    let e = run(a, None).await.expect_err("restore must fail");
+    assert_eq!(tree(dir), before, "nothing written for: {e:#}");
+    (format!("{e:#}"), exit_code(&e))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    let mut b = std::fs::read(snapshot()).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    let bad = d.path().join("bad.db");
+    std::fs::write(&bad, &b).unwrap();
+    let (msg, code) = fails(args(&bad, &d.path().join("out")), d.path()).await;
+    assert!(msg.contains("sha256 trailer does not match"), "{msg}");
+    assert_eq!(code, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncated_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    let b = std::fs::read(snapshot()).unwrap();
+    let bad = d.path().join("short.db");
+    std::fs::write(&bad, &b[..b.len() - 1000]).unwrap();
+    let (msg, code) = fails(args(&bad, &d.path().join("out")), d.path()).await;
+    assert!(msg.contains("has no sha256 trailer"), "{msg}");
+    assert_eq!(code, 1);
+    // With --skip-hash-check a db cut in half still fails verification (bbolt structure).
+    let half = d.path().join("half.db");
+    std::fs::write(&half, &b[..b.len() / 2 / 4096 * 4096]).unwrap();
+    let mut a = args(&half, &d.path().join("out"));
+    a.skip_hash_check = true;
+    let (msg, _) = fails(a, d.path()).await;
+    assert!(msg.contains("verifying snapshot"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncated_zst() {
+    let d = tempfile::tempdir().unwrap();
+    let z = zstd::encode_all(&std::fs::read(snapshot()).unwrap()[..], 3).unwrap();
+    let bad = d.path().join("short.db.zst");
+    std::fs::write(&bad, &z[..z.len() / 2]).unwrap();
+    let (msg, code) = fails(args(&bad, &d.path().join("out").join("a")), d.path()).await;
+    assert!(msg.contains("corrupted or truncated"), "{msg}");
+    assert_eq!(code, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_empty_target() {
+    let d = tempfile::tempdir().unwrap();
+    let target = d.path().join("data");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("keep.txt"), b"precious").unwrap();
+    let (msg, code) = fails(args(snapshot(), &target), d.path()).await;
+    assert!(
+        msg.contains("is not empty") && msg.contains("never deletes or overwrites"),
+        "{msg}"
+    );
+    assert_eq!(code, 1);
+    assert_eq!(std::fs::read(target.join("keep.txt")).unwrap(), b"precious");
+    // --out-dir: one member's dir in the way stops the whole restore.
+    let out = d.path().join("out");
+    std::fs::create_dir_all(out.join("b")).unwrap();
+    std::fs::write(out.join("b").join("x"), b"x").unwrap();
+    let a = RestoreArgs {
+        snapshot: Some(snapshot().to_path_buf()),
+        initial_cluster: Some("a=http://127.0.0.1:2380,b=http://127.0.0.1:2381".into()),
+        out_dir: Some(out.clone()),
+        ..Default::default()
+    };
+    let (msg, _) = fails(a, d.path()).await;
+    assert!(msg.contains("is not empty"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_existing_target_is_used() {
+    let d = tempfile::tempdir().unwrap();
+    let target = d.path().join("data");
+    std::fs::create_dir(&target).unwrap();
+    run(args(snapshot(), &target), None).await.unwrap();
+    assert_eq!(
+        tree(&target),
+        [
+            "member/",
+            "member/snap/",
+            "member/snap/0000000000000001-0000000000000002.snap",
+            "member/snap/db",
+            "member/wal/",
+            "member/wal/0000000000000000-0000000000000000.wal"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn name_not_in_initial_cluster() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = args(snapshot(), &d.path().join("out"));
+    a.name = Some("c".into());
+    let (msg, code) = fails(a, d.path()).await;
+    assert!(
+        msg.starts_with("--name: couldn't find local name \"c\""),
+        "{msg}"
+    );
+    assert_eq!(code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_peer_urls() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = args(snapshot(), &d.path().join("out"));
+    a.initial_cluster = Some("a=http://127.0.0.1:2380,b=http://127.0.0.1:2380".into());
+    let (msg, code) = fails(a, d.path()).await;
+    assert!(msg.contains("duplicate url http://127.0.0.1:2380"), "{msg}");
+    assert_eq!(code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn advertise_urls_mismatch_and_dry_run() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = args(snapshot(), &d.path().join("out"));
+    a.initial_advertise_peer_urls = Some("http://127.0.0.1:2999".into());
+    let (msg, code) = fails(a, d.path()).await;
+    assert!(msg.starts_with("--initial-advertise-peer-urls:"), "{msg}");
+    assert_eq!(code, 2);
+    let mut a = args(snapshot(), &d.path().join("out"));
+    a.dry_run = true;
+    let before = tree(d.path());
+    run(a, None).await.unwrap();
+    assert_eq!(tree(d.path()), before);
+}
