@@ -55,6 +55,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Download, decompress and check stored backups against their manifests.
     Verify(VerifyArgs),
+    /// Rebuild member data dirs from a snapshot (like `etcdutl snapshot restore`).
+    Restore(crate::restore::RestoreArgs),
     /// Apply the retention policy to the store.
     Prune(PruneArgs),
     /// Run scheduled backups with metrics, health endpoints and leader election.

@@ -129,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Restore(a) => etcd_lifeboat::restore::run(a.clone(), cli.config.as_deref()).await,
         Command::Prune(a) => {
             let cfg = load(&cli).await?;
             let store = open_store(&cfg).await?;

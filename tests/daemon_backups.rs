@@ -74,7 +74,10 @@ async fn scheduled_backups_retention_and_metrics() {
         sample(&text, "etcd_lifeboat_snapshot_revision").unwrap() > rev1,
         "revision advances"
     );
-    assert!(sample(&text, "etcd_lifeboat_snapshot_keys").unwrap() >= keys1 + 100.0, "{text}");
+    assert!(
+        sample(&text, "etcd_lifeboat_snapshot_keys").unwrap() >= keys1 + 100.0,
+        "{text}"
+    );
     assert!(sample(&text, "etcd_lifeboat_backup_last_success_timestamp_seconds").unwrap() > ts1);
     assert!(sample(&text, "etcd_lifeboat_backup_duration_seconds_count").unwrap() >= 5.0);
     assert_eq!(

@@ -134,10 +134,14 @@ async fn prometheus_scrapes_and_records_backup_age() {
     })
     .await;
     assert!((0.0..30.0).contains(&age), "backup age {age}");
-    wait_for("success counter in Prometheus", Duration::from_secs(10), || {
-        let r = query(&prom, "etcd_lifeboat_backups_total{result=\"success\"}");
-        (r.len() == 1 && value(&r[0]) >= 1.0).then_some(())
-    })
+    wait_for(
+        "success counter in Prometheus",
+        Duration::from_secs(10),
+        || {
+            let r = query(&prom, "etcd_lifeboat_backups_total{result=\"success\"}");
+            (r.len() == 1 && value(&r[0]) >= 1.0).then_some(())
+        },
+    )
     .await;
     wait_for("is_leader in Prometheus", Duration::from_secs(10), || {
         let r = query(&prom, "etcd_lifeboat_is_leader");
