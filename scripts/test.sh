@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/etcd-lifeboat/target}"
 export CARGO_TERM_COLOR=never
+mkdir -p "$CARGO_TARGET_DIR"
 LOG="$CARGO_TARGET_DIR/test-output.log"
 set +e
 cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$LOG"
