@@ -32,6 +32,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use super::pb::go_json_string;
 use crate::snapshot::writer::{self, BucketEdit};
 use crate::snapshot::{
     check_sha256_trailer, check_trailer_info, has_trailer, verify_file, Db, SnapshotError, Status,
@@ -69,28 +70,6 @@ impl RestoreMember {
         s.push('}');
         s
     }
-}
-
-/// A JSON string as Go's `encoding/json` writes it (HTML-safe escaping).
-pub fn go_json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32))
-            }
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Copy `src` (a verified db, `db_len` bytes; a trailer beyond is ignored) to `dst` (created,
