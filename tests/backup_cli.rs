@@ -313,7 +313,7 @@ fn bad_password_fails_and_good_password_works() {
     let cfg = etcd.dir.path().join("auth.yaml");
     std::fs::write(
         &cfg,
-        format!("{base}").replace(
+        base.replace(
             "etcd:\n",
             &format!(
                 "etcd:\n  auth: {{username: root, password_file: {}}}\n",

@@ -371,7 +371,7 @@ impl Etcd {
         for (i, m) in self.members.iter().enumerate() {
             loop {
                 let out = Command::new(etcdctl_bin(self.opts.version))
-                    .envs(self.etcdctl_env(&[m.client_url.clone()]))
+                    .envs(self.etcdctl_env(std::slice::from_ref(&m.client_url)))
                     .args(["endpoint", "health", "--command-timeout=2s"])
                     .output()
                     .unwrap();
@@ -429,7 +429,7 @@ impl Etcd {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = Command::new(etcdctl_bin(self.opts.version))
-                .envs(self.etcdctl_env(&[m.client_url.clone()]))
+                .envs(self.etcdctl_env(std::slice::from_ref(&m.client_url)))
                 .args(["endpoint", "health", "--command-timeout=2s"])
                 .output()
                 .unwrap();
