@@ -29,8 +29,9 @@ for _ in $(seq 1 100); do "$ETCD_DIR/etcdctl" endpoint health >/dev/null 2>&1 &&
 "$ETCD_DIR/etcdctl" endpoint health
 
 echo "== filling etcd with some Kubernetes-like data =="
-# One transaction of 100 puts (etcdctl txn reads: compares, blank line, success ops, blank line).
-{ echo; for i in $(seq 1 100); do echo "put /registry/configmaps/default/cm-$i {\"data\":\"value-$i\"}"; done; echo; } \
+# One transaction of 100 puts (etcdctl txn reads: compares, blank line, success ops, blank
+# line, failure ops, blank line).
+{ echo; for i in $(seq 1 100); do echo "put /registry/configmaps/default/cm-$i {\"data\":\"value-$i\"}"; done; echo; echo; } \
   | "$ETCD_DIR/etcdctl" txn >/dev/null
 for i in $(seq 1 200); do "$ETCD_DIR/etcdctl" put "/registry/pods/default/pod-$i" "$(head -c 2000 /dev/urandom | base64 -w0)" >/dev/null; done
 "$ETCD_DIR/etcdctl" del /registry/pods/default/pod-1 >/dev/null
