@@ -367,26 +367,8 @@ impl Etcd {
     }
 
     fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for (i, m) in self.members.iter().enumerate() {
-            loop {
-                let out = Command::new(etcdctl_bin(self.opts.version))
-                    .envs(self.etcdctl_env(std::slice::from_ref(&m.client_url)))
-                    .args(["endpoint", "health", "--command-timeout=2s"])
-                    .output()
-                    .unwrap();
-                if out.status.success() {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "member {} not healthy in 30s: {}\nlog:\n{}",
-                    m.name,
-                    String::from_utf8_lossy(&out.stderr),
-                    self.log(i)
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        for i in 0..self.members.len() {
+            self.wait_healthy_member(i);
         }
     }
 
@@ -438,8 +420,9 @@ impl Etcd {
             }
             assert!(
                 Instant::now() < deadline,
-                "member {} not healthy: {}",
+                "member {} not healthy in 30s: {}\nlog:\n{}",
                 m.name,
+                String::from_utf8_lossy(&out.stderr),
                 self.log(i)
             );
             std::thread::sleep(Duration::from_millis(100));
