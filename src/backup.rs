@@ -79,6 +79,10 @@ pub enum BackupError {
         #[source]
         source: SnapshotError,
     },
+    /// A stored backup could not be downloaded or differs from its manifest (the message
+    /// names the backup and the field).
+    #[error("{0:#}")]
+    Download(anyhow::Error),
     /// The run was cancelled (shutdown).
     #[error("backup cancelled before it was stored; nothing was kept")]
     Cancelled,
@@ -543,8 +547,9 @@ async fn stream_snapshot(
 }
 
 /// Downloads a stored backup, decompresses it to a temp file and checks it against its
-/// manifest: stored size and sha256, raw size and sha256, the sha256 trailer, bbolt structure
-/// and status values.
+/// manifest: stored size and sha256, raw sha256, the sha256 trailer (through
+/// [`crate::restore::from_store::download`], which `restore --from-store` uses too), then the
+/// bbolt structure and the status values.
 ///
 /// Errors: the object is missing or differs from the manifest, the snapshot is corrupt.
 pub async fn verify_backup(
@@ -552,68 +557,36 @@ pub async fn verify_backup(
     store: &Store,
     m: &Manifest,
 ) -> Result<Status, BackupError> {
-    let tmp = new_temp_file(&temp_dir(cfg))?;
-    let fetched = fetch_decompressed(
-        store,
-        &m.data_key,
-        tmp.reopen().map_err(|source| BackupError::TempDir {
-            dir: tmp.path().display().to_string(),
-            source,
-        })?,
-    )
-    .await;
-    let (stored_bytes, stored_sha, raw_len, raw_sha, trailer_ok) = match fetched {
-        Ok(v) => v,
-        Err(FetchError::Store(e)) => return Err(store_err(store)(e)),
-        Err(FetchError::Decompress(e)) => {
-            return Err(BackupError::Mismatch {
-                id: m.id.clone(),
-                reason: format!("stored object {} does not decompress: {e}", m.data_key),
-            })
-        }
-        Err(FetchError::Temp(source)) => {
-            return Err(BackupError::TempDir {
-                dir: temp_dir(cfg).display().to_string(),
-                source,
-            })
-        }
-    };
     let mismatch = |reason: String| BackupError::Mismatch {
         id: m.id.clone(),
         reason,
     };
-    if stored_bytes != m.stored_bytes || hex::encode(stored_sha) != m.stored_sha256 {
-        return Err(mismatch(format!(
-            "stored object {} has {} bytes, sha256 {}; the manifest says {} bytes, sha256 {}",
-            m.data_key,
-            stored_bytes,
-            hex::encode(stored_sha),
-            m.stored_bytes,
-            m.stored_sha256
-        )));
-    }
-    if raw_len != m.total_size || hex::encode(raw_sha) != m.raw_sha256 {
-        return Err(mismatch(format!(
-            "decompressed snapshot has {} bytes, sha256 {}; the manifest says {} bytes, sha256 {}",
-            raw_len,
-            hex::encode(raw_sha),
-            m.total_size,
-            m.raw_sha256
-        )));
-    }
-    if trailer_ok != Some(true) {
+    let (snap, _) = crate::restore::from_store::download(store, m, &temp_dir(cfg), false)
+        .await
+        .map_err(|e| match e.downcast::<StoreError>() {
+            Ok(source) => store_err(store)(source),
+            Err(e) => BackupError::Download(e),
+        })?;
+    if snap.trailer != Some(true) {
         return Err(mismatch(
             "the snapshot's sha256 trailer is missing or wrong".into(),
         ));
     }
-    let path = tmp.path().to_path_buf();
-    let st = tokio::task::spawn_blocking(move || snapshot::verify_file(&path, Some(raw_len)))
+    if snap.db_len != m.total_size {
+        return Err(mismatch(format!(
+            "decompressed db has {} bytes; the manifest says {}",
+            snap.db_len, m.total_size
+        )));
+    }
+    let (path, db_len) = (snap.path.clone(), snap.db_len);
+    let st = tokio::task::spawn_blocking(move || snapshot::verify_file(&path, Some(db_len)))
         .await
         .expect("verification thread")
         .map_err(|source| BackupError::Snapshot {
             id: m.id.clone(),
             source,
         })?;
+    drop(snap);
     if (st.hash, st.revision, st.total_key, st.total_size)
         != (m.hash, m.revision, m.total_key, m.total_size)
     {
@@ -623,95 +596,6 @@ pub async fn verify_backup(
         )));
     }
     Ok(st)
-}
-
-enum FetchError {
-    Store(StoreError),
-    Decompress(std::io::Error),
-    Temp(std::io::Error),
-}
-
-/// A `Write` that hashes and counts the raw snapshot and writes it to the temp file.
-struct RawSink {
-    out: BufWriter<std::fs::File>,
-    trailer: TrailerHasher,
-    err: Option<std::io::Error>,
-}
-
-impl Write for RawSink {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if let Err(e) = self.out.write_all(data) {
-            let kind = e.kind();
-            self.err = Some(e);
-            return Err(std::io::Error::new(kind, "temp file write failed"));
-        }
-        self.trailer.update(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
-    }
-}
-
-/// Streams `key` from the store through zstd into `file`; returns (stored bytes, stored
-/// sha256, raw db length, raw db sha256, trailer ok).
-async fn fetch_decompressed(
-    store: &Store,
-    key: &crate::store::ObjectKey,
-    file: std::fs::File,
-) -> Result<(u64, [u8; 32], u64, [u8; 32], Option<bool>), FetchError> {
-    use tokio::io::AsyncReadExt;
-    let mut reader = store.get_stream(key).await.map_err(FetchError::Store)?;
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
-    let worker = tokio::task::spawn_blocking(move || {
-        let sink = RawSink {
-            out: BufWriter::with_capacity(1 << 20, file),
-            trailer: TrailerHasher::new(),
-            err: None,
-        };
-        let mut dec = zstd::stream::write::Decoder::new(sink).map_err(FetchError::Decompress)?;
-        while let Some(chunk) = rx.blocking_recv() {
-            if let Err(e) = dec.write_all(&chunk) {
-                let sink = dec.into_inner();
-                return Err(match sink.err {
-                    Some(io) => FetchError::Temp(io),
-                    None => FetchError::Decompress(e),
-                });
-            }
-        }
-        dec.flush().map_err(FetchError::Decompress)?;
-        let mut sink = dec.into_inner();
-        sink.out.flush().map_err(FetchError::Temp)?;
-        let t = sink.trailer.finish();
-        Ok((t.db_len, t.raw_sha256, t.trailer))
-    });
-    let mut sha = Sha256::new();
-    let mut bytes = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    let read_result = loop {
-        match reader.read(&mut buf).await {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                sha.update(&buf[..n]);
-                bytes += n as u64;
-                if tx.send(buf[..n].to_vec()).await.is_err() {
-                    break Ok(());
-                }
-            }
-            Err(e) => break Err(e),
-        }
-    };
-    drop(tx);
-    let raw = worker.await.expect("decompression thread");
-    read_result.map_err(|e| {
-        FetchError::Store(StoreError::Backend {
-            backend: "store",
-            key: key.to_string(),
-            message: format!("reading the object failed: {e}; retry, and check the store"),
-        })
-    })?;
-    let (db_len, raw_sha, trailer) = raw?;
-    Ok((bytes, sha.finalize().into(), db_len, raw_sha, trailer))
 }
 
 /// Decompresses a local `.zst` file into a temp file in `dir` (for `status FILE.zst`).

@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 
 use super::source::{self, ChannelReader, Expected, LocalSnapshot, SourceError};
 use crate::config::Config;
-use crate::store::{manifest, Store};
+use crate::store::{manifest, Manifest, Store};
 
 /// Finds the backup, streams and decompresses it into `temp_dir`, checks the object against
 /// the manifest. Memory: a few 1 MiB chunks in flight plus the zstd window.
@@ -33,6 +33,22 @@ pub async fn fetch(
             store.describe()
         )
     })?;
+    download(&store, &m, temp_dir, skip_hash_check).await
+}
+
+/// Streams the data object of `m` from `store`, decompresses it into a temp file in
+/// `temp_dir` and checks it against the manifest (`stored_bytes`, `stored_sha256`,
+/// `raw_sha256`; the sha256 trailer when present). The returned [`Expected`] holds the status
+/// values to compare after the bbolt verification. Also used by `verify`.
+///
+/// Errors: store access, corrupted object ([`SourceError::ManifestMismatch`],
+/// [`SourceError::Zstd`], trailer mismatch), temp dir problems.
+pub async fn download(
+    store: &Store,
+    m: &Manifest,
+    temp_dir: &Path,
+    skip_hash_check: bool,
+) -> anyhow::Result<(LocalSnapshot, Expected)> {
     if m.compression != "zstd" {
         anyhow::bail!(
             "backup {}: compression {:?} is not supported (only zstd)",

@@ -23,7 +23,7 @@
 //!   `--bump-revision`/`--mark-compacted` (3.5.10+/3.6) are not implemented.
 
 pub mod db;
-mod from_store;
+pub(crate) mod from_store;
 pub mod ids;
 pub mod kubeadm;
 mod pb;
