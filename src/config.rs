@@ -81,6 +81,61 @@ pub struct Config {
     pub leader_election: LeaderElectionConfig,
     /// The daemon's HTTP endpoints.
     pub http: HttpConfig,
+    /// Client-side encryption of stored backups (age).
+    pub encryption: EncryptionConfig,
+    /// How the store's catalog is read (clock-skew tolerance).
+    pub store: StoreConfig,
+    /// The daemon's re-verification of the newest stored backup.
+    pub verify: VerifyConfig,
+}
+
+/// Client-side encryption with age (age-encryption.org/v1). With at least one recipient, every
+/// stored data object is a standard age file of the zstd stream, decryptable by any one of the
+/// recipients' identities.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Recipients: `age1...` (X25519) and `ssh-ed25519 ...` / `ssh-rsa ...` public keys. Env:
+    /// `ETCD_LIFEBOAT_AGE_RECIPIENTS` (comma- or newline-separated).
+    pub age_recipients: Vec<String>,
+    /// A recipients file as `age -R` reads it (one recipient per line, `#` comments).
+    pub age_recipients_file: Option<PathBuf>,
+}
+
+/// Reading the store's catalog.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Manifests dated more than this ahead of this process's clock are flagged as
+    /// future-dated: listed with a mark, reported, and ignored by the scheduler.
+    #[serde(with = "humantime_serde")]
+    pub future_tolerance: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            future_tolerance: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// The daemon's periodic re-verification of the newest backup (download, decompress, full
+/// check against the manifest).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// When the daemon re-verifies (5- or 6-field cron, in `schedule.timezone`); `""` turns it
+    /// off.
+    pub cron: String,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            cron: "0 0 4 * * *".to_string(),
+        }
+    }
 }
 
 /// Connection to the etcd cluster.
@@ -243,6 +298,45 @@ pub struct S3Config {
     pub checksum: ChecksumMode,
     /// Size of one multipart upload part, in bytes (5 MiB ..= 5 GiB).
     pub part_size: u64,
+    /// Server-side encryption sent on every PutObject and CreateMultipartUpload.
+    pub sse: Option<SseMode>,
+    /// KMS key id or ARN for `sse: aws:kms` (default: the bucket's or account's KMS key).
+    pub sse_kms_key_id: Option<String>,
+    /// Object Lock retention put on every backup object (the bucket must have Object Lock
+    /// enabled).
+    pub object_lock: Option<ObjectLockConfig>,
+}
+
+/// S3 server-side encryption algorithm.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SseMode {
+    /// SSE-S3 (`AES256`).
+    #[serde(rename = "AES256")]
+    Aes256,
+    /// SSE-KMS (`aws:kms`).
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+}
+
+/// S3 Object Lock mode.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ObjectLockMode {
+    /// Users with `s3:BypassGovernanceRetention` can still delete.
+    Governance,
+    /// Nobody can delete before the retention date.
+    Compliance,
+}
+
+/// Object Lock retention of backup objects.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLockConfig {
+    /// `GOVERNANCE` or `COMPLIANCE`.
+    pub mode: ObjectLockMode,
+    /// How long each object is retained from its upload (`30d`).
+    #[serde(with = "humantime_serde")]
+    pub retain_for: Duration,
 }
 
 impl Default for S3Config {
@@ -257,6 +351,9 @@ impl Default for S3Config {
             insecure: false,
             checksum: ChecksumMode::WhenRequired,
             part_size: 8 * 1024 * 1024,
+            sse: None,
+            sse_kms_key_id: None,
+            object_lock: None,
         }
     }
 }
@@ -410,6 +507,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ETCD_LIFEBOAT_COMPRESSION_LEVEL", "compression.level"),
     ("ETCD_LIFEBOAT_TEMP_DIR", "backup.temp_dir"),
     ("ETCD_LIFEBOAT_HTTP_LISTEN", "http.listen"),
+    ("ETCD_LIFEBOAT_AGE_RECIPIENTS", "encryption.age_recipients"),
 ];
 
 impl Config {
@@ -555,6 +653,13 @@ impl Config {
         }
         if let Some(v) = get("ETCD_LIFEBOAT_HTTP_LISTEN") {
             self.http.listen = v;
+        }
+        if let Some(v) = get("ETCD_LIFEBOAT_AGE_RECIPIENTS") {
+            self.encryption.age_recipients = v
+                .split([',', '\n'])
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         Ok(())
     }

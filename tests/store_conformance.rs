@@ -328,6 +328,10 @@ fn manifest(cluster: &str, t: chrono::DateTime<Utc>, rev: i64) -> Manifest {
         tool_version: "0.1.0".into(),
         tag: None,
         data_key: data_key(cluster, &id),
+        encryption: None,
+        sse: None,
+        object_lock: None,
+        source: Default::default(),
     }
 }
 

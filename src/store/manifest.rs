@@ -16,8 +16,60 @@ use super::{ObjectKey, Store, StoreError};
 
 /// Suffix of manifest objects.
 pub const MANIFEST_SUFFIX: &str = ".json";
-/// Suffix of data objects.
+/// Suffix of data objects (zstd stream of the raw snapshot).
 pub const DATA_SUFFIX: &str = ".db.zst";
+/// Suffix of age-encrypted data objects: a standard age v1 file whose plaintext is the zstd
+/// stream (`age -d -i key.txt ID.db.zst.age | zstd -d > snapshot.db`).
+pub const ENCRYPTED_DATA_SUFFIX: &str = ".db.zst.age";
+/// Format string recorded in [`EncryptionInfo::format`] for age encryption.
+pub const AGE_FORMAT: &str = "age-encryption.org/v1";
+
+/// Client-side encryption of a backup's objects, as recorded in its manifest. Never holds key
+/// material: only the recipients' public keys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EncryptionInfo {
+    /// [`AGE_FORMAT`] (`"age-encryption.org/v1"`).
+    pub format: String,
+    /// The recipients the data key was wrapped to, as given in the config: `age1...` X25519
+    /// public keys and `ssh-ed25519 ...` / `ssh-rsa ...` public keys (the comment stripped).
+    pub recipients: Vec<String>,
+}
+
+/// S3 server-side encryption requested for a backup's objects (`storage.s3.sse`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SseInfo {
+    /// `"AES256"` or `"aws:kms"`.
+    pub algorithm: String,
+    /// KMS key id or ARN (`storage.s3.sse_kms_key_id`), with `aws:kms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+/// S3 Object Lock retention put on a backup's objects (`storage.s3.object_lock`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ObjectLockInfo {
+    /// `"GOVERNANCE"` or `"COMPLIANCE"`.
+    pub mode: String,
+    /// Until when the objects cannot be deleted, UTC (RFC 3339 in JSON).
+    pub retain_until: DateTime<Utc>,
+}
+
+/// Where a backup's snapshot came from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupSource {
+    /// A member's `Maintenance.Snapshot` stream (`backup`), with etcd's sha256 trailer.
+    #[default]
+    Etcd,
+    /// A stopped member's `member/snap/db` (`backup --from-data-dir`), without a trailer.
+    DataDir,
+}
+
+impl BackupSource {
+    fn is_etcd(&self) -> bool {
+        *self == BackupSource::Etcd
+    }
+}
 
 /// Everything known about one stored backup; stored as pretty JSON with these field names.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -62,8 +114,23 @@ pub struct Manifest {
     /// Free-form tag from `backup --tag`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
-    /// Key of the data object (`<cluster-id-hex>/<id>.db.zst`).
+    /// Key of the data object (`<cluster-id-hex>/<id>.db.zst`, or `.db.zst.age` when
+    /// encrypted). Informational only: readers and prune derive the key with
+    /// [`Manifest::derived_data_key`] and treat a manifest whose `data_key` differs as broken.
     pub data_key: ObjectKey,
+    /// Client-side (age) encryption of the data object; absent for plaintext backups (and for
+    /// every backup written before encryption existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionInfo>,
+    /// S3 server-side encryption requested for the objects; absent when none was requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<SseInfo>,
+    /// Object Lock retention of the objects; absent when the store does not lock them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLockInfo>,
+    /// Where the snapshot came from; `etcd` (omitted in JSON) for a snapshot stream.
+    #[serde(default, skip_serializing_if = "BackupSource::is_etcd")]
+    pub source: BackupSource,
 }
 
 impl Manifest {
@@ -72,6 +139,20 @@ impl Manifest {
     /// Errors: [`StoreError::InvalidKey`] if `cluster_id` or `id` make an invalid key.
     pub fn key(&self) -> Result<ObjectKey, StoreError> {
         ObjectKey::new(format!("{}/{}{MANIFEST_SUFFIX}", self.cluster_id, self.id))
+    }
+
+    /// The data object's key derived from `cluster_id`, `id` and whether the backup is
+    /// encrypted: `<cluster_id>/<id>.db.zst` or `<cluster_id>/<id>.db.zst.age`. The only key a
+    /// reader fetches and prune deletes (never the stored `data_key` field).
+    ///
+    /// Errors: [`StoreError::InvalidKey`] if `cluster_id` or `id` make an invalid key.
+    pub fn derived_data_key(&self) -> Result<ObjectKey, StoreError> {
+        let suffix = if self.encryption.is_some() {
+            ENCRYPTED_DATA_SUFFIX
+        } else {
+            DATA_SUFFIX
+        };
+        ObjectKey::new(format!("{}/{}{suffix}", self.cluster_id, self.id))
     }
 
     /// Pretty JSON, as stored.
@@ -93,6 +174,13 @@ pub fn backup_id(t: DateTime<Utc>, revision: i64) -> String {
 /// at the ends or a leading `.`): both come from this program, not from users.
 pub fn data_key(cluster_id_hex: &str, id: &str) -> ObjectKey {
     ObjectKey::new(format!("{cluster_id_hex}/{id}{DATA_SUFFIX}"))
+        .expect("valid cluster id and backup id")
+}
+
+/// Key of an encrypted data object: `"<cluster-id-hex>/<id>.db.zst.age"`. Panics like
+/// [`data_key`].
+pub fn encrypted_data_key(cluster_id_hex: &str, id: &str) -> ObjectKey {
+    ObjectKey::new(format!("{cluster_id_hex}/{id}{ENCRYPTED_DATA_SUFFIX}"))
         .expect("valid cluster id and backup id")
 }
 
