@@ -24,7 +24,9 @@ echo "== starting a throwaway etcd 3.5 on 127.0.0.1:$CPORT (data in $WORK) =="
   --listen-peer-urls "http://127.0.0.1:$PPORT" --initial-advertise-peer-urls "http://127.0.0.1:$PPORT" \
   --initial-cluster "demo=http://127.0.0.1:$PPORT" >"$WORK/etcd.log" 2>&1 &
 ETCD_PID=$!
-trap 'kill $ETCD_PID 2>/dev/null; wait $ETCD_PID 2>/dev/null; rm -rf "$WORK"' EXIT
+# Keep the script's own exit status: the killed etcd's 143 from `wait` must not replace it.
+cleanup() { rc=$?; kill "$ETCD_PID" 2>/dev/null || true; wait "$ETCD_PID" 2>/dev/null || true; rm -rf "$WORK"; exit "$rc"; }
+trap cleanup EXIT
 for _ in $(seq 1 100); do "$ETCD_DIR/etcdctl" endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
 "$ETCD_DIR/etcdctl" endpoint health
 
