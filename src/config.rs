@@ -556,111 +556,55 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Applies environment overrides read through `get` (injectable for tests).
+    /// Applies the environment overrides of [`ENV_OVERRIDES`], read through `get` (injectable
+    /// for tests). Each variable sets its key in the YAML tree of the config; the value is read
+    /// as the key's type: a list is comma-separated (and newline-separated), a bool is
+    /// `true/false/1/0/yes/no`, a number a number, anything else a string (durations as `5s`).
+    /// `ETCDCTL_USER` may be `user:password` (as etcdctl reads it), and a password from the
+    /// environment replaces `etcd.auth.password_file`, as every variable wins over the file.
     ///
-    /// Errors: a value that does not parse (names the variable).
+    /// Errors: a value that does not parse as its key's type (names the variable).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        use serde_yaml::Value;
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        if let Some(v) = get("ETCDCTL_ENDPOINTS") {
-            self.etcd.endpoints = v
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-        }
-        for (var, slot) in [
-            ("ETCDCTL_CACERT", 0),
-            ("ETCDCTL_CERT", 1),
-            ("ETCDCTL_KEY", 2),
-        ] {
-            if let Some(v) = get(var) {
-                let tls = self.etcd.tls.get_or_insert_with(TlsConfig::default);
-                let p = Some(PathBuf::from(v));
-                match slot {
-                    0 => tls.ca_file = p,
-                    1 => tls.cert_file = p,
-                    _ => tls.key_file = p,
+        let mut tree = serde_yaml::to_value(&*self).expect("config serialises");
+        for &(var, key) in ENV_OVERRIDES {
+            let Some(raw) = get(var) else { continue };
+            let mut assignments = vec![(key, raw.clone())];
+            if var == "ETCDCTL_USER" {
+                if let Some((user, password)) = raw.split_once(':') {
+                    assignments = vec![
+                        (key, user.to_string()),
+                        ("etcd.auth.password", password.to_string()),
+                    ];
                 }
             }
-        }
-        if let Some(v) = get("ETCDCTL_USER") {
-            let auth = self.etcd.auth.get_or_insert_with(AuthConfig::default);
-            match v.split_once(':') {
-                Some((u, p)) => {
-                    auth.username = u.to_string();
-                    auth.password = Some(p.to_string());
-                    // The environment wins over the file, as with every other key.
-                    auth.password_file = None;
-                }
-                None => auth.username = v,
-            }
-        }
-        if let Some(v) = get("ETCDCTL_PASSWORD") {
-            let auth = self.etcd.auth.get_or_insert_with(AuthConfig::default);
-            auth.password = Some(v);
-            auth.password_file = None;
-        }
-        if let Some(v) = get("ETCDCTL_DIAL_TIMEOUT") {
-            self.etcd.dial_timeout = parse_env_duration("ETCDCTL_DIAL_TIMEOUT", &v)?;
-        }
-        if let Some(v) = get("ETCDCTL_COMMAND_TIMEOUT") {
-            self.etcd.request_timeout = parse_env_duration("ETCDCTL_COMMAND_TIMEOUT", &v)?;
-        }
-        if let Some(v) = get("ETCD_LIFEBOAT_STORAGE_BACKEND") {
-            self.storage.backend = match v.as_str() {
-                "local" => Backend::Local,
-                "s3" => Backend::S3,
-                _ => {
-                    return Err(ConfigError::new(
-                        "ETCD_LIFEBOAT_STORAGE_BACKEND",
-                        format!("unknown backend {v:?}; use local or s3"),
-                    ))
+            for (key, raw) in assignments {
+                let slot = yaml_slot(&mut tree, key);
+                *slot = match &*slot {
+                    Value::Sequence(_) => Value::Sequence(
+                        raw.split([',', '\n'])
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(|s| Value::String(s.to_string()))
+                            .collect(),
+                    ),
+                    Value::Bool(_) => Value::Bool(parse_env_bool(var, &raw)?),
+                    Value::Number(_) => serde_yaml::from_str::<Value>(&raw)
+                        .ok()
+                        .filter(Value::is_number)
+                        .ok_or_else(|| ConfigError::new(var, format!("{raw:?} is not a number")))?,
+                    _ => Value::String(raw),
+                };
+                if key == "etcd.auth.password" {
+                    *yaml_slot(&mut tree, "etcd.auth.password_file") = Value::Null;
                 }
             }
+            // Typed check per variable, so the error names the variable that broke it.
+            serde_yaml::from_value::<Config>(tree.clone())
+                .map_err(|e| ConfigError::new(var, format!("{raw:?}: {e}")))?;
         }
-        if let Some(v) = get("ETCD_LIFEBOAT_LOCAL_PATH") {
-            self.storage.local.path = PathBuf::from(v);
-        }
-        if let Some(v) = get("ETCD_LIFEBOAT_S3_BUCKET") {
-            self.storage.s3.bucket = v;
-        }
-        if let Some(v) = get("ETCD_LIFEBOAT_S3_PREFIX") {
-            self.storage.s3.prefix = v;
-        }
-        if let Some(v) = get("ETCD_LIFEBOAT_S3_REGION") {
-            self.storage.s3.region = Some(v);
-        }
-        if let Some(v) = get("ETCD_LIFEBOAT_S3_ENDPOINT") {
-            self.storage.s3.endpoint = Some(v);
-        }
-        if let Some(v) = get("ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE") {
-            self.storage.s3.force_path_style =
-                parse_env_bool("ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE", &v)?;
-        }
-        if let Some(v) = get("ETCD_LIFEBOAT_S3_INSECURE") {
-            self.storage.s3.insecure = parse_env_bool("ETCD_LIFEBOAT_S3_INSECURE", &v)?;
-        }
-        if let Some(v) = get("ETCD_LIFEBOAT_COMPRESSION_LEVEL") {
-            self.compression.level = v.parse().map_err(|_| {
-                ConfigError::new(
-                    "ETCD_LIFEBOAT_COMPRESSION_LEVEL",
-                    format!("{v:?} is not an integer zstd level (1..=19)"),
-                )
-            })?;
-        }
-        if let Some(v) = get("ETCD_LIFEBOAT_TEMP_DIR") {
-            self.backup.temp_dir = Some(PathBuf::from(v));
-        }
-        if let Some(v) = get("ETCD_LIFEBOAT_HTTP_LISTEN") {
-            self.http.listen = v;
-        }
-        if let Some(v) = get("ETCD_LIFEBOAT_AGE_RECIPIENTS") {
-            self.encryption.age_recipients = v
-                .split([',', '\n'])
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-        }
+        *self = serde_yaml::from_value(tree).expect("checked after each variable");
         Ok(())
     }
 
@@ -888,9 +832,17 @@ fn check_readable_file(key: &str, p: &Path) -> Result<(), ConfigError> {
     }
 }
 
-fn parse_env_duration(var: &str, v: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(v)
-        .map_err(|e| ConfigError::new(var, format!("{v:?} is not a duration like 5s: {e}")))
+/// The value at dotted `key` in a YAML mapping tree, creating mappings along the way (an
+/// unset optional section such as `etcd.tls` is null in the tree).
+fn yaml_slot<'a>(tree: &'a mut serde_yaml::Value, key: &str) -> &'a mut serde_yaml::Value {
+    key.split('.').fold(tree, |node, part| {
+        if !node.is_mapping() {
+            *node = serde_yaml::Value::Mapping(Default::default());
+        }
+        let map = node.as_mapping_mut().expect("made a mapping above");
+        map.entry(serde_yaml::Value::String(part.to_string()))
+            .or_insert(serde_yaml::Value::Null)
+    })
 }
 
 fn parse_env_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
@@ -938,6 +890,49 @@ mod tests {
             ("root", Some("pw"))
         );
         assert_eq!(c.etcd.dial_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn every_env_override_applies_and_bad_values_name_the_variable() {
+        // One plausible value per variable; each must change the config away from the default.
+        let value = |var: &str| match var {
+            "ETCDCTL_DIAL_TIMEOUT" | "ETCDCTL_COMMAND_TIMEOUT" => "7s",
+            "ETCD_LIFEBOAT_STORAGE_BACKEND" => "s3",
+            "ETCD_LIFEBOAT_S3_FORCE_PATH_STYLE" | "ETCD_LIFEBOAT_S3_INSECURE" => "true",
+            "ETCD_LIFEBOAT_COMPRESSION_LEVEL" => "9",
+            "ETCD_LIFEBOAT_HTTP_LISTEN" => "127.0.0.1:1",
+            _ => "/x/y",
+        };
+        for &(var, key) in ENV_OVERRIDES {
+            let mut c = Config::default();
+            c.apply_env(|k| (k == var).then(|| value(var).to_string()))
+                .unwrap_or_else(|e| panic!("{var}: {e}"));
+            assert_ne!(c, Config::default(), "{var} did not change {key}");
+        }
+        let mut c = Config::default();
+        c.etcd.auth = Some(AuthConfig {
+            username: "u".into(),
+            password: None,
+            password_file: Some("/run/pw".into()),
+        });
+        c.apply_env(|k| (k == "ETCDCTL_PASSWORD").then(|| "pw".to_string()))
+            .unwrap();
+        let auth = c.etcd.auth.unwrap();
+        assert_eq!(
+            (auth.password.as_deref(), auth.password_file),
+            (Some("pw"), None)
+        );
+        for (var, bad) in [
+            ("ETCD_LIFEBOAT_COMPRESSION_LEVEL", "high"),
+            ("ETCD_LIFEBOAT_S3_INSECURE", "maybe"),
+            ("ETCDCTL_DIAL_TIMEOUT", "soon"),
+            ("ETCD_LIFEBOAT_STORAGE_BACKEND", "ftp"),
+        ] {
+            let err = Config::default()
+                .apply_env(|k| (k == var).then(|| bad.to_string()))
+                .unwrap_err();
+            assert_eq!(err.key, var, "{err}");
+        }
     }
 
     #[test]
