@@ -19,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod etcd;
+pub mod files;
 pub mod metrics;
 pub mod progress;
 pub mod restore;
