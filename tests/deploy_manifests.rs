@@ -1576,3 +1576,34 @@ fn custom_overlay_image_instance_and_threshold() {
         }
     }
 }
+
+/// The kustomize snippets of docs/deploy.md build: each ```yaml block that starts with
+/// `patches:`, `images:` or `labels:` is added to a kustomization of the daemon with every
+/// component, and kustomize must accept it (the patches' `test` ops find the alert they name).
+#[test]
+fn docs_deploy_snippets_build() {
+    let doc = read("docs/deploy.md");
+    let mut n = 0;
+    for block in doc.split("```yaml\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        if !["patches:", "images:", "labels:"]
+            .iter()
+            .any(|k| block.starts_with(k))
+        {
+            continue;
+        }
+        n += 1;
+        let objs = kustomize_combination(
+            &["deploy/daemon"],
+            &[
+                "deploy/components/monitoring",
+                "deploy/components/kube-prometheus-stack",
+                "deploy/components/networkpolicy",
+                "deploy/grafana",
+            ],
+            block,
+        );
+        assert!(objs.len() >= 9, "{block}");
+    }
+    assert!(n >= 6, "only {n} snippets found in docs/deploy.md");
+}
