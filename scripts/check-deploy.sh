@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Offline checks of deploy/: Kubernetes schemas (kubernetes-validate --strict), Prometheus rules
+# Offline checks of deploy/: every kustomization rendered with kubectl's kustomize, the objects
+# validated strictly (kubernetes-validate, prometheus-operator CRD schemas), Prometheus rules
 # (promtool check rules, promtool test rules). The Rust tests tests/deploy_*.rs run the same
 # tools with more checks (CRDs, config examples, docs); this script is the quick manual run.
 #
 #   scripts/check-deploy.sh               run the checks
-#   scripts/check-deploy.sh --sync-rules  rewrite deploy/prometheusrule.yaml from
-#                                         deploy/prometheus/rules.yaml, then check
+#   scripts/check-deploy.sh --sync-rules  rewrite deploy/prometheusrule.yaml and
+#                                         deploy/components/monitoring/prometheusrule.yaml
+#                                         from deploy/prometheus/rules.yaml, then check
 #
 # Tools: promtool (Debian package prometheus), kubernetes-validate and
 # cloudcoil-models-prometheus-operator (PyPI) in the venv
-# that scripts/install.sh creates. Missing tools are an error, never a skip.
+# that scripts/install.sh creates, kubectl from scripts/fetch-kubectl.sh (run here when missing;
+# or set KUBECTL). Missing tools are an error, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,33 +79,50 @@ command -v "$PROMTOOL" >/dev/null || { echo "promtool not found: run scripts/ins
 "$PROMTOOL" check rules deploy/prometheus/rules.yaml
 (cd deploy/prometheus && "$PROMTOOL" test rules rules_test.yaml)
 
-# Core Kubernetes kinds with kubernetes-validate; the CRD kinds (ServiceMonitor, PrometheusRule)
-# have no schema there and go through scripts/validate-crds.py (prometheus-operator CRD
-# schemas); kustomization.yaml files are checked by tests/deploy_manifests.rs.
-mapfile -t manifests < <(grep -L -E '^kind: (ServiceMonitor|PrometheusRule|Kustomization)$' \
-    $(find deploy -name '*.yaml' -not -path 'deploy/prometheus/*' | sort))
+# kubectl for its built-in kustomize: $KUBECTL, else Debian's, fetched once into the cache dir.
+if [[ -z "${KUBECTL:-}" ]]; then
+    scripts/fetch-kubectl.sh >/dev/null
+    KUBECTL="${XDG_CACHE_HOME:-$HOME/.cache}/etcd-lifeboat/kubectl/usr/bin/kubectl"
+fi
+PY="$(dirname "$KV")/python"
+
+# Render every kustomization users apply (the bases, the overlays, deploy/ itself; together
+# they use every component) and split the output into one file per object: core kinds go to
+# kubernetes-validate --strict, ServiceMonitor and PrometheusRule to scripts/validate-crds.py
+# (prometheus-operator CRD schemas; kubernetes-validate has none). tests/deploy_manifests.rs
+# also renders every base with every set of components and checks labels and selectors.
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+mapfile -t kustomizations < <(grep -l -E '^kind: Kustomization$' $(find deploy -name kustomization.yaml | sort) | xargs -n1 dirname)
+for k in "${kustomizations[@]}"; do
+    dir="$OUT/$(tr / _ <<<"$k")"
+    mkdir -p "$dir/core" "$dir/crd"
+    "$KUBECTL" kustomize "$k" >"$dir/all.yaml"
+    "$PY" - "$dir" <<'PYEOF'
+import sys, yaml
+d = sys.argv[1]
+docs = [x for x in yaml.safe_load_all(open(f"{d}/all.yaml")) if x]
+for i, o in enumerate(docs):
+    sub = "crd" if o["kind"] in ("ServiceMonitor", "PrometheusRule") else "core"
+    with open(f"{d}/{sub}/{i:03}-{o['kind'].lower()}.yaml", "w") as f:
+        yaml.safe_dump(o, f)
+PYEOF
+    echo "kubectl kustomize $k: $(find "$dir/core" "$dir/crd" -name '*.yaml' | wc -l) objects"
+done
+mapfile -t manifests < <(find "$OUT" -path '*/core/*.yaml' | sort)
+manifests+=(deploy/s3-credentials.example.yaml)
 for v in $K8S_VERSIONS; do
     out=$("$KV" --strict -k "$v" "${manifests[@]}" 2>&1) || { echo "$out" >&2; exit 1; }
-    echo "$out"
     if grep -q -v '^INFO .* passed for resource' <<<"$out"; then
+        echo "$out"
         echo "kubernetes-validate printed something other than a pass (see above)" >&2
         exit 1
     fi
+    echo "kubernetes-validate -k $v: ${#manifests[@]} objects passed"
 done
-PY="$(dirname "$KV")/python"
-mapfile -t crds < <(grep -l -E '^kind: (ServiceMonitor|PrometheusRule)$' $(find deploy -name '*.yaml' | sort))
-"$PY" scripts/validate-crds.py "${crds[@]}"
-# kustomize renders (kubectl's built-in kustomize). kubectl is not something scripts/install.sh
-# can install, so this step says loudly when it cannot run; tests/deploy_manifests.rs checks the
-# kustomization files structurally either way.
-if command -v kubectl >/dev/null; then
-    for k in deploy deploy/cronjob deploy/daemon; do
-        n=$(kubectl kustomize "$k" | grep -c '^kind:')
-        echo "kubectl kustomize $k: $n objects"
-    done
-    kubectl kustomize deploy | grep -q 'defaultMode: 288' \
-        || { echo "deploy/daemon: secret defaultMode is not 0440 (288) after kustomize" >&2; exit 1; }
-else
-    echo "NOT CHECKED: kubectl not found, kustomize rendering of deploy/ skipped" >&2
-fi
+mapfile -t crds < <(find "$OUT" -path '*/crd/*.yaml' | sort)
+crds+=(deploy/prometheusrule.yaml)
+"$PY" scripts/validate-crds.py "${crds[@]}" | sed -e "s|$OUT/||"
+"$KUBECTL" kustomize deploy | grep -q 'defaultMode: 288' \
+    || { echo "deploy/daemon: secret defaultMode is not 0440 (288) after kustomize" >&2; exit 1; }
 echo "deploy checks passed"
