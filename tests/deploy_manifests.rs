@@ -1,28 +1,152 @@
-//! deploy/: Kubernetes manifests validate offline against the Kubernetes schemas
-//! (kubernetes-validate --strict), the CRD objects (ServiceMonitor, PrometheusRule) are well
-//! formed, the PrometheusRule equals deploy/prometheus/rules.yaml, the rules pass
-//! `promtool check rules` and their unit tests, the workloads keep the security and scheduling
-//! settings the design asks for, and their command lines parse with the real binary.
+//! deploy/: the kustomize bases (deploy/cronjob, deploy/daemon), components
+//! (deploy/components/*, deploy/grafana) and overlays render with `kubectl kustomize` in every
+//! combination, and every rendered object validates strictly: core kinds with
+//! kubernetes-validate --strict, ServiceMonitor and PrometheusRule against the
+//! prometheus-operator CRD schemas (scripts/validate-crds.py). Every object carries the
+//! recommended labels and every selector the stable ones; the bases need no CRDs; the
+//! PrometheusRules equal deploy/prometheus/rules.yaml, which passes `promtool check rules` and
+//! its unit tests; the workloads keep the security and scheduling settings the design asks
+//! for, and their command lines parse with the real binary.
 //!
-//! Needs promtool and kubernetes-validate (scripts/install.sh); a missing tool fails the test.
+//! Needs promtool, kubernetes-validate (scripts/install.sh) and kubectl (scripts/fetch-kubectl.sh,
+//! run by the tests when kubectl is missing); a missing tool fails the test.
 
 mod deploy_support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use deploy_support::*;
 use serde_yaml::Value;
 
 /// Kubernetes versions validated against: an older supported one and the newest schema.
 const K8S_VERSIONS: &[&str] = &["1.31.0", "1.37.0"];
-/// Kinds that kubernetes-validate has no schema for; checked structurally below.
-const CRD_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule", "Kustomization"];
+/// Kinds that kubernetes-validate has no schema for; validated by scripts/validate-crds.py.
+const CRD_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule"];
+/// The kustomizations users apply as they are (`kubectl apply -k DIR`).
+const KUSTOMIZATIONS: &[&str] = &[
+    "deploy",
+    "deploy/cronjob",
+    "deploy/daemon",
+    "deploy/overlays/custom",
+    "deploy/overlays/kube-prometheus-stack",
+];
+/// The bases: each applies on a bare cluster.
+const BASES: &[&str] = &["deploy/cronjob", "deploy/daemon"];
+/// The components (kind: Component).
+const COMPONENTS: &[&str] = &[
+    "deploy/components/kube-prometheus-stack",
+    "deploy/components/monitoring",
+    "deploy/components/networkpolicy",
+    "deploy/grafana",
+];
+/// The recommended labels whose values are the same on every object of a default install.
+const COMMON_LABELS: &[(&str, &str)] = &[
+    ("app.kubernetes.io/name", "etcd-lifeboat"),
+    ("app.kubernetes.io/part-of", "etcd-lifeboat"),
+    ("app.kubernetes.io/managed-by", "kustomize"),
+];
+/// The labels selectors use: the stable ones (never version, which changes with every release,
+/// while a Deployment's selector is immutable).
+const SELECTOR_LABELS: &[&str] = &[
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+];
 
-fn core_manifests() -> Vec<String> {
-    manifest_files()
-        .into_iter()
-        .filter(|f| !CRD_KINDS.contains(&kind(&yaml(f))))
+/// One rendered kustomization: what was built (a directory, or a base with components) and the
+/// objects kustomize printed.
+struct Render {
+    what: String,
+    base: String,
+    components: Vec<String>,
+    objects: Vec<Value>,
+}
+
+/// Every kustomization of KUSTOMIZATIONS, and every base with every valid set of components:
+/// monitoring with or without kube-prometheus-stack (which only labels monitoring's objects),
+/// networkpolicy (daemon only: the CronJob serves nothing), grafana. Rendered once per test
+/// binary.
+fn renders() -> &'static Vec<Render> {
+    static R: OnceLock<Vec<Render>> = OnceLock::new();
+    R.get_or_init(|| {
+        let mut out = Vec::new();
+        for k in KUSTOMIZATIONS {
+            out.push(Render {
+                what: k.to_string(),
+                base: k.to_string(),
+                components: Vec::new(),
+                objects: kustomize(Path::new(k)),
+            });
+        }
+        for base in BASES {
+            for monitoring in [None, Some(false), Some(true)] {
+                let nps: &[bool] = if *base == "deploy/daemon" {
+                    &[false, true]
+                } else {
+                    &[false]
+                };
+                for np in nps {
+                    for grafana in [false, true] {
+                        let mut comps = Vec::new();
+                        if let Some(kps) = monitoring {
+                            comps.push("deploy/components/monitoring");
+                            if kps {
+                                comps.push("deploy/components/kube-prometheus-stack");
+                            }
+                        }
+                        if *np {
+                            comps.push("deploy/components/networkpolicy");
+                        }
+                        if grafana {
+                            comps.push("deploy/grafana");
+                        }
+                        if comps.is_empty() {
+                            continue; // the base itself is in KUSTOMIZATIONS
+                        }
+                        out.push(Render {
+                            what: format!("{base} + {}", comps.join(" + ")),
+                            base: base.to_string(),
+                            components: comps.iter().map(|c| c.to_string()).collect(),
+                            objects: kustomize_combination(&[base], &comps, ""),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    })
+}
+
+/// The distinct objects of all renders, as (origin, object).
+fn distinct_objects() -> Vec<(String, Value)> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for r in renders() {
+        for o in &r.objects {
+            if seen.insert(serde_yaml::to_string(o).unwrap()) {
+                out.push((format!("{} ({})", id(o), r.what), o.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Writes each object to its own file in `dir`; returns the paths.
+fn write_objects(dir: &Path, objects: &[(String, Value)]) -> Vec<String> {
+    objects
+        .iter()
+        .enumerate()
+        .map(|(i, (_, o))| {
+            let p = dir.join(format!(
+                "{i:03}-{}.yaml",
+                id(o).replace(['/', ':'], "-").to_lowercase()
+            ));
+            std::fs::write(&p, serde_yaml::to_string(o).unwrap()).unwrap();
+            p.to_string_lossy().into_owned()
+        })
         .collect()
 }
 
@@ -41,10 +165,15 @@ fn run_kubernetes_validate(files: &[String], version: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Every core object any kustomization renders, and the example Secret, pass
+/// kubernetes-validate --strict for both Kubernetes versions with not one warning.
 #[test]
-fn manifests_pass_kubernetes_schemas_strict() {
-    let files = core_manifests();
-    let kinds: BTreeSet<String> = files.iter().map(|f| kind(&yaml(f)).to_string()).collect();
+fn rendered_objects_pass_kubernetes_schemas_strict() {
+    let objects: Vec<(String, Value)> = distinct_objects()
+        .into_iter()
+        .filter(|(_, o)| !CRD_KINDS.contains(&kind(o)))
+        .collect();
+    let kinds: BTreeSet<&str> = objects.iter().map(|(_, o)| kind(o)).collect();
     for k in [
         "CronJob",
         "Deployment",
@@ -52,10 +181,13 @@ fn manifests_pass_kubernetes_schemas_strict() {
         "PodDisruptionBudget",
         "ServiceAccount",
         "ConfigMap",
-        "Secret",
+        "NetworkPolicy",
     ] {
-        assert!(kinds.contains(k), "no {k} among {files:?}");
+        assert!(kinds.contains(k), "no {k} rendered: {kinds:?}");
     }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = write_objects(tmp.path(), &objects);
+    files.push("deploy/s3-credentials.example.yaml".into());
     for v in K8S_VERSIONS {
         let (ok, text) = run_kubernetes_validate(&files, v);
         assert!(ok, "kubernetes-validate -k {v} failed:\n{text}");
@@ -121,7 +253,12 @@ fn promtool_check_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "promtool check rules failed:\n{text}");
-    assert!(text.contains("SUCCESS: 8 rules found"), "{text}");
+    let n = alert_names(&yaml("deploy/prometheus/rules.yaml")).len();
+    assert!(n >= 8, "{n} alerts");
+    assert!(
+        text.contains(&format!("SUCCESS: {n} rules found")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -178,16 +315,28 @@ fn alert_names(rules: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Both PrometheusRules (the one of the monitoring component and deploy/prometheusrule.yaml for
+/// `kubectl apply -f`) hold exactly the groups of deploy/prometheus/rules.yaml, in the shape the
+/// CRD accepts, each alert with its runbook section.
 #[test]
-fn prometheus_rule_equals_rule_file() {
-    let pr = yaml("deploy/prometheusrule.yaml");
+fn prometheus_rules_equal_rule_file() {
+    for rel in [
+        "deploy/components/monitoring/prometheusrule.yaml",
+        "deploy/prometheusrule.yaml",
+    ] {
+        check_prometheus_rule(rel);
+    }
+}
+
+fn check_prometheus_rule(rel: &str) {
+    let pr = yaml(rel);
     let rules = yaml("deploy/prometheus/rules.yaml");
     assert_eq!(pr["apiVersion"].as_str(), Some("monitoring.coreos.com/v1"));
     assert_eq!(kind(&pr), "PrometheusRule");
     assert!(pr["metadata"]["name"].is_string() && pr["metadata"]["namespace"].is_string());
     assert_eq!(
         pr["spec"], rules,
-        "deploy/prometheusrule.yaml spec differs from deploy/prometheus/rules.yaml: run scripts/check-deploy.sh --sync-rules"
+        "{rel} spec differs from deploy/prometheus/rules.yaml: run scripts/check-deploy.sh --sync-rules"
     );
     // Shape the Prometheus Operator's CRD accepts (PrometheusRuleSpec / RuleGroup / Rule).
     let keys = |v: &Value| -> BTreeSet<String> {
@@ -305,7 +454,7 @@ fn seconds(d: &str) -> u64 {
 
 #[test]
 fn service_monitor_scrapes_the_daemon_service() {
-    let sm = yaml("deploy/daemon/servicemonitor.yaml");
+    let sm = yaml("deploy/components/monitoring/servicemonitor.yaml");
     let svc = yaml("deploy/daemon/service.yaml");
     let dep = yaml("deploy/daemon/deployment.yaml");
     assert_eq!(sm["apiVersion"].as_str(), Some("monitoring.coreos.com/v1"));
@@ -390,60 +539,111 @@ fn service_monitor_scrapes_the_daemon_service() {
             "scrapeTimeout must not exceed interval"
         );
     }
-    // The container listens where the config says.
+    // The container listens on the containerPort: the Deployment's ETCD_LIFEBOAT_HTTP_LISTEN
+    // (pod IP) and the config's http.listen (used without the variable).
+    let port = container_ports[0]["containerPort"].as_u64().unwrap();
+    let listen = env_value(
+        &dep["spec"]["template"]["spec"]["containers"][0],
+        "ETCD_LIFEBOAT_HTTP_LISTEN",
+    )
+    .expect("ETCD_LIFEBOAT_HTTP_LISTEN in the Deployment");
+    assert_eq!(listen, format!("$(POD_IP):{port}"));
     let cfg = config_map_config("deploy/daemon/configmap.yaml");
     let listen = cfg["http"]["listen"].as_str().unwrap();
-    let port = container_ports[0]["containerPort"].as_u64().unwrap();
     assert!(
         listen.ends_with(&format!(":{port}")),
         "http.listen {listen} vs containerPort {port}"
     );
 }
 
+/// The literal `value` of an environment variable of a container.
+fn env_value(c: &Value, var: &str) -> Option<String> {
+    c["env"]
+        .as_sequence()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(var))?["value"]
+        .as_str()
+        .map(String::from)
+}
+
+/// Every kustomization.yaml under deploy/ is one of KUSTOMIZATIONS or COMPONENTS, with the
+/// right apiVersion and kind; everything it names exists; every object file in its directory is
+/// listed (except examples, and deploy/prometheusrule.yaml, the rules for `kubectl apply -f`
+/// that components/monitoring holds too).
 #[test]
 fn kustomizations_list_every_manifest() {
     let root = repo();
-    for dir in ["deploy", "deploy/cronjob", "deploy/daemon"] {
-        let k = yaml(&format!("{dir}/kustomization.yaml"));
-        assert_eq!(
-            k["apiVersion"].as_str(),
-            Some("kustomize.config.k8s.io/v1beta1")
-        );
-        assert_eq!(kind(&k), "Kustomization");
-        let listed: BTreeSet<String> = k["resources"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_str().unwrap().to_string())
-            .collect();
-        for r in &listed {
-            assert!(
-                root.join(dir).join(r).exists(),
-                "{dir}/kustomization.yaml lists missing {r}"
-            );
-        }
-        // Every manifest in the directory is listed, except examples and the kustomization.
-        for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.ends_with(".yaml") && n != "kustomization.yaml" && !n.ends_with(".example.yaml") {
-                assert!(
-                    listed.contains(&n),
-                    "{dir}/kustomization.yaml does not list {n}"
+    let mut found = BTreeSet::new();
+    for f in manifest_files()
+        .into_iter()
+        .filter(|f| f.ends_with("/kustomization.yaml"))
+    {
+        let dir = f.trim_end_matches("/kustomization.yaml").to_string();
+        let k = yaml(&f);
+        match kind(&k) {
+            "Kustomization" => {
+                assert_eq!(
+                    k["apiVersion"].as_str(),
+                    Some("kustomize.config.k8s.io/v1beta1"),
+                    "{f}"
                 );
+                assert!(
+                    KUSTOMIZATIONS.contains(&dir.as_str()),
+                    "{f}: not in KUSTOMIZATIONS"
+                );
+            }
+            "Component" => {
+                assert_eq!(
+                    k["apiVersion"].as_str(),
+                    Some("kustomize.config.k8s.io/v1alpha1"),
+                    "{f}"
+                );
+                assert!(COMPONENTS.contains(&dir.as_str()), "{f}: not in COMPONENTS");
+            }
+            other => panic!("{f}: kind {other:?}"),
+        }
+        found.insert(dir.clone());
+        let names = |key: &str| -> Vec<String> {
+            k[key]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(|r| r.as_str().unwrap().to_string())
+                .collect()
+        };
+        let mut listed: BTreeSet<String> = BTreeSet::new();
+        for key in ["resources", "components", "configurations"] {
+            for r in names(key) {
+                assert!(root.join(&dir).join(&r).exists(), "{f} lists missing {r}");
+                listed.insert(r);
+            }
+        }
+        for g in k["configMapGenerator"].as_sequence().into_iter().flatten() {
+            for file in g["files"].as_sequence().unwrap() {
+                let file = file.as_str().unwrap();
+                assert!(root.join(&dir).join(file).is_file(), "{f}: missing {file}");
+                listed.insert(file.to_string());
+            }
+        }
+        for e in std::fs::read_dir(root.join(&dir)).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let exempt = n == "kustomization.yaml"
+                || n.ends_with(".example.yaml")
+                || (dir == "deploy" && n == "prometheusrule.yaml");
+            if (n.ends_with(".yaml") || n.ends_with(".json")) && !exempt {
+                assert!(listed.contains(&n), "{f} does not list {n}");
             }
         }
     }
-    let top = yaml("deploy/kustomization.yaml");
-    let res: Vec<&str> = top["resources"]
-        .as_sequence()
-        .unwrap()
+    let want: BTreeSet<String> = KUSTOMIZATIONS
         .iter()
-        .map(|v| v.as_str().unwrap())
+        .chain(COMPONENTS)
+        .map(|s| s.to_string())
         .collect();
-    assert!(
-        res.contains(&"daemon") && res.contains(&"prometheusrule.yaml"),
-        "{res:?}"
-    );
+    assert_eq!(found, want, "kustomizations under deploy/");
+    let top = yaml("deploy/kustomization.yaml");
+    assert_eq!(top["resources"][0].as_str(), Some("daemon"));
+    assert_eq!(top["components"][0].as_str(), Some("components/monitoring"));
 }
 
 fn config_map_config(rel: &str) -> Value {
@@ -501,16 +701,6 @@ fn check_common(rel: &str, w: &Value) {
     assert_eq!(
         spec["securityContext"]["seccompProfile"]["type"].as_str(),
         Some("RuntimeDefault"),
-        "{rel}"
-    );
-    assert_eq!(
-        spec["hostNetwork"].as_bool(),
-        Some(true),
-        "{rel}: reaches etcd on the node's 127.0.0.1"
-    );
-    assert_eq!(
-        spec["dnsPolicy"].as_str(),
-        Some("ClusterFirstWithHostNet"),
         "{rel}"
     );
     assert_eq!(
@@ -626,6 +816,16 @@ fn cronjob_settings() {
     );
     let (spec, containers) = pod_spec(&cj);
     assert_eq!(spec["restartPolicy"].as_str(), Some("Never"));
+    assert_eq!(
+        spec["hostNetwork"].as_bool(),
+        Some(true),
+        "{rel}: reaches etcd on the node's 127.0.0.1"
+    );
+    assert_eq!(
+        spec["dnsPolicy"].as_str(),
+        Some("ClusterFirstWithHostNet"),
+        "{rel}"
+    );
     // Root only because kubeadm's keys are 0600 root; never privileged, no capabilities.
     assert_eq!(spec["securityContext"]["runAsUser"].as_u64(), Some(0));
     let certs = spec["volumes"]
@@ -711,26 +911,76 @@ fn daemon_settings() {
             "{probe}"
         );
     }
+    // The pod network, not the node's: a NetworkPolicy applies, no node port is taken.
+    assert!(
+        spec["hostNetwork"].is_null() || spec["hostNetwork"].as_bool() == Some(false),
+        "{rel}: the daemon runs in the pod network"
+    );
+    for p in containers[0]["ports"].as_sequence().unwrap() {
+        assert!(p["hostPort"].is_null(), "{rel}: hostPort {p:?}");
+    }
+    // Downward API: listen on the pod IP only, reach etcd at the node's IP. Kubernetes expands
+    // $(VAR) only for variables defined earlier in the list.
+    let env = containers[0]["env"].as_sequence().unwrap();
+    let pos = |n: &str| env.iter().position(|e| e["name"].as_str() == Some(n));
+    for (var, field) in [("POD_IP", "status.podIP"), ("HOST_IP", "status.hostIP")] {
+        let e = &env[pos(var).unwrap_or_else(|| panic!("{rel}: no {var}"))];
+        assert_eq!(
+            e["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+            Some(field),
+            "{rel}: {var}"
+        );
+    }
+    assert_eq!(
+        env_value(containers[0], "ETCD_LIFEBOAT_HTTP_LISTEN").as_deref(),
+        Some("$(POD_IP):9790")
+    );
+    assert_eq!(
+        env_value(containers[0], "ETCDCTL_ENDPOINTS").as_deref(),
+        Some("https://$(HOST_IP):2379")
+    );
+    assert!(pos("POD_IP") < pos("ETCD_LIFEBOAT_HTTP_LISTEN"));
+    assert!(pos("HOST_IP") < pos("ETCDCTL_ENDPOINTS"));
+    // The config's own listen address is loopback: never 0.0.0.0 even without the variable.
+    assert!(cfg["http"]["listen"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
 }
 
-/// No Role, ClusterRole or binding anywhere: etcd-lifeboat never calls the Kubernetes API.
+/// No Role, ClusterRole or binding in any render: etcd-lifeboat never calls the Kubernetes API.
 #[test]
 fn no_rbac_objects() {
-    for f in manifest_files() {
-        let k = kind(&yaml(&f)).to_string();
-        assert!(
-            !k.contains("Role"),
-            "{f}: {k}: etcd-lifeboat needs no Kubernetes API access"
-        );
+    for r in renders() {
+        for o in &r.objects {
+            assert!(
+                !kind(o).contains("Role"),
+                "{}: {}: etcd-lifeboat needs no Kubernetes API access",
+                r.what,
+                id(o)
+            );
+        }
     }
 }
 
-/// Every manifest is in kube-system (where kubeadm's etcd and its certificates live).
+/// Every object of every render, and every object file, is in kube-system (where kubeadm's
+/// etcd and its certificates live).
 #[test]
 fn everything_in_kube_system() {
+    for r in renders() {
+        for o in &r.objects {
+            assert_eq!(
+                o["metadata"]["namespace"].as_str(),
+                Some("kube-system"),
+                "{}: {}",
+                r.what,
+                id(o)
+            );
+        }
+    }
     for f in manifest_files() {
         let v = yaml(&f);
-        if kind(&v) != "Kustomization" {
+        if v["apiVersion"].is_string() && !["Kustomization", "Component"].contains(&kind(&v)) {
             assert_eq!(
                 v["metadata"]["namespace"].as_str(),
                 Some("kube-system"),
@@ -861,15 +1111,21 @@ fn run_validate_crds(files: &[String]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// ServiceMonitor and PrometheusRule validate strictly against the prometheus-operator CRD
-/// schemas (scripts/validate-crds.py; kubernetes-validate has no CRD schemas).
+/// Every ServiceMonitor and PrometheusRule any kustomization renders (plain, with the
+/// kube-prometheus-stack label, with an overlay's patches), and deploy/prometheusrule.yaml,
+/// validate strictly against the prometheus-operator CRD schemas (scripts/validate-crds.py;
+/// kubernetes-validate has no CRD schemas).
 #[test]
 fn crd_objects_pass_prometheus_operator_schemas_strict() {
-    let files: Vec<String> = manifest_files()
+    let objects: Vec<(String, Value)> = distinct_objects()
         .into_iter()
-        .filter(|f| ["ServiceMonitor", "PrometheusRule"].contains(&kind(&yaml(f))))
+        .filter(|(_, o)| CRD_KINDS.contains(&kind(o)))
         .collect();
-    assert_eq!(files.len(), 2, "{files:?}");
+    let kinds: BTreeSet<&str> = objects.iter().map(|(_, o)| kind(o)).collect();
+    assert_eq!(kinds, CRD_KINDS.iter().copied().collect(), "{objects:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = write_objects(tmp.path(), &objects);
+    files.push("deploy/prometheusrule.yaml".into());
     let (ok, text) = run_validate_crds(&files);
     assert!(
         ok,
@@ -877,7 +1133,7 @@ fn crd_objects_pass_prometheus_operator_schemas_strict() {
     );
     assert_eq!(
         text.lines().filter(|l| l.starts_with("PASS ")).count(),
-        2,
+        files.len(),
         "{text}"
     );
 }
@@ -887,7 +1143,7 @@ fn crd_objects_pass_prometheus_operator_schemas_strict() {
 #[test]
 fn crd_validation_rejects_broken_objects() {
     let tmp = tempfile::tempdir().unwrap();
-    let sm = read("deploy/daemon/servicemonitor.yaml");
+    let sm = read("deploy/components/monitoring/servicemonitor.yaml");
     let pr = read("deploy/prometheusrule.yaml");
     let cases = [
         (
@@ -1023,4 +1279,331 @@ fn cronjob_pushgateway_lines_work_uncommented() {
     std::fs::write(&p, uncommented).unwrap();
     let (ok, out) = run_kubernetes_validate(&[p.to_string_lossy().into_owned()], K8S_VERSIONS[1]);
     assert!(ok && out.contains(" passed "), "{out}");
+}
+
+/// The bases, applied alone, need nothing but Kubernetes' own API groups (no
+/// prometheus-operator CRDs), and each component adds what it says.
+#[test]
+fn bases_apply_on_a_bare_cluster_and_components_add_their_objects() {
+    let core = |o: &Value| {
+        let api = o["apiVersion"].as_str().unwrap();
+        !api.contains('/') || api.split('/').next().unwrap().ends_with("k8s.io") || {
+            ["apps", "batch", "policy"].contains(&api.split('/').next().unwrap())
+        }
+    };
+    for r in renders() {
+        let kinds: Vec<&str> = r.objects.iter().map(kind).collect();
+        let has = |k: &str| kinds.contains(&k);
+        if BASES.contains(&r.what.as_str()) {
+            for o in &r.objects {
+                assert!(core(o), "{}: {} needs a CRD", r.what, id(o));
+            }
+        }
+        if r.base == "deploy/cronjob" {
+            assert!(has("CronJob") && !has("Deployment"), "{}", r.what);
+        }
+        if r.base == "deploy/daemon" {
+            assert!(
+                has("Deployment") && has("Service") && has("PodDisruptionBudget"),
+                "{}",
+                r.what
+            );
+        }
+        let comp = |c: &str| r.components.iter().any(|x| x == c);
+        if !r.components.is_empty() {
+            assert_eq!(
+                has("ServiceMonitor") && has("PrometheusRule"),
+                comp("deploy/components/monitoring"),
+                "{}: {kinds:?}",
+                r.what
+            );
+            assert_eq!(
+                has("NetworkPolicy"),
+                comp("deploy/components/networkpolicy"),
+                "{}",
+                r.what
+            );
+            let dashboard = r
+                .objects
+                .iter()
+                .any(|o| o["metadata"]["labels"]["grafana_dashboard"].as_str() == Some("1"));
+            assert_eq!(dashboard, comp("deploy/grafana"), "{}", r.what);
+        }
+    }
+    // 5 kustomizations + cronjob with 5 component sets + daemon with 11.
+    assert_eq!(renders().len(), 21);
+}
+
+/// The labels that select a workload's pods, from its selector.
+fn selector_of(o: &Value) -> Option<&Value> {
+    match kind(o) {
+        "Deployment" | "PodDisruptionBudget" | "ServiceMonitor" => {
+            Some(&o["spec"]["selector"]["matchLabels"])
+        }
+        "Service" => Some(&o["spec"]["selector"]),
+        "NetworkPolicy" => Some(&o["spec"]["podSelector"]["matchLabels"]),
+        _ => None,
+    }
+}
+
+fn label_keys(v: &Value) -> BTreeSet<String> {
+    v.as_mapping()
+        .map(|m| m.keys().map(|k| k.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Every object of every render carries all six recommended labels (name, instance, version,
+/// component, part-of, managed-by), and so do the pod templates; every selector uses exactly
+/// the stable ones (name, instance, component), and the daemon's selectors (Deployment, PDB,
+/// Service, anti-affinity, ServiceMonitor, NetworkPolicy) all select its pods.
+#[test]
+fn recommended_labels_everywhere_and_stable_selectors() {
+    let selector_keys: BTreeSet<String> = SELECTOR_LABELS.iter().map(|s| s.to_string()).collect();
+    for r in renders() {
+        let instance = if r.what == "deploy/overlays/custom" {
+            "cluster-a"
+        } else {
+            "etcd-lifeboat"
+        };
+        let check = |what: &str, labels: &Value| {
+            for (k, v) in COMMON_LABELS {
+                assert_eq!(labels[*k].as_str(), Some(*v), "{}: {what}: {k}", r.what);
+            }
+            assert_eq!(
+                labels["app.kubernetes.io/instance"].as_str(),
+                Some(instance),
+                "{}: {what}: instance",
+                r.what
+            );
+            assert_eq!(
+                labels["app.kubernetes.io/version"].as_str(),
+                Some(env!("CARGO_PKG_VERSION")),
+                "{}: {what}: version",
+                r.what
+            );
+            assert!(
+                labels["app.kubernetes.io/component"]
+                    .as_str()
+                    .is_some_and(|c| !c.is_empty()),
+                "{}: {what}: component",
+                r.what
+            );
+        };
+        let mut pod_labels: Option<&Value> = None;
+        for o in &r.objects {
+            check(&id(o), &o["metadata"]["labels"]);
+            match kind(o) {
+                "Deployment" => {
+                    check(
+                        &format!("{} pod template", id(o)),
+                        &o["spec"]["template"]["metadata"]["labels"],
+                    );
+                    pod_labels = Some(&o["spec"]["template"]["metadata"]["labels"]);
+                    let anti = &o["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+                        ["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"]
+                        ["matchLabels"];
+                    assert_eq!(
+                        anti, &o["spec"]["selector"]["matchLabels"],
+                        "{}: anti-affinity",
+                        r.what
+                    );
+                }
+                "CronJob" => {
+                    let jt = &o["spec"]["jobTemplate"];
+                    check(
+                        &format!("{} job template", id(o)),
+                        &jt["metadata"]["labels"],
+                    );
+                    check(
+                        &format!("{} pod template", id(o)),
+                        &jt["spec"]["template"]["metadata"]["labels"],
+                    );
+                }
+                _ => {}
+            }
+        }
+        for o in &r.objects {
+            let Some(sel) = selector_of(o) else { continue };
+            assert_eq!(
+                label_keys(sel),
+                selector_keys,
+                "{}: {} selector",
+                r.what,
+                id(o)
+            );
+            // Every selector of the daemon's objects selects its pods, or (ServiceMonitor) its
+            // Service, which carries the same labels. (The monitoring component with the
+            // CronJob base: a ServiceMonitor without a target, only its rules matter.)
+            let Some(pods) = pod_labels else {
+                assert_eq!(
+                    kind(o),
+                    "ServiceMonitor",
+                    "{}: {} without pods",
+                    r.what,
+                    id(o)
+                );
+                continue;
+            };
+            for (k, v) in sel.as_mapping().unwrap() {
+                assert_eq!(pods.get(k), Some(v), "{}: {} selector {k:?}", r.what, id(o));
+            }
+        }
+    }
+}
+
+/// kube-prometheus-stack's Prometheus selects ServiceMonitors and PrometheusRules by
+/// `release: kube-prometheus-stack` (its default selectors for a release of that name): its
+/// component sets the label on both and on nothing else; without it, no object has one.
+#[test]
+fn kube_prometheus_stack_component_sets_the_release_label() {
+    let mut seen = 0;
+    for r in renders() {
+        let kps = r
+            .components
+            .iter()
+            .any(|c| c == "deploy/components/kube-prometheus-stack")
+            || r.what == "deploy/overlays/kube-prometheus-stack";
+        for o in &r.objects {
+            let release = o["metadata"]["labels"]["release"].as_str();
+            if kps && CRD_KINDS.contains(&kind(o)) {
+                assert_eq!(
+                    release,
+                    Some("kube-prometheus-stack"),
+                    "{}: {}",
+                    r.what,
+                    id(o)
+                );
+                seen += 1;
+            } else {
+                assert_eq!(release, None, "{}: {}", r.what, id(o));
+            }
+        }
+    }
+    assert!(seen >= 6, "{seen}");
+}
+
+/// The grafana component's ConfigMap holds deploy/grafana/etcd-lifeboat.json byte for byte
+/// under the label the Grafana sidecar watches, with a fixed name.
+#[test]
+fn grafana_component_holds_the_dashboard_file() {
+    let json = read("deploy/grafana/etcd-lifeboat.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(dashboard["uid"], "etcd-lifeboat");
+    let objs = kustomize_combination(&["deploy/daemon"], &["deploy/grafana"], "");
+    let cms: Vec<&Value> = objs
+        .iter()
+        .filter(|o| o["metadata"]["labels"]["grafana_dashboard"].as_str() == Some("1"))
+        .collect();
+    assert_eq!(cms.len(), 1, "{objs:?}");
+    assert_eq!(kind(cms[0]), "ConfigMap");
+    assert_eq!(
+        cms[0]["metadata"]["name"].as_str(),
+        Some("etcd-lifeboat-dashboard")
+    );
+    assert_eq!(
+        cms[0]["data"]["etcd-lifeboat.json"].as_str(),
+        Some(json.as_str())
+    );
+}
+
+/// The example overlay deploy/overlays/custom does what docs/deploy.md says: every container
+/// runs the overridden image, the instance label changes on objects and selectors alike (checked
+/// by recommended_labels_everywhere_and_stable_selectors), and the alert threshold patch gives
+/// rules that promtool accepts, with the new threshold and nothing else changed.
+#[test]
+fn custom_overlay_image_instance_and_threshold() {
+    let r = renders()
+        .iter()
+        .find(|r| r.what == "deploy/overlays/custom")
+        .unwrap();
+    let dep = r.objects.iter().find(|o| kind(o) == "Deployment").unwrap();
+    let (_, containers) = pod_spec(dep);
+    for c in containers {
+        assert_eq!(
+            c["image"].as_str(),
+            Some("registry.example.internal/platform/etcd-lifeboat:0.1.0-custom.1")
+        );
+    }
+    let pr = r
+        .objects
+        .iter()
+        .find(|o| kind(o) == "PrometheusRule")
+        .unwrap();
+    let mut rules = yaml("deploy/prometheus/rules.yaml");
+    let patched = &pr["spec"];
+    let too_old = &patched["groups"][0]["rules"][0];
+    assert_eq!(too_old["alert"].as_str(), Some("EtcdLifeboatBackupTooOld"));
+    let expr = too_old["expr"].as_str().unwrap();
+    assert!(expr.contains("> 7200") && !expr.contains("3600"), "{expr}");
+    // Apart from the patched expr and summary, the rules are the rule file's.
+    rules["groups"][0]["rules"][0]["expr"] = too_old["expr"].clone();
+    rules["groups"][0]["rules"][0]["annotations"]["summary"] =
+        too_old["annotations"]["summary"].clone();
+    assert_eq!(patched, &rules);
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("rules.yaml");
+    std::fs::write(&f, serde_yaml::to_string(patched).unwrap()).unwrap();
+    let out = Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules on the patched rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The other renders keep the shipped image.
+    for r in renders()
+        .iter()
+        .filter(|r| r.what != "deploy/overlays/custom")
+    {
+        for o in r
+            .objects
+            .iter()
+            .filter(|o| ["Deployment", "CronJob"].contains(&kind(o)))
+        {
+            let (_, cs) = pod_spec(o);
+            for c in cs {
+                assert_eq!(
+                    c["image"].as_str(),
+                    Some(expected_image().as_str()),
+                    "{}",
+                    r.what
+                );
+            }
+        }
+    }
+}
+
+/// The kustomize snippets of docs/deploy.md build: each ```yaml block that starts with
+/// `patches:`, `images:` or `labels:` is added to a kustomization of the daemon with every
+/// component, and kustomize must accept it (the patches' `test` ops find the alert they name).
+#[test]
+fn docs_deploy_snippets_build() {
+    let doc = read("docs/deploy.md");
+    let mut n = 0;
+    for block in doc.split("```yaml\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        if !["patches:", "images:", "labels:"]
+            .iter()
+            .any(|k| block.starts_with(k))
+        {
+            continue;
+        }
+        n += 1;
+        let objs = kustomize_combination(
+            &["deploy/daemon"],
+            &[
+                "deploy/components/monitoring",
+                "deploy/components/kube-prometheus-stack",
+                "deploy/components/networkpolicy",
+                "deploy/grafana",
+            ],
+            block,
+        );
+        assert!(objs.len() >= 9, "{block}");
+    }
+    assert!(n >= 6, "only {n} snippets found in docs/deploy.md");
 }

@@ -1,5 +1,6 @@
 //! Helpers shared by the `tests/deploy_*.rs` test files: repository paths, the external tools
-//! (promtool, kubernetes-validate) and the config example rewriting.
+//! (promtool, kubernetes-validate, kubectl for kustomize), rendering kustomizations and the
+//! config example rewriting.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -53,8 +54,9 @@ pub fn kubernetes_validate() -> PathBuf {
     p
 }
 
-/// Every Kubernetes YAML file under deploy/ (relative paths, sorted): everything but the
-/// Prometheus rule files in deploy/prometheus/.
+/// Every YAML file under deploy/ (relative paths, sorted): the Kubernetes objects, the
+/// kustomization files of bases, components and overlays and kustomize's transformer configs;
+/// everything but the Prometheus rule files in deploy/prometheus/.
 pub fn manifest_files() -> Vec<String> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -189,4 +191,94 @@ pub fn venv_python() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// `kubectl` (with its built-in kustomize) from $KUBECTL, else the one scripts/fetch-kubectl.sh
+/// unpacks into `${XDG_CACHE_HOME:-~/.cache}/etcd-lifeboat/kubectl/usr/bin/kubectl` (Debian's
+/// kubectl 1.36). When missing, runs that script once (idempotent); a failure of it fails the
+/// test with its output.
+pub fn kubectl() -> PathBuf {
+    if let Ok(p) = std::env::var("KUBECTL") {
+        return PathBuf::from(p);
+    }
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let base = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+    let p = PathBuf::from(base).join("etcd-lifeboat/kubectl/usr/bin/kubectl");
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    if !p.is_file() {
+        let out = std::process::Command::new("bash")
+            .arg(repo().join("scripts/fetch-kubectl.sh"))
+            .output()
+            .expect("run scripts/fetch-kubectl.sh");
+        assert!(
+            out.status.success() && p.is_file(),
+            "kubectl not found at {} and scripts/fetch-kubectl.sh failed:\n{}{}",
+            p.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    p
+}
+
+/// `kubectl kustomize DIR` (DIR relative to the repository root or absolute): the rendered
+/// objects, in kustomize's order. Panics with kustomize's error when the build fails.
+pub fn kustomize(dir: &Path) -> Vec<Value> {
+    let out = std::process::Command::new(kubectl())
+        .arg("kustomize")
+        .arg(dir)
+        .current_dir(repo())
+        .output()
+        .expect("run kubectl kustomize");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut docs = Vec::new();
+    for d in serde_yaml::Deserializer::from_str(&text) {
+        let v = <Value as serde::Deserialize>::deserialize(d).unwrap();
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    docs
+}
+
+/// Renders a kustomization written on the fly in a temp dir: `resources` and `components` are
+/// directories relative to the repository root (kustomize refuses absolute paths, so they are
+/// written relative to the temp dir). `extra` is appended to the kustomization verbatim.
+pub fn kustomize_combination(resources: &[&str], components: &[&str], extra: &str) -> Vec<Value> {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    let up = "../".repeat(dir.components().count() - 1);
+    let root = repo().canonicalize().unwrap();
+    let rel = |d: &str| format!("{up}{}/{d}", root.to_string_lossy().trim_start_matches('/'));
+    let mut k = String::from(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
+    );
+    for r in resources {
+        k += &format!("  - {}\n", rel(r));
+    }
+    if !components.is_empty() {
+        k += "components:\n";
+        for c in components {
+            k += &format!("  - {}\n", rel(c));
+        }
+    }
+    k += extra;
+    std::fs::write(dir.join("kustomization.yaml"), k).unwrap();
+    kustomize(&dir)
+}
+
+/// `kind/name` of an object, for messages.
+pub fn id(v: &Value) -> String {
+    format!(
+        "{}/{}",
+        kind(v),
+        v["metadata"]["name"].as_str().unwrap_or("?")
+    )
 }

@@ -1,0 +1,336 @@
+//! The Grafana dashboard deploy/grafana/etcd-lifeboat.json works against real data: the daemon
+//! runs with the Deployment's command line, the Deployment's environment (downward API values
+//! as a pod on loopback would get them: pod IP and node IP 127.0.0.1) and its ConfigMap's
+//! config, against a real etcd 3.5 with TLS; a real Prometheus (Debian's /usr/bin/prometheus)
+//! scrapes it as the ServiceMonitor does (job "etcd-lifeboat", namespace label); then every
+//! query of every panel, with the dashboard's `$job` variable set as Grafana would, returns at
+//! least one series with a finite value.
+//!
+//! Only what cannot exist on a test machine is rewritten: etcd's port and certificate paths,
+//! the S3 store (a local store in a temp dir), temp_dir, the schedule (every 2 s), the election
+//! name, and the port 9790 (a free port).
+
+mod common;
+mod deploy_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Etcd, EtcdOpts};
+use deploy_support::*;
+use serde_yaml::Value;
+
+/// Kills a child process on drop.
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The daemon as the Deployment runs it: its args (config path replaced), its literal env
+/// values with `$(POD_IP)`/`$(HOST_IP)` expanded to 127.0.0.1 and the ports 2379/9790 mapped to
+/// the test's, and its ConfigMap's config pointed at `etcd` and a local store.
+fn spawn_daemon(etcd: &Etcd, tmp: &Path, port: u16) -> Killed {
+    let cm = yaml("deploy/daemon/configmap.yaml");
+    let mut cfg: Value = serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let certs = etcd.certs.as_ref().unwrap();
+    cfg["etcd"]["tls"]["ca_file"] = certs.ca.to_string_lossy().into_owned().into();
+    cfg["etcd"]["tls"]["cert_file"] = certs.client_cert.to_string_lossy().into_owned().into();
+    cfg["etcd"]["tls"]["key_file"] = certs.client_key.to_string_lossy().into_owned().into();
+    let (store, temp) = (tmp.join("store"), tmp.join("tmp"));
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::create_dir_all(&temp).unwrap();
+    cfg["storage"] = serde_yaml::from_str(&format!(
+        "backend: local\nlocal:\n  path: {}\n",
+        store.display()
+    ))
+    .unwrap();
+    cfg["backup"]["temp_dir"] = temp.to_string_lossy().into_owned().into();
+    cfg["schedule"]["cron"] = "*/2 * * * * *".into();
+    cfg["leader_election"]["name"] = format!("/etcd-lifeboat-dashboard-test/{port}").into();
+    let config = tmp.join("config.yaml");
+    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+
+    let dep = yaml("deploy/daemon/deployment.yaml");
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace("/etc/etcd-lifeboat/config.yaml", &config.to_string_lossy())
+        })
+        .collect();
+    let etcd_port = etcd.endpoints()[0].rsplit(':').next().unwrap().to_string();
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut set = Vec::new();
+    for e in c["env"].as_sequence().unwrap() {
+        let Some(v) = e["value"].as_str() else {
+            continue;
+        };
+        let v = v
+            .replace("$(POD_IP)", "127.0.0.1")
+            .replace("$(HOST_IP)", "127.0.0.1")
+            .replace(":2379", &format!(":{etcd_port}"))
+            .replace(":9790", &format!(":{port}"));
+        let name = e["name"].as_str().unwrap();
+        set.push(name.to_string());
+        cmd.env(name, v);
+    }
+    assert!(
+        set.contains(&"ETCD_LIFEBOAT_HTTP_LISTEN".to_string())
+            && set.contains(&"ETCDCTL_ENDPOINTS".to_string()),
+        "{set:?}"
+    );
+    let log = std::fs::File::create(tmp.join("daemon.log")).unwrap();
+    Killed(
+        cmd.args(&args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Prometheus scraping `target` every second as job "etcd-lifeboat" in namespace kube-system.
+fn start_prometheus(dir: &Path, target: &str) -> (Killed, u16) {
+    let bin = Path::new("/usr/bin/prometheus");
+    assert!(
+        bin.is_file(),
+        "prometheus not found (Debian package prometheus): run scripts/install.sh"
+    );
+    let port = common::free_port();
+    let conf = dir.join("prometheus.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n  - job_name: etcd-lifeboat\n    static_configs:\n      - targets: [\"{target}\"]\n        labels: {{namespace: kube-system}}\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = Command::new(bin)
+        .arg(format!("--config.file={}", conf.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let p = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(http_get(port, "/-/ready"), Some((200, _))) {
+        assert!(
+            Instant::now() < deadline,
+            "prometheus not ready; log:\n{}",
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (p, port)
+}
+
+/// Instant query: the result vector, or the error Prometheus gave.
+fn query(port: u16, q: &str) -> Result<Vec<serde_json::Value>, String> {
+    let (status, body) =
+        http_get(port, &format!("/api/v1/query?query={}", urlencode(q))).ok_or("no answer")?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("{status}: {body}"));
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// Every (panel title, query) of the dashboard, with the template variables as Grafana sets
+/// them for job etcd-lifeboat.
+fn panel_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        let title = p["title"].as_str().unwrap().to_string();
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {title} has no query");
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(
+                !expr.contains('$') || expr.contains("$job"),
+                "{title}: only $job is a variable: {expr}"
+            );
+            out.push((title.clone(), expr.replace("$job", "etcd-lifeboat")));
+        }
+    }
+    out
+}
+
+/// The dashboard's shape: Grafana's JSON model with unique panel ids, every panel on the grid,
+/// on the `datasource` variable, and every metric it queries documented in docs/metrics.md.
+#[test]
+fn dashboard_is_well_formed_and_uses_documented_metrics() {
+    let d: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/etcd-lifeboat.json")).unwrap();
+    assert_eq!(d["uid"], "etcd-lifeboat");
+    assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 36));
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, ["datasource", "job"]);
+    let mut ids = std::collections::BTreeSet::new();
+    for p in d["panels"].as_array().unwrap() {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
+        for k in ["x", "y", "w", "h"] {
+            assert!(
+                p["gridPos"][k].as_u64().is_some(),
+                "{}: gridPos.{k}",
+                p["title"]
+            );
+        }
+        assert!(p["gridPos"]["x"].as_u64().unwrap() + p["gridPos"]["w"].as_u64().unwrap() <= 24);
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        assert!(["stat", "timeseries"].contains(&p["type"].as_str().unwrap()));
+    }
+    let docs = read("docs/metrics.md");
+    let mut metrics = std::collections::BTreeSet::new();
+    for (_, q) in panel_queries(&d) {
+        for w in q.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if w.starts_with("etcd_lifeboat_") {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| w.strip_suffix(s))
+                    .unwrap_or(w);
+                metrics.insert(family.to_string());
+            }
+        }
+    }
+    for m in [
+        "etcd_lifeboat_store_latest_backup_timestamp_seconds",
+        "etcd_lifeboat_backup_duration_seconds",
+        "etcd_lifeboat_backup_size_bytes",
+        "etcd_lifeboat_store_backups",
+        "etcd_lifeboat_is_leader",
+        "etcd_lifeboat_backups_total",
+    ] {
+        assert!(metrics.contains(m), "no panel shows {m}");
+    }
+    for m in &metrics {
+        assert!(
+            docs.contains(&format!("`{m}`")),
+            "{m} is not in docs/metrics.md"
+        );
+    }
+}
+
+#[test]
+fn every_panel_query_returns_data_from_a_real_prometheus_scraping_the_daemon() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/etcd-lifeboat.json")).unwrap();
+    let queries = panel_queries(&dashboard);
+    assert!(queries.len() >= 10, "{queries:?}");
+
+    let etcd = Etcd::start(EtcdOpts {
+        tls: true,
+        ..Default::default()
+    });
+    etcd.etcdctl_ok(&["put", "/registry/namespaces/default", "v"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let _daemon = spawn_daemon(&etcd, tmp.path(), port);
+    let (_prom, prom_port) = start_prometheus(tmp.path(), &format!("127.0.0.1:{port}"));
+
+    // Several backups and scrapes: increase() needs two samples of a counter that moved.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut missing;
+    loop {
+        missing = Vec::new();
+        for (title, q) in &queries {
+            match query(prom_port, q) {
+                Ok(r)
+                    if r.iter().any(|s| {
+                        s["value"][1]
+                            .as_str()
+                            .and_then(|v| v.parse::<f64>().ok())
+                            .is_some_and(f64::is_finite)
+                    }) => {}
+                Ok(r) => missing.push(format!("{title}: {q} -> {r:?}")),
+                Err(e) => panic!("{title}: {q}: query error {e}"),
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "panels without data after 90 s:\n{}\ndaemon log:\n{}",
+            missing.join("\n"),
+            std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // The values make sense: a fresh backup, OK, one leader, sizes and a store count.
+    let one = |q: &str| -> f64 {
+        let r = query(prom_port, q).unwrap();
+        r[0]["value"][1].as_str().unwrap().parse().unwrap()
+    };
+    let get = |title: &str, i: usize| {
+        queries
+            .iter()
+            .filter(|(t, _)| t == title)
+            .nth(i)
+            .unwrap_or_else(|| panic!("no panel {title}"))
+            .1
+            .clone()
+    };
+    let age = one(&get("Backup age", 0));
+    assert!((0.0..60.0).contains(&age), "backup age {age}");
+    assert_eq!(one(&get("Last backup", 0)), 1.0);
+    assert_eq!(one(&get("Leaders", 0)), 1.0);
+    assert!(one(&get("Backups in store", 0)) >= 1.0);
+    let sizes = query(prom_port, &get("Backup size", 0)).unwrap();
+    let kinds: std::collections::BTreeSet<&str> = sizes
+        .iter()
+        .map(|s| s["metric"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["raw", "stored"].into());
+}
