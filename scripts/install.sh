@@ -72,6 +72,9 @@ rm -rf "$PROTO_CHECK"
 
 command -v cargo >/dev/null 2>&1 || { echo "install.sh: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 
+# kubectl (kustomize) from Debian's unstable suite, for rendering deploy/ in the tests.
+bash "$(dirname "$0")/fetch-kubectl.sh"
+
 echo "install.sh: ready"
 echo "  etcd 3.4: $(/usr/bin/etcd --version | head -1)"
 echo "  etcd 3.5: $("$ETCD35_DIR/etcd" --version | head -1) ($ETCD35_DIR)"
