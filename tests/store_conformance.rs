@@ -1293,5 +1293,45 @@ async fn s3_stale_multipart_uploads_are_aborted_by_age() {
         removed,
         [format!("s3://{}/{left} (upload {id})", s3.bucket())]
     );
+    assert_eq!(uploads().await, [other_id.clone()]);
+
+    // An upload without parts is judged by its Initiated date alone, relative to `now`
+    // (moto reports a fixed Initiated date, so `now` is taken from it).
+    let bare = s3.s3_key(&key("c1/bare.db.zst"));
+    let bare_id = s3
+        .client()
+        .create_multipart_upload()
+        .bucket(s3.bucket())
+        .key(&bare)
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_string();
+    let listed = s3
+        .client()
+        .list_multipart_uploads()
+        .bucket(s3.bucket())
+        .prefix(&bare)
+        .send()
+        .await
+        .unwrap();
+    let t = listed.uploads()[0].initiated().unwrap();
+    let initiated = chrono::DateTime::<Utc>::from_timestamp(t.secs(), 0).unwrap();
+    let now = initiated + chrono::Duration::minutes(10);
+    let kept = s3
+        .remove_stale_uploads(Duration::from_secs(3600), now)
+        .await
+        .unwrap();
+    assert!(kept.is_empty(), "{kept:?}");
+    let removed = s3
+        .remove_stale_uploads(Duration::from_secs(300), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        removed,
+        [format!("s3://{}/{bare} (upload {bare_id})", s3.bucket())]
+    );
     assert_eq!(uploads().await, [other_id]);
 }

@@ -35,8 +35,9 @@
 //! - Health ([`S3Store::check`]): HeadBucket and ListObjectsV2 (max-keys 1); no writes.
 //! - Stale multipart uploads ([`S3Store::remove_stale_uploads`]): ListMultipartUploads under
 //!   the prefix, AbortMultipartUpload of those initiated before the cutoff whose newest part
-//!   is older than the cutoff too. (moto reports a fixed `Initiated` date of 2010; the part
-//!   dates keep its running uploads safe once a part is stored.)
+//!   is older than the cutoff too, so a running upload is never aborted once it has stored a
+//!   part. (moto 5.2 reports a fixed `Initiated` date of 2010 and a ListParts body the SDK
+//!   cannot decode, whose part dates are read directly: see `moto_list_parts_dates`.)
 
 use std::time::Duration;
 
@@ -532,7 +533,7 @@ impl S3Store {
         let mut newest = None;
         let mut marker = None::<String>;
         loop {
-            let page = self
+            let page = match self
                 .client
                 .list_parts()
                 .bucket(&self.bucket)
@@ -540,7 +541,16 @@ impl S3Store {
                 .upload_id(upload_id)
                 .set_part_number_marker(marker.take())
                 .send()
-                .await?;
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    return match moto_list_parts_dates(&e) {
+                        Some(dates) => Ok(newest.max(dates.into_iter().max())),
+                        None => Err(e),
+                    }
+                }
+            };
             for p in page.parts() {
                 if let Some(t) = p.last_modified().map(to_chrono) {
                     newest = newest.max(Some(t));
@@ -834,6 +844,27 @@ impl S3Store {
             )),
         }
     }
+}
+
+/// moto (5.2) answers ListParts with a `<ListPartsResponse>` root that the SDK refuses; the
+/// part dates are read from that body directly. `None` for any other error.
+fn moto_list_parts_dates<E>(e: &SdkError<E, Raw>) -> Option<Vec<DateTime<Utc>>> {
+    let raw = e.raw_response()?;
+    if raw.status().as_u16() != 200 {
+        return None;
+    }
+    let body = std::str::from_utf8(raw.body().bytes()?).ok()?;
+    if !body.contains("<ListPartsResponse") {
+        return None;
+    }
+    let dates = body
+        .split("<LastModified>")
+        .skip(1)
+        .filter_map(|s| s.split("</LastModified>").next())
+        .filter_map(|s| DateTime::parse_from_rfc3339(s.trim()).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .collect();
+    Some(dates)
 }
 
 fn md5_b64(data: &[u8]) -> String {
