@@ -694,3 +694,58 @@ impl Upload {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(size: u64, sha: Option<String>) -> ObjectHead {
+        ObjectHead {
+            key: ObjectKey::new("c/x").unwrap(),
+            size,
+            last_modified: DateTime::<Utc>::UNIX_EPOCH,
+            sse: None,
+            sse_kms_key_id: None,
+            lock_mode: None,
+            retain_until: None,
+            legal_hold: false,
+            checksum_sha256: sha,
+        }
+    }
+
+    #[test]
+    fn mismatch_compares_size_then_full_object_sha256() {
+        let sha: [u8; 32] = Sha256::digest(b"abc").into();
+        assert_eq!(mismatch(&head(3, None), 3, &sha), None);
+        assert_eq!(mismatch(&head(3, Some(hex::encode(sha))), 3, &sha), None);
+        assert_eq!(
+            mismatch(&head(2, None), 3, &sha).unwrap(),
+            "the store reports 2 bytes, 3 were written"
+        );
+        let other = hex::encode(Sha256::digest(b"abd"));
+        let m = mismatch(&head(3, Some(other.clone())), 3, &sha).unwrap();
+        assert!(m.contains(&other) && m.contains(&hex::encode(sha)), "{m}");
+    }
+
+    #[test]
+    fn locked_means_legal_hold_or_future_retention() {
+        let now = Utc::now();
+        let mut h = head(1, None);
+        assert!(!h.is_locked_at(now));
+        h.retain_until = Some(now - chrono::Duration::seconds(1));
+        assert!(!h.is_locked_at(now));
+        h.retain_until = Some(now + chrono::Duration::seconds(1));
+        assert!(h.is_locked_at(now));
+        h.retain_until = None;
+        h.legal_hold = true;
+        assert!(h.is_locked_at(now));
+        let e = StoreError::Locked {
+            key: "c/x".into(),
+            retain_until: None,
+        };
+        assert!(
+            e.is_locked() && e.to_string().contains("(legal hold)"),
+            "{e}"
+        );
+    }
+}

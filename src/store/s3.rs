@@ -1106,3 +1106,54 @@ impl Drop for S3Upload {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ObjectLockMode as Mode;
+
+    #[tokio::test]
+    async fn object_protection_follows_the_config() {
+        let mut cfg = S3Config {
+            bucket: "b".into(),
+            region: Some("us-east-1".into()),
+            ..S3Config::default()
+        };
+        let s = S3Store::from_config(&cfg).await.unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-11-29T10:00:00.250Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(s.object_protection(now), (None, None));
+
+        cfg.sse = Some(SseMode::AwsKms);
+        cfg.sse_kms_key_id = Some("alias/k".into());
+        cfg.object_lock = Some(ObjectLockConfig {
+            mode: Mode::Compliance,
+            retain_for: Duration::from_secs(30 * 86400),
+        });
+        let s = S3Store::from_config(&cfg).await.unwrap();
+        let (sse, lock) = s.object_protection(now);
+        assert_eq!(
+            sse,
+            Some(SseInfo {
+                algorithm: "aws:kms".into(),
+                kms_key_id: Some("alias/k".into()),
+            })
+        );
+        // Rounded up to the next whole second.
+        assert_eq!(
+            lock,
+            Some(ObjectLockInfo {
+                mode: "COMPLIANCE".into(),
+                retain_until: DateTime::parse_from_rfc3339("2026-12-29T10:00:01Z")
+                    .unwrap()
+                    .with_timezone(&Utc),
+            })
+        );
+
+        cfg.sse = Some(SseMode::Aes256);
+        let s = S3Store::from_config(&cfg).await.unwrap();
+        let (sse, _) = s.object_protection(now);
+        assert_eq!(sse.unwrap().kms_key_id, None);
+    }
+}
