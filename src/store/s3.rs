@@ -1015,6 +1015,12 @@ impl S3Upload {
             number,
             data,
         )));
+        if number == 1 {
+            // Once the first part is stored, the upload has a part date that
+            // `remove_stale_uploads` trusts (moto's Initiated date is a constant); this costs
+            // one part's round trip per upload.
+            self.wait_in_flight(0).await?;
+        }
         Ok(())
     }
 
