@@ -262,3 +262,74 @@ fn s3_backup_with_sse_on_an_object_lock_bucket() {
                 .unwrap()));
     });
 }
+
+/// A backup killed with SIGKILL mid-upload leaves its multipart upload (no destructor runs);
+/// `Store::remove_stale_uploads` keeps it while it is younger than the threshold and aborts it
+/// once older, leaving nothing.
+#[test]
+fn sigkill_during_s3_backup_leaves_an_upload_that_cleanup_aborts() {
+    let s3 = S3Server::start();
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { fill_random(&etcd.client().await, 600, 64 * 1024).await });
+    let storage = s3.storage_config();
+    let cfg = config(&etcd, &storage);
+    let bin = assert_cmd::cargo::cargo_bin("etcd-lifeboat");
+    let mut child = std::process::Command::new(bin)
+        .args(["--config", cfg.to_str().unwrap(), "backup"])
+        .env("ETCD_LIFEBOAT_COMPRESSION_LEVEL", "19") // slow enough to be caught mid-way
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the multipart upload has started (its first part is stored before the
+    // upload goes on), then kill.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, uploads) = rt.block_on(objects_and_uploads(&storage));
+        if !uploads.is_empty() {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup finished before its upload was seen"
+        );
+        assert!(std::time::Instant::now() < deadline, "no multipart upload");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Give the first part time to be stored (moto's ListParts cannot be read with the SDK).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "backup finished too soon"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let (objects, uploads) = rt.block_on(objects_and_uploads(&storage));
+    assert!(objects.is_empty(), "{objects:?}");
+    assert_eq!(
+        uploads.len(),
+        1,
+        "the killed run's upload is left: {uploads:?}"
+    );
+
+    rt.block_on(async {
+        let store = Store::from_config(&storage).await.unwrap();
+        let kept = store
+            .remove_stale_uploads(Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert!(kept.is_empty(), "younger than the threshold: {kept:?}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let removed = store
+            .remove_stale_uploads(Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert!(removed[0].contains(".db.zst (upload "), "{removed:?}");
+    });
+    let (objects, uploads) = rt.block_on(objects_and_uploads(&storage));
+    assert!(
+        objects.is_empty() && uploads.is_empty(),
+        "{objects:?} {uploads:?}"
+    );
+}

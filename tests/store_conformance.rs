@@ -1293,7 +1293,7 @@ async fn s3_stale_multipart_uploads_are_aborted_by_age() {
         removed,
         [format!("s3://{}/{left} (upload {id})", s3.bucket())]
     );
-    assert_eq!(uploads().await, [other_id.clone()]);
+    assert_eq!(uploads().await, std::slice::from_ref(&other_id));
 
     // An upload without parts is judged by its Initiated date alone, relative to `now`
     // (moto reports a fixed Initiated date, so `now` is taken from it).
