@@ -344,7 +344,7 @@ pub enum Store {
 impl Store {
     /// Opens the store that `cfg.backend` selects.
     ///
-    /// Local: creates the directory (`mkdir -p`) when missing. S3: builds the client (region,
+    /// Local: creates the directory (`mkdir -p`, mode 0700) when missing. S3: builds the client (region,
     /// endpoint, credentials chain, CA, timeouts) without contacting the service; use
     /// [`Store::check`] for that.
     ///
@@ -380,8 +380,8 @@ impl Store {
     }
 
     /// Starts an upload to `key`. Bytes written become visible under `key` only after
-    /// [`Upload::finish`]. Local: temp file `.<name>.partial-<random>` beside the target, fsync,
-    /// rename, directory fsync. S3: single PutObject below `storage.s3.part_size`, else a
+    /// [`Upload::finish`]. Local: temp file `.<name>.partial-<random>` (0600, exclusively
+    /// `flock`ed while the upload lives) beside the target, fsync, rename, directory fsync. S3: single PutObject below `storage.s3.part_size`, else a
     /// multipart upload whose parts are sent while writing.
     ///
     /// Errors: local directory not writable ([`StoreError::Io`]).
