@@ -1335,3 +1335,97 @@ async fn s3_stale_multipart_uploads_are_aborted_by_age() {
     );
     assert_eq!(uploads().await, [other_id]);
 }
+
+/// An HTTP/1.1 proxy in front of moto that answers 501 NotImplemented to every request with
+/// an `If-None-Match` header (a store without conditional writes) and forwards the others,
+/// one upstream connection per request. Returns its URL and the count of 501s sent.
+fn no_conditional_writes_proxy(
+    upstream: &str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let up = upstream.trim_start_matches("http://").to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let refused = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = refused.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { return };
+            let up = up.clone();
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                loop {
+                    let mut head = Vec::new();
+                    let mut len = 0usize;
+                    let mut conditional = false;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        conditional |= lower.starts_with("if-none-match:");
+                        let end = line == "\r\n";
+                        if !lower.starts_with("connection:") && !end {
+                            head.extend_from_slice(line.as_bytes());
+                        }
+                        if end {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    reader.read_exact(&mut body).unwrap();
+                    if conditional {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message></Error>";
+                        write!(
+                            client,
+                            "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}",
+                            xml.len()
+                        )
+                        .unwrap();
+                        continue;
+                    }
+                    let mut server = std::net::TcpStream::connect(&up).unwrap();
+                    server.write_all(&head).unwrap();
+                    server.write_all(b"Connection: close\r\n\r\n").unwrap();
+                    server.write_all(&body).unwrap();
+                    let mut resp = Vec::new();
+                    server.read_to_end(&mut resp).unwrap();
+                    if client.write_all(&resp).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_conditional_create_falls_back_when_not_implemented() {
+    let srv = tokio::task::spawn_blocking(|| s3h::S3Server::start_moto(false))
+        .await
+        .unwrap();
+    let (url, refused) = no_conditional_writes_proxy(&srv.endpoint);
+    let mut cfg = srv.storage_config();
+    cfg.s3.endpoint = Some(url);
+    let store = Store::from_config(&cfg).await.unwrap();
+    let k = key("c1/m.json");
+    store
+        .put_bytes_new(&k, Bytes::from_static(b"first"))
+        .await
+        .unwrap();
+    assert_eq!(store.get_bytes(&k).await.unwrap(), &b"first"[..]);
+    match store.put_bytes_new(&k, Bytes::from_static(b"second")).await {
+        Err(StoreError::AlreadyExists { key }) => assert_eq!(key, "c1/m.json"),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert_eq!(store.get_bytes(&k).await.unwrap(), &b"first"[..]);
+    assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
