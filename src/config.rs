@@ -713,6 +713,7 @@ impl Config {
                         "must be between 5 MiB (5242880) and 5 GiB bytes",
                     ));
                 }
+                validate_s3_protection(s3)?;
             }
         }
         if !(1..=19).contains(&self.compression.level) {
@@ -791,6 +792,40 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
         }
     };
     cron::Schedule::from_str(&full).map_err(|e| format!("{expr:?} is not a cron expression: {e}"))
+}
+
+/// Checks `storage.s3.sse`, `sse_kms_key_id` and `object_lock`: a KMS key id only with
+/// `sse: aws:kms` and not empty; a retention of 1 s ..= 100 years (S3 needs a retain-until date
+/// in the future).
+fn validate_s3_protection(s3: &S3Config) -> Result<(), ConfigError> {
+    if let Some(id) = &s3.sse_kms_key_id {
+        if s3.sse != Some(SseMode::AwsKms) {
+            return Err(ConfigError::new(
+                "storage.s3.sse_kms_key_id",
+                "only used with sse: aws:kms; set storage.s3.sse: aws:kms or remove the key id",
+            ));
+        }
+        if id.trim().is_empty() {
+            return Err(ConfigError::new(
+                "storage.s3.sse_kms_key_id",
+                "empty; give a KMS key id or ARN, or remove it to use the bucket's default key",
+            ));
+        }
+    }
+    if let Some(ol) = &s3.object_lock {
+        const MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        if ol.retain_for < Duration::from_secs(1) || ol.retain_for > MAX {
+            return Err(ConfigError::new(
+                "storage.s3.object_lock.retain_for",
+                format!(
+                    "{} is out of range; use a duration from 1s to 100 years, e.g. 30d (longer \
+                     than the retention policy keeps backups)",
+                    humantime::format_duration(ol.retain_for)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_endpoint(ep: &str) -> Result<(), String> {
@@ -964,5 +999,42 @@ mod tests {
         assert!(parse_cron("*/30 * * * *").is_ok());
         assert!(parse_cron("*/2 * * * * *").is_ok());
         assert!(parse_cron("* *").is_err());
+    }
+
+    #[test]
+    fn s3_protection_keys_are_validated() {
+        let mut c = Config::default();
+        c.storage.backend = Backend::S3;
+        c.storage.s3.bucket = "b".into();
+        c.validate().unwrap();
+        c.storage.s3.sse_kms_key_id = Some("alias/etcd".into());
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "storage.s3.sse_kms_key_id");
+        assert!(e.message.contains("sse: aws:kms"), "{e}");
+        c.storage.s3.sse = Some(SseMode::Aes256);
+        assert_eq!(c.validate().unwrap_err().key, "storage.s3.sse_kms_key_id");
+        c.storage.s3.sse = Some(SseMode::AwsKms);
+        c.validate().unwrap();
+        c.storage.s3.sse_kms_key_id = Some(" ".into());
+        assert_eq!(c.validate().unwrap_err().key, "storage.s3.sse_kms_key_id");
+        c.storage.s3.sse_kms_key_id = None;
+        c.storage.s3.object_lock = Some(ObjectLockConfig {
+            mode: ObjectLockMode::Compliance,
+            retain_for: Duration::ZERO,
+        });
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "storage.s3.object_lock.retain_for");
+        c.storage.s3.object_lock.as_mut().unwrap().retain_for = Duration::from_secs(30 * 86400);
+        c.validate().unwrap();
+        let y: Config = serde_yaml::from_str(
+            "storage: {backend: s3, s3: {bucket: b, sse: aws:kms, sse_kms_key_id: k, \
+             object_lock: {mode: GOVERNANCE, retain_for: 30d}}}",
+        )
+        .unwrap();
+        y.validate().unwrap();
+        assert_eq!(
+            y.storage.s3.object_lock.unwrap().retain_for,
+            Duration::from_secs(30 * 86400)
+        );
     }
 }

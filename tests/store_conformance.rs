@@ -17,6 +17,7 @@ use etcd_lifeboat::store::{
     backup_id, catalog, data_key, find, manifest_key, Manifest, ObjectKey, Store, StoreError,
 };
 use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
 use tokio::io::AsyncReadExt;
 
 /// A store under test plus what keeps its backend alive.
@@ -395,6 +396,177 @@ async fn catalog_newest_first(f: Fixture) {
     assert!(e.to_string().contains(&s.describe()), "{e}");
 }
 
+async fn conditional_create(f: Fixture) {
+    let s = &f.store;
+    let k = key("c1/20261122T230000Z-r0000000000000001.json");
+    assert!(!s.exists(&k).await.unwrap());
+    s.put_bytes_new(&k, Bytes::from_static(b"first writer"))
+        .await
+        .unwrap();
+    assert!(s.exists(&k).await.unwrap());
+    match s
+        .put_bytes_new(&k, Bytes::from_static(b"second writer"))
+        .await
+    {
+        Err(StoreError::AlreadyExists { key }) => assert_eq!(key, k.as_str()),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert_eq!(s.get_bytes(&k).await.unwrap(), &b"first writer"[..]);
+    // A retry of the same write (its first response lost) is not a conflict.
+    s.put_bytes_new(&k, Bytes::from_static(b"first writer"))
+        .await
+        .unwrap();
+    // A plain put still replaces.
+    s.put_bytes(&k, Bytes::from_static(b"replaced"))
+        .await
+        .unwrap();
+    assert_eq!(s.get_bytes(&k).await.unwrap(), &b"replaced"[..]);
+    assert_eq!(keys(&s.list("").await.unwrap()), [k.as_str()]);
+    assert!(leftovers(s).await.is_empty(), "{:?}", leftovers(s).await);
+}
+
+async fn head_and_bounded_reads(f: Fixture) {
+    let s = &f.store;
+    let k = key("c1/obj.json");
+    let body = data(1000, 5);
+    s.put_bytes(&k, Bytes::from(body.clone())).await.unwrap();
+    let h = s.head(&k).await.unwrap();
+    assert_eq!((h.key.as_str(), h.size), ("c1/obj.json", 1000));
+    let age = Utc::now() - h.last_modified;
+    assert!(age.num_minutes().abs() < 5, "{h:?}");
+    assert_eq!((h.sse.as_deref(), h.lock_mode.as_deref()), (None, None));
+    assert!(h.retain_until.is_none() && !h.is_locked_at(Utc::now()));
+    if let Some(c) = &h.checksum_sha256 {
+        assert_eq!(*c, hex::encode(Sha256::digest(&body)));
+    }
+    let missing = key("c1/missing.json");
+    assert!(s.head(&missing).await.unwrap_err().is_not_found());
+    assert!(s
+        .get_bytes_limited(&missing, 10)
+        .await
+        .unwrap_err()
+        .is_not_found());
+
+    assert_eq!(s.get_bytes_limited(&k, 1000).await.unwrap(), body);
+    assert_eq!(s.get_bytes_limited(&k, 1 << 20).await.unwrap(), body);
+    match s.get_bytes_limited(&k, 999).await {
+        Err(StoreError::TooLarge { key, size, max }) => {
+            assert_eq!((key.as_str(), size, max), ("c1/obj.json", 1000, 999))
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let e = s.get_bytes_limited(&k, 0).await.unwrap_err();
+    assert!(
+        e.to_string().contains("more than the 0 bytes allowed"),
+        "{e}"
+    );
+}
+
+/// Replaces the stored bytes of `k` behind the store's back (a disk or server fault).
+async fn tamper(s: &Store, k: &ObjectKey, bytes: &[u8]) {
+    match s {
+        Store::Local(l) => std::fs::write(l.path_of(k), bytes).unwrap(),
+        Store::S3(s3) => {
+            s3.client()
+                .put_object()
+                .bucket(s3.bucket())
+                .key(s3.s3_key(k))
+                .body(bytes.to_vec().into())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn post_upload_check(f: Fixture) {
+    let s = &f.store;
+    let k = key("c1/checked.db.zst");
+    let body = data(5000, 9);
+    let sha: [u8; 32] = Sha256::digest(&body).into();
+    let mut u = s.begin_upload(&k).await.unwrap();
+    u.write(&body).await.unwrap();
+    let info = u.finish().await.unwrap();
+    assert_eq!((info.bytes, info.sha256), (5000, sha));
+    let h = s.verify_stored(&k, 5000, &sha).await.unwrap();
+    assert_eq!(h.size, 5000);
+
+    // The stored object loses bytes: verify_stored reports it and changes nothing ...
+    tamper(s, &k, &body[..4000]).await;
+    match s.verify_stored(&k, 5000, &sha).await {
+        Err(StoreError::StoredMismatch { key, detail }) => {
+            assert_eq!(key, k.as_str());
+            assert!(
+                detail.contains("the store reports 4000 bytes, 5000 were written"),
+                "{detail}"
+            );
+        }
+        other => panic!("expected StoredMismatch, got {other:?}"),
+    }
+    assert!(s.exists(&k).await.unwrap());
+    // ... and the post-upload check (what finish runs) deletes it.
+    let e = s.check_written(&k, 5000, &sha).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::StoredMismatch { .. })
+            && e.to_string().contains("the object was deleted"),
+        "{e}"
+    );
+    assert!(!s.exists(&k).await.unwrap());
+    assert!(s.list("").await.unwrap().is_empty());
+}
+
+async fn stale_uploads_of_live_writers_are_kept(f: Fixture) {
+    let s = &f.store;
+    let k = key("c1/live.db.zst");
+    let body = data(6 << 20, 13);
+    let mut u = s.begin_upload(&k).await.unwrap();
+    u.write(&body).await.unwrap();
+    assert!(!leftovers(s).await.is_empty(), "upload in progress");
+    let removed = s
+        .remove_stale_uploads(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    let info = u.finish().await.unwrap();
+    assert_eq!(info.bytes, body.len() as u64);
+    assert_eq!(read_all(s, &k).await, body);
+    assert!(leftovers(s).await.is_empty());
+    // Nothing left to remove.
+    assert!(s
+        .remove_stale_uploads(Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn check_writes_nothing(f: Fixture) {
+    let s = &f.store;
+    s.check().await.unwrap();
+    assert!(s.list("").await.unwrap().is_empty());
+    assert!(leftovers(s).await.is_empty());
+    if let Store::Local(l) = s {
+        assert_eq!(std::fs::read_dir(l.root()).unwrap().count(), 0);
+    }
+    if let Store::S3(s3) = s {
+        // Not even outside our prefix (the old probe object was `<prefix>/.etcd-lifeboat-check-*`).
+        let all = s3
+            .client()
+            .list_objects_v2()
+            .bucket(s3.bucket())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            all.contents()
+                .iter()
+                .all(|o| !o.key().unwrap_or("").starts_with(s3.prefix())),
+            "{:?}",
+            all.contents()
+        );
+    }
+    assert_eq!(s.object_protection(Utc::now()), (None, None));
+}
+
 async fn describe_names_location(f: Fixture) {
     let d = f.store.describe();
     match &f.store {
@@ -432,6 +604,11 @@ conformance!(
     multipart_several_parts,
     catalog_newest_first,
     describe_names_location,
+    conditional_create,
+    head_and_bounded_reads,
+    post_upload_check,
+    stale_uploads_of_live_writers_are_kept,
+    check_writes_nothing,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -711,4 +888,544 @@ fn types_are_send(store: Store) {
         let _ = find(&store, "latest").await;
     }
     send(&uses(store));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local store: private modes and writer locks, checked across processes.
+
+/// Environment variable that makes [`child_process_helper`] act (`writer` or `private`) in a
+/// child process started by the tests below; without it the helper does nothing.
+const CHILD_ENV: &str = "LIFEBOAT_STORE_TEST_CHILD";
+/// The store directory the child uses.
+const CHILD_DIR_ENV: &str = "LIFEBOAT_STORE_TEST_DIR";
+
+/// Runs this test binary's [`child_process_helper`] as `role` with umask `umask`, on store
+/// directory `dir`, stdout piped.
+fn spawn_child(role: &str, umask: &str, dir: &std::path::Path) -> std::process::Child {
+    let exe = std::env::current_exe().unwrap();
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask {umask}; exec \"$0\" --exact child_process_helper --nocapture --test-threads 1"
+        ))
+        .arg(exe)
+        .env(CHILD_ENV, role)
+        .env(CHILD_DIR_ENV, dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+async fn local_store(path: &std::path::Path) -> Store {
+    let mut cfg = StorageConfig::default();
+    cfg.local.path = path.to_path_buf();
+    Store::from_config(&cfg).await.unwrap()
+}
+
+/// Not a test by itself: the body of the child processes of the tests below (see
+/// [`spawn_child`]); returns at once when [`CHILD_ENV`] is not set.
+#[tokio::test]
+async fn child_process_helper() {
+    let Ok(role) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(std::env::var(CHILD_DIR_ENV).unwrap());
+    match role.as_str() {
+        // Start an upload, say where its temp file is, and wait to be killed.
+        "writer" => {
+            let store = local_store(&dir).await;
+            let mut u = store.begin_upload(&key("c1/killed.db.zst")).await.unwrap();
+            u.write(&data(100_000, 1)).await.unwrap();
+            println!("READY");
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            unreachable!("the parent kills this process");
+        }
+        // Create a store, objects and temp files under the umask the parent set.
+        "private" => {
+            let store = local_store(&dir.join("root/store")).await;
+            store
+                .put_bytes(&key("c1/sub/a.json"), Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+            store
+                .put_bytes_new(&key("c2/b.json"), Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+            let mut u = store.begin_upload(&key("c3/big.db.zst")).await.unwrap();
+            u.write(b"secret").await.unwrap();
+            let tmp = std::fs::read_dir(dir.join("root/store/c3"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            assert_eq!(mode(&tmp), 0o600, "temp file {}", tmp.display());
+            u.finish().await.unwrap();
+            println!("DONE");
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+#[tokio::test]
+async fn local_store_is_private_whatever_the_umask() {
+    // 0o277 takes the owner's write and search bits too: without explicit modes the store
+    // could not even create files in the directories it made. 0o000 would leave 0666/0777.
+    for umask in ["277", "000", "022"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = spawn_child("private", umask, dir.path())
+            .wait_with_output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("DONE"),
+            "umask {umask}: child failed: {out:?}"
+        );
+        let root = dir.path().join("root/store");
+        for d in [
+            "root",
+            "root/store",
+            "root/store/c1",
+            "root/store/c1/sub",
+            "root/store/c3",
+        ] {
+            assert_eq!(mode(&dir.path().join(d)), 0o700, "umask {umask}: dir {d}");
+        }
+        for f in ["c1/sub/a.json", "c2/b.json", "c3/big.db.zst"] {
+            assert_eq!(mode(&root.join(f)), 0o600, "umask {umask}: file {f}");
+        }
+        let store = local_store(&root).await;
+        assert_eq!(store.privacy_warning(), None);
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let w = store.privacy_warning().unwrap();
+        assert!(
+            w.contains(&format!("store directory {} is mode 0755", root.display()))
+                && w.contains(&format!("chmod 700 {}", root.display())),
+            "{w}"
+        );
+        // An existing root keeps its mode: opening the store does not change it.
+        let store = local_store(&root).await;
+        assert!(store.privacy_warning().is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_killed_writer_temp_file_is_removed() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path()).await;
+    let mut child = spawn_child("writer", "022", dir.path());
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("READY") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "writer child exited early"
+        );
+    }
+    let temp_files = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.path().join("c1"))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().path().display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let theirs = temp_files();
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    assert!(theirs[0].contains(".killed.db.zst.partial-"), "{theirs:?}");
+
+    // A live writer in this process too.
+    let mut ours = store.begin_upload(&key("c1/live.db.zst")).await.unwrap();
+    ours.write(b"in progress").await.unwrap();
+
+    // Both writers alive: nothing is removed, whatever older_than.
+    assert!(store
+        .remove_stale_uploads(Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(temp_files().len(), 2);
+
+    // SIGKILL: no destructor runs, the temp file stays, the kernel drops the lock.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(temp_files().len(), 2);
+    let removed = store.remove_stale_uploads(Duration::ZERO).await.unwrap();
+    assert_eq!(removed, theirs);
+    let left = temp_files();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].contains(".live.db.zst.partial-"), "{left:?}");
+
+    // The live upload still finishes.
+    ours.finish().await.unwrap();
+    assert_eq!(
+        store.get_bytes(&key("c1/live.db.zst")).await.unwrap(),
+        &b"in progress"[..]
+    );
+    assert_eq!(keys(&store.list("").await.unwrap()), ["c1/live.db.zst"]);
+    assert!(leftovers(&store).await.is_empty());
+}
+
+#[tokio::test]
+async fn local_check_does_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path()).await;
+    let before = std::fs::metadata(dir.path()).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    store.check().await.unwrap();
+    // Creating and removing a probe file would have changed the directory's mtime.
+    assert_eq!(
+        std::fs::metadata(dir.path()).unwrap().modified().unwrap(),
+        before
+    );
+    // A root that vanished is named.
+    let gone = dir.path().join("gone");
+    let store = local_store(&gone).await;
+    std::fs::remove_dir(&gone).unwrap();
+    let msg = store.check().await.unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("cannot access store directory {}", gone.display()))
+            && msg.contains("storage.local.path"),
+        "{msg}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3: server-side encryption, Object Lock, stale multipart uploads.
+
+async fn s3_store(cfg: &StorageConfig) -> (Store, etcd_lifeboat::store::S3Store) {
+    let store = Store::from_config(cfg).await.unwrap();
+    let Store::S3(s3) = store.clone() else {
+        unreachable!()
+    };
+    (store, s3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_sse_is_sent_and_reported() {
+    use etcd_lifeboat::config::SseMode;
+    let srv = tokio::task::spawn_blocking(s3h::S3Server::start)
+        .await
+        .unwrap();
+    for (mode, kms, want) in [
+        (SseMode::Aes256, None, "AES256"),
+        (SseMode::AwsKms, Some("alias/lifeboat-test"), "aws:kms"),
+    ] {
+        let mut cfg = srv.storage_config();
+        cfg.s3.sse = Some(mode);
+        cfg.s3.sse_kms_key_id = kms.map(str::to_string);
+        let (store, _) = s3_store(&cfg).await;
+        // One PutObject and one multipart upload (CreateMultipartUpload carries the header).
+        store
+            .put_bytes(&key("c1/m.json"), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let mut u = store.begin_upload(&key("c1/d.db.zst")).await.unwrap();
+        u.write(&data(6 << 20, 2)).await.unwrap();
+        u.finish().await.unwrap();
+        for k in ["c1/m.json", "c1/d.db.zst"] {
+            let h = store.head(&key(k)).await.unwrap();
+            assert_eq!(h.sse.as_deref(), Some(want), "{k}: {h:?}");
+            assert_eq!(h.sse_kms_key_id.as_deref(), kms, "{k}: {h:?}");
+        }
+        let (sse, lock) = store.object_protection(Utc::now());
+        let sse = sse.unwrap();
+        assert_eq!(
+            (sse.algorithm.as_str(), sse.kms_key_id.as_deref(), lock),
+            (want, kms, None)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_object_lock_retains_and_delete_is_locked() {
+    use etcd_lifeboat::config::{ObjectLockConfig, ObjectLockMode};
+    let srv = tokio::task::spawn_blocking(s3h::S3Server::start)
+        .await
+        .unwrap();
+    let Some(bucket) = srv.create_bucket(true) else {
+        eprintln!("external S3 endpoint: Object Lock bucket test runs against moto only");
+        return;
+    };
+    for checksum in [
+        etcd_lifeboat::config::ChecksumMode::WhenRequired,
+        etcd_lifeboat::config::ChecksumMode::WhenSupported,
+    ] {
+        let mut cfg = srv.storage_config_for_bucket(&bucket);
+        cfg.s3.checksum = checksum;
+        cfg.s3.object_lock = Some(ObjectLockConfig {
+            mode: ObjectLockMode::Governance,
+            retain_for: Duration::from_secs(86400),
+        });
+        let (store, _) = s3_store(&cfg).await;
+        // Health without writes works on a WORM bucket.
+        store.check().await.unwrap();
+
+        let k = key("c1/locked.json");
+        let t0 = Utc::now();
+        store
+            .put_bytes(&k, Bytes::from_static(b"manifest"))
+            .await
+            .unwrap();
+        store
+            .put_bytes_new(&key("c1/new.json"), Bytes::from_static(b"new"))
+            .await
+            .unwrap();
+        let h = store.head(&k).await.unwrap();
+        assert_eq!(h.lock_mode.as_deref(), Some("GOVERNANCE"), "{h:?}");
+        let until = h.retain_until.expect("retain-until date");
+        let want = t0 + chrono::Duration::days(1);
+        assert!(
+            (until - want).num_seconds().abs() < 120,
+            "retain until {until}, want about {want}"
+        );
+        assert!(h.is_locked_at(Utc::now()));
+        let (_, lock) = store.object_protection(t0);
+        let lock = lock.unwrap();
+        assert_eq!(lock.mode, "GOVERNANCE");
+        assert!((lock.retain_until - want).num_seconds().abs() <= 1);
+
+        // Deleting is refused with the date, and leaves the object visible (no delete marker).
+        match store.delete(&k).await {
+            Err(e @ StoreError::Locked { .. }) => {
+                let StoreError::Locked {
+                    key: ref lk,
+                    retain_until,
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!((lk.as_str(), retain_until), (k.as_str(), Some(until)));
+                assert!(e.is_locked());
+                assert!(e.to_string().contains(&until.to_rfc3339()), "{e}");
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        assert_eq!(store.get_bytes(&k).await.unwrap(), &b"manifest"[..]);
+        assert!(keys(&store.list("").await.unwrap()).contains(&"c1/locked.json"));
+
+        // Multipart uploads carry the lock headers too (moto accepts them; AWS applies them).
+        let mut u = store.begin_upload(&key("c1/d.db.zst")).await.unwrap();
+        u.write(&data(6 << 20, 4)).await.unwrap();
+        u.finish().await.unwrap();
+        assert_eq!(store.head(&key("c1/d.db.zst")).await.unwrap().size, 6 << 20);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_stale_multipart_uploads_are_aborted_by_age() {
+    let srv = tokio::task::spawn_blocking(s3h::S3Server::start)
+        .await
+        .unwrap();
+    let cfg = srv.storage_config();
+    let (store, s3) = s3_store(&cfg).await;
+    // A multipart upload with one part, left behind as by a killed backup.
+    let left = s3.s3_key(&key("c1/killed.db.zst"));
+    let start = |k: String| {
+        let c = s3.client().clone();
+        let b = s3.bucket().to_string();
+        async move {
+            let id = c
+                .create_multipart_upload()
+                .bucket(&b)
+                .key(&k)
+                .send()
+                .await
+                .unwrap()
+                .upload_id()
+                .unwrap()
+                .to_string();
+            c.upload_part()
+                .bucket(&b)
+                .key(&k)
+                .upload_id(&id)
+                .part_number(1)
+                .body(data(1024, 3).into())
+                .send()
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let id = start(left.clone()).await;
+    // One of another store (another prefix) in the same bucket: never touched.
+    let other = format!("{}-other/c1/x.db.zst", s3.prefix());
+    let other_id = start(other.clone()).await;
+    let uploads = || async {
+        let mut v: Vec<String> = s3
+            .client()
+            .list_multipart_uploads()
+            .bucket(s3.bucket())
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .iter()
+            .map(|u| u.upload_id().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Younger than the threshold: kept.
+    let removed = store
+        .remove_stale_uploads(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    let mut both = vec![id.clone(), other_id.clone()];
+    both.sort();
+    assert_eq!(uploads().await, both);
+    // Older than the threshold: aborted, and named for the log.
+    let removed = store
+        .remove_stale_uploads(Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        removed,
+        [format!("s3://{}/{left} (upload {id})", s3.bucket())]
+    );
+    assert_eq!(uploads().await, std::slice::from_ref(&other_id));
+
+    // An upload without parts is judged by its Initiated date alone, relative to `now`
+    // (moto reports a fixed Initiated date, so `now` is taken from it).
+    let bare = s3.s3_key(&key("c1/bare.db.zst"));
+    let bare_id = s3
+        .client()
+        .create_multipart_upload()
+        .bucket(s3.bucket())
+        .key(&bare)
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_string();
+    let listed = s3
+        .client()
+        .list_multipart_uploads()
+        .bucket(s3.bucket())
+        .prefix(&bare)
+        .send()
+        .await
+        .unwrap();
+    let t = listed.uploads()[0].initiated().unwrap();
+    let initiated = chrono::DateTime::<Utc>::from_timestamp(t.secs(), 0).unwrap();
+    let now = initiated + chrono::Duration::minutes(10);
+    let kept = s3
+        .remove_stale_uploads(Duration::from_secs(3600), now)
+        .await
+        .unwrap();
+    assert!(kept.is_empty(), "{kept:?}");
+    let removed = s3
+        .remove_stale_uploads(Duration::from_secs(300), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        removed,
+        [format!("s3://{}/{bare} (upload {bare_id})", s3.bucket())]
+    );
+    assert_eq!(uploads().await, [other_id]);
+}
+
+/// An HTTP/1.1 proxy in front of moto that answers 501 NotImplemented to every request with
+/// an `If-None-Match` header (a store without conditional writes) and forwards the others,
+/// one upstream connection per request. Returns its URL and the count of 501s sent.
+fn no_conditional_writes_proxy(
+    upstream: &str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let up = upstream.trim_start_matches("http://").to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let refused = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = refused.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { return };
+            let up = up.clone();
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                loop {
+                    let mut head = Vec::new();
+                    let mut len = 0usize;
+                    let mut conditional = false;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        conditional |= lower.starts_with("if-none-match:");
+                        let end = line == "\r\n";
+                        if !lower.starts_with("connection:") && !end {
+                            head.extend_from_slice(line.as_bytes());
+                        }
+                        if end {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    reader.read_exact(&mut body).unwrap();
+                    if conditional {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message></Error>";
+                        write!(
+                            client,
+                            "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}",
+                            xml.len()
+                        )
+                        .unwrap();
+                        continue;
+                    }
+                    let mut server = std::net::TcpStream::connect(&up).unwrap();
+                    server.write_all(&head).unwrap();
+                    server.write_all(b"Connection: close\r\n\r\n").unwrap();
+                    server.write_all(&body).unwrap();
+                    let mut resp = Vec::new();
+                    server.read_to_end(&mut resp).unwrap();
+                    if client.write_all(&resp).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_conditional_create_falls_back_when_not_implemented() {
+    let srv = tokio::task::spawn_blocking(|| s3h::S3Server::start_moto(false))
+        .await
+        .unwrap();
+    let (url, refused) = no_conditional_writes_proxy(&srv.endpoint);
+    let mut cfg = srv.storage_config();
+    cfg.s3.endpoint = Some(url);
+    let store = Store::from_config(&cfg).await.unwrap();
+    let k = key("c1/m.json");
+    store
+        .put_bytes_new(&k, Bytes::from_static(b"first"))
+        .await
+        .unwrap();
+    assert_eq!(store.get_bytes(&k).await.unwrap(), &b"first"[..]);
+    match store.put_bytes_new(&k, Bytes::from_static(b"second")).await {
+        Err(StoreError::AlreadyExists { key }) => assert_eq!(key, "c1/m.json"),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert_eq!(store.get_bytes(&k).await.unwrap(), &b"first"[..]);
+    assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

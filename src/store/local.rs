@@ -1,19 +1,74 @@
 //! The local directory store (`storage.backend: local`, `storage.local.path`).
 //!
 //! An object `a/b.json` is the file `<path>/a/b.json`. Writes go to a temp file beside the
-//! target (`.<name>.partial-<16 hex>`), are fsynced, renamed over the target, and the directory
-//! is fsynced, so a crash leaves either the old object, the new one, or a temp file that
-//! [`LocalStore::list`] ignores (`prune` may remove it). Same pattern as rustic's local
-//! backend.
+//! target (`.<name>.partial-<16 hex>`), are fsynced, renamed over the target (or hard-linked
+//! to it for a conditional create, which fails when the target exists), and the directory is
+//! fsynced, so a crash leaves either the old object, the new one, or a temp file that
+//! [`LocalStore::list`] ignores. Same pattern as rustic's local backend.
+//!
+//! - **Private**: files are created 0600 and directories (the root too, when this tool creates
+//!   it) 0700, the mode set explicitly after creation so the umask does not matter
+//!   ([`create_private_file`], [`create_private_dir_all`]).
+//! - **Writer locks**: the writer holds an exclusive `flock(2)` lock on its temp file from
+//!   creation until the file is renamed or removed. The kernel drops the lock when the
+//!   process dies (also on SIGKILL), so [`LocalStore::remove_stale_uploads`] removes exactly
+//!   the temp files whose writer is gone and never those of a running upload, in any process.
+//!   (On NFS, Linux emulates `flock` with POSIX locks, which works between clients when the
+//!   server supports locking.)
 
-use std::io::ErrorKind;
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncWriteExt;
 
-use super::{ObjectKey, ObjectMeta, ObjectReader, StoreError};
+use super::{ObjectHead, ObjectKey, ObjectMeta, ObjectReader, StoreError};
+
+/// Mode of every file this tool creates (`rw-------`).
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of every directory this tool creates (`rwx------`).
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `path` (which must not exist) with mode 0600 whatever the umask, opened for
+/// writing.
+///
+/// Errors: the OS error (`AlreadyExists`, permission, ...).
+pub fn create_private_file(path: &Path) -> std::io::Result<File> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)?;
+    // The umask may have removed bits from FILE_MODE; set it exactly (fchmod).
+    f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+    Ok(f)
+}
+
+/// `mkdir -p path`, every directory it creates being mode 0700 whatever the umask. Existing
+/// directories keep their mode.
+///
+/// Errors: the OS error of the first directory that cannot be created (the error names no
+/// path: callers add it).
+pub fn create_private_dir_all(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => return Err(std::io::Error::from(ErrorKind::NotADirectory)),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_private_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(path) {
+        Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE)),
+        // Created meanwhile by another writer.
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
 
 /// Marker in temp file names: `.<name>.partial-<random>`.
 pub const PARTIAL_MARKER: &str = ".partial-";
@@ -27,7 +82,9 @@ pub struct LocalStore {
 /// An upload to a temp file; see [`super::Upload`].
 #[derive(Debug)]
 pub struct LocalUpload {
+    /// Open, with the writer's exclusive lock, until finish or abort.
     file: Option<tokio::fs::File>,
+    key: ObjectKey,
     tmp: PathBuf,
     target: PathBuf,
     root: PathBuf,
@@ -59,7 +116,8 @@ pub fn is_temp_name(name: &str) -> bool {
 }
 
 impl LocalStore {
-    /// Opens the store at `root`, creating the directory and its parents when missing.
+    /// Opens the store at `root`, creating the directory and its parents (mode 0700) when
+    /// missing.
     ///
     /// Errors: [`StoreError::Io`] when it cannot be created (e.g. permission denied: the
     /// message names the path and says to fix permissions or `storage.local.path`), or when
@@ -78,8 +136,10 @@ impl LocalStore {
                 })
             }
             Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-                tokio::fs::create_dir_all(root)
+                let r = root.to_path_buf();
+                tokio::task::spawn_blocking(move || create_private_dir_all(&r))
                     .await
+                    .expect("mkdir task panicked")
                     .map_err(|e| io_err(root, "cannot create store directory", e))?
             }
             Err(e) => return Err(io_err(root, "cannot access store directory", e)),
@@ -106,53 +166,191 @@ impl LocalStore {
         p
     }
 
-    /// Creates and removes a probe temp file in the root.
+    /// Checks, without writing, that the root is a directory this user can create files in:
+    /// `stat`, then `access(W_OK | X_OK)` (which also fails on a read-only mount).
     ///
-    /// Errors: [`StoreError::Io`] naming the directory when it is missing or not writable.
+    /// Errors: [`StoreError::Io`] naming the directory and the fix.
     pub async fn check(&self) -> Result<(), StoreError> {
-        let probe = self
-            .root
-            .join(format!(".check{PARTIAL_MARKER}{}", random_suffix()));
-        let f = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)
-            .await
-            .map_err(|e| io_err(&self.root, "cannot write to store directory", e))?;
-        drop(f);
-        tokio::fs::remove_file(&probe)
-            .await
-            .map_err(|e| io_err(&probe, "cannot remove probe file", e))
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let m = std::fs::metadata(&root)
+                .map_err(|e| io_err(&root, "cannot access store directory", e))?;
+            if !m.is_dir() {
+                return Err(StoreError::Io {
+                    path: root.clone(),
+                    message: format!(
+                        "store path {} is not a directory; set storage.local.path to a directory",
+                        root.display()
+                    ),
+                    cause: std::io::Error::from(ErrorKind::NotADirectory),
+                });
+            }
+            rustix::fs::access(
+                &root,
+                rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+            )
+            .map_err(|e| io_err(&root, "cannot write to store directory", e.into()))
+        })
+        .await
+        .expect("check task panicked")
     }
 
-    /// Creates the parent directories of `key` and its temp file.
+    /// A warning when group or others have any access to the root (see
+    /// [`super::Store::privacy_warning`]).
+    pub fn privacy_warning(&self) -> Option<String> {
+        let mode = std::fs::metadata(&self.root).ok()?.mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "store directory {p} is mode {mode:04o}: other users can read the backups (every \
+                 Kubernetes Secret); run chmod 700 {p}",
+                p = self.root.display()
+            )
+        })
+    }
+
+    /// [`super::Store::head`]: `stat` of the object's file.
+    pub(crate) async fn head(&self, key: &ObjectKey) -> Result<ObjectHead, StoreError> {
+        let p = self.path_of(key);
+        let m = match tokio::fs::metadata(&p).await {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => {
+                return Err(StoreError::NotFound {
+                    key: key.to_string(),
+                })
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                return Err(StoreError::NotFound {
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => return Err(io_err(&p, "cannot stat", e)),
+        };
+        Ok(ObjectHead {
+            key: key.clone(),
+            size: m.len(),
+            last_modified: m
+                .modified()
+                .map(DateTime::<Utc>::from)
+                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+            sse: None,
+            sse_kms_key_id: None,
+            lock_mode: None,
+            retain_until: None,
+            legal_hold: false,
+            checksum_sha256: None,
+        })
+    }
+
+    /// Creates the parent directories of `key` (0700) and its temp file (0600), locked.
     pub(crate) async fn begin_upload(&self, key: &ObjectKey) -> Result<LocalUpload, StoreError> {
         let target = self.path_of(key);
         let dir = target
             .parent()
             .expect("object path has a parent")
             .to_path_buf();
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| io_err(&dir, "cannot create directory", e))?;
-        let tmp = dir.join(format!(
-            ".{}{PARTIAL_MARKER}{}",
-            key.file_name(),
-            random_suffix()
-        ));
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .await
-            .map_err(|e| io_err(&dir, "cannot create a file in store directory", e))?;
+        let name = key.file_name().to_string();
+        let d = dir.clone();
+        let (tmp, file) = tokio::task::spawn_blocking(move || {
+            create_private_dir_all(&d).map_err(|e| io_err(&d, "cannot create directory", e))?;
+            // A cleaner may lock a fresh temp file between our create and our lock (it then
+            // removes it): take another name.
+            let mut attempts = 0;
+            loop {
+                let tmp = d.join(format!(".{name}{PARTIAL_MARKER}{}", random_suffix()));
+                let f = create_private_file(&tmp)
+                    .map_err(|e| io_err(&d, "cannot create a file in store directory", e))?;
+                match f.try_lock() {
+                    Ok(()) => return Ok((tmp, f)),
+                    Err(std::fs::TryLockError::WouldBlock) if attempts < 3 => attempts += 1,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(io_err(
+                            &tmp,
+                            "cannot lock temp file",
+                            std::io::Error::other(e.to_string()),
+                        ));
+                    }
+                }
+            }
+        })
+        .await
+        .expect("create task panicked")?;
         Ok(LocalUpload {
-            file: Some(file),
+            file: Some(tokio::fs::File::from_std(file)),
+            key: key.clone(),
             tmp,
             target,
             root: self.root.clone(),
             done: false,
         })
+    }
+
+    /// [`super::Store::put_bytes_new`]: temp file, then `link(2)` to the target.
+    pub(crate) async fn put_bytes_new(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+    ) -> Result<(), StoreError> {
+        let mut u = self.begin_upload(key).await?;
+        if let Err(e) = u.write(&data).await {
+            let _ = u.abort().await;
+            return Err(e);
+        }
+        u.finish_new().await
+    }
+
+    /// [`super::Store::get_bytes_limited`]: size from the open file's metadata, then a read
+    /// of at most `max + 1` bytes.
+    pub(crate) async fn get_bytes_limited(
+        &self,
+        key: &ObjectKey,
+        max: u64,
+    ) -> Result<Bytes, StoreError> {
+        let p = self.path_of(key);
+        let k = key.clone();
+        tokio::task::spawn_blocking(move || {
+            let f = match File::open(&p) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound { key: k.to_string() })
+                }
+                Err(e) => return Err(io_err(&p, "cannot open", e)),
+            };
+            let size = f
+                .metadata()
+                .map_err(|e| io_err(&p, "cannot stat", e))?
+                .len();
+            let too_large = |size| StoreError::TooLarge {
+                key: k.to_string(),
+                size,
+                max,
+            };
+            if size > max {
+                return Err(too_large(size));
+            }
+            let mut v = Vec::with_capacity(size as usize);
+            f.take(max.saturating_add(1))
+                .read_to_end(&mut v)
+                .map_err(|e| io_err(&p, "cannot read", e))?;
+            if v.len() as u64 > max {
+                return Err(too_large(v.len() as u64)); // grew while reading
+            }
+            Ok(Bytes::from(v))
+        })
+        .await
+        .expect("read task panicked")
+    }
+
+    /// [`super::Store::remove_stale_uploads`]: every `.partial-` temp file under the root
+    /// whose lock is free. Returns the removed paths.
+    ///
+    /// Errors: a directory that cannot be listed; a file that cannot be removed is logged and
+    /// skipped.
+    pub async fn remove_stale_uploads(&self) -> Result<Vec<String>, StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || remove_stale_blocking(&root))
+            .await
+            .expect("cleanup task panicked")
     }
 
     pub(crate) async fn put_bytes(&self, key: &ObjectKey, data: Bytes) -> Result<(), StoreError> {
@@ -276,6 +474,62 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StoreErro
     Ok(out)
 }
 
+fn remove_stale_blocking(root: &Path) -> Result<Vec<String>, StoreError> {
+    let mut removed = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&dir, "cannot list", e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(|e| io_err(&dir, "cannot list", e))?;
+            let Ok(ft) = ent.file_type() else { continue };
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if ft.is_dir() && !name.starts_with('.') {
+                stack.push(ent.path());
+            } else if ft.is_file() && is_temp_name(&name) {
+                let p = ent.path();
+                match remove_if_unlocked(&p) {
+                    Ok(true) => removed.push(p.display().to_string()),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("cannot remove stale temp file {}: {e}", p.display()),
+                }
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// Removes the temp file `p` if nobody holds its lock (its writer is gone). Opened without
+/// following symlinks; the lock is held while unlinking so a writer cannot take it over.
+fn remove_if_unlocked(p: &Path) -> std::io::Result<bool> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = match rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(false), // finished or removed meanwhile
+        Err(e) => return Err(e.into()),
+    };
+    let f = File::from(fd);
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => return Err(e),
+    }
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn random_suffix() -> String {
     hex::encode(rand::random::<[u8; 8]>())
 }
@@ -291,19 +545,34 @@ impl LocalUpload {
             .map_err(|e| io_err(&self.tmp, "cannot write", e))
     }
 
+    /// Renames the temp file over the target (replacing it).
     pub(crate) async fn finish(mut self) -> Result<(), StoreError> {
-        let r = self.finish_inner().await;
-        if r.is_err() {
-            let _ = tokio::fs::remove_file(&self.tmp).await;
-        }
-        self.done = true;
+        let r = self.finish_inner(false).await;
+        self.cleanup_after_finish(&r).await;
         r
     }
 
-    async fn finish_inner(&mut self) -> Result<(), StoreError> {
-        let mut f = self
+    /// Hard-links the temp file to the target, failing with [`StoreError::AlreadyExists`]
+    /// when the target exists, then removes the temp file.
+    pub(crate) async fn finish_new(mut self) -> Result<(), StoreError> {
+        let r = self.finish_inner(true).await;
+        self.cleanup_after_finish(&r).await;
+        r
+    }
+
+    async fn cleanup_after_finish(&mut self, r: &Result<(), StoreError>) {
+        // After a rename the temp name is gone; after a link (or an error) remove it.
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+        if r.is_err() {
+            drop(self.file.take());
+        }
+        self.done = true;
+    }
+
+    async fn finish_inner(&mut self, exclusive: bool) -> Result<(), StoreError> {
+        let f = self
             .file
-            .take()
+            .as_mut()
             .expect("upload file open until finish/abort");
         f.flush()
             .await
@@ -311,10 +580,27 @@ impl LocalUpload {
         f.sync_all()
             .await
             .map_err(|e| io_err(&self.tmp, "cannot fsync", e))?;
-        drop(f);
-        tokio::fs::rename(&self.tmp, &self.target)
-            .await
-            .map_err(|e| io_err(&self.target, "cannot rename temp file to", e))?;
+        // The file (and its lock) stays open until the temp name is gone, so a cleaner never
+        // sees an unlocked temp file of a live upload.
+        if exclusive {
+            match tokio::fs::hard_link(&self.tmp, &self.target).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    return Err(StoreError::AlreadyExists {
+                        key: self.key.to_string(),
+                    })
+                }
+                Err(e) => return Err(io_err(&self.target, "cannot link temp file to", e)),
+            }
+            tokio::fs::remove_file(&self.tmp)
+                .await
+                .map_err(|e| io_err(&self.tmp, "cannot remove temp file", e))?;
+        } else {
+            tokio::fs::rename(&self.tmp, &self.target)
+                .await
+                .map_err(|e| io_err(&self.target, "cannot rename temp file to", e))?;
+        }
+        drop(self.file.take());
         // fsync the object's directory (the rename) and its ancestors up to the store root
         // (directories begin_upload may have created).
         let dir = self
@@ -342,20 +628,22 @@ impl LocalUpload {
 
     pub(crate) async fn abort(mut self) -> Result<(), StoreError> {
         self.done = true;
-        drop(self.file.take());
-        match tokio::fs::remove_file(&self.tmp).await {
+        // Remove the name while still holding the lock, then close.
+        let r = match tokio::fs::remove_file(&self.tmp).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(&self.tmp, "cannot remove temp file", e)),
-        }
+        };
+        drop(self.file.take());
+        r
     }
 }
 
 impl Drop for LocalUpload {
     fn drop(&mut self) {
         if !self.done {
-            drop(self.file.take());
             let _ = std::fs::remove_file(&self.tmp);
+            drop(self.file.take());
         }
     }
 }

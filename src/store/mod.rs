@@ -8,14 +8,24 @@
 //! - **Atomic writes**: the bytes of an [`Upload`] (and of [`Store::put_bytes`]) become visible
 //!   under their key only when [`Upload::finish`] returns `Ok`; before that, [`Store::get_bytes`]
 //!   says [`StoreError::NotFound`] and [`Store::list`] does not show the key. A finished write
-//!   replaces an existing object of the same key.
+//!   replaces an existing object of the same key; [`Store::put_bytes_new`] never does
+//!   ([`StoreError::AlreadyExists`]).
+//! - **Checked after writing**: [`Upload::finish`] and the `put_bytes*` calls stat (local) or
+//!   HeadObject (S3) the stored object and fail, deleting it, when its size (or a full-object
+//!   SHA-256 the store returns) differs from what was written ([`StoreError::StoredMismatch`]).
 //! - **Abort leaves nothing**: [`Upload::abort`] (or dropping an unfinished [`Upload`]) removes
-//!   the temporary file or aborts the S3 multipart upload.
+//!   the temporary file or aborts the S3 multipart upload. What a killed process leaves
+//!   (`.partial-` files, multipart uploads) is removed by [`Store::remove_stale_uploads`].
+//! - **Private**: the local store creates files 0600 and directories 0700 whatever the umask.
 //! - **Bounded memory**: an upload holds at most [`s3::PARTS_IN_FLIGHT`] + 1 parts (S3:
-//!   `storage.s3.part_size` bytes each) however large the object.
+//!   `storage.s3.part_size` bytes each) however large the object; [`Store::get_bytes_limited`]
+//!   never reads more than its limit + 1 bytes.
 //! - **Listing** is recursive and sorted by key (byte order); temporary objects are not listed.
 //! - **NotFound is distinct**: reading a missing key gives [`StoreError::NotFound`]; deleting a
-//!   missing key is not an error.
+//!   missing key is not an error. Deleting an object under S3 Object Lock retention gives
+//!   [`StoreError::Locked`] and changes nothing.
+//! - **Health without writes**: [`Store::check`] only reads (stat / HeadBucket + a listing), so
+//!   write-once credentials and Object Lock buckets work.
 //!
 //! # Layout of backups
 //! `<cluster-id-hex>/<id>.db.zst` (data) and `<cluster-id-hex>/<id>.json` (manifest); see
@@ -29,6 +39,7 @@ pub mod s3;
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -38,7 +49,9 @@ use tokio::io::AsyncRead;
 use crate::config::{Backend, StorageConfig};
 
 pub use local::LocalStore;
-pub use manifest::{backup_id, catalog, data_key, find, manifest_key, Manifest};
+pub use manifest::{
+    backup_id, catalog, data_key, find, manifest_key, Manifest, ObjectLockInfo, SseInfo,
+};
 pub use s3::S3Store;
 
 /// A storage error. Messages name the object or path and say what to do next.
@@ -50,12 +63,39 @@ pub enum StoreError {
         /// The key that was looked up.
         key: String,
     },
-    /// The object already exists where it must not. Not produced by the current backends (a
-    /// finished upload replaces an existing object); reserved for conditional writes.
-    #[error("object {key} already exists")]
+    /// [`Store::put_bytes_new`] found the key already there (another writer stored it first).
+    #[error("object {key} already exists; another writer stored it first")]
     AlreadyExists {
         /// The key that was written.
         key: String,
+    },
+    /// [`Store::get_bytes_limited`]: the object is larger than the caller allows.
+    #[error("object {key} is {size} bytes, more than the {max} bytes allowed; it is not what this tool stores there (remove or move it)")]
+    TooLarge {
+        /// The key that was read.
+        key: String,
+        /// Its size in bytes as far as known (at least `max + 1`).
+        size: u64,
+        /// The limit in bytes.
+        max: u64,
+    },
+    /// [`Store::delete`]: the object is under S3 Object Lock retention (or a legal hold) and
+    /// was left in place.
+    #[error("object {key} is under Object Lock retention{}; it was kept and can be deleted after that date", match retain_until { Some(t) => format!(" until {}", t.to_rfc3339()), None => " (legal hold)".to_string() })]
+    Locked {
+        /// The key that was to be deleted.
+        key: String,
+        /// Until when it is retained; `None` for a legal hold without a date.
+        retain_until: Option<DateTime<Utc>>,
+    },
+    /// The object as stored differs from what was written (size, or a full-object checksum
+    /// the store returned); the object was deleted (unless `detail` says otherwise).
+    #[error("object {key} as stored does not match what was written: {detail}; retry, and check the store's health if it happens again")]
+    StoredMismatch {
+        /// The key written.
+        key: String,
+        /// What differs, e.g. "store reports 10 bytes, 12 were written; it was deleted".
+        detail: String,
     },
     /// A backend (S3 service, network, credentials, bucket) failed. `message` holds the cause
     /// and the fix, e.g. "bucket X does not exist at endpoint Y; create it or fix
@@ -110,6 +150,11 @@ impl StoreError {
     /// True for [`StoreError::NotFound`].
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
+    }
+
+    /// True for [`StoreError::Locked`].
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Locked { .. })
     }
 }
 
@@ -224,10 +269,63 @@ pub struct ObjectMeta {
 /// What a finished [`Upload`] stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UploadInfo {
-    /// Number of bytes stored.
+    /// Number of bytes written, checked against the stored object's size after the upload.
     pub bytes: u64,
-    /// SHA-256 of the bytes stored, computed while writing.
+    /// SHA-256 of the bytes written, computed while writing.
     pub sha256: [u8; 32],
+}
+
+/// What the store says about one object ([`Store::head`]): local `stat`, S3 `HeadObject`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectHead {
+    /// Its key.
+    pub key: ObjectKey,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time (local: mtime; S3: `LastModified`), UTC.
+    pub last_modified: DateTime<Utc>,
+    /// S3 server-side encryption (`x-amz-server-side-encryption`: `"AES256"`, `"aws:kms"`);
+    /// `None` locally or when the store does not say.
+    pub sse: Option<String>,
+    /// KMS key id or ARN with `aws:kms`.
+    pub sse_kms_key_id: Option<String>,
+    /// Object Lock mode (`"GOVERNANCE"`, `"COMPLIANCE"`); `None` locally or when not locked.
+    pub lock_mode: Option<String>,
+    /// Object Lock retain-until date.
+    pub retain_until: Option<DateTime<Utc>>,
+    /// True when an Object Lock legal hold is on.
+    pub legal_hold: bool,
+    /// Full-object SHA-256 as lowercase hex, when the store returns one (S3 with
+    /// `x-amz-checksum-sha256` of type FULL_OBJECT); `None` locally and for composite
+    /// (per-part) checksums.
+    pub checksum_sha256: Option<String>,
+}
+
+impl ObjectHead {
+    /// True when the object cannot be deleted at `now`: a legal hold, or a retain-until date
+    /// after `now`.
+    pub fn is_locked_at(&self, now: DateTime<Utc>) -> bool {
+        self.legal_hold || self.retain_until.is_some_and(|t| t > now)
+    }
+}
+
+/// Why the stored object `head` is not the `bytes` bytes with SHA-256 `sha256` that were
+/// written, or `None` when it matches (size, and the full-object SHA-256 when the store gave
+/// one).
+pub(crate) fn mismatch(head: &ObjectHead, bytes: u64, sha256: &[u8; 32]) -> Option<String> {
+    if head.size != bytes {
+        return Some(format!(
+            "the store reports {} bytes, {bytes} were written",
+            head.size
+        ));
+    }
+    let want = hex::encode(sha256);
+    match &head.checksum_sha256 {
+        Some(c) if *c != want => Some(format!(
+            "the store reports SHA-256 {c}, the bytes written have {want}"
+        )),
+        _ => None,
+    }
 }
 
 /// A readable object body, for large objects ([`Store::get_stream`]).
@@ -246,7 +344,7 @@ pub enum Store {
 impl Store {
     /// Opens the store that `cfg.backend` selects.
     ///
-    /// Local: creates the directory (`mkdir -p`) when missing. S3: builds the client (region,
+    /// Local: creates the directory (`mkdir -p`, mode 0700) when missing. S3: builds the client (region,
     /// endpoint, credentials chain, CA, timeouts) without contacting the service; use
     /// [`Store::check`] for that.
     ///
@@ -267,12 +365,13 @@ impl Store {
         }
     }
 
-    /// Checks that the store is reachable and writable: local: the directory exists and a
-    /// probe file can be created; S3: the bucket exists and a probe object can be written and
-    /// deleted.
+    /// Checks that the store is reachable, without writing or deleting anything: local: the
+    /// root exists, is a directory, and this user may create files in it (`access(W_OK|X_OK)`,
+    /// which also catches a read-only mount); S3: HeadBucket and a ListObjectsV2 of at most one
+    /// key under the prefix (needs `s3:ListBucket`; no `s3:PutObject`/`s3:DeleteObject`).
     ///
     /// Errors: [`StoreError::Io`] (local) or [`StoreError::Backend`] (S3: missing bucket, bad
-    /// credentials, unreachable endpoint), each naming the thing and the fix.
+    /// credentials, unreachable endpoint, no list permission), each naming the thing and the fix.
     pub async fn check(&self) -> Result<(), StoreError> {
         match self {
             Store::Local(s) => s.check().await,
@@ -281,8 +380,8 @@ impl Store {
     }
 
     /// Starts an upload to `key`. Bytes written become visible under `key` only after
-    /// [`Upload::finish`]. Local: temp file `.<name>.partial-<random>` beside the target, fsync,
-    /// rename, directory fsync. S3: single PutObject below `storage.s3.part_size`, else a
+    /// [`Upload::finish`]. Local: temp file `.<name>.partial-<random>` (0600, exclusively
+    /// `flock`ed while the upload lives) beside the target, fsync, rename, directory fsync. S3: single PutObject below `storage.s3.part_size`, else a
     /// multipart upload whose parts are sent while writing.
     ///
     /// Errors: local directory not writable ([`StoreError::Io`]).
@@ -293,18 +392,183 @@ impl Store {
         };
         Ok(Upload {
             inner,
+            store: self.clone(),
+            key: key.clone(),
             bytes: 0,
             hasher: Sha256::new(),
         })
     }
 
-    /// Stores `data` under `key` atomically (replacing an existing object).
+    /// Stores `data` under `key` atomically (replacing an existing object), then checks the
+    /// stored object as [`Upload::finish`] does.
     ///
     /// Errors: as [`Store::begin_upload`] and [`Upload::finish`].
     pub async fn put_bytes(&self, key: &ObjectKey, data: Bytes) -> Result<(), StoreError> {
+        let (len, sha) = (data.len() as u64, Sha256::digest(&data).into());
         match self {
-            Store::Local(s) => s.put_bytes(key, data).await,
-            Store::S3(s) => s.put_bytes(key, data).await,
+            Store::Local(s) => s.put_bytes(key, data).await?,
+            Store::S3(s) => s.put_bytes(key, data).await?,
+        }
+        self.check_written(key, len, &sha).await.map(drop)
+    }
+
+    /// Stores `data` under `key` only if no object has that key (conditional create), so two
+    /// writers can never overwrite each other's object. Local: temp file, fsync, `link(2)` to
+    /// the target (fails when it exists), directory fsync. S3: PutObject with
+    /// `If-None-Match: *` (AWS S3, MinIO, moto); when the store answers 501 NotImplemented to
+    /// that header, a HeadObject check then a plain PutObject, which leaves a race between two
+    /// writers (the later PUT wins). When the key exists with exactly `data` (a retried PUT of
+    /// ours whose first response was lost), this is `Ok`.
+    ///
+    /// Errors: [`StoreError::AlreadyExists`] when another object has the key; as
+    /// [`Store::put_bytes`] otherwise.
+    pub async fn put_bytes_new(&self, key: &ObjectKey, data: Bytes) -> Result<(), StoreError> {
+        let (len, sha) = (data.len() as u64, Sha256::digest(&data).into());
+        let r = match self {
+            Store::Local(s) => s.put_bytes_new(key, data.clone()).await,
+            Store::S3(s) => s.put_bytes_new(key, data.clone()).await,
+        };
+        match r {
+            Ok(()) => self.check_written(key, len, &sha).await.map(drop),
+            Err(StoreError::AlreadyExists { key: k }) => {
+                match self.get_bytes_limited(key, data.len() as u64).await {
+                    Ok(existing) if existing == data => Ok(()),
+                    _ => Err(StoreError::AlreadyExists { key: k }),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// Whether `key` exists (stat / HeadObject). Used to decide, after a failed manifest PUT,
+    /// whether the manifest was stored anyway.
+    ///
+    /// Errors: backend errors (not NotFound: that is `Ok(false)`).
+    pub async fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError> {
+        match self.head(key).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What the store says about `key`: size, time, and on S3 the server-side encryption,
+    /// Object Lock retention and full-object SHA-256 (HeadObject with `x-amz-checksum-mode:
+    /// ENABLED`). Local: `stat` (sse, lock and checksum `None`).
+    ///
+    /// Errors: [`StoreError::NotFound`] when missing; backend errors.
+    pub async fn head(&self, key: &ObjectKey) -> Result<ObjectHead, StoreError> {
+        match self {
+            Store::Local(s) => s.head(key).await,
+            Store::S3(s) => s.head(key).await,
+        }
+    }
+
+    /// Checks that the stored `key` has `bytes` bytes and, when the store returns a
+    /// full-object SHA-256, that it equals `sha256`; changes nothing (for `verify`: compare a
+    /// stored object with its manifest without downloading it). Returns the head.
+    ///
+    /// Errors: [`StoreError::StoredMismatch`] saying what differs; head errors (NotFound).
+    pub async fn verify_stored(
+        &self,
+        key: &ObjectKey,
+        bytes: u64,
+        sha256: &[u8; 32],
+    ) -> Result<ObjectHead, StoreError> {
+        let head = self.head(key).await?;
+        match mismatch(&head, bytes, sha256) {
+            None => Ok(head),
+            Some(detail) => Err(StoreError::StoredMismatch {
+                key: key.to_string(),
+                detail,
+            }),
+        }
+    }
+
+    /// The post-upload check that [`Upload::finish`] and the `put_bytes*` calls run: like
+    /// [`Store::verify_stored`], and on a mismatch the object just written is deleted (a
+    /// corrupt object never stays under a backup's key).
+    ///
+    /// Errors: [`StoreError::StoredMismatch`] (its `detail` says whether the delete worked);
+    /// head errors.
+    pub async fn check_written(
+        &self,
+        key: &ObjectKey,
+        bytes: u64,
+        sha256: &[u8; 32],
+    ) -> Result<ObjectHead, StoreError> {
+        match self.verify_stored(key, bytes, sha256).await {
+            Err(StoreError::StoredMismatch { key: k, detail }) => {
+                let detail = match self.delete(key).await {
+                    Ok(()) => format!("{detail}; the object was deleted"),
+                    Err(e) => format!("{detail}; deleting it failed too ({e})"),
+                };
+                Err(StoreError::StoredMismatch { key: k, detail })
+            }
+            r => r,
+        }
+    }
+
+    /// Reads a whole object into memory, refusing objects larger than `max_bytes`: for objects
+    /// whose size the caller bounds (manifests: 1 MiB). Never reads more than `max_bytes` + 1
+    /// bytes (local: size from metadata, then a bounded read; S3: `Content-Length`, then a
+    /// bounded body read), so a huge object in the prefix costs no memory.
+    ///
+    /// Errors: [`StoreError::TooLarge`]; [`StoreError::NotFound`]; backend errors.
+    pub async fn get_bytes_limited(
+        &self,
+        key: &ObjectKey,
+        max_bytes: u64,
+    ) -> Result<Bytes, StoreError> {
+        match self {
+            Store::Local(s) => s.get_bytes_limited(key, max_bytes).await,
+            Store::S3(s) => s.get_bytes_limited(key, max_bytes).await,
+        }
+    }
+
+    /// Removes what killed writers left behind. Local: every `.partial-` temp file under the
+    /// root whose writer's lock is free (the writer exited or was killed), whatever its age;
+    /// never one whose lock is held (a running upload, in this or another process).
+    /// `older_than` is not used locally: the lock says whether the writer lives. S3: lists the
+    /// incomplete multipart uploads under the prefix (ListMultipartUploads) and aborts those
+    /// initiated more than `older_than` ago whose newest part (ListParts) is older than that
+    /// too. Callers pass `retention.orphan_grace`, at least the longest a backup can run.
+    ///
+    /// Returns what was removed, for logs: local paths, or `s3://bucket/key (upload ID)`.
+    ///
+    /// Errors: listing failures; a removal that fails is logged and skipped.
+    pub async fn remove_stale_uploads(
+        &self,
+        older_than: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Local(s) => s.remove_stale_uploads().await,
+            Store::S3(s) => s.remove_stale_uploads(older_than, Utc::now()).await,
+        }
+    }
+
+    /// The server-side encryption and Object Lock retention this store puts on objects
+    /// uploaded at `now`, for the manifest: `(sse, object_lock)`, both `None` locally. Pass
+    /// the time the backup started: each object's own retain-until date is `retain_for` after
+    /// its own upload, so a little later than the one recorded here.
+    pub fn object_protection(
+        &self,
+        now: DateTime<Utc>,
+    ) -> (Option<SseInfo>, Option<ObjectLockInfo>) {
+        match self {
+            Store::Local(_) => (None, None),
+            Store::S3(s) => s.object_protection(now),
+        }
+    }
+
+    /// A warning when the store can be read by other users: local: the root's mode grants
+    /// group or other any access (e.g. `"store directory /var/lib/etcd-lifeboat is mode 0755:
+    /// other users can read the backups; run chmod 700 /var/lib/etcd-lifeboat"`). `None` when
+    /// private, for S3, or when the root cannot be stat'ed (then [`Store::check`] fails).
+    pub fn privacy_warning(&self) -> Option<String> {
+        match self {
+            Store::Local(s) => s.privacy_warning(),
+            Store::S3(_) => None,
         }
     }
 
@@ -343,9 +607,11 @@ impl Store {
         Ok(v)
     }
 
-    /// Deletes `key`. A missing object is not an error.
+    /// Deletes `key`. A missing object is not an error. S3: HeadObject first; an object under
+    /// Object Lock retention or legal hold is left alone (no delete marker) and gives
+    /// [`StoreError::Locked`], so prune can skip it and say when it becomes deletable.
     ///
-    /// Errors: backend errors (permission, network).
+    /// Errors: [`StoreError::Locked`]; backend errors (permission, network).
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
         match self {
             Store::Local(s) => s.delete(key).await,
@@ -360,6 +626,8 @@ impl Store {
 #[derive(Debug)]
 pub struct Upload {
     inner: UploadInner,
+    store: Store,
+    key: ObjectKey,
     bytes: u64,
     hasher: Sha256,
 }
@@ -394,19 +662,26 @@ impl Upload {
         self.bytes
     }
 
-    /// Publishes the object under its key and returns its size and SHA-256.
+    /// Publishes the object under its key, checks the stored object (stat / HeadObject: its
+    /// size, and a full-object SHA-256 when the store returns one, see
+    /// [`Store::verify_stored`]) and returns the size and SHA-256 of what was written.
     ///
-    /// Errors: fsync/rename (local) or CompleteMultipartUpload/PutObject (S3) failures; the
-    /// upload is cleaned up before the error is returned.
+    /// Errors: fsync/rename (local) or CompleteMultipartUpload/PutObject (S3) failures, the
+    /// upload being cleaned up before the error is returned; [`StoreError::StoredMismatch`]
+    /// (the stored object was deleted).
     pub async fn finish(self) -> Result<UploadInfo, StoreError> {
+        let info = UploadInfo {
+            bytes: self.bytes,
+            sha256: self.hasher.finalize().into(),
+        };
         match self.inner {
             UploadInner::Local(u) => u.finish().await?,
             UploadInner::S3(u) => u.finish().await?,
         }
-        Ok(UploadInfo {
-            bytes: self.bytes,
-            sha256: self.hasher.finalize().into(),
-        })
+        self.store
+            .check_written(&self.key, info.bytes, &info.sha256)
+            .await?;
+        Ok(info)
     }
 
     /// Discards the upload: removes the temp file (local) or aborts the multipart upload (S3).
@@ -417,5 +692,60 @@ impl Upload {
             UploadInner::Local(u) => u.abort().await,
             UploadInner::S3(u) => u.abort().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(size: u64, sha: Option<String>) -> ObjectHead {
+        ObjectHead {
+            key: ObjectKey::new("c/x").unwrap(),
+            size,
+            last_modified: DateTime::<Utc>::UNIX_EPOCH,
+            sse: None,
+            sse_kms_key_id: None,
+            lock_mode: None,
+            retain_until: None,
+            legal_hold: false,
+            checksum_sha256: sha,
+        }
+    }
+
+    #[test]
+    fn mismatch_compares_size_then_full_object_sha256() {
+        let sha: [u8; 32] = Sha256::digest(b"abc").into();
+        assert_eq!(mismatch(&head(3, None), 3, &sha), None);
+        assert_eq!(mismatch(&head(3, Some(hex::encode(sha))), 3, &sha), None);
+        assert_eq!(
+            mismatch(&head(2, None), 3, &sha).unwrap(),
+            "the store reports 2 bytes, 3 were written"
+        );
+        let other = hex::encode(Sha256::digest(b"abd"));
+        let m = mismatch(&head(3, Some(other.clone())), 3, &sha).unwrap();
+        assert!(m.contains(&other) && m.contains(&hex::encode(sha)), "{m}");
+    }
+
+    #[test]
+    fn locked_means_legal_hold_or_future_retention() {
+        let now = Utc::now();
+        let mut h = head(1, None);
+        assert!(!h.is_locked_at(now));
+        h.retain_until = Some(now - chrono::Duration::seconds(1));
+        assert!(!h.is_locked_at(now));
+        h.retain_until = Some(now + chrono::Duration::seconds(1));
+        assert!(h.is_locked_at(now));
+        h.retain_until = None;
+        h.legal_hold = true;
+        assert!(h.is_locked_at(now));
+        let e = StoreError::Locked {
+            key: "c/x".into(),
+            retain_until: None,
+        };
+        assert!(
+            e.is_locked() && e.to_string().contains("(legal hold)"),
+            "{e}"
+        );
     }
 }

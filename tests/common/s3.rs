@@ -211,6 +211,32 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// Creates another bucket on moto (plain HTTP only), with Object Lock enabled
+    /// (`x-amz-bucket-object-lock-enabled: true`, which also turns versioning on) when
+    /// `object_lock`; returns its name. `None` for an external endpoint or a TLS moto (tests
+    /// needing such a bucket then create it with the SDK or skip).
+    pub fn create_bucket(&self, object_lock: bool) -> Option<String> {
+        if self.external || !self.endpoint.starts_with("http://") {
+            return None;
+        }
+        let port: u16 = self.endpoint.rsplit(':').next()?.parse().ok()?;
+        let name = random_name(if object_lock {
+            "lifeboat-lock-"
+        } else {
+            "lifeboat-"
+        });
+        let headers: &[(&str, &str)] = if object_lock {
+            &[("x-amz-bucket-object-lock-enabled", "true")]
+        } else {
+            &[]
+        };
+        let status = raw_http_headers(port, "PUT", &format!("/{name}"), headers);
+        assert_eq!(status, 200, "create bucket {name}; log: {}", self.log());
+        Some(name)
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -222,11 +248,20 @@ impl Drop for S3Server {
 
 /// One HTTP/1.1 request without body to 127.0.0.1:`port`; returns the status code.
 fn raw_http(port: u16, method: &str, path: &str) -> u16 {
+    raw_http_headers(port, method, path, &[])
+}
+
+/// [`raw_http`] with extra request headers.
+fn raw_http_headers(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut resp = String::new();
