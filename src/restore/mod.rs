@@ -657,6 +657,23 @@ fn fsync_file(p: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("fsync {}", p.display()))
 }
 
+/// Sets every directory under `root` (and `root`) to 0700 and every file to 0600, whatever
+/// the umask (etcd's own modes for member dirs and wal/db files; the db holds every Secret).
+fn enforce_modes(root: &Path) -> anyhow::Result<()> {
+    let md = fs::symlink_metadata(root).with_context(|| format!("inspecting {}", root.display()))?;
+    let mode = if md.is_dir() { 0o700 } else { 0o600 };
+    if !md.file_type().is_symlink() {
+        fs::set_permissions(root, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {mode:o} {}", root.display()))?;
+    }
+    if md.is_dir() {
+        for e in fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+            enforce_modes(&e?.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn mkdir0700(p: &Path) -> anyhow::Result<()> {
     DirBuilder::new()
         .mode(0o700)
@@ -714,6 +731,10 @@ fn stage_members(plan: &Plan, src: &Path, db_len: u64, bump: u64) -> anyhow::Res
             }
         };
         save_wal(t, plan, &wal_dir)?;
+        enforce_modes(data.root())?;
+        if wal_staged.is_some() {
+            enforce_modes(&wal_dir)?;
+        }
         fsync_dir(&wal_dir)?;
         fsync_dir(&member_dir)?;
         fsync_dir(data.root())?;

@@ -758,6 +758,143 @@ mod tests {
         );
     }
 
+    /// Rewrites meta page `slot` of `path` through `f` with a valid checksum (a crafted file).
+    fn craft_meta(path: &Path, slot: u64, f: impl FnOnce(&mut Meta)) {
+        let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let mut buf = vec![0u8; PAGE_HEADER_SIZE + page::META_SIZE];
+        file.read_exact_at(&mut buf, slot * 4096).unwrap();
+        let mut m = Meta::parse(&buf[PAGE_HEADER_SIZE..], slot).unwrap();
+        f(&mut m);
+        m.checksum = m.sum64();
+        file.write_all_at(&m.encode(), slot * 4096 + PAGE_HEADER_SIZE as u64)
+            .unwrap();
+    }
+
+    fn small_db(d: &Path) -> std::path::PathBuf {
+        let p = d.join("crafted.db");
+        build_db(&p, &[(b"a".to_vec(), entries(3, 5), None)]);
+        p
+    }
+
+    fn one_put() -> BTreeMap<Vec<u8>, BucketEdit> {
+        let mut edits = BTreeMap::new();
+        edits.insert(
+            b"a".to_vec(),
+            BucketEdit::Put(vec![(b"y".to_vec(), b"2".to_vec())]),
+        );
+        edits
+    }
+
+    #[test]
+    fn crafted_max_txid_is_corrupt_not_wrapped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = small_db(d.path());
+        craft_meta(&p, 0, |m| m.txid = u64::MAX);
+        let before = std::fs::read(&p).unwrap();
+        assert_eq!(Db::open(&p, None).unwrap().meta().txid, u64::MAX);
+        let err = apply(&p, None, &one_put()).unwrap_err();
+        assert!(
+            matches!(&err, SnapshotError::Corrupt { page: 0, reason } if reason.contains("meta txid 18446744073709551615 cannot be incremented")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), before, "nothing written");
+    }
+
+    #[test]
+    fn crafted_freelist_ids_are_corrupt() {
+        let d = tempfile::tempdir().unwrap();
+        let p = small_db(d.path());
+        let hwm = Db::open(&p, None).unwrap().meta().pgid;
+        // A freelist page at the high water mark naming a page far beyond it.
+        let mut fbuf = vec![0u8; 4096];
+        page::write_freelist(&mut fbuf, hwm, 0, &[hwm + 1_000_000]);
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&fbuf, hwm * 4096).unwrap();
+        f.set_len((hwm + 1) * 4096).unwrap();
+        craft_meta(&p, 0, |m| {
+            m.freelist = hwm;
+            m.pgid = hwm + 1;
+        });
+        let err = apply(&p, None, &one_put()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("freelist names page {}", hwm + 1_000_000)),
+            "{err}"
+        );
+        // A freelist whose overflow count runs past the high water mark.
+        craft_meta(&p, 0, |m| m.pgid = hwm + 1);
+        page::write_freelist(&mut fbuf, hwm, u32::MAX, &[2]);
+        f.write_all_at(&fbuf, hwm * 4096).unwrap();
+        let err = apply(&p, None, &one_put()).unwrap_err();
+        assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn new_meta_is_checked_to_be_selected() {
+        let d = tempfile::tempdir().unwrap();
+        let p = small_db(d.path());
+        let applied = apply(&p, None, &one_put()).unwrap();
+        let slot = applied.meta.txid % 2;
+        check_selected(&p, slot, &applied.meta).unwrap();
+        let err = check_selected(&p, 1 - slot, &applied.meta).unwrap_err();
+        assert!(err.to_string().contains("bbolt would select"), "{err}");
+        // A crafted other meta with a higher txid and a valid checksum wins in bbolt: the
+        // check names the lost update.
+        craft_meta(&p, 1 - slot, |m| m.txid = applied.meta.txid + 5);
+        let err = check_selected(&p, slot, &applied.meta).unwrap_err();
+        assert!(err.to_string().contains("the update would be lost"), "{err}");
+    }
+
+    #[test]
+    fn append_rewrites_only_the_rightmost_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("big.db");
+        let many = entries(20_000, 30);
+        build_db(
+            &p,
+            &[
+                (b"a".to_vec(), entries(2, 1), None),
+                (b"key".to_vec(), many.clone(), None),
+            ],
+        );
+        let before = Db::open(&p, None).unwrap().check_and_status().unwrap();
+        let mut edits = BTreeMap::new();
+        edits.insert(
+            b"key".to_vec(),
+            BucketEdit::Append(vec![(b"z-last".to_vec(), Vec::new())]),
+        );
+        edits.insert(
+            b"a".to_vec(),
+            BucketEdit::Append(vec![(b"z".to_vec(), b"1".to_vec())]),
+        );
+        edits.insert(
+            b"new".to_vec(),
+            BucketEdit::Append(vec![(b"n".to_vec(), b"1".to_vec())]),
+        );
+        let applied = apply(&p, None, &edits).unwrap();
+        // Root leaf, a few path pages of `key`, freelist: not the ~200 pages of the bucket.
+        assert!(applied.new_pages < 10, "{applied:?}");
+        let db = Db::open(&p, None).unwrap();
+        let after = db.check_and_status().unwrap();
+        assert_eq!(after.total_key, before.total_key + 3);
+        assert_eq!(db.last_key(b"key").unwrap().unwrap(), b"z-last");
+        assert_eq!(db.last_key(b"a").unwrap().unwrap(), b"z");
+        let keys = db.root_bucket_entries(b"key").unwrap().unwrap();
+        assert_eq!(keys.len(), 20_001);
+        assert!(keys.windows(2).all(|w| w[0].key < w[1].key));
+        drop(db);
+        // A key not above the last one is refused, nothing written.
+        let before_bytes = std::fs::read(&p).unwrap();
+        let mut edits = BTreeMap::new();
+        edits.insert(
+            b"key".to_vec(),
+            BucketEdit::Append(vec![(many[5].key.clone(), Vec::new())]),
+        );
+        let err = apply(&p, None, &edits).unwrap_err();
+        assert!(err.to_string().contains("cannot append key"), "{err}");
+        assert_eq!(std::fs::read(&p).unwrap(), before_bytes);
+    }
+
     #[test]
     fn inline_rule() {
         assert!(inlineable(&entries(3, 10), 4096));
