@@ -63,7 +63,12 @@ async fn bump_status_equals_etcdutl_3_5_30_and_members_boot_compacted() {
         .arg(&snap)
         .arg("--data-dir")
         .arg(&reference)
-        .args(["--name", "m", "--initial-cluster", &format!("m={}", member.peer_url())])
+        .args([
+            "--name",
+            "m",
+            "--initial-cluster",
+            &format!("m={}", member.peer_url()),
+        ])
         .args(["--initial-advertise-peer-urls", &member.peer_url()])
         .args(["--bump-revision", &BUMP.to_string(), "--mark-compacted"])
         .output()
@@ -71,7 +76,9 @@ async fn bump_status_equals_etcdutl_3_5_30_and_members_boot_compacted() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let ours = dir.path().join("ours.etcd");
-    run(restore_args(&snap, &ours, &member), None).await.unwrap();
+    run(restore_args(&snap, &ours, &member), None)
+        .await
+        .unwrap();
 
     let ref_db = reference.join("member/snap/db");
     let our_db = ours.join("member/snap/db");
@@ -143,8 +150,16 @@ async fn flags_checked_as_etcdutl() {
     let snap = dir.path().join("none.db");
     for (bump, mark, want) in [
         (Some(5), false, "--bump-revision: requires --mark-compacted"),
-        (None, true, "--mark-compacted: only with --bump-revision N > 0"),
-        (Some(0), true, "--mark-compacted: only with --bump-revision N > 0"),
+        (
+            None,
+            true,
+            "--mark-compacted: only with --bump-revision N > 0",
+        ),
+        (
+            Some(0),
+            true,
+            "--mark-compacted: only with --bump-revision N > 0",
+        ),
         (Some(u64::MAX), true, "exceeds etcd's largest revision"),
     ] {
         let err = run(
@@ -160,7 +175,8 @@ async fn flags_checked_as_etcdutl() {
         .await
         .unwrap_err();
         assert!(
-            err.downcast_ref::<etcd_lifeboat::error::UsageError>().is_some(),
+            err.downcast_ref::<etcd_lifeboat::error::UsageError>()
+                .is_some(),
             "{err:#}"
         );
         assert!(format!("{err:#}").contains(want), "{err:#}");

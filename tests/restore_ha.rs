@@ -119,18 +119,66 @@ async fn kubeadm_ha_nodes_restore_into_one_cluster() {
         .unwrap_err();
         let msg = format!("{err:#}");
         assert!(err.downcast_ref::<UsageError>().is_some(), "{msg}");
-        assert!(msg.contains(&format!("Manifest's members ({}): {}", i + 1, ic(i + 1))), "{msg}");
+        assert!(
+            msg.contains(&format!("Manifest's members ({}): {}", i + 1, ic(i + 1))),
+            "{msg}"
+        );
         assert!(msg.contains("Snapshot's members (3)"), "{msg}");
         for m in &specs {
-            assert!(msg.contains(&format!("{}={}", m.name, m.peer_url())), "{msg}");
+            assert!(
+                msg.contains(&format!("{}={}", m.name, m.peer_url())),
+                "{msg}"
+            );
         }
-        assert!(msg.contains(&format!("--initial-cluster={}", ic(3))), "{msg}");
+        assert!(
+            msg.contains(&format!("--initial-cluster={}", ic(3))),
+            "{msg}"
+        );
         assert!(msg.contains("--members-from-snapshot"), "{msg}");
         if i > 0 {
             assert!(msg.contains("--initial-cluster-state=existing"), "{msg}");
         }
         assert!(!host.exists(), "nothing written for a refused restore");
     }
+
+    // The dry run prints the snapshot's membership and the default bump, and writes nothing.
+    let o = assert_cmd::Command::cargo_bin("etcd-lifeboat")
+        .unwrap()
+        .args([
+            "restore",
+            "--dry-run",
+            "-o",
+            "json",
+            "--members-from-snapshot",
+        ])
+        .arg("--snapshot")
+        .arg(&snap)
+        .arg("--kubeadm-manifest")
+        .arg(&paths[1].0)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut names: Vec<&str> = report["snapshot_members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cp1", "cp2", "cp3"]);
+    let bump = &report["revision_bump"];
+    assert_eq!(
+        bump["new_revision"].as_i64().unwrap() - bump["old_revision"].as_i64().unwrap(),
+        1_000_000_000
+    );
+    assert_eq!(report["members"][0]["name"], "cp2");
+    assert!(report["reminders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r.as_str().unwrap().contains("watch cache")));
+    assert!(!paths[1].1.exists());
 
     // The fix, on every node: --members-from-snapshot (nodes 1, 2) or the full list (node 3).
     for (i, (mp, host)) in paths.iter().enumerate() {
@@ -170,6 +218,9 @@ async fn kubeadm_ha_nodes_restore_into_one_cluster() {
     // scheme as the original cluster (same URLs, same default token: the same IDs).
     assert_eq!(seen[0], (orig_cluster, orig_ids));
     c.ok_at(&restored[2].client_url(), &["put", "/after-restore", "1"]);
-    let got = c.ok_at(&restored[0].client_url(), &["get", "/after-restore", "--print-value-only"]);
+    let got = c.ok_at(
+        &restored[0].client_url(),
+        &["get", "/after-restore", "--print-value-only"],
+    );
     assert_eq!(got.trim(), "1");
 }

@@ -201,7 +201,8 @@ pub fn latest_revision(db: &Db) -> Result<i64, SnapshotError> {
 /// has an empty name).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotMember {
-    /// Member ID.
+    /// Member ID (a number in etcd's JSON; 16 hex digits in our reports, as elsewhere).
+    #[serde(serialize_with = "hex_id")]
     pub id: u64,
     /// `--name` (may be empty).
     #[serde(default)]
@@ -215,6 +216,10 @@ pub struct SnapshotMember {
     /// Learner (non-voting) member.
     #[serde(rename = "isLearner", default)]
     pub is_learner: bool,
+}
+
+fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{id:016x}"))
 }
 
 /// Most members accepted from a snapshot (etcd recommends at most 7; bound untrusted data).

@@ -20,7 +20,17 @@
 //!   membership from the db (the `members` bucket that `db.rs` rewrites), accepts a v2 store
 //!   holding only membership (which is all this writes), and the db keeps the snapshot's own
 //!   `meta/storageVersion` (never a newer one: 3.4.31+ refuses a db that says 3.6).
-//!   `--bump-revision`/`--mark-compacted` (3.5.10+/3.6) are not implemented.
+//! - 3.5.30 (Debian unstable's, fetched by scripts/install.sh): the reference for
+//!   `--bump-revision N --mark-compacted` (etcdutl `modifyLatestRevision`): the restored db's
+//!   hash, revision and key count equal etcdutl 3.5.30's; 3.5.1 and 3.5.30 boot from it with the
+//!   old revisions compacted (`tests/restore_bump.rs`). A `--kubeadm-manifest` restore bumps by
+//!   [`KUBEADM_DEFAULT_BUMP`] unless `--bump-revision 0`.
+//!
+//! # Membership from the snapshot
+//! The snapshot's `members` bucket (etcd 3.4/3.5 keep every member there) is read before
+//! planning and printed. `--members-from-snapshot` takes names and peer URLs from it; a kubeadm
+//! manifest of a node that joined later (`--initial-cluster-state=existing`) or listing fewer
+//! members than the snapshot is refused with both lists (`tests/restore_ha.rs`).
 
 pub mod db;
 pub(crate) mod from_store;
@@ -115,6 +125,11 @@ pub struct RestoreArgs {
     /// membership (its `members` bucket) instead of --initial-cluster.
     #[arg(long, conflicts_with = "initial_cluster")]
     pub members_from_snapshot: bool,
+    /// etcd version that will run the restored data (e.g. 3.5.30) [default: the tag of
+    /// --kubeadm-manifest's image]: warns when older than the snapshot's writer, refuses a
+    /// storage version it cannot boot (a 3.6 db on 3.4).
+    #[arg(long, value_name = "VERSION")]
+    pub target_version: Option<String>,
 }
 
 impl Default for RestoreArgs {
@@ -138,6 +153,7 @@ impl Default for RestoreArgs {
             bump_revision: None,
             mark_compacted: false,
             members_from_snapshot: false,
+            target_version: None,
         }
     }
 }
@@ -182,7 +198,11 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
         }
         (SourceSpec::Store { .. }, None) => unreachable!("a store source is always fetched"),
     };
-    let info = read_snapshot_info(&local, local_len, bump)?;
+    let mut info = read_snapshot_info(&local, local_len, bump)?;
+    info.warnings = version_warnings(&args, manifest.as_ref(), &info)?;
+    for w in &info.warnings {
+        eprintln!("warning: {w}");
+    }
     let plan = make_plan(&args, manifest.as_ref(), &info.members)?;
     if args.dry_run {
         print_report(&args, &plan, &spec, None, &info, manifest.as_ref(), true);
@@ -296,6 +316,91 @@ struct SnapshotInfo {
     members: Vec<SnapshotMember>,
     /// The revision bump that will be applied, if any.
     bump: Option<Bumped>,
+    /// `cluster/clusterVersion` (the cluster version when the snapshot was taken, e.g. 3.5.0).
+    cluster_version: Option<String>,
+    /// `meta/storageVersion` (written by etcd 3.6+ only).
+    storage_version: Option<String>,
+    /// Version warnings (target etcd older than the snapshot's writer).
+    warnings: Vec<String>,
+}
+
+/// Value of `key` in small root bucket `bucket` as text, when present and at most 64 bytes.
+fn small_text(
+    db: &crate::snapshot::Db,
+    bucket: &[u8],
+    key: &[u8],
+) -> Result<Option<String>, crate::snapshot::SnapshotError> {
+    Ok(db
+        .root_bucket_entries(bucket)?
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.key == key && e.value.len() <= 64)
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned()))
+}
+
+/// `major.minor.patch` at the start of `v` (a leading `v` and a suffix such as `-0` allowed).
+fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let v = v.trim().trim_start_matches('v');
+    let mut it = v.split(|c: char| !c.is_ascii_digit()).take(3);
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    let patch = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// The etcd version tag of a container image (`registry.k8s.io/etcd:3.5.30-0` -> 3.5.30-0).
+fn image_tag(image: &str) -> Option<&str> {
+    let (repo, tag) = image.rsplit_once(':')?;
+    (!tag.contains('/') && !repo.is_empty()).then_some(tag)
+}
+
+/// Step 1b: the target etcd's version against the snapshot's writer. Refuses (usage error)
+/// a db whose storage version is 3.6+ for a 3.4 target (3.4.31+ panics on it); warns when the
+/// target's major.minor is older than the snapshot's storage or cluster version.
+fn version_warnings(
+    args: &RestoreArgs,
+    km: Option<&kubeadm::EtcdManifest>,
+    info: &SnapshotInfo,
+) -> anyhow::Result<Vec<String>> {
+    let (target_raw, from) = match (&args.target_version, km.and_then(|m| m.image.as_deref())) {
+        (Some(v), _) => (v.clone(), "--target-version".to_string()),
+        (None, Some(img)) => match image_tag(img) {
+            Some(t) => (t.to_string(), format!("--kubeadm-manifest's image {img}")),
+            None => return Ok(Vec::new()),
+        },
+        (None, None) => return Ok(Vec::new()),
+    };
+    let Some(target) = parse_version(&target_raw) else {
+        if args.target_version.is_some() {
+            return Err(UsageError::new(format!(
+                "--target-version: {target_raw:?} is not an etcd version such as 3.5.30"
+            ))
+            .into());
+        }
+        return Ok(Vec::new());
+    };
+    let mut warnings = Vec::new();
+    if let Some(sv) = info.storage_version.as_deref().and_then(parse_version) {
+        if (sv.0, sv.1) >= (3, 6) && (target.0, target.1) <= (3, 4) {
+            return Err(UsageError::new(format!(
+                "{from}: etcd {target_raw} cannot boot this snapshot: its db has storage version {}.{} (written by etcd 3.6+), and etcd 3.4 refuses such a db; restore with etcd 3.5 or newer",
+                sv.0, sv.1
+            ))
+            .into());
+        }
+        if (target.0, target.1) < (sv.0, sv.1) {
+            warnings.push(format!("{from}: etcd {target_raw} is older than the snapshot's storage version {}.{}; downgrade the snapshot's cluster first (etcdctl downgrade) or restore with etcd {}.{}", sv.0, sv.1, sv.0, sv.1));
+        }
+    }
+    if let Some(cv) = info.cluster_version.as_deref().and_then(parse_version) {
+        if (target.0, target.1) < (cv.0, cv.1) {
+            warnings.push(format!(
+                "{from}: etcd {target_raw} is older than the cluster version {}.{} recorded in the snapshot; etcd does not support running a snapshot on an older minor version: restore with etcd {}.{} or newer",
+                cv.0, cv.1, cv.0, cv.1
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 /// Reads the snapshot's membership and plans the bump (bounds-checked reads of a few pages;
@@ -309,7 +414,15 @@ fn read_snapshot_info(path: &Path, db_len: u64, bump: u64) -> anyhow::Result<Sna
     } else {
         None
     };
-    Ok(SnapshotInfo { members, bump })
+    let cluster_version = small_text(&db, b"cluster", b"clusterVersion").with_context(ctx)?;
+    let storage_version = small_text(&db, b"meta", b"storageVersion").with_context(ctx)?;
+    Ok(SnapshotInfo {
+        members,
+        bump,
+        cluster_version,
+        storage_version,
+        warnings: Vec::new(),
+    })
 }
 
 /// Steps 2-4 for a raw snapshot file, on two threads: the sha256 trailer check (one full read
@@ -660,7 +773,8 @@ fn fsync_file(p: &Path) -> anyhow::Result<()> {
 /// Sets every directory under `root` (and `root`) to 0700 and every file to 0600, whatever
 /// the umask (etcd's own modes for member dirs and wal/db files; the db holds every Secret).
 fn enforce_modes(root: &Path) -> anyhow::Result<()> {
-    let md = fs::symlink_metadata(root).with_context(|| format!("inspecting {}", root.display()))?;
+    let md =
+        fs::symlink_metadata(root).with_context(|| format!("inspecting {}", root.display()))?;
     let mode = if md.is_dir() { 0o700 } else { 0o600 };
     if !md.file_type().is_symlink() {
         fs::set_permissions(root, fs::Permissions::from_mode(mode))
@@ -865,6 +979,9 @@ fn reminders(plan: &Plan, kubeadm: bool, info: &SnapshotInfo) -> Vec<String> {
         None if kubeadm => r.push("the revision was NOT bumped (--bump-revision 0): revisions go backwards, so kube-apiserver's watch cache and informers can miss changes; restart kube-apiserver, the controller manager, the scheduler and every controller after the cluster is up".to_string()),
         None => r.push("clients that watch (kube-apiserver, controllers) saw newer revisions before: restart them after the cluster is up, or restore with --bump-revision 1000000000 --mark-compacted so that they re-list by themselves".to_string()),
     }
+    for w in info.warnings.iter().rev() {
+        r.insert(0, format!("WARNING: {w}"));
+    }
     let n = plan.members.len();
     if !info.members.is_empty() && n < info.members.len() {
         r.insert(
@@ -1052,6 +1169,56 @@ mod tests {
         .unwrap();
         assert_eq!(c.args.from_store.as_deref(), Some("latest"));
         assert!(c.args.dry_run);
+    }
+
+    #[test]
+    fn versions_and_image_tags() {
+        assert_eq!(parse_version("3.5.30-0"), Some((3, 5, 30)));
+        assert_eq!(parse_version("v3.4.23"), Some((3, 4, 23)));
+        assert_eq!(parse_version("3.6"), Some((3, 6, 0)));
+        assert_eq!(parse_version("latest"), None);
+        assert_eq!(image_tag("registry.k8s.io/etcd:3.5.30-0"), Some("3.5.30-0"));
+        assert_eq!(image_tag("localhost:5000/etcd"), None);
+        let info = |sv: Option<&str>, cv: Option<&str>| SnapshotInfo {
+            members: Vec::new(),
+            bump: None,
+            cluster_version: cv.map(String::from),
+            storage_version: sv.map(String::from),
+            warnings: Vec::new(),
+        };
+        let args = |v: &str| RestoreArgs {
+            target_version: Some(v.into()),
+            ..Default::default()
+        };
+        // A 3.6 db on 3.4: refused; on 3.5: a warning.
+        let err = version_warnings(&args("3.4.23"), None, &info(Some("3.6.0"), Some("3.6.0")))
+            .unwrap_err();
+        assert!(err.downcast_ref::<UsageError>().is_some());
+        assert!(err.to_string().contains("storage version 3.6"), "{err}");
+        let w =
+            version_warnings(&args("3.5.30"), None, &info(Some("3.6.0"), Some("3.6.0"))).unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        // A 3.5 snapshot on 3.4: a warning; on 3.5 or newer: none.
+        let w = version_warnings(&args("3.4.23"), None, &info(None, Some("3.5.0"))).unwrap();
+        assert!(w[0].contains("older than the cluster version 3.5"), "{w:?}");
+        assert!(
+            version_warnings(&args("3.5.1"), None, &info(None, Some("3.5.0")))
+                .unwrap()
+                .is_empty()
+        );
+        // From a kubeadm manifest's image tag.
+        let km = kubeadm::EtcdManifest {
+            image: Some("registry.k8s.io/etcd:3.4.13-0".into()),
+            ..Default::default()
+        };
+        let w = version_warnings(
+            &RestoreArgs::default(),
+            Some(&km),
+            &info(None, Some("3.5.0")),
+        )
+        .unwrap();
+        assert!(w[0].contains("--kubeadm-manifest's image"), "{w:?}");
+        assert!(version_warnings(&args("x"), None, &info(None, None)).is_err());
     }
 
     #[test]

@@ -277,7 +277,10 @@ pub fn initial_cluster_of_snapshot(
         if m.peer_urls.is_empty() {
             return Err(flag(
                 F,
-                format!("the snapshot's member {} has no peer URLs; give --initial-cluster instead", m.name),
+                format!(
+                    "the snapshot's member {} has no peer URLs; give --initial-cluster instead",
+                    m.name
+                ),
             ));
         }
         for u in &m.peer_urls {
@@ -297,7 +300,11 @@ pub fn describe_snapshot_members(members: &[super::db::SnapshotMember]) -> Strin
         .map(|m| {
             format!(
                 "{}={} (id {:016x}{})",
-                if m.name.is_empty() { "<unnamed>" } else { &m.name },
+                if m.name.is_empty() {
+                    "<unnamed>"
+                } else {
+                    &m.name
+                },
                 m.peer_urls.join(","),
                 m.id,
                 if m.is_learner { ", learner" } else { "" }

@@ -760,7 +760,11 @@ mod tests {
 
     /// Rewrites meta page `slot` of `path` through `f` with a valid checksum (a crafted file).
     fn craft_meta(path: &Path, slot: u64, f: impl FnOnce(&mut Meta)) {
-        let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
         let mut buf = vec![0u8; PAGE_HEADER_SIZE + page::META_SIZE];
         file.read_exact_at(&mut buf, slot * 4096).unwrap();
         let mut m = Meta::parse(&buf[PAGE_HEADER_SIZE..], slot).unwrap();
@@ -842,7 +846,10 @@ mod tests {
         // check names the lost update.
         craft_meta(&p, 1 - slot, |m| m.txid = applied.meta.txid + 5);
         let err = check_selected(&p, slot, &applied.meta).unwrap_err();
-        assert!(err.to_string().contains("the update would be lost"), "{err}");
+        assert!(
+            err.to_string().contains("the update would be lost"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -854,13 +861,13 @@ mod tests {
             &p,
             &[
                 (b"a".to_vec(), entries(2, 1), None),
-                (b"key".to_vec(), many.clone(), None),
+                (b"big".to_vec(), many.clone(), None),
             ],
         );
         let before = Db::open(&p, None).unwrap().check_and_status().unwrap();
         let mut edits = BTreeMap::new();
         edits.insert(
-            b"key".to_vec(),
+            b"big".to_vec(),
             BucketEdit::Append(vec![(b"z-last".to_vec(), Vec::new())]),
         );
         edits.insert(
@@ -872,14 +879,14 @@ mod tests {
             BucketEdit::Append(vec![(b"n".to_vec(), b"1".to_vec())]),
         );
         let applied = apply(&p, None, &edits).unwrap();
-        // Root leaf, a few path pages of `key`, freelist: not the ~200 pages of the bucket.
+        // Root leaf, a few path pages of `big`, freelist: not the ~200 pages of the bucket.
         assert!(applied.new_pages < 10, "{applied:?}");
         let db = Db::open(&p, None).unwrap();
         let after = db.check_and_status().unwrap();
         assert_eq!(after.total_key, before.total_key + 3);
-        assert_eq!(db.last_key(b"key").unwrap().unwrap(), b"z-last");
+        assert_eq!(db.last_key(b"big").unwrap().unwrap(), b"z-last");
         assert_eq!(db.last_key(b"a").unwrap().unwrap(), b"z");
-        let keys = db.root_bucket_entries(b"key").unwrap().unwrap();
+        let keys = db.root_bucket_entries(b"big").unwrap().unwrap();
         assert_eq!(keys.len(), 20_001);
         assert!(keys.windows(2).all(|w| w[0].key < w[1].key));
         drop(db);
@@ -887,7 +894,7 @@ mod tests {
         let before_bytes = std::fs::read(&p).unwrap();
         let mut edits = BTreeMap::new();
         edits.insert(
-            b"key".to_vec(),
+            b"big".to_vec(),
             BucketEdit::Append(vec![(many[5].key.clone(), Vec::new())]),
         );
         let err = apply(&p, None, &edits).unwrap_err();

@@ -21,12 +21,14 @@ pub enum V {
 
 /// Where scripts/install.sh unpacks etcd 3.5.30 (`ETCD3530_DIR` overrides): its `usr/bin`.
 pub fn v3_5_30_dir() -> PathBuf {
-    let d = std::env::var("ETCD3530_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        let cache = std::env::var("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
-        cache.join("etcd-lifeboat/etcd-3.5.30/usr/bin")
-    });
+    let d = std::env::var("ETCD3530_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let cache = std::env::var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
+            cache.join("etcd-lifeboat/etcd-3.5.30/usr/bin")
+        });
     assert!(
         d.join("etcdutl").is_file(),
         "etcd 3.5.30 not found under {}; run scripts/install.sh or set ETCD3530_DIR",
