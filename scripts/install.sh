@@ -90,7 +90,8 @@ if [ ! -x "$ETCD3530_DIR/usr/bin/etcd" ] || [ ! -x "$ETCD3530_DIR/usr/bin/etcdut
   echo "deb [signed-by=$KEYRING] $MIRROR unstable main" >"$APTDIR/etc/sources.list"
   APTOPT=(-o "Dir::State=$APTDIR/state" -o "Dir::State::status=/var/lib/dpkg/status"
           -o "Dir::Cache=$APTDIR/cache" -o "Dir::Etc::SourceList=$APTDIR/etc/sources.list"
-          -o "Dir::Etc::SourceParts=/dev/null" -o "APT::Get::List-Cleanup=false")
+          -o "Dir::Etc::SourceParts=/dev/null" -o "APT::Get::List-Cleanup=false"
+          -o "APT::Sandbox::User=root")
   echo "install.sh: fetching etcd-server, etcd-client from $MIRROR unstable (private apt dir $APTDIR)"
   apt-get "${APTOPT[@]}" update -qq
   CANDIDATE="$(apt-cache "${APTOPT[@]}" policy etcd-server | awk '/Candidate:/ {print $2}')"

@@ -217,6 +217,32 @@ async fn kubeadm_ha_nodes_restore_into_one_cluster() {
     // IDs derive from the peer URLs and the token exactly as etcd derives them: the same
     // scheme as the original cluster (same URLs, same default token: the same IDs).
     assert_eq!(seen[0], (orig_cluster, orig_ids));
+    // --out-dir from the snapshot's membership: the same cluster and member IDs, every member.
+    let out = dir.path().join("all");
+    let o = assert_cmd::Command::cargo_bin("etcd-lifeboat")
+        .unwrap()
+        .args(["restore", "-o", "json", "--members-from-snapshot"])
+        .arg("--snapshot")
+        .arg(&snap)
+        .arg("--out-dir")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["cluster_id"], format!("{:016x}", seen[0].0));
+    let mut ids: Vec<u64> = report["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| u64::from_str_radix(m["id"].as_str().unwrap(), 16).unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, seen[0].1);
+    for m in &specs {
+        assert!(out.join(&m.name).join("member/snap/db").is_file());
+    }
+
     c.ok_at(&restored[2].client_url(), &["put", "/after-restore", "1"]);
     let got = c.ok_at(
         &restored[0].client_url(),

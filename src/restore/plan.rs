@@ -252,7 +252,7 @@ pub fn parse_initial_cluster(raw: &str) -> Result<BTreeMap<String, Vec<String>>,
 }
 
 /// `--initial-cluster` of the membership recorded in a snapshot (`name=url,...`, one entry
-/// per peer URL, members sorted by ID). Errors (a `Flag` error on `--members-from-snapshot`):
+/// per peer URL, members sorted by name). Errors (a `Flag` error on `--members-from-snapshot`):
 /// no members recorded, or a member without a name (an etcd 3.4 member that never
 /// published its attributes): then give `--initial-cluster` instead.
 pub fn initial_cluster_of_snapshot(
@@ -262,8 +262,10 @@ pub fn initial_cluster_of_snapshot(
     if members.is_empty() {
         return Err(flag(F, "the snapshot records no members (bucket members is empty); give --initial-cluster name=peerURL,... instead"));
     }
+    let mut by_name: Vec<&super::db::SnapshotMember> = members.iter().collect();
+    by_name.sort_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
     let mut parts = Vec::new();
-    for m in members {
+    for m in by_name {
         if m.name.is_empty() || m.name.contains([',', '=']) {
             return Err(flag(
                 F,
@@ -290,12 +292,15 @@ pub fn initial_cluster_of_snapshot(
     Ok(parts.join(","))
 }
 
-/// One line per snapshot member for messages: `name=url (id, learner)`, `; `-separated.
+/// The snapshot's members for messages, sorted by name: `name=url (id ..., learner)`,
+/// `; `-separated.
 pub fn describe_snapshot_members(members: &[super::db::SnapshotMember]) -> String {
     if members.is_empty() {
         return "none recorded".to_string();
     }
-    members
+    let mut by_name: Vec<&super::db::SnapshotMember> = members.iter().collect();
+    by_name.sort_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
+    by_name
         .iter()
         .map(|m| {
             format!(
