@@ -1,7 +1,7 @@
 //! `restore --bump-revision N --mark-compacted` against etcdutl 3.5.30 (the reference:
 //! `etcdutl/snapshot/v3_snapshot.go` `modifyLatestRevision`): the restored db's status (hash,
 //! revision, totalKey) equals etcdutl's for the same snapshot and flags, as both etcdutl 3.5.30
-//! and our own `status` read it; a member booted from it (3.5.1 and 3.5.30) answers a read
+//! and our own `status` read it; a member booted from it (3.4.23, 3.5.1, 3.5.30) answers a read
 //! at an old revision with "required revision has been compacted" and gives a new write a
 //! revision above old + N. The flags are checked as etcdutl checks them.
 
@@ -115,8 +115,9 @@ async fn bump_status_equals_etcdutl_3_5_30_and_members_boot_compacted() {
     assert_eq!(os.total_key, plain_status.total_key + 2);
     assert_eq!(plain_status.revision, before.revision);
 
-    // Boot on 3.5.1 and on 3.5.30: the old revision is compacted, new writes go above the bump.
-    for v in [V::V3_5, V::V3_5_30] {
+    // Boot on 3.4.23 (no bump flags of its own, but it honours meta/scheduledCompactRev),
+    // 3.5.1 and 3.5.30: the old revision is compacted, new writes go above the bump.
+    for v in [V::V3_4, V::V3_5, V::V3_5_30] {
         let copy = dir.path().join(format!("boot-{v:?}"));
         let st = std::process::Command::new("cp")
             .arg("-a")
