@@ -10,6 +10,12 @@
 //! `meta/term` = 1, both 8-byte big-endian (`cindex.UnsafeUpdateConsistentIndex`, which
 //! never writes an index of 0 and writes the term only when > 0).
 //!
+//! With `--bump-revision N --mark-compacted` (etcdutl 3.5.10+ `modifyLatestRevision`) the same
+//! transaction also appends the rev key `(R + N, 0)` (empty value) to bucket `key` and sets
+//! `meta/scheduledCompactRev` to it ([`rewrite_db_bumped`]); the append touches only the
+//! `key` bucket's rightmost path ([`BucketEdit::Append`]). The result's hash, revision and key
+//! count equal etcdutl 3.5.30's (tests/restore_bump.rs).
+//!
 //! # Choice: a focused copy-on-write writer, not a bbolt crate
 //! - `bbolt-rs` (crates.io 1.3.10, MIT) is a full port built on mmap and `unsafe`, pulling
 //!   clap, bumpalo, `fake` and more into the library; it is a one-person port tracking bbolt
