@@ -1172,6 +1172,34 @@ mod tests {
     }
 
     #[test]
+    fn bump_defaults_and_checks() {
+        let a = |bump: Option<u64>, mark: bool| RestoreArgs {
+            bump_revision: bump,
+            mark_compacted: mark,
+            ..Default::default()
+        };
+        // kubeadm: bumped by default (mark-compacted implied), 0 opts out.
+        assert_eq!(
+            bump_amount(&a(None, false), true).unwrap(),
+            KUBEADM_DEFAULT_BUMP
+        );
+        assert_eq!(bump_amount(&a(Some(0), false), true).unwrap(), 0);
+        assert_eq!(bump_amount(&a(Some(7), false), true).unwrap(), 7);
+        // Plain restore: etcdutl's rule, each flag requires the other.
+        assert_eq!(bump_amount(&a(None, false), false).unwrap(), 0);
+        assert_eq!(bump_amount(&a(Some(7), true), false).unwrap(), 7);
+        for (bump, mark, kubeadm) in [
+            (Some(7), false, false),
+            (None, true, false),
+            (Some(0), true, true),
+            (Some(u64::MAX), true, false),
+        ] {
+            let err = bump_amount(&a(bump, mark), kubeadm).unwrap_err();
+            assert!(err.downcast_ref::<UsageError>().is_some(), "{err}");
+        }
+    }
+
+    #[test]
     fn versions_and_image_tags() {
         assert_eq!(parse_version("3.5.30-0"), Some((3, 5, 30)));
         assert_eq!(parse_version("v3.4.23"), Some((3, 4, 23)));
