@@ -70,6 +70,45 @@ if ! protoc -I"$PROTO_CHECK" --descriptor_set_out=/dev/null "$PROTO_CHECK/check.
 fi
 rm -rf "$PROTO_CHECK"
 
+# etcd 3.5.30 (etcd-server, etcd-client from Debian unstable): the reference for
+# `restore --bump-revision/--mark-compacted` (etcdutl 3.5.10+) and the third etcd of the test
+# matrix. Fetched with `apt-get download` through a PRIVATE apt dir (its own sources list naming
+# the unstable suite of the host's own mirror, its own state/cache/lists) and unpacked with
+# `dpkg -x`: the host's apt sources are never changed. Skipped when already unpacked.
+ETCD3530_WANT="3.5.30"
+ETCD3530_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/etcd-lifeboat/etcd-$ETCD3530_WANT"
+if [ ! -x "$ETCD3530_DIR/usr/bin/etcd" ] || [ ! -x "$ETCD3530_DIR/usr/bin/etcdutl" ]; then
+  # The mirror: the first deb.debian.org-style URI of the host's own sources.
+  MIRROR="$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v -- '-security' | head -1 || true)"
+  if [ -z "$MIRROR" ]; then
+    MIRROR="$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v -- '-security' | head -1 || true)"
+  fi
+  MIRROR="${MIRROR:-http://deb.debian.org/debian}"
+  KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+  APTDIR="$(mktemp -d)"
+  mkdir -p "$APTDIR/state/lists/partial" "$APTDIR/cache/archives/partial" "$APTDIR/etc" "$APTDIR/debs"
+  echo "deb [signed-by=$KEYRING] $MIRROR unstable main" >"$APTDIR/etc/sources.list"
+  APTOPT=(-o "Dir::State=$APTDIR/state" -o "Dir::State::status=/var/lib/dpkg/status"
+          -o "Dir::Cache=$APTDIR/cache" -o "Dir::Etc::SourceList=$APTDIR/etc/sources.list"
+          -o "Dir::Etc::SourceParts=/dev/null" -o "APT::Get::List-Cleanup=false"
+          -o "APT::Sandbox::User=root")
+  echo "install.sh: fetching etcd-server, etcd-client from $MIRROR unstable (private apt dir $APTDIR)"
+  apt-get "${APTOPT[@]}" update -qq
+  CANDIDATE="$(apt-cache "${APTOPT[@]}" policy etcd-server | awk '/Candidate:/ {print $2}')"
+  echo "install.sh: unstable's etcd-server candidate: $CANDIDATE"
+  case "$CANDIDATE" in
+    "$ETCD3530_WANT"*) ;;
+    3.5.*) echo "install.sh: WARNING: unstable has etcd $CANDIDATE, not $ETCD3530_WANT; using it (3.5.10+ has --bump-revision)" >&2 ;;
+    *) echo "install.sh: unstable has etcd-server '$CANDIDATE', not a 3.5.x; cannot provide etcd $ETCD3530_WANT" >&2; rm -rf "$APTDIR"; exit 1 ;;
+  esac
+  (cd "$APTDIR/debs" && apt-get "${APTOPT[@]}" download -qq "etcd-server=$CANDIDATE" "etcd-client=$CANDIDATE")
+  mkdir -p "$ETCD3530_DIR.tmp"
+  for deb in "$APTDIR"/debs/*.deb; do dpkg -x "$deb" "$ETCD3530_DIR.tmp"; done
+  rm -rf "$ETCD3530_DIR"
+  mv "$ETCD3530_DIR.tmp" "$ETCD3530_DIR"
+  rm -rf "$APTDIR"
+fi
+
 command -v cargo >/dev/null 2>&1 || { echo "install.sh: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 
 # kubectl (kustomize) from Debian's unstable suite, for rendering deploy/ in the tests.
@@ -78,5 +117,6 @@ bash "$(dirname "$0")/fetch-kubectl.sh"
 echo "install.sh: ready"
 echo "  etcd 3.4: $(/usr/bin/etcd --version | head -1)"
 echo "  etcd 3.5: $("$ETCD35_DIR/etcd" --version | head -1) ($ETCD35_DIR)"
+echo "  etcd 3.5.30: $("$ETCD3530_DIR/usr/bin/etcd" --version | head -1) ($ETCD3530_DIR/usr/bin)"
 echo "  protoc:   $(protoc --version)"
 echo "  promtool: $(promtool --version 2>&1 | head -1)"

@@ -10,6 +10,12 @@
 //! `meta/term` = 1, both 8-byte big-endian (`cindex.UnsafeUpdateConsistentIndex`, which
 //! never writes an index of 0 and writes the term only when > 0).
 //!
+//! With `--bump-revision N --mark-compacted` (etcdutl 3.5.10+ `modifyLatestRevision`) the same
+//! transaction also appends the rev key `(R + N, 0)` (empty value) to bucket `key` and sets
+//! `meta/scheduledCompactRev` to it ([`rewrite_db_bumped`]); the append touches only the
+//! `key` bucket's rightmost path ([`BucketEdit::Append`]). The result's hash, revision and key
+//! count equal etcdutl 3.5.30's (tests/restore_bump.rs).
+//!
 //! # Choice: a focused copy-on-write writer, not a bbolt crate
 //! - `bbolt-rs` (crates.io 1.3.10, MIT) is a full port built on mmap and `unsafe`, pulling
 //!   clap, bumpalo, `fake` and more into the library; it is a one-person port tracking bbolt
@@ -88,15 +94,177 @@ pub fn rewrite_db(
     consistent_index: u64,
     term: u64,
 ) -> Result<(), SnapshotError> {
-    let size = Db::open(src, Some(db_len))?.size();
+    rewrite_db_bumped(src, db_len, dst, members, consistent_index, term, 0).map(|_| ())
+}
+
+/// [`rewrite_db`], plus etcdutl 3.5.10+'s `--bump-revision N --mark-compacted` when
+/// `bump > 0` (release-3.5 `etcdutl/snapshot/v3_snapshot.go` `modifyLatestRevision`): the
+/// latest revision R (the greatest rev key in bucket `key`; 0 when empty) becomes R + N, a
+/// 17-byte key `(R + N, 0)` with an empty value is added to bucket `key`, and
+/// `meta/scheduledCompactRev` is set to the 17-byte revision `(R + N, 0)`, so that etcd
+/// compacts at R + N on boot. Same transaction as the membership rewrite (etcdutl uses
+/// separate ones; the resulting content is the same). Returns the bump when done.
+///
+/// Errors: those of [`rewrite_db`]; Rewrite when R + N does not fit etcd's int64 revision;
+/// Corrupt when the last key of bucket `key` is not a revision.
+#[allow(clippy::too_many_arguments)]
+pub fn rewrite_db_bumped(
+    src: &Path,
+    db_len: u64,
+    dst: &Path,
+    members: &[RestoreMember],
+    consistent_index: u64,
+    term: u64,
+    bump: u64,
+) -> Result<Option<Bumped>, SnapshotError> {
+    let db = Db::open(src, Some(db_len))?;
+    let size = db.size();
+    let mut edits = membership_edits(members, consistent_index, term);
+    let bumped = if bump > 0 {
+        let b = plan_bump(&db, bump)?;
+        let key = rev_bytes(b.new_revision);
+        edits.insert(
+            b"key".to_vec(),
+            BucketEdit::Append(vec![(key.to_vec(), Vec::new())]),
+        );
+        if let Some(BucketEdit::Put(meta)) = edits.get_mut(&b"meta"[..]) {
+            meta.push((b"scheduledCompactRev".to_vec(), key.to_vec()));
+        }
+        Some(b)
+    } else {
+        None
+    };
+    drop(db);
     let to = create_dst(dst)?;
     copy_prefix(src, to, dst, size)?;
-    writer::apply(
-        dst,
-        Some(size),
-        &membership_edits(members, consistent_index, term),
-    )?;
-    Ok(())
+    writer::apply(dst, Some(size), &edits)?;
+    Ok(bumped)
+}
+
+/// A revision bump: the snapshot's latest revision and the new one (etcd revisions are
+/// int64 main revisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Bumped {
+    /// Main revision of the snapshot's last key in bucket `key` (0 when empty).
+    pub old_revision: i64,
+    /// `old_revision + N`: the new latest revision, marked compacted.
+    pub new_revision: i64,
+}
+
+/// etcd's 17-byte revision key (`revToBytes`): 8-byte big-endian main, `_`, 8-byte
+/// big-endian sub (here 0).
+fn rev_bytes(main: i64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..8].copy_from_slice(&main.to_be_bytes());
+    k[8] = b'_';
+    k
+}
+
+/// The bump of `amount` on top of the db's latest revision, with checked arithmetic.
+pub fn plan_bump(db: &Db, amount: u64) -> Result<Bumped, SnapshotError> {
+    let old_revision = latest_revision(db)?;
+    let new_revision = i64::try_from(amount)
+        .ok()
+        .and_then(|a| old_revision.checked_add(a))
+        .ok_or_else(|| SnapshotError::Rewrite {
+            path: db.path().to_path_buf(),
+            reason: format!(
+                "--bump-revision {amount} on top of revision {old_revision} exceeds etcd's largest revision {}; choose a smaller bump",
+                i64::MAX
+            ),
+        })?;
+    Ok(Bumped {
+        old_revision,
+        new_revision,
+    })
+}
+
+/// Main revision of the last key of bucket `key` (etcdutl `unsafeGetLatestRevision`; keys
+/// sort by revision, so the last key is the greatest). 0 when the bucket is empty or absent.
+/// Errors: Corrupt when the key is shorter than 17 bytes or its main revision is negative.
+pub fn latest_revision(db: &Db) -> Result<i64, SnapshotError> {
+    let Some(k) = db.last_key(b"key")? else {
+        return Ok(0);
+    };
+    let main = k
+        .get(..8)
+        .filter(|_| k.len() >= 17)
+        .map(|m| i64::from_be_bytes(m.try_into().unwrap_or([0; 8])))
+        .filter(|m| *m >= 0)
+        .ok_or_else(|| SnapshotError::Corrupt {
+            page: db.meta().root,
+            reason: format!(
+                "the last key of bucket key ({}) is not a revision (17 bytes, non-negative)",
+                hex::encode(&k)
+            ),
+        })?;
+    Ok(main)
+}
+
+/// A member as recorded in the snapshot's `members` bucket (etcd's `membership.Member`
+/// JSON: `{"id":..,"peerURLs":[..],"name":"..","clientURLs":[..],"isLearner":..}`; etcd
+/// 3.4 and 3.5 write every member there; a 3.4 member that never published its attributes
+/// has an empty name).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotMember {
+    /// Member ID (a number in etcd's JSON; 16 hex digits in our reports, as elsewhere).
+    #[serde(serialize_with = "hex_id")]
+    pub id: u64,
+    /// `--name` (may be empty).
+    #[serde(default)]
+    pub name: String,
+    /// Peer URLs.
+    #[serde(rename(deserialize = "peerURLs"), default)]
+    pub peer_urls: Vec<String>,
+    /// Client URLs (empty when never published).
+    #[serde(rename(deserialize = "clientURLs"), default)]
+    pub client_urls: Vec<String>,
+    /// Learner (non-voting) member.
+    #[serde(rename(deserialize = "isLearner"), default)]
+    pub is_learner: bool,
+}
+
+fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{id:016x}"))
+}
+
+/// Most members accepted from a snapshot (etcd recommends at most 7; bound untrusted data).
+pub const MAX_SNAPSHOT_MEMBERS: usize = 1000;
+
+/// The members recorded in the db's `members` bucket, sorted by ID. Empty when the bucket is
+/// absent or empty. Errors: Corrupt for more than [`MAX_SNAPSHOT_MEMBERS`] entries, a value
+/// that is not member JSON, or a key that is not its member's ID in hex.
+pub fn snapshot_members(db: &Db) -> Result<Vec<SnapshotMember>, SnapshotError> {
+    let corrupt = |reason: String| SnapshotError::Corrupt {
+        page: db.meta().root,
+        reason,
+    };
+    let entries = db.root_bucket_entries(b"members")?.unwrap_or_default();
+    if entries.len() > MAX_SNAPSHOT_MEMBERS {
+        return Err(corrupt(format!(
+            "bucket members holds {} entries (more than {MAX_SNAPSHOT_MEMBERS})",
+            entries.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let m: SnapshotMember = serde_json::from_slice(&e.value).map_err(|err| {
+            corrupt(format!(
+                "bucket members, key {:?}: not member JSON ({err})",
+                String::from_utf8_lossy(&e.key)
+            ))
+        })?;
+        if e.key != format!("{:x}", m.id).as_bytes() {
+            return Err(corrupt(format!(
+                "bucket members: key {:?} holds member id {:x}",
+                String::from_utf8_lossy(&e.key),
+                m.id
+            )));
+        }
+        out.push(m);
+    }
+    out.sort_by_key(|m| m.id);
+    Ok(out)
 }
 
 /// What [`verify_copy_rewrite`] checked and wrote.

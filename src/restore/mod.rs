@@ -20,7 +20,17 @@
 //!   membership from the db (the `members` bucket that `db.rs` rewrites), accepts a v2 store
 //!   holding only membership (which is all this writes), and the db keeps the snapshot's own
 //!   `meta/storageVersion` (never a newer one: 3.4.31+ refuses a db that says 3.6).
-//!   `--bump-revision`/`--mark-compacted` (3.5.10+/3.6) are not implemented.
+//! - 3.5.30 (Debian unstable's, fetched by scripts/install.sh): the reference for
+//!   `--bump-revision N --mark-compacted` (etcdutl `modifyLatestRevision`): the restored db's
+//!   hash, revision and key count equal etcdutl 3.5.30's; 3.5.1 and 3.5.30 boot from it with the
+//!   old revisions compacted (`tests/restore_bump.rs`). A `--kubeadm-manifest` restore bumps by
+//!   [`KUBEADM_DEFAULT_BUMP`] unless `--bump-revision 0`.
+//!
+//! # Membership from the snapshot
+//! The snapshot's `members` bucket (etcd 3.4/3.5 keep every member there) is read before
+//! planning and printed. `--members-from-snapshot` takes names and peer URLs from it; a kubeadm
+//! manifest of a node that joined later (`--initial-cluster-state=existing`) or listing fewer
+//! members than the snapshot is refused with both lists (`tests/restore_ha.rs`).
 
 pub mod db;
 pub(crate) mod from_store;
@@ -32,7 +42,7 @@ pub mod snap;
 pub mod source;
 pub mod wal;
 use crate::snapshot::{has_trailer, verify_file, Status};
-use db::{rewrite_db, RestoreMember};
+use db::{rewrite_db_bumped, Bumped, RestoreMember, SnapshotMember};
 
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -102,6 +112,24 @@ pub struct RestoreArgs {
     /// Output format (`-w`/`--write-out` as etcdctl; same spelling as the other commands).
     #[arg(long, short = 'o', visible_short_alias = 'w', visible_alias = "write-out", value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Raise the latest revision by N after the restore (etcdutl 3.5.10+ `--bump-revision`;
+    /// requires --mark-compacted), so that revisions never go backwards for watchers
+    /// [default: 0; with --kubeadm-manifest 1000000000, `--bump-revision 0` opts out].
+    #[arg(long, value_name = "N")]
+    pub bump_revision: Option<u64>,
+    /// Mark the bumped revision as compacted, so every watcher re-lists (etcdutl 3.5.10+;
+    /// required with --bump-revision > 0, refused otherwise; implied with --kubeadm-manifest).
+    #[arg(long)]
+    pub mark_compacted: bool,
+    /// Take the members (names and peer URLs) of the restored cluster from the snapshot's own
+    /// membership (its `members` bucket) instead of --initial-cluster.
+    #[arg(long, conflicts_with = "initial_cluster")]
+    pub members_from_snapshot: bool,
+    /// etcd version that will run the restored data (e.g. 3.5.30) [default: the tag of
+    /// --kubeadm-manifest's image]: warns when older than the snapshot's writer, refuses a
+    /// storage version it cannot boot (a 3.6 db on 3.4).
+    #[arg(long, value_name = "VERSION")]
+    pub target_version: Option<String>,
 }
 
 impl Default for RestoreArgs {
@@ -122,6 +150,10 @@ impl Default for RestoreArgs {
             kubeadm_manifest: None,
             dry_run: false,
             output: Output::Table,
+            bump_revision: None,
+            mark_compacted: false,
+            members_from_snapshot: false,
+            target_version: None,
         }
     }
 }
@@ -134,36 +166,61 @@ enum SourceSpec {
     Store { which: String },
 }
 
+/// Default `--bump-revision` of a `--kubeadm-manifest` restore (with `--mark-compacted`):
+/// far above any revision a restored cluster reached since the snapshot.
+pub const KUBEADM_DEFAULT_BUMP: u64 = 1_000_000_000;
+
 /// Runs `restore`. Errors: [`UsageError`] for bad flags (exit 2); anything else exits 1, and
 /// then nothing has been written.
 pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Result<()> {
     let manifest = read_kubeadm_manifest(&args)?;
-    let plan = make_plan(&args, manifest.as_ref())?;
+    let bump = bump_amount(&args, manifest.is_some())?;
     let spec = source_spec(&args)?;
+    // Parents of the targets (and of separate WAL dirs) are created (etcdutl:
+    // `CreateDirAll`), and removed again on failure. A dry run creates nothing.
+    let mut parents = Vec::new();
+    let temp_dir = if args.dry_run {
+        std::env::temp_dir()
+    } else {
+        parents.push(temp_parent(&first_target_dir(&args, manifest.as_ref()))?);
+        parents[0].0.clone()
+    };
+    // The snapshot as a local file: a raw file is read in place (its sha256 is checked while
+    // the members are built); a .zst or a stored backup is fetched and checked first.
+    let fetched = match &spec {
+        SourceSpec::File { zstd: false, .. } => None,
+        _ => Some(fetch_snapshot(&args, &spec, &temp_dir, config_path).await?),
+    };
+    let (local, local_len) = match (&spec, &fetched) {
+        (_, Some((s, _))) => (s.path.clone(), s.db_len),
+        (SourceSpec::File { path, .. }, None) => {
+            (path.clone(), raw_db_len(path, args.skip_hash_check)?)
+        }
+        (SourceSpec::Store { .. }, None) => unreachable!("a store source is always fetched"),
+    };
+    let mut info = read_snapshot_info(&local, local_len, bump)?;
+    info.warnings = version_warnings(&args, manifest.as_ref(), &info)?;
+    for w in &info.warnings {
+        eprintln!("warning: {w}");
+    }
+    let plan = make_plan(&args, manifest.as_ref(), &info.members)?;
     if args.dry_run {
-        print_report(&args, &plan, &spec, None, manifest.as_ref(), true);
+        print_report(&args, &plan, &spec, None, &info, manifest.as_ref(), true);
         return Ok(());
     }
-    // Parents of the targets (and of separate WAL dirs) are created (etcdutl:
-    // `CreateDirAll`), and removed again on failure.
-    let mut parents = vec![temp_parent(&plan.targets[0].data_dir)?];
     for w in plan.targets.iter().filter_map(|t| t.wal_dir.as_ref()) {
         parents.push(temp_parent(w)?);
     }
-    let temp_dir = parents[0].0.clone();
-    let (status, staged) = match &spec {
-        SourceSpec::File { path, zstd: false } => {
-            build_from_raw_file(&plan, path, args.skip_hash_check).await?
-        }
-        _ => {
-            let (snapshot, expected) = fetch_snapshot(&args, &spec, &temp_dir, config_path).await?;
+    let (status, staged) = match fetched {
+        None => build_from_raw_file(&plan, &local, args.skip_hash_check, bump).await?,
+        Some((snapshot, expected)) => {
             let plan2 = plan.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let status = verify_snapshot(&snapshot.path, snapshot.db_len)?;
                 if let Some(e) = &expected {
                     e.check(status.hash, status.revision, status.total_key)?;
                 }
-                let staged = stage_members(&plan2, &snapshot.path, snapshot.db_len)?;
+                let staged = stage_members(&plan2, &snapshot.path, snapshot.db_len, bump)?;
                 Ok((status, staged))
             })
             .await??
@@ -174,8 +231,198 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
     for p in &mut parents {
         p.2 = true;
     }
-    print_report(&args, &plan, &spec, Some(&status), manifest.as_ref(), false);
+    print_report(
+        &args,
+        &plan,
+        &spec,
+        Some(&status),
+        &info,
+        manifest.as_ref(),
+        false,
+    );
     Ok(())
+}
+
+/// `--bump-revision`/`--mark-compacted` as etcdutl checks them (`snapshot_command.go`: each
+/// requires the other); with a kubeadm manifest the bump defaults to
+/// [`KUBEADM_DEFAULT_BUMP`] and implies --mark-compacted. Returns N (0: no bump).
+fn bump_amount(args: &RestoreArgs, kubeadm: bool) -> anyhow::Result<u64> {
+    let n = match (args.bump_revision, kubeadm) {
+        (Some(n), _) => n,
+        (None, true) => KUBEADM_DEFAULT_BUMP,
+        (None, false) => 0,
+    };
+    if n == 0 && args.mark_compacted {
+        return Err(UsageError::new(
+            "--mark-compacted: only with --bump-revision N > 0 (as etcdutl); drop it or give a bump",
+        )
+        .into());
+    }
+    if n > 0 && !args.mark_compacted && !kubeadm {
+        return Err(UsageError::new(
+            "--bump-revision: requires --mark-compacted (as etcdutl): a bumped revision must be marked compacted so that watchers re-list",
+        )
+        .into());
+    }
+    if i64::try_from(n).is_err() {
+        return Err(UsageError::new(format!(
+            "--bump-revision: {n} exceeds etcd's largest revision {}",
+            i64::MAX
+        ))
+        .into());
+    }
+    Ok(n)
+}
+
+/// The data dir of the first target, as far as flags and manifest tell before the plan
+/// (temporary files go beside it, on the target's file system).
+fn first_target_dir(args: &RestoreArgs, m: Option<&kubeadm::EtcdManifest>) -> PathBuf {
+    if let Some(out) = &args.out_dir {
+        return out.join("member");
+    }
+    args.data_dir
+        .clone()
+        .or_else(|| m.and_then(|m| m.data_host_path.clone().or(m.data_dir.clone())))
+        .unwrap_or_else(|| {
+            let name = args
+                .name
+                .clone()
+                .or_else(|| m.and_then(|m| m.name.clone()))
+                .unwrap_or_else(|| plan::DEFAULT_NAME.to_string());
+            PathBuf::from(format!("{name}.etcd"))
+        })
+}
+
+/// Bytes of the db in a raw snapshot file (without its trailer); refuses a file without a
+/// trailer unless `skip_hash_check` (known from the size alone).
+fn raw_db_len(path: &Path, skip_hash_check: bool) -> anyhow::Result<u64> {
+    let size = fs::metadata(path)
+        .with_context(|| format!("--snapshot: cannot read {}", path.display()))?
+        .len();
+    if !has_trailer(size) && !skip_hash_check {
+        return Err(source::SourceError::MissingTrailer {
+            path: path.to_path_buf(),
+            size,
+        }
+        .into());
+    }
+    Ok(if has_trailer(size) { size - 32 } else { size })
+}
+
+/// What the restore reads from the snapshot before planning.
+#[derive(Debug, Clone, Serialize)]
+struct SnapshotInfo {
+    /// The members recorded in the snapshot (its `members` bucket), sorted by ID.
+    members: Vec<SnapshotMember>,
+    /// The revision bump that will be applied, if any.
+    bump: Option<Bumped>,
+    /// `cluster/clusterVersion` (the cluster version when the snapshot was taken, e.g. 3.5.0).
+    cluster_version: Option<String>,
+    /// `meta/storageVersion` (written by etcd 3.6+ only).
+    storage_version: Option<String>,
+    /// Version warnings (target etcd older than the snapshot's writer).
+    warnings: Vec<String>,
+}
+
+/// Value of `key` in small root bucket `bucket` as text, when present and at most 64 bytes.
+fn small_text(
+    db: &crate::snapshot::Db,
+    bucket: &[u8],
+    key: &[u8],
+) -> Result<Option<String>, crate::snapshot::SnapshotError> {
+    Ok(db
+        .root_bucket_entries(bucket)?
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.key == key && e.value.len() <= 64)
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned()))
+}
+
+/// `major.minor.patch` at the start of `v` (a leading `v` and a suffix such as `-0` allowed).
+fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let v = v.trim().trim_start_matches('v');
+    let mut it = v.split(|c: char| !c.is_ascii_digit()).take(3);
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    let patch = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// The etcd version tag of a container image (`registry.k8s.io/etcd:3.5.30-0` -> 3.5.30-0).
+fn image_tag(image: &str) -> Option<&str> {
+    let (repo, tag) = image.rsplit_once(':')?;
+    (!tag.contains('/') && !repo.is_empty()).then_some(tag)
+}
+
+/// Step 1b: the target etcd's version against the snapshot's writer. Refuses (usage error)
+/// a db whose storage version is 3.6+ for a 3.4 target (3.4.31+ panics on it); warns when the
+/// target's major.minor is older than the snapshot's storage or cluster version.
+fn version_warnings(
+    args: &RestoreArgs,
+    km: Option<&kubeadm::EtcdManifest>,
+    info: &SnapshotInfo,
+) -> anyhow::Result<Vec<String>> {
+    let (target_raw, from) = match (&args.target_version, km.and_then(|m| m.image.as_deref())) {
+        (Some(v), _) => (v.clone(), "--target-version".to_string()),
+        (None, Some(img)) => match image_tag(img) {
+            Some(t) => (t.to_string(), format!("--kubeadm-manifest's image {img}")),
+            None => return Ok(Vec::new()),
+        },
+        (None, None) => return Ok(Vec::new()),
+    };
+    let Some(target) = parse_version(&target_raw) else {
+        if args.target_version.is_some() {
+            return Err(UsageError::new(format!(
+                "--target-version: {target_raw:?} is not an etcd version such as 3.5.30"
+            ))
+            .into());
+        }
+        return Ok(Vec::new());
+    };
+    let mut warnings = Vec::new();
+    if let Some(sv) = info.storage_version.as_deref().and_then(parse_version) {
+        if (sv.0, sv.1) >= (3, 6) && (target.0, target.1) <= (3, 4) {
+            return Err(UsageError::new(format!(
+                "{from}: etcd {target_raw} cannot boot this snapshot: its db has storage version {}.{} (written by etcd 3.6+), and etcd 3.4 refuses such a db; restore with etcd 3.5 or newer",
+                sv.0, sv.1
+            ))
+            .into());
+        }
+        if (target.0, target.1) < (sv.0, sv.1) {
+            warnings.push(format!("{from}: etcd {target_raw} is older than the snapshot's storage version {}.{}; downgrade the snapshot's cluster first (etcdctl downgrade) or restore with etcd {}.{}", sv.0, sv.1, sv.0, sv.1));
+        }
+    }
+    if let Some(cv) = info.cluster_version.as_deref().and_then(parse_version) {
+        if (target.0, target.1) < (cv.0, cv.1) {
+            warnings.push(format!(
+                "{from}: etcd {target_raw} is older than the cluster version {}.{} recorded in the snapshot; etcd does not support running a snapshot on an older minor version: restore with etcd {}.{} or newer",
+                cv.0, cv.1, cv.0, cv.1
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// Reads the snapshot's membership and plans the bump (bounds-checked reads of a few pages;
+/// the full check runs later).
+fn read_snapshot_info(path: &Path, db_len: u64, bump: u64) -> anyhow::Result<SnapshotInfo> {
+    let ctx = || format!("verifying snapshot {}", path.display());
+    let db = crate::snapshot::Db::open(path, Some(db_len)).with_context(ctx)?;
+    let members = db::snapshot_members(&db).with_context(ctx)?;
+    let bump = if bump > 0 {
+        Some(db::plan_bump(&db, bump).with_context(ctx)?)
+    } else {
+        None
+    };
+    let cluster_version = small_text(&db, b"cluster", b"clusterVersion").with_context(ctx)?;
+    let storage_version = small_text(&db, b"meta", b"storageVersion").with_context(ctx)?;
+    Ok(SnapshotInfo {
+        members,
+        bump,
+        cluster_version,
+        storage_version,
+        warnings: Vec::new(),
+    })
 }
 
 /// Steps 2-4 for a raw snapshot file, on two threads: the sha256 trailer check (one full read
@@ -186,6 +433,7 @@ async fn build_from_raw_file(
     plan: &Plan,
     path: &Path,
     skip_hash_check: bool,
+    bump: u64,
 ) -> anyhow::Result<(Status, Vec<Staged>)> {
     let size = fs::metadata(path)
         .with_context(|| format!("--snapshot: cannot read {}", path.display()))?
@@ -204,7 +452,7 @@ async fn build_from_raw_file(
     let (p, plan2) = (path.to_path_buf(), plan.clone());
     let build = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let status = verify_snapshot(&p, db_len)?;
-        let staged = stage_members(&plan2, &p, db_len)?;
+        let staged = stage_members(&plan2, &p, db_len, bump)?;
         Ok((status, staged))
     });
     let (hash, build) = tokio::join!(hash, build);
@@ -227,11 +475,30 @@ fn read_kubeadm_manifest(args: &RestoreArgs) -> anyhow::Result<Option<kubeadm::E
 
 /// Step 1 (`Restore`: `NewURLs`, `NewURLsMap`, `VerifyBootstrap`, `NewClusterFromURLsMap`,
 /// data dir checks): the validated plan.
-fn make_plan(args: &RestoreArgs, m: Option<&kubeadm::EtcdManifest>) -> anyhow::Result<Plan> {
-    let m = m.cloned().unwrap_or_default();
+///
+/// The members come from `--initial-cluster`, or `--members-from-snapshot` (the snapshot's
+/// own `members`), or the kubeadm manifest; a manifest that cannot describe the whole
+/// cluster (`--initial-cluster-state=existing`, or fewer members than the snapshot) is
+/// refused with both lists and the fix.
+fn make_plan(
+    args: &RestoreArgs,
+    km: Option<&kubeadm::EtcdManifest>,
+    snap: &[SnapshotMember],
+) -> anyhow::Result<Plan> {
+    let m = km.cloned().unwrap_or_default();
+    let initial_cluster = if args.members_from_snapshot {
+        Some(plan::initial_cluster_of_snapshot(snap).map_err(|e| UsageError::new(e.to_string()))?)
+    } else if args.initial_cluster.is_some() {
+        args.initial_cluster.clone()
+    } else if let Some(km) = km {
+        check_manifest_membership(args, km, snap)?;
+        m.initial_cluster.clone()
+    } else {
+        None
+    };
     let input = PlanInput {
         name: args.name.clone().or(m.name),
-        initial_cluster: args.initial_cluster.clone().or(m.initial_cluster),
+        initial_cluster,
         token: args
             .initial_cluster_token
             .clone()
@@ -257,6 +524,47 @@ fn make_plan(args: &RestoreArgs, m: Option<&kubeadm::EtcdManifest>) -> anyhow::R
         PlanError::Flag { .. } => anyhow::Error::new(UsageError::new(e.to_string())),
         e => anyhow::Error::new(e),
     })
+}
+
+/// Refuses a kubeadm manifest whose `--initial-cluster` cannot rebuild the snapshot's
+/// cluster: a node that joined later (`--initial-cluster-state=existing`: its list holds only
+/// the members that existed when it joined) or a list shorter than the snapshot's members.
+fn check_manifest_membership(
+    args: &RestoreArgs,
+    km: &kubeadm::EtcdManifest,
+    snap: &[SnapshotMember],
+) -> anyhow::Result<()> {
+    let listed = km
+        .initial_cluster
+        .as_deref()
+        .unwrap_or(plan::DEFAULT_INITIAL_CLUSTER);
+    let count = plan::parse_initial_cluster(listed)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let existing = km.initial_cluster_state.as_deref() == Some("existing");
+    if !existing && count >= snap.len() {
+        return Ok(());
+    }
+    let path = args
+        .kubeadm_manifest
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let why = if existing {
+        "says --initial-cluster-state=existing: this node joined a running cluster, so its --initial-cluster lists only the members that existed then"
+    } else {
+        "lists fewer members in --initial-cluster than the snapshot's cluster had"
+    };
+    let full = plan::initial_cluster_of_snapshot(snap)
+        .unwrap_or_else(|_| "<name>=<peer URL> for every member".to_string());
+    Err(UsageError::new(format!(
+        "--kubeadm-manifest {path} {why}. Manifest's members ({count}): {listed}. Snapshot's members ({}): {}. \
+Restoring from the manifest alone would build a different, smaller cluster. Run the same command on every control-plane node with the full list: \
+--initial-cluster={full} (or --members-from-snapshot, which takes names and peer URLs from the snapshot), and the same --initial-cluster-token.",
+        snap.len(),
+        plan::describe_snapshot_members(snap),
+    ))
+    .into())
 }
 
 fn source_spec(args: &RestoreArgs) -> anyhow::Result<SourceSpec> {
@@ -462,6 +770,24 @@ fn fsync_file(p: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("fsync {}", p.display()))
 }
 
+/// Sets every directory under `root` (and `root`) to 0700 and every file to 0600, whatever
+/// the umask (etcd's own modes for member dirs and wal/db files; the db holds every Secret).
+fn enforce_modes(root: &Path) -> anyhow::Result<()> {
+    let md =
+        fs::symlink_metadata(root).with_context(|| format!("inspecting {}", root.display()))?;
+    let mode = if md.is_dir() { 0o700 } else { 0o600 };
+    if !md.file_type().is_symlink() {
+        fs::set_permissions(root, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {mode:o} {}", root.display()))?;
+    }
+    if md.is_dir() {
+        for e in fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+            enforce_modes(&e?.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn mkdir0700(p: &Path) -> anyhow::Result<()> {
     DirBuilder::new()
         .mode(0o700)
@@ -470,7 +796,7 @@ fn mkdir0700(p: &Path) -> anyhow::Result<()> {
 }
 
 /// Step 4 (`saveDB`, `updateCIndex`, `saveWALAndSnap`): every target member's files, staged.
-fn stage_members(plan: &Plan, src: &Path, db_len: u64) -> anyhow::Result<Vec<Staged>> {
+fn stage_members(plan: &Plan, src: &Path, db_len: u64, bump: u64) -> anyhow::Result<Vec<Staged>> {
     let n = plan.members.len() as u64;
     let members: Vec<RestoreMember> = plan
         .members
@@ -492,7 +818,7 @@ fn stage_members(plan: &Plan, src: &Path, db_len: u64) -> anyhow::Result<Vec<Sta
         let db = snap_dir.join("db");
         match &first_db {
             None => {
-                save_db(src, db_len, &db, &members, n)?;
+                save_db(src, db_len, &db, &members, n, bump)?;
                 first_db = Some(db.clone());
             }
             // Every member's db is the same: copy the first one (copy_file_range).
@@ -519,6 +845,10 @@ fn stage_members(plan: &Plan, src: &Path, db_len: u64) -> anyhow::Result<Vec<Sta
             }
         };
         save_wal(t, plan, &wal_dir)?;
+        enforce_modes(data.root())?;
+        if wal_staged.is_some() {
+            enforce_modes(&wal_dir)?;
+        }
         fsync_dir(&wal_dir)?;
         fsync_dir(&member_dir)?;
         fsync_dir(data.root())?;
@@ -528,16 +858,19 @@ fn stage_members(plan: &Plan, src: &Path, db_len: u64) -> anyhow::Result<Vec<Sta
     Ok(staged)
 }
 
-/// `saveDB` + `updateCIndex`: copy the db (without trailer) and rewrite membership,
-/// `meta/consistent_index` = N and `meta/term` = 1 (etcd-restore-spec.md §2).
+/// `saveDB` + `modifyLatestRevision` + `updateCIndex`: copy the db (without trailer) and
+/// rewrite membership, `meta/consistent_index` = N and `meta/term` = 1
+/// (etcd-restore-spec.md §2), and bump the revision by `bump` (0: none).
 fn save_db(
     src: &Path,
     db_len: u64,
     dst: &Path,
     members: &[RestoreMember],
     n: u64,
+    bump: u64,
 ) -> anyhow::Result<()> {
-    rewrite_db(src, db_len, dst, members, n, 1)
+    rewrite_db_bumped(src, db_len, dst, members, n, 1, bump)
+        .map(|_| ())
         .with_context(|| format!("writing db {}", dst.display()))
 }
 
@@ -583,6 +916,11 @@ struct Report<'a> {
     initial_cluster_token: &'a str,
     initial_cluster: &'a str,
     members: Vec<MemberReport<'a>>,
+    /// The membership recorded in the snapshot (its `members` bucket).
+    snapshot_members: &'a [SnapshotMember],
+    /// The revision bump (`--bump-revision`, marked compacted), when applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision_bump: Option<Bumped>,
     reminders: Vec<String>,
 }
 
@@ -607,7 +945,7 @@ fn etcd_flags(plan: &Plan, t: &Target) -> Vec<String> {
     f
 }
 
-fn reminders(plan: &Plan, kubeadm: bool) -> Vec<String> {
+fn reminders(plan: &Plan, kubeadm: bool, info: &SnapshotInfo) -> Vec<String> {
     let mut r = vec![
         format!(
             "keep --initial-cluster-token={} and the peer URLs exactly as above: the member IDs and cluster ID {:016x} derive from them, and etcd refuses a member whose peer URLs differ from its WAL",
@@ -630,7 +968,31 @@ fn reminders(plan: &Plan, kubeadm: bool) -> Vec<String> {
             ),
         );
     }
-    r.push("clients that watch (kube-apiserver, controllers) saw newer revisions before: restart them after the cluster is up".to_string());
+    match &info.bump {
+        Some(b) => r.push(format!(
+            "the revision was bumped from {} to {} and marked compacted (--bump-revision {}): kube-apiserver's watch cache and every controller's informers saw revisions up to somewhere above {} before the restore; a watch from any of them now fails with \"required revision has been compacted\" and they re-list, instead of silently missing changes while revisions re-use old numbers",
+            b.old_revision,
+            b.new_revision,
+            b.new_revision - b.old_revision,
+            b.old_revision
+        )),
+        None if kubeadm => r.push("the revision was NOT bumped (--bump-revision 0): revisions go backwards, so kube-apiserver's watch cache and informers can miss changes; restart kube-apiserver, the controller manager, the scheduler and every controller after the cluster is up".to_string()),
+        None => r.push("clients that watch (kube-apiserver, controllers) saw newer revisions before: restart them after the cluster is up, or restore with --bump-revision 1000000000 --mark-compacted so that they re-list by themselves".to_string()),
+    }
+    for w in info.warnings.iter().rev() {
+        r.insert(0, format!("WARNING: {w}"));
+    }
+    let n = plan.members.len();
+    if !info.members.is_empty() && n < info.members.len() {
+        r.insert(
+            0,
+            format!(
+                "the snapshot's cluster had {} members ({}), the restored one has {n}: check that this is what you want",
+                info.members.len(),
+                plan::describe_snapshot_members(&info.members)
+            ),
+        );
+    }
     r
 }
 
@@ -639,6 +1001,7 @@ fn print_report(
     plan: &Plan,
     spec: &SourceSpec,
     status: Option<&Status>,
+    info: &SnapshotInfo,
     manifest: Option<&kubeadm::EtcdManifest>,
     dry_run: bool,
 ) {
@@ -662,7 +1025,9 @@ fn print_report(
         initial_cluster_token: &plan.token,
         initial_cluster: &plan.initial_cluster,
         members,
-        reminders: reminders(plan, manifest.is_some()),
+        snapshot_members: &info.members,
+        revision_bump: info.bump,
+        reminders: reminders(plan, manifest.is_some(), info),
     };
     if args.output == Output::Json {
         println!(
@@ -685,6 +1050,19 @@ fn print_report(
         println!(
             "Restored {src} (revision {}, {} keys, hash {:08x}, {} bytes) into cluster {} (token {}):",
             s.revision, s.total_key, s.hash, s.total_size, report.cluster_id, plan.token
+        );
+    }
+    println!(
+        "Snapshot membership ({} recorded): {}",
+        info.members.len(),
+        plan::describe_snapshot_members(&info.members)
+    );
+    if let Some(b) = &info.bump {
+        println!(
+            "Revision: {} bumped to {} (+{}), marked compacted",
+            b.old_revision,
+            b.new_revision,
+            b.new_revision - b.old_revision
         );
     }
     for (t, m) in plan.targets.iter().zip(&report.members) {
@@ -791,6 +1169,84 @@ mod tests {
         .unwrap();
         assert_eq!(c.args.from_store.as_deref(), Some("latest"));
         assert!(c.args.dry_run);
+    }
+
+    #[test]
+    fn bump_defaults_and_checks() {
+        let a = |bump: Option<u64>, mark: bool| RestoreArgs {
+            bump_revision: bump,
+            mark_compacted: mark,
+            ..Default::default()
+        };
+        // kubeadm: bumped by default (mark-compacted implied), 0 opts out.
+        assert_eq!(
+            bump_amount(&a(None, false), true).unwrap(),
+            KUBEADM_DEFAULT_BUMP
+        );
+        assert_eq!(bump_amount(&a(Some(0), false), true).unwrap(), 0);
+        assert_eq!(bump_amount(&a(Some(7), false), true).unwrap(), 7);
+        // Plain restore: etcdutl's rule, each flag requires the other.
+        assert_eq!(bump_amount(&a(None, false), false).unwrap(), 0);
+        assert_eq!(bump_amount(&a(Some(7), true), false).unwrap(), 7);
+        for (bump, mark, kubeadm) in [
+            (Some(7), false, false),
+            (None, true, false),
+            (Some(0), true, true),
+            (Some(u64::MAX), true, false),
+        ] {
+            let err = bump_amount(&a(bump, mark), kubeadm).unwrap_err();
+            assert!(err.downcast_ref::<UsageError>().is_some(), "{err}");
+        }
+    }
+
+    #[test]
+    fn versions_and_image_tags() {
+        assert_eq!(parse_version("3.5.30-0"), Some((3, 5, 30)));
+        assert_eq!(parse_version("v3.4.23"), Some((3, 4, 23)));
+        assert_eq!(parse_version("3.6"), Some((3, 6, 0)));
+        assert_eq!(parse_version("latest"), None);
+        assert_eq!(image_tag("registry.k8s.io/etcd:3.5.30-0"), Some("3.5.30-0"));
+        assert_eq!(image_tag("localhost:5000/etcd"), None);
+        let info = |sv: Option<&str>, cv: Option<&str>| SnapshotInfo {
+            members: Vec::new(),
+            bump: None,
+            cluster_version: cv.map(String::from),
+            storage_version: sv.map(String::from),
+            warnings: Vec::new(),
+        };
+        let args = |v: &str| RestoreArgs {
+            target_version: Some(v.into()),
+            ..Default::default()
+        };
+        // A 3.6 db on 3.4: refused; on 3.5: a warning.
+        let err = version_warnings(&args("3.4.23"), None, &info(Some("3.6.0"), Some("3.6.0")))
+            .unwrap_err();
+        assert!(err.downcast_ref::<UsageError>().is_some());
+        assert!(err.to_string().contains("storage version 3.6"), "{err}");
+        let w =
+            version_warnings(&args("3.5.30"), None, &info(Some("3.6.0"), Some("3.6.0"))).unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        // A 3.5 snapshot on 3.4: a warning; on 3.5 or newer: none.
+        let w = version_warnings(&args("3.4.23"), None, &info(None, Some("3.5.0"))).unwrap();
+        assert!(w[0].contains("older than the cluster version 3.5"), "{w:?}");
+        assert!(
+            version_warnings(&args("3.5.1"), None, &info(None, Some("3.5.0")))
+                .unwrap()
+                .is_empty()
+        );
+        // From a kubeadm manifest's image tag.
+        let km = kubeadm::EtcdManifest {
+            image: Some("registry.k8s.io/etcd:3.4.13-0".into()),
+            ..Default::default()
+        };
+        let w = version_warnings(
+            &RestoreArgs::default(),
+            Some(&km),
+            &info(None, Some("3.5.0")),
+        )
+        .unwrap();
+        assert!(w[0].contains("--kubeadm-manifest's image"), "{w:?}");
+        assert!(version_warnings(&args("x"), None, &info(None, None)).is_err());
     }
 
     #[test]

@@ -251,6 +251,74 @@ pub fn parse_initial_cluster(raw: &str) -> Result<BTreeMap<String, Vec<String>>,
     Ok(m)
 }
 
+/// `--initial-cluster` of the membership recorded in a snapshot (`name=url,...`, one entry
+/// per peer URL, members sorted by name). Errors (a `Flag` error on `--members-from-snapshot`):
+/// no members recorded, or a member without a name (an etcd 3.4 member that never
+/// published its attributes): then give `--initial-cluster` instead.
+pub fn initial_cluster_of_snapshot(
+    members: &[super::db::SnapshotMember],
+) -> Result<String, PlanError> {
+    const F: &str = "--members-from-snapshot";
+    if members.is_empty() {
+        return Err(flag(F, "the snapshot records no members (bucket members is empty); give --initial-cluster name=peerURL,... instead"));
+    }
+    let mut by_name: Vec<&super::db::SnapshotMember> = members.iter().collect();
+    by_name.sort_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
+    let mut parts = Vec::new();
+    for m in by_name {
+        if m.name.is_empty() || m.name.contains([',', '=']) {
+            return Err(flag(
+                F,
+                format!(
+                    "the snapshot's member {:016x} ({}) has no usable name; give --initial-cluster name=peerURL,... instead",
+                    m.id,
+                    m.peer_urls.join(",")
+                ),
+            ));
+        }
+        if m.peer_urls.is_empty() {
+            return Err(flag(
+                F,
+                format!(
+                    "the snapshot's member {} has no peer URLs; give --initial-cluster instead",
+                    m.name
+                ),
+            ));
+        }
+        for u in &m.peer_urls {
+            parts.push(format!("{}={u}", m.name));
+        }
+    }
+    Ok(parts.join(","))
+}
+
+/// The snapshot's members for messages, sorted by name: `name=url (id ..., learner)`,
+/// `; `-separated.
+pub fn describe_snapshot_members(members: &[super::db::SnapshotMember]) -> String {
+    if members.is_empty() {
+        return "none recorded".to_string();
+    }
+    let mut by_name: Vec<&super::db::SnapshotMember> = members.iter().collect();
+    by_name.sort_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
+    by_name
+        .iter()
+        .map(|m| {
+            format!(
+                "{}={} (id {:016x}{})",
+                if m.name.is_empty() {
+                    "<unnamed>"
+                } else {
+                    &m.name
+                },
+                m.peer_urls.join(","),
+                m.id,
+                if m.is_learner { ", learner" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Whether `dir` is absent or an empty directory.
 fn check_target(what: &'static str, dir: &Path) -> Result<(), PlanError> {
     match std::fs::metadata(dir) {

@@ -142,14 +142,14 @@ pub fn snap_file_bytes(members: &[Member]) -> Vec<u8> {
     pb::snap_file(crc32c::crc32c(&raft), &raft)
 }
 
-/// Writes `<snap_dir>/<term>-<index>.snap` (mode 0644 as etcd's 0666 under the usual umask)
+/// Writes `<snap_dir>/<term>-<index>.snap` (mode 0600, like every restored file: etcd writes 0666 & umask)
 /// and fsyncs it. Returns the file's path. Errors: I/O (an existing file is an error).
 pub fn write_snap(snap_dir: &Path, members: &[Member]) -> std::io::Result<PathBuf> {
     let path = snap_dir.join(snap_file_name(1, members.len() as u64));
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(&path)?;
     f.write_all(&snap_file_bytes(members))?;
     f.sync_all()?;

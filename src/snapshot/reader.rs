@@ -24,7 +24,7 @@ pub const MAX_SPAN_BYTES: u64 = 64 << 20;
 
 /// Deepest chain of pages (b+tree levels plus nested buckets) walked before the file is
 /// declared corrupt; real etcd dbs are 3-6 levels deep.
-const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 
 /// An open bbolt file (read only).
 #[derive(Debug)]
@@ -408,6 +408,71 @@ impl Db {
         Ok((entries, pages))
     }
 
+    /// The value (bucket header, plus the inline page when inline) of root-level bucket
+    /// `name`, or `None` when the db has no such bucket. Errors: Corrupt, Io.
+    pub fn root_bucket(&self, name: &[u8]) -> Result<Option<Vec<u8>>, SnapshotError> {
+        let root = page::encode_bucket_header(self.meta.root, self.meta.sequence);
+        let (entries, _) = self.bucket_contents(&root, self.meta_page)?;
+        match entries.into_iter().find(|e| e.key == name) {
+            None => Ok(None),
+            Some(e) if e.flags & page::BUCKET_LEAF_FLAG == 0 => Err(corrupt(
+                self.meta.root,
+                format!(
+                    "root entry {:?} is not a bucket",
+                    String::from_utf8_lossy(name)
+                ),
+            )),
+            Some(e) => Ok(Some(e.value)),
+        }
+    }
+
+    /// Every entry of root-level bucket `name` (nested buckets not descended), or `None`
+    /// when it does not exist. Reads the whole bucket into memory: for small buckets
+    /// (`members`, `meta`), not `key`. Errors: Corrupt, Io.
+    pub fn root_bucket_entries(&self, name: &[u8]) -> Result<Option<Vec<Entry>>, SnapshotError> {
+        match self.root_bucket(name)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(self.bucket_contents(&v, self.meta_page)?.0)),
+        }
+    }
+
+    /// The greatest key of root-level bucket `name` (its last key), reading only the pages on
+    /// the tree's rightmost path. `None` when the bucket is missing or empty.
+    /// Errors: Corrupt, Io.
+    pub fn last_key(&self, name: &[u8]) -> Result<Option<Vec<u8>>, SnapshotError> {
+        let Some(value) = self.root_bucket(name)? else {
+            return Ok(None);
+        };
+        let (mut id, _) = bucket_header(&value, self.meta_page, name)?;
+        if id == 0 {
+            let mut entries = Vec::new();
+            collect_leaf(&value[BUCKET_HEADER_SIZE..], self.meta_page, &mut entries)?;
+            return Ok(entries.pop().map(|e| e.key));
+        }
+        let mut buf = Vec::new();
+        for _ in 0..=MAX_DEPTH {
+            let hdr = self.read_page(id, &mut buf)?;
+            page::check_element_table(&buf, &hdr, id)?;
+            let Some(last) = usize::from(hdr.count).checked_sub(1) else {
+                return Ok(None);
+            };
+            match hdr.flags {
+                BRANCH_PAGE_FLAG => id = page::branch_elem(&buf, last, id)?.pgid,
+                LEAF_PAGE_FLAG => return Ok(Some(page::leaf_elem(&buf, last, id)?.key.to_vec())),
+                _ => {
+                    return Err(corrupt(
+                        id,
+                        format!("expected a branch or leaf page, found {}", hdr.typ()),
+                    ))
+                }
+            }
+        }
+        Err(corrupt(
+            id,
+            format!("b+tree deeper than {MAX_DEPTH} levels (a cycle?)"),
+        ))
+    }
+
     /// All page ids of the bucket trees below `value` (the bucket itself and, recursively,
     /// nested non-inline buckets): what becomes free when the bucket is dropped.
     pub fn bucket_pages_recursive(
@@ -461,7 +526,13 @@ impl Db {
     }
 }
 
-fn collect_leaf(buf: &[u8], id: u64, entries: &mut Vec<Entry>) -> Result<(), SnapshotError> {
+/// Appends the elements of the leaf page in `buf` (page `id`) to `entries`. Errors: Corrupt
+/// when the page is not a leaf or its element table lies outside the page.
+pub(crate) fn collect_leaf(
+    buf: &[u8],
+    id: u64,
+    entries: &mut Vec<Entry>,
+) -> Result<(), SnapshotError> {
     let hdr = PageHeader::parse(buf, id)?;
     if hdr.flags != LEAF_PAGE_FLAG {
         return Err(corrupt(

@@ -20,7 +20,7 @@ use super::page::{
     Entry, Meta, PageHeader, BRANCH_ELEMENT_SIZE, BUCKET_LEAF_FLAG, META_PAGE_FLAG,
     PAGE_HEADER_SIZE, PGID_NO_FREELIST,
 };
-use super::reader::Db;
+use super::reader::{collect_leaf, Db, MAX_DEPTH};
 use super::SnapshotError;
 
 /// What to do with one bucket of the root.
@@ -32,6 +32,11 @@ pub enum BucketEdit {
     Replace(Vec<(Vec<u8>, Vec<u8>)>),
     /// Set these keys (insert or overwrite), keep the others (created if missing).
     Put(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Add these keys, each greater than every key already in the bucket (created if
+    /// missing). Only the bucket's rightmost path is rewritten (a few pages, whatever the
+    /// bucket's size): how a revision bump adds its key to the big `key` bucket.
+    /// Error: Rewrite when a key is not above the bucket's last key.
+    Append(Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 /// Summary of an applied transaction.
@@ -61,10 +66,9 @@ impl Alloc {
     }
 }
 
-/// Writes a bucket's b+tree (leaves packed up to one page each, branch levels above) and
-/// returns its root page id. `entries` must be sorted by key and unique.
-fn write_tree(entries: &[Entry], a: &mut Alloc) -> u64 {
-    // Leaves.
+/// Packs sorted, unique `entries` into leaves of at most one page each (one empty leaf for
+/// no entries) and returns each leaf's (first key, page id).
+fn pack_leaves(entries: &[Entry], a: &mut Alloc) -> Vec<(Vec<u8>, u64)> {
     let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
     let mut start = 0;
     while start < entries.len() || (entries.is_empty() && level.is_empty()) {
@@ -93,30 +97,115 @@ fn write_tree(entries: &[Entry], a: &mut Alloc) -> u64 {
             break;
         }
     }
-    // Branches until one root remains.
-    while level.len() > 1 {
-        let mut next = Vec::new();
-        let mut start = 0;
-        while start < level.len() {
-            let mut size = PAGE_HEADER_SIZE;
-            let mut end = start;
-            while end < level.len() {
-                let s = BRANCH_ELEMENT_SIZE + level[end].0.len();
-                if end - start >= 2 && (size + s > a.ps || end - start == 0xFFFF) {
-                    break;
-                }
-                size += s;
-                end += 1;
+    level
+}
+
+/// Packs one level of children (first key, page id) into branch pages of at most one page
+/// each (at least 2 children per page) and returns each branch's (first key, page id).
+fn pack_branches(level: &[(Vec<u8>, u64)], a: &mut Alloc) -> Vec<(Vec<u8>, u64)> {
+    let mut next = Vec::new();
+    let mut start = 0;
+    while start < level.len() {
+        let mut size = PAGE_HEADER_SIZE;
+        let mut end = start;
+        while end < level.len() {
+            let s = BRANCH_ELEMENT_SIZE + level[end].0.len();
+            if end - start >= 2 && (size + s > a.ps || end - start == 0xFFFF) {
+                break;
             }
-            let (id, ovf, len) = a.reserve(size);
-            a.pages
-                .push((id, encode_branch(id, ovf, &level[start..end], len)));
-            next.push((level[start].0.clone(), id));
-            start = end;
+            size += s;
+            end += 1;
         }
-        level = next;
+        let (id, ovf, len) = a.reserve(size);
+        a.pages
+            .push((id, encode_branch(id, ovf, &level[start..end], len)));
+        next.push((level[start].0.clone(), id));
+        start = end;
+    }
+    next
+}
+
+/// Adds branch levels above `level` until one root remains; returns its page id.
+fn build_root(mut level: Vec<(Vec<u8>, u64)>, a: &mut Alloc) -> u64 {
+    while level.len() > 1 {
+        level = pack_branches(&level, a);
     }
     level[0].1
+}
+
+/// Writes a bucket's b+tree (leaves packed up to one page each, branch levels above) and
+/// returns its root page id. `entries` must be sorted by key and unique.
+fn write_tree(entries: &[Entry], a: &mut Alloc) -> u64 {
+    let leaves = pack_leaves(entries, a);
+    build_root(leaves, a)
+}
+
+/// Copy-on-write append along the rightmost path of the tree rooted at page `id`: the last
+/// leaf gets `new` (sorted, every key above the leaf's last key), and every page on the path
+/// is rewritten (split when it no longer fits a page). The old path pages go to `freed`.
+/// Returns the replacement children (first key, page id) for the parent.
+fn append_rightmost(
+    db: &Db,
+    id: u64,
+    new: &[Entry],
+    a: &mut Alloc,
+    freed: &mut Vec<u64>,
+    depth: usize,
+) -> Result<Vec<(Vec<u8>, u64)>, SnapshotError> {
+    if depth > MAX_DEPTH {
+        return Err(page::corrupt(
+            id,
+            format!("b+tree deeper than {MAX_DEPTH} levels (a cycle?)"),
+        ));
+    }
+    let mut buf = Vec::new();
+    let hdr = db.read_page(id, &mut buf)?;
+    let last_page = id
+        .checked_add(u64::from(hdr.overflow))
+        .ok_or_else(|| page::corrupt(id, "overflow count runs past the largest page id"))?;
+    freed.extend(id..=last_page);
+    page::check_element_table(&buf, &hdr, id)?;
+    match hdr.flags {
+        page::LEAF_PAGE_FLAG => {
+            let mut entries = Vec::new();
+            collect_leaf(&buf, id, &mut entries)?;
+            if let (Some(last), Some(first)) = (entries.last(), new.first()) {
+                if first.key <= last.key {
+                    return Err(SnapshotError::Rewrite {
+                        path: db.path().to_path_buf(),
+                        reason: format!(
+                            "cannot append key {} at or before the bucket's last key {}",
+                            hex::encode(&first.key),
+                            hex::encode(&last.key)
+                        ),
+                    });
+                }
+            }
+            entries.extend_from_slice(new);
+            Ok(pack_leaves(&entries, a))
+        }
+        page::BRANCH_PAGE_FLAG => {
+            let mut children = Vec::with_capacity(usize::from(hdr.count));
+            for i in 0..usize::from(hdr.count) {
+                let e = page::branch_elem(&buf, i, id)?;
+                children.push((e.key.to_vec(), e.pgid));
+            }
+            let (key, last) = children
+                .pop()
+                .ok_or_else(|| page::corrupt(id, "branch page without elements"))?;
+            let mut replaced = append_rightmost(db, last, new, a, freed, depth + 1)?;
+            // The first replacement keeps the key its parent knew (it is <= its first key).
+            if let Some(first) = replaced.first_mut() {
+                first.0 = key;
+            }
+            children.extend(replaced);
+            Ok(pack_branches(&children, a))
+        }
+        _ => Err(page::corrupt(
+            id,
+            format!("expected a branch or leaf page, found {}", hdr.typ()),
+        )),
+    }
 }
 
 /// bbolt `Bucket.inlineable`: no nested buckets and the leaf fits in a quarter page.
@@ -193,6 +282,18 @@ pub fn apply(
                 ));
             }
         }
+        if let BucketEdit::Append(kvs) = edit {
+            let value = append_value(&db, path, name, existing.as_ref(), kvs, &mut a, &mut freed)?;
+            by_key.insert(
+                name.clone(),
+                Entry {
+                    flags: BUCKET_LEAF_FLAG,
+                    key: name.clone(),
+                    value,
+                },
+            );
+            continue;
+        }
         let (old_entries, old_pages, seq) = match &existing {
             Some(e) => {
                 let (entries, pages) = db.bucket_contents(&e.value, meta_pg)?;
@@ -225,6 +326,7 @@ pub fn apply(
                     })
                     .collect()
             }
+            BucketEdit::Append(_) => unreachable!("handled above"),
             BucketEdit::Put(kvs) => {
                 freed.extend(old_pages);
                 let mut m: BTreeMap<Vec<u8>, Entry> = old_entries
@@ -274,7 +376,30 @@ pub fn apply(
         let mut buf = Vec::new();
         let hdr = db.read_page(old.freelist, &mut buf)?;
         let mut ids = page::freelist_ids(&buf, old.freelist)?;
-        ids.extend(old.freelist..=old.freelist + u64::from(hdr.overflow));
+        // Ids read from the file: each must name a data page below the high water mark.
+        if let Some(bad) = ids.iter().find(|&&id| id < 2 || id >= old.pgid) {
+            return Err(page::corrupt(
+                old.freelist,
+                format!(
+                    "freelist names page {bad}, outside [2, high water mark {})",
+                    old.pgid
+                ),
+            ));
+        }
+        let freelist_end = old
+            .freelist
+            .checked_add(u64::from(hdr.overflow))
+            .filter(|&end| end < old.pgid)
+            .ok_or_else(|| {
+                page::corrupt(
+                    old.freelist,
+                    format!(
+                        "freelist overflow {} runs past the high water mark {}",
+                        hdr.overflow, old.pgid
+                    ),
+                )
+            })?;
+        ids.extend(old.freelist..=freelist_end);
         ids.extend_from_slice(&freed);
         ids.sort_unstable();
         let before = ids.len();
@@ -292,11 +417,22 @@ pub fn apply(
         id
     };
 
+    // A txid read from the file: u64::MAX cannot be followed (wrapping to 0 would make bbolt
+    // select the old meta and silently drop this transaction).
+    let txid = old.txid.checked_add(1).ok_or_else(|| {
+        page::corrupt(
+            meta_pg,
+            format!(
+                "meta txid {} cannot be incremented; the db is corrupt or crafted",
+                old.txid
+            ),
+        )
+    })?;
     let mut meta = Meta {
         root: new_root,
         freelist: new_freelist,
         pgid: a.next,
-        txid: old.txid + 1,
+        txid,
         checksum: 0,
         ..old
     };
@@ -331,11 +467,80 @@ pub fn apply(
         f.set_len(end).map_err(io)?;
     }
     f.sync_all().map_err(io)?;
+    drop(f);
+    check_selected(path, slot, &meta)?;
     Ok(Applied {
         meta,
         new_pages,
         freed_pages,
     })
+}
+
+/// Reopens `path` and checks that the meta bbolt selects (`DB.meta()`: the valid one with the
+/// higher txid) is the one just written, in page `slot`. Error: Rewrite naming both.
+fn check_selected(path: &Path, slot: u64, written: &Meta) -> Result<(), SnapshotError> {
+    let db = Db::open(path, None)?;
+    if db.meta_page() != slot || db.meta() != written {
+        return Err(rewrite_err(
+            path,
+            format!(
+                "after writing meta page {slot} (txid {}), bbolt would select meta page {} (txid {}); the update would be lost",
+                written.txid,
+                db.meta_page(),
+                db.meta().txid
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The new value of bucket `name` for [`BucketEdit::Append`]: an inline or missing bucket is
+/// rebuilt (it is small), a tree gets a copy-on-write append on its rightmost path.
+fn append_value(
+    db: &Db,
+    path: &Path,
+    name: &[u8],
+    existing: Option<&Entry>,
+    kvs: &[(Vec<u8>, Vec<u8>)],
+    a: &mut Alloc,
+    freed: &mut Vec<u64>,
+) -> Result<Vec<u8>, SnapshotError> {
+    let mut new: Vec<Entry> = kvs
+        .iter()
+        .map(|(k, v)| Entry {
+            flags: 0,
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect();
+    new.sort_by(|x, y| x.key.cmp(&y.key));
+    if new.windows(2).any(|w| w[0].key == w[1].key) {
+        return Err(rewrite_err(path, "append: the same key given twice"));
+    }
+    let Some(e) = existing else {
+        return Ok(bucket_value(&new, 0, a));
+    };
+    let meta_pg = db.meta_page();
+    let (root, seq) = page::bucket_header(&e.value, meta_pg, name)?;
+    if root != 0 {
+        let level = append_rightmost(db, root, &new, a, freed, 0)?;
+        return Ok(encode_bucket_header(build_root(level, a), seq));
+    }
+    let (mut entries, _) = db.bucket_contents(&e.value, meta_pg)?;
+    if let (Some(last), Some(first)) = (entries.last(), new.first()) {
+        if first.key <= last.key {
+            return Err(rewrite_err(
+                path,
+                format!(
+                    "cannot append key {} at or before the bucket's last key {}",
+                    hex::encode(&first.key),
+                    hex::encode(&last.key)
+                ),
+            ));
+        }
+    }
+    entries.extend(new);
+    Ok(bucket_value(&entries, seq, a))
 }
 
 #[cfg(test)]
@@ -551,6 +756,150 @@ mod tests {
             err.contains("key \"nested\" of bucket \"c\" is a nested bucket"),
             "{err}"
         );
+    }
+
+    /// Rewrites meta page `slot` of `path` through `f` with a valid checksum (a crafted file).
+    fn craft_meta(path: &Path, slot: u64, f: impl FnOnce(&mut Meta)) {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut buf = vec![0u8; PAGE_HEADER_SIZE + page::META_SIZE];
+        file.read_exact_at(&mut buf, slot * 4096).unwrap();
+        let mut m = Meta::parse(&buf[PAGE_HEADER_SIZE..], slot).unwrap();
+        f(&mut m);
+        m.checksum = m.sum64();
+        file.write_all_at(&m.encode(), slot * 4096 + PAGE_HEADER_SIZE as u64)
+            .unwrap();
+    }
+
+    fn small_db(d: &Path) -> std::path::PathBuf {
+        let p = d.join("crafted.db");
+        build_db(&p, &[(b"a".to_vec(), entries(3, 5), None)]);
+        p
+    }
+
+    fn one_put() -> BTreeMap<Vec<u8>, BucketEdit> {
+        let mut edits = BTreeMap::new();
+        edits.insert(
+            b"a".to_vec(),
+            BucketEdit::Put(vec![(b"y".to_vec(), b"2".to_vec())]),
+        );
+        edits
+    }
+
+    #[test]
+    fn crafted_max_txid_is_corrupt_not_wrapped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = small_db(d.path());
+        craft_meta(&p, 0, |m| m.txid = u64::MAX);
+        let before = std::fs::read(&p).unwrap();
+        assert_eq!(Db::open(&p, None).unwrap().meta().txid, u64::MAX);
+        let err = apply(&p, None, &one_put()).unwrap_err();
+        assert!(
+            matches!(&err, SnapshotError::Corrupt { page: 0, reason } if reason.contains("meta txid 18446744073709551615 cannot be incremented")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), before, "nothing written");
+    }
+
+    #[test]
+    fn crafted_freelist_ids_are_corrupt() {
+        let d = tempfile::tempdir().unwrap();
+        let p = small_db(d.path());
+        let hwm = Db::open(&p, None).unwrap().meta().pgid;
+        // A freelist page at the high water mark naming a page far beyond it.
+        let mut fbuf = vec![0u8; 4096];
+        page::write_freelist(&mut fbuf, hwm, 0, &[hwm + 1_000_000]);
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&fbuf, hwm * 4096).unwrap();
+        f.set_len((hwm + 1) * 4096).unwrap();
+        craft_meta(&p, 0, |m| {
+            m.freelist = hwm;
+            m.pgid = hwm + 1;
+        });
+        let err = apply(&p, None, &one_put()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("freelist names page {}", hwm + 1_000_000)),
+            "{err}"
+        );
+        // A freelist whose overflow count runs past the high water mark.
+        craft_meta(&p, 0, |m| m.pgid = hwm + 1);
+        page::write_freelist(&mut fbuf, hwm, u32::MAX, &[2]);
+        f.write_all_at(&fbuf, hwm * 4096).unwrap();
+        let err = apply(&p, None, &one_put()).unwrap_err();
+        assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn new_meta_is_checked_to_be_selected() {
+        let d = tempfile::tempdir().unwrap();
+        let p = small_db(d.path());
+        let applied = apply(&p, None, &one_put()).unwrap();
+        let slot = applied.meta.txid % 2;
+        check_selected(&p, slot, &applied.meta).unwrap();
+        let err = check_selected(&p, 1 - slot, &applied.meta).unwrap_err();
+        assert!(err.to_string().contains("bbolt would select"), "{err}");
+        // A crafted other meta with a higher txid and a valid checksum wins in bbolt: the
+        // check names the lost update.
+        craft_meta(&p, 1 - slot, |m| m.txid = applied.meta.txid + 5);
+        let err = check_selected(&p, slot, &applied.meta).unwrap_err();
+        assert!(
+            err.to_string().contains("the update would be lost"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn append_rewrites_only_the_rightmost_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("big.db");
+        let many = entries(20_000, 30);
+        build_db(
+            &p,
+            &[
+                (b"a".to_vec(), entries(2, 1), None),
+                (b"big".to_vec(), many.clone(), None),
+            ],
+        );
+        let before = Db::open(&p, None).unwrap().check_and_status().unwrap();
+        let mut edits = BTreeMap::new();
+        edits.insert(
+            b"big".to_vec(),
+            BucketEdit::Append(vec![(b"z-last".to_vec(), Vec::new())]),
+        );
+        edits.insert(
+            b"a".to_vec(),
+            BucketEdit::Append(vec![(b"z".to_vec(), b"1".to_vec())]),
+        );
+        edits.insert(
+            b"new".to_vec(),
+            BucketEdit::Append(vec![(b"n".to_vec(), b"1".to_vec())]),
+        );
+        let applied = apply(&p, None, &edits).unwrap();
+        // Root leaf, a few path pages of `big`, freelist: not the ~200 pages of the bucket.
+        assert!(applied.new_pages < 10, "{applied:?}");
+        let db = Db::open(&p, None).unwrap();
+        let after = db.check_and_status().unwrap();
+        assert_eq!(after.total_key, before.total_key + 3);
+        assert_eq!(db.last_key(b"big").unwrap().unwrap(), b"z-last");
+        assert_eq!(db.last_key(b"a").unwrap().unwrap(), b"z");
+        let keys = db.root_bucket_entries(b"big").unwrap().unwrap();
+        assert_eq!(keys.len(), 20_001);
+        assert!(keys.windows(2).all(|w| w[0].key < w[1].key));
+        drop(db);
+        // A key not above the last one is refused, nothing written.
+        let before_bytes = std::fs::read(&p).unwrap();
+        let mut edits = BTreeMap::new();
+        edits.insert(
+            b"big".to_vec(),
+            BucketEdit::Append(vec![(many[5].key.clone(), Vec::new())]),
+        );
+        let err = apply(&p, None, &edits).unwrap_err();
+        assert!(err.to_string().contains("cannot append key"), "{err}");
+        assert_eq!(std::fs::read(&p).unwrap(), before_bytes);
     }
 
     #[test]

