@@ -16,6 +16,7 @@
 //! | `etcd_lifeboat_store_future_backups` | gauge | backups dated more than `store.future_tolerance` ahead of this process's clock |
 //! | `etcd_lifeboat_store_broken_manifests` | gauge | `*.json` objects that are not trusted manifests (unreadable, > 1 MiB, wrong key or data key) |
 //! | `etcd_lifeboat_verify_last_success_timestamp_seconds` | gauge | end of the last successful re-verification by the daemon (Unix s) |
+//! | `etcd_lifeboat_verify_last_failure_timestamp_seconds` | gauge | end of the last failed re-verification by the daemon (Unix s) |
 //! | `etcd_lifeboat_verifies_total{result="success\|failure"}` | counter | re-verifications of the newest backup by the daemon |
 //! | `etcd_lifeboat_is_leader` | gauge | 1 when this daemon replica holds the leader election |
 //!
@@ -88,6 +89,8 @@ pub struct Metrics {
     pub store_broken: IntGauge,
     /// `etcd_lifeboat_verify_last_success_timestamp_seconds`
     pub verify_last_success: Gauge,
+    /// `etcd_lifeboat_verify_last_failure_timestamp_seconds`
+    pub verify_last_failure: Gauge,
     /// `etcd_lifeboat_verifies_total{result}`
     pub verifies_total: IntCounterVec,
     store_refreshed: AtomicBool,
@@ -267,6 +270,11 @@ impl Metrics {
             "etcd_lifeboat_verify_last_success_timestamp_seconds",
             "Unix time the daemon's last successful re-verification of the newest backup finished (0: none yet).",
         );
+        let verify_last_failure = gauge(
+            &r,
+            "etcd_lifeboat_verify_last_failure_timestamp_seconds",
+            "Unix time the daemon's last failed re-verification of the newest backup ended (0: none yet).",
+        );
         let verifies_total = counter_vec(
             &r,
             "etcd_lifeboat_verifies_total",
@@ -308,6 +316,7 @@ impl Metrics {
             store_future,
             store_broken,
             verify_last_success,
+            verify_last_failure,
             verifies_total,
             store_refreshed: AtomicBool::new(false),
             success_recorded: AtomicBool::new(false),
@@ -368,8 +377,8 @@ pub fn refresh_store(catalog: &Catalog) {
     x.store_refreshed.store(true, Ordering::Relaxed);
 }
 
-/// Records a re-verification of the newest backup: the counter by result, and on success the
-/// timestamp (now).
+/// Records a re-verification of the newest backup: the counter by result, and the success or
+/// failure timestamp (now).
 pub fn record_verify(ok: bool) {
     let x = metrics();
     x.verifies_total
@@ -377,6 +386,8 @@ pub fn record_verify(ok: bool) {
         .inc();
     if ok {
         x.verify_last_success.set(unix(Utc::now()));
+    } else {
+        x.verify_last_failure.set(unix(Utc::now()));
     }
 }
 
