@@ -267,22 +267,25 @@ async fn refresh(
             h.newest = cat
                 .newest_by_time()
                 .map(|m| (m.id.clone(), m.finished_at));
-            h.future = cat
+            let future: Vec<String> = cat
                 .future()
                 .map(|m| format!("{} (finished_at {})", m.id, m.finished_at.to_rfc3339()))
                 .collect();
-            h.broken = cat
+            let broken: Vec<String> = cat
                 .broken
                 .iter()
                 .map(|b| format!("{}: {}", b.key, b.reason))
                 .collect();
-            if !h.future.is_empty() {
-                tracing::warn!(future = ?h.future, tolerance = ?tolerance,
+            // Logged when the set changes, not on every refresh.
+            if !future.is_empty() && future != h.future {
+                tracing::warn!(future = ?future, tolerance = ?tolerance,
                     "future-dated backups in the store (a writer's clock is ahead); ignored for age and scheduling");
             }
-            if !h.broken.is_empty() {
-                tracing::warn!(broken = ?h.broken, "broken manifests in the store; prune leaves them");
+            if !broken.is_empty() && broken != h.broken {
+                tracing::warn!(broken = ?broken, "broken manifests in the store; prune leaves them");
             }
+            h.future = future;
+            h.broken = broken;
             Some(cat)
         }
         Ok(Err(e)) => {
