@@ -34,12 +34,13 @@ pub fn current_leader() -> Option<String> {
 }
 
 /// Follows the election's leader changes until the stream ends (etcd gone, session over).
-/// While `ours` holds this replica's leader key, observing another key as leader cancels
-/// `lost` (leadership held elsewhere: step down at once).
+/// While `ours` holds this replica's leader key and its creation revision, observing another
+/// key created later as leader cancels `lost` (leadership held elsewhere: step down at once).
+/// Older keys are ignored: a late message about the previous leader is no takeover.
 async fn observe(
     client: Client,
     name: String,
-    ours: watch::Receiver<Option<Vec<u8>>>,
+    ours: watch::Receiver<Option<(Vec<u8>, i64)>>,
     lost: CancellationToken,
 ) {
     let mut election = client.election_client();
@@ -48,8 +49,8 @@ async fn observe(
     };
     while let Ok(Some(resp)) = stream.message().await {
         if let Some(kv) = resp.kv() {
-            if let Some(key) = ours.borrow().as_deref() {
-                if kv.key() != key {
+            if let Some((key, rev)) = ours.borrow().as_ref() {
+                if kv.key() != key.as_slice() && kv.create_revision() > *rev {
                     tracing::warn!(
                         leader_key = %String::from_utf8_lossy(kv.key()),
                         "leader election: another replica's key leads"
@@ -183,7 +184,7 @@ async fn session(
             lease = format!("{lease_id:x}"),
             "leader election: became leader"
         );
-        our_key.send_replace(Some(leader_key.key().to_vec()));
+        our_key.send_replace(Some((leader_key.key().to_vec(), leader_key.rev())));
         set_leader(tx, true);
         tokio::select! {
             _ = resign.cancelled() => Ok(Some(leader_key)),

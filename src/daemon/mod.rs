@@ -599,7 +599,8 @@ pub(crate) trait Runner {
     fn now(&self) -> DateTime<Utc>;
     /// One scheduled run (backup, retries, prune); never called concurrently.
     async fn run(&self);
-    /// When the newest backup in the store finished (`None`: store empty).
+    /// The last run to assume at start or takeover: when the newest backup in the store that
+    /// is not future-dated finished, never later than now (`None`: no such backup).
     async fn last_backup(&self) -> Option<DateTime<Utc>>;
     /// The next slot, for metrics and /readyz.
     fn set_next(&self, t: DateTime<Utc>);
