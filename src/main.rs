@@ -122,9 +122,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List(a) => {
             let cfg = load(&cli).await?;
             let store = open_store(&cfg).await?;
-            let cat =
-                manifest::catalog_at(&store, chrono::Utc::now(), cfg.store.future_tolerance)
-                    .await?;
+            let cat = manifest::catalog_at(&store, chrono::Utc::now(), cfg.store.future_tolerance)
+                .await?;
             match a.output.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&cat.to_list_json())?),
                 Output::Table => print!("{}", catalog_table(&cat)),

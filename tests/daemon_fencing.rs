@@ -199,11 +199,15 @@ fn lease_revoked_mid_backup_cancels_it_and_only_the_new_leader_writes() {
         "--refresh-interval 1s",
         &etcd.dir.path().join("a.log"),
     );
-    wait("A leads and its backup stalls", Duration::from_secs(20), || {
-        metric(&a, "etcd_lifeboat_is_leader") == 1.0
-            && metric(&a, "etcd_lifeboat_backup_in_progress") == 1.0
-            && proxy.stalled.load(Ordering::SeqCst)
-    });
+    wait(
+        "A leads and its backup stalls",
+        Duration::from_secs(20),
+        || {
+            metric(&a, "etcd_lifeboat_is_leader") == 1.0
+                && metric(&a, "etcd_lifeboat_backup_in_progress") == 1.0
+                && proxy.stalled.load(Ordering::SeqCst)
+        },
+    );
     // B campaigns directly against etcd and waits behind A.
     let b = DaemonProc::spawn(
         &config(&etcd, &store, pb, &etcd.endpoints()[0]),
@@ -253,7 +257,10 @@ fn lease_revoked_mid_backup_cancels_it_and_only_the_new_leader_writes() {
         0.0,
         "no retry after losing leadership"
     );
-    assert_eq!(metric(&a, "etcd_lifeboat_prunes_total{result=\"success\"}"), 0.0);
+    assert_eq!(
+        metric(&a, "etcd_lifeboat_prunes_total{result=\"success\"}"),
+        0.0
+    );
     assert_eq!(metric(&a, "etcd_lifeboat_is_leader"), 0.0);
     assert_eq!(metric(&b, "etcd_lifeboat_is_leader"), 1.0);
     let manifests = manifests_in(&store);

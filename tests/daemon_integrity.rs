@@ -53,7 +53,11 @@ async fn future_dated_manifest_does_not_stop_backups_and_newest_is_reverified() 
         .args(["backup", "--no-progress", "-o", "json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let real: Manifest = serde_json::from_slice(&out.stdout).unwrap();
     // Written by a host two days ahead.
     let now = chrono::Utc::now();
@@ -101,14 +105,16 @@ async fn future_dated_manifest_does_not_stop_backups_and_newest_is_reverified() 
     assert_eq!(r["checks"]["backup_age"]["ok"], true, "{body}");
 
     // Re-verification of the newest backup (highest revision: a real one).
-    let text = wait_for("a successful re-verification", Duration::from_secs(30), || {
-        let t = d.metrics();
-        (sample(&t, "etcd_lifeboat_verifies_total{result=\"success\"}")? >= 1.0).then_some(t)
-    })
+    let text = wait_for(
+        "a successful re-verification",
+        Duration::from_secs(30),
+        || {
+            let t = d.metrics();
+            (sample(&t, "etcd_lifeboat_verifies_total{result=\"success\"}")? >= 1.0).then_some(t)
+        },
+    )
     .await;
-    assert!(
-        sample(&text, "etcd_lifeboat_verify_last_success_timestamp_seconds").unwrap() > 0.0
-    );
+    assert!(sample(&text, "etcd_lifeboat_verify_last_success_timestamp_seconds").unwrap() > 0.0);
     assert_eq!(
         sample(&text, "etcd_lifeboat_verifies_total{result=\"failure\"}"),
         Some(0.0),
@@ -120,16 +126,17 @@ async fn future_dated_manifest_does_not_stop_backups_and_newest_is_reverified() 
     // A newest backup (highest revision) whose data does not match its manifest, and a
     // truncated manifest: the next re-verification fails; both are reported.
     let bad = plant(&store, &real, chrono::Utc::now(), 1_000_000_000);
-    let broken_key = format!("{}/20200101T000000Z-r0000000000000001.json", real.cluster_id);
+    let broken_key = format!(
+        "{}/20200101T000000Z-r0000000000000001.json",
+        real.cluster_id
+    );
     std::fs::write(store.join(&broken_key), b"{\"id\": ").unwrap();
     let text = wait_for("a failed re-verification", Duration::from_secs(30), || {
         let t = d.metrics();
         (sample(&t, "etcd_lifeboat_verifies_total{result=\"failure\"}")? >= 1.0).then_some(t)
     })
     .await;
-    assert!(
-        sample(&text, "etcd_lifeboat_verify_last_failure_timestamp_seconds").unwrap() > 0.0
-    );
+    assert!(sample(&text, "etcd_lifeboat_verify_last_failure_timestamp_seconds").unwrap() > 0.0);
     let body = wait_for("broken manifest reported", Duration::from_secs(10), || {
         let (_, b) = d.get("/readyz");
         (json(&b)["checks"]["manifests"]["ok"] == false).then_some(b)
@@ -151,7 +158,11 @@ async fn future_dated_manifest_does_not_stop_backups_and_newest_is_reverified() 
         Some(1.0)
     );
     // Backups went on all along.
-    let n = sample(&d.metrics(), "etcd_lifeboat_backups_total{result=\"success\"}").unwrap();
+    let n = sample(
+        &d.metrics(),
+        "etcd_lifeboat_backups_total{result=\"success\"}",
+    )
+    .unwrap();
     assert!(n >= 4.0, "{n}");
     d.stop().await;
 }

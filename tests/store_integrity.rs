@@ -84,7 +84,10 @@ async fn broken_manifests_are_listed_fail_verify_and_prune_deletes_nothing_of_th
     // 4. An oversized *.json (never read) with a data object beside it.
     let big_key = format!("{c}/20200101T000000Z-r0000000000000001.json");
     std::fs::write(at(&store, &big_key), vec![b' '; 2 << 20]).unwrap();
-    let big_data = at(&store, &format!("{c}/20200101T000000Z-r0000000000000001.db.zst"));
+    let big_data = at(
+        &store,
+        &format!("{c}/20200101T000000Z-r0000000000000001.db.zst"),
+    );
     std::fs::write(&big_data, b"data beside an unreadable manifest").unwrap();
     std::process::Command::new("touch")
         .args(["-d", "2 days ago"])
@@ -109,7 +112,9 @@ async fn broken_manifests_are_listed_fail_verify_and_prune_deletes_nothing_of_th
         "{table}"
     );
     assert!(
-        table.contains(&format!("BROKEN  {evil2_key}  its data_key field names notes.txt")),
+        table.contains(&format!(
+            "BROKEN  {evil2_key}  its data_key field names notes.txt"
+        )),
         "{table}"
     );
     assert!(
@@ -133,7 +138,10 @@ async fn broken_manifests_are_listed_fail_verify_and_prune_deletes_nothing_of_th
 
     // verify --all fails, naming the broken manifests.
     let o = run(&cfg, &["verify", "--all"]);
-    assert!(!o.status.success(), "verify --all passed with broken manifests");
+    assert!(
+        !o.status.success(),
+        "verify --all passed with broken manifests"
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("4 broken manifests in the store"), "{err}");
     assert!(err.contains(&evil_key), "{err}");
@@ -158,7 +166,10 @@ async fn broken_manifests_are_listed_fail_verify_and_prune_deletes_nothing_of_th
     ] {
         assert!(at(&store, &kept).exists(), "prune deleted {kept}:\n{out}");
     }
-    assert!(big_data.exists(), "data beside a broken manifest is no orphan");
+    assert!(
+        big_data.exists(),
+        "data beside a broken manifest is no orphan"
+    );
     for gone in [
         format!("{c}/{}.json", middle.id),
         format!("{c}/{}.db.zst", middle.id),
@@ -210,7 +221,12 @@ async fn skewed_clocks_order_by_revision_and_future_dated_backups_are_flagged() 
         .collect();
     assert_eq!(
         revs,
-        [ms[3].revision, ms[2].revision, ms[1].revision, ms[0].revision],
+        [
+            ms[3].revision,
+            ms[2].revision,
+            ms[1].revision,
+            ms[0].revision
+        ],
         "ordered by revision whatever the clocks"
     );
     assert_eq!(list[0]["id"], behind.id.as_str());
@@ -263,7 +279,11 @@ fn orphan_grace_must_cover_a_backup_attempt() {
     let o = run(&cfg, &["config", "check"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("verify.cron"), "{err}");
-    std::fs::write(&cfg, base + "verify:\n  cron: \"\"\nstore:\n  future_tolerance: 0s\n").unwrap();
+    std::fs::write(
+        &cfg,
+        base + "verify:\n  cron: \"\"\nstore:\n  future_tolerance: 0s\n",
+    )
+    .unwrap();
     let o = run(&cfg, &["config", "check"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

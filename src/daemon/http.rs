@@ -193,7 +193,10 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
         },
         Some((at, Err(e))) => Check {
             ok: false,
-            detail: Some(format!("re-verification failed at {}: {e}", at.to_rfc3339())),
+            detail: Some(format!(
+                "re-verification failed at {}: {e}",
+                at.to_rfc3339()
+            )),
         },
     };
     checks.insert("verify", verify);
@@ -304,7 +307,8 @@ mod tests {
         assert_eq!(json["checks"]["last_run"]["ok"], false);
 
         h.last_run = None;
-        h.future = vec!["20281122T230000Z-r0000000000000001 (finished_at 2028-11-22T23:00:05Z)".into()];
+        h.future =
+            vec!["20281122T230000Z-r0000000000000001 (finished_at 2028-11-22T23:00:05Z)".into()];
         h.broken = vec!["c/x.json: not a manifest: EOF".into()];
         h.last_verify = Some((now, Err("sha256 mismatch".into())));
         let r = readiness(&h, Duration::from_secs(3600), now);
@@ -314,7 +318,17 @@ mod tests {
             assert_eq!(json["checks"][check]["ok"], false, "{check}: {json}");
         }
         assert_eq!(json["broken_manifests"][0], "c/x.json: not a manifest: EOF");
-        assert!(r.reasons.iter().any(|r| r.starts_with("future_backups: 1 backups dated in the future")), "{:?}", r.reasons);
-        assert!(r.reasons.iter().any(|r| r.contains("sha256 mismatch")), "{:?}", r.reasons);
+        assert!(
+            r.reasons
+                .iter()
+                .any(|r| r.starts_with("future_backups: 1 backups dated in the future")),
+            "{:?}",
+            r.reasons
+        );
+        assert!(
+            r.reasons.iter().any(|r| r.contains("sha256 mismatch")),
+            "{:?}",
+            r.reasons
+        );
     }
 }

@@ -264,9 +264,7 @@ async fn refresh(
             metrics::refresh_store(&cat);
             h.store = Some(Ok(()));
             h.backups = cat.backups.len();
-            h.newest = cat
-                .newest_by_time()
-                .map(|m| (m.id.clone(), m.finished_at));
+            h.newest = cat.newest_by_time().map(|m| (m.id.clone(), m.finished_at));
             let future: Vec<String> = cat
                 .future()
                 .map(|m| format!("{} (finished_at {})", m.id, m.finished_at.to_rfc3339()))

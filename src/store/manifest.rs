@@ -255,12 +255,14 @@ impl Catalog {
     /// The backup that finished last, among those not future-dated (for age metrics, /readyz
     /// and the scheduler's last run at start).
     pub fn newest_by_time(&self) -> Option<&Manifest> {
-        self.current().max_by_key(|m| (m.finished_at, m.started_at, m.revision))
+        self.current()
+            .max_by_key(|m| (m.finished_at, m.started_at, m.revision))
     }
 
     /// The backup that finished first, among those not future-dated.
     pub fn oldest_by_time(&self) -> Option<&Manifest> {
-        self.current().min_by_key(|m| (m.finished_at, m.started_at, m.revision))
+        self.current()
+            .min_by_key(|m| (m.finished_at, m.started_at, m.revision))
     }
 
     /// `list -o json`: a JSON array, one element per backup (its manifest plus
@@ -434,8 +436,7 @@ fn classify(key: &ObjectKey, bytes: &[u8]) -> Result<Manifest, String> {
             bytes.len()
         ));
     }
-    let m: Manifest =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))?;
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))?;
     check_manifest(key, &m)?;
     Ok(m)
 }
@@ -630,7 +631,13 @@ mod tests {
         let ahead = fixture(C, "2026-11-25T11:00:00Z", 100);
         let other = fixture("bbbbbbbbbbbbbbbb", "2026-11-20T11:00:00Z", 99999);
         let cat = Catalog::new(
-            vec![a.clone(), ahead.clone(), other.clone(), behind.clone(), b.clone()],
+            vec![
+                a.clone(),
+                ahead.clone(),
+                other.clone(),
+                behind.clone(),
+                b.clone(),
+            ],
             vec![],
             now,
             DEFAULT_FUTURE_TOLERANCE,
@@ -664,7 +671,10 @@ mod tests {
             ..Default::default()
         };
         let e = cat.into_intact().unwrap_err().to_string();
-        assert!(e.starts_with("1 broken manifests in the store: c/x.json (not a manifest: EOF)"), "{e}");
+        assert!(
+            e.starts_with("1 broken manifests in the store: c/x.json (not a manifest: EOF)"),
+            "{e}"
+        );
     }
 
     #[test]

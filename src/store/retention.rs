@@ -941,7 +941,11 @@ mod tests {
         ];
         let p = plan(&ms, &policy(3, 0, 0, 0, 0), t("2026-11-23T12:30:00Z"));
         let kept: Vec<i64> = p.kept().map(|b| b.revision).collect();
-        assert_eq!(kept, [500, 400, 300], "keep_last 3 keeps the highest revisions");
+        assert_eq!(
+            kept,
+            [500, 400, 300],
+            "keep_last 3 keeps the highest revisions"
+        );
         assert_eq!(p.backups[0].reasons[0], KeepReason::Newest);
         assert_eq!(p.backups[0].revision, 500);
 
@@ -967,12 +971,20 @@ mod tests {
         let p = plan(&ms, &policy(0, 0, 2, 0, 0), t("2026-11-24T00:00:00Z"));
         let kept: Vec<(i64, Vec<String>)> = p
             .kept()
-            .map(|b| (b.revision, b.reasons.iter().map(|r| r.to_string()).collect()))
+            .map(|b| {
+                (
+                    b.revision,
+                    b.reasons.iter().map(|r| r.to_string()).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             kept,
             [
-                (400, vec!["newest".to_string(), "daily 2026-11-23".to_string()]),
+                (
+                    400,
+                    vec!["newest".to_string(), "daily 2026-11-23".to_string()]
+                ),
                 (100, vec!["daily 2026-11-22".to_string()])
             ]
         );
@@ -984,7 +996,11 @@ mod tests {
         let b = m("2026-11-23T10:00:00Z");
         // A manifest naming the newer backup's data as its own.
         a.data_key = b.data_key.clone();
-        let p = plan(&[a.clone(), b.clone()], &policy(0, 0, 0, 0, 0), t("2026-11-24T00:00:00Z"));
+        let p = plan(
+            &[a.clone(), b.clone()],
+            &policy(0, 0, 0, 0, 0),
+            t("2026-11-24T00:00:00Z"),
+        );
         let r: Vec<&BackupDecision> = p.removed().collect();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].data_key, format!("aaaaaaaaaaaaaaaa/{}.db.zst", a.id));
@@ -995,7 +1011,11 @@ mod tests {
             format: crate::store::manifest::AGE_FORMAT.into(),
             recipients: vec![],
         });
-        let p = plan(&[e.clone(), b], &policy(0, 0, 0, 0, 0), t("2026-11-24T00:00:00Z"));
+        let p = plan(
+            &[e.clone(), b],
+            &policy(0, 0, 0, 0, 0),
+            t("2026-11-24T00:00:00Z"),
+        );
         assert_eq!(
             p.removed().next().unwrap().data_key,
             format!("aaaaaaaaaaaaaaaa/{}.db.zst.age", e.id)
@@ -1017,10 +1037,23 @@ mod tests {
         mid.object_lock = lock("2026-12-21T10:00:00Z"); // still locked
         let mut new = m("2026-11-23T10:00:00Z");
         new.object_lock = lock("2026-12-23T10:00:00Z");
-        let p = plan(&[old.clone(), mid.clone(), new.clone()], &policy(1, 0, 0, 0, 0), now);
-        assert_eq!(p.kept().map(|b| b.id.clone()).collect::<Vec<_>>(), [new.id.clone()]);
-        assert_eq!(p.removed().map(|b| b.id.clone()).collect::<Vec<_>>(), [old.id.clone()]);
-        assert_eq!(p.locked().map(|b| b.id.clone()).collect::<Vec<_>>(), [mid.id.clone()]);
+        let p = plan(
+            &[old.clone(), mid.clone(), new.clone()],
+            &policy(1, 0, 0, 0, 0),
+            now,
+        );
+        assert_eq!(
+            p.kept().map(|b| b.id.clone()).collect::<Vec<_>>(),
+            [new.id.clone()]
+        );
+        assert_eq!(
+            p.removed().map(|b| b.id.clone()).collect::<Vec<_>>(),
+            [old.id.clone()]
+        );
+        assert_eq!(
+            p.locked().map(|b| b.id.clone()).collect::<Vec<_>>(),
+            [mid.id.clone()]
+        );
         let table = p.to_table();
         assert!(
             table.contains("Object Lock until 2026-12-21T10:00:00Z: deletable then"),
