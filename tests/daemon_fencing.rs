@@ -253,6 +253,11 @@ fn lease_revoked_mid_backup_cancels_it_and_only_the_new_leader_writes() {
         a.log_text()
     );
     assert_eq!(
+        metric(&a, "etcd_lifeboat_backups_total{result=\"failure\"}"),
+        0.0,
+        "a fenced backup is not a failed backup (no LastBackupFailed alert on a follower)"
+    );
+    assert_eq!(
         metric(&a, "etcd_lifeboat_backup_retries_total"),
         0.0,
         "no retry after losing leadership"

@@ -434,6 +434,12 @@ impl Daemon {
             match self.backup_attempt().await {
                 Ok(m) => break Ok(m),
                 Err(Attempt::Cancelled(e)) => break Err(e),
+                Err(Attempt::Fenced(e)) => {
+                    // Not a failure of the backup: another replica leads now and backs up.
+                    tracing::warn!(reason = %e, "backup cancelled: this replica is no longer leader; retention skipped");
+                    self.refresh().await;
+                    return;
+                }
                 Err(Attempt::Failed(e)) => {
                     if attempt > self.args.retries
                         || self.shutdown.is_cancelled()
@@ -556,16 +562,21 @@ impl Daemon {
         // The pipeline cleans up (aborts uploads, no manifest); wait for it, bounded.
         match timeout(Duration::from_secs(60), &mut task).await {
             Ok(Ok(Ok(m))) => Ok(m), // finished just before noticing the cancellation
-            Ok(_) => Err(if self.shutdown.is_cancelled() || fenced {
+            Ok(_) => Err(if fenced {
+                Attempt::Fenced(why)
+            } else if self.shutdown.is_cancelled() {
                 Attempt::Cancelled(why)
             } else {
                 Attempt::Failed(why)
             }),
             Err(_) => {
                 task.abort();
-                Err(Attempt::Cancelled(format!(
-                    "{why}; cleanup did not finish within 60s"
-                )))
+                let why = format!("{why}; cleanup did not finish within 60s");
+                Err(if fenced {
+                    Attempt::Fenced(why)
+                } else {
+                    Attempt::Cancelled(why)
+                })
             }
         }
     }
@@ -682,6 +693,8 @@ enum Attempt {
     Failed(String),
     /// Stopped by shutdown; no retry.
     Cancelled(String),
+    /// Stopped because leadership was lost; no retry, not counted as a failed backup.
+    Fenced(String),
 }
 
 fn join(r: Result<Result<Manifest, String>, tokio::task::JoinError>) -> Result<Manifest, String> {
