@@ -291,3 +291,58 @@ fn orphan_grace_must_cover_a_backup_attempt() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_backups_under_object_lock_and_says_when_they_become_deletable() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let store = etcd.dir.path().join("store");
+    let cfg = config(&etcd, &store);
+    let ms = backups(&etcd, &cfg, 3).await;
+    let until = chrono::Utc::now() + chrono::Duration::days(30);
+    let lock = |m: &Manifest, until: chrono::DateTime<chrono::Utc>| {
+        let mut n = m.clone();
+        n.object_lock = Some(etcd_lifeboat::store::manifest::ObjectLockInfo {
+            mode: "COMPLIANCE".into(),
+            retain_until: until,
+        });
+        std::fs::write(at(&store, n.key().unwrap().as_str()), n.to_json()).unwrap();
+        n
+    };
+    // The oldest is locked for 30 more days; the middle one's lock has expired.
+    let locked = lock(&ms[0], until);
+    let expired = lock(&ms[1], chrono::Utc::now() - chrono::Duration::days(1));
+
+    let table = String::from_utf8_lossy(&run(&cfg, &["list"]).stdout).into_owned();
+    let line = table.lines().find(|l| l.starts_with(&locked.id)).unwrap();
+    assert!(
+        line.contains(&format!(
+            "locked (COMPLIANCE) until {}",
+            until.format("%Y-%m-%d %H:%M:%S")
+        )),
+        "{table}"
+    );
+
+    let o = run(&cfg, &["prune"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let when = until.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    assert!(
+        out.contains(&format!("Object Lock until {when}: deletable then")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "prune: 1 backups kept under Object Lock; the first becomes deletable at {when}"
+        )),
+        "{out}"
+    );
+    assert!(at(&store, locked.key().unwrap().as_str()).exists());
+    assert!(at(&store, locked.derived_data_key().unwrap().as_str()).exists());
+    assert!(
+        !at(&store, expired.key().unwrap().as_str()).exists(),
+        "{out}"
+    );
+    assert!(!at(&store, expired.derived_data_key().unwrap().as_str()).exists());
+    let list = json(&run(&cfg, &["list", "-o", "json"]).stdout);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+}
