@@ -772,6 +772,42 @@ impl Config {
                 ),
             )
         })?;
+        self.validate_catalog_keys()?;
+        Ok(())
+    }
+
+    /// `store.future_tolerance`, `verify.cron` and `retention.orphan_grace`.
+    fn validate_catalog_keys(&self) -> Result<(), ConfigError> {
+        if self.store.future_tolerance.is_zero() {
+            return Err(ConfigError::new(
+                "store.future_tolerance",
+                "must be greater than 0 (e.g. 5m): hosts' clocks always differ a little",
+            ));
+        }
+        if !self.verify.cron.trim().is_empty() {
+            parse_cron(&self.verify.cron).map_err(|m| {
+                ConfigError::new(
+                    "verify.cron",
+                    format!("{m}; or set \"\" to turn re-verification off"),
+                )
+            })?;
+        }
+        // An upload in flight (data written, manifest not yet) must never look stale: the
+        // grace covers the longest backup attempt, snapshot_timeout plus the daemon's default
+        // --upload-timeout.
+        let upload = Duration::from_secs(30 * 60);
+        let min = self.etcd.snapshot_timeout.saturating_add(upload);
+        if self.retention.orphan_grace < min {
+            return Err(ConfigError::new(
+                "retention.orphan_grace",
+                format!(
+                    "{} is shorter than etcd.snapshot_timeout ({}) plus the upload timeout (30m): prune could delete the data of a backup still uploading; raise retention.orphan_grace to at least {} or lower etcd.snapshot_timeout",
+                    humantime::format_duration(self.retention.orphan_grace),
+                    humantime::format_duration(self.etcd.snapshot_timeout),
+                    humantime::format_duration(min)
+                ),
+            ));
+        }
         Ok(())
     }
 }

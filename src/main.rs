@@ -122,10 +122,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List(a) => {
             let cfg = load(&cli).await?;
             let store = open_store(&cfg).await?;
-            let all = manifest::catalog(&store).await?;
+            let cat = manifest::catalog_at(&store, chrono::Utc::now(), cfg.store.future_tolerance)
+                .await?;
             match a.output.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&all)?),
-                Output::Table => print!("{}", manifest_table(&all, chrono::Utc::now())),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&cat.to_list_json())?),
+                Output::Table => print!("{}", catalog_table(&cat)),
             }
             Ok(())
         }
@@ -153,7 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = load(&cli).await?;
             let store = open_store(&cfg).await?;
             let targets = if a.all {
-                manifest::catalog(&store).await?
+                manifest::catalog(&store).await?.into_intact()?
             } else {
                 vec![manifest::find(&store, &a.id).await?]
             };
@@ -255,7 +256,51 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `list`: the backups in the one order of truth, with a NOTE column (future-dated, Object
+/// Lock retain-until), then a BROKEN section naming each broken manifest and why.
+fn catalog_table(cat: &manifest::Catalog) -> String {
+    let now = cat.now;
+    let mut out = table_with_notes(&cat.backups, now, |m| {
+        let mut notes = Vec::new();
+        if cat.is_future(m) {
+            notes.push(format!(
+                "FUTURE-DATED (clock ahead by {}; ignored for age and scheduling)",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    (m.finished_at.max(m.started_at) - now).num_seconds().max(0) as u64
+                ))
+            ));
+        }
+        if let Some(l) = &m.object_lock {
+            notes.push(format!(
+                "locked ({}) until {}",
+                l.mode,
+                l.retain_until.format("%Y-%m-%d %H:%M:%S")
+            ));
+        }
+        notes.join("; ")
+    });
+    if !cat.broken.is_empty() {
+        out += &format!(
+            "\nBROKEN ({} manifests not trusted; prune leaves them, verify --all fails on them):\n",
+            cat.broken.len()
+        );
+        for b in &cat.broken {
+            out += &format!("BROKEN  {}  {}\n", b.key, b.reason);
+        }
+    }
+    out
+}
+
 fn manifest_table(ms: &[manifest::Manifest], now: chrono::DateTime<chrono::Utc>) -> String {
+    table_with_notes(ms, now, |_| String::new())
+}
+
+/// The backups table; a NOTE column is added when `note` says something for any backup.
+fn table_with_notes(
+    ms: &[manifest::Manifest],
+    now: chrono::DateTime<chrono::Utc>,
+    note: impl Fn(&manifest::Manifest) -> String,
+) -> String {
     let header = [
         "ID",
         "TIME (UTC)",
@@ -265,8 +310,9 @@ fn manifest_table(ms: &[manifest::Manifest], now: chrono::DateTime<chrono::Utc>)
         "STORED SIZE",
         "AGE",
         "MEMBER",
+        "NOTE",
     ];
-    let rows: Vec<[String; 8]> = ms
+    let rows: Vec<[String; 9]> = ms
         .iter()
         .map(|m| {
             let age = backup::age(now, m);
@@ -284,9 +330,15 @@ fn manifest_table(ms: &[manifest::Manifest], now: chrono::DateTime<chrono::Utc>)
                 } else {
                     m.member_name.clone()
                 },
+                note(m),
             ]
         })
         .collect();
+    let cols = if rows.iter().any(|r| !r[8].is_empty()) {
+        9
+    } else {
+        8
+    };
     let mut widths = header.map(|h| h.len());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
@@ -304,9 +356,9 @@ fn manifest_table(ms: &[manifest::Manifest], now: chrono::DateTime<chrono::Utc>)
             .to_string()
             + "\n"
     };
-    let mut out = line(header.to_vec());
+    let mut out = line(header[..cols].to_vec());
     for r in &rows {
-        out += &line(r.iter().map(|s| s.as_str()).collect());
+        out += &line(r[..cols].iter().map(|s| s.as_str()).collect());
     }
     if rows.is_empty() {
         out += "(no backups)\n";

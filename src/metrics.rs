@@ -11,8 +11,13 @@
 //! | `etcd_lifeboat_backup_size_bytes{kind="raw\|stored"}` | gauge | db size and stored (compressed) size of the last backup |
 //! | `etcd_lifeboat_snapshot_revision` | gauge | etcd revision of the last backup |
 //! | `etcd_lifeboat_snapshot_keys` | gauge | keys in the last backup |
-//! | `etcd_lifeboat_store_latest_backup_timestamp_seconds` | gauge | `finished_at` of the newest backup in the store (whoever took it) |
-//! | `etcd_lifeboat_store_backups` | gauge | backups (manifests) in the store |
+//! | `etcd_lifeboat_store_latest_backup_timestamp_seconds` | gauge | `finished_at` of the newest backup in the store (whoever took it) that is not future-dated |
+//! | `etcd_lifeboat_store_backups` | gauge | backups (intact manifests) in the store |
+//! | `etcd_lifeboat_store_future_backups` | gauge | backups dated more than `store.future_tolerance` ahead of this process's clock |
+//! | `etcd_lifeboat_store_broken_manifests` | gauge | `*.json` objects that are not trusted manifests (unreadable, > 1 MiB, wrong key or data key) |
+//! | `etcd_lifeboat_verify_last_success_timestamp_seconds` | gauge | end of the last successful re-verification by the daemon (Unix s) |
+//! | `etcd_lifeboat_verify_last_failure_timestamp_seconds` | gauge | end of the last failed re-verification by the daemon (Unix s) |
+//! | `etcd_lifeboat_verifies_total{result="success\|failure"}` | counter | re-verifications of the newest backup by the daemon |
 //! | `etcd_lifeboat_is_leader` | gauge | 1 when this daemon replica holds the leader election |
 //!
 //! Extras: `etcd_lifeboat_store_oldest_backup_timestamp_seconds`,
@@ -34,7 +39,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::store::manifest::Manifest;
+use crate::store::manifest::{Catalog, Manifest};
 
 /// All metrics of the process.
 pub struct Metrics {
@@ -78,6 +83,16 @@ pub struct Metrics {
     pub next_backup: Gauge,
     /// `etcd_lifeboat_backup_in_progress`
     pub backup_in_progress: IntGauge,
+    /// `etcd_lifeboat_store_future_backups`
+    pub store_future: IntGauge,
+    /// `etcd_lifeboat_store_broken_manifests`
+    pub store_broken: IntGauge,
+    /// `etcd_lifeboat_verify_last_success_timestamp_seconds`
+    pub verify_last_success: Gauge,
+    /// `etcd_lifeboat_verify_last_failure_timestamp_seconds`
+    pub verify_last_failure: Gauge,
+    /// `etcd_lifeboat_verifies_total{result}`
+    pub verifies_total: IntCounterVec,
     store_refreshed: AtomicBool,
     success_recorded: AtomicBool,
 }
@@ -85,6 +100,8 @@ pub struct Metrics {
 /// Names left out of a Pushgateway push: daemon-only state.
 const DAEMON_ONLY: &[&str] = &[
     "etcd_lifeboat_is_leader",
+    "etcd_lifeboat_verify_last_success_timestamp_seconds",
+    "etcd_lifeboat_verifies_total",
     "etcd_lifeboat_next_backup_timestamp_seconds",
     "etcd_lifeboat_backup_in_progress",
 ];
@@ -238,6 +255,33 @@ impl Metrics {
             "etcd_lifeboat_backup_in_progress",
             "1 while this daemon runs a backup, else 0.",
         );
+        let store_future = int_gauge(
+            &r,
+            "etcd_lifeboat_store_future_backups",
+            "Backups in the store dated more than store.future_tolerance ahead of this process's clock (a writer's clock is wrong); ignored for age and scheduling.",
+        );
+        let store_broken = int_gauge(
+            &r,
+            "etcd_lifeboat_store_broken_manifests",
+            "Manifest objects in the store that are not trusted (unreadable, over 1 MiB, stored under another key, or naming another data key); prune leaves them.",
+        );
+        let verify_last_success = gauge(
+            &r,
+            "etcd_lifeboat_verify_last_success_timestamp_seconds",
+            "Unix time the daemon's last successful re-verification of the newest backup finished (0: none yet).",
+        );
+        let verify_last_failure = gauge(
+            &r,
+            "etcd_lifeboat_verify_last_failure_timestamp_seconds",
+            "Unix time the daemon's last failed re-verification of the newest backup ended (0: none yet).",
+        );
+        let verifies_total = counter_vec(
+            &r,
+            "etcd_lifeboat_verifies_total",
+            "Re-verifications of the newest stored backup by the daemon (download, decompress, full check), by result.",
+            "result",
+            &["success", "failure"],
+        );
         let build_info = IntGauge::with_opts(
             Opts::new(
                 "etcd_lifeboat_build_info",
@@ -269,6 +313,11 @@ impl Metrics {
             prunes_total,
             next_backup,
             backup_in_progress,
+            store_future,
+            store_broken,
+            verify_last_success,
+            verify_last_failure,
+            verifies_total,
             store_refreshed: AtomicBool::new(false),
             success_recorded: AtomicBool::new(false),
         }
@@ -311,18 +360,35 @@ pub fn record_backup_failure() {
     x.backup_last_failure.set(unix(Utc::now()));
 }
 
-/// Sets the store gauges from a catalog (any order): count, newest and oldest `finished_at`.
-/// An empty catalog sets the timestamps to 0.
-pub fn refresh_store(catalog: &[Manifest]) {
+/// Sets the store gauges from a catalog: count of backups, of future-dated backups and of
+/// broken manifests; newest and oldest `finished_at` among the backups that are not
+/// future-dated (0 when there is none).
+pub fn refresh_store(catalog: &Catalog) {
     let x = metrics();
-    x.store_backups.set(catalog.len() as i64);
-    let newest = catalog.iter().map(|m| m.finished_at).max();
-    let oldest = catalog.iter().map(|m| m.finished_at).min();
+    x.store_backups.set(catalog.backups.len() as i64);
+    x.store_future.set(catalog.future().count() as i64);
+    x.store_broken.set(catalog.broken.len() as i64);
+    let newest = catalog.newest_by_time().map(|m| m.finished_at);
+    let oldest = catalog.oldest_by_time().map(|m| m.finished_at);
     x.store_latest.set(newest.map(unix).unwrap_or(0.0));
     x.store_oldest.set(oldest.map(unix).unwrap_or(0.0));
     x.store_up.set(1);
     x.store_last_refresh.set(unix(Utc::now()));
     x.store_refreshed.store(true, Ordering::Relaxed);
+}
+
+/// Records a re-verification of the newest backup: the counter by result, and the success or
+/// failure timestamp (now).
+pub fn record_verify(ok: bool) {
+    let x = metrics();
+    x.verifies_total
+        .with_label_values(&[if ok { "success" } else { "failure" }])
+        .inc();
+    if ok {
+        x.verify_last_success.set(unix(Utc::now()));
+    } else {
+        x.verify_last_failure.set(unix(Utc::now()));
+    }
 }
 
 /// Records a failed read of the store catalog (the store gauges keep their last values).
@@ -488,6 +554,10 @@ mod tests {
             "etcd_lifeboat_store_backups",
             "etcd_lifeboat_is_leader",
             "etcd_lifeboat_store_refresh_errors_total",
+            "etcd_lifeboat_store_future_backups",
+            "etcd_lifeboat_store_broken_manifests",
+            "etcd_lifeboat_verify_last_success_timestamp_seconds",
+            "etcd_lifeboat_verifies_total",
             "etcd_lifeboat_build_info",
         ] {
             assert!(

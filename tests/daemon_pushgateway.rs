@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use daemon_support::*;
 use etcd_lifeboat::metrics;
-use etcd_lifeboat::store::manifest::Manifest;
+use etcd_lifeboat::store::manifest::{Catalog, Manifest, DEFAULT_FUTURE_TOLERANCE};
 
 struct Gateway(std::process::Child);
 impl Drop for Gateway {
@@ -141,7 +141,12 @@ async fn push_failure_then_success() {
     );
 
     // After a catalog read the store metrics go along.
-    metrics::refresh_store(&[manifest(), manifest()]);
+    metrics::refresh_store(&Catalog::new(
+        vec![manifest(), manifest()],
+        vec![],
+        chrono::Utc::now(),
+        DEFAULT_FUTURE_TOLERANCE,
+    ));
     metrics::push(&url, "etcd-backup", "node-1").await.unwrap();
     assert_eq!(
         value(&group_lines(addr, "etcd_lifeboat_store_backups")),
@@ -152,6 +157,14 @@ async fn push_failure_then_success() {
             addr,
             "etcd_lifeboat_store_latest_backup_timestamp_seconds"
         )) > 0.0
+    );
+    assert_eq!(
+        value(&group_lines(addr, "etcd_lifeboat_store_broken_manifests")),
+        0.0
+    );
+    assert!(
+        group_lines(addr, "etcd_lifeboat_verifies_total").is_empty(),
+        "daemon-only verify metrics are not pushed"
     );
 
     // Errors name the target and the fix.

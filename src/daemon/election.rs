@@ -5,7 +5,10 @@
 //! One session: grant a lease, keep it alive every TTL/3, `Campaign(name, value, lease)`
 //! (blocks until this replica's key is the oldest under `name`). While leader, the lease keeps
 //! the key; if keep-alives fail for 2/3 of the TTL the replica steps down on its own before
-//! the server can expire the lease, so two replicas never both believe they lead. A leader
+//! the server can expire the lease, so two replicas never both believe they lead. It also
+//! steps down at once when the server answers a keep-alive with TTL 0 (the lease was revoked,
+//! e.g. `etcdctl lease revoke`, or expired) or when `Observe` shows another key leading. The
+//! daemon then cancels a running backup (fencing, see [`crate::daemon`]). A leader
 //! that dies stops renewing: its key goes when the lease expires, and the next campaigner's
 //! Campaign returns, i.e. takeover within the TTL. On shutdown the leader calls `Resign` and
 //! revokes the lease at once.
@@ -31,13 +34,30 @@ pub fn current_leader() -> Option<String> {
 }
 
 /// Follows the election's leader changes until the stream ends (etcd gone, session over).
-async fn observe(client: Client, name: String) {
+/// While `ours` holds this replica's leader key and its creation revision, observing another
+/// key created later as leader cancels `lost` (leadership held elsewhere: step down at once).
+/// Older keys are ignored: a late message about the previous leader is no takeover.
+async fn observe(
+    client: Client,
+    name: String,
+    ours: watch::Receiver<Option<(Vec<u8>, i64)>>,
+    lost: CancellationToken,
+) {
     let mut election = client.election_client();
     let Ok(mut stream) = election.observe(name).await else {
         return;
     };
     while let Ok(Some(resp)) = stream.message().await {
         if let Some(kv) = resp.kv() {
+            if let Some((key, rev)) = ours.borrow().as_ref() {
+                if kv.key() != key.as_slice() && kv.create_revision() > *rev {
+                    tracing::warn!(
+                        leader_key = %String::from_utf8_lossy(kv.key()),
+                        "leader election: another replica's key leads"
+                    );
+                    lost.cancel();
+                }
+            }
             let v = String::from_utf8_lossy(kv.value()).into_owned();
             let mut cur = CURRENT_LEADER.lock().expect("leader lock");
             if cur.as_deref() != Some(v.as_str()) {
@@ -131,7 +151,13 @@ async fn session(
     let lost = CancellationToken::new();
     let keeper = tokio::spawn(keep_alive(client.clone(), lease_id, ttl, rt, lost.clone()));
     let _abort = AbortOnDrop(keeper);
-    let _observer = AbortOnDrop(tokio::spawn(observe(client.clone(), name.to_string())));
+    let (our_key, our_key_rx) = watch::channel(None);
+    let _observer = AbortOnDrop(tokio::spawn(observe(
+        client.clone(),
+        name.to_string(),
+        our_key_rx,
+        lost.clone(),
+    )));
 
     let result = async {
         let mut election = client.election_client();
@@ -158,6 +184,7 @@ async fn session(
             lease = format!("{lease_id:x}"),
             "leader election: became leader"
         );
+        our_key.send_replace(Some((leader_key.key().to_vec(), leader_key.rev())));
         set_leader(tx, true);
         tokio::select! {
             _ = resign.cancelled() => Ok(Some(leader_key)),

@@ -3,8 +3,11 @@
 //! - `GET /healthz`: 200 `ok` while the process serves requests;
 //! - `GET /readyz`: 200 when ready, 503 otherwise, with a JSON body naming each check:
 //!   `config` (loaded), `store` (last catalog read succeeded), `backup_age` (newest backup in
-//!   the store younger than `http.max_backup_age`), `last_run` (this replica's last backup run,
-//!   if any, succeeded). Example:
+//!   the store younger than `http.max_backup_age`; future-dated backups do not count),
+//!   `last_run` (this replica's last backup run, if any, succeeded), `future_backups` (no
+//!   backup dated more than `store.future_tolerance` ahead), `manifests` (no broken manifest),
+//!   `verify` (this replica's last re-verification of the newest backup, if any, succeeded).
+//!   Example:
 //!   `{"ready":false,"reasons":["backup_age: newest backup ... is 7300s old, max 7200s"],"checks":{...},"leader":true}`.
 
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,12 @@ pub struct Health {
     pub leader: bool,
     /// Next scheduled slot.
     pub next_run: Option<DateTime<Utc>>,
+    /// Future-dated backups at the last read: `<id> (finished_at <time>)`.
+    pub future: Vec<String>,
+    /// Broken manifests at the last read: `<key>: <reason>`.
+    pub broken: Vec<String>,
+    /// This replica's last re-verification: when it ended, and `Ok(id)` or the error text.
+    pub last_verify: Option<(DateTime<Utc>, Result<String, String>)>,
 }
 
 /// Shared health state.
@@ -67,6 +76,10 @@ struct Readiness {
     newest_backup_age_seconds: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_run: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    future_backups: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    broken_manifests: Vec<String>,
 }
 
 fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
@@ -133,6 +146,60 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
         },
     };
     checks.insert("last_run", run);
+    checks.insert(
+        "future_backups",
+        if h.future.is_empty() {
+            Check {
+                ok: true,
+                detail: None,
+            }
+        } else {
+            Check {
+                ok: false,
+                detail: Some(format!(
+                    "{} backups dated in the future, ignored for age and scheduling (a writer's clock is ahead; fix its NTP): {}",
+                    h.future.len(),
+                    h.future.join(", ")
+                )),
+            }
+        },
+    );
+    checks.insert(
+        "manifests",
+        if h.broken.is_empty() {
+            Check {
+                ok: true,
+                detail: None,
+            }
+        } else {
+            Check {
+                ok: false,
+                detail: Some(format!(
+                    "{} broken manifests, left alone by prune (see `etcd-lifeboat list`): {}",
+                    h.broken.len(),
+                    h.broken.join("; ")
+                )),
+            }
+        },
+    );
+    let verify = match &h.last_verify {
+        None => Check {
+            ok: true,
+            detail: Some("no re-verification by this replica yet".into()),
+        },
+        Some((at, Ok(id))) => Check {
+            ok: true,
+            detail: Some(format!("backup {id} verified at {}", at.to_rfc3339())),
+        },
+        Some((at, Err(e))) => Check {
+            ok: false,
+            detail: Some(format!(
+                "re-verification failed at {}: {e}",
+                at.to_rfc3339()
+            )),
+        },
+    };
+    checks.insert("verify", verify);
     let reasons: Vec<String> = checks
         .iter()
         .filter(|(_, c)| !c.ok)
@@ -148,6 +215,8 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
         newest_backup: h.newest.as_ref().map(|(id, _)| id.clone()),
         newest_backup_age_seconds: age,
         next_run: h.next_run,
+        future_backups: h.future.clone(),
+        broken_manifests: h.broken.clone(),
     }
 }
 
@@ -236,5 +305,30 @@ mod tests {
         assert!(r.reasons[0].contains("etcd down"), "{:?}", r.reasons);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["checks"]["last_run"]["ok"], false);
+
+        h.last_run = None;
+        h.future =
+            vec!["20281122T230000Z-r0000000000000001 (finished_at 2028-11-22T23:00:05Z)".into()];
+        h.broken = vec!["c/x.json: not a manifest: EOF".into()];
+        h.last_verify = Some((now, Err("sha256 mismatch".into())));
+        let r = readiness(&h, Duration::from_secs(3600), now);
+        assert!(!r.ready);
+        let json = serde_json::to_value(&r).unwrap();
+        for check in ["future_backups", "manifests", "verify"] {
+            assert_eq!(json["checks"][check]["ok"], false, "{check}: {json}");
+        }
+        assert_eq!(json["broken_manifests"][0], "c/x.json: not a manifest: EOF");
+        assert!(
+            r.reasons
+                .iter()
+                .any(|r| r.starts_with("future_backups: 1 backups dated in the future")),
+            "{:?}",
+            r.reasons
+        );
+        assert!(
+            r.reasons.iter().any(|r| r.contains("sha256 mismatch")),
+            "{:?}",
+            r.reasons
+        );
     }
 }

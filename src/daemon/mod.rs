@@ -3,9 +3,18 @@
 //! # Tasks
 //! - **scheduler** ([`schedule`]): sleeps until the next cron slot, then (if leader) runs one
 //!   backup with retries, prunes with the retention policy and re-reads the store catalog. Runs
-//!   never overlap (one loop); missed slots coalesce into one run. At start, and whenever this
-//!   replica becomes leader, the last run is taken to be the newest backup in the store, so a
-//!   slot missed while down (or while another replica led and died) runs at once.
+//!   never overlap (one loop); missed slots coalesce into one run. Slots follow this process's
+//!   clock and its own last run; only at start, and whenever this replica becomes leader, is
+//!   the last run taken from the store: the newest backup that is not future-dated (never later
+//!   than now), so a slot missed while down (or while another replica led and died) runs at
+//!   once, and a manifest from a host whose clock is ahead never suppresses runs.
+//! - **fencing**: when leadership is lost during a backup (lease revoked or expired,
+//!   keep-alives failing, another leader observed), the backup is cancelled through its
+//!   `CancellationToken` (the pipeline stores nothing) and retention is skipped.
+//! - **re-verification**: on `verify.cron` (leader only) the newest backup is downloaded,
+//!   decompressed and checked in full against its manifest
+//!   (`etcd_lifeboat_verifies_total`, `etcd_lifeboat_verify_last_success_timestamp_seconds`,
+//!   the `verify` check of `/readyz`).
 //! - **catalog refresher**: every `--refresh-interval` reads the store catalog into the
 //!   `etcd_lifeboat_store_*` metrics and `/readyz`, so the backup age is visible whoever takes
 //!   the backups (a CronJob, another replica).
@@ -39,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backup::{run_backup, BackupOptions};
 use crate::config::Config;
 use crate::metrics;
-use crate::store::manifest::{catalog, Manifest};
+use crate::store::manifest::{catalog_at, Catalog, Manifest};
 use crate::store::Store;
 
 use self::http::{Health, SharedHealth};
@@ -173,9 +182,10 @@ pub async fn run_with_shutdown(
     let refresher = {
         let (store, health, stop) = (store.clone(), health.clone(), shutdown.clone());
         let (every, limit) = (args.refresh_interval, args.store_timeout);
+        let tolerance = cfg.store.future_tolerance;
         tokio::spawn(async move {
             loop {
-                refresh(&store, &health, limit).await;
+                refresh(&store, &health, limit, tolerance).await;
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = sleep(every) => {}
@@ -185,14 +195,28 @@ pub async fn run_with_shutdown(
     };
 
     let election = cfg.leader_election.enabled;
-    let d = Daemon {
+    let d = Arc::new(Daemon {
         args,
         cfg,
         store,
         health: health.clone(),
         shutdown: shutdown.clone(),
+        leader: leader_rx.clone(),
+        election,
+    });
+    let verifier = match verify_schedule(&d.cfg)? {
+        Some(vs) => {
+            let d = d.clone();
+            Some(tokio::spawn(async move { d.verify_loop(&vs).await }))
+        }
+        None => None,
     };
-    schedule_loop(&d, &sched, &shutdown, leader_rx, election).await;
+    schedule_loop(&*d, &sched, &shutdown, leader_rx, election).await;
+    if let Some(v) = verifier {
+        // The verify loop returns on shutdown (a running verification is dropped: it writes
+        // nothing).
+        let _ = timeout(Duration::from_secs(10), v).await;
+    }
 
     // Shutdown: the scheduler has finished or cancelled its backup; resign, stop the rest.
     resign.cancel();
@@ -206,26 +230,61 @@ pub async fn run_with_shutdown(
     Ok(())
 }
 
+/// The parsed `verify.cron` (in `schedule.timezone`), `None` when it is `""` (off).
+///
+/// Errors: the expression is invalid ([`crate::config::ConfigError`] on `verify.cron`).
+fn verify_schedule(cfg: &Config) -> anyhow::Result<Option<Schedule>> {
+    if cfg.verify.cron.trim().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        Schedule::new(&cfg.verify.cron, cfg.schedule.timezone.as_deref())
+            .map_err(|m| crate::config::ConfigError::new("verify.cron", m))?,
+    ))
+}
+
 /// Reads the catalog into the store metrics and the health state. Returns it on success.
-/// The store counts as reachable when [`Store::check`] (reachable and writable) and the
-/// catalog listing both succeed.
-async fn refresh(store: &Store, health: &SharedHealth, limit: Duration) -> Option<Vec<Manifest>> {
+/// The store counts as reachable when [`Store::check`] and the catalog listing both succeed.
+/// Backups dated more than `tolerance` ahead are flagged (metric, /readyz) and ignored for
+/// the backup age.
+async fn refresh(
+    store: &Store,
+    health: &SharedHealth,
+    limit: Duration,
+    tolerance: Duration,
+) -> Option<Catalog> {
     let r = timeout(limit, async {
         store.check().await?;
-        catalog(store).await
+        catalog_at(store, Utc::now(), tolerance).await
     })
     .await;
     let mut h = health.lock().expect("health");
     match r {
-        Ok(Ok(list)) => {
-            metrics::refresh_store(&list);
+        Ok(Ok(cat)) => {
+            metrics::refresh_store(&cat);
             h.store = Some(Ok(()));
-            h.backups = list.len();
-            h.newest = list
+            h.backups = cat.backups.len();
+            h.newest = cat.newest_by_time().map(|m| (m.id.clone(), m.finished_at));
+            let future: Vec<String> = cat
+                .future()
+                .map(|m| format!("{} (finished_at {})", m.id, m.finished_at.to_rfc3339()))
+                .collect();
+            let broken: Vec<String> = cat
+                .broken
                 .iter()
-                .max_by_key(|m| m.finished_at)
-                .map(|m| (m.id.clone(), m.finished_at));
-            Some(list)
+                .map(|b| format!("{}: {}", b.key, b.reason))
+                .collect();
+            // Logged when the set changes, not on every refresh.
+            if !future.is_empty() && future != h.future {
+                tracing::warn!(future = ?future, tolerance = ?tolerance,
+                    "future-dated backups in the store (a writer's clock is ahead); ignored for age and scheduling");
+            }
+            if !broken.is_empty() && broken != h.broken {
+                tracing::warn!(broken = ?broken, "broken manifests in the store; prune leaves them");
+            }
+            h.future = future;
+            h.broken = broken;
+            Some(cat)
         }
         Ok(Err(e)) => {
             metrics::record_store_refresh_error();
@@ -242,24 +301,126 @@ async fn refresh(store: &Store, health: &SharedHealth, limit: Duration) -> Optio
     }
 }
 
+/// The last run to assume at start or takeover, from the catalog: the `finished_at` of the
+/// newest backup that is not future-dated, never later than `now`; `None` when there is none.
+fn last_run_from(cat: &Catalog, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    cat.newest_by_time().map(|m| m.finished_at.min(now))
+}
+
 struct Daemon {
     args: DaemonArgs,
     cfg: Arc<Config>,
     store: Arc<Store>,
     health: SharedHealth,
     shutdown: CancellationToken,
+    /// Leadership (`true` = leader); always `true` without election.
+    leader: watch::Receiver<bool>,
+    /// Whether leader election is on (else leadership is never lost).
+    election: bool,
 }
 
 /// Latest wait in one sleep, so that wall-clock jumps (suspend, NTP steps) are noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
 impl Daemon {
-    /// The newest backup's `finished_at` in the store, `None` when the store is empty; on a
-    /// read error, `now` (do not trigger a catch-up run on a store we cannot read).
+    /// [`last_run_from`] the store's catalog; on a read error, `now` (do not trigger a
+    /// catch-up run on a store we cannot read).
     async fn last_from_store(&self) -> Option<DateTime<Utc>> {
-        match refresh(&self.store, &self.health, self.args.store_timeout).await {
-            Some(list) => list.iter().map(|m| m.finished_at).max(),
+        match self.refresh().await {
+            Some(cat) => last_run_from(&cat, Utc::now()),
             None => Some(Utc::now()),
+        }
+    }
+
+    async fn refresh(&self) -> Option<Catalog> {
+        refresh(
+            &self.store,
+            &self.health,
+            self.args.store_timeout,
+            self.cfg.store.future_tolerance,
+        )
+        .await
+    }
+
+    /// Whether this replica may write: leader, or election off.
+    fn is_leader(&self) -> bool {
+        !self.election || *self.leader.borrow()
+    }
+
+    /// Resolves when leadership is lost (never without election).
+    async fn leadership_lost(&self) {
+        if !self.election {
+            return std::future::pending().await;
+        }
+        let mut rx = self.leader.clone();
+        loop {
+            if !*rx.borrow_and_update() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Re-verifies the newest backup on `sched` while leader, until shutdown.
+    async fn verify_loop(&self, sched: &Schedule) {
+        let mut last = Utc::now();
+        loop {
+            let now = Utc::now();
+            let wait = match sched.due(Some(last), now) {
+                Due::Now { slot, .. } => {
+                    last = slot;
+                    if self.is_leader() {
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return,
+                            _ = self.verify_newest() => {}
+                        }
+                    }
+                    continue;
+                }
+                Due::At(t) => (t - now).to_std().unwrap_or_default().min(MAX_SLEEP),
+                Due::Never => MAX_SLEEP,
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Downloads, decompresses and checks the newest backup (the first in the one order of
+    /// truth) against its manifest; records the result in the metrics and /readyz. An empty
+    /// store is not a failure (the backup-age checks report it).
+    async fn verify_newest(&self) {
+        let limit = self.cfg.etcd.snapshot_timeout + self.args.upload_timeout;
+        let r = timeout(limit, async {
+            let cat = catalog_at(&self.store, Utc::now(), self.cfg.store.future_tolerance)
+                .await
+                .map_err(|e| format!("reading the catalog: {e}"))?;
+            let Some(m) = cat.backups.into_iter().next() else {
+                return Ok(None);
+            };
+            crate::backup::verify_backup(&self.cfg, &self.store, &m)
+                .await
+                .map(|_| Some(m.id.clone()))
+                .map_err(|e| format!("backup {}: {e}", m.id))
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("re-verification exceeded {limit:?}")));
+        let now = Utc::now();
+        match r {
+            Ok(None) => tracing::info!("re-verification: the store holds no backup yet"),
+            Ok(Some(id)) => {
+                metrics::record_verify(true);
+                tracing::info!(id = %id, "re-verification: newest backup verified");
+                self.health.lock().expect("health").last_verify = Some((now, Ok(id)));
+            }
+            Err(e) => {
+                metrics::record_verify(false);
+                tracing::error!(error = %e, "re-verification of the newest backup failed");
+                self.health.lock().expect("health").last_verify = Some((now, Err(e)));
+            }
         }
     }
 
@@ -273,8 +434,17 @@ impl Daemon {
             match self.backup_attempt().await {
                 Ok(m) => break Ok(m),
                 Err(Attempt::Cancelled(e)) => break Err(e),
+                Err(Attempt::Fenced(e)) => {
+                    // Not a failure of the backup: another replica leads now and backs up.
+                    tracing::warn!(reason = %e, "backup cancelled: this replica is no longer leader; retention skipped");
+                    self.refresh().await;
+                    return;
+                }
                 Err(Attempt::Failed(e)) => {
-                    if attempt > self.args.retries || self.shutdown.is_cancelled() {
+                    if attempt > self.args.retries
+                        || self.shutdown.is_cancelled()
+                        || !self.is_leader()
+                    {
                         break Err(e);
                     }
                     tracing::warn!(attempt, error = %e, retry_in = ?backoff, "backup failed; retrying");
@@ -296,7 +466,9 @@ impl Daemon {
                     raw_bytes = m.total_size, stored_bytes = m.stored_bytes, seconds = took.as_secs_f64(),
                     "backup stored");
                 self.health.lock().expect("health").last_run = Some((now, Ok(m.id.clone())));
-                if !self.args.no_prune && !self.shutdown.is_cancelled() {
+                if !self.is_leader() {
+                    tracing::warn!("leadership lost after the backup: retention skipped");
+                } else if !self.args.no_prune && !self.shutdown.is_cancelled() {
                     self.prune().await;
                 }
             }
@@ -306,7 +478,7 @@ impl Daemon {
                 self.health.lock().expect("health").last_run = Some((now, Err(e)));
             }
         }
-        refresh(&self.store, &self.health, self.args.store_timeout).await;
+        self.refresh().await;
     }
 
     async fn prune(&self) {
@@ -369,9 +541,14 @@ impl Daemon {
         let limit = self.cfg.etcd.snapshot_timeout + self.args.upload_timeout;
         let deadline = sleep(limit);
         tokio::pin!(deadline);
+        let mut fenced = false;
         let why = tokio::select! {
             r = &mut task => return join(r).map_err(Attempt::Failed),
             _ = &mut deadline => format!("backup attempt exceeded {limit:?}: cancelled"),
+            _ = self.leadership_lost() => {
+                fenced = true;
+                "leadership lost during the backup (lease revoked or expired): cancelled, nothing is stored".to_string()
+            }
             _ = self.shutdown.cancelled() => {
                 tracing::info!(grace = ?self.args.shutdown_grace, "shutdown: waiting for the running backup");
                 match timeout(self.args.shutdown_grace, &mut task).await {
@@ -385,16 +562,21 @@ impl Daemon {
         // The pipeline cleans up (aborts uploads, no manifest); wait for it, bounded.
         match timeout(Duration::from_secs(60), &mut task).await {
             Ok(Ok(Ok(m))) => Ok(m), // finished just before noticing the cancellation
-            Ok(_) => Err(if self.shutdown.is_cancelled() {
+            Ok(_) => Err(if fenced {
+                Attempt::Fenced(why)
+            } else if self.shutdown.is_cancelled() {
                 Attempt::Cancelled(why)
             } else {
                 Attempt::Failed(why)
             }),
             Err(_) => {
                 task.abort();
-                Err(Attempt::Cancelled(format!(
-                    "{why}; cleanup did not finish within 60s"
-                )))
+                let why = format!("{why}; cleanup did not finish within 60s");
+                Err(if fenced {
+                    Attempt::Fenced(why)
+                } else {
+                    Attempt::Cancelled(why)
+                })
             }
         }
     }
@@ -426,7 +608,8 @@ pub(crate) trait Runner {
     fn now(&self) -> DateTime<Utc>;
     /// One scheduled run (backup, retries, prune); never called concurrently.
     async fn run(&self);
-    /// When the newest backup in the store finished (`None`: store empty).
+    /// The last run to assume at start or takeover: when the newest backup in the store that
+    /// is not future-dated finished, never later than now (`None`: no such backup).
     async fn last_backup(&self) -> Option<DateTime<Utc>>;
     /// The next slot, for metrics and /readyz.
     fn set_next(&self, t: DateTime<Utc>);
@@ -510,6 +693,8 @@ enum Attempt {
     Failed(String),
     /// Stopped by shutdown; no retry.
     Cancelled(String),
+    /// Stopped because leadership was lost; no retry, not counted as a failed backup.
+    Fenced(String),
 }
 
 fn join(r: Result<Result<Manifest, String>, tokio::task::JoinError>) -> Result<Manifest, String> {
@@ -691,6 +876,39 @@ mod tests {
         });
         drive(&f, "*/10 * * * * *", Duration::from_secs(36), rx, true).await;
         assert_eq!(f.runs(), ["10:00:25", "10:00:30"]);
+    }
+
+    #[test]
+    fn future_dated_backups_never_become_the_last_run() {
+        let now = t("2026-11-23T10:00:00Z");
+        let m = |finished: &str, rev: i64| {
+            let mut m: Manifest = serde_json::from_value(serde_json::json!({
+                "id": format!("x{rev}"), "cluster_id": "aaaaaaaaaaaaaaaa", "member_id": "1",
+                "member_name": "m", "endpoint": "e", "etcd_version": "3.5.1",
+                "started_at": finished, "finished_at": finished, "revision": rev, "hash": 0,
+                "total_key": 0, "total_size": 0, "raw_sha256": "", "stored_bytes": 0,
+                "stored_sha256": "", "compression": "zstd", "compression_level": 3,
+                "tool_version": "t", "data_key": "aaaaaaaaaaaaaaaa/x.db.zst"
+            }))
+            .unwrap();
+            m.data_key = m.derived_data_key().unwrap();
+            m
+        };
+        let tol = Duration::from_secs(300);
+        // Two days ahead (highest revision, too): ignored; the real newest counts.
+        let cat = Catalog::new(
+            vec![m("2026-11-25T10:00:00Z", 9), m("2026-11-23T09:30:00Z", 5)],
+            vec![],
+            now,
+            tol,
+        );
+        assert_eq!(last_run_from(&cat, now), Some(t("2026-11-23T09:30:00Z")));
+        // Only future-dated backups: as if the store were empty (run now).
+        let cat = Catalog::new(vec![m("2026-11-25T10:00:00Z", 9)], vec![], now, tol);
+        assert_eq!(last_run_from(&cat, now), None);
+        // Slightly ahead, within the tolerance: clamped to now, so no slot is skipped.
+        let cat = Catalog::new(vec![m("2026-11-23T10:04:00Z", 9)], vec![], now, tol);
+        assert_eq!(last_run_from(&cat, now), Some(now));
     }
 
     #[tokio::test(start_paused = true)]

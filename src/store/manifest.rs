@@ -6,7 +6,10 @@
 //! its manifest does: [`catalog`] reads manifests only, so data objects without a manifest
 //! (failed or interrupted backups) are not listed.
 
+use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -190,61 +193,295 @@ pub fn manifest_key(cluster_id_hex: &str, id: &str) -> ObjectKey {
         .expect("valid cluster id and backup id")
 }
 
-/// All backups in the store, newest first (by id, which sorts by time; then by cluster id).
+/// Largest manifest [`catalog`] reads, in bytes (1 MiB). A `*.json` object listed with a
+/// bigger size is reported as broken without being read, so a huge object in the prefix
+/// cannot exhaust memory.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Default of `store.future_tolerance` (5 minutes), used by [`catalog`].
+pub const DEFAULT_FUTURE_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+/// A `*.json` object in the store that is not a trustworthy manifest. Nothing acts on it:
+/// `list` shows it, `verify --all` fails on it, `prune` leaves it (and the data object beside
+/// it) alone, and the daemon counts it in `etcd_lifeboat_store_broken_manifests`.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct BrokenManifest {
+    /// Key of the object (`<cluster-id>/<id>.json`, or wherever it was found).
+    pub key: ObjectKey,
+    /// Why it is not trusted, e.g. "not a manifest: expected value at line 1 column 1" or
+    /// "2097152 bytes, more than the 1048576 a manifest may have; not read".
+    pub reason: String,
+}
+
+/// What the store holds, as read by [`catalog_at`].
 ///
-/// Reads `*.json` objects only, so data objects without a manifest are not backups.
-/// Manifests that cannot be read or parsed, or whose key is not `<cluster_id>/<id>.json` of
-/// their own content, are skipped with a warning (tracing) so one bad object does not hide
-/// the others.
+/// `backups` is in the one order of truth: clusters with the most recent backup first (by the
+/// `finished_at` of their newest backup that is not future-dated), and within a cluster newest
+/// first by [`newest_first`] (revision, then `started_at`, then id). The writers' clocks are
+/// not trusted for the order: only for the hourly/daily/... buckets of retention and for the
+/// age metrics, which ignore future-dated backups.
 ///
-/// Errors: listing the store failed.
-pub async fn catalog(store: &Store) -> Result<Vec<Manifest>, StoreError> {
-    let keys: Vec<ObjectKey> = store
-        .list("")
-        .await?
-        .into_iter()
-        .map(|m| m.key)
-        .filter(|k| k.as_str().ends_with(MANIFEST_SUFFIX))
-        .collect();
+/// Dereferences to `backups` (a slice of manifests).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Catalog {
+    /// Intact backups (manifest readable, stored at its own key, `data_key` as derived).
+    pub backups: Vec<Manifest>,
+    /// Manifests that are not trusted, sorted by key.
+    pub broken: Vec<BrokenManifest>,
+    /// The clock reading the catalog was classified at.
+    pub now: DateTime<Utc>,
+    /// `store.future_tolerance`: backups dated further ahead of `now` are future-dated.
+    pub future_tolerance: Duration,
+}
+
+impl Catalog {
+    /// Whether `m` is dated (its `finished_at` or `started_at`) more than `future_tolerance`
+    /// ahead of `now`: written by a host whose clock is ahead, not to be trusted as "the last
+    /// backup" by schedulers and age metrics.
+    pub fn is_future(&self, m: &Manifest) -> bool {
+        is_future_dated(m, self.now, self.future_tolerance)
+    }
+
+    /// Future-dated backups, in catalog order.
+    pub fn future(&self) -> impl Iterator<Item = &Manifest> {
+        self.backups.iter().filter(|m| self.is_future(m))
+    }
+
+    /// The backups that are not future-dated, in catalog order.
+    pub fn current(&self) -> impl Iterator<Item = &Manifest> {
+        self.backups.iter().filter(|m| !self.is_future(m))
+    }
+
+    /// The backup that finished last, among those not future-dated (for age metrics, /readyz
+    /// and the scheduler's last run at start).
+    pub fn newest_by_time(&self) -> Option<&Manifest> {
+        self.current()
+            .max_by_key(|m| (m.finished_at, m.started_at, m.revision))
+    }
+
+    /// The backup that finished first, among those not future-dated.
+    pub fn oldest_by_time(&self) -> Option<&Manifest> {
+        self.current()
+            .min_by_key(|m| (m.finished_at, m.started_at, m.revision))
+    }
+
+    /// `list -o json`: a JSON array, one element per backup (its manifest plus
+    /// `"status": "ok"` or `"future"`), then one per broken manifest
+    /// (`{"status": "broken", "key": ..., "reason": ...}`).
+    pub fn to_list_json(&self) -> serde_json::Value {
+        let mut out = Vec::with_capacity(self.backups.len() + self.broken.len());
+        for m in &self.backups {
+            let mut v = serde_json::to_value(m).expect("manifest serialises");
+            if let Some(o) = v.as_object_mut() {
+                let status = if self.is_future(m) { "future" } else { "ok" };
+                o.insert("status".into(), status.into());
+            }
+            out.push(v);
+        }
+        for b in &self.broken {
+            out.push(serde_json::json!({"status": "broken", "key": b.key, "reason": b.reason}));
+        }
+        serde_json::Value::Array(out)
+    }
+
+    /// The intact backups, or an error naming every broken manifest (for `verify --all`:
+    /// `catalog(&store).await?.into_intact()?` makes it exit non-zero on broken manifests).
+    ///
+    /// Errors: [`BrokenManifests`] when `broken` is not empty.
+    pub fn into_intact(self) -> Result<Vec<Manifest>, BrokenManifests> {
+        if self.broken.is_empty() {
+            Ok(self.backups)
+        } else {
+            Err(BrokenManifests(self.broken))
+        }
+    }
+}
+
+/// The store holds broken manifests ([`Catalog::into_intact`]); the message lists each key
+/// with its reason and says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{} broken manifests in the store: {}; inspect them with `etcd-lifeboat list`, then put back a good copy or delete them by hand (prune never touches them)", .0.len(), .0.iter().map(|b| format!("{} ({})", b.key, b.reason)).collect::<Vec<_>>().join("; "))]
+pub struct BrokenManifests(pub Vec<BrokenManifest>);
+
+impl std::ops::Deref for Catalog {
+    type Target = [Manifest];
+    fn deref(&self) -> &[Manifest] {
+        &self.backups
+    }
+}
+
+/// Whether `m` is dated more than `tolerance` ahead of `now` (its `finished_at` or its
+/// `started_at`).
+pub fn is_future_dated(m: &Manifest, now: DateTime<Utc>, tolerance: Duration) -> bool {
+    let limit = chrono::Duration::from_std(tolerance)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    m.finished_at > limit || m.started_at > limit
+}
+
+/// The one order of truth within a cluster, newest first: higher revision first, then later
+/// `started_at`, then greater id. `latest`, retention's `keep_last` and "newest, always kept"
+/// follow it, so a writer's wrong clock cannot make an older snapshot the newest.
+pub fn newest_first(a: &Manifest, b: &Manifest) -> Ordering {
+    b.revision
+        .cmp(&a.revision)
+        .then_with(|| b.started_at.cmp(&a.started_at))
+        .then_with(|| b.id.cmp(&a.id))
+}
+
+/// Checks that `m`, read from `key`, can be trusted: its cluster id and id are single key
+/// segments, it is stored at `<cluster_id>/<id>.json`, and its `data_key` field is the key
+/// derived from them. Returns the reason when not.
+pub fn check_manifest(key: &ObjectKey, m: &Manifest) -> Result<(), String> {
+    for (what, v) in [("cluster_id", &m.cluster_id), ("id", &m.id)] {
+        if v.is_empty() || v.contains('/') || ObjectKey::new(v.as_str()).is_err() {
+            return Err(format!(
+                "its {what} {v:?} is not a valid key segment; not a manifest written by etcd-lifeboat"
+            ));
+        }
+    }
+    let own = manifest_key(&m.cluster_id, &m.id);
+    if &own != key {
+        return Err(format!(
+            "its content says cluster {} id {}, which belongs at {own}; a copied or renamed manifest is not trusted",
+            m.cluster_id, m.id
+        ));
+    }
+    let derived = m.derived_data_key().map_err(|e| e.to_string())?;
+    if m.data_key != derived {
+        return Err(format!(
+            "its data_key field names {}, but the data of backup {} is at {derived}; a manifest pointing elsewhere is not trusted",
+            m.data_key, m.id
+        ));
+    }
+    Ok(())
+}
+
+/// [`catalog_at`] with the clock of this process and the default `store.future_tolerance`
+/// ([`DEFAULT_FUTURE_TOLERANCE`]).
+///
+/// Errors: listing the store failed, or a manifest could not be read for another reason than
+/// having been deleted meanwhile.
+pub async fn catalog(store: &Store) -> Result<Catalog, StoreError> {
+    catalog_at(store, Utc::now(), DEFAULT_FUTURE_TOLERANCE).await
+}
+
+/// Reads every `*.json` object of the store into a [`Catalog`]: intact backups in the one order
+/// of truth, and broken manifests with the reason. Data objects are not read, so data objects
+/// without a manifest (failed or interrupted backups) are not backups.
+///
+/// A `*.json` object is broken when the listing gives it more than [`MAX_MANIFEST_BYTES`]
+/// (never read), when it is not manifest JSON, or when [`check_manifest`] rejects it. A
+/// manifest deleted between listing and reading (a concurrent prune) is left out. `now` and
+/// `future_tolerance` decide which backups are future-dated ([`Catalog::is_future`]).
+///
+/// Errors: listing the store failed, or reading a manifest failed (network, permissions).
+pub async fn catalog_at(
+    store: &Store,
+    now: DateTime<Utc>,
+    future_tolerance: Duration,
+) -> Result<Catalog, StoreError> {
+    let mut broken = Vec::new();
+    let mut keys = Vec::new();
+    for o in store.list("").await? {
+        if !o.key.as_str().ends_with(MANIFEST_SUFFIX) {
+            continue;
+        }
+        if o.size > MAX_MANIFEST_BYTES {
+            broken.push(BrokenManifest {
+                reason: format!(
+                    "{} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have; not read",
+                    o.size
+                ),
+                key: o.key,
+            });
+        } else {
+            keys.push(o.key);
+        }
+    }
     let read = futures::stream::iter(keys)
         .map(|key| async move {
-            let r = match store.get_bytes(&key).await {
-                Ok(b) => serde_json::from_slice::<Manifest>(&b).map_err(|e| e.to_string()),
-                Err(StoreError::NotFound { .. }) => Err("deleted while listing".to_string()),
-                Err(e) => return Err(e),
-            };
-            Ok::<_, StoreError>((key, r))
+            match store.get_bytes(&key).await {
+                Ok(b) => Ok(Some((key, b))),
+                Err(StoreError::NotFound { .. }) => {
+                    tracing::debug!(%key, "manifest deleted while listing");
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
         })
         .buffer_unordered(8)
         .try_collect::<Vec<_>>()
         .await?;
-    let mut out = Vec::with_capacity(read.len());
-    for (key, r) in read {
-        match r {
-            Ok(m) => match m.key() {
-                Ok(k) if k == key => out.push(m),
-                _ => tracing::warn!(
-                    "skipping manifest {key}: its content says cluster {} id {}, which belongs at {}/{}{MANIFEST_SUFFIX}",
-                    m.cluster_id, m.id, m.cluster_id, m.id
-                ),
-            },
-            Err(e) => tracing::warn!("skipping manifest {key} in {}: {e}", store.describe()),
+    let mut backups = Vec::with_capacity(read.len());
+    for (key, bytes) in read.into_iter().flatten() {
+        match classify(&key, &bytes) {
+            Ok(m) => backups.push(m),
+            Err(reason) => {
+                tracing::debug!(%key, %reason, "broken manifest");
+                broken.push(BrokenManifest { key, reason });
+            }
         }
     }
-    out.sort_by(|a, b| {
-        b.id.cmp(&a.id)
-            .then_with(|| b.cluster_id.cmp(&a.cluster_id))
-    });
-    Ok(out)
+    broken.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(Catalog::new(backups, broken, now, future_tolerance))
 }
 
-/// Resolves `which` to one backup: `"latest"` (the newest), an exact id, or a prefix of
-/// exactly one id (e.g. `"20261122T23"`).
+/// Parses and checks the bytes of the manifest object `key`.
+fn classify(key: &ObjectKey, bytes: &[u8]) -> Result<Manifest, String> {
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "{} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have",
+            bytes.len()
+        ));
+    }
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))?;
+    check_manifest(key, &m)?;
+    Ok(m)
+}
+
+impl Catalog {
+    /// Orders `backups` (see [`Catalog`]) and wraps them. Pure.
+    pub fn new(
+        mut backups: Vec<Manifest>,
+        broken: Vec<BrokenManifest>,
+        now: DateTime<Utc>,
+        future_tolerance: Duration,
+    ) -> Catalog {
+        // Most recent (trusted) finish time per cluster orders the clusters.
+        let mut recent: HashMap<String, Option<DateTime<Utc>>> = HashMap::new();
+        for m in &backups {
+            let e = recent.entry(m.cluster_id.clone()).or_default();
+            if !is_future_dated(m, now, future_tolerance) {
+                *e = (*e).max(Some(m.finished_at));
+            }
+        }
+        backups.sort_by(|a, b| {
+            if a.cluster_id == b.cluster_id {
+                return newest_first(a, b);
+            }
+            recent[&b.cluster_id]
+                .cmp(&recent[&a.cluster_id])
+                .then_with(|| a.cluster_id.cmp(&b.cluster_id))
+        });
+        Catalog {
+            backups,
+            broken,
+            now,
+            future_tolerance,
+        }
+    }
+}
+
+/// Resolves `which` to one backup: `"latest"` (the first in the one order of truth: the
+/// highest revision of the most recently backed-up cluster), an exact id, or a prefix of
+/// exactly one id (e.g. `"20261122T23"`). Broken manifests are never returned.
 ///
 /// Errors: [`StoreError::BackupNotFound`] when nothing matches (or the store is empty),
 /// [`StoreError::Ambiguous`] when a prefix matches several ids, listing errors.
 pub async fn find(store: &Store, which: &str) -> Result<Manifest, StoreError> {
-    let all = catalog(store).await?;
+    let all = catalog(store).await?.backups;
     let not_found = || StoreError::BackupNotFound {
         which: which.to_string(),
         store: store.describe(),
@@ -301,6 +538,143 @@ mod tests {
         // Ids sort by time even across revisions of different widths.
         let later = backup_id(t + chrono::Duration::seconds(1), 7);
         assert!(later > id);
+    }
+
+    fn fixture(cluster: &str, started: &str, revision: i64) -> Manifest {
+        let at = DateTime::parse_from_rfc3339(started)
+            .unwrap()
+            .with_timezone(&Utc);
+        let id = backup_id(at, revision);
+        Manifest {
+            data_key: data_key(cluster, &id),
+            id,
+            cluster_id: cluster.into(),
+            member_id: "1".into(),
+            member_name: "m".into(),
+            endpoint: "http://127.0.0.1:2379".into(),
+            etcd_version: "3.5.1".into(),
+            started_at: at,
+            finished_at: at + chrono::Duration::seconds(5),
+            revision,
+            hash: 0,
+            total_key: 0,
+            total_size: 0,
+            raw_sha256: String::new(),
+            stored_bytes: 0,
+            stored_sha256: String::new(),
+            compression: "zstd".into(),
+            compression_level: 3,
+            tool_version: "test".into(),
+            tag: None,
+            encryption: None,
+            sse: None,
+            object_lock: None,
+            source: BackupSource::Etcd,
+        }
+    }
+
+    const C: &str = "aaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn classify_rejects_untrusted_manifests() {
+        let m = fixture(C, "2026-11-22T23:00:00Z", 7);
+        let key = manifest_key(C, &m.id);
+        assert_eq!(classify(&key, m.to_json().as_bytes()).unwrap(), m);
+
+        let e = classify(&key, &m.to_json().as_bytes()[..40]).unwrap_err();
+        assert!(e.starts_with("not a manifest: "), "{e}");
+
+        let elsewhere = ObjectKey::new(format!("{C}/other.json")).unwrap();
+        let e = classify(&elsewhere, m.to_json().as_bytes()).unwrap_err();
+        assert!(e.contains(&format!("which belongs at {key}")), "{e}");
+
+        let mut other = m.clone();
+        other.data_key = data_key(C, "20261122T220000Z-r0000000000000001");
+        let e = classify(&key, other.to_json().as_bytes()).unwrap_err();
+        assert!(
+            e.contains("its data_key field names aaaaaaaaaaaaaaaa/20261122T220000Z-r0000000000000001.db.zst"),
+            "{e}"
+        );
+
+        // Encrypted: the derived key ends in .db.zst.age; the plaintext key is then wrong.
+        let mut enc = m.clone();
+        enc.encryption = Some(EncryptionInfo {
+            format: AGE_FORMAT.into(),
+            recipients: vec!["age1x".into()],
+        });
+        assert!(classify(&key, enc.to_json().as_bytes()).is_err());
+        enc.data_key = encrypted_data_key(C, &enc.id);
+        assert_eq!(classify(&key, enc.to_json().as_bytes()).unwrap(), enc);
+
+        // A cluster id with a '/' cannot sneak into another directory.
+        let mut nested = m.clone();
+        nested.cluster_id = format!("{C}/x");
+        nested.data_key = ObjectKey::new(format!("{C}/x/{}.db.zst", m.id)).unwrap();
+        let nested_key = ObjectKey::new(format!("{C}/x/{}.json", m.id)).unwrap();
+        let e = classify(&nested_key, nested.to_json().as_bytes()).unwrap_err();
+        assert!(e.contains("not a valid key segment"), "{e}");
+
+        let big = vec![b' '; MAX_MANIFEST_BYTES as usize + 1];
+        assert!(classify(&key, &big).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn order_of_truth_is_revision_then_time() {
+        let now = DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        // Written by a host whose clock was two days behind, but the highest revision.
+        let behind = fixture(C, "2026-11-21T11:00:00Z", 900);
+        let a = fixture(C, "2026-11-23T10:00:00Z", 500);
+        let b = fixture(C, "2026-11-23T11:00:00Z", 600);
+        // A host two days ahead with an old revision.
+        let ahead = fixture(C, "2026-11-25T11:00:00Z", 100);
+        let other = fixture("bbbbbbbbbbbbbbbb", "2026-11-20T11:00:00Z", 99999);
+        let cat = Catalog::new(
+            vec![
+                a.clone(),
+                ahead.clone(),
+                other.clone(),
+                behind.clone(),
+                b.clone(),
+            ],
+            vec![],
+            now,
+            DEFAULT_FUTURE_TOLERANCE,
+        );
+        let revs: Vec<i64> = cat.iter().map(|m| m.revision).collect();
+        assert_eq!(revs, [900, 600, 500, 100, 99999]);
+        assert_eq!(cat.future().map(|m| m.revision).collect::<Vec<_>>(), [100]);
+        // Age is by time, ignoring the future-dated backup.
+        assert_eq!(cat.newest_by_time().unwrap().revision, 600);
+        assert_eq!(cat.oldest_by_time().unwrap().revision, 99999);
+        let json = cat.to_list_json();
+        assert_eq!(json[3]["status"], "future");
+        assert_eq!(json[0]["status"], "ok");
+        assert_eq!(json[0]["revision"], 900);
+
+        // Tolerance: 4 minutes ahead is fine with 5m, flagged with 1m.
+        let mut soon = a.clone();
+        soon.finished_at = now + chrono::Duration::minutes(4);
+        assert!(!is_future_dated(&soon, now, DEFAULT_FUTURE_TOLERANCE));
+        assert!(is_future_dated(&soon, now, Duration::from_secs(60)));
+        assert!(!is_future_dated(&soon, now, Duration::MAX));
+    }
+
+    #[test]
+    fn into_intact_names_broken_manifests() {
+        let cat = Catalog {
+            broken: vec![BrokenManifest {
+                key: ObjectKey::new("c/x.json").unwrap(),
+                reason: "not a manifest: EOF".into(),
+            }],
+            ..Default::default()
+        };
+        let e = cat.into_intact().unwrap_err().to_string();
+        assert!(
+            e.starts_with("1 broken manifests in the store: c/x.json (not a manifest: EOF)"),
+            "{e}"
+        );
     }
 
     #[test]

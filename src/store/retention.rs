@@ -6,13 +6,24 @@
 //!
 //! # Policy (grandfather-father-son, as restic's `forget`)
 //! Backups are grouped by `cluster_id` (a store prefix may hold several clusters); inside a
-//! group, newest first:
+//! group, newest first in the one order of truth ([`newest_first`]: revision, then time, so a
+//! writer's wrong clock cannot make prune delete the snapshot with the highest revision):
 //! - `keep_last: N` keeps the N newest backups;
-//! - `keep_hourly` / `keep_daily` / `keep_weekly` / `keep_monthly: N` keep the newest backup of
-//!   each of the last N hours / days / ISO weeks / months *that have backups* (periods without a
-//!   backup do not use up the count);
+//! - `keep_hourly` / `keep_daily` / `keep_weekly` / `keep_monthly: N` keep, for each of the last
+//!   N hours / days / ISO weeks / months *that have backups* (periods without a backup do not
+//!   use up the count; periods are ordered by the latest backup time in them), the newest
+//!   backup of that period;
 //! - a backup is kept when any rule keeps it, and every rule that keeps it is recorded;
 //! - the newest backup of each cluster is always kept, whatever the policy says.
+//!
+//! # What prune never deletes
+//! - Keys taken from a manifest field: every key is derived from cluster id + backup id
+//!   ([`manifest_key`], [`Manifest::derived_data_key`]).
+//! - Broken manifests ([`crate::store::manifest::BrokenManifest`]) and the data beside them:
+//!   they are reported ("prune: left N broken manifests: ...") and left for a human.
+//! - Backups whose manifest says their objects are under S3 Object Lock until a future date
+//!   (`object_lock.retain_until`): reported with the date they become deletable. A delete the
+//!   store refuses for a backup with Object Lock is reported, not a failure.
 //!
 //! Periods are computed in UTC, or in `schedule.timezone` when set ([`plan_in`]): a daily
 //! bucket is a local calendar day, weekly an ISO week (Monday start, `%G-W%V`, so 2027-01-01
@@ -21,10 +32,11 @@
 //! The time of a backup is its `started_at` (the point in time the snapshot represents).
 //!
 //! # Orphans
-//! Data objects (`*.db.zst`, `*.db`) that no manifest references are not backups (the
-//! manifest is written last, so they are left-overs of failed or interrupted runs). They are
-//! removed only when older than `retention.orphan_grace`, so that an upload in flight (data
-//! written, manifest not yet) is never touched. Other objects are never deleted.
+//! Data objects (`*.db.zst`, `*.db.zst.age`, `*.db`) without a sibling manifest `<id>.json`
+//! (parseable or not) are not backups (the manifest is written last, so they are left-overs of
+//! failed or interrupted runs). They are removed only when older than `retention.orphan_grace`,
+//! so that an upload in flight (data written, manifest not yet) is never touched. Other objects
+//! are never deleted.
 //!
 //! # Order of deletion
 //! A backup's manifest is deleted first, then its data object: a backup exists only while its
@@ -39,8 +51,11 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::config::{Config, RetentionConfig};
-use crate::store::manifest::{manifest_key, Manifest};
-use crate::store::{ObjectMeta, Store};
+use crate::store::manifest::{
+    manifest_key, newest_first, BrokenManifest, Manifest, DATA_SUFFIX, ENCRYPTED_DATA_SUFFIX,
+    MANIFEST_SUFFIX,
+};
+use crate::store::{ObjectKey, ObjectMeta, Store};
 
 /// Why a backup is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,12 +97,21 @@ pub struct BackupDecision {
     pub cluster_id: String,
     /// The backup's time (`started_at`), which decides its periods.
     pub time: DateTime<Utc>,
-    /// Object key of the manifest (`<cluster-id>/<id>.json`).
+    /// Store revision of the snapshot, which decides its order.
+    pub revision: i64,
+    /// Object key of the manifest, derived: `<cluster-id>/<id>.json`.
     pub manifest_key: String,
-    /// Object key of the data object (`<cluster-id>/<id>.db.zst`).
+    /// Object key of the data object, derived: `<cluster-id>/<id>.db.zst` (`.db.zst.age` when
+    /// encrypted). Never the manifest's `data_key` field.
     pub data_key: String,
-    /// Rules that keep it; empty means it is removed.
+    /// Rules that keep it; empty means the policy lets it go.
     pub reasons: Vec<KeepReason>,
+    /// `object_lock.retain_until` of its manifest, when the store locks its objects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retain_until: Option<DateTime<Utc>>,
+    /// The policy lets it go but it is under Object Lock until `retain_until` (after the
+    /// plan's `now`): it is not deleted now.
+    pub locked: bool,
 }
 
 impl BackupDecision {
@@ -121,6 +145,11 @@ pub struct PrunePlan {
     pub backups: Vec<BackupDecision>,
     /// Unreferenced data objects (empty when the plan was made from manifests only).
     pub orphans: Vec<OrphanDecision>,
+    /// Manifests that are not trusted: never deleted, nor the data beside them.
+    pub broken: Vec<BrokenManifest>,
+    /// Deletions the store refused for backups under Object Lock (reported, not failures):
+    /// the object key and the store's answer. Filled by [`prune`].
+    pub refused: Vec<String>,
 }
 
 impl PrunePlan {
@@ -128,9 +157,13 @@ impl PrunePlan {
     pub fn kept(&self) -> impl Iterator<Item = &BackupDecision> {
         self.backups.iter().filter(|b| b.keep())
     }
-    /// Backups to remove.
+    /// Backups to remove now (not kept, not under Object Lock).
     pub fn removed(&self) -> impl Iterator<Item = &BackupDecision> {
-        self.backups.iter().filter(|b| !b.keep())
+        self.backups.iter().filter(|b| !b.keep() && !b.locked)
+    }
+    /// Backups the policy lets go that stay under Object Lock for now.
+    pub fn locked(&self) -> impl Iterator<Item = &BackupDecision> {
+        self.backups.iter().filter(|b| !b.keep() && b.locked)
     }
     /// Orphan objects to remove.
     pub fn orphans_removed(&self) -> impl Iterator<Item = &OrphanDecision> {
@@ -143,15 +176,23 @@ impl PrunePlan {
         out.push_str(&format!("{:<6} {:<36} {}\n", "ACTION", "ID", "REASONS"));
         for b in &self.backups {
             let reasons: Vec<String> = b.reasons.iter().map(|r| r.to_string()).collect();
+            let (action, why) = match (b.keep(), b.locked, b.retain_until) {
+                (true, _, _) => ("keep", reasons.join(", ")),
+                (false, true, Some(t)) => (
+                    "locked",
+                    format!(
+                        "Object Lock until {}: deletable then",
+                        t.format("%Y-%m-%dT%H:%M:%SZ")
+                    ),
+                ),
+                _ => ("remove", "-".to_string()),
+            };
+            out.push_str(&format!("{action:<6} {:<36} {why}\n", b.id));
+        }
+        for b in &self.broken {
             out.push_str(&format!(
-                "{:<6} {:<36} {}\n",
-                if b.keep() { "keep" } else { "remove" },
-                b.id,
-                if reasons.is_empty() {
-                    "-".to_string()
-                } else {
-                    reasons.join(", ")
-                }
+                "{:<6} {:<36} broken manifest, left alone: {}\n",
+                "leave", b.key, b.reason
             ));
         }
         for o in &self.orphans {
@@ -176,7 +217,45 @@ impl PrunePlan {
             self.orphans_removed().count(),
             self.orphans.len()
         ));
+        if let Some(line) = self.locked_summary() {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        if let Some(line) = self.broken_summary() {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        for r in &self.refused {
+            out.push_str(&format!("prune: the store refused to delete {r}\n"));
+        }
         out
+    }
+
+    /// "prune: left N broken manifests: key (reason), ..." when there are any.
+    pub fn broken_summary(&self) -> Option<String> {
+        if self.broken.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = self
+            .broken
+            .iter()
+            .map(|b| format!("{} ({})", b.key, b.reason))
+            .collect();
+        Some(format!(
+            "prune: left {} broken manifests: {}",
+            list.len(),
+            list.join("; ")
+        ))
+    }
+
+    /// "prune: N backups under Object Lock, first deletable at T" when there are any.
+    pub fn locked_summary(&self) -> Option<String> {
+        let first = self.locked().filter_map(|b| b.retain_until).min()?;
+        Some(format!(
+            "prune: {} backups kept under Object Lock; the first becomes deletable at {}",
+            self.locked().count(),
+            first.format("%Y-%m-%dT%H:%M:%SZ")
+        ))
     }
 }
 
@@ -199,34 +278,41 @@ pub fn plan_in(
     }
     let mut decisions = Vec::with_capacity(backups.len());
     for (_, mut group) in by_cluster {
-        // Newest first; ties broken by id so the result does not depend on input order.
-        group.sort_by(|a, b| backup_time(b).cmp(&backup_time(a)).then(b.id.cmp(&a.id)));
-        let mut buckets = [
-            Bucket::new(policy.keep_hourly, Period::Hour),
-            Bucket::new(policy.keep_daily, Period::Day),
-            Bucket::new(policy.keep_weekly, Period::Week),
-            Bucket::new(policy.keep_monthly, Period::Month),
-        ];
-        for (i, m) in group.iter().enumerate() {
-            let t = backup_time(m);
-            let mut reasons = Vec::new();
-            if i == 0 {
-                reasons.push(KeepReason::Newest);
+        // The one order of truth, so the result does not depend on input order or clocks.
+        group.sort_by(|a, b| newest_first(a, b));
+        let mut reasons: Vec<Vec<KeepReason>> = vec![Vec::new(); group.len()];
+        if let Some(r) = reasons.first_mut() {
+            r.push(KeepReason::Newest);
+        }
+        for r in reasons.iter_mut().take(policy.keep_last as usize) {
+            r.push(KeepReason::Last);
+        }
+        for (n, period) in [
+            (policy.keep_hourly, Period::Hour),
+            (policy.keep_daily, Period::Day),
+            (policy.keep_weekly, Period::Week),
+            (policy.keep_monthly, Period::Month),
+        ] {
+            for (i, key) in bucket_heads(&group, n, period, &tz) {
+                reasons[i].push(match period {
+                    Period::Hour => KeepReason::Hourly(key),
+                    Period::Day => KeepReason::Daily(key),
+                    Period::Week => KeepReason::Weekly(key),
+                    Period::Month => KeepReason::Monthly(key),
+                });
             }
-            if (i as u64) < u64::from(policy.keep_last) {
-                reasons.push(KeepReason::Last);
-            }
-            for b in &mut buckets {
-                if let Some(r) = b.offer(t, &tz) {
-                    reasons.push(r);
-                }
-            }
+        }
+        for (m, reasons) in group.into_iter().zip(reasons) {
+            let retain_until = m.object_lock.as_ref().map(|l| l.retain_until);
             decisions.push(BackupDecision {
                 id: m.id.clone(),
                 cluster_id: m.cluster_id.clone(),
-                time: t,
+                time: backup_time(m),
+                revision: m.revision,
                 manifest_key: manifest_key(&m.cluster_id, &m.id).to_string(),
-                data_key: m.data_key.to_string(),
+                data_key: derived_data_key(m),
+                locked: reasons.is_empty() && retain_until.is_some_and(|t| t > now),
+                retain_until,
                 reasons,
             });
         }
@@ -236,22 +322,67 @@ pub fn plan_in(
         timezone: tz.name().to_string(),
         backups: decisions,
         orphans: Vec::new(),
+        broken: Vec::new(),
+        refused: Vec::new(),
     }
 }
 
-/// Data objects in `objects` that no manifest in `backups` references, each marked for removal
-/// when its `last_modified` is more than `grace` before `now`. Pure.
+/// The derived data key (the catalog only admits manifests whose ids make valid keys).
+fn derived_data_key(m: &Manifest) -> String {
+    m.derived_data_key()
+        .map(|k| k.to_string())
+        .unwrap_or_else(|_| crate::store::manifest::data_key(&m.cluster_id, &m.id).to_string())
+}
+
+/// For the `n` most recent periods that have backups in `group` (ordered newest first by
+/// [`newest_first`]), the index of the period's newest backup and the period's name. Periods
+/// are ordered by the latest backup time in them.
+fn bucket_heads(group: &[&Manifest], n: u32, period: Period, tz: &Tz) -> Vec<(usize, String)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    // Period name -> (index of its first backup in truth order, latest time in it).
+    let mut periods: BTreeMap<String, (usize, DateTime<Utc>)> = BTreeMap::new();
+    for (i, m) in group.iter().enumerate() {
+        let t = backup_time(m);
+        periods
+            .entry(period_key(period, t, tz))
+            .and_modify(|e| e.1 = e.1.max(t))
+            .or_insert((i, t));
+    }
+    let mut v: Vec<(String, (usize, DateTime<Utc>))> = periods.into_iter().collect();
+    v.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then_with(|| b.0.cmp(&a.0)));
+    v.into_iter()
+        .take(n as usize)
+        .map(|(key, (i, _))| (i, key))
+        .collect()
+}
+
+/// Data objects in `objects` that are no backup's: neither the derived data key of a backup
+/// in `backups` nor beside a manifest object `<id>.json` in `objects` (parseable or not). Each
+/// is marked for removal when its `last_modified` is more than `grace` before `now`. Pure.
 pub fn orphans(
     objects: &[ObjectMeta],
     backups: &[Manifest],
     grace: Duration,
     now: DateTime<Utc>,
 ) -> Vec<OrphanDecision> {
-    let referenced: HashSet<String> = backups.iter().map(|m| m.data_key.to_string()).collect();
+    let referenced: HashSet<String> = backups.iter().map(derived_data_key).collect();
+    let manifests: HashSet<&str> = objects
+        .iter()
+        .map(|o| o.key.as_str())
+        .filter(|k| k.ends_with(MANIFEST_SUFFIX))
+        .collect();
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     objects
         .iter()
-        .filter(|o| is_data_object(o.key.as_str()) && !referenced.contains(o.key.as_str()))
+        .filter(|o| {
+            let Some(stem) = data_object_stem(o.key.as_str()) else {
+                return false;
+            };
+            !referenced.contains(o.key.as_str())
+                && !manifests.contains(format!("{stem}{MANIFEST_SUFFIX}").as_str())
+        })
         .map(|o| OrphanDecision {
             key: o.key.to_string(),
             size: o.size,
@@ -261,8 +392,11 @@ pub fn orphans(
         .collect()
 }
 
-fn is_data_object(key: &str) -> bool {
-    key.ends_with(".db.zst") || key.ends_with(".db")
+/// `<cluster>/<id>` of a data object key (`.db.zst.age`, `.db.zst` or `.db`), else `None`.
+fn data_object_stem(key: &str) -> Option<&str> {
+    [ENCRYPTED_DATA_SUFFIX, DATA_SUFFIX, ".db"]
+        .iter()
+        .find_map(|suffix| key.strip_suffix(suffix))
 }
 
 /// The instant that decides a backup's periods: when its snapshot was taken.
@@ -276,41 +410,6 @@ enum Period {
     Day,
     Week,
     Month,
-}
-
-struct Bucket {
-    remaining: u32,
-    period: Period,
-    last: Option<String>,
-}
-
-impl Bucket {
-    fn new(n: u32, period: Period) -> Self {
-        Bucket {
-            remaining: n,
-            period,
-            last: None,
-        }
-    }
-
-    /// Offers the next (older) backup; keeps it when it opens a new period and periods remain.
-    fn offer(&mut self, t: DateTime<Utc>, tz: &Tz) -> Option<KeepReason> {
-        if self.remaining == 0 {
-            return None;
-        }
-        let key = period_key(self.period, t, tz);
-        if self.last.as_deref() == Some(key.as_str()) {
-            return None;
-        }
-        self.remaining -= 1;
-        self.last = Some(key.clone());
-        Some(match self.period {
-            Period::Hour => KeepReason::Hourly(key),
-            Period::Day => KeepReason::Daily(key),
-            Period::Week => KeepReason::Weekly(key),
-            Period::Month => KeepReason::Monthly(key),
-        })
-    }
 }
 
 fn period_key(p: Period, t: DateTime<Utc>, tz: &Tz) -> String {
@@ -361,33 +460,59 @@ pub struct PruneError {
 
 /// Lists the store (manifests via the catalog, objects for orphans), plans with the policy in
 /// `cfg.retention` and periods in `cfg.schedule.timezone`, and, unless `dry_run`, deletes what
-/// the plan removes: per backup the manifest first, then the data object; then expired orphans.
-/// Each deletion is logged (`tracing::info`). Deletion failures do not stop the others; they
-/// are reported together as a [`PruneError`] after all were tried.
+/// the plan removes: per backup the manifest first, then the data object (both keys derived
+/// from cluster id and backup id); then expired orphans. Broken manifests and backups under
+/// Object Lock are left and reported (`tracing::warn`/`info` and the plan's table). Each
+/// deletion is logged (`tracing::info`). Deletion failures do not stop the others; they are
+/// reported together as a [`PruneError`] after all were tried, except refusals for backups
+/// under Object Lock, which go to [`PrunePlan::refused`].
 ///
 /// Errors: the store cannot be listed (nothing is deleted then), or some deletions failed.
 pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result<PrunePlan> {
-    let backups = crate::store::manifest::catalog(store).await?;
-    let objects = store.list("").await?;
     let now = Utc::now();
-    let mut p = plan_in(&backups, &cfg.retention, config_tz(cfg), now);
-    p.orphans = orphans(&objects, &backups, cfg.retention.orphan_grace, now);
+    let cat = crate::store::manifest::catalog_at(store, now, cfg.store.future_tolerance).await?;
+    let objects = store.list("").await?;
+    let mut p = plan_in(&cat.backups, &cfg.retention, config_tz(cfg), now);
+    p.orphans = orphans(&objects, &cat.backups, cfg.retention.orphan_grace, now);
+    p.broken = cat.broken;
+    if let Some(line) = p.broken_summary() {
+        tracing::warn!("{line}");
+    }
+    for b in p.locked() {
+        tracing::info!(backup = %b.id, retain_until = ?b.retain_until,
+            "prune: backup under Object Lock kept; deletable after its retain-until date");
+    }
     if dry_run {
         return Ok(p);
     }
+    // wired at merge: store.remove_stale_uploads(cfg.retention.orphan_grace) (store helper) and
+    // crate::workdir::sweep_stale(temp_dir) (crypto helper) are called here, e.g.:
+    //   if let Err(e) = store.remove_stale_uploads(cfg.retention.orphan_grace).await {
+    //       tracing::warn!(error = %e, "prune: stale uploads not cleaned");
+    //   }
     let mut attempted = 0usize;
     let mut failures: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     for b in p.removed() {
         // Safety net: never remove the newest backup of a cluster (the plan always keeps it).
         debug_assert!(!b.reasons.contains(&KeepReason::Newest));
+        // Both keys derived from cluster id + backup id (+ encryption), never a manifest field.
         for key in [&b.manifest_key, &b.data_key] {
             attempted += 1;
-            let r = match crate::store::ObjectKey::new(key.as_str()) {
+            let r = match ObjectKey::new(key.as_str()) {
                 Ok(k) => store.delete(&k).await,
                 Err(e) => Err(e),
             };
             match r {
                 Ok(()) => tracing::info!(backup = %b.id, key = %key, "prune: deleted"),
+                Err(e) if b.retain_until.is_some() => {
+                    // Object Lock (StoreError::Locked once the store helper's branch is merged):
+                    // the store keeps it; report, do not fail.
+                    tracing::info!(backup = %b.id, key = %key, error = %e,
+                        "prune: the store refused the delete of a backup with Object Lock");
+                    refused.push(format!("{key}: {e}"));
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(backup = %b.id, key = %key, error = %e, "prune: delete failed");
                     failures.push(format!("{key}: {e}"));
@@ -401,7 +526,7 @@ pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result
     }
     for o in p.orphans_removed() {
         attempted += 1;
-        let r = match crate::store::ObjectKey::new(o.key.as_str()) {
+        let r = match ObjectKey::new(o.key.as_str()) {
             Ok(k) => store.delete(&k).await,
             Err(e) => Err(e),
         };
@@ -413,6 +538,7 @@ pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result
             }
         }
     }
+    p.refused = refused;
     if let Some(first) = failures.first() {
         return Err(PruneError {
             attempted,
@@ -792,6 +918,193 @@ mod tests {
         ms.reverse();
         let b = plan(&ms, &pol, t("2026-12-01T00:00:00Z"));
         assert_eq!(a, b);
+    }
+
+    /// A backup whose clock said `time` and whose snapshot has `revision`.
+    fn m_rev(time: &str, revision: i64) -> Manifest {
+        let mut x = m(time);
+        x.revision = revision;
+        x.id = crate::store::manifest::backup_id(x.started_at, revision);
+        x.data_key = crate::store::manifest::data_key(&x.cluster_id, &x.id);
+        x
+    }
+
+    #[test]
+    fn skewed_clocks_follow_the_revision() {
+        // Hourly backups, revisions increasing; the last writer's clock was two days behind.
+        let ms = vec![
+            m_rev("2026-11-23T08:00:00Z", 100),
+            m_rev("2026-11-23T09:00:00Z", 200),
+            m_rev("2026-11-23T10:00:00Z", 300),
+            m_rev("2026-11-23T11:00:00Z", 400),
+            m_rev("2026-11-21T12:00:00Z", 500),
+        ];
+        let p = plan(&ms, &policy(3, 0, 0, 0, 0), t("2026-11-23T12:30:00Z"));
+        let kept: Vec<i64> = p.kept().map(|b| b.revision).collect();
+        assert_eq!(
+            kept,
+            [500, 400, 300],
+            "keep_last 3 keeps the highest revisions"
+        );
+        assert_eq!(p.backups[0].reasons[0], KeepReason::Newest);
+        assert_eq!(p.backups[0].revision, 500);
+
+        // A writer two days ahead with an older snapshot: not the newest, and keep_last 1
+        // keeps the highest revision instead.
+        let ms = vec![
+            m_rev("2026-11-23T10:00:00Z", 300),
+            m_rev("2026-11-23T11:00:00Z", 400),
+            m_rev("2026-11-25T11:00:00Z", 350),
+        ];
+        let p = plan(&ms, &policy(1, 0, 0, 0, 0), t("2026-11-23T12:00:00Z"));
+        let kept: Vec<i64> = p.kept().map(|b| b.revision).collect();
+        assert_eq!(kept, [400]);
+        let removed: Vec<i64> = p.removed().map(|b| b.revision).collect();
+        assert_eq!(removed, [350, 300]);
+
+        // Daily buckets still use time; within a day, the highest revision is kept.
+        let ms = vec![
+            m_rev("2026-11-22T10:00:00Z", 100),
+            m_rev("2026-11-23T09:00:00Z", 400),
+            m_rev("2026-11-23T11:00:00Z", 300),
+        ];
+        let p = plan(&ms, &policy(0, 0, 2, 0, 0), t("2026-11-24T00:00:00Z"));
+        let kept: Vec<(i64, Vec<String>)> = p
+            .kept()
+            .map(|b| {
+                (
+                    b.revision,
+                    b.reasons.iter().map(|r| r.to_string()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (
+                    400,
+                    vec!["newest".to_string(), "daily 2026-11-23".to_string()]
+                ),
+                (100, vec!["daily 2026-11-22".to_string()])
+            ]
+        );
+    }
+
+    #[test]
+    fn keys_are_derived_not_read_from_the_manifest() {
+        let mut a = m("2026-11-22T10:00:00Z");
+        let b = m("2026-11-23T10:00:00Z");
+        // A manifest naming the newer backup's data as its own.
+        a.data_key = b.data_key.clone();
+        let p = plan(
+            &[a.clone(), b.clone()],
+            &policy(0, 0, 0, 0, 0),
+            t("2026-11-24T00:00:00Z"),
+        );
+        let r: Vec<&BackupDecision> = p.removed().collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].data_key, format!("aaaaaaaaaaaaaaaa/{}.db.zst", a.id));
+        assert_eq!(r[0].manifest_key, format!("aaaaaaaaaaaaaaaa/{}.json", a.id));
+        // Encrypted backups: the derived key ends in .age.
+        let mut e = m("2026-11-21T10:00:00Z");
+        e.encryption = Some(crate::store::manifest::EncryptionInfo {
+            format: crate::store::manifest::AGE_FORMAT.into(),
+            recipients: vec![],
+        });
+        let p = plan(
+            &[e.clone(), b],
+            &policy(0, 0, 0, 0, 0),
+            t("2026-11-24T00:00:00Z"),
+        );
+        assert_eq!(
+            p.removed().next().unwrap().data_key,
+            format!("aaaaaaaaaaaaaaaa/{}.db.zst.age", e.id)
+        );
+    }
+
+    #[test]
+    fn object_lock_defers_deletion() {
+        let now = t("2026-11-24T00:00:00Z");
+        let lock = |until: &str| {
+            Some(crate::store::manifest::ObjectLockInfo {
+                mode: "GOVERNANCE".into(),
+                retain_until: t(until),
+            })
+        };
+        let mut old = m("2026-11-20T10:00:00Z");
+        old.object_lock = lock("2026-11-23T00:00:00Z"); // expired: deletable
+        let mut mid = m("2026-11-21T10:00:00Z");
+        mid.object_lock = lock("2026-12-21T10:00:00Z"); // still locked
+        let mut new = m("2026-11-23T10:00:00Z");
+        new.object_lock = lock("2026-12-23T10:00:00Z");
+        let p = plan(
+            &[old.clone(), mid.clone(), new.clone()],
+            &policy(1, 0, 0, 0, 0),
+            now,
+        );
+        assert_eq!(
+            p.kept().map(|b| b.id.clone()).collect::<Vec<_>>(),
+            [new.id.clone()]
+        );
+        assert_eq!(
+            p.removed().map(|b| b.id.clone()).collect::<Vec<_>>(),
+            [old.id.clone()]
+        );
+        assert_eq!(
+            p.locked().map(|b| b.id.clone()).collect::<Vec<_>>(),
+            [mid.id.clone()]
+        );
+        let table = p.to_table();
+        assert!(
+            table.contains("Object Lock until 2026-12-21T10:00:00Z: deletable then"),
+            "{table}"
+        );
+        assert!(
+            table.contains("prune: 1 backups kept under Object Lock; the first becomes deletable at 2026-12-21T10:00:00Z"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn data_beside_any_manifest_is_never_an_orphan() {
+        let now = t("2026-11-23T12:00:00Z");
+        let obj = |k: &str| ObjectMeta {
+            key: crate::store::ObjectKey::new(k).unwrap(),
+            size: 7,
+            last_modified: t("2020-01-01T00:00:00Z"),
+        };
+        let objects = vec![
+            // Unparseable manifest (not in the catalog) with its data: both left alone.
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r1.json"),
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r1.db.zst"),
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r2.json"),
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r2.db.zst.age"),
+            // Encrypted and plaintext data without a manifest: orphans.
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r3.db.zst.age"),
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r4.db.zst"),
+        ];
+        let o = orphans(&objects, &[], Duration::from_secs(3600), now);
+        let got: Vec<&str> = o.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "aaaaaaaaaaaaaaaa/20261123T090000Z-r3.db.zst.age",
+                "aaaaaaaaaaaaaaaa/20261123T090000Z-r4.db.zst"
+            ]
+        );
+        let p = PrunePlan {
+            broken: vec![BrokenManifest {
+                key: crate::store::ObjectKey::new("aaaaaaaaaaaaaaaa/20261123T090000Z-r1.json")
+                    .unwrap(),
+                reason: "not a manifest: EOF".into(),
+            }],
+            ..plan(&[], &policy(0, 0, 0, 0, 0), now)
+        };
+        assert_eq!(
+            p.broken_summary().unwrap(),
+            "prune: left 1 broken manifests: aaaaaaaaaaaaaaaa/20261123T090000Z-r1.json (not a manifest: EOF)"
+        );
+        assert!(p.to_table().contains("prune: left 1 broken manifests"));
     }
 
     #[test]
