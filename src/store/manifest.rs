@@ -402,8 +402,15 @@ pub async fn catalog_at(
     }
     let read = futures::stream::iter(keys)
         .map(|key| async move {
-            match store.get_bytes(&key).await {
-                Ok(b) => Ok(Some((key, b))),
+            // Bounded even when the object grew after the listing.
+            match store.get_bytes_limited(&key, MAX_MANIFEST_BYTES).await {
+                Ok(b) => Ok(Some((key, Ok(b)))),
+                Err(StoreError::TooLarge { size, max, .. }) => Ok(Some((
+                    key,
+                    Err(format!(
+                        "{size} bytes, more than the {max} a manifest may have; not read"
+                    )),
+                ))),
                 Err(StoreError::NotFound { .. }) => {
                     tracing::debug!(%key, "manifest deleted while listing");
                     Ok(None)
@@ -416,7 +423,7 @@ pub async fn catalog_at(
         .await?;
     let mut backups = Vec::with_capacity(read.len());
     for (key, bytes) in read.into_iter().flatten() {
-        match classify(&key, &bytes) {
+        match bytes.and_then(|b| classify(&key, &b)) {
             Ok(m) => backups.push(m),
             Err(reason) => {
                 tracing::debug!(%key, %reason, "broken manifest");

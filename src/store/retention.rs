@@ -485,11 +485,16 @@ pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result
     if dry_run {
         return Ok(p);
     }
-    // wired at merge: store.remove_stale_uploads(cfg.retention.orphan_grace) (store helper) and
-    // crate::workdir::sweep_stale(temp_dir) (crypto helper) are called here, e.g.:
-    //   if let Err(e) = store.remove_stale_uploads(cfg.retention.orphan_grace).await {
-    //       tracing::warn!(error = %e, "prune: stale uploads not cleaned");
-    //   }
+    // Interrupted writes of this tool: local temp files whose writer is gone, S3 multipart
+    // uploads started more than orphan_grace ago. A failure here does not stop retention.
+    match store.remove_stale_uploads(cfg.retention.orphan_grace).await {
+        Ok(removed) => {
+            for r in removed {
+                tracing::info!(upload = %r, "prune: removed an interrupted upload");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "prune: interrupted uploads not cleaned"),
+    }
     let mut attempted = 0usize;
     let mut failures: Vec<String> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
@@ -505,9 +510,8 @@ pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result
             };
             match r {
                 Ok(()) => tracing::info!(backup = %b.id, key = %key, "prune: deleted"),
-                Err(e) if b.retain_until.is_some() => {
-                    // Object Lock (StoreError::Locked once the store helper's branch is merged):
-                    // the store keeps it; report, do not fail.
+                Err(e) if e.is_locked() || b.retain_until.is_some() => {
+                    // Object Lock: the store keeps it; report, do not fail.
                     tracing::info!(backup = %b.id, key = %key, error = %e,
                         "prune: the store refused the delete of a backup with Object Lock");
                     refused.push(format!("{key}: {e}"));
