@@ -2,14 +2,17 @@
 //! codes (0 ok, 1 failed, 2 bad usage or config).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
-use etcd_lifeboat::cli::{Cli, Command, ConfigCommand, LogFormat, Output};
+use etcd_lifeboat::acquire::{self, AcquireOptions, Source, TrailerRule};
+use etcd_lifeboat::cli::{Cli, Command, ConfigCommand, IdentityArg, LogFormat, Output};
 use etcd_lifeboat::config::Config;
+use etcd_lifeboat::crypto::{self, Identities};
 use etcd_lifeboat::store::{manifest, Store};
-use etcd_lifeboat::{backup, error, snapshot};
+use etcd_lifeboat::{backup, error, workdir};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,26 +59,36 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     Ok(Store::from_config(&cfg.storage).await?)
 }
 
+/// Loads `--identity` files (None when none was given). May prompt for a passphrase.
+async fn load_identities(arg: &IdentityArg) -> anyhow::Result<Option<Arc<Identities>>> {
+    let files = crypto::split_identity_args(&arg.files);
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let ids = tokio::task::spawn_blocking(move || Identities::load(&files)).await??;
+    Ok(Some(Arc::new(ids)))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Status(a) => {
-            let tmp;
-            let path = if a.file.extension().is_some_and(|e| e == "zst") {
-                tmp = backup::decompress_to_temp(&a.file, &std::env::temp_dir())?;
-                tmp.path().to_path_buf()
-            } else {
-                a.file.clone()
-            };
-            let skip_hash = a.skip_hash_check;
-            let st = tokio::task::spawn_blocking(move || {
-                if skip_hash {
-                    snapshot::status_file(&path)
+            // No config is needed for status: the temp dir comes from the environment only.
+            let base = std::env::var_os("ETCD_LIFEBOAT_TEMP_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            let opts = AcquireOptions {
+                identities: load_identities(&a.identity).await?,
+                trailer: if a.skip_hash_check {
+                    TrailerRule::Skip
                 } else {
-                    snapshot::status_file_verified(&path).map(|(st, _)| st)
-                }
-            })
-            .await?
-            .with_context(|| format!("snapshot {}", a.file.display()))?;
+                    TrailerRule::IfPresent
+                },
+                temp_base: &base,
+            };
+            let got = acquire::acquire(Source::File(&a.file), &opts).await?;
+            let st = got.status.clone();
+            drop(got);
             match a.output.output {
                 Output::Json => println!("{}", serde_json::to_string(&st)?),
                 Output::Table => print!("{}", st.to_table()),
@@ -90,6 +103,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("config OK: {origin}");
             println!("  etcd endpoints: {}", cfg.etcd.endpoints.join(", "));
             println!("  storage: {:?}", cfg.storage.backend);
+            match crypto::Recipients::from_config(&cfg.encryption)? {
+                Some(r) => println!(
+                    "  encryption: age, {} recipient(s): {}",
+                    r.public().len(),
+                    r.public().join(", ")
+                ),
+                None => println!("  encryption: none (backups are stored unencrypted)"),
+            }
+            for w in workdir::permission_warnings(&cfg) {
+                let _ = writeln!(std::io::stderr(), "warning: {w}");
+            }
             Ok(())
         }
         Command::Backup(a) => {
@@ -163,17 +187,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     store.describe()
                 );
             }
-            let mut failed = 0;
+            let identities = load_identities(&a.identity).await?;
+            let base = workdir::temp_base(&cfg);
+            let opts = AcquireOptions {
+                identities: identities.clone(),
+                trailer: TrailerRule::Required,
+                temp_base: &base,
+            };
+            let table = a.output.output == Output::Table;
+            let (mut failed, mut unchecked) = (0, 0);
             let mut results = Vec::new();
             for m in &targets {
-                match backup::verify_backup(&cfg, &store, m).await {
-                    Ok(st) => {
+                if m.encryption.is_some() && identities.is_none() {
+                    // Without a key only the ciphertext can be checked.
+                    match acquire::check_stored_object(&store, m).await {
+                        Ok(_) => {
+                            unchecked += 1;
+                            results.push(serde_json::json!({"id": m.id, "ok": a.ciphertext_only, "content_checked": false, "ciphertext_ok": true}));
+                            if table {
+                                println!(
+                                    "{}  {}  encrypted: size and sha256 of the stored object match the manifest; the content was NOT checked (pass --identity FILE to decrypt and verify it)",
+                                    if a.ciphertext_only { "OK   " } else { "UNCHECKED" },
+                                    m.id
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            results.push(serde_json::json!({"id": m.id, "ok": false, "content_checked": false, "error": e.to_string()}));
+                            if table {
+                                println!("FAIL  {}  {e}", m.id);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                let got = acquire::acquire(
+                    Source::Stored {
+                        store: &store,
+                        manifest: m,
+                    },
+                    &opts,
+                )
+                .await;
+                match got {
+                    Ok(got) => {
+                        let st = &got.status;
                         tracing::info!(id = %m.id, "backup verified");
-                        results.push(serde_json::json!({"id": m.id, "ok": true, "status": st}));
-                        if a.output.output == Output::Table {
+                        results.push(serde_json::json!({"id": m.id, "ok": true, "content_checked": true, "status": st}));
+                        if table {
                             println!(
-                                "OK    {}  revision {}  keys {}  hash {:08x}",
-                                m.id, st.revision, st.total_key, st.hash
+                                "OK    {}  revision {}  keys {}  hash {:08x}{}",
+                                m.id,
+                                st.revision,
+                                st.total_key,
+                                st.hash,
+                                if m.encryption.is_some() {
+                                    "  (decrypted)"
+                                } else {
+                                    ""
+                                }
                             );
                         }
                     }
@@ -182,17 +255,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         results.push(
                             serde_json::json!({"id": m.id, "ok": false, "error": e.to_string()}),
                         );
-                        if a.output.output == Output::Table {
+                        if table {
                             println!("FAIL  {}  {e}", m.id);
                         }
                     }
                 }
             }
-            if a.output.output == Output::Json {
+            if !table {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             }
             if failed > 0 {
                 anyhow::bail!("{failed} of {} backups failed verification", targets.len());
+            }
+            if unchecked > 0 && !a.ciphertext_only {
+                anyhow::bail!(
+                    "{unchecked} of {} backups are encrypted and their content was not checked (only the stored object's size and sha256); pass --identity FILE to verify them, or --ciphertext-only to accept this check",
+                    targets.len()
+                );
             }
             Ok(())
         }

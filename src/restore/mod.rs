@@ -29,9 +29,10 @@ pub mod kubeadm;
 mod pb;
 pub mod plan;
 pub mod snap;
-pub mod source;
 pub mod wal;
-use crate::snapshot::{has_trailer, verify_file, Status};
+use crate::acquire::{self, AcquireOptions, TrailerRule};
+use crate::crypto::{FileFormat, Identities};
+use crate::snapshot::Status;
 use db::{rewrite_db, RestoreMember};
 
 use std::fs::{self, DirBuilder, File};
@@ -43,7 +44,6 @@ use serde::Serialize;
 
 use crate::error::UsageError;
 use plan::{Plan, PlanError, PlanInput, Target};
-use source::LocalSnapshot;
 
 /// Output format of `restore` (the values of `cli::Output`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -59,7 +59,8 @@ pub enum Output {
 /// extras (DESIGN.md "restore").
 #[derive(clap::Args, Debug, Clone)]
 pub struct RestoreArgs {
-    /// Snapshot file to restore: a raw db (`etcdctl snapshot save` output) or `.db.zst`.
+    /// Snapshot file to restore: a raw db (`etcdctl snapshot save` output), `.db.zst` or
+    /// `.db.zst.age` (detected by content).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["from_store", "snapshot_path"])]
     pub snapshot: Option<PathBuf>,
     /// Snapshot file as a positional argument (as `etcdutl snapshot restore FILE`).
@@ -89,6 +90,15 @@ pub struct RestoreArgs {
     /// Do not compare the sha256 trailer (for a db copied out of a data dir, which has none).
     #[arg(long)]
     pub skip_hash_check: bool,
+    /// age identity file for an encrypted snapshot or backup (age-keygen output, an ssh
+    /// private key, or an `age -p` encrypted identity file); repeatable.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ETCD_LIFEBOAT_AGE_IDENTITY_FILE",
+        value_delimiter = ','
+    )]
+    pub identity: Vec<PathBuf>,
     /// Write every member of --initial-cluster into DIR/<name> (rebuild a whole cluster).
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
@@ -118,6 +128,7 @@ impl Default for RestoreArgs {
             initial_cluster_token: None,
             initial_advertise_peer_urls: None,
             skip_hash_check: false,
+            identity: Vec::new(),
             out_dir: None,
             kubeadm_manifest: None,
             dry_run: false,
@@ -130,7 +141,7 @@ impl Default for RestoreArgs {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 enum SourceSpec {
-    File { path: PathBuf, zstd: bool },
+    File { path: PathBuf, format: FileFormat },
     Store { which: String },
 }
 
@@ -151,24 +162,13 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
         parents.push(temp_parent(w)?);
     }
     let temp_dir = parents[0].0.clone();
-    let (status, staged) = match &spec {
-        SourceSpec::File { path, zstd: false } => {
-            build_from_raw_file(&plan, path, args.skip_hash_check).await?
-        }
-        _ => {
-            let (snapshot, expected) = fetch_snapshot(&args, &spec, &temp_dir, config_path).await?;
-            let plan2 = plan.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let status = verify_snapshot(&snapshot.path, snapshot.db_len)?;
-                if let Some(e) = &expected {
-                    e.check(status.hash, status.revision, status.total_key)?;
-                }
-                let staged = stage_members(&plan2, &snapshot.path, snapshot.db_len)?;
-                Ok((status, staged))
-            })
-            .await??
-        }
-    };
+    let snapshot = acquire_snapshot(&args, &spec, &temp_dir, config_path).await?;
+    let plan2 = plan.clone();
+    let (status, staged) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let staged = stage_members(&plan2, &snapshot.path, snapshot.db_len)?;
+        Ok((snapshot.status.clone(), staged))
+    })
+    .await??;
     tokio::task::spawn_blocking(move || commit(staged)).await??;
     // Success: keep the parent dirs created for the targets.
     for p in &mut parents {
@@ -176,41 +176,6 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
     }
     print_report(&args, &plan, &spec, Some(&status), manifest.as_ref(), false);
     Ok(())
-}
-
-/// Steps 2-4 for a raw snapshot file, on two threads: the sha256 trailer check (one full read
-/// of the file) runs while the db is verified and the members are built in their hidden
-/// staging dirs. Nothing is renamed into place unless both succeed; on any failure the
-/// staging dirs are removed (the trailer error is reported first).
-async fn build_from_raw_file(
-    plan: &Plan,
-    path: &Path,
-    skip_hash_check: bool,
-) -> anyhow::Result<(Status, Vec<Staged>)> {
-    let size = fs::metadata(path)
-        .with_context(|| format!("--snapshot: cannot read {}", path.display()))?
-        .len();
-    let db_len = if has_trailer(size) { size - 32 } else { size };
-    if !has_trailer(size) && !skip_hash_check {
-        // Known from the size alone: refuse before building anything.
-        return Err(source::SourceError::MissingTrailer {
-            path: path.to_path_buf(),
-            size,
-        }
-        .into());
-    }
-    let p = path.to_path_buf();
-    let hash = tokio::task::spawn_blocking(move || source::hash_raw_file(&p, skip_hash_check));
-    let (p, plan2) = (path.to_path_buf(), plan.clone());
-    let build = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let status = verify_snapshot(&p, db_len)?;
-        let staged = stage_members(&plan2, &p, db_len)?;
-        Ok((status, staged))
-    });
-    let (hash, build) = tokio::join!(hash, build);
-    let checked = hash??;
-    debug_assert_eq!(checked.db_len, db_len);
-    build?
 }
 
 /// Reads `--kubeadm-manifest` if given.
@@ -271,9 +236,9 @@ fn source_spec(args: &RestoreArgs) -> anyhow::Result<SourceSpec> {
         .into()),
         (None, Some(w)) => Ok(SourceSpec::Store { which: w.clone() }),
         (Some(p), None) => {
-            let zstd = source::is_zstd(&p)
+            let format = crate::crypto::detect_format(&p)
                 .with_context(|| format!("--snapshot: cannot read {}", p.display()))?;
-            Ok(SourceSpec::File { path: p, zstd })
+            Ok(SourceSpec::File { path: p, format })
         }
     }
 }
@@ -313,52 +278,39 @@ fn temp_parent(dir: &Path) -> anyhow::Result<TempParent> {
     Ok(TempParent(parent, top, false))
 }
 
-/// Step 2 (`copyAndVerifyDB`): the snapshot as a local file, integrity-checked; for a stored
-/// backup also what its manifest says the status must be.
-async fn fetch_snapshot(
+/// Steps 2-3 (`copyAndVerifyDB`): the snapshot as a verified local file through
+/// [`crate::acquire`] (decrypted and decompressed beside the target when needed; a stored
+/// backup compared with its manifest). etcdutl's trailer rule: required unless
+/// `--skip-hash-check`.
+async fn acquire_snapshot(
     args: &RestoreArgs,
     spec: &SourceSpec,
     temp_dir: &Path,
     config_path: Option<&Path>,
-) -> anyhow::Result<(LocalSnapshot, Option<source::Expected>)> {
-    let skip = args.skip_hash_check;
-    match spec.clone() {
-        SourceSpec::File { path, zstd: false } => Ok((
-            tokio::task::spawn_blocking(move || source::hash_raw_file(&path, skip)).await??,
-            None,
-        )),
-        SourceSpec::File { path, zstd: true } => {
-            let dir = temp_dir.to_path_buf();
-            let snap = tokio::task::spawn_blocking(move || {
-                let f = File::open(&path).map_err(|e| source::SourceError::Io {
-                    what: "opening",
-                    path: path.clone(),
-                    source: e,
-                })?;
-                let what = path.display().to_string();
-                source::decompress_to_temp(
-                    std::io::BufReader::with_capacity(1 << 20, f),
-                    &what,
-                    &dir,
-                    skip,
-                    false,
-                )
-                .map(|(s, _)| s)
-            })
-            .await??;
-            Ok((snap, None))
+) -> anyhow::Result<acquire::Acquired> {
+    let files = crate::crypto::split_identity_args(&args.identity);
+    let identities = if files.is_empty() {
+        None
+    } else {
+        Some(std::sync::Arc::new(
+            tokio::task::spawn_blocking(move || Identities::load(&files)).await??,
+        ))
+    };
+    let opts = AcquireOptions {
+        identities,
+        trailer: if args.skip_hash_check {
+            TrailerRule::Skip
+        } else {
+            TrailerRule::Required
+        },
+        temp_base: temp_dir,
+    };
+    match spec {
+        SourceSpec::File { path, .. } => {
+            Ok(acquire::acquire(acquire::Source::File(path), &opts).await?)
         }
-        SourceSpec::Store { which } => {
-            let (snap, expected) = from_store::fetch(&which, temp_dir, skip, config_path).await?;
-            Ok((snap, Some(expected)))
-        }
+        SourceSpec::Store { which } => from_store::fetch(which, &opts, config_path).await,
     }
-}
-
-/// Step 3: bbolt structure and status of the db part (`crate::snapshot::verify_file`).
-fn verify_snapshot(path: &Path, db_len: u64) -> anyhow::Result<Status> {
-    verify_file(path, Some(db_len))
-        .with_context(|| format!("verifying snapshot {}", path.display()))
 }
 
 /// A directory being built beside (or, when the target exists empty, inside) its target.
