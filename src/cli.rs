@@ -45,6 +45,8 @@ pub struct OutputArg {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of the restore flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Take one verified snapshot now and store it; prints the manifest.

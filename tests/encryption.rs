@@ -1,7 +1,8 @@
 //! age encryption end to end (issue 10), with keys made by the real `age-keygen` and a real
 //! etcd 3.5: the stored object is a standard age file of the zstd stream (decrypted by the
 //! real `age` and `zstd`), holds no plaintext, verifies and restores with either of two
-//! identities, refuses a wrong one cleanly; `status x.age`; a zstd bomb is refused within the
+//! identities (and an ssh key, and a passphrase-protected identity file), refuses a wrong one
+//! cleanly; `status x.age`; a zstd bomb is refused within the
 //! manifest's sizes; plaintext backups still verify and restore.
 
 mod common;
@@ -110,9 +111,28 @@ fn encrypted_backup_round_trip_with_two_recipients() {
     let (k1, p1) = keygen(&keys, "k1.txt");
     let (k2, p2) = keygen(&keys, "k2.txt");
     let (k3, _p3) = keygen(&keys, "wrong.txt");
+    // A third recipient in a recipients file: an ssh-ed25519 key (with its comment).
+    let ssh_key = keys.join("id_ed25519");
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ops@example", "-f"])
+        .arg(&ssh_key)
+        .output()
+        .expect("ssh-keygen (Debian openssh-client)");
+    assert!(o.status.success(), "{o:?}");
+    let ssh_pub_line = std::fs::read_to_string(keys.join("id_ed25519.pub")).unwrap();
+    let ssh_pub = ssh_pub_line
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let rfile = keys.join("recipients.txt");
+    std::fs::write(&rfile, format!("# escrow\n{ssh_pub_line}\n")).unwrap();
     let cfg = s.config(
         "enc.yaml",
-        &format!("encryption:\n  age_recipients: [\"{p1}\", \"{p2}\"]\n"),
+        &format!(
+            "encryption:\n  age_recipients: [\"{p1}\", \"{p2}\"]\n  age_recipients_file: {}\n",
+            rfile.display()
+        ),
     );
 
     // Backup: the manifest says age and lists the two public keys, nothing more.
@@ -123,7 +143,11 @@ fn encrypted_backup_round_trip_with_two_recipients() {
     assert!(out.status.success(), "{}", text(&out));
     let m = json(&out.stdout);
     assert_eq!(m["encryption"]["format"], "age-encryption.org/v1");
-    assert_eq!(m["encryption"]["recipients"], serde_json::json!([p1, p2]));
+    // Public keys only, the ssh comment stripped.
+    assert_eq!(
+        m["encryption"]["recipients"],
+        serde_json::json!([p1, p2, ssh_pub])
+    );
     let id = m["id"].as_str().unwrap().to_string();
     assert!(m["data_key"].as_str().unwrap().ends_with(".db.zst.age"));
     let manifest_text = std::fs::read_to_string(
@@ -203,6 +227,54 @@ fn encrypted_backup_round_trip_with_two_recipients() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
 
+    // The ssh private key is an identity too.
+    let o = lifeboat()
+        .args(["--config", cfg.to_str().unwrap(), "verify", "--identity"])
+        .arg(&ssh_key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // A passphrase-protected identity file (the format `age -p` writes: an age file
+    // encrypted to an scrypt passphrase whose plaintext is the identity file).
+    let protected = keys.join("k1.txt.age");
+    {
+        let enc = age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from(
+            "correct horse".to_string(),
+        ));
+        let mut w = enc
+            .wrap_output(std::fs::File::create(&protected).unwrap())
+            .unwrap();
+        std::io::Write::write_all(&mut w, &std::fs::read(&k1).unwrap()).unwrap();
+        w.finish().unwrap();
+    }
+    let bin = assert_cmd::cargo::cargo_bin("etcd-lifeboat");
+    let verify_protected = |pass: Option<&str>| {
+        // setsid: no controlling terminal, so no prompt can be shown.
+        let mut c = Command::new("setsid");
+        c.arg("-w")
+            .arg(&bin)
+            .args(["--config", cfg.to_str().unwrap(), "verify", "--identity"])
+            .arg(&protected)
+            .env_remove("ETCD_LIFEBOAT_AGE_PASSPHRASE")
+            .stdin(std::process::Stdio::null());
+        if let Some(p) = pass {
+            c.env("ETCD_LIFEBOAT_AGE_PASSPHRASE", p);
+        }
+        c.output().unwrap()
+    };
+    let o = verify_protected(Some("correct horse"));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = verify_protected(Some("wrong horse"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("passphrase is wrong"), "{}", text(&o));
+    let o = verify_protected(None);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("ETCD_LIFEBOAT_AGE_PASSPHRASE or run on a terminal"),
+        "{}",
+        text(&o)
+    );
+
     // Without: non-zero, says the content was not checked; --ciphertext-only accepts.
     let o = lifeboat()
         .args(["--config", cfg.to_str().unwrap(), "verify"])
@@ -232,7 +304,10 @@ fn encrypted_backup_round_trip_with_two_recipients() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let t = text(&o);
     assert!(
-        t.contains(&format!("backup {id}")) && t.contains(&p1) && t.contains(&p2),
+        t.contains(&format!("backup {id}"))
+            && t.contains(&p1)
+            && t.contains(&p2)
+            && t.contains(&ssh_pub),
         "{t}"
     );
     assert!(t.contains("none of the identities"), "{t}");
