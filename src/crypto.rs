@@ -392,6 +392,19 @@ fn load_encrypted_identity(
     Ok(ids)
 }
 
+/// The identities of `--identity` arguments (comma-separated lists allowed, as
+/// `ETCD_LIFEBOAT_AGE_IDENTITY_FILE` gives them); `None` when there are none. Blocking: may
+/// prompt for a passphrase on the terminal.
+///
+/// Errors: as [`Identities::load`].
+pub fn identities_from_args(args: &[PathBuf]) -> Result<Option<Arc<Identities>>, CryptoError> {
+    let files = split_identity_args(args);
+    if files.is_empty() {
+        return Ok(None);
+    }
+    Identities::load(&files).map(|i| Some(Arc::new(i)))
+}
+
 /// Splits identity file arguments that may hold comma-separated lists (the environment
 /// variable form) into paths.
 pub fn split_identity_args(args: &[PathBuf]) -> Vec<PathBuf> {

@@ -4,13 +4,12 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use etcd_lifeboat::acquire::{self, AcquireOptions, Source, TrailerRule};
-use etcd_lifeboat::cli::{Cli, Command, ConfigCommand, IdentityArg, LogFormat, Output};
+use etcd_lifeboat::cli::{Cli, Command, ConfigCommand, LogFormat, Output};
 use etcd_lifeboat::config::Config;
-use etcd_lifeboat::crypto::{self, Identities};
+use etcd_lifeboat::crypto;
 use etcd_lifeboat::store::{manifest, Store};
 use etcd_lifeboat::{backup, error, workdir};
 
@@ -59,16 +58,6 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     Ok(Store::from_config(&cfg.storage).await?)
 }
 
-/// Loads `--identity` files (None when none was given). May prompt for a passphrase.
-async fn load_identities(arg: &IdentityArg) -> anyhow::Result<Option<Arc<Identities>>> {
-    let files = crypto::split_identity_args(&arg.files);
-    if files.is_empty() {
-        return Ok(None);
-    }
-    let ids = tokio::task::spawn_blocking(move || Identities::load(&files)).await??;
-    Ok(Some(Arc::new(ids)))
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Status(a) => {
@@ -78,7 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(PathBuf::from)
                 .unwrap_or_else(std::env::temp_dir);
             let opts = AcquireOptions {
-                identities: load_identities(&a.identity).await?,
+                identities: crypto::identities_from_args(&a.identity.files)?,
                 trailer: if a.skip_hash_check {
                     TrailerRule::Skip
                 } else {
@@ -187,7 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     store.describe()
                 );
             }
-            let identities = load_identities(&a.identity).await?;
+            let identities = crypto::identities_from_args(&a.identity.files)?;
             let base = workdir::temp_base(&cfg);
             let opts = AcquireOptions {
                 identities: identities.clone(),

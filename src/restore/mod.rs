@@ -31,7 +31,7 @@ pub mod plan;
 pub mod snap;
 pub mod wal;
 use crate::acquire::{self, AcquireOptions, TrailerRule};
-use crate::crypto::{FileFormat, Identities};
+use crate::crypto::FileFormat;
 use crate::snapshot::Status;
 use db::{rewrite_db, RestoreMember};
 
@@ -288,16 +288,8 @@ async fn acquire_snapshot(
     temp_dir: &Path,
     config_path: Option<&Path>,
 ) -> anyhow::Result<acquire::Acquired> {
-    let files = crate::crypto::split_identity_args(&args.identity);
-    let identities = if files.is_empty() {
-        None
-    } else {
-        Some(std::sync::Arc::new(
-            tokio::task::spawn_blocking(move || Identities::load(&files)).await??,
-        ))
-    };
     let opts = AcquireOptions {
-        identities,
+        identities: crate::crypto::identities_from_args(&args.identity)?,
         trailer: if args.skip_hash_check {
             TrailerRule::Skip
         } else {
