@@ -242,23 +242,6 @@ fn recipients_note(r: &[String]) -> String {
     }
 }
 
-impl AcquireError {
-    /// True when the snapshot or object itself is bad (as opposed to the environment: temp
-    /// dir, store access, missing or wrong key).
-    pub fn is_corruption(&self) -> bool {
-        matches!(
-            self,
-            AcquireError::TrailerMismatch { .. }
-                | AcquireError::MissingTrailer { .. }
-                | AcquireError::Zstd { .. }
-                | AcquireError::Decrypt { .. }
-                | AcquireError::TooLarge { .. }
-                | AcquireError::ManifestMismatch { .. }
-                | AcquireError::Snapshot { .. }
-        )
-    }
-}
-
 /// Limits taken from a manifest.
 #[derive(Clone, Copy, Debug)]
 struct Limits {
@@ -393,20 +376,7 @@ pub fn compare_with_manifest(m: &Manifest, a: &Acquired) -> Result<(), AcquireEr
             actual,
         };
     if let Some(input) = &a.input {
-        if input.bytes != m.stored_bytes {
-            return Err(mismatch(
-                "stored_bytes",
-                m.stored_bytes.to_string(),
-                input.bytes.to_string(),
-            ));
-        }
-        if !input.sha256.eq_ignore_ascii_case(&m.stored_sha256) {
-            return Err(mismatch(
-                "stored_sha256",
-                m.stored_sha256.clone(),
-                input.sha256.clone(),
-            ));
-        }
+        compare_input(m, input)?;
     }
     if !a.raw_sha256.eq_ignore_ascii_case(&m.raw_sha256) {
         return Err(mismatch(
@@ -439,6 +409,32 @@ pub fn compare_with_manifest(m: &Manifest, a: &Acquired) -> Result<(), AcquireEr
         if want != got {
             return Err(mismatch(field, want, got));
         }
+    }
+    Ok(())
+}
+
+/// The stored object's part of [`compare_with_manifest`]: stored_bytes and stored_sha256.
+fn compare_input(m: &Manifest, input: &InputCheck) -> Result<(), AcquireError> {
+    let mismatch =
+        |field: &'static str, expected: String, actual: String| AcquireError::ManifestMismatch {
+            id: m.id.clone(),
+            field,
+            expected,
+            actual,
+        };
+    if input.bytes != m.stored_bytes {
+        return Err(mismatch(
+            "stored_bytes",
+            m.stored_bytes.to_string(),
+            input.bytes.to_string(),
+        ));
+    }
+    if !input.sha256.eq_ignore_ascii_case(&m.stored_sha256) {
+        return Err(mismatch(
+            "stored_sha256",
+            m.stored_sha256.clone(),
+            input.sha256.clone(),
+        ));
     }
     Ok(())
 }
@@ -487,26 +483,7 @@ pub async fn check_stored_object(store: &Store, m: &Manifest) -> Result<InputChe
         bytes: n,
         sha256: hex::encode(sha.finalize()),
     };
-    let mismatch = |field, expected: String, actual: String| AcquireError::ManifestMismatch {
-        id: m.id.clone(),
-        field,
-        expected,
-        actual,
-    };
-    if got.bytes != m.stored_bytes {
-        return Err(mismatch(
-            "stored_bytes",
-            m.stored_bytes.to_string(),
-            got.bytes.to_string(),
-        ));
-    }
-    if !got.sha256.eq_ignore_ascii_case(&m.stored_sha256) {
-        return Err(mismatch(
-            "stored_sha256",
-            m.stored_sha256.clone(),
-            got.sha256.clone(),
-        ));
-    }
+    compare_input(m, &got)?;
     Ok(got)
 }
 
