@@ -5,7 +5,8 @@
 //! Run: `cargo bench --bench backup` (BENCH_DB_MIB sets the db size, default 640 MiB of
 //! 64 KiB values; BENCH_REPS the repetitions, default 2). Wall times and peak RSS come from
 //! GNU time (`/usr/bin/time -f "%e %M"`). Targets (issue 3): backup to local <= 1.15x etcdctl
-//! save, to S3 <= 1.3x, peak RSS <= 100 MiB, native status <= 0.5x etcdctl status.
+//! save, to S3 <= 1.3x, peak RSS <= 100 MiB, native status <= 0.5x etcdctl status; issue 10:
+//! an age-encrypted backup to local <= 1.15x too (key made by `age-keygen`).
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/common/s3.rs"]
@@ -102,6 +103,30 @@ fn main() {
     )
     .unwrap();
 
+    // The local config plus age encryption to a key made by the real age-keygen.
+    let key = dir.join("bench-age-key.txt");
+    let kg = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .expect("age-keygen (scripts/install.sh installs age)");
+    assert!(kg.status.success(), "{kg:?}");
+    let public = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let public = String::from_utf8(public.stdout).unwrap();
+    let age_cfg = dir.join("age.yaml");
+    std::fs::write(
+        &age_cfg,
+        format!(
+            "{base}encryption:\n  age_recipients: [\"{}\"]\n",
+            public.trim()
+        ),
+    )
+    .unwrap();
+
     let backup = |config: &Path| {
         timed(Command::new(bin).args([
             "--config",
@@ -110,7 +135,8 @@ fn main() {
             "--no-progress",
         ]))
     };
-    let (mut save, mut local, mut remote) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut save, mut local, mut remote, mut encrypted) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
         let _ = std::fs::remove_file(&snap);
         save.push(timed(
@@ -125,6 +151,8 @@ fn main() {
                 .env("ETCDCTL_API", "3"),
         ));
         local.push(backup(&cfg));
+        let _ = std::fs::remove_dir_all(&store);
+        encrypted.push(backup(&age_cfg));
         let _ = std::fs::remove_dir_all(&store);
         remote.push(backup(&s3_cfg));
     }
@@ -145,7 +173,12 @@ fn main() {
             Command::new(bin).args(["status", snap.to_str().unwrap()]),
         ));
     }
-    let (save, local, remote) = (median(save), median(local), median(remote));
+    let (save, local, remote, encrypted) = (
+        median(save),
+        median(local),
+        median(remote),
+        median(encrypted),
+    );
     let (st_ctl, st_ours, st_hash) = (median(st_ctl), median(st_ours), median(st_hash));
     println!(
         "\nbackup benchmark: etcd 3.5.1, db {:.0} MiB (random 64 KiB values), median of {reps} runs, same run",
@@ -163,6 +196,12 @@ fn main() {
     row(
         "etcd-lifeboat backup, local store",
         local,
+        save.0,
+        "<= 1.15, RSS <= 100",
+    );
+    row(
+        "etcd-lifeboat backup, local store, age-encrypted",
+        encrypted,
         save.0,
         "<= 1.15, RSS <= 100",
     );

@@ -19,6 +19,8 @@ command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 # (protobuf-compiler with --no-install-recommends) lacks these well-known protos.
 [ -e /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 command -v age >/dev/null 2>&1 || need_apt+=(age)
+# ssh-keygen: the encryption tests use ssh-ed25519 recipients too.
+command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)

@@ -3,11 +3,21 @@
 //! ```text
 //! select member ─> Maintenance.Snapshot stream ─┬─> temp file (raw snapshot, for verification)
 //!                                               ├─> sha256 trailer check (streaming)
-//!                                               └─> zstd (multi-threaded) ─> store upload
+//!                                               └─> zstd ─> [age encryptor] ─> store upload
 //! stream ends ─> verify temp file (bbolt check + status) ─> finish upload ─> manifest (LAST)
 //! ```
 //! Stages overlap: the upload runs while the stream arrives, so the wall time is about the
 //! stream's. Memory is bounded by the channel capacities (a few MiB) and zstd's window.
+//!
+//! Encryption: with recipients configured (`encryption`), the zstd output goes through age's
+//! stream encryptor in the writer thread, so the stored object `<cluster>/<id>.db.zst.age` is
+//! a standard age v1 file of the zstd stream and no plaintext of it reaches the store. The
+//! manifest then records the format and the recipients' public keys (never key material);
+//! `stored_bytes`/`stored_sha256` are of the encrypted object.
+//!
+//! Temp files: the raw snapshot lives in a private per-run directory
+//! ([`crate::workdir::WorkDir`], 0700, file 0600, locked); each run first removes the
+//! directories of runs that were killed ([`crate::workdir::sweep_stale`]).
 //!
 //! Guarantees: a backup exists only once its manifest is stored; the data object is made
 //! visible only after the snapshot verified; any failure aborts the upload (local temp file
@@ -16,7 +26,6 @@
 //! verification, the next member is tried; when all fail, the error lists each with its reason.
 
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -24,12 +33,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::crypto::Recipients;
 use crate::etcd::{self, Candidate, EtcdError};
 use crate::progress::Progress;
-use crate::snapshot::{self, SnapshotError, Status, TrailerHasher};
-use crate::store::manifest::{self, Manifest};
+use crate::snapshot::{self, TrailerHasher};
+use crate::store::manifest::{self, EncryptionInfo, Manifest, AGE_FORMAT};
 use crate::store::{Store, StoreError};
+use crate::workdir::{self, WorkDir, WorkDirError};
 
 /// Chunks of the raw stream in flight between the gRPC reader and the writer thread.
 const RAW_CHANNEL_CHUNKS: usize = 64;
@@ -49,9 +60,12 @@ pub struct BackupOptions {
     pub cancel: CancellationToken,
 }
 
-/// Why a backup (or the check of a stored one) failed.
+/// Why a backup failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
+    /// The encryption config is invalid (a recipient does not parse).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// No member could be reached or every attempt failed.
     #[error(transparent)]
     Etcd(#[from] EtcdError),
@@ -69,20 +83,6 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
-    /// A stored backup does not match its manifest, or its snapshot is corrupt.
-    #[error("backup {id}: {reason}")]
-    Mismatch { id: String, reason: String },
-    /// The snapshot is corrupt.
-    #[error("backup {id}: {source}")]
-    Snapshot {
-        id: String,
-        #[source]
-        source: SnapshotError,
-    },
-    /// A stored backup could not be downloaded or differs from its manifest (the message
-    /// names the backup and the field).
-    #[error("{0:#}")]
-    Download(anyhow::Error),
     /// The run was cancelled (shutdown).
     #[error("backup cancelled before it was stored; nothing was kept")]
     Cancelled,
@@ -98,12 +98,13 @@ struct AttemptError {
 impl From<BackupError> for AttemptError {
     fn from(e: BackupError) -> Self {
         match e {
-            BackupError::Store { .. } | BackupError::TempDir { .. } | BackupError::Cancelled => {
-                AttemptError {
-                    reason: e.to_string(),
-                    fatal: Some(e),
-                }
-            }
+            BackupError::Store { .. }
+            | BackupError::TempDir { .. }
+            | BackupError::Cancelled
+            | BackupError::Config(_) => AttemptError {
+                reason: e.to_string(),
+                fatal: Some(e),
+            },
             other => AttemptError {
                 reason: other.to_string(),
                 fatal: None,
@@ -119,35 +120,46 @@ fn store_err(store: &Store) -> impl Fn(StoreError) -> BackupError + '_ {
     }
 }
 
-fn temp_dir(cfg: &Config) -> PathBuf {
-    cfg.backup
-        .temp_dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir)
-}
-
-fn new_temp_file(dir: &Path) -> Result<tempfile::NamedTempFile, BackupError> {
-    tempfile::Builder::new()
-        .prefix(".etcd-lifeboat-")
-        .suffix(".db.partial")
-        .tempfile_in(dir)
-        .map_err(|source| BackupError::TempDir {
-            dir: dir.display().to_string(),
-            source,
-        })
+impl From<WorkDirError> for BackupError {
+    fn from(e: WorkDirError) -> Self {
+        BackupError::TempDir {
+            dir: e.path.display().to_string(),
+            source: e.source,
+        }
+    }
 }
 
 /// Takes one verified backup: picks a member, streams its snapshot, verifies it, compresses and
 /// uploads it, then writes the manifest. Returns the stored manifest.
 ///
 /// Errors: every endpoint unreachable or failing (each with its reason), verification failure
-/// on every member, store failure, full temp dir, cancellation. Nothing is left in the store
-/// on error.
+/// on every member, store failure, full temp dir, bad recipients, cancellation. Nothing is
+/// left in the store or the temp dir on error.
 pub async fn run_backup(
     cfg: &Config,
     store: &Store,
     opts: &BackupOptions,
 ) -> Result<Manifest, BackupError> {
+    let recipients = Recipients::from_config(&cfg.encryption)?;
+    let base = workdir::temp_base(cfg);
+    let swept = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || workdir::sweep_stale(&base)
+    })
+    .await
+    .unwrap_or_default();
+    if !swept.is_empty() {
+        tracing::info!(count = swept.len(), dir = %base.display(), "removed temp files of earlier runs that were killed");
+    }
+    // Interrupted uploads of killed runs: local temp files whose writer is gone, S3 multipart
+    // uploads older than retention.orphan_grace. Never a live writer's.
+    match store.remove_stale_uploads(cfg.retention.orphan_grace).await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(count = removed.len(), uploads = ?removed, "removed interrupted uploads of earlier runs")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not clean interrupted uploads; prune retries"),
+    }
     let (candidates, mut failures) = etcd::select_members(&cfg.etcd).await;
     if candidates.is_empty() {
         return Err(EtcdError::AllEndpointsFailed(failures).into());
@@ -158,7 +170,7 @@ pub async fn run_backup(
         }
         let endpoint = cand.status.endpoint.clone();
         tracing::info!(member = %cand.status, "taking snapshot");
-        match attempt(cfg, store, opts, cand).await {
+        match attempt(cfg, store, opts, recipients.as_ref(), cand).await {
             Ok(m) => return Ok(m),
             Err(AttemptError { fatal: Some(e), .. }) => return Err(e),
             Err(AttemptError { reason, .. }) => {
@@ -183,6 +195,7 @@ async fn attempt(
     cfg: &Config,
     store: &Store,
     opts: &BackupOptions,
+    recipients: Option<&Recipients>,
     cand: Candidate,
 ) -> Result<Manifest, AttemptError> {
     let Candidate { mut client, status } = cand;
@@ -197,28 +210,45 @@ async fn attempt(
             fatal: None,
         })?;
     let (started_at, id) = unused_id(store, &cluster_hex, start_rev).await?;
-    let data_key = manifest::data_key(&cluster_hex, &id);
+    let data_key = match recipients {
+        Some(_) => manifest::encrypted_data_key(&cluster_hex, &id),
+        None => manifest::data_key(&cluster_hex, &id),
+    };
+    let encryption = recipients.map(|r| EncryptionInfo {
+        format: AGE_FORMAT.to_string(),
+        recipients: r.public().to_vec(),
+    });
 
-    let tmp = new_temp_file(&temp_dir(cfg))?;
-    let tmp_path = tmp.path().to_path_buf();
+    let work = WorkDir::create(&workdir::temp_base(cfg)).map_err(BackupError::from)?;
+    let (tmp_file, tmp_path) = work.create_file("snapshot.db").map_err(BackupError::from)?;
     let mut upload = store
         .begin_upload(&data_key)
         .await
         .map_err(store_err(store))?;
 
-    let streamed = stream_snapshot(
-        cfg,
-        opts,
-        &mut client,
-        &status,
-        tmp.reopen().map_err(|source| BackupError::TempDir {
-            dir: tmp_path.display().to_string(),
-            source,
-        })?,
-        &mut upload,
-        store,
-    )
-    .await;
+    let sink = match recipients {
+        Some(r) => Sink::encrypted(r),
+        None => Ok(Sink::Plain),
+    };
+    let streamed = match sink {
+        Ok(sink) => {
+            stream_snapshot(
+                cfg,
+                opts,
+                &mut client,
+                &status,
+                tmp_file,
+                sink,
+                &mut upload,
+                store,
+            )
+            .await
+        }
+        Err(e) => Err(AttemptError {
+            reason: format!("age encryptor: {e}"),
+            fatal: None,
+        }),
+    };
     let streamed = match streamed {
         Ok(s) => s,
         Err(e) => {
@@ -249,7 +279,7 @@ async fn attempt(
         tokio::task::spawn_blocking(move || snapshot::verify_file(&verify_path, Some(raw)))
             .await
             .expect("verification thread");
-    drop(tmp);
+    drop(work);
     let st = match verified {
         Ok(st) => st,
         Err(e) => {
@@ -264,17 +294,9 @@ async fn attempt(
         abort(upload).await;
         return Err(BackupError::Cancelled.into());
     }
-    let info = upload.finish().await.map_err(store_err(store))?;
-    if info.bytes != streamed.stored_bytes || info.sha256 != streamed.stored_sha256 {
-        let _ = store.delete(&data_key).await;
-        return Err(AttemptError {
-            reason: format!(
-                "the store wrote {} bytes but {} were sent; deleted the object",
-                info.bytes, streamed.stored_bytes
-            ),
-            fatal: None,
-        });
-    }
+    // finish() also checks the stored object's size (stat / HeadObject) before it returns.
+    upload.finish().await.map_err(store_err(store))?;
+    let (sse, object_lock) = store.object_protection(Utc::now());
     let manifest = Manifest {
         id: id.clone(),
         cluster_id: cluster_hex.clone(),
@@ -296,19 +318,13 @@ async fn attempt(
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         tag: opts.tag.clone(),
         data_key: data_key.clone(),
-        encryption: None,
-        sse: None,
-        object_lock: None,
+        encryption,
+        sse,
+        object_lock,
         source: Default::default(),
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    if let Err(e) = store
-        .put_bytes(&manifest::manifest_key(&cluster_hex, &id), json.into())
-        .await
-    {
-        let _ = store.delete(&data_key).await;
-        return Err(store_err(store)(e).into());
-    }
+    put_manifest(store, &manifest, json, &data_key).await?;
     tracing::info!(
         id = %manifest.id,
         revision = manifest.revision,
@@ -319,6 +335,49 @@ async fn attempt(
         "backup stored"
     );
     Ok(manifest)
+}
+
+/// Writes the manifest last, with a conditional create (S3 `If-None-Match: *`, local hard
+/// link) so that two writers can never replace one manifest. When the PUT fails, the data
+/// object is deleted only when the manifest is known to be absent: a PUT whose response was
+/// lost may have stored it, and a manifest without data would be listed as a backup. When the
+/// manifest is there with exactly these bytes, the backup is stored; when unsure, the data is
+/// kept (prune removes it after `retention.orphan_grace` if no manifest appears).
+async fn put_manifest(
+    store: &Store,
+    m: &Manifest,
+    json: Vec<u8>,
+    data_key: &crate::store::ObjectKey,
+) -> Result<(), BackupError> {
+    let key = manifest::manifest_key(&m.cluster_id, &m.id);
+    let err = match store.put_bytes_new(&key, json.clone().into()).await {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if matches!(err, StoreError::AlreadyExists { .. }) {
+        // Another writer stored a backup with this id: leave both objects alone.
+        tracing::error!(%key, "another writer stored a manifest with this backup id; this run's manifest was not written");
+        return Err(store_err(store)(err));
+    }
+    match store
+        .get_bytes_limited(&key, manifest::MAX_MANIFEST_BYTES)
+        .await
+    {
+        Ok(stored) if stored[..] == json[..] => {
+            tracing::warn!(%key, error = %err, "the manifest PUT reported an error, but the manifest is stored: backup complete");
+            Ok(())
+        }
+        Err(e) if e.is_not_found() => {
+            if let Err(d) = store.delete(data_key).await {
+                tracing::warn!(key = %data_key, error = %d, "could not delete the data object of a failed backup; prune removes it after retention.orphan_grace");
+            }
+            Err(store_err(store)(err))
+        }
+        _ => {
+            tracing::warn!(%key, data = %data_key, "manifest PUT failed and its state is unknown: the data object is kept (prune removes it after retention.orphan_grace if no manifest appears)");
+            Err(store_err(store)(err))
+        }
+    }
 }
 
 /// A backup id not yet in the store. Ids have one-second resolution: a second backup in the
@@ -380,7 +439,52 @@ async fn start_revision(client: &mut etcd_client::Client, cfg: &Config) -> Resul
     }
 }
 
-/// A `Write` that hands compressed bytes to the async uploader in chunks, hashing them.
+/// Where the zstd output goes: straight to the uploader, or through age's stream encryptor.
+enum Sink {
+    /// Not encrypted (no recipients configured).
+    Plain,
+    /// The header is written when the writer thread starts; see [`Sink::encrypted`].
+    Age(age::Encryptor),
+}
+
+impl Sink {
+    fn encrypted(r: &Recipients) -> std::io::Result<Sink> {
+        r.encryptor().map(Sink::Age)
+    }
+}
+
+/// The writer end of the compressed stream: the uploader's channel, maybe behind age.
+enum Output {
+    Plain(ChannelWriter),
+    Age(age::stream::StreamWriter<ChannelWriter>),
+}
+
+impl Output {
+    /// Ends the stream (age: the final chunk) and returns the channel writer.
+    fn finish(self) -> std::io::Result<ChannelWriter> {
+        match self {
+            Output::Plain(w) => Ok(w),
+            Output::Age(w) => w.finish(),
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::Plain(w) => w.write(data),
+            Output::Age(w) => w.write(data),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Plain(w) => w.flush(),
+            Output::Age(w) => w.flush(),
+        }
+    }
+}
+
+/// A `Write` that hands stored bytes to the async uploader in chunks, hashing them.
 struct ChannelWriter {
     tx: mpsc::Sender<Vec<u8>>,
     buf: Vec<u8>,
@@ -426,34 +530,41 @@ fn zstd_threads(cfg: &Config) -> u32 {
     }
 }
 
-/// Receives the stream, feeding the writer thread (temp file + trailer hash + zstd) and the
-/// uploader at once.
+/// Receives the stream, feeding the writer thread (temp file + trailer hash + zstd + age) and
+/// the uploader at once.
+#[allow(clippy::too_many_arguments)]
 async fn stream_snapshot(
     cfg: &Config,
     opts: &BackupOptions,
     client: &mut etcd_client::Client,
     status: &etcd::MemberStatus,
     file: std::fs::File,
+    sink: Sink,
     upload: &mut crate::store::Upload,
     store: &Store,
 ) -> Result<StreamResult, AttemptError> {
+    let temp_dir = workdir::temp_base(cfg);
     let (raw_tx, mut raw_rx) = mpsc::channel::<Vec<u8>>(RAW_CHANNEL_CHUNKS);
     let (stored_tx, mut stored_rx) = mpsc::channel::<Vec<u8>>(STORED_CHANNEL_CHUNKS);
     let level = cfg.compression.level;
     let threads = zstd_threads(cfg);
 
-    // Writer thread: temp file, trailer hash, compression. Blocking I/O and CPU stay off the
-    // async runtime.
+    // Writer thread: temp file, trailer hash, compression, encryption. Blocking I/O and CPU
+    // stay off the async runtime.
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<StreamResult> {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut trailer = TrailerHasher::new();
-        let sink = ChannelWriter {
+        let channel = ChannelWriter {
             tx: stored_tx,
             buf: Vec::with_capacity(STORED_CHUNK_BYTES),
             sha: Sha256::new(),
             bytes: 0,
         };
-        let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
+        let output = match sink {
+            Sink::Plain => Output::Plain(channel),
+            Sink::Age(enc) => Output::Age(enc.wrap_output(channel)?),
+        };
+        let mut enc = zstd::stream::write::Encoder::new(output, level)?;
         if threads > 1 {
             enc.multithread(threads)?;
         }
@@ -463,7 +574,7 @@ async fn stream_snapshot(
             enc.write_all(&chunk)?;
         }
         out.flush()?;
-        let mut sink = enc.finish()?;
+        let mut sink = enc.finish()?.finish()?;
         sink.flush()?;
         let t = trailer.finish();
         Ok(StreamResult {
@@ -542,80 +653,12 @@ async fn stream_snapshot(
     received?;
     let result = written.map_err(|source| {
         AttemptError::from(BackupError::TempDir {
-            dir: temp_dir(cfg).display().to_string(),
+            dir: temp_dir.display().to_string(),
             source,
         })
     });
     uploaded?;
     result
-}
-
-/// Downloads a stored backup, decompresses it to a temp file and checks it against its
-/// manifest: stored size and sha256, raw sha256, the sha256 trailer (through
-/// [`crate::restore::from_store::download`], which `restore --from-store` uses too), then the
-/// bbolt structure and the status values.
-///
-/// Errors: the object is missing or differs from the manifest, the snapshot is corrupt.
-pub async fn verify_backup(
-    cfg: &Config,
-    store: &Store,
-    m: &Manifest,
-) -> Result<Status, BackupError> {
-    let mismatch = |reason: String| BackupError::Mismatch {
-        id: m.id.clone(),
-        reason,
-    };
-    let (snap, _) = crate::restore::from_store::download(store, m, &temp_dir(cfg), false)
-        .await
-        .map_err(|e| match e.downcast::<StoreError>() {
-            Ok(source) => store_err(store)(source),
-            Err(e) => BackupError::Download(e),
-        })?;
-    if snap.trailer != Some(true) {
-        return Err(mismatch(
-            "the snapshot's sha256 trailer is missing or wrong".into(),
-        ));
-    }
-    if snap.db_len != m.total_size {
-        return Err(mismatch(format!(
-            "decompressed db has {} bytes; the manifest says {}",
-            snap.db_len, m.total_size
-        )));
-    }
-    let (path, db_len) = (snap.path.clone(), snap.db_len);
-    let st = tokio::task::spawn_blocking(move || snapshot::verify_file(&path, Some(db_len)))
-        .await
-        .expect("verification thread")
-        .map_err(|source| BackupError::Snapshot {
-            id: m.id.clone(),
-            source,
-        })?;
-    drop(snap);
-    if (st.hash, st.revision, st.total_key, st.total_size)
-        != (m.hash, m.revision, m.total_key, m.total_size)
-    {
-        return Err(mismatch(format!(
-            "snapshot status (hash {:08x}, revision {}, keys {}, size {}) differs from the manifest (hash {:08x}, revision {}, keys {}, size {})",
-            st.hash, st.revision, st.total_key, st.total_size, m.hash, m.revision, m.total_key, m.total_size
-        )));
-    }
-    Ok(st)
-}
-
-/// Decompresses a local `.zst` file into a temp file in `dir` (for `status FILE.zst`).
-///
-/// Errors: unreadable input, bad zstd data, temp dir full.
-pub fn decompress_to_temp(
-    path: &Path,
-    dir: &Path,
-) -> Result<tempfile::NamedTempFile, anyhow::Error> {
-    let input =
-        std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let mut tmp = new_temp_file(dir)?;
-    let mut dec = zstd::stream::read::Decoder::new(input)?;
-    std::io::copy(&mut dec, &mut BufWriter::new(tmp.as_file_mut()))
-        .map_err(|e| anyhow::anyhow!("{}: cannot decompress: {e}", path.display()))?;
-    Ok(tmp)
 }
 
 /// When a backup happened, for `list`'s age column.

@@ -763,6 +763,7 @@ impl Config {
                 "empty; set an etcd key prefix",
             ));
         }
+        crate::crypto::validate_config(&self.encryption)?;
         SocketAddr::from_str(&self.http.listen).map_err(|_| {
             ConfigError::new(
                 "http.listen",

@@ -2,14 +2,16 @@
 //! codes (0 ok, 1 failed, 2 bad usage or config).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
+use etcd_lifeboat::acquire::{self, AcquireOptions, Source, TrailerRule};
 use etcd_lifeboat::cli::{Cli, Command, ConfigCommand, LogFormat, Output};
 use etcd_lifeboat::config::Config;
+use etcd_lifeboat::crypto;
 use etcd_lifeboat::store::{manifest, Store};
-use etcd_lifeboat::{backup, error, snapshot};
+use etcd_lifeboat::{backup, error, workdir};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -59,23 +61,23 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Status(a) => {
-            let tmp;
-            let path = if a.file.extension().is_some_and(|e| e == "zst") {
-                tmp = backup::decompress_to_temp(&a.file, &std::env::temp_dir())?;
-                tmp.path().to_path_buf()
-            } else {
-                a.file.clone()
-            };
-            let skip_hash = a.skip_hash_check;
-            let st = tokio::task::spawn_blocking(move || {
-                if skip_hash {
-                    snapshot::status_file(&path)
+            // No config is needed for status: the temp dir comes from the environment only.
+            let base = std::env::var_os("ETCD_LIFEBOAT_TEMP_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            let opts = AcquireOptions {
+                identities: crypto::identities_from_args(&a.identity.files)?,
+                trailer: if a.skip_hash_check {
+                    TrailerRule::Skip
                 } else {
-                    snapshot::status_file_verified(&path).map(|(st, _)| st)
-                }
-            })
-            .await?
-            .with_context(|| format!("snapshot {}", a.file.display()))?;
+                    TrailerRule::IfPresent
+                },
+                temp_base: &base,
+            };
+            let got = acquire::acquire(Source::File(&a.file), &opts).await?;
+            let st = got.status.clone();
+            drop(got);
             match a.output.output {
                 Output::Json => println!("{}", serde_json::to_string(&st)?),
                 Output::Table => print!("{}", st.to_table()),
@@ -90,6 +92,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("config OK: {origin}");
             println!("  etcd endpoints: {}", cfg.etcd.endpoints.join(", "));
             println!("  storage: {:?}", cfg.storage.backend);
+            match crypto::Recipients::from_config(&cfg.encryption)? {
+                Some(r) => println!(
+                    "  encryption: age, {} recipient(s): {}",
+                    r.public().len(),
+                    r.public().join(", ")
+                ),
+                None => println!("  encryption: none (backups are stored unencrypted)"),
+            }
+            for w in workdir::permission_warnings(&cfg) {
+                let _ = writeln!(std::io::stderr(), "warning: {w}");
+            }
             Ok(())
         }
         Command::Backup(a) => {
@@ -153,28 +166,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => {
             let cfg = load(&cli).await?;
             let store = open_store(&cfg).await?;
-            let targets = if a.all {
-                manifest::catalog(&store).await?.into_intact()?
+            // Broken manifests do not stop the others from being verified; they fail the run.
+            let (targets, broken) = if a.all {
+                let cat = manifest::catalog(&store).await?;
+                (cat.backups, cat.broken)
             } else {
-                vec![manifest::find(&store, &a.id).await?]
+                (vec![manifest::find(&store, &a.id).await?], Vec::new())
             };
-            if targets.is_empty() {
+            if targets.is_empty() && broken.is_empty() {
                 anyhow::bail!(
                     "the store {} holds no backups; run `etcd-lifeboat backup` first",
                     store.describe()
                 );
             }
-            let mut failed = 0;
+            let identities = crypto::identities_from_args(&a.identity.files)?;
+            let base = workdir::temp_base(&cfg);
+            let table = a.output.output == Output::Table;
+            let (mut failed, mut unchecked) = (0, 0);
             let mut results = Vec::new();
             for m in &targets {
-                match backup::verify_backup(&cfg, &store, m).await {
-                    Ok(st) => {
+                match acquire::verify_stored(&store, m, identities.clone(), &base).await {
+                    Ok(acquire::Verified::Content(st)) => {
                         tracing::info!(id = %m.id, "backup verified");
-                        results.push(serde_json::json!({"id": m.id, "ok": true, "status": st}));
-                        if a.output.output == Output::Table {
+                        results.push(serde_json::json!({"id": m.id, "ok": true, "content_checked": true, "status": st}));
+                        if table {
+                            let decrypted = if m.encryption.is_some() {
+                                "  (decrypted)"
+                            } else {
+                                ""
+                            };
                             println!(
-                                "OK    {}  revision {}  keys {}  hash {:08x}",
+                                "OK    {}  revision {}  keys {}  hash {:08x}{decrypted}",
                                 m.id, st.revision, st.total_key, st.hash
+                            );
+                        }
+                    }
+                    Ok(acquire::Verified::CiphertextOnly(_)) => {
+                        unchecked += 1;
+                        results.push(serde_json::json!({"id": m.id, "ok": a.ciphertext_only, "content_checked": false, "ciphertext_ok": true}));
+                        if table {
+                            println!(
+                                "{}  {}  encrypted: size and sha256 of the stored object match the manifest; the content was NOT checked (pass --identity FILE to decrypt and verify it)",
+                                if a.ciphertext_only { "OK   " } else { "UNCHECKED" },
+                                m.id
                             );
                         }
                     }
@@ -183,17 +217,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         results.push(
                             serde_json::json!({"id": m.id, "ok": false, "error": e.to_string()}),
                         );
-                        if a.output.output == Output::Table {
+                        if table {
                             println!("FAIL  {}  {e}", m.id);
                         }
                     }
                 }
             }
-            if a.output.output == Output::Json {
+            for b in &broken {
+                results.push(serde_json::json!({"key": b.key, "ok": false, "error": format!("broken manifest: {}", b.reason)}));
+                if table {
+                    println!("BROKEN  {}  {}", b.key, b.reason);
+                }
+            }
+            if !table {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             }
             if failed > 0 {
                 anyhow::bail!("{failed} of {} backups failed verification", targets.len());
+            }
+            if !broken.is_empty() {
+                return Err(manifest::BrokenManifests(broken).into());
+            }
+            if unchecked > 0 && !a.ciphertext_only {
+                anyhow::bail!(
+                    "{unchecked} of {} backups are encrypted and their content was not checked (only the stored object's size and sha256); pass --identity FILE to verify them, or --ciphertext-only to accept this check",
+                    targets.len()
+                );
             }
             Ok(())
         }

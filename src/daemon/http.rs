@@ -7,6 +7,8 @@
 //!   `last_run` (this replica's last backup run, if any, succeeded), `future_backups` (no
 //!   backup dated more than `store.future_tolerance` ahead), `manifests` (no broken manifest),
 //!   `verify` (this replica's last re-verification of the newest backup, if any, succeeded).
+//!   `warnings` lists what does not fail readiness but needs fixing (a store root or temp dir
+//!   that other users can read, with the `chmod` that fixes it).
 //!   Example:
 //!   `{"ready":false,"reasons":["backup_age: newest backup ... is 7300s old, max 7200s"],"checks":{...},"leader":true}`.
 
@@ -43,6 +45,8 @@ pub struct Health {
     pub broken: Vec<String>,
     /// This replica's last re-verification: when it ended, and `Ok(id)` or the error text.
     pub last_verify: Option<(DateTime<Utc>, Result<String, String>)>,
+    /// Warnings that do not fail readiness (a store root or temp dir other users can read).
+    pub warnings: Vec<String>,
 }
 
 /// Shared health state.
@@ -80,6 +84,8 @@ struct Readiness {
     future_backups: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     broken_manifests: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
@@ -217,6 +223,7 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
         next_run: h.next_run,
         future_backups: h.future.clone(),
         broken_manifests: h.broken.clone(),
+        warnings: h.warnings.clone(),
     }
 }
 

@@ -140,7 +140,30 @@ pub async fn run_with_shutdown(
             .context("storage: cannot set up the store")?,
     );
     let cfg = Arc::new(cfg);
-    let health: SharedHealth = Arc::new(Mutex::new(Health::default()));
+    // Backups are secrets: an open store root or temp dir is reported on /readyz (a warning,
+    // not a readiness failure) and in the log.
+    let warnings = crate::workdir::permission_warnings(&cfg);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let health: SharedHealth = Arc::new(Mutex::new(Health {
+        warnings,
+        ..Health::default()
+    }));
+    // Leftovers of killed runs: temp dirs whose lock is free, local temp files whose writer is
+    // gone, S3 multipart uploads older than retention.orphan_grace.
+    let base = crate::workdir::temp_base(&cfg);
+    let swept = tokio::task::spawn_blocking(move || crate::workdir::sweep_stale(&base))
+        .await
+        .unwrap_or_default();
+    if !swept.is_empty() {
+        tracing::info!(count = swept.len(), "removed the temp files of killed runs");
+    }
+    match store.remove_stale_uploads(cfg.retention.orphan_grace).await {
+        Ok(r) if !r.is_empty() => tracing::info!(uploads = ?r, "removed interrupted uploads"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not clean interrupted uploads"),
+    }
     let http_stop = CancellationToken::new();
     let (addr, http_task) = http::serve(
         &cfg.http.listen,
@@ -401,10 +424,20 @@ impl Daemon {
             let Some(m) = cat.backups.into_iter().next() else {
                 return Ok(None);
             };
-            crate::backup::verify_backup(&self.cfg, &self.store, &m)
-                .await
-                .map(|_| Some(m.id.clone()))
-                .map_err(|e| format!("backup {}: {e}", m.id))
+            // Encrypted backups: the daemon holds no private key unless
+            // ETCD_LIFEBOAT_AGE_IDENTITY_FILE gives one; without it only the stored
+            // object's size and sha256 are checked (bit rot, tampering).
+            let ids = crate::crypto::identities_from_env()
+                .map_err(|e| format!("ETCD_LIFEBOAT_AGE_IDENTITY_FILE: {e}"))?;
+            let base = crate::workdir::temp_base(&self.cfg);
+            match crate::acquire::verify_stored(&self.store, &m, ids, &base).await {
+                Ok(crate::acquire::Verified::Content(_)) => Ok(Some(m.id.clone())),
+                Ok(crate::acquire::Verified::CiphertextOnly(_)) => {
+                    tracing::info!(id = %m.id, "re-verification: encrypted backup without an identity: stored size and sha256 checked, content not decrypted");
+                    Ok(Some(m.id.clone()))
+                }
+                Err(e) => Err(format!("backup {}: {e}", m.id)),
+            }
         })
         .await
         .unwrap_or_else(|_| Err(format!("re-verification exceeded {limit:?}")));

@@ -39,9 +39,10 @@ pub mod kubeadm;
 mod pb;
 pub mod plan;
 pub mod snap;
-pub mod source;
 pub mod wal;
-use crate::snapshot::{has_trailer, verify_file, Status};
+use crate::acquire::{self, AcquireOptions, TrailerRule};
+use crate::crypto::FileFormat;
+use crate::snapshot::Status;
 use db::{rewrite_db_bumped, Bumped, RestoreMember, SnapshotMember};
 
 use std::fs::{self, DirBuilder, File};
@@ -53,7 +54,6 @@ use serde::Serialize;
 
 use crate::error::UsageError;
 use plan::{Plan, PlanError, PlanInput, Target};
-use source::LocalSnapshot;
 
 /// Output format of `restore` (the values of `cli::Output`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -69,7 +69,8 @@ pub enum Output {
 /// extras (DESIGN.md "restore").
 #[derive(clap::Args, Debug, Clone)]
 pub struct RestoreArgs {
-    /// Snapshot file to restore: a raw db (`etcdctl snapshot save` output) or `.db.zst`.
+    /// Snapshot file to restore: a raw db (`etcdctl snapshot save` output), `.db.zst` or
+    /// `.db.zst.age` (detected by content).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["from_store", "snapshot_path"])]
     pub snapshot: Option<PathBuf>,
     /// Snapshot file as a positional argument (as `etcdutl snapshot restore FILE`).
@@ -99,6 +100,15 @@ pub struct RestoreArgs {
     /// Do not compare the sha256 trailer (for a db copied out of a data dir, which has none).
     #[arg(long)]
     pub skip_hash_check: bool,
+    /// age identity file for an encrypted snapshot or backup (age-keygen output, an ssh
+    /// private key, or an `age -p` encrypted identity file); repeatable.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ETCD_LIFEBOAT_AGE_IDENTITY_FILE",
+        value_delimiter = ','
+    )]
+    pub identity: Vec<PathBuf>,
     /// Write every member of --initial-cluster into DIR/<name> (rebuild a whole cluster).
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
@@ -146,6 +156,7 @@ impl Default for RestoreArgs {
             initial_cluster_token: None,
             initial_advertise_peer_urls: None,
             skip_hash_check: false,
+            identity: Vec::new(),
             out_dir: None,
             kubeadm_manifest: None,
             dry_run: false,
@@ -162,7 +173,7 @@ impl Default for RestoreArgs {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 enum SourceSpec {
-    File { path: PathBuf, zstd: bool },
+    File { path: PathBuf, format: FileFormat },
     Store { which: String },
 }
 
@@ -185,20 +196,10 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
         parents.push(temp_parent(&first_target_dir(&args, manifest.as_ref()))?);
         parents[0].0.clone()
     };
-    // The snapshot as a local file: a raw file is read in place (its sha256 is checked while
-    // the members are built); a .zst or a stored backup is fetched and checked first.
-    let fetched = match &spec {
-        SourceSpec::File { zstd: false, .. } => None,
-        _ => Some(fetch_snapshot(&args, &spec, &temp_dir, config_path).await?),
-    };
-    let (local, local_len) = match (&spec, &fetched) {
-        (_, Some((s, _))) => (s.path.clone(), s.db_len),
-        (SourceSpec::File { path, .. }, None) => {
-            (path.clone(), raw_db_len(path, args.skip_hash_check)?)
-        }
-        (SourceSpec::Store { .. }, None) => unreachable!("a store source is always fetched"),
-    };
-    let mut info = read_snapshot_info(&local, local_len, bump)?;
+    // The snapshot as a checked local file (acquire: sha256 trailer, bbolt structure, status,
+    // and for a stored backup the comparison with its manifest), before anything is planned.
+    let snapshot = acquire_snapshot(&args, &spec, &temp_dir, config_path).await?;
+    let mut info = read_snapshot_info(&snapshot.path, snapshot.db_len, bump)?;
     info.warnings = version_warnings(&args, manifest.as_ref(), &info)?;
     for w in &info.warnings {
         eprintln!("warning: {w}");
@@ -211,21 +212,12 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
     for w in plan.targets.iter().filter_map(|t| t.wal_dir.as_ref()) {
         parents.push(temp_parent(w)?);
     }
-    let (status, staged) = match fetched {
-        None => build_from_raw_file(&plan, &local, args.skip_hash_check, bump).await?,
-        Some((snapshot, expected)) => {
-            let plan2 = plan.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let status = verify_snapshot(&snapshot.path, snapshot.db_len)?;
-                if let Some(e) = &expected {
-                    e.check(status.hash, status.revision, status.total_key)?;
-                }
-                let staged = stage_members(&plan2, &snapshot.path, snapshot.db_len, bump)?;
-                Ok((status, staged))
-            })
-            .await??
-        }
-    };
+    let plan2 = plan.clone();
+    let (status, staged) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let staged = stage_members(&plan2, &snapshot.path, snapshot.db_len, bump)?;
+        Ok((snapshot.status.clone(), staged))
+    })
+    .await??;
     tokio::task::spawn_blocking(move || commit(staged)).await??;
     // Success: keep the parent dirs created for the targets.
     for p in &mut parents {
@@ -291,22 +283,6 @@ fn first_target_dir(args: &RestoreArgs, m: Option<&kubeadm::EtcdManifest>) -> Pa
                 .unwrap_or_else(|| plan::DEFAULT_NAME.to_string());
             PathBuf::from(format!("{name}.etcd"))
         })
-}
-
-/// Bytes of the db in a raw snapshot file (without its trailer); refuses a file without a
-/// trailer unless `skip_hash_check` (known from the size alone).
-fn raw_db_len(path: &Path, skip_hash_check: bool) -> anyhow::Result<u64> {
-    let size = fs::metadata(path)
-        .with_context(|| format!("--snapshot: cannot read {}", path.display()))?
-        .len();
-    if !has_trailer(size) && !skip_hash_check {
-        return Err(source::SourceError::MissingTrailer {
-            path: path.to_path_buf(),
-            size,
-        }
-        .into());
-    }
-    Ok(if has_trailer(size) { size - 32 } else { size })
 }
 
 /// What the restore reads from the snapshot before planning.
@@ -423,42 +399,6 @@ fn read_snapshot_info(path: &Path, db_len: u64, bump: u64) -> anyhow::Result<Sna
         storage_version,
         warnings: Vec::new(),
     })
-}
-
-/// Steps 2-4 for a raw snapshot file, on two threads: the sha256 trailer check (one full read
-/// of the file) runs while the db is verified and the members are built in their hidden
-/// staging dirs. Nothing is renamed into place unless both succeed; on any failure the
-/// staging dirs are removed (the trailer error is reported first).
-async fn build_from_raw_file(
-    plan: &Plan,
-    path: &Path,
-    skip_hash_check: bool,
-    bump: u64,
-) -> anyhow::Result<(Status, Vec<Staged>)> {
-    let size = fs::metadata(path)
-        .with_context(|| format!("--snapshot: cannot read {}", path.display()))?
-        .len();
-    let db_len = if has_trailer(size) { size - 32 } else { size };
-    if !has_trailer(size) && !skip_hash_check {
-        // Known from the size alone: refuse before building anything.
-        return Err(source::SourceError::MissingTrailer {
-            path: path.to_path_buf(),
-            size,
-        }
-        .into());
-    }
-    let p = path.to_path_buf();
-    let hash = tokio::task::spawn_blocking(move || source::hash_raw_file(&p, skip_hash_check));
-    let (p, plan2) = (path.to_path_buf(), plan.clone());
-    let build = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let status = verify_snapshot(&p, db_len)?;
-        let staged = stage_members(&plan2, &p, db_len, bump)?;
-        Ok((status, staged))
-    });
-    let (hash, build) = tokio::join!(hash, build);
-    let checked = hash??;
-    debug_assert_eq!(checked.db_len, db_len);
-    build?
 }
 
 /// Reads `--kubeadm-manifest` if given.
@@ -579,9 +519,9 @@ fn source_spec(args: &RestoreArgs) -> anyhow::Result<SourceSpec> {
         .into()),
         (None, Some(w)) => Ok(SourceSpec::Store { which: w.clone() }),
         (Some(p), None) => {
-            let zstd = source::is_zstd(&p)
+            let format = crate::crypto::detect_format(&p)
                 .with_context(|| format!("--snapshot: cannot read {}", p.display()))?;
-            Ok(SourceSpec::File { path: p, zstd })
+            Ok(SourceSpec::File { path: p, format })
         }
     }
 }
@@ -621,52 +561,31 @@ fn temp_parent(dir: &Path) -> anyhow::Result<TempParent> {
     Ok(TempParent(parent, top, false))
 }
 
-/// Step 2 (`copyAndVerifyDB`): the snapshot as a local file, integrity-checked; for a stored
-/// backup also what its manifest says the status must be.
-async fn fetch_snapshot(
+/// Steps 2-3 (`copyAndVerifyDB`): the snapshot as a verified local file through
+/// [`crate::acquire`] (decrypted and decompressed beside the target when needed; a stored
+/// backup compared with its manifest). etcdutl's trailer rule: required unless
+/// `--skip-hash-check`.
+async fn acquire_snapshot(
     args: &RestoreArgs,
     spec: &SourceSpec,
     temp_dir: &Path,
     config_path: Option<&Path>,
-) -> anyhow::Result<(LocalSnapshot, Option<source::Expected>)> {
-    let skip = args.skip_hash_check;
-    match spec.clone() {
-        SourceSpec::File { path, zstd: false } => Ok((
-            tokio::task::spawn_blocking(move || source::hash_raw_file(&path, skip)).await??,
-            None,
-        )),
-        SourceSpec::File { path, zstd: true } => {
-            let dir = temp_dir.to_path_buf();
-            let snap = tokio::task::spawn_blocking(move || {
-                let f = File::open(&path).map_err(|e| source::SourceError::Io {
-                    what: "opening",
-                    path: path.clone(),
-                    source: e,
-                })?;
-                let what = path.display().to_string();
-                source::decompress_to_temp(
-                    std::io::BufReader::with_capacity(1 << 20, f),
-                    &what,
-                    &dir,
-                    skip,
-                    false,
-                )
-                .map(|(s, _)| s)
-            })
-            .await??;
-            Ok((snap, None))
+) -> anyhow::Result<acquire::Acquired> {
+    let opts = AcquireOptions {
+        identities: crate::crypto::identities_from_args(&args.identity)?,
+        trailer: if args.skip_hash_check {
+            TrailerRule::Skip
+        } else {
+            TrailerRule::Required
+        },
+        temp_base: temp_dir,
+    };
+    match spec {
+        SourceSpec::File { path, .. } => {
+            Ok(acquire::acquire(acquire::Source::File(path), &opts).await?)
         }
-        SourceSpec::Store { which } => {
-            let (snap, expected) = from_store::fetch(&which, temp_dir, skip, config_path).await?;
-            Ok((snap, Some(expected)))
-        }
+        SourceSpec::Store { which } => from_store::fetch(which, &opts, config_path).await,
     }
-}
-
-/// Step 3: bbolt structure and status of the db part (`crate::snapshot::verify_file`).
-fn verify_snapshot(path: &Path, db_len: u64) -> anyhow::Result<Status> {
-    verify_file(path, Some(db_len))
-        .with_context(|| format!("verifying snapshot {}", path.display()))
 }
 
 /// A directory being built beside (or, when the target exists empty, inside) its target.

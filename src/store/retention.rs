@@ -485,6 +485,14 @@ pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result
     if dry_run {
         return Ok(p);
     }
+    // Temp dirs of killed runs (their lock is free); never a running one's.
+    let base = crate::workdir::temp_base(cfg);
+    for d in tokio::task::spawn_blocking(move || crate::workdir::sweep_stale(&base))
+        .await
+        .unwrap_or_default()
+    {
+        tracing::info!(path = %d.display(), "prune: removed the temp files of a killed run");
+    }
     // Interrupted writes of this tool: local temp files whose writer is gone, S3 multipart
     // uploads started more than orphan_grace ago. A failure here does not stop retention.
     match store.remove_stale_uploads(cfg.retention.orphan_grace).await {
