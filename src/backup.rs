@@ -354,18 +354,16 @@ async fn put_manifest(
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
-    if matches!(err, StoreError::AlreadyExists { .. }) {
-        // Another writer stored a backup with this id: leave both objects alone.
-        tracing::error!(%key, "another writer stored a manifest with this backup id; this run's manifest was not written");
-        return Err(store_err(store)(err));
-    }
-    match store
-        .get_bytes_limited(&key, manifest::MAX_MANIFEST_BYTES)
-        .await
-    {
+    // The PUT failed, or a retry of it found the key taken: what is stored now decides.
+    match store.get_bytes_limited(&key, manifest::MAX_MANIFEST_BYTES).await {
         Ok(stored) if stored[..] == json[..] => {
-            tracing::warn!(%key, error = %err, "the manifest PUT reported an error, but the manifest is stored: backup complete");
+            tracing::warn!(%key, error = %err, "the manifest PUT reported an error, but this manifest is stored: backup complete");
             Ok(())
+        }
+        Ok(_) => {
+            // Another writer stored a backup with this id: leave both objects alone.
+            tracing::error!(%key, "another writer stored a different manifest with this backup id; this run's manifest was not written");
+            Err(store_err(store)(err))
         }
         Err(e) if e.is_not_found() => {
             if let Err(d) = store.delete(data_key).await {
@@ -373,7 +371,7 @@ async fn put_manifest(
             }
             Err(store_err(store)(err))
         }
-        _ => {
+        Err(_) => {
             tracing::warn!(%key, data = %data_key, "manifest PUT failed and its state is unknown: the data object is kept (prune removes it after retention.orphan_grace if no manifest appears)");
             Err(store_err(store)(err))
         }
