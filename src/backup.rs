@@ -355,7 +355,10 @@ async fn put_manifest(
         Err(e) => e,
     };
     // The PUT failed, or a retry of it found the key taken: what is stored now decides.
-    match store.get_bytes_limited(&key, manifest::MAX_MANIFEST_BYTES).await {
+    match store
+        .get_bytes_limited(&key, manifest::MAX_MANIFEST_BYTES)
+        .await
+    {
         Ok(stored) if stored[..] == json[..] => {
             tracing::warn!(%key, error = %err, "the manifest PUT reported an error, but this manifest is stored: backup complete");
             Ok(())

@@ -1,0 +1,106 @@
+//! The manifest is written last, and a failed manifest PUT never leaves a manifest without
+//! data: when the store applied the PUT but its response was lost (a 500 after the write),
+//! the backup is complete and kept; when the PUT never reached the store, the data object is
+//! removed and the run fails. Real etcd and moto on loopback, faults injected by an HTTP proxy.
+mod common;
+#[path = "common/http_fault.rs"]
+mod http_fault;
+#[path = "common/s3.rs"]
+mod s3h;
+
+use common::*;
+use etcd_lifeboat::config::StorageConfig;
+use etcd_lifeboat::store::Store;
+use http_fault::Fault;
+use s3h::S3Server;
+
+fn config(etcd: &Etcd, storage: &StorageConfig, name: &str) -> std::path::PathBuf {
+    let base = etcd.config_yaml(std::path::Path::new("/unused"));
+    let etcd_part = &base[..base.find("storage:").unwrap()];
+    let yaml = format!(
+        "{etcd_part}{}",
+        serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
+            "storage".into(),
+            serde_yaml::to_value(storage).unwrap()
+        )]))
+        .unwrap()
+    );
+    let p = etcd.dir.path().join(name);
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+fn objects(storage: &StorageConfig) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = Store::from_config(storage).await.unwrap();
+        store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key.to_string())
+            .collect()
+    })
+}
+
+#[test]
+fn lost_manifest_response_keeps_the_backup_and_a_refused_put_leaves_nothing() {
+    let s3 = S3Server::start_moto(false);
+    let etcd = Etcd::start(EtcdOpts {
+        version: Version::V3_5,
+        ..Default::default()
+    });
+    etcd.etcdctl_ok(&["put", "/registry/secrets/default/s1", "secret-value"]);
+    let direct = s3.storage_config();
+
+    // 1. Every manifest PUT is applied by the store, and answered with a 500.
+    let lose = http_fault::start(&s3.endpoint, |method, path| {
+        if method == "PUT" && path.split('?').next().unwrap().ends_with(".json") {
+            Fault::LoseResponse(500)
+        } else {
+            Fault::Forward
+        }
+    });
+    let mut storage = direct.clone();
+    storage.s3.endpoint = Some(lose.url.clone());
+    let cfg = config(&etcd, &storage, "lose.yaml");
+    let out = lifeboat()
+        .args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(lose.faults.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(stderr.contains("this manifest is stored"), "{stderr}");
+    let keys = objects(&direct);
+    assert_eq!(keys.len(), 2, "data and manifest both kept: {keys:?}");
+    let direct_cfg = config(&etcd, &direct, "direct.yaml");
+    let v = lifeboat()
+        .args(["--config", direct_cfg.to_str().unwrap(), "verify", "latest"])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+
+    // 2. Every manifest PUT is refused before it reaches the store: the run fails, the new
+    //    data object is removed, the first backup is untouched.
+    let refuse = http_fault::start(&s3.endpoint, |method, path| {
+        if method == "PUT" && path.split('?').next().unwrap().ends_with(".json") {
+            Fault::Refuse(500)
+        } else {
+            Fault::Forward
+        }
+    });
+    storage.s3.endpoint = Some(refuse.url.clone());
+    let cfg = config(&etcd, &storage, "refuse.yaml");
+    etcd.etcdctl_ok(&["put", "/registry/secrets/default/s2", "another"]);
+    let out = lifeboat()
+        .args(["--config", cfg.to_str().unwrap(), "backup"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a backup without its manifest exited 0"
+    );
+    assert_eq!(objects(&direct), keys, "the failed run left objects behind");
+}
