@@ -18,7 +18,7 @@
 //! schedule: {cron: "0 */30 * * * *", timezone: UTC}
 //! retention: {keep_last: 24, keep_hourly: 24, keep_daily: 7, keep_weekly: 4, keep_monthly: 6}
 //! leader_election: {enabled: false, lease_ttl: 15s}
-//! http: {listen: "0.0.0.0:9790", max_backup_age: 2h}
+//! http: {listen: "127.0.0.1:9790", max_backup_age: 2h}
 //! ```
 //!
 //! Every section and key is optional and has a default. Unknown keys are errors. Environment
@@ -467,7 +467,9 @@ impl Default for LeaderElectionConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address for `/metrics`, `/healthz`, `/readyz`. Env: `ETCD_LIFEBOAT_HTTP_LISTEN`.
+    /// Address for `/metrics`, `/healthz`, `/readyz`; loopback by default (a daemon with host
+    /// networking must not expose them on every interface). The Deployment sets the pod IP.
+    /// Env: `ETCD_LIFEBOAT_HTTP_LISTEN`.
     pub listen: String,
     /// `/readyz` fails when the newest backup in the store is older than this.
     #[serde(with = "humantime_serde")]
@@ -477,7 +479,7 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            listen: "0.0.0.0:9790".to_string(),
+            listen: "127.0.0.1:9790".to_string(),
             max_backup_age: Duration::from_secs(2 * 3600),
         }
     }
@@ -768,7 +770,7 @@ impl Config {
             ConfigError::new(
                 "http.listen",
                 format!(
-                    "{:?} is not an address; write host:port such as 0.0.0.0:9790",
+                    "{:?} is not an address; write host:port such as 127.0.0.1:9790",
                     self.http.listen
                 ),
             )
