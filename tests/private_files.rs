@@ -115,6 +115,12 @@ fn killed_backup_is_swept_running_one_is_not_and_files_are_private() {
         dir_a.exists(),
         "a SIGKILLed run cannot clean up after itself"
     );
+    let partial_a = partials(&store);
+    assert_eq!(
+        partial_a.len(),
+        1,
+        "the killed run's store temp file: {partial_a:?}"
+    );
 
     // B: stalled and still running.
     let pb = proxy::Proxy::start(target, Some(4 << 20));
@@ -123,7 +129,15 @@ fn killed_backup_is_swept_running_one_is_not_and_files_are_private() {
     let mut b = spawn_backup(&cfg_b, &log_b);
     let dir_b = wait_stalled(&tmp, b.id(), &pb, &log_b);
 
-    // C: a normal backup. It removes A's directory and leaves B's alone.
+    // B's start removed A's store temp file (its writer is gone) and holds its own.
+    let partial_b = partials(&store);
+    assert!(
+        !partial_a[0].exists(),
+        "the killed run's store temp file was kept"
+    );
+    assert_eq!(partial_b.len(), 1, "{partial_b:?}");
+
+    // C: a normal backup. It removes A's directory and leaves B's files alone.
     let cfg_c = config(&etcd, &etcd.endpoints()[0], &store, &tmp, "c.yaml");
     let bin = assert_cmd::cargo::cargo_bin("etcd-lifeboat");
     let out = Command::new("sh")
@@ -141,6 +155,11 @@ fn killed_backup_is_swept_running_one_is_not_and_files_are_private() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!dir_a.exists(), "the killed run's dir was not removed");
+    assert_eq!(
+        partials(&store),
+        partial_b,
+        "the running backup's store temp file must stay"
+    );
     assert!(dir_b.exists(), "the running backup's dir was removed");
     assert!(dir_b.join("snapshot.db").exists() && dir_b.join("lock").exists());
     assert!(
@@ -151,14 +170,35 @@ fn killed_backup_is_swept_running_one_is_not_and_files_are_private() {
     // B still owns its files; once it is gone too, the next sweep takes them.
     b.kill().unwrap();
     b.wait().unwrap();
-    let removed = etcd_lifeboat::workdir::sweep_stale(&tmp);
-    assert_eq!(removed, vec![dir_b.clone()]);
+    // prune cleans up after it: its temp dir and its store temp file.
+    let out = Command::new(&bin)
+        .args(["--config", cfg_c.to_str().unwrap(), "prune"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir_b.exists(), "prune left the killed run's temp dir");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
-
-    // What the store holds, and its modes (the store's files belong to the store module).
+    assert!(partials(&store).is_empty(), "{:?}", partials(&store));
     for f in walk(&store) {
-        eprintln!("store: {:04o} {}", mode(&f), f.display());
+        assert_eq!(mode(&f) & 0o077, 0, "{:04o} {}", mode(&f), f.display());
     }
+}
+
+/// Temp files of uploads in progress (or interrupted) in the local store.
+fn partials(store: &Path) -> Vec<PathBuf> {
+    walk(store)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains(".partial-")
+        })
+        .collect()
 }
 
 fn walk(d: &Path) -> Vec<PathBuf> {
