@@ -81,9 +81,12 @@ async fn broken_manifests_are_listed_fail_verify_and_prune_deletes_nothing_of_th
     evil2.data_key = "notes.txt".parse().unwrap();
     let evil2_key = format!("{c}/{}.json", evil2.id);
     std::fs::write(at(&store, &evil2_key), evil2.to_json()).unwrap();
-    // 4. An oversized *.json (never read) with a data object beside it.
+    // 4. An oversized *.json (200 MB, sparse; never read) with a data object beside it.
     let big_key = format!("{c}/20200101T000000Z-r0000000000000001.json");
-    std::fs::write(at(&store, &big_key), vec![b' '; 2 << 20]).unwrap();
+    std::fs::File::create(at(&store, &big_key))
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
     let big_data = at(
         &store,
         &format!("{c}/20200101T000000Z-r0000000000000001.db.zst"),
@@ -119,9 +122,24 @@ async fn broken_manifests_are_listed_fail_verify_and_prune_deletes_nothing_of_th
     );
     assert!(
         table.contains(&format!(
-            "BROKEN  {big_key}  2097152 bytes, more than the 1048576 a manifest may have; not read"
+            "BROKEN  {big_key}  209715200 bytes, more than the 1048576 a manifest may have; not read"
         )),
         "{table}"
+    );
+    // The 200 MB object is not read: `list` stays small (GNU time's peak RSS, KiB).
+    let bin = assert_cmd::cargo::cargo_bin("etcd-lifeboat");
+    let timed = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(&bin)
+        .args(["--config", cfg.to_str().unwrap(), "list"])
+        .output()
+        .unwrap();
+    assert!(timed.status.success());
+    let stderr = String::from_utf8_lossy(&timed.stderr);
+    let rss_kib: u64 = stderr.lines().last().unwrap().trim().parse().unwrap();
+    assert!(
+        rss_kib < 64 * 1024,
+        "list took {rss_kib} KiB with a 200 MB *.json in the store"
     );
     let list = json(&run(&cfg, &["list", "-o", "json"]).stdout);
     let list = list.as_array().unwrap();
