@@ -161,6 +161,11 @@ fn etcd35_tls_backup_equals_etcdctl_snapshot() {
 }
 
 #[test]
+fn etcd3530_tls_backup_equals_etcdctl_snapshot() {
+    backup_equals_etcdctl(Version::V3_5_30);
+}
+
+#[test]
 fn list_is_newest_first_and_json_has_contract_fields() {
     let etcd = Etcd::start(EtcdOpts::default());
     let store = etcd.dir.path().join("store");

@@ -30,6 +30,12 @@ fn reference(v: Version, file: &Path) -> serde_json::Value {
     };
     match v {
         Version::V3_4 => run(etcdctl_bin(v)),
+        Version::V3_5_30 => {
+            let a = run(etcdutl3530_bin());
+            let b = run(etcdctl_bin(v));
+            assert_eq!(a, b, "etcdutl and etcdctl 3.5.30 disagree");
+            a
+        }
         Version::V3_5 => {
             let a = run(etcdutl_bin());
             let b = run(etcdctl_bin(v));
@@ -167,4 +173,9 @@ async fn status_matches_etcdctl_34() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_matches_etcdutl_35() {
     scenario(Version::V3_5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_matches_etcdutl_3530() {
+    scenario(Version::V3_5_30).await;
 }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 pub enum Version {
     V3_4,
     V3_5,
+    /// etcd 3.5.30 from Debian unstable (see [`etcd3530_dir`]).
+    V3_5_30,
 }
 
 fn etcd35_dir() -> PathBuf {
@@ -48,6 +50,7 @@ fn bin(v: Version, name: &str) -> PathBuf {
                 .join(name)
         }
         Version::V3_5 => etcd35_dir().join(name),
+        Version::V3_5_30 => etcd3530_dir().join(name),
     };
     assert!(
         p.is_file(),
