@@ -121,7 +121,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cancel,
             };
             let t0 = std::time::Instant::now();
-            let result = backup::run_backup(&cfg, &store, &opts).await;
+            let result = match &a.from_data_dir {
+                Some(dir) => backup::run_backup_from_data_dir(&cfg, &store, &opts, dir).await,
+                None => backup::run_backup(&cfg, &store, &opts).await,
+            };
             if let Some(url) = &a.pushgateway {
                 push_backup_metrics(url, &store, &result, t0.elapsed()).await;
             }
