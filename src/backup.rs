@@ -39,7 +39,7 @@ use crate::crypto::Recipients;
 use crate::etcd::{self, Candidate, EtcdError};
 use crate::progress::Progress;
 use crate::snapshot::{self, Status, TrailerHasher};
-use crate::store::manifest::{self, EncryptionInfo, Manifest, AGE_FORMAT};
+use crate::store::manifest::{self, EncryptionInfo, FilesInfo, Manifest, AGE_FORMAT};
 use crate::store::{Store, StoreError};
 use crate::workdir::{self, WorkDir, WorkDirError};
 
@@ -90,6 +90,9 @@ pub enum BackupError {
     /// `--from-data-dir`: the data dir cannot be read or is not a valid etcd data dir.
     #[error("data dir {path}: {reason}")]
     DataDir { path: String, reason: String },
+    /// `backup.files`: a configured file cannot be read or archived.
+    #[error(transparent)]
+    Files(#[from] crate::files::FilesError),
     /// The run was cancelled (shutdown).
     #[error("backup cancelled before it was stored; nothing was kept")]
     Cancelled,
@@ -109,6 +112,7 @@ impl From<BackupError> for AttemptError {
             | BackupError::TempDir { .. }
             | BackupError::EtcdRunning { .. }
             | BackupError::DataDir { .. }
+            | BackupError::Files(_)
             | BackupError::Cancelled
             | BackupError::Config(_) => AttemptError {
                 reason: e.to_string(),
@@ -305,6 +309,9 @@ async fn attempt(
     }
     // finish() also checks the stored object's size (stat / HeadObject) before it returns.
     upload.finish().await.map_err(store_err(store))?;
+    let files = store_files_or_cleanup(cfg, store, recipients, &cluster_hex, &id, &data_key)
+        .await
+        .map_err(AttemptError::from)?;
     let (sse, object_lock) = store.object_protection(Utc::now());
     let manifest = Manifest {
         id: id.clone(),
@@ -332,7 +339,7 @@ async fn attempt(
         object_lock,
         source: Default::default(),
         consistent_index: None,
-        files: None,
+        files,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     put_manifest(store, &manifest, json, &data_key).await?;
@@ -454,11 +461,20 @@ pub async fn run_backup_from_data_dir(
         return Err(BackupError::Cancelled);
     }
     upload.finish().await.map_err(store_err(store))?;
+    let files = store_files_or_cleanup(
+        cfg,
+        store,
+        recipients.as_ref(),
+        &cluster_hex,
+        &id,
+        &data_key,
+    )
+    .await?;
     let (sse, object_lock) = store.object_protection(Utc::now());
     let st = &db.status;
     let manifest = Manifest {
         id: id.clone(),
-        cluster_id: cluster_hex,
+        cluster_id: cluster_hex.clone(),
         member_id: format!("{:016x}", db.member_id),
         member_name: db.member_name.clone(),
         endpoint: format!("file://{}", dir.display()),
@@ -482,7 +498,7 @@ pub async fn run_backup_from_data_dir(
         object_lock,
         source: manifest::BackupSource::DataDir,
         consistent_index: db.consistent_index,
-        files: None,
+        files,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     put_manifest(store, &manifest, json, &data_key).await?;
@@ -680,6 +696,122 @@ fn pb_fields(b: &[u8]) -> Option<Vec<(u64, PbValue)>> {
     Some(out)
 }
 
+/// [`store_files`]; on failure the finished data object is deleted (no manifest will name it).
+async fn store_files_or_cleanup(
+    cfg: &Config,
+    store: &Store,
+    recipients: Option<&Recipients>,
+    cluster_hex: &str,
+    id: &str,
+    data_key: &crate::store::ObjectKey,
+) -> Result<Option<FilesInfo>, BackupError> {
+    match store_files(cfg, store, recipients, cluster_hex, id).await {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            if let Err(d) = store.delete(data_key).await {
+                tracing::warn!(key = %data_key, error = %d, "could not delete the data object of a failed backup; prune removes it after retention.orphan_grace");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The paths to archive: `backup.files`, plus the EncryptionConfiguration that a listed
+/// directory's `kube-apiserver.yaml` names (`--encryption-provider-config`) when no listed
+/// path covers it already.
+pub fn files_to_store(cfg: &Config) -> Vec<PathBuf> {
+    let mut paths = cfg.backup.files.clone();
+    for p in &cfg.backup.files {
+        let apiserver = p.join("kube-apiserver.yaml");
+        if !apiserver.is_file() {
+            continue;
+        }
+        if let Some(enc) = crate::files::encryption_provider_config(&apiserver) {
+            if enc.is_absolute() && !paths.iter().any(|q| enc.starts_with(q)) {
+                tracing::info!(path = %enc.display(), manifest = %apiserver.display(), "backup.files: adding the API server's EncryptionConfiguration");
+                paths.push(enc);
+            }
+        }
+    }
+    paths
+}
+
+/// Stores `backup.files` as `<cluster>/<id>.files.tar.zst[.age]`: tar
+/// ([`crate::files::write_archive`]) -> zstd -> age (the backup's recipients) -> store, in one
+/// pass. `None` when no files are configured. On error the upload is aborted.
+///
+/// Errors: [`BackupError::Files`] (a configured path is missing or unreadable), store.
+async fn store_files(
+    cfg: &Config,
+    store: &Store,
+    recipients: Option<&Recipients>,
+    cluster_hex: &str,
+    id: &str,
+) -> Result<Option<FilesInfo>, BackupError> {
+    if cfg.backup.files.is_empty() {
+        return Ok(None);
+    }
+    let paths = files_to_store(cfg);
+    let key = manifest::files_key(cluster_hex, id, recipients.is_some());
+    let sink = match recipients {
+        Some(r) => Sink::encrypted(r).map_err(|e| {
+            BackupError::Files(crate::files::FilesError::Io {
+                what: "age encryptor for",
+                path: PathBuf::from(key.as_str()),
+                source: e,
+            })
+        })?,
+        None => Sink::Plain,
+    };
+    let mut upload = store.begin_upload(&key).await.map_err(store_err(store))?;
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STORED_CHANNEL_CHUNKS);
+    let level = cfg.compression.level;
+    let writer = tokio::task::spawn_blocking(move || {
+        let channel = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(STORED_CHUNK_BYTES),
+            sha: Sha256::new(),
+            bytes: 0,
+        };
+        let io = |source| crate::files::FilesError::Io {
+            what: "compressing the files archive",
+            path: PathBuf::new(),
+            source,
+        };
+        let output = match sink {
+            Sink::Plain => Output::Plain(channel),
+            Sink::Age(enc) => Output::Age(enc.wrap_output(channel).map_err(io)?),
+        };
+        let enc = zstd::stream::write::Encoder::new(output, level).map_err(io)?;
+        let (entries, enc) = crate::files::write_archive(&paths, enc)?;
+        let mut out = enc.finish().and_then(|o| o.finish()).map_err(io)?;
+        out.flush().map_err(io)?;
+        let sha: [u8; 32] = out.sha.finalize().into();
+        Ok::<_, crate::files::FilesError>(FilesInfo {
+            stored_bytes: out.bytes,
+            stored_sha256: hex::encode(sha),
+            entries,
+        })
+    });
+    let uploaded = upload_chunks(&mut rx, &mut upload, store).await;
+    drop(rx);
+    let written = writer.await.expect("files writer thread");
+    let info = match (written, uploaded) {
+        (Err(e), _) => {
+            abort(upload).await;
+            return Err(e.into());
+        }
+        (_, Err(e)) => {
+            abort(upload).await;
+            return Err(e);
+        }
+        (Ok(i), Ok(())) => i,
+    };
+    upload.finish().await.map_err(store_err(store))?;
+    tracing::info!(%key, files = info.entries.len(), stored_bytes = info.stored_bytes, "control-plane files stored");
+    Ok(Some(info))
+}
+
 /// Writes the manifest last, with a conditional create (S3 `If-None-Match: *`, local hard
 /// link) so that two writers can never replace one manifest. When the PUT fails, the data
 /// object is deleted only when the manifest is known to be absent: a PUT whose response was
@@ -714,6 +846,13 @@ async fn put_manifest(
         Err(e) if e.is_not_found() => {
             if let Err(d) = store.delete(data_key).await {
                 tracing::warn!(key = %data_key, error = %d, "could not delete the data object of a failed backup; prune removes it after retention.orphan_grace");
+            }
+            if m.files.is_some() {
+                if let Ok(k) = m.derived_files_key() {
+                    if let Err(d) = store.delete(&k).await {
+                        tracing::warn!(key = %k, error = %d, "could not delete the files object of a failed backup");
+                    }
+                }
             }
             Err(store_err(store)(err))
         }

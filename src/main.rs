@@ -188,6 +188,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (mut failed, mut unchecked) = (0, 0);
             let mut results = Vec::new();
             for m in &targets {
+                // The control-plane files object first: a failure there fails the backup.
+                if m.files.is_some() {
+                    if let Err(e) =
+                        etcd_lifeboat::files::fetch_stored(&store, m, identities.clone(), None)
+                            .await
+                    {
+                        failed += 1;
+                        results.push(
+                            serde_json::json!({"id": m.id, "ok": false, "error": e.to_string()}),
+                        );
+                        if table {
+                            println!("FAIL  {}  {e}", m.id);
+                        }
+                        continue;
+                    }
+                }
                 match acquire::verify_stored(&store, m, identities.clone(), &base).await {
                     Ok(acquire::Verified::Content(st)) => {
                         tracing::info!(id = %m.id, "backup verified");
@@ -198,8 +214,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             } else {
                                 ""
                             };
+                            let files = match &m.files {
+                                Some(f) => format!("  files {}", f.entries.len()),
+                                None => String::new(),
+                            };
                             println!(
-                                "OK    {}  revision {}  keys {}  hash {:08x}{decrypted}",
+                                "OK    {}  revision {}  keys {}  hash {:08x}{files}{decrypted}",
                                 m.id, st.revision, st.total_key, st.hash
                             );
                         }

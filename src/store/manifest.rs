@@ -181,6 +181,22 @@ impl Manifest {
         ObjectKey::new(format!("{}/{}{suffix}", self.cluster_id, self.id))
     }
 
+    /// The files object's key ([`files_key`]) from `cluster_id`, `id` and whether the backup
+    /// is encrypted; the only key a reader fetches and prune deletes.
+    ///
+    /// Errors: [`StoreError::InvalidKey`] if `cluster_id` or `id` make an invalid key.
+    pub fn derived_files_key(&self) -> Result<ObjectKey, StoreError> {
+        let age = if self.encryption.is_some() {
+            ".age"
+        } else {
+            ""
+        };
+        ObjectKey::new(format!(
+            "{}/{}{FILES_SUFFIX}{age}",
+            self.cluster_id, self.id
+        ))
+    }
+
     /// Pretty JSON, as stored.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("manifest serialises")
