@@ -1213,3 +1213,67 @@ fn write_stored<R: Read>(
 pub fn age(now: DateTime<Utc>, m: &Manifest) -> Duration {
     (now - m.finished_at).to_std().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::plan::Member;
+
+    #[test]
+    fn wal_ids_reads_the_metadata_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = vec![
+            Member {
+                name: "a".into(),
+                id: 0x10,
+                peer_urls: vec!["http://a:2380".into()],
+            },
+            Member {
+                name: "b".into(),
+                id: 0x8e9e05c52164694d,
+                peer_urls: vec!["http://b:2380".into()],
+            },
+        ];
+        crate::restore::wal::write_wal(
+            dir.path(),
+            0x8e9e05c52164694d,
+            0xcdf818194e3a8c32,
+            &members,
+        )
+        .unwrap();
+        // A later segment (by name) is not the one read.
+        std::fs::write(
+            dir.path().join("0000000000000001-0000000000000009.wal"),
+            [0u8; 64],
+        )
+        .unwrap();
+        let (node, cluster) = wal_ids(dir.path()).unwrap();
+        assert_eq!(node, 0x8e9e05c52164694d);
+        assert_eq!(cluster, 0xcdf818194e3a8c32);
+    }
+
+    #[test]
+    fn wal_ids_refuses_a_dir_without_segments_or_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = wal_ids(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("no .wal segment"), "{e}");
+        std::fs::write(
+            dir.path().join("0000000000000000-0000000000000000.wal"),
+            [0u8; 64],
+        )
+        .unwrap();
+        let e = wal_ids(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("no metadata record"), "{e}");
+    }
+
+    #[test]
+    fn pb_fields_rejects_truncated_messages() {
+        assert!(pb_fields(&[0x08]).is_none());
+        assert!(pb_fields(&[0x1a, 0x05, 1, 2]).is_none());
+        let f = pb_fields(&[0x08, 7, 0x10, 9]).unwrap();
+        assert!(matches!(
+            f[..],
+            [(1, PbValue::Varint(7)), (2, PbValue::Varint(9))]
+        ));
+    }
+}

@@ -953,6 +953,19 @@ fn parse_env_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn backup_files_need_encryption_or_an_explicit_opt_out() {
+        let mut c = Config::default();
+        c.backup.files = vec![PathBuf::from("/etc/kubernetes/pki")];
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "backup.files");
+        assert!(e.to_string().contains("encryption.age_recipients"), "{e}");
+        c.backup.files_unencrypted = true;
+        c.validate().unwrap();
+        c.backup.files = vec![PathBuf::from("etc/kubernetes/pki")];
+        assert_eq!(c.validate().unwrap_err().key, "backup.files[0]");
+    }
+
     use super::*;
 
     #[test]
