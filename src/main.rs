@@ -76,6 +76,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 temp_base: &base,
             };
             let got = acquire::acquire(Source::File(&a.file), &opts).await?;
+            if !a.skip_hash_check && got.trailer == acquire::TrailerState::Absent {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: {} has no sha256 trailer (a db from a data dir's member/snap/db, or a truncated snapshot): checked by its bbolt structure only",
+                    a.file.display()
+                );
+            }
             let st = got.status.clone();
             drop(got);
             match a.output.output {
