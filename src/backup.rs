@@ -25,7 +25,8 @@
 //! an error (the CLI exits non-zero). When a member's stream breaks or its snapshot fails
 //! verification, the next member is tried; when all fail, the error lists each with its reason.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -37,8 +38,8 @@ use crate::config::{Config, ConfigError};
 use crate::crypto::Recipients;
 use crate::etcd::{self, Candidate, EtcdError};
 use crate::progress::Progress;
-use crate::snapshot::{self, TrailerHasher};
-use crate::store::manifest::{self, EncryptionInfo, Manifest, AGE_FORMAT};
+use crate::snapshot::{self, Status, TrailerHasher};
+use crate::store::manifest::{self, EncryptionInfo, FilesInfo, Manifest, AGE_FORMAT};
 use crate::store::{Store, StoreError};
 use crate::workdir::{self, WorkDir, WorkDirError};
 
@@ -83,6 +84,15 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
+    /// `--from-data-dir`: etcd holds the db's lock (bbolt's `flock`), so it is running.
+    #[error("etcd is running on {dir} (it holds the db lock on {dir}/member/snap/db): stop it first (move its static pod manifest out of /etc/kubernetes/manifests, or systemctl stop etcd), then run the backup again")]
+    EtcdRunning { dir: String },
+    /// `--from-data-dir`: the data dir cannot be read or is not a valid etcd data dir.
+    #[error("data dir {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    /// `backup.files`: a configured file cannot be read or archived.
+    #[error(transparent)]
+    Files(#[from] crate::files::FilesError),
     /// The run was cancelled (shutdown).
     #[error("backup cancelled before it was stored; nothing was kept")]
     Cancelled,
@@ -100,6 +110,9 @@ impl From<BackupError> for AttemptError {
         match e {
             BackupError::Store { .. }
             | BackupError::TempDir { .. }
+            | BackupError::EtcdRunning { .. }
+            | BackupError::DataDir { .. }
+            | BackupError::Files(_)
             | BackupError::Cancelled
             | BackupError::Config(_) => AttemptError {
                 reason: e.to_string(),
@@ -296,6 +309,9 @@ async fn attempt(
     }
     // finish() also checks the stored object's size (stat / HeadObject) before it returns.
     upload.finish().await.map_err(store_err(store))?;
+    let files = store_files_or_cleanup(cfg, store, recipients, &cluster_hex, &id, &data_key)
+        .await
+        .map_err(AttemptError::from)?;
     let (sse, object_lock) = store.object_protection(Utc::now());
     let manifest = Manifest {
         id: id.clone(),
@@ -322,6 +338,8 @@ async fn attempt(
         sse,
         object_lock,
         source: Default::default(),
+        consistent_index: None,
+        files,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     put_manifest(store, &manifest, json, &data_key).await?;
@@ -335,6 +353,463 @@ async fn attempt(
         "backup stored"
     );
     Ok(manifest)
+}
+
+/// What `--from-data-dir` reads from a stopped member's data dir before storing its db.
+struct DataDirDb {
+    /// The db file, open and locked (`flock(LOCK_EX)`, as bbolt does): etcd cannot start on
+    /// the dir while this is held.
+    locked: std::fs::File,
+    path: PathBuf,
+    member_id: u64,
+    cluster_id: u64,
+    member_name: String,
+    consistent_index: Option<u64>,
+    status: Status,
+}
+
+/// Takes a stopped member's db (`DIR/member/snap/db`, no sha256 trailer) as a backup: locks
+/// it as bbolt does (refused while etcd holds the lock), reads member and cluster IDs from the
+/// WAL's metadata record, verifies the bbolt structure and status, then streams the first
+/// `total_size` bytes (bbolt `tx.Size()`, what a snapshot of it would hold; the file itself is
+/// often longer) through the same compress/encrypt/upload pipeline as [`run_backup`], and
+/// writes a manifest with `source: data-dir`. The lock is held until the manifest is stored.
+/// Needs no etcd connection.
+///
+/// Errors: [`BackupError::EtcdRunning`] (exit 1), [`BackupError::DataDir`] (no db, no WAL,
+/// db fails verification), store, temp dir, recipients, cancellation. Nothing is left in the
+/// store on error.
+pub async fn run_backup_from_data_dir(
+    cfg: &Config,
+    store: &Store,
+    opts: &BackupOptions,
+    dir: &Path,
+) -> Result<Manifest, BackupError> {
+    let recipients = Recipients::from_config(&cfg.encryption)?;
+    let t0 = Instant::now();
+    let d = dir.to_path_buf();
+    let db = tokio::task::spawn_blocking(move || open_data_dir(&d))
+        .await
+        .expect("data dir thread")?;
+    let dir_text = dir.display().to_string();
+    let cluster_hex = format!("{:016x}", db.cluster_id);
+    let (started_at, id) = unused_id(store, &cluster_hex, db.status.revision).await?;
+    let data_key = match recipients {
+        Some(_) => manifest::encrypted_data_key(&cluster_hex, &id),
+        None => manifest::data_key(&cluster_hex, &id),
+    };
+    let encryption = recipients.as_ref().map(|r| EncryptionInfo {
+        format: AGE_FORMAT.to_string(),
+        recipients: r.public().to_vec(),
+    });
+    let sink = match &recipients {
+        Some(r) => Sink::encrypted(r).map_err(|e| BackupError::DataDir {
+            path: dir_text.clone(),
+            reason: format!("age encryptor: {e}"),
+        })?,
+        None => Sink::Plain,
+    };
+    let input = db
+        .locked
+        .try_clone()
+        .map_err(|e| BackupError::DataDir {
+            path: db.path.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .take(db.status.total_size);
+    let mut upload = store
+        .begin_upload(&data_key)
+        .await
+        .map_err(store_err(store))?;
+    let (stored_tx, mut stored_rx) = mpsc::channel::<Vec<u8>>(STORED_CHANNEL_CHUNKS);
+    let (level, threads) = (cfg.compression.level, zstd_threads(cfg));
+    let writer = tokio::task::spawn_blocking(move || {
+        write_stored(input, None, sink, level, threads, stored_tx)
+    });
+    let uploaded = tokio::select! {
+        r = upload_chunks(&mut stored_rx, &mut upload, store) => r,
+        _ = opts.cancel.cancelled() => Err(BackupError::Cancelled),
+    };
+    drop(stored_rx);
+    let written = writer.await.expect("writer thread");
+    let streamed = match (written, uploaded) {
+        (_, Err(e)) => {
+            abort(upload).await;
+            return Err(e);
+        }
+        (Err(e), _) => {
+            abort(upload).await;
+            return Err(BackupError::DataDir {
+                path: db.path.display().to_string(),
+                reason: format!("reading the db: {e}"),
+            });
+        }
+        (Ok(s), Ok(())) => s,
+    };
+    if streamed.db_len != db.status.total_size || streamed.trailer_ok.is_some() {
+        abort(upload).await;
+        return Err(BackupError::DataDir {
+            path: db.path.display().to_string(),
+            reason: format!(
+                "read {} bytes of the db where bbolt's meta says {}: the file changed or shrank while it was read",
+                streamed.db_len, db.status.total_size
+            ),
+        });
+    }
+    if opts.cancel.is_cancelled() {
+        abort(upload).await;
+        return Err(BackupError::Cancelled);
+    }
+    upload.finish().await.map_err(store_err(store))?;
+    let files = store_files_or_cleanup(
+        cfg,
+        store,
+        recipients.as_ref(),
+        &cluster_hex,
+        &id,
+        &data_key,
+    )
+    .await?;
+    let (sse, object_lock) = store.object_protection(Utc::now());
+    let st = &db.status;
+    let manifest = Manifest {
+        id: id.clone(),
+        cluster_id: cluster_hex.clone(),
+        member_id: format!("{:016x}", db.member_id),
+        member_name: db.member_name.clone(),
+        endpoint: format!("file://{}", dir.display()),
+        etcd_version: String::new(),
+        started_at,
+        finished_at: Utc::now(),
+        revision: st.revision,
+        hash: st.hash,
+        total_key: st.total_key,
+        total_size: st.total_size,
+        raw_sha256: hex::encode(streamed.raw_sha256),
+        stored_bytes: streamed.stored_bytes,
+        stored_sha256: hex::encode(streamed.stored_sha256),
+        compression: "zstd".into(),
+        compression_level: cfg.compression.level,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        tag: opts.tag.clone(),
+        data_key: data_key.clone(),
+        encryption,
+        sse,
+        object_lock,
+        source: manifest::BackupSource::DataDir,
+        consistent_index: db.consistent_index,
+        files,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    put_manifest(store, &manifest, json, &data_key).await?;
+    drop(db);
+    tracing::info!(
+        id = %manifest.id,
+        dir = %dir.display(),
+        revision = manifest.revision,
+        keys = manifest.total_key,
+        stored_bytes = manifest.stored_bytes,
+        seconds = t0.elapsed().as_secs_f64(),
+        "backup of the data dir stored"
+    );
+    Ok(manifest)
+}
+
+/// Locks and checks a data dir's db; reads the WAL's IDs (blocking).
+fn open_data_dir(dir: &Path) -> Result<DataDirDb, BackupError> {
+    let path = dir.join("member").join("snap").join("db");
+    let bad = |p: &Path, reason: String| BackupError::DataDir {
+        path: p.display().to_string(),
+        reason,
+    };
+    let locked = std::fs::File::open(&path).map_err(|e| {
+        bad(
+            &path,
+            format!("{e}; expected an etcd data dir (the directory given to etcd's --data-dir, holding member/snap/db)"),
+        )
+    })?;
+    match locked.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(BackupError::EtcdRunning {
+                dir: dir.display().to_string(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(bad(&path, format!("cannot lock the db: {e}")))
+        }
+    }
+    let wal_dir = dir.join("member").join("wal");
+    let (member_id, cluster_id) = wal_ids(&wal_dir)?;
+    let verify = |p: &Path| -> Result<(Status, Option<u64>, String), snapshot::SnapshotError> {
+        let db = snapshot::Db::open(p, None)?;
+        let status = db.check_and_status()?;
+        let ci = db
+            .root_bucket_entries(b"meta")?
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.key == b"consistent_index")
+            .and_then(|e| <[u8; 8]>::try_from(e.value.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        let name = crate::restore::db::snapshot_members(&db)
+            .ok()
+            .and_then(|ms| ms.into_iter().find(|m| m.id == member_id))
+            .map(|m| m.name)
+            .unwrap_or_default();
+        Ok((status, ci, name))
+    };
+    let (status, consistent_index, member_name) = verify(&path).map_err(|e| {
+        bad(
+            &path,
+            format!("the db failed verification, not stored: {e}"),
+        )
+    })?;
+    Ok(DataDirDb {
+        locked,
+        path,
+        member_id,
+        cluster_id,
+        member_name,
+        consistent_index,
+        status,
+    })
+}
+
+/// Largest WAL record read while looking for the metadata record (bytes; the metadata is ~20).
+const MAX_WAL_RECORD: u64 = 1 << 20;
+/// Records read from the start of a segment before giving up on finding the metadata record
+/// (etcd writes it second, after the crc record).
+const MAX_WAL_RECORDS_SCANNED: usize = 16;
+
+/// Member and cluster ID from the metadata record (type 1, `etcdserverpb.Metadata{NodeID=1,
+/// ClusterID=2}`) near the start of the first segment (by name) in `wal_dir`. Framing as in
+/// etcd's `server/wal/decoder.go` (see [`crate::restore::wal`]): LE u64 length word (low 56
+/// bits), `walpb.Record{type=1, crc=2, data=3}`, padding to 8 bytes.
+///
+/// Errors: [`BackupError::DataDir`] when there is no segment or no readable metadata record.
+fn wal_ids(wal_dir: &Path) -> Result<(u64, u64), BackupError> {
+    let bad = |p: &Path, reason: String| BackupError::DataDir {
+        path: p.display().to_string(),
+        reason,
+    };
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(wal_dir)
+        .map_err(|e| bad(wal_dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    let first = segments
+        .first()
+        .ok_or_else(|| bad(wal_dir, "no .wal segment: not an etcd data dir".into()))?;
+    let mut f = std::fs::File::open(first).map_err(|e| bad(first, e.to_string()))?;
+    for _ in 0..MAX_WAL_RECORDS_SCANNED {
+        let mut word = [0u8; 8];
+        f.read_exact(&mut word)
+            .map_err(|e| bad(first, format!("reading a WAL record: {e}")))?;
+        let word = u64::from_le_bytes(word);
+        let len = word & 0x00ff_ffff_ffff_ffff;
+        let pad = if word >> 63 == 1 {
+            (word >> 56) & 0x7
+        } else {
+            0
+        };
+        if len == 0 || len > MAX_WAL_RECORD {
+            break;
+        }
+        let mut rec = vec![0u8; (len + pad) as usize];
+        f.read_exact(&mut rec)
+            .map_err(|e| bad(first, format!("reading a WAL record: {e}")))?;
+        rec.truncate(len as usize);
+        let fields = pb_fields(&rec).ok_or_else(|| bad(first, "malformed WAL record".into()))?;
+        let rtype = fields.iter().find_map(|(n, v)| match (n, v) {
+            (1, PbValue::Varint(t)) => Some(*t),
+            _ => None,
+        });
+        if rtype != Some(1) {
+            continue;
+        }
+        let data = fields
+            .iter()
+            .find_map(|(n, v)| match (n, v) {
+                (3, PbValue::Bytes(d)) => Some(d.as_slice()),
+                _ => None,
+            })
+            .unwrap_or(&[]);
+        let meta = pb_fields(data).ok_or_else(|| bad(first, "malformed WAL metadata".into()))?;
+        let get = |k: u64| {
+            meta.iter().find_map(|(n, v)| match (n, v) {
+                (n, PbValue::Varint(x)) if *n == k => Some(*x),
+                _ => None,
+            })
+        };
+        return match (get(1), get(2)) {
+            (Some(node), Some(cluster)) if node != 0 && cluster != 0 => Ok((node, cluster)),
+            _ => Err(bad(
+                first,
+                "the WAL metadata record lacks the member or cluster ID".into(),
+            )),
+        };
+    }
+    Err(bad(
+        first,
+        "no metadata record at the start of the first WAL segment".into(),
+    ))
+}
+
+/// A decoded protobuf field value (only the wire types etcd's WAL uses).
+enum PbValue {
+    Varint(u64),
+    Bytes(Vec<u8>),
+}
+
+fn pb_varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*i)?;
+        *i += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Top-level fields of a protobuf message (field number, value); `None` when malformed or
+/// using a wire type other than varint / length-delimited.
+fn pb_fields(b: &[u8]) -> Option<Vec<(u64, PbValue)>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let tag = pb_varint(b, &mut i)?;
+        match tag & 7 {
+            0 => out.push((tag >> 3, PbValue::Varint(pb_varint(b, &mut i)?))),
+            2 => {
+                let n = usize::try_from(pb_varint(b, &mut i)?).ok()?;
+                let end = i.checked_add(n)?;
+                out.push((tag >> 3, PbValue::Bytes(b.get(i..end)?.to_vec())));
+                i = end;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// [`store_files`]; on failure the finished data object is deleted (no manifest will name it).
+async fn store_files_or_cleanup(
+    cfg: &Config,
+    store: &Store,
+    recipients: Option<&Recipients>,
+    cluster_hex: &str,
+    id: &str,
+    data_key: &crate::store::ObjectKey,
+) -> Result<Option<FilesInfo>, BackupError> {
+    match store_files(cfg, store, recipients, cluster_hex, id).await {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            if let Err(d) = store.delete(data_key).await {
+                tracing::warn!(key = %data_key, error = %d, "could not delete the data object of a failed backup; prune removes it after retention.orphan_grace");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The paths to archive: `backup.files`, plus the EncryptionConfiguration that a listed
+/// directory's `kube-apiserver.yaml` names (`--encryption-provider-config`) when no listed
+/// path covers it already.
+pub fn files_to_store(cfg: &Config) -> Vec<PathBuf> {
+    let mut paths = cfg.backup.files.clone();
+    for p in &cfg.backup.files {
+        let apiserver = p.join("kube-apiserver.yaml");
+        if !apiserver.is_file() {
+            continue;
+        }
+        if let Some(enc) = crate::files::encryption_provider_config(&apiserver) {
+            if enc.is_absolute() && !paths.iter().any(|q| enc.starts_with(q)) {
+                tracing::info!(path = %enc.display(), manifest = %apiserver.display(), "backup.files: adding the API server's EncryptionConfiguration");
+                paths.push(enc);
+            }
+        }
+    }
+    paths
+}
+
+/// Stores `backup.files` as `<cluster>/<id>.files.tar.zst[.age]`: tar
+/// ([`crate::files::write_archive`]) -> zstd -> age (the backup's recipients) -> store, in one
+/// pass. `None` when no files are configured. On error the upload is aborted.
+///
+/// Errors: [`BackupError::Files`] (a configured path is missing or unreadable), store.
+async fn store_files(
+    cfg: &Config,
+    store: &Store,
+    recipients: Option<&Recipients>,
+    cluster_hex: &str,
+    id: &str,
+) -> Result<Option<FilesInfo>, BackupError> {
+    if cfg.backup.files.is_empty() {
+        return Ok(None);
+    }
+    let paths = files_to_store(cfg);
+    let key = manifest::files_key(cluster_hex, id, recipients.is_some());
+    let sink = match recipients {
+        Some(r) => Sink::encrypted(r).map_err(|e| {
+            BackupError::Files(crate::files::FilesError::Io {
+                what: "age encryptor for",
+                path: PathBuf::from(key.as_str()),
+                source: e,
+            })
+        })?,
+        None => Sink::Plain,
+    };
+    let mut upload = store.begin_upload(&key).await.map_err(store_err(store))?;
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STORED_CHANNEL_CHUNKS);
+    let level = cfg.compression.level;
+    let writer = tokio::task::spawn_blocking(move || {
+        let channel = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(STORED_CHUNK_BYTES),
+            sha: Sha256::new(),
+            bytes: 0,
+        };
+        let io = |source| crate::files::FilesError::Io {
+            what: "compressing the files archive",
+            path: PathBuf::new(),
+            source,
+        };
+        let output = match sink {
+            Sink::Plain => Output::Plain(channel),
+            Sink::Age(enc) => Output::Age(enc.wrap_output(channel).map_err(io)?),
+        };
+        let enc = zstd::stream::write::Encoder::new(output, level).map_err(io)?;
+        let (entries, enc) = crate::files::write_archive(&paths, enc)?;
+        let mut out = enc.finish().and_then(|o| o.finish()).map_err(io)?;
+        out.flush().map_err(io)?;
+        let sha: [u8; 32] = out.sha.finalize().into();
+        Ok::<_, crate::files::FilesError>(FilesInfo {
+            stored_bytes: out.bytes,
+            stored_sha256: hex::encode(sha),
+            entries,
+        })
+    });
+    let uploaded = upload_chunks(&mut rx, &mut upload, store).await;
+    drop(rx);
+    let written = writer.await.expect("files writer thread");
+    let info = match (written, uploaded) {
+        (Err(e), _) => {
+            abort(upload).await;
+            return Err(e.into());
+        }
+        (_, Err(e)) => {
+            abort(upload).await;
+            return Err(e);
+        }
+        (Ok(i), Ok(())) => i,
+    };
+    upload.finish().await.map_err(store_err(store))?;
+    tracing::info!(%key, files = info.entries.len(), stored_bytes = info.stored_bytes, "control-plane files stored");
+    Ok(Some(info))
 }
 
 /// Writes the manifest last, with a conditional create (S3 `If-None-Match: *`, local hard
@@ -371,6 +846,13 @@ async fn put_manifest(
         Err(e) if e.is_not_found() => {
             if let Err(d) = store.delete(data_key).await {
                 tracing::warn!(key = %data_key, error = %d, "could not delete the data object of a failed backup; prune removes it after retention.orphan_grace");
+            }
+            if m.files.is_some() {
+                if let Ok(k) = m.derived_files_key() {
+                    if let Err(d) = store.delete(&k).await {
+                        tracing::warn!(key = %k, error = %d, "could not delete the files object of a failed backup");
+                    }
+                }
             }
             Err(store_err(store)(err))
         }
@@ -545,46 +1027,21 @@ async fn stream_snapshot(
     store: &Store,
 ) -> Result<StreamResult, AttemptError> {
     let temp_dir = workdir::temp_base(cfg);
-    let (raw_tx, mut raw_rx) = mpsc::channel::<Vec<u8>>(RAW_CHANNEL_CHUNKS);
+    let (raw_tx, raw_rx) = mpsc::channel::<Vec<u8>>(RAW_CHANNEL_CHUNKS);
     let (stored_tx, mut stored_rx) = mpsc::channel::<Vec<u8>>(STORED_CHANNEL_CHUNKS);
     let level = cfg.compression.level;
     let threads = zstd_threads(cfg);
 
     // Writer thread: temp file, trailer hash, compression, encryption. Blocking I/O and CPU
     // stay off the async runtime.
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<StreamResult> {
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let mut trailer = TrailerHasher::new();
-        let channel = ChannelWriter {
-            tx: stored_tx,
-            buf: Vec::with_capacity(STORED_CHUNK_BYTES),
-            sha: Sha256::new(),
-            bytes: 0,
+    let writer = tokio::task::spawn_blocking(move || {
+        let input = ChannelReader {
+            rx: raw_rx,
+            cur: Vec::new(),
+            pos: 0,
         };
-        let output = match sink {
-            Sink::Plain => Output::Plain(channel),
-            Sink::Age(enc) => Output::Age(enc.wrap_output(channel)?),
-        };
-        let mut enc = zstd::stream::write::Encoder::new(output, level)?;
-        if threads > 1 {
-            enc.multithread(threads)?;
-        }
-        while let Some(chunk) = raw_rx.blocking_recv() {
-            out.write_all(&chunk)?;
-            trailer.update(&chunk);
-            enc.write_all(&chunk)?;
-        }
-        out.flush()?;
-        let mut sink = enc.finish()?.finish()?;
-        sink.flush()?;
-        let t = trailer.finish();
-        Ok(StreamResult {
-            db_len: t.db_len,
-            raw_sha256: t.raw_sha256,
-            trailer_ok: t.trailer,
-            stored_bytes: sink.bytes,
-            stored_sha256: sink.sha.finalize().into(),
-        })
+        let copy = BufWriter::with_capacity(1 << 20, file);
+        write_stored(input, Some(copy), sink, level, threads, stored_tx)
     });
 
     let progress = Progress::bytes(opts.progress, "snapshot", Some(status.db_size));
@@ -628,12 +1085,7 @@ async fn stream_snapshot(
         drop(raw_tx);
         Ok::<(), AttemptError>(())
     };
-    let uploader = async {
-        while let Some(chunk) = stored_rx.recv().await {
-            upload.write(&chunk).await.map_err(store_err(store))?;
-        }
-        Ok::<(), BackupError>(())
-    };
+    let uploader = upload_chunks(&mut stored_rx, upload, store);
     let whole = async { tokio::join!(receive, uploader) };
     let (received, uploaded) = match tokio::time::timeout(cfg.etcd.snapshot_timeout, whole).await {
         Ok(r) => r,
@@ -662,7 +1114,166 @@ async fn stream_snapshot(
     result
 }
 
+/// Hands the stored bytes of the writer thread to the store's upload, in order.
+async fn upload_chunks(
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    upload: &mut crate::store::Upload,
+    store: &Store,
+) -> Result<(), BackupError> {
+    while let Some(chunk) = rx.recv().await {
+        upload.write(&chunk).await.map_err(store_err(store))?;
+    }
+    Ok(())
+}
+
+/// The raw snapshot stream's chunks (from the gRPC receiver) as a blocking `Read`.
+struct ChannelReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.blocking_recv() {
+                Some(c) => {
+                    self.cur = c;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The stored object's pipeline, whatever the input (a snapshot stream, a data dir's db):
+/// reads `input` to its end, copies it to `copy` (the temp file to verify, when given), feeds
+/// the trailer hasher, compresses (zstd `level`, `threads` workers), encrypts (`sink`) and
+/// hands the result to the uploader through `stored_tx`. Blocking: run it on a blocking
+/// thread. Errors: reading the input, writing the copy, or the uploader having stopped.
+fn write_stored<R: Read>(
+    mut input: R,
+    mut copy: Option<BufWriter<std::fs::File>>,
+    sink: Sink,
+    level: i32,
+    threads: u32,
+    stored_tx: mpsc::Sender<Vec<u8>>,
+) -> std::io::Result<StreamResult> {
+    let mut trailer = TrailerHasher::new();
+    let channel = ChannelWriter {
+        tx: stored_tx,
+        buf: Vec::with_capacity(STORED_CHUNK_BYTES),
+        sha: Sha256::new(),
+        bytes: 0,
+    };
+    let output = match sink {
+        Sink::Plain => Output::Plain(channel),
+        Sink::Age(enc) => Output::Age(enc.wrap_output(channel)?),
+    };
+    let mut enc = zstd::stream::write::Encoder::new(output, level)?;
+    if threads > 1 {
+        enc.multithread(threads)?;
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let chunk = &buf[..n];
+        if let Some(c) = copy.as_mut() {
+            c.write_all(chunk)?;
+        }
+        trailer.update(chunk);
+        enc.write_all(chunk)?;
+    }
+    if let Some(c) = copy.as_mut() {
+        c.flush()?;
+    }
+    let mut sink = enc.finish()?.finish()?;
+    sink.flush()?;
+    let t = trailer.finish();
+    Ok(StreamResult {
+        db_len: t.db_len,
+        raw_sha256: t.raw_sha256,
+        trailer_ok: t.trailer,
+        stored_bytes: sink.bytes,
+        stored_sha256: sink.sha.finalize().into(),
+    })
+}
+
 /// When a backup happened, for `list`'s age column.
 pub fn age(now: DateTime<Utc>, m: &Manifest) -> Duration {
     (now - m.finished_at).to_std().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::plan::Member;
+
+    #[test]
+    fn wal_ids_reads_the_metadata_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = vec![
+            Member {
+                name: "a".into(),
+                id: 0x10,
+                peer_urls: vec!["http://a:2380".into()],
+            },
+            Member {
+                name: "b".into(),
+                id: 0x8e9e05c52164694d,
+                peer_urls: vec!["http://b:2380".into()],
+            },
+        ];
+        crate::restore::wal::write_wal(
+            dir.path(),
+            0x8e9e05c52164694d,
+            0xcdf818194e3a8c32,
+            &members,
+        )
+        .unwrap();
+        // A later segment (by name) is not the one read.
+        std::fs::write(
+            dir.path().join("0000000000000001-0000000000000009.wal"),
+            [0u8; 64],
+        )
+        .unwrap();
+        let (node, cluster) = wal_ids(dir.path()).unwrap();
+        assert_eq!(node, 0x8e9e05c52164694d);
+        assert_eq!(cluster, 0xcdf818194e3a8c32);
+    }
+
+    #[test]
+    fn wal_ids_refuses_a_dir_without_segments_or_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = wal_ids(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("no .wal segment"), "{e}");
+        std::fs::write(
+            dir.path().join("0000000000000000-0000000000000000.wal"),
+            [0u8; 64],
+        )
+        .unwrap();
+        let e = wal_ids(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("no metadata record"), "{e}");
+    }
+
+    #[test]
+    fn pb_fields_rejects_truncated_messages() {
+        assert!(pb_fields(&[0x08]).is_none());
+        assert!(pb_fields(&[0x1a, 0x05, 1, 2]).is_none());
+        let f = pb_fields(&[0x08, 7, 0x10, 9]).unwrap();
+        assert!(matches!(
+            f[..],
+            [(1, PbValue::Varint(7)), (2, PbValue::Varint(9))]
+        ));
+    }
 }

@@ -80,6 +80,11 @@ pub struct BackupArgs {
     /// Do not show a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Back up a stopped member's data dir (the directory given to etcd's --data-dir, holding
+    /// member/snap/db and member/wal) instead of a live member's snapshot; no etcd connection
+    /// is made. Refused while etcd runs on it (it holds the db's lock).
+    #[arg(long, value_name = "DIR")]
+    pub from_data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArg,
 }

@@ -387,6 +387,13 @@ pub struct BackupConfig {
     /// Directory for the temporary snapshot file (needs room for one raw snapshot); default
     /// the system temp dir. Env: `ETCD_LIFEBOAT_TEMP_DIR`.
     pub temp_dir: Option<PathBuf>,
+    /// Control-plane files and directories (absolute paths) stored with every backup as a
+    /// second object, `<id>.files.tar.zst[.age]`: kubeadm's /etc/kubernetes/pki and
+    /// /etc/kubernetes/manifests (the EncryptionConfiguration named in kube-apiserver.yaml is
+    /// added automatically). Needs encryption.age_recipients unless `files_unencrypted`.
+    pub files: Vec<PathBuf>,
+    /// Allow `files` to be stored without age encryption (they hold the cluster CA key).
+    pub files_unencrypted: bool,
 }
 
 /// The daemon's schedule.
@@ -741,6 +748,25 @@ impl Config {
                 ));
             }
         }
+        for (i, f) in self.backup.files.iter().enumerate() {
+            if !f.is_absolute() {
+                return Err(ConfigError::new(
+                    format!("backup.files[{i}]"),
+                    format!(
+                        "{} is not an absolute path; write it as /etc/kubernetes/pki",
+                        f.display()
+                    ),
+                ));
+            }
+        }
+        let encrypted = !self.encryption.age_recipients.is_empty()
+            || self.encryption.age_recipients_file.is_some();
+        if !self.backup.files.is_empty() && !encrypted && !self.backup.files_unencrypted {
+            return Err(ConfigError::new(
+                "backup.files",
+                "files hold the cluster CA key: set encryption.age_recipients, or backup.files_unencrypted: true",
+            ));
+        }
         crate::config::parse_cron(&self.schedule.cron)
             .map_err(|m| ConfigError::new("schedule.cron", m))?;
         if let Some(tz) = &self.schedule.timezone {
@@ -929,6 +955,19 @@ fn parse_env_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn backup_files_need_encryption_or_an_explicit_opt_out() {
+        let mut c = Config::default();
+        c.backup.files = vec![PathBuf::from("/etc/kubernetes/pki")];
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "backup.files");
+        assert!(e.to_string().contains("encryption.age_recipients"), "{e}");
+        c.backup.files_unencrypted = true;
+        c.validate().unwrap();
+        c.backup.files = vec![PathBuf::from("etc/kubernetes/pki")];
+        assert_eq!(c.validate().unwrap_err().key, "backup.files[0]");
+    }
+
     use super::*;
 
     #[test]

@@ -88,6 +88,31 @@ pub enum FilesError {
         /// What differs.
         reason: String,
     },
+    /// The store refused to give the files object.
+    #[error("files object of backup {id} in {store}: {source}")]
+    Store {
+        /// Backup id.
+        id: String,
+        /// The store.
+        store: String,
+        /// The cause.
+        #[source]
+        source: crate::store::StoreError,
+    },
+    /// The backup lists no files (`backup.files` was not configured when it was taken).
+    #[error("backup {id} holds no control-plane files (backup.files was not configured when it was taken)")]
+    NoFiles {
+        /// Backup id.
+        id: String,
+    },
+    /// An encrypted files object and no identity, or none of the identities opens it.
+    #[error("files object of backup {id}: {reason}")]
+    Decrypt {
+        /// Backup id.
+        id: String,
+        /// Why (no identity given, no matching key, damaged header).
+        reason: String,
+    },
     /// A target file exists; nothing was written.
     #[error("{path} exists; restore --files-to never overwrites: choose an empty directory or move the file away (nothing was written)")]
     Exists {
@@ -478,6 +503,150 @@ pub fn encryption_provider_config(apiserver_manifest: &Path) -> Option<PathBuf> 
         l.strip_prefix("--encryption-provider-config=")
             .map(|p| PathBuf::from(p.trim().trim_matches('"')))
     })
+}
+
+/// What [`fetch_stored`] checked of a backup's files object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilesCheck {
+    /// Decrypted when needed, decompressed, every entry checked against the manifest (and,
+    /// with a destination, extracted): the number of entries.
+    Content(usize),
+    /// Encrypted and no identity: only the stored object's size and sha256 were checked.
+    CiphertextOnly,
+}
+
+/// Counts and hashes what is read, failing past `limit` bytes.
+struct Hashing<R> {
+    inner: R,
+    sha: Sha256,
+    bytes: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes = self.bytes.saturating_add(n as u64);
+        if self.bytes > self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the stored object is larger than the manifest's stored_bytes ({})",
+                    self.limit
+                ),
+            ));
+        }
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads the files object of backup `m` from `store` (streamed, bounded by the manifest's
+/// `stored_bytes`, sha256 compared with `stored_sha256`) and checks it: with `identities` (or
+/// for a plaintext object) decrypts, decompresses and runs [`check_archive`], or [`extract`]s
+/// it below `dest` when given; without identities an encrypted object gets the size and
+/// sha256 check only ([`FilesCheck::CiphertextOnly`]; refused when `dest` is given).
+///
+/// Errors: [`FilesError::NoFiles`], [`FilesError::Store`], [`FilesError::Decrypt`],
+/// [`FilesError::Mismatch`] (size, sha256 or content), [`FilesError::Exists`], I/O.
+pub async fn fetch_stored(
+    store: &crate::store::Store,
+    m: &crate::store::manifest::Manifest,
+    identities: Option<std::sync::Arc<crate::crypto::Identities>>,
+    dest: Option<&Path>,
+) -> Result<FilesCheck, FilesError> {
+    let id = m.id.clone();
+    let info = m
+        .files
+        .clone()
+        .ok_or_else(|| FilesError::NoFiles { id: id.clone() })?;
+    let encrypted = m.encryption.is_some();
+    if encrypted && identities.is_none() && dest.is_some() {
+        return Err(FilesError::Decrypt {
+            id,
+            reason: format!(
+                "it is encrypted to {}: pass --identity FILE with a matching age identity",
+                m.encryption
+                    .as_ref()
+                    .map(|e| e.recipients.join(", "))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    let store_err = |source| FilesError::Store {
+        id: m.id.clone(),
+        store: store.describe(),
+        source,
+    };
+    let key = m.derived_files_key().map_err(store_err)?;
+    let reader = store.get_stream(&key).await.map_err(store_err)?;
+    let dest = dest.map(Path::to_path_buf);
+    tokio::task::spawn_blocking(move || {
+        let mut input = Hashing {
+            inner: tokio_util::io::SyncIoBridge::new(reader),
+            sha: Sha256::new(),
+            bytes: 0,
+            limit: info.stored_bytes,
+        };
+        let mismatch = |reason: String| FilesError::Mismatch {
+            id: id.clone(),
+            reason,
+        };
+        let checked = match (&identities, encrypted) {
+            (None, true) => None,
+            (Some(ids), true) => {
+                let r = ids.decrypt(&mut input).map_err(|e| FilesError::Decrypt {
+                    id: id.clone(),
+                    reason: format!("{e}: the given identities do not open it"),
+                })?;
+                Some(read_archive(&id, r, &info.entries, dest.as_deref())?)
+            }
+            (_, false) => Some(read_archive(
+                &id,
+                &mut input,
+                &info.entries,
+                dest.as_deref(),
+            )?),
+        };
+        std::io::copy(&mut input, &mut std::io::sink())
+            .map_err(|e| mismatch(format!("reading the stored object: {e}")))?;
+        if input.bytes != info.stored_bytes {
+            return Err(mismatch(format!(
+                "the stored object is {} bytes, the manifest says {}",
+                input.bytes, info.stored_bytes
+            )));
+        }
+        let sha = hex::encode(input.sha.finalize());
+        if !sha.eq_ignore_ascii_case(&info.stored_sha256) {
+            return Err(mismatch(format!(
+                "the stored object's sha256 is {sha}, the manifest says {}",
+                info.stored_sha256
+            )));
+        }
+        Ok(match checked {
+            Some(n) => FilesCheck::Content(n),
+            None => FilesCheck::CiphertextOnly,
+        })
+    })
+    .await
+    .expect("files thread")
+}
+
+/// Decompresses and checks (or extracts) one archive; returns the number of entries.
+fn read_archive<R: Read>(
+    id: &str,
+    compressed: R,
+    entries: &[FileEntry],
+    dest: Option<&Path>,
+) -> Result<usize, FilesError> {
+    let tar = zstd::stream::read::Decoder::new(compressed).map_err(|e| FilesError::Mismatch {
+        id: id.to_string(),
+        reason: format!("zstd: {e}"),
+    })?;
+    match dest {
+        Some(d) => extract(id, tar, entries, d).map(|_| entries.len()),
+        None => check_archive(id, tar, entries, None).map(|_| entries.len()),
+    }
 }
 
 #[cfg(test)]

@@ -76,6 +76,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 temp_base: &base,
             };
             let got = acquire::acquire(Source::File(&a.file), &opts).await?;
+            if !a.skip_hash_check && got.trailer == acquire::TrailerState::Absent {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: {} has no sha256 trailer (a db from a data dir's member/snap/db, or a truncated snapshot): checked by its bbolt structure only",
+                    a.file.display()
+                );
+            }
             let st = got.status.clone();
             drop(got);
             match a.output.output {
@@ -121,7 +128,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cancel,
             };
             let t0 = std::time::Instant::now();
-            let result = backup::run_backup(&cfg, &store, &opts).await;
+            let result = match &a.from_data_dir {
+                Some(dir) => backup::run_backup_from_data_dir(&cfg, &store, &opts, dir).await,
+                None => backup::run_backup(&cfg, &store, &opts).await,
+            };
             if let Some(url) = &a.pushgateway {
                 push_backup_metrics(url, &store, &result, t0.elapsed()).await;
             }
@@ -185,6 +195,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (mut failed, mut unchecked) = (0, 0);
             let mut results = Vec::new();
             for m in &targets {
+                // The control-plane files object first: a failure there fails the backup.
+                if m.files.is_some() {
+                    if let Err(e) =
+                        etcd_lifeboat::files::fetch_stored(&store, m, identities.clone(), None)
+                            .await
+                    {
+                        failed += 1;
+                        results.push(
+                            serde_json::json!({"id": m.id, "ok": false, "error": e.to_string()}),
+                        );
+                        if table {
+                            println!("FAIL  {}  {e}", m.id);
+                        }
+                        continue;
+                    }
+                }
                 match acquire::verify_stored(&store, m, identities.clone(), &base).await {
                     Ok(acquire::Verified::Content(st)) => {
                         tracing::info!(id = %m.id, "backup verified");
@@ -195,8 +221,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             } else {
                                 ""
                             };
+                            let files = match &m.files {
+                                Some(f) => format!("  files {}", f.entries.len()),
+                                None => String::new(),
+                            };
                             println!(
-                                "OK    {}  revision {}  keys {}  hash {:08x}{decrypted}",
+                                "OK    {}  revision {}  keys {}  hash {:08x}{files}{decrypted}",
                                 m.id, st.revision, st.total_key, st.hash
                             );
                         }

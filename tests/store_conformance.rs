@@ -333,6 +333,8 @@ fn manifest(cluster: &str, t: chrono::DateTime<Utc>, rev: i64) -> Manifest {
         sse: None,
         object_lock: None,
         source: Default::default(),
+        consistent_index: None,
+        files: None,
     }
 }
 

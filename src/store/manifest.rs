@@ -24,6 +24,8 @@ pub const DATA_SUFFIX: &str = ".db.zst";
 /// Suffix of age-encrypted data objects: a standard age v1 file whose plaintext is the zstd
 /// stream (`age -d -i key.txt ID.db.zst.age | zstd -d > snapshot.db`).
 pub const ENCRYPTED_DATA_SUFFIX: &str = ".db.zst.age";
+/// Suffix of files objects (tar of `backup.files`, zstd), before `.age` when encrypted.
+pub const FILES_SUFFIX: &str = ".files.tar.zst";
 /// Format string recorded in [`EncryptionInfo::format`] for age encryption.
 pub const AGE_FORMAT: &str = "age-encryption.org/v1";
 
@@ -134,6 +136,27 @@ pub struct Manifest {
     /// Where the snapshot came from; `etcd` (omitted in JSON) for a snapshot stream.
     #[serde(default, skip_serializing_if = "BackupSource::is_etcd")]
     pub source: BackupSource,
+    /// `source: data-dir` only: the db's `meta/consistent_index` (the raft index the db had
+    /// applied, 8-byte big-endian in the db); absent otherwise or when the db has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_index: Option<u64>,
+    /// The control-plane files stored beside the snapshot (`backup.files`); absent when none
+    /// were configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesInfo>,
+}
+
+/// The files object of a backup (`<cluster>/<id>.files.tar.zst`, `.age` appended when the
+/// backup's `encryption` is set, with the same recipients): a tar of `backup.files`
+/// ([`crate::files::write_archive`]), zstd-compressed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FilesInfo {
+    /// Size in bytes of the stored files object.
+    pub stored_bytes: u64,
+    /// SHA-256 (hex) of the stored files object.
+    pub stored_sha256: String,
+    /// Every file and directory in the archive: path, mode, size, sha256.
+    pub entries: Vec<crate::files::FileEntry>,
 }
 
 impl Manifest {
@@ -156,6 +179,22 @@ impl Manifest {
             DATA_SUFFIX
         };
         ObjectKey::new(format!("{}/{}{suffix}", self.cluster_id, self.id))
+    }
+
+    /// The files object's key ([`files_key`]) from `cluster_id`, `id` and whether the backup
+    /// is encrypted; the only key a reader fetches and prune deletes.
+    ///
+    /// Errors: [`StoreError::InvalidKey`] if `cluster_id` or `id` make an invalid key.
+    pub fn derived_files_key(&self) -> Result<ObjectKey, StoreError> {
+        let age = if self.encryption.is_some() {
+            ".age"
+        } else {
+            ""
+        };
+        ObjectKey::new(format!(
+            "{}/{}{FILES_SUFFIX}{age}",
+            self.cluster_id, self.id
+        ))
     }
 
     /// Pretty JSON, as stored.
@@ -184,6 +223,14 @@ pub fn data_key(cluster_id_hex: &str, id: &str) -> ObjectKey {
 /// [`data_key`].
 pub fn encrypted_data_key(cluster_id_hex: &str, id: &str) -> ObjectKey {
     ObjectKey::new(format!("{cluster_id_hex}/{id}{ENCRYPTED_DATA_SUFFIX}"))
+        .expect("valid cluster id and backup id")
+}
+
+/// Key of the files object (`backup.files`): `"<cluster-id-hex>/<id>.files.tar.zst"`, with
+/// `.age` appended when `encrypted`. Panics like [`data_key`].
+pub fn files_key(cluster_id_hex: &str, id: &str, encrypted: bool) -> ObjectKey {
+    let age = if encrypted { ".age" } else { "" };
+    ObjectKey::new(format!("{cluster_id_hex}/{id}{FILES_SUFFIX}{age}"))
         .expect("valid cluster id and backup id")
 }
 
@@ -577,6 +624,8 @@ mod tests {
             sse: None,
             object_lock: None,
             source: BackupSource::Etcd,
+            consistent_index: None,
+            files: None,
         }
     }
 
