@@ -211,10 +211,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         continue;
                     }
                 }
+                // What the store says about the data object (S3: HeadObject): server-side
+                // encryption and Object Lock, checked against what the manifest requested.
+                let stored = match store_protection(&store, m).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed += 1;
+                        results.push(serde_json::json!({"id": m.id, "ok": false, "error": e}));
+                        if table {
+                            println!("FAIL  {}  {e}", m.id);
+                        }
+                        continue;
+                    }
+                };
                 match acquire::verify_stored(&store, m, identities.clone(), &base).await {
                     Ok(acquire::Verified::Content(st)) => {
                         tracing::info!(id = %m.id, "backup verified");
-                        results.push(serde_json::json!({"id": m.id, "ok": true, "content_checked": true, "status": st}));
+                        results.push(serde_json::json!({"id": m.id, "ok": true, "content_checked": true, "status": st, "store": stored}));
                         if table {
                             let decrypted = if m.encryption.is_some() {
                                 "  (decrypted)"
@@ -225,8 +238,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 Some(f) => format!("  files {}", f.entries.len()),
                                 None => String::new(),
                             };
+                            let note = stored
+                                .as_ref()
+                                .map(|p| format!("  {p}"))
+                                .unwrap_or_default();
                             println!(
-                                "OK    {}  revision {}  keys {}  hash {:08x}{files}{decrypted}",
+                                "OK    {}  revision {}  keys {}  hash {:08x}{files}{decrypted}{note}",
                                 m.id, st.revision, st.total_key, st.hash
                             );
                         }
@@ -277,6 +294,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What the store reports about a backup's data object (HeadObject on S3): `"sse AES256"`,
+/// `"sse aws:kms (key K)"`, `"locked GOVERNANCE until T"`; `None` for the local store or when
+/// the store reports neither.
+///
+/// Errors: the head request failed, or the store does not apply the server-side encryption
+/// the manifest says was requested (a message naming the backup and both values).
+async fn store_protection(store: &Store, m: &manifest::Manifest) -> Result<Option<String>, String> {
+    if !matches!(store, Store::S3(_)) {
+        return Ok(None);
+    }
+    let key = m.derived_data_key().map_err(|e| e.to_string())?;
+    let head = store
+        .head(&key)
+        .await
+        .map_err(|e| format!("HeadObject {key}: {e}"))?;
+    if let Some(want) = &m.sse {
+        if head.sse.as_deref() != Some(want.algorithm.as_str()) {
+            return Err(format!(
+                "backup {}: the manifest says server-side encryption {} was requested, the store reports {}",
+                m.id,
+                want.algorithm,
+                head.sse.as_deref().unwrap_or("none")
+            ));
+        }
+    }
+    let mut parts = Vec::new();
+    if let Some(sse) = &head.sse {
+        parts.push(match &head.sse_kms_key_id {
+            Some(k) => format!("sse {sse} (key {k})"),
+            None => format!("sse {sse}"),
+        });
+    }
+    if let (Some(mode), Some(until)) = (&head.lock_mode, head.retain_until) {
+        parts.push(format!(
+            "locked {mode} until {}",
+            until.format("%Y-%m-%dT%H:%M:%SZ")
+        ));
+    }
+    Ok((!parts.is_empty()).then(|| parts.join(", ")))
 }
 
 /// Pushes this run's metrics to a Pushgateway, with the store catalog's newest-backup metrics

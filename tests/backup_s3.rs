@@ -232,6 +232,13 @@ fn s3_backup_with_sse_on_an_object_lock_bucket() {
         .output()
         .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    // verify reports what the store says (HeadObject), not only what the manifest asked for.
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(out.contains("sse AES256"), "{out}");
+    assert!(out.contains("locked GOVERNANCE until "), "{out}");
+    // The manifest records what was requested.
+    assert_eq!(list[0]["sse"]["algorithm"], "AES256", "{list}");
+    assert_eq!(list[0]["object_lock"]["mode"], "GOVERNANCE", "{list}");
 
     rt.block_on(async {
         let store = Store::from_config(&storage).await.unwrap();

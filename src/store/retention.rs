@@ -104,6 +104,10 @@ pub struct BackupDecision {
     /// Object key of the data object, derived: `<cluster-id>/<id>.db.zst` (`.db.zst.age` when
     /// encrypted). Never the manifest's `data_key` field.
     pub data_key: String,
+    /// Object key of its control-plane files object, derived: `<cluster-id>/<id>.files.tar.zst`
+    /// (`.age` when encrypted); present when the manifest lists files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_key: Option<String>,
     /// Rules that keep it; empty means the policy lets it go.
     pub reasons: Vec<KeepReason>,
     /// `object_lock.retain_until` of its manifest, when the store locks its objects.
@@ -311,6 +315,7 @@ pub fn plan_in(
                 revision: m.revision,
                 manifest_key: manifest_key(&m.cluster_id, &m.id).to_string(),
                 data_key: derived_data_key(m),
+                files_key: derived_files_key(m),
                 locked: reasons.is_empty() && retain_until.is_some_and(|t| t > now),
                 retain_until,
                 reasons,
@@ -332,6 +337,12 @@ fn derived_data_key(m: &Manifest) -> String {
     m.derived_data_key()
         .map(|k| k.to_string())
         .unwrap_or_else(|_| crate::store::manifest::data_key(&m.cluster_id, &m.id).to_string())
+}
+
+/// The derived key of the files object, when the manifest lists one.
+fn derived_files_key(m: &Manifest) -> Option<String> {
+    m.files.as_ref()?;
+    m.derived_files_key().ok().map(|k| k.to_string())
 }
 
 /// For the `n` most recent periods that have backups in `group` (ordered newest first by
@@ -367,7 +378,11 @@ pub fn orphans(
     grace: Duration,
     now: DateTime<Utc>,
 ) -> Vec<OrphanDecision> {
-    let referenced: HashSet<String> = backups.iter().map(derived_data_key).collect();
+    let referenced: HashSet<String> = backups
+        .iter()
+        .map(derived_data_key)
+        .chain(backups.iter().filter_map(derived_files_key))
+        .collect();
     let manifests: HashSet<&str> = objects
         .iter()
         .map(|o| o.key.as_str())
@@ -392,11 +407,18 @@ pub fn orphans(
         .collect()
 }
 
-/// `<cluster>/<id>` of a data object key (`.db.zst.age`, `.db.zst` or `.db`), else `None`.
+/// `<cluster>/<id>` of a data object key (`.db.zst.age`, `.db.zst` or `.db`) or of a files
+/// object key (`.files.tar.zst[.age]`), else `None`.
 fn data_object_stem(key: &str) -> Option<&str> {
-    [ENCRYPTED_DATA_SUFFIX, DATA_SUFFIX, ".db"]
-        .iter()
-        .find_map(|suffix| key.strip_suffix(suffix))
+    [
+        ENCRYPTED_DATA_SUFFIX,
+        DATA_SUFFIX,
+        ".db",
+        ".files.tar.zst.age",
+        ".files.tar.zst",
+    ]
+    .iter()
+    .find_map(|suffix| key.strip_suffix(suffix))
 }
 
 /// The instant that decides a backup's periods: when its snapshot was taken.
@@ -510,7 +532,11 @@ pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result
         // Safety net: never remove the newest backup of a cluster (the plan always keeps it).
         debug_assert!(!b.reasons.contains(&KeepReason::Newest));
         // Both keys derived from cluster id + backup id (+ encryption), never a manifest field.
-        for key in [&b.manifest_key, &b.data_key] {
+        // The manifest first: while it exists, its objects stay.
+        for key in [&b.manifest_key, &b.data_key]
+            .into_iter()
+            .chain(b.files_key.as_ref())
+        {
             attempted += 1;
             let r = match ObjectKey::new(key.as_str()) {
                 Ok(k) => store.delete(&k).await,
@@ -1153,6 +1179,63 @@ mod tests {
                 ("aaaaaaaaaaaaaaaa/20261123T090000Z-r1.db.zst", true),
                 ("aaaaaaaaaaaaaaaa/20261123T113000Z-r2.db.zst", false),
             ]
+        );
+    }
+
+    #[test]
+    fn files_objects_are_pruned_with_their_backup_and_orphaned_without_it() {
+        let now = t("2026-11-23T12:00:00Z");
+        let with_files = |time: &str| {
+            let mut b = m(time);
+            b.files = Some(crate::store::manifest::FilesInfo {
+                stored_bytes: 1,
+                stored_sha256: String::new(),
+                entries: Vec::new(),
+            });
+            b
+        };
+        let (old, new) = (
+            with_files("2026-11-22T10:00:00Z"),
+            with_files("2026-11-23T10:00:00Z"),
+        );
+        let plan = plan_in(
+            &[old.clone(), new.clone()],
+            &policy(1, 0, 0, 0, 0),
+            Tz::UTC,
+            now,
+        );
+        let removed: Vec<_> = plan.removed().collect();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(
+            removed[0].files_key.as_deref(),
+            Some(format!("{}/{}.files.tar.zst", old.cluster_id, old.id).as_str())
+        );
+        // A plaintext backup without files lists none; an encrypted one's key ends in .age.
+        assert_eq!(derived_files_key(&m("2026-11-23T10:00:00Z")), None);
+        let mut enc = with_files("2026-11-23T10:00:00Z");
+        enc.encryption = Some(crate::store::manifest::EncryptionInfo {
+            format: crate::store::manifest::AGE_FORMAT.into(),
+            recipients: vec!["age1x".into()],
+        });
+        assert!(derived_files_key(&enc)
+            .unwrap()
+            .ends_with(".files.tar.zst.age"));
+        // Orphans: a files object of a listed backup is referenced; one of a backup without a
+        // manifest is an orphan.
+        let obj = |k: String| ObjectMeta {
+            key: crate::store::ObjectKey::new(k).unwrap(),
+            size: 7,
+            last_modified: t("2026-11-22T00:00:00Z"),
+        };
+        let objects = vec![
+            obj(format!("{}/{}.files.tar.zst", new.cluster_id, new.id)),
+            obj("aaaaaaaaaaaaaaaa/20261120T000000Z-r9.files.tar.zst.age".into()),
+        ];
+        let o = orphans(&objects, &[new], Duration::from_secs(3600), now);
+        let got: Vec<&str> = o.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(
+            got,
+            ["aaaaaaaaaaaaaaaa/20261120T000000Z-r9.files.tar.zst.age"]
         );
     }
 }
