@@ -13,6 +13,7 @@
 //!   verified and compared with its manifest; used by `status`, `verify` and `restore`.
 //! - [`crypto`]: age recipients and identities.
 //! - [`workdir`]: private per-run temp dirs, the sweep of stale ones, permission warnings.
+//! - [`files`]: the control-plane files archive (`backup.files`, `restore --files-to`).
 //! - [`restore`]: native restore: db rewrite, member/cluster IDs, WAL and snap files.
 //! - [`daemon`]: cron scheduler, HTTP endpoints, leader election.
 //! - [`metrics`]: Prometheus registry and metric definitions.
