@@ -4,11 +4,10 @@
 //! the other replica takes over, and only it stores backups afterwards.
 mod common;
 mod daemon_support;
+#[path = "common/proxy.rs"]
+mod proxy;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,105 +16,6 @@ use daemon_support::*;
 #[test]
 fn daemon_child() {
     child_entry();
-}
-
-/// A TCP proxy that stalls each connection on its own once that connection has carried
-/// `stall_after` server-to-client bytes (the snapshot stream), leaving small connections (the
-/// election's lease keep-alives) untouched. Adapted from tests/common/proxy.rs, whose budget is
-/// shared by all connections.
-struct StallBigStreams {
-    addr: SocketAddr,
-    stalled: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-}
-
-impl StallBigStreams {
-    fn start(target: SocketAddr, stall_after: u64) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stalled = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (stalled.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sp.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = conn else { continue };
-                let Ok(server) = TcpStream::connect(target) else {
-                    continue;
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let sp2 = sp.clone();
-                std::thread::spawn(move || pump(c2, s2, None, sp2));
-                let (st, sp) = (st.clone(), sp.clone());
-                std::thread::spawn(move || pump(server, client, Some((st, stall_after)), sp));
-            }
-        });
-        StallBigStreams {
-            addr,
-            stalled,
-            stop,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for StallBigStreams {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    stall: Option<(Arc<AtomicBool>, u64)>,
-    stop: Arc<AtomicBool>,
-) {
-    let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut forwarded = 0u64;
-    let mut this_stalled = false;
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        if this_stalled {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        let n = match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(_) => break,
-        };
-        let mut n_send = n;
-        if let Some((flag, limit)) = &stall {
-            if forwarded + n as u64 >= *limit {
-                n_send = limit.saturating_sub(forwarded) as usize;
-                this_stalled = true;
-                flag.store(true, Ordering::SeqCst);
-            }
-        }
-        if to.write_all(&buf[..n_send]).is_err() {
-            break;
-        }
-        forwarded += n_send as u64;
-    }
-    let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
 fn config(etcd: &Etcd, store: &std::path::Path, port: u16, endpoint: &str) -> std::path::PathBuf {
@@ -189,7 +89,7 @@ fn lease_revoked_mid_backup_cancels_it_and_only_the_new_leader_writes() {
         .trim_start_matches("http://")
         .parse()
         .unwrap();
-    let proxy = StallBigStreams::start(target, 256 * 1024);
+    let proxy = proxy::Proxy::start_per_connection(target, 256 * 1024);
 
     // A leads (through the proxy) and its first backup stalls mid-stream.
     let (pa, pb) = (free_port(), free_port());
@@ -205,7 +105,7 @@ fn lease_revoked_mid_backup_cancels_it_and_only_the_new_leader_writes() {
         || {
             metric(&a, "etcd_lifeboat_is_leader") == 1.0
                 && metric(&a, "etcd_lifeboat_backup_in_progress") == 1.0
-                && proxy.stalled.load(Ordering::SeqCst)
+                && proxy.is_stalled()
         },
     );
     // B campaigns directly against etcd and waits behind A.

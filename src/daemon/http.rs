@@ -88,6 +88,46 @@ struct Readiness {
     warnings: Vec<String>,
 }
 
+/// The check of this replica's last run of something (a backup, a re-verification): ok when
+/// there was none yet or it succeeded (`backup <id> <done>at <time>`), failed otherwise
+/// (`<failed> at <time>: <error>`).
+fn last_outcome(
+    last: &Option<(DateTime<Utc>, Result<String, String>)>,
+    none: &str,
+    done: &str,
+    failed: &str,
+) -> Check {
+    match last {
+        None => Check {
+            ok: true,
+            detail: Some(none.into()),
+        },
+        Some((at, Ok(id))) => Check {
+            ok: true,
+            detail: Some(format!("backup {id} {done}at {}", at.to_rfc3339())),
+        },
+        Some((at, Err(e))) => Check {
+            ok: false,
+            detail: Some(format!("{failed} at {}: {e}", at.to_rfc3339())),
+        },
+    }
+}
+
+/// Ok when `list` is empty; failed with `describe(list)` otherwise.
+fn none_listed(list: &[String], describe: impl Fn(&[String]) -> String) -> Check {
+    if list.is_empty() {
+        Check {
+            ok: true,
+            detail: None,
+        }
+    } else {
+        Check {
+            ok: false,
+            detail: Some(describe(list)),
+        }
+    }
+}
+
 fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
     let mut checks = std::collections::BTreeMap::new();
     checks.insert(
@@ -134,77 +174,39 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
         },
     };
     checks.insert("backup_age", age_check);
-    let run = match &h.last_run {
-        None => Check {
-            ok: true,
-            detail: Some("no run by this replica yet".into()),
-        },
-        Some((at, Ok(id))) => Check {
-            ok: true,
-            detail: Some(format!("backup {id} at {}", at.to_rfc3339())),
-        },
-        Some((at, Err(e))) => Check {
-            ok: false,
-            detail: Some(format!(
-                "last backup run failed at {}: {e}",
-                at.to_rfc3339()
-            )),
-        },
-    };
+    let run = last_outcome(
+        &h.last_run,
+        "no run by this replica yet",
+        "",
+        "last backup run failed",
+    );
     checks.insert("last_run", run);
     checks.insert(
         "future_backups",
-        if h.future.is_empty() {
-            Check {
-                ok: true,
-                detail: None,
-            }
-        } else {
-            Check {
-                ok: false,
-                detail: Some(format!(
-                    "{} backups dated in the future, ignored for age and scheduling (a writer's clock is ahead; fix its NTP): {}",
-                    h.future.len(),
-                    h.future.join(", ")
-                )),
-            }
-        },
+        none_listed(&h.future, |list| {
+            format!(
+                "{} backups dated in the future, ignored for age and scheduling (a writer's clock is ahead; fix its NTP): {}",
+                list.len(),
+                list.join(", ")
+            )
+        }),
     );
     checks.insert(
         "manifests",
-        if h.broken.is_empty() {
-            Check {
-                ok: true,
-                detail: None,
-            }
-        } else {
-            Check {
-                ok: false,
-                detail: Some(format!(
-                    "{} broken manifests, left alone by prune (see `etcd-lifeboat list`): {}",
-                    h.broken.len(),
-                    h.broken.join("; ")
-                )),
-            }
-        },
+        none_listed(&h.broken, |list| {
+            format!(
+                "{} broken manifests, left alone by prune (see `etcd-lifeboat list`): {}",
+                list.len(),
+                list.join("; ")
+            )
+        }),
     );
-    let verify = match &h.last_verify {
-        None => Check {
-            ok: true,
-            detail: Some("no re-verification by this replica yet".into()),
-        },
-        Some((at, Ok(id))) => Check {
-            ok: true,
-            detail: Some(format!("backup {id} verified at {}", at.to_rfc3339())),
-        },
-        Some((at, Err(e))) => Check {
-            ok: false,
-            detail: Some(format!(
-                "re-verification failed at {}: {e}",
-                at.to_rfc3339()
-            )),
-        },
-    };
+    let verify = last_outcome(
+        &h.last_verify,
+        "no re-verification by this replica yet",
+        "verified ",
+        "re-verification failed",
+    );
     checks.insert("verify", verify);
     let reasons: Vec<String> = checks
         .iter()

@@ -1,6 +1,6 @@
 //! A TCP proxy on loopback for tests that need a snapshot stream (or any connection) to stall:
 //! it forwards both directions until `stall()` is called or the server-to-client byte budget
-//! (`stall_after`) runs out; then it stops forwarding server bytes and holds the connections
+//! (`stall_after`, shared by all connections or per connection) runs out; then it stops forwarding server bytes and holds the connections
 //! open, so the client sees a stream that neither ends nor errors. Dropping the proxy closes
 //! everything.
 #![allow(dead_code)]
@@ -22,8 +22,20 @@ pub struct Proxy {
 
 impl Proxy {
     /// Proxies to `target`; stalls by itself once `stall_after` server-to-client bytes have
-    /// passed (None: only when [`Proxy::stall`] is called).
+    /// passed over all connections together (None: only when [`Proxy::stall`] is called).
     pub fn start(target: SocketAddr, stall_after: Option<u64>) -> Proxy {
+        Self::spawn(target, stall_after, false)
+    }
+
+    /// Proxies to `target`; each connection stalls on its own once it has carried
+    /// `stall_after` server-to-client bytes, so small connections (an election's lease
+    /// keep-alives) keep working while a snapshot stream stalls. [`Proxy::is_stalled`] says
+    /// whether any connection stalled; [`Proxy::stall`] does not apply.
+    pub fn start_per_connection(target: SocketAddr, stall_after: u64) -> Proxy {
+        Self::spawn(target, Some(stall_after), true)
+    }
+
+    fn spawn(target: SocketAddr, stall_after: Option<u64>, per_connection: bool) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stalled = Arc::new(AtomicBool::new(false));
@@ -42,10 +54,22 @@ impl Proxy {
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let sp2 = sp.clone();
                 std::thread::spawn(move || pump(c2, s2, None, None, sp2));
-                let (st, fw, sp) = (st.clone(), fw.clone(), sp.clone());
-                std::thread::spawn(move || {
-                    pump(server, client, Some((st, stall_after)), Some(fw), sp)
-                });
+                // Per connection: its own flag and counter; the shared flag only reports.
+                let (own, counter) = if per_connection {
+                    (
+                        Arc::new(AtomicBool::new(false)),
+                        Arc::new(AtomicU64::new(0)),
+                    )
+                } else {
+                    (st.clone(), fw.clone())
+                };
+                let ctl = StallCtl {
+                    own,
+                    report: st.clone(),
+                    limit: stall_after,
+                };
+                let sp = sp.clone();
+                std::thread::spawn(move || pump(server, client, Some(ctl), Some(counter), sp));
             }
         });
         Proxy {
@@ -80,7 +104,13 @@ impl Drop for Proxy {
     }
 }
 
-type StallCtl = (Arc<AtomicBool>, Option<u64>);
+/// When a pump stops forwarding: `own` stops it (set by the budget, or by [`Proxy::stall`] in
+/// shared mode), `report` is set too when the budget runs out.
+struct StallCtl {
+    own: Arc<AtomicBool>,
+    report: Arc<AtomicBool>,
+    limit: Option<u64>,
+}
 
 fn pump(
     mut from: TcpStream,
@@ -96,8 +126,8 @@ fn pump(
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        if let Some((flag, _)) = &stall {
-            if flag.load(Ordering::SeqCst) {
+        if let Some(ctl) = &stall {
+            if ctl.own.load(Ordering::SeqCst) {
                 // Hold the connection open without forwarding.
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
@@ -117,11 +147,14 @@ fn pump(
             Err(_) => break,
         };
         let mut n_send = n;
-        if let (Some((flag, Some(limit))), Some(fw)) = (&stall, &forwarded) {
-            let before = fw.load(Ordering::SeqCst);
-            if before + n as u64 >= *limit {
-                n_send = limit.saturating_sub(before) as usize;
-                flag.store(true, Ordering::SeqCst);
+        if let (Some(ctl), Some(fw)) = (&stall, &forwarded) {
+            if let Some(limit) = ctl.limit {
+                let before = fw.load(Ordering::SeqCst);
+                if before + n as u64 >= limit {
+                    n_send = limit.saturating_sub(before) as usize;
+                    ctl.own.store(true, Ordering::SeqCst);
+                    ctl.report.store(true, Ordering::SeqCst);
+                }
             }
         }
         if to.write_all(&buf[..n_send]).is_err() {
