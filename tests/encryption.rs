@@ -21,24 +21,6 @@ fn json(out: &[u8]) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
-/// `age-keygen -o DIR/NAME`; returns the key file and its public key.
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let p = dir.join(name);
-    let out = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let out = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    (p, String::from_utf8(out.stdout).unwrap().trim().to_string())
-}
-
 fn files_under(d: &Path) -> Vec<PathBuf> {
     let mut v = vec![];
     if let Ok(rd) = std::fs::read_dir(d) {

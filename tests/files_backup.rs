@@ -8,27 +8,8 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{lifeboat, Etcd, EtcdOpts, Version};
-
-/// `age-keygen -o DIR/NAME`; returns the key file and its public key.
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let p = dir.join(name);
-    let out = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let out = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    (p, String::from_utf8(out.stdout).unwrap().trim().to_string())
-}
+use common::{keygen, lifeboat, Etcd, EtcdOpts, Version};
 
 fn write(p: &Path, data: &[u8], mode: u32) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();

@@ -7,7 +7,7 @@ mod restore_util;
 
 use std::path::Path;
 
-use common::{lifeboat, Etcd, EtcdOpts, Version};
+use common::{keygen, lifeboat, Etcd, EtcdOpts, Version};
 use restore_util::{Cluster, MemberSpec, V};
 
 fn dump(e: &Etcd) -> Vec<(String, String)> {
@@ -220,23 +220,7 @@ async fn data_dir_backup_is_encrypted_with_files() {
     });
     e.etcdctl_ok(&["put", "/registry/secrets/default/s1", "secret-value-one"]);
     let want = dump(&e);
-    let key = work.path().join("key.txt");
-    assert!(std::process::Command::new("age-keygen")
-        .arg("-o")
-        .arg(&key)
-        .output()
-        .unwrap()
-        .status
-        .success());
-    let public = String::from_utf8(
-        std::process::Command::new("age-keygen")
-            .arg("-y")
-            .arg(&key)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let (key, public) = keygen(work.path(), "key.txt");
     let pki = work.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
     std::fs::write(pki.join("ca.key"), b"ca key").unwrap();

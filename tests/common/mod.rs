@@ -572,3 +572,22 @@ pub async fn fill_random(client: &etcd_client::Client, n: usize, value_size: usi
         .collect::<Vec<_>>()
         .await;
 }
+
+/// `age-keygen -o DIR/NAME` (Debian's `age`); returns the key file and its public key
+/// (`age1...`, from `age-keygen -y`).
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let p = dir.join(name);
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (p, String::from_utf8(out.stdout).unwrap().trim().to_string())
+}
