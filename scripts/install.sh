@@ -26,6 +26,10 @@ command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushg
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 [ -x /usr/bin/time ] || need_apt+=(time)
+# Used by the tests: curl (moto readiness), systemd-analyze (unit checks), python3-venv.
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+[ -x /usr/bin/systemd-analyze ] || need_apt+=(systemd)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install.sh: apt-get install ${need_apt[*]}"
   # Keep the packages' services from starting on install: tests start their own servers.
