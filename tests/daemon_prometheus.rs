@@ -5,26 +5,14 @@ mod daemon_support;
 
 use std::time::Duration;
 
+use common::prometheus::Prometheus;
 use common::*;
 use daemon_support::*;
 use etcd_lifeboat::daemon::DaemonArgs;
 
-struct Prometheus {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.yml");
+/// A recording rule of the backup age, evaluated every second, in `dir`.
+fn rules_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let rules = dir.join("rules.yml");
     std::fs::write(
         &rules,
         concat!(
@@ -34,67 +22,15 @@ fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
         ),
     )
     .unwrap();
-    let cfg = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\n\
-             scrape_configs:\n- job_name: etcd-lifeboat\n  static_configs:\n  - targets: [\"{target}\"]\n",
-            rules.display()
-        ),
-    )
-    .unwrap();
-    let check = std::process::Command::new("promtool")
-        .arg("check")
-        .arg("config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let child = std::process::Command::new("/usr/bin/prometheus")
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus");
-    Prometheus {
-        child,
-        port,
-        _dir: dir,
-    }
+    rules
 }
 
-/// Instant query; the `result` array of the answer.
+/// Instant query; an empty result (printed) while Prometheus cannot answer it.
 fn query(p: &Prometheus, q: &str) -> Vec<serde_json::Value> {
-    let enc: String = q
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let addr = format!("127.0.0.1:{}", p.port).parse().unwrap();
-    match http_get(addr, &format!("/api/v1/query?query={enc}")) {
-        Ok((200, body)) => {
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            v["data"]["result"].as_array().cloned().unwrap_or_default()
-        }
-        other => {
-            eprintln!("query {q}: {other:?}");
-            Vec::new()
-        }
-    }
+    p.query(q).unwrap_or_else(|e| {
+        eprintln!("query {q}: {e}");
+        Vec::new()
+    })
 }
 
 fn value(r: &serde_json::Value) -> f64 {
@@ -115,7 +51,11 @@ async fn prometheus_scrapes_and_records_backup_age() {
         ..Default::default()
     };
     let d = InProcess::start(&yaml, args).await;
-    let prom = start_prometheus(d.addr);
+    let rules = rules_file(etcd.dir.path());
+    let target = d.addr.to_string();
+    let prom = tokio::task::spawn_blocking(move || Prometheus::start(&target, &[&rules]))
+        .await
+        .unwrap();
 
     let up = wait_for(
         "prometheus scrapes the daemon",

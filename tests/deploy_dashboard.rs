@@ -13,12 +13,11 @@
 mod common;
 mod deploy_support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::prometheus::Prometheus;
 use common::{Etcd, EtcdOpts};
 use deploy_support::*;
 use serde_yaml::Value;
@@ -30,31 +29,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The daemon as the Deployment runs it: its args (config path replaced), its literal env
@@ -127,59 +101,6 @@ fn spawn_daemon(etcd: &Etcd, tmp: &Path, port: u16) -> Killed {
             .spawn()
             .unwrap(),
     )
-}
-
-/// Prometheus scraping `target` every second as job "etcd-lifeboat" in namespace kube-system.
-fn start_prometheus(dir: &Path, target: &str) -> (Killed, u16) {
-    let bin = Path::new("/usr/bin/prometheus");
-    assert!(
-        bin.is_file(),
-        "prometheus not found (Debian package prometheus): run scripts/install.sh"
-    );
-    let port = common::free_port();
-    let conf = dir.join("prometheus.yml");
-    std::fs::write(
-        &conf,
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             scrape_configs:\n  - job_name: etcd-lifeboat\n    static_configs:\n      - targets: [\"{target}\"]\n        labels: {{namespace: kube-system}}\n"
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-    let child = Command::new(bin)
-        .arg(format!("--config.file={}", conf.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let p = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(http_get(port, "/-/ready"), Some((200, _))) {
-        assert!(
-            Instant::now() < deadline,
-            "prometheus not ready; log:\n{}",
-            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    (p, port)
-}
-
-/// Instant query: the result vector, or the error Prometheus gave.
-fn query(port: u16, q: &str) -> Result<Vec<serde_json::Value>, String> {
-    let (status, body) =
-        http_get(port, &format!("/api/v1/query?query={}", urlencode(q))).ok_or("no answer")?;
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    if status != 200 {
-        return Err(format!("{status}: {body}"));
-    }
-    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
 }
 
 /// Every (panel title, query) of the dashboard, with the template variables as Grafana sets
@@ -277,7 +198,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus_scraping_the_daemon() {
     let tmp = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let _daemon = spawn_daemon(&etcd, tmp.path(), port);
-    let (_prom, prom_port) = start_prometheus(tmp.path(), &format!("127.0.0.1:{port}"));
+    let prom = Prometheus::start(&format!("127.0.0.1:{port}"), &[]);
 
     // Several backups and scrapes: increase() needs two samples of a counter that moved.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -285,7 +206,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus_scraping_the_daemon() {
     loop {
         missing = Vec::new();
         for (title, q) in &queries {
-            match query(prom_port, q) {
+            match prom.query(q) {
                 Ok(r)
                     if r.iter().any(|s| {
                         s["value"][1]
@@ -310,7 +231,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus_scraping_the_daemon() {
     }
     // The values make sense: a fresh backup, OK, one leader, sizes and a store count.
     let one = |q: &str| -> f64 {
-        let r = query(prom_port, q).unwrap();
+        let r = prom.query(q).unwrap();
         r[0]["value"][1].as_str().unwrap().parse().unwrap()
     };
     let get = |title: &str, i: usize| {
@@ -327,7 +248,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus_scraping_the_daemon() {
     assert_eq!(one(&get("Last backup", 0)), 1.0);
     assert_eq!(one(&get("Leaders", 0)), 1.0);
     assert!(one(&get("Backups in store", 0)) >= 1.0);
-    let sizes = query(prom_port, &get("Backup size", 0)).unwrap();
+    let sizes = prom.query(&get("Backup size", 0)).unwrap();
     let kinds: std::collections::BTreeSet<&str> = sizes
         .iter()
         .map(|s| s["metric"]["kind"].as_str().unwrap())

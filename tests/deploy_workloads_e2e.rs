@@ -13,12 +13,12 @@
 mod common;
 mod deploy_support;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::prometheus::Prometheus;
 use common::{Etcd, EtcdOpts};
 use deploy_support::*;
 use serde_yaml::Value;
@@ -160,22 +160,9 @@ impl Drop for Daemon {
 /// 127.0.0.1, so that listening on 0.0.0.0 or 127.0.0.1 instead would show).
 const POD_IP: &str = "127.0.0.2";
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    http_get_at("127.0.0.1", port, path)
-}
-
+/// GET `path` on `host:port`; `None` when nothing answers.
 fn http_get_at(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect((host, port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    common::net::get_at(format!("{host}:{port}"), path)
 }
 
 fn sample(metrics: &str, name: &str) -> Option<f64> {
@@ -348,89 +335,6 @@ fn spawn_daemon(etcd: &Etcd, tmp: &Path) -> (Daemon, u16) {
     }
 }
 
-/// Prometheus on loopback; killed on Drop.
-struct Prometheus {
-    child: Child,
-    port: u16,
-}
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-impl Prometheus {
-    /// Scrapes `target` as job "etcd-lifeboat" (the job label the ServiceMonitor gives) every
-    /// second and evaluates deploy/prometheus/rules.yaml every second.
-    fn start(dir: &Path, target: &str) -> Prometheus {
-        let bin = Path::new("/usr/bin/prometheus");
-        assert!(
-            bin.is_file(),
-            "prometheus not found (Debian package prometheus): run scripts/install.sh"
-        );
-        let port = common::free_port();
-        let rules = repo().join("deploy/prometheus/rules.yaml");
-        let conf = dir.join("prometheus.yml");
-        std::fs::write(
-            &conf,
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 rule_files: [\"{}\"]\n\
-                 scrape_configs:\n  - job_name: etcd-lifeboat\n    static_configs:\n      - targets: [\"{target}\"]\n        labels: {{namespace: kube-system}}\n",
-                rules.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", conf.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let p = Prometheus { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(http_get(port, "/-/ready"), Some((200, _))) {
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready; log:\n{}",
-                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        p
-    }
-
-    fn api(&self, path: &str) -> serde_json::Value {
-        let (status, body) = http_get(self.port, path).expect("prometheus answers");
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    /// Instant query; the result vector.
-    fn query(&self, q: &str) -> Vec<serde_json::Value> {
-        let v = self.api(&format!("/api/v1/query?query={}", urlencode(q)));
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-}
-
 /// The alert rules evaluated by a real Prometheus against the real daemon, scraped as the
 /// ServiceMonitor would (job="etcd-lifeboat"): every rule evaluates without error, the
 /// expressions' selectors match the daemon's series (a label mismatch would leave an alert
@@ -445,12 +349,13 @@ fn alert_rules_on_a_real_prometheus_scraping_the_daemon() {
     etcd.etcdctl_ok(&["put", "/registry/namespaces/default", "v"]);
     let tmp = tempfile::tempdir().unwrap();
     let (mut daemon, port) = spawn_daemon(&etcd, tmp.path());
-    let prom = Prometheus::start(tmp.path(), &format!("{POD_IP}:{port}"));
+    let rules = repo().join("deploy/prometheus/rules.yaml");
+    let prom = Prometheus::start(&format!("{POD_IP}:{port}"), &[&rules]);
 
     // Wait for scrapes and several rule evaluations.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let up = prom.query("sum(up{job=\"etcd-lifeboat\"})");
+        let up = prom.query("sum(up{job=\"etcd-lifeboat\"})").unwrap();
         let rules = prom.api("/api/v1/rules");
         let evaluated = rules["data"]["groups"]
             .as_array()
@@ -501,7 +406,7 @@ fn alert_rules_on_a_real_prometheus_scraping_the_daemon() {
     assert_eq!(n, in_file, "{rules}");
     // The selectors of the rules match what the daemon exports.
     let one = |q: &str| -> f64 {
-        let r = prom.query(q);
+        let r = prom.query(q).unwrap();
         assert_eq!(r.len(), 1, "{q}: {r:?}");
         r[0]["value"][1].as_str().unwrap().parse().unwrap()
     };
@@ -519,11 +424,11 @@ fn alert_rules_on_a_real_prometheus_scraping_the_daemon() {
         0.0
     );
     assert!(one("sum(etcd_lifeboat_backups_total{result=\"success\"})") >= 1.0);
-    assert_eq!(prom.query("etcd_lifeboat_backup_last_failure_timestamp_seconds > etcd_lifeboat_backup_last_success_timestamp_seconds").len(), 0);
+    assert_eq!(prom.query("etcd_lifeboat_backup_last_failure_timestamp_seconds > etcd_lifeboat_backup_last_success_timestamp_seconds").unwrap().len(), 0);
     assert!(
-        prom.query("ALERTS").is_empty(),
+        prom.query("ALERTS").unwrap().is_empty(),
         "alerts on a healthy daemon: {:?}",
-        prom.query("ALERTS")
+        prom.query("ALERTS").unwrap()
     );
 
     // Stop the daemon: EtcdLifeboatDaemonDown goes pending (it fires after its `for`).
@@ -534,15 +439,16 @@ fn alert_rules_on_a_real_prometheus_scraping_the_daemon() {
     let _ = child.wait();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let pending =
-            prom.query("ALERTS{alertname=\"EtcdLifeboatDaemonDown\",alertstate=\"pending\"}");
+        let pending = prom
+            .query("ALERTS{alertname=\"EtcdLifeboatDaemonDown\",alertstate=\"pending\"}")
+            .unwrap();
         if !pending.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "EtcdLifeboatDaemonDown not pending 30 s after the daemon stopped: {:?}",
-            prom.query("ALERTS")
+            prom.query("ALERTS").unwrap()
         );
         std::thread::sleep(Duration::from_millis(500));
     }

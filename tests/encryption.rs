@@ -358,13 +358,12 @@ fn encrypted_backup_round_trip_with_two_recipients() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let c = restore_util::Cluster::start(
+    let c = restore_util::Cluster::boot(
         restore_util::V::V3_5,
-        vec![spec.clone()],
+        std::slice::from_ref(&spec),
         "etcd-cluster",
-        s.etcd.dir.path(),
     );
-    let got = c.ok(&[
+    let got = c.etcdctl_ok(&[
         "get",
         "/registry/secrets/default/marker",
         "--print-value-only",

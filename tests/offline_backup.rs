@@ -184,11 +184,11 @@ async fn data_dir_backup_restores_and_boots() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let c = Cluster::start(V::V3_5, vec![spec.clone()], "etcd-cluster", work.path());
+    let c = Cluster::boot(V::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
     let got = restore_util::dump(&c, &spec.client_url());
     assert_eq!(got.len(), want.len());
     assert!(got == want, "keyspace differs after restore");
-    c.ok(&["put", "/after", "1"]);
+    c.etcdctl_ok(&["put", "/after", "1"]);
 }
 
 #[test]
@@ -293,6 +293,6 @@ async fn data_dir_backup_is_encrypted_with_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let c = Cluster::start(V::V3_5, vec![spec.clone()], "etcd-cluster", work.path());
+    let c = Cluster::boot(V::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
     assert!(restore_util::dump(&c, &spec.client_url()) == want);
 }

@@ -5,6 +5,7 @@
 //! at an old revision with "required revision has been compacted" and gives a new write a
 //! revision above old + N. The flags are checked as etcdutl checks them.
 
+mod common;
 mod restore_util;
 
 use std::path::Path;
@@ -18,17 +19,16 @@ const BUMP: u64 = 1_000_000;
 /// A snapshot of a 3.5.30 member with enough keys for a multi-level `key` bucket (the bump
 /// appends along its rightmost path), overwrites and a delete (a tombstone).
 fn snapshot(dir: &Path) -> (std::path::PathBuf, i64, Vec<(String, String)>) {
-    let src = Cluster::start(
+    let src = Cluster::boot(
         V::V3_5_30,
-        vec![MemberSpec::new("src", dir.join("src.etcd"))],
+        &[MemberSpec::new("src", dir.join("src.etcd"))],
         "t",
-        dir,
     );
     populate(&src, 300);
-    src.ok(&["put", "/over", "1"]);
-    src.ok(&["put", "/over", "2"]);
-    src.ok(&["del", "/over"]);
-    let want = dump(&src, &src.members[0].client_url());
+    src.etcdctl_ok(&["put", "/over", "1"]);
+    src.etcdctl_ok(&["put", "/over", "2"]);
+    src.etcdctl_ok(&["del", "/over"]);
+    let want = dump(&src, &src.members[0].client_url);
     let snap = dir.join("snap.db");
     snapshot_save(&src, &snap);
     let rev = verify_file(&snap, Some(std::fs::metadata(&snap).unwrap().len() - 32))
@@ -150,7 +150,7 @@ async fn bump_status_equals_etcdutl_3_5_30_and_members_boot_compacted() {
             data_dir: copy,
             ..member.clone()
         };
-        let c = Cluster::start(v, vec![spec.clone()], "etcd-cluster", dir.path());
+        let c = Cluster::boot(v, std::slice::from_ref(&spec), "etcd-cluster");
         assert_eq!(dump(&c, &spec.client_url()), want, "{v:?}: keys after boot");
         let o = c.etcdctl(&["get", "/over", "--rev", &(old_rev - 1).to_string()]);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -158,7 +158,7 @@ async fn bump_status_equals_etcdutl_3_5_30_and_members_boot_compacted() {
             !o.status.success() && err.contains("required revision has been compacted"),
             "{v:?}: read at old revision: {err}"
         );
-        let put = c.ok(&["put", "/after", "x", "-w", "json"]);
+        let put = c.etcdctl_ok(&["put", "/after", "x", "-w", "json"]);
         let v_json: serde_json::Value = serde_json::from_str(&put).unwrap();
         let rev = v_json["header"]["revision"].as_i64().unwrap();
         assert!(rev > old_rev + BUMP as i64, "{v:?}: new write at {rev}");

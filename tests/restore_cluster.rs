@@ -2,6 +2,7 @@
 //! 3 members forms a healthy 3.5 cluster with every key; a .db.zst restored into one 3.4
 //! member boots with every key. Member and cluster IDs equal etcdutl 3.5's.
 
+mod common;
 mod restore_util;
 
 use std::path::Path;
@@ -16,9 +17,9 @@ fn json(s: &str) -> serde_json::Value {
 /// Starts a 3.5 source, populates it and saves a snapshot; returns the keyspace dump.
 fn source_snapshot(dir: &Path, v: V, n: usize) -> (std::path::PathBuf, Vec<(String, String)>) {
     let m = MemberSpec::new("src", dir.join("src.etcd"));
-    let c = Cluster::start(v, vec![m], "src-token", dir);
+    let c = Cluster::boot(v, &[m], "src-token");
     populate(&c, n);
-    let want = dump(&c, &c.members[0].client_url());
+    let want = dump(&c, &c.members[0].client_url);
     let snap = dir.join("snap.db");
     snapshot_save(&c, &snap);
     (snap, want)
@@ -75,7 +76,7 @@ async fn out_dir_three_members_boot_etcd_3_5() {
         a == b,
         "WAL (metadata: node and cluster IDs) differs from etcdutl's"
     );
-    let c = Cluster::start(V::V3_5, specs.clone(), "restored-token", dir.path());
+    let c = Cluster::boot(V::V3_5, &specs, "restored-token");
     // One cluster ID, the one etcdutl derives; 3 members with etcdutl's IDs.
     let urls: Vec<String> = specs.iter().map(|s| s.peer_url()).collect();
     let want_ids: Vec<u64> = urls
@@ -83,7 +84,7 @@ async fn out_dir_three_members_boot_etcd_3_5() {
         .map(|u| ids::member_id(std::slice::from_ref(u), "restored-token"))
         .collect();
     let want_cid = ids::cluster_id(&want_ids);
-    let ml = json(&c.ok(&["member", "list", "-w", "json"]));
+    let ml = json(&c.etcdctl_ok(&["member", "list", "-w", "json"]));
     let mut got_ids: Vec<u64> = ml["members"]
         .as_array()
         .unwrap()
@@ -95,7 +96,7 @@ async fn out_dir_three_members_boot_etcd_3_5() {
     w.sort();
     assert_eq!(got_ids, w);
     for s in &specs {
-        let st = json(&c.ok_at(&s.client_url(), &["endpoint", "status", "-w", "json"]));
+        let st = json(&c.etcdctl_ok_at(&s.client_url(), &["endpoint", "status", "-w", "json"]));
         assert_eq!(
             st[0]["Status"]["header"]["cluster_id"].as_u64().unwrap(),
             want_cid
@@ -103,15 +104,15 @@ async fn out_dir_three_members_boot_etcd_3_5() {
         assert_eq!(dump(&c, &s.client_url()), want, "keyspace of {}", s.name);
     }
     // Writes are accepted and visible on every member.
-    c.ok(&["put", "/after/restore", "yes"]);
+    c.etcdctl_ok(&["put", "/after/restore", "yes"]);
     for s in &specs {
-        let v = c.ok_at(
+        let v = c.etcdctl_ok_at(
             &s.client_url(),
             &["get", "/after/restore", "--print-value-only"],
         );
         assert_eq!(v.trim(), "yes");
     }
-    let st = json(&c.ok(&["endpoint", "health", "-w", "json"]));
+    let st = json(&c.etcdctl_ok(&["endpoint", "health", "-w", "json"]));
     assert_eq!(st.as_array().unwrap().len(), 3);
     assert!(st
         .as_array()
@@ -148,10 +149,10 @@ async fn zst_into_one_etcd_3_4_member() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("solo.etcd")]);
-    let c = Cluster::start(V::V3_4, vec![spec.clone()], "etcd-cluster", dir.path());
+    let c = Cluster::boot(V::V3_4, std::slice::from_ref(&spec), "etcd-cluster");
     assert_eq!(dump(&c, &spec.client_url()), want);
-    c.ok(&["put", "/after", "1"]);
-    let st = json(&c.ok(&["endpoint", "status", "-w", "json"]));
+    c.etcdctl_ok(&["put", "/after", "1"]);
+    let st = json(&c.etcdctl_ok(&["endpoint", "status", "-w", "json"]));
     let want_id = ids::member_id(&[spec.peer_url()], "etcd-cluster");
     assert_eq!(
         st[0]["Status"]["header"]["member_id"].as_u64().unwrap(),
@@ -187,7 +188,7 @@ async fn separate_wal_dir_boots_etcd_3_5() {
         tree(spec.wal_dir.as_ref().unwrap()),
         ["0000000000000000-0000000000000000.wal"]
     );
-    let c = Cluster::start(V::V3_5, vec![spec.clone()], "etcd-cluster", dir.path());
+    let c = Cluster::boot(V::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
     assert_eq!(dump(&c, &spec.client_url()), want);
-    c.ok(&["put", "/after", "1"]);
+    c.etcdctl_ok(&["put", "/after", "1"]);
 }

@@ -1,6 +1,7 @@
 //! Restore refuses bad input with a clear error and writes nothing: corrupted or truncated
 //! snapshots, a non-empty target, a name missing from --initial-cluster, duplicate peer URLs.
 
+mod common;
 mod restore_util;
 
 use std::path::{Path, PathBuf};
@@ -15,12 +16,7 @@ fn snapshot() -> &'static Path {
     static SNAP: OnceLock<PathBuf> = OnceLock::new();
     SNAP.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        let c = Cluster::start(
-            V::V3_5,
-            vec![MemberSpec::new("s", dir.join("s.etcd"))],
-            "t",
-            &dir,
-        );
+        let c = Cluster::boot(V::V3_5, &[MemberSpec::new("s", dir.join("s.etcd"))], "t");
         populate(&c, 20);
         let p = dir.join("snap.db");
         snapshot_save(&c, &p);

@@ -1,6 +1,7 @@
 //! The WAL and .snap files written by the native restore are byte-identical to etcdutl 3.5.1's
 //! for the same flags, and so are the member and cluster IDs they carry.
 
+mod common;
 mod restore_util;
 
 use std::path::Path;
@@ -10,7 +11,7 @@ use restore_util::*;
 
 fn make_snapshot(dir: &Path) -> std::path::PathBuf {
     let m = MemberSpec::new("src", dir.join("src.etcd"));
-    let c = Cluster::start(V::V3_5, vec![m], "src-token", dir);
+    let c = Cluster::boot(V::V3_5, &[m], "src-token");
     populate(&c, 50);
     let snap = dir.join("snap.db");
     snapshot_save(&c, &snap);

@@ -6,6 +6,7 @@
 //! list) gives one healthy 3-member cluster: one cluster ID, each member its own ID, the IDs
 //! etcd derives from the peer URLs and token (here equal to the original cluster's).
 
+mod common;
 mod restore_util;
 
 use std::path::{Path, PathBuf};
@@ -61,7 +62,7 @@ spec:
 }
 
 fn member_ids(c: &Cluster, endpoint: &str) -> (u64, Vec<u64>) {
-    let out = c.ok_at(endpoint, &["member", "list", "-w", "json"]);
+    let out = c.etcdctl_ok_at(endpoint, &["member", "list", "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let mut ids: Vec<u64> = v["members"]
         .as_array()
@@ -79,7 +80,7 @@ async fn kubeadm_ha_nodes_restore_into_one_cluster() {
     let specs: Vec<MemberSpec> = (1..=3)
         .map(|i| MemberSpec::new(&format!("cp{i}"), dir.path().join(format!("orig{i}"))))
         .collect();
-    let src = Cluster::start(V::V3_5_30, specs.clone(), "etcd-cluster", dir.path());
+    let src = Cluster::boot(V::V3_5_30, &specs, "etcd-cluster");
     populate(&src, 30);
     let want = dump(&src, &specs[0].client_url());
     let (orig_cluster, orig_ids) = member_ids(&src, &specs[0].client_url());
@@ -205,7 +206,7 @@ async fn kubeadm_ha_nodes_restore_into_one_cluster() {
             ..m.clone()
         })
         .collect();
-    let c = Cluster::start(V::V3_5_30, restored.clone(), "etcd-cluster", dir.path());
+    let c = Cluster::boot(V::V3_5_30, &restored, "etcd-cluster");
     let mut seen = Vec::new();
     for m in &restored {
         let (cluster, ids) = member_ids(&c, &m.client_url());
@@ -243,8 +244,8 @@ async fn kubeadm_ha_nodes_restore_into_one_cluster() {
         assert!(out.join(&m.name).join("member/snap/db").is_file());
     }
 
-    c.ok_at(&restored[2].client_url(), &["put", "/after-restore", "1"]);
-    let got = c.ok_at(
+    c.etcdctl_ok_at(&restored[2].client_url(), &["put", "/after-restore", "1"]);
+    let got = c.etcdctl_ok_at(
         &restored[0].client_url(),
         &["get", "/after-restore", "--print-value-only"],
     );

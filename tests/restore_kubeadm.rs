@@ -2,6 +2,7 @@
 //! static pod manifest (the shape of seed 003); etcd started with the manifest's own flags
 //! boots from the restored data dir with every key.
 
+mod common;
 mod restore_util;
 
 use etcd_lifeboat::restore::{run, RestoreArgs};
@@ -10,14 +11,13 @@ use restore_util::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_from_kubeadm_manifest() {
     let dir = tempfile::tempdir().unwrap();
-    let src = Cluster::start(
+    let src = Cluster::boot(
         V::V3_5,
-        vec![MemberSpec::new("src", dir.path().join("src.etcd"))],
+        &[MemberSpec::new("src", dir.path().join("src.etcd"))],
         "t",
-        dir.path(),
     );
     populate(&src, 40);
-    let want = dump(&src, &src.members[0].client_url());
+    let want = dump(&src, &src.members[0].client_url);
     let snap = dir.path().join("snap.db");
     snapshot_save(&src, &snap);
     drop(src);
@@ -80,7 +80,7 @@ spec:
         .is_file());
 
     // Token absent from the manifest: etcd's default "etcd-cluster", as the restore used.
-    let c = Cluster::start(V::V3_5, vec![spec.clone()], "etcd-cluster", dir.path());
+    let c = Cluster::boot(V::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
     assert_eq!(dump(&c, &spec.client_url()), want);
-    c.ok(&["put", "/after", "1"]);
+    c.etcdctl_ok(&["put", "/after", "1"]);
 }

@@ -2,6 +2,7 @@
 //! umask (the db holds every Kubernetes Secret; etcd itself uses 0700/0600). The binary runs
 //! under `umask 000`, which would leave 0777/0666 for anything created with default modes.
 
+mod common;
 mod restore_util;
 
 use std::os::unix::fs::PermissionsExt;
@@ -27,13 +28,12 @@ fn check_modes(p: &Path, out: &mut Vec<String>) {
 #[test]
 fn restored_dirs_0700_files_0600_under_umask_000() {
     let dir = tempfile::tempdir().unwrap();
-    let src = Cluster::start(
+    let src = Cluster::boot(
         V::V3_5_30,
-        vec![MemberSpec::new("src", dir.path().join("src.etcd"))],
+        &[MemberSpec::new("src", dir.path().join("src.etcd"))],
         "t",
-        dir.path(),
     );
-    src.ok(&["put", "/secret", "s3cr3t"]);
+    src.etcdctl_ok(&["put", "/secret", "s3cr3t"]);
     let snap = dir.path().join("snap.db");
     snapshot_save(&src, &snap);
     drop(src);

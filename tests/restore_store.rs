@@ -86,11 +86,11 @@ async fn from_store_into_one_etcd_3_4_member() {
         .collect();
     assert!(names.is_empty(), "{names:?}");
 
-    let c = Cluster::start(V::V3_4, vec![spec.clone()], "etcd-cluster", work.path());
+    let c = Cluster::boot(V::V3_4, std::slice::from_ref(&spec), "etcd-cluster");
     let got = restore_util::dump(&c, &spec.client_url());
     assert_eq!(got.len(), want.len());
     assert!(got == want, "keyspace differs after restore");
-    c.ok(&["put", "/after", "1"]);
+    c.etcdctl_ok(&["put", "/after", "1"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,8 +8,8 @@ use common::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use etcd_lifeboat::restore::db::{rewrite_db, verify_copy_rewrite, RestoreMember};
 use etcd_lifeboat::snapshot::page::{self, PAGE_HEADER_SIZE};
@@ -44,21 +44,6 @@ fn dump(p: &Path) -> Dump {
             )
         })
         .collect()
-}
-
-fn etcdutl_status(p: &Path) -> serde_json::Value {
-    let out = Command::new(etcdutl_bin())
-        .args(["snapshot", "status", "-w", "json"])
-        .arg(p)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "etcdutl status {}: {}",
-        p.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn etcdutl_restore(
@@ -218,8 +203,11 @@ async fn rewrite_equals_etcdutl_restore_and_boots_from(src: Version) {
     // Our check and etcdutl's status accept it; the status equals that of etcdutl's db
     // except for the size.
     let s: Status = verify_file(&ours, None).unwrap();
-    assert_eq!(serde_json::to_value(&s).unwrap(), etcdutl_status(&ours));
-    let mut t = etcdutl_status(&theirs);
+    assert_eq!(
+        serde_json::to_value(&s).unwrap(),
+        etcdutl_status(&etcdutl_bin(), &ours)
+    );
+    let mut t = etcdutl_status(&etcdutl_bin(), &theirs);
     t["totalSize"] = s.total_size.into();
     assert_eq!(serde_json::to_value(&s).unwrap(), t);
     assert_eq!(status_file(&ours).unwrap(), s);
@@ -237,9 +225,9 @@ async fn rewrite_equals_etcdutl_restore_and_boots_from(src: Version) {
 
     // Boot: a one-member etcdutl data dir with its db replaced by ours, on etcd 3.5 and 3.4.
     for v in [Version::V3_5, Version::V3_4] {
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let client = format!("http://127.0.0.1:{}", free_port());
         let dd = tmp.path().join(format!("boot-{v:?}"));
+        let spec = MemberSpec::new("solo", dd.clone());
+        let peer = spec.peer_url();
         etcdutl_restore(
             &snap.path,
             &dd,
@@ -255,22 +243,8 @@ async fn rewrite_equals_etcdutl_restore_and_boots_from(src: Version) {
             peer_urls: vec![peer.clone()],
         };
         rewrite_db(&snap.path, db_len(&snap.path), &db, &[m], 1, 1).unwrap();
-        let mut child = Booted(spawn_etcd(v, &dd, &peer, &client));
-        wait_health(v, &client, &mut child.0, &dd);
-        let ctl = |args: &[&str]| {
-            let out = Command::new(etcdctl_bin(v))
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints={client}"))
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{v:?} etcdctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
+        let etcd = Etcd::boot(v, &[spec], "boot-tok");
+        let ctl = |args: &[&str]| etcd.etcdctl_ok(args);
         let fields = ctl(&[
             "get",
             "",
@@ -344,7 +318,10 @@ async fn rewrite_keeps_a_synced_freelist_consistent() {
     let db = Db::open(&dst, None).unwrap();
     assert_ne!(db.meta().freelist, page::PGID_NO_FREELIST);
     let after = verify_file(&dst, None).unwrap();
-    assert_eq!(serde_json::to_value(&after).unwrap(), etcdutl_status(&dst));
+    assert_eq!(
+        serde_json::to_value(&after).unwrap(),
+        etcdutl_status(&etcdutl_bin(), &dst)
+    );
     assert_ne!(after.hash, before.hash, "membership changed");
     // Rewriting the rewritten db again works too (a second transaction on top).
     let dst2 = tmp.path().join("out2.db");
@@ -358,7 +335,7 @@ async fn rewrite_keeps_a_synced_freelist_consistent() {
     )
     .unwrap();
     verify_file(&dst2, None).unwrap();
-    etcdutl_status(&dst2);
+    etcdutl_status(&etcdutl_bin(), &dst2);
     // The destination must not exist.
     let err = rewrite_db(
         &src,
@@ -449,54 +426,4 @@ async fn verify_copy_rewrite_pipeline() {
     let err = verify_copy_rewrite(&trunc, &out2, true, &m, 1, 1).unwrap_err();
     assert!(matches!(err, SnapshotError::Truncated { .. }), "{err}");
     assert!(!out2.exists());
-}
-
-struct Booted(Child);
-impl Drop for Booted {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_etcd(v: Version, dd: &Path, peer: &str, client: &str) -> Child {
-    let log = std::fs::File::create(dd.with_extension("log")).unwrap();
-    Command::new(etcd_bin(v))
-        .arg("--name=solo")
-        .arg(format!("--data-dir={}", dd.display()))
-        .arg(format!("--listen-client-urls={client}"))
-        .arg(format!("--advertise-client-urls={client}"))
-        .arg(format!("--listen-peer-urls={peer}"))
-        .arg(format!("--initial-advertise-peer-urls={peer}"))
-        .arg(format!("--initial-cluster=solo={peer}"))
-        .arg("--initial-cluster-token=boot-tok")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn wait_health(v: Version, client: &str, child: &mut Child, dd: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = Command::new(etcdctl_bin(v))
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={client}"))
-            .args(["endpoint", "health", "--command-timeout=2s"])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            return;
-        }
-        let log = || std::fs::read_to_string(dd.with_extension("log")).unwrap_or_default();
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("{v:?} etcd exited ({st}) on our db:\n{}", log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{v:?} etcd not healthy in 30s:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }

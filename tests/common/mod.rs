@@ -6,10 +6,12 @@
 //! by scripts/install.sh) may point elsewhere.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+pub mod net;
+pub mod prometheus;
+pub use net::free_port;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// etcd release line.
@@ -98,20 +100,20 @@ pub fn etcdutl3530_bin() -> PathBuf {
     etcd3530_dir().join("etcdutl")
 }
 
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
-
-/// A loopback TCP port that is free now. Ports are handed out from a per-process range so
-/// that parallel tests in one binary do not race for the same port.
-pub fn free_port() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        let prev = NEXT_PORT.swap(p, Ordering::SeqCst);
-        if prev != p {
-            return p;
-        }
-    }
+/// `<etcdutl> snapshot status -w json <db>`, parsed.
+pub fn etcdutl_status(etcdutl: &Path, db: &Path) -> serde_json::Value {
+    let o = Command::new(etcdutl)
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "etcdutl snapshot status {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// TLS files made by openssl, named as kubeadm names them.
@@ -255,7 +257,48 @@ pub struct Member {
     pub client_url: String,
     pub peer_url: String,
     pub data_dir: PathBuf,
+    /// `--wal-dir` when the WAL lives outside the data dir.
+    pub wal_dir: Option<PathBuf>,
     pub child: Option<Child>,
+}
+
+/// A member to boot on a given (e.g. restored) data dir with [`Etcd::boot`]: plain http on
+/// loopback ports that were free when [`MemberSpec::new`] ran.
+#[derive(Clone, Debug)]
+pub struct MemberSpec {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// `--wal-dir` when the WAL lives outside the data dir.
+    pub wal_dir: Option<PathBuf>,
+    pub peer_port: u16,
+    pub client_port: u16,
+}
+
+impl MemberSpec {
+    /// Member `name` on `data_dir` (WAL inside it), on two free ports.
+    pub fn new(name: &str, data_dir: PathBuf) -> Self {
+        MemberSpec {
+            name: name.into(),
+            data_dir,
+            wal_dir: None,
+            peer_port: free_port(),
+            client_port: free_port(),
+        }
+    }
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+}
+
+/// `--initial-cluster` of `ms`: `name=peer_url,...`.
+pub fn initial_cluster(ms: &[MemberSpec]) -> String {
+    ms.iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A running etcd cluster; Drop kills every member.
@@ -278,9 +321,43 @@ impl Etcd {
                 client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
                 peer_url: format!("{scheme}://127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(format!("m{i}.etcd")),
+                wal_dir: None,
                 child: None,
             })
             .collect();
+        Self::launch(dir, certs, opts, members)
+    }
+
+    /// Boots `specs` on their data dirs (e.g. restored ones: `--initial-cluster-state=new`,
+    /// `--initial-cluster-token=token`, plain http) with etcd `version`, and waits until every
+    /// member answers `endpoint health`. Logs go to a temp dir of the returned cluster.
+    pub fn boot(version: Version, specs: &[MemberSpec], token: &str) -> Etcd {
+        let opts = EtcdOpts {
+            version,
+            members: specs.len(),
+            token: token.into(),
+            ..Default::default()
+        };
+        let members = specs
+            .iter()
+            .map(|s| Member {
+                name: s.name.clone(),
+                client_url: s.client_url(),
+                peer_url: s.peer_url(),
+                data_dir: s.data_dir.clone(),
+                wal_dir: s.wal_dir.clone(),
+                child: None,
+            })
+            .collect();
+        Self::launch(tempfile::tempdir().unwrap(), None, opts, members)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        certs: Option<Certs>,
+        opts: EtcdOpts,
+        members: Vec<Member>,
+    ) -> Etcd {
         let mut etcd = Etcd {
             dir,
             certs,
@@ -321,6 +398,9 @@ impl Etcd {
             .arg("--election-timeout=500")
             .arg("--snapshot-count=100000")
             .args(&self.opts.extra_args);
+        if let Some(w) = &m.wal_dir {
+            cmd.arg(format!("--wal-dir={}", w.display()));
+        }
         if let Some(c) = &self.certs {
             cmd.arg(format!("--cert-file={}", c.server_cert.display()))
                 .arg(format!("--key-file={}", c.server_key.display()))
@@ -366,32 +446,63 @@ impl Etcd {
         env
     }
 
-    /// Runs etcdctl of this cluster's version against the live members.
-    pub fn etcdctl(&self, args: &[&str]) -> Output {
-        let eps: Vec<String> = self
+    /// Client URLs of the live members, comma-separated.
+    fn live_endpoints(&self) -> String {
+        let eps: Vec<&str> = self
             .members
             .iter()
             .filter(|m| m.child.is_some())
-            .map(|m| m.client_url.clone())
+            .map(|m| m.client_url.as_str())
             .collect();
-        Command::new(etcdctl_bin(self.opts.version))
-            .envs(self.etcdctl_env(&eps))
+        eps.join(",")
+    }
+
+    /// etcdctl of this cluster's version (10 s command timeout) on `endpoints`
+    /// (comma-separated client URLs), `stdin` piped to it.
+    fn etcdctl_cmd(&self, endpoints: &str, args: &[&str], stdin: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(etcdctl_bin(self.opts.version))
+            .envs(self.etcdctl_env(&[endpoints.to_string()]))
             .env_remove("ETCDCTL_USER")
             .env_remove("ETCDCTL_PASSWORD")
+            .arg("--command-timeout=10s")
             .args(args)
-            .output()
-            .expect("etcdctl runs")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl runs");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs etcdctl of this cluster's version against the live members.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_cmd(&self.live_endpoints(), args, b"")
+    }
+
+    /// Runs etcdctl against `endpoint` (a client URL, or several comma-separated).
+    pub fn etcdctl_at(&self, endpoint: &str, args: &[&str]) -> Output {
+        self.etcdctl_cmd(endpoint, args, b"")
     }
 
     /// Runs etcdctl and returns stdout; panics with stderr on failure.
     pub fn etcdctl_ok(&self, args: &[&str]) -> String {
-        let out = self.etcdctl(args);
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        ok_stdout(self.etcdctl(args), &format!("etcdctl {args:?}"))
+    }
+
+    /// [`Etcd::etcdctl_at`] returning stdout; panics with stderr on failure.
+    pub fn etcdctl_ok_at(&self, endpoint: &str, args: &[&str]) -> String {
+        ok_stdout(
+            self.etcdctl_at(endpoint, args),
+            &format!("etcdctl {args:?}"),
+        )
+    }
+
+    /// `etcdctl put KEY` with the value on stdin (an argument is limited to 128 KiB).
+    pub fn put_stdin(&self, key: &str, value: &[u8]) {
+        let out = self.etcdctl_cmd(&self.live_endpoints(), &["put", key], value);
+        ok_stdout(out, &format!("etcdctl put {key}"));
     }
 
     fn wait_healthy(&self) {
@@ -438,11 +549,10 @@ impl Etcd {
         let m = &self.members[i];
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = Command::new(etcdctl_bin(self.opts.version))
-                .envs(self.etcdctl_env(std::slice::from_ref(&m.client_url)))
-                .args(["endpoint", "health", "--command-timeout=2s"])
-                .output()
-                .unwrap();
+            let out = self.etcdctl_at(
+                &m.client_url,
+                &["endpoint", "health", "--command-timeout=2s"],
+            );
             if out.status.success() {
                 return;
             }
@@ -522,6 +632,17 @@ impl Drop for Etcd {
             }
         }
     }
+}
+
+/// The stdout of `out`, which must have succeeded (else a panic naming `what` with stderr).
+pub fn ok_stdout(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Puts `n` keys `<prefix><i:08>` with values of `value_size` bytes (deterministic content),

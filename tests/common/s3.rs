@@ -13,8 +13,11 @@
 //! Used as `#[path = "common/s3.rs"] mod s3h;` or through `mod common;` (`pub mod s3;`).
 #![allow(dead_code, clippy::field_reassign_with_default)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+#[path = "net.rs"]
+mod net;
+pub use net::free_port;
+
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,15 +42,6 @@ pub struct S3Server {
     pub ca_file: Option<PathBuf>,
     /// True when the endpoint comes from `ETCD_LIFEBOAT_TEST_S3_*`.
     pub external: bool,
-}
-
-/// A free TCP port on 127.0.0.1 (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Path of the moto_server executable.
@@ -160,8 +154,15 @@ impl S3Server {
                 "create bucket over TLS: {out:?}"
             );
         } else {
-            let status = raw_http(port, "PUT", &format!("/{}", s.bucket));
-            assert_eq!(status, 200, "create bucket {}; log: {}", s.bucket, s.log());
+            let url = format!("{}/{}", s.endpoint, s.bucket);
+            let (status, body) = net::put(&url, &[]).expect("moto answers");
+            assert_eq!(
+                status,
+                200,
+                "create bucket {}: {body}; log: {}",
+                s.bucket,
+                s.log()
+            );
         }
         s
     }
@@ -220,7 +221,6 @@ impl S3Server {
         if self.external || !self.endpoint.starts_with("http://") {
             return None;
         }
-        let port: u16 = self.endpoint.rsplit(':').next()?.parse().ok()?;
         let name = random_name(if object_lock {
             "lifeboat-lock-"
         } else {
@@ -231,8 +231,14 @@ impl S3Server {
         } else {
             &[]
         };
-        let status = raw_http_headers(port, "PUT", &format!("/{name}"), headers);
-        assert_eq!(status, 200, "create bucket {name}; log: {}", self.log());
+        let url = format!("{}/{name}", self.endpoint);
+        let (status, body) = net::put(&url, headers).expect("moto answers");
+        assert_eq!(
+            status,
+            200,
+            "create bucket {name}: {body}; log: {}",
+            self.log()
+        );
         Some(name)
     }
 }
@@ -244,32 +250,6 @@ impl Drop for S3Server {
             let _ = c.wait();
         }
     }
-}
-
-/// One HTTP/1.1 request without body to 127.0.0.1:`port`; returns the status code.
-fn raw_http(port: u16, method: &str, path: &str) -> u16 {
-    raw_http_headers(port, method, path, &[])
-}
-
-/// [`raw_http`] with extra request headers.
-fn raw_http_headers(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad HTTP response: {resp:?}"))
 }
 
 /// CA + server certificate for 127.0.0.1 in `dir` (`ca.crt`, `server.crt`, `server.key`);

@@ -1,8 +1,9 @@
-//! Helpers shared by the daemon tests: in-process daemons, a tiny HTTP client, waiting.
+//! Helpers shared by the daemon tests (with `mod common;`): in-process daemons and daemon
+//! processes, waiting, metrics samples.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -10,27 +11,9 @@ use etcd_lifeboat::config::Config;
 use etcd_lifeboat::daemon::{run_with_shutdown, DaemonArgs};
 use tokio_util::sync::CancellationToken;
 
-/// GET `path` on `addr` (HTTP/1.1, Connection: close): status and body.
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = match text.split_once("\r\n\r\n") {
-        Some((_, b)) => b.to_string(),
-        None => String::new(),
-    };
-    Ok((status, body))
+/// GET `path` on `addr` ([`crate::common::net::get`]): status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), ureq::Error> {
+    crate::common::net::get(&format!("http://{addr}{path}"))
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, panicking with `what` after `limit`.
