@@ -71,23 +71,15 @@ fn backup_equals_etcdctl(version: Version) {
     let store = etcd.dir.path().join("store");
     let cfg = etcd.write_config(&store);
 
-    let out = lifeboat()
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "backup",
-            "-o",
-            "json",
-            "--tag",
-            "t1",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "backup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = lifeboat_ok(lifeboat().args([
+        "--config",
+        cfg.to_str().unwrap(),
+        "backup",
+        "-o",
+        "json",
+        "--tag",
+        "t1",
+    ]));
     let m = json(&out.stdout);
 
     let snap = etcd.dir.path().join("etcdctl.db");
@@ -108,30 +100,14 @@ fn backup_equals_etcdctl(version: Version) {
     assert_eq!(manifests(&store).len(), 1);
 
     // `status` on etcdctl's file gives etcdctl's JSON.
-    let ours = lifeboat()
-        .args(["status", "-w", "json", snap.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        ours.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ours.stderr)
-    );
+    let ours = lifeboat_ok(lifeboat().args(["status", "-w", "json", snap.to_str().unwrap()]));
     let ours = json(&ours.stdout);
     for k in ["hash", "revision", "totalKey", "totalSize"] {
         assert_eq!(ours[k], st[k], "status field {k}: ours {ours} etcdctl {st}");
     }
 
     // The stored object decompresses to the snapshot and verifies against the manifest.
-    let v = lifeboat()
-        .args(["--config", cfg.to_str().unwrap(), "verify", "latest"])
-        .output()
-        .unwrap();
-    assert!(
-        v.status.success(),
-        "verify failed: {}",
-        String::from_utf8_lossy(&v.stderr)
-    );
+    let v = lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "verify", "latest"]));
     assert!(
         String::from_utf8_lossy(&v.stdout).contains("OK"),
         "{}",
@@ -239,15 +215,8 @@ fn failover_past_a_dead_endpoint() {
     etcd.kill_member(0);
     let store = etcd.dir.path().join("store");
     let cfg = etcd.write_config(&store); // lists the dead member first
-    let out = lifeboat()
-        .args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"]));
     let m = json(&out.stdout);
     assert_ne!(m["endpoint"].as_str().unwrap(), dead);
     assert_eq!(manifests(&store).len(), 1);
@@ -342,15 +311,7 @@ fn bad_password_fails_and_good_password_works() {
     assert!(manifests(&store).is_empty());
 
     std::fs::write(&pwfile, "s3cret\n").unwrap();
-    let out = lifeboat()
-        .args(["--config", cfg.to_str().unwrap(), "backup"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "backup"]));
     // etcdctl-style environment works too.
     lifeboat()
         .args(["--config", cfg.to_str().unwrap(), "backup"])

@@ -85,15 +85,8 @@ fn s3_backup_is_multipart_listed_and_verified() {
     let storage = s3.storage_config();
     let cfg = config(&etcd, &storage);
 
-    let out = lifeboat()
-        .args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"]));
     let m = json(&out.stdout);
     assert!(
         m["stored_bytes"].as_u64().unwrap() > 10 * 1024 * 1024,
@@ -128,11 +121,7 @@ fn s3_backup_is_multipart_listed_and_verified() {
     );
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], m["id"]);
-    let v = lifeboat()
-        .args(["--config", cfg.to_str().unwrap(), "verify", "--all"])
-        .output()
-        .unwrap();
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "verify", "--all"]));
 
     let (objects, uploads) = rt.block_on(objects_and_uploads(&storage));
     assert_eq!(objects.len(), 2, "{objects:?}");
@@ -209,15 +198,8 @@ fn s3_backup_with_sse_on_an_object_lock_bucket() {
     });
     let cfg = config(&etcd, &storage);
     let t0 = chrono::Utc::now();
-    let out = lifeboat()
-        .args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"]));
     let m = json(&out.stdout);
     let list = json(
         &lifeboat()
@@ -227,11 +209,7 @@ fn s3_backup_with_sse_on_an_object_lock_bucket() {
             .stdout,
     );
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    let v = lifeboat()
-        .args(["--config", cfg.to_str().unwrap(), "verify", "--all"])
-        .output()
-        .unwrap();
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let v = lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "verify", "--all"]));
     // verify reports what the store says (HeadObject), not only what the manifest asked for.
     let out = String::from_utf8_lossy(&v.stdout);
     assert!(out.contains("sse AES256"), "{out}");

@@ -47,17 +47,12 @@ async fn future_dated_manifest_does_not_stop_backups_and_newest_is_reverified() 
     fill(&etcd.client().await, 200, 512, "a/").await;
     let store = etcd.dir.path().join("store");
     let cfg_path: PathBuf = etcd.write_config(&store);
-    let out = lifeboat()
-        .arg("--config")
-        .arg(&cfg_path)
-        .args(["backup", "--no-progress", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = lifeboat_ok(lifeboat().arg("--config").arg(&cfg_path).args([
+        "backup",
+        "--no-progress",
+        "-o",
+        "json",
+    ]));
     let real: Manifest = serde_json::from_slice(&out.stdout).unwrap();
     // Written by a host two days ahead.
     let now = chrono::Utc::now();

@@ -95,6 +95,16 @@ fn examples_have_the_promised_shapes() {
     assert!(daemon.leader_election.enabled);
 }
 
+/// `etcd-lifeboat --config FILE config check`.
+fn config_check(file: &std::path::Path) -> std::process::Output {
+    lifeboat()
+        .arg("--config")
+        .arg(file)
+        .args(["config", "check"])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn config_check_accepts_every_example() {
     for (origin, text) in config_texts() {
@@ -102,12 +112,7 @@ fn config_check_accepts_every_example() {
         let (rewritten, _) = materialize(&text, tmp.path());
         let file = tmp.path().join("config.yaml");
         std::fs::write(&file, &rewritten).unwrap();
-        let out = lifeboat()
-            .arg("--config")
-            .arg(&file)
-            .args(["config", "check"])
-            .output()
-            .unwrap();
+        let out = config_check(&file);
         assert!(
             out.status.success(),
             "{origin}: `config check` exit {:?}\nstdout: {}\nstderr: {}\nconfig:\n{rewritten}",
@@ -128,12 +133,7 @@ fn config_check_names_the_key_it_rejects() {
         let (_, rewritten_keys) = materialize(&text, tmp.path());
         let file = tmp.path().join("as-shipped.yaml");
         std::fs::write(&file, &text).unwrap();
-        let out = lifeboat()
-            .arg("--config")
-            .arg(&file)
-            .args(["config", "check"])
-            .output()
-            .unwrap();
+        let out = config_check(&file);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             assert_eq!(out.status.code(), Some(2), "{origin}: {stderr}");
@@ -154,12 +154,7 @@ fn config_check_names_the_key_it_rejects() {
         assert_ne!(bad, rewritten, "{origin}: no etcd section to break");
         let file = tmp.path().join("bad.yaml");
         std::fs::write(&file, &bad).unwrap();
-        let out = lifeboat()
-            .arg("--config")
-            .arg(&file)
-            .args(["config", "check"])
-            .output()
-            .unwrap();
+        let out = config_check(&file);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),

@@ -151,18 +151,11 @@ fn write_objects(dir: &Path, objects: &[(String, Value)]) -> Vec<String> {
 }
 
 fn run_kubernetes_validate(files: &[String], version: &str) -> (bool, String) {
-    let out = Command::new(kubernetes_validate())
-        .args(["--strict", "-k", version])
-        .args(files)
-        .current_dir(repo())
-        .output()
-        .expect("run kubernetes-validate");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_in_repo(
+        Command::new(kubernetes_validate())
+            .args(["--strict", "-k", version])
+            .args(files),
+    )
 }
 
 /// Every core object any kustomization renders, and the example Secret, pass
@@ -1097,18 +1090,11 @@ fn systemd_units_verify() {
 }
 
 fn run_validate_crds(files: &[String]) -> (bool, String) {
-    let out = Command::new(venv_python())
-        .arg("scripts/validate-crds.py")
-        .args(files)
-        .current_dir(repo())
-        .output()
-        .expect("run scripts/validate-crds.py");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_in_repo(
+        Command::new(venv_python())
+            .arg("scripts/validate-crds.py")
+            .args(files),
+    )
 }
 
 /// Every ServiceMonitor and PrometheusRule any kustomization renders (plain, with the

@@ -42,6 +42,18 @@ fn entries(d: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `etcd-lifeboat --config CFG restore --from-store latest --data-dir TARGET EXTRA...`.
+fn restore_latest(cfg: &Path, target: &Path, extra: &[&str]) -> std::process::Output {
+    lifeboat()
+        .arg("--config")
+        .arg(cfg)
+        .args(["restore", "--from-store", "latest", "--data-dir"])
+        .arg(target)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -295,20 +307,7 @@ fn encrypted_backup_round_trip_with_two_recipients() {
     assert!(t.contains("none of the identities"), "{t}");
     assert!(entries(&s.tmp).is_empty(), "{:?}", entries(&s.tmp));
     let target = s.etcd.dir.path().join("wrong-restore.etcd");
-    let o = lifeboat()
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "restore",
-            "--from-store",
-            "latest",
-            "--data-dir",
-            target.to_str().unwrap(),
-            "--identity",
-            k3.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = restore_latest(&cfg, &target, &["--identity", k3.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains(&p1), "{}", text(&o));
     assert!(!target.exists());
@@ -339,24 +338,19 @@ fn encrypted_backup_round_trip_with_two_recipients() {
 
     // Restore with the second identity; etcd boots from it and serves the marker.
     let spec = restore_util::MemberSpec::new("restored", s.etcd.dir.path().join("restored.etcd"));
-    let o = lifeboat()
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "restore",
-            "--from-store",
-            "latest",
+    let ic = format!("restored={}", spec.peer_url());
+    let o = restore_latest(
+        &cfg,
+        &spec.data_dir,
+        &[
             "--identity",
             k2.to_str().unwrap(),
             "--name",
             "restored",
             "--initial-cluster",
-            &format!("restored={}", spec.peer_url()),
-            "--data-dir",
-            spec.data_dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+            &ic,
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let c = restore_util::Cluster::boot(
         restore_util::V::V3_5,
@@ -416,18 +410,7 @@ fn plaintext_backups_still_work_and_a_zstd_bomb_is_refused() {
         .assert()
         .success();
     let target = s.etcd.dir.path().join("plain-restore.etcd");
-    let o = lifeboat()
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "restore",
-            "--from-store",
-            "latest",
-            "--data-dir",
-            target.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = restore_latest(&cfg, &target, &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(target.join("member/snap/db").is_file());
 

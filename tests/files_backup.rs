@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{keygen, lifeboat, Etcd, EtcdOpts, Version};
+use common::{keygen, lifeboat, lifeboat_ok, Etcd, EtcdOpts, Version};
 
 fn write(p: &Path, data: &[u8], mode: u32) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -99,17 +99,12 @@ async fn files_are_stored_encrypted_and_restored_with_their_modes() {
     )
     .unwrap();
 
-    let out = lifeboat()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["backup", "--no-progress", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = lifeboat_ok(lifeboat().arg("--config").arg(&cfg).args([
+        "backup",
+        "--no-progress",
+        "-o",
+        "json",
+    ]));
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let entries = m["files"]["entries"].as_array().unwrap();
     let listed: Vec<&str> = entries
@@ -160,19 +155,14 @@ async fn files_are_stored_encrypted_and_restored_with_their_modes() {
 
     // restore --files-to: byte-identical, same modes.
     let dest = work.path().join("out");
-    let out = lifeboat()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["restore", "--from-store", "latest", "--files-to"])
-        .arg(&dest)
-        .arg("--identity")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["restore", "--from-store", "latest", "--files-to"])
+            .arg(&dest)
+            .arg("--identity")
+            .arg(&key),
     );
     for src in [
         pki.join("ca.key"),

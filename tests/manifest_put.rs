@@ -76,11 +76,7 @@ fn lost_manifest_response_keeps_the_backup_and_a_refused_put_leaves_nothing() {
     let keys = objects(&direct);
     assert_eq!(keys.len(), 2, "data and manifest both kept: {keys:?}");
     let direct_cfg = config(&etcd, &direct, "direct.yaml");
-    let v = lifeboat()
-        .args(["--config", direct_cfg.to_str().unwrap(), "verify", "latest"])
-        .output()
-        .unwrap();
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    lifeboat_ok(lifeboat().args(["--config", direct_cfg.to_str().unwrap(), "verify", "latest"]));
 
     // 2. Every manifest PUT is refused before it reaches the store: the run fails, the new
     //    data object is removed, the first backup is untouched.

@@ -7,26 +7,8 @@ mod restore_util;
 
 use std::path::Path;
 
-use common::{keygen, lifeboat, Etcd, EtcdOpts, Version};
+use common::{keygen, lifeboat, lifeboat_ok, Etcd, EtcdOpts, Version};
 use restore_util::{Cluster, MemberSpec, V};
-
-fn dump(e: &Etcd) -> Vec<(String, String)> {
-    let out = e.etcdctl_ok(&["get", "", "--prefix", "-w", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let mut kv: Vec<(String, String)> = v["kvs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["key"].as_str().unwrap().to_string(),
-                e["value"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    kv.sort();
-    kv
-}
 
 /// Config with a local store and no etcd section: the data-dir backup needs no connection.
 fn offline_config(work: &Path) -> std::path::PathBuf {
@@ -69,7 +51,7 @@ async fn data_dir_backup_restores_and_boots() {
         e.etcdctl_ok(&["put", &format!("/fill/{i}"), "overwritten"]);
     }
     e.etcdctl_ok(&["del", "/fill/2", "/fill/3"]);
-    let want = dump(&e);
+    let want = restore_util::dump(&e, &e.members[0].client_url);
     let cfg = offline_config(work.path());
     let data_dir = e.members[0].data_dir.clone();
 
@@ -103,17 +85,12 @@ async fn data_dir_backup_restores_and_boots() {
     e.stop_member(0);
     let db = data_dir.join("member/snap/db");
     let file_len = std::fs::metadata(&db).unwrap().len();
-    let out = lifeboat()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["backup", "--no-progress", "-o", "json", "--from-data-dir"])
-        .arg(&data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["backup", "--no-progress", "-o", "json", "--from-data-dir"])
+            .arg(&data_dir),
     );
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(m["source"], "data-dir");
@@ -132,16 +109,7 @@ async fn data_dir_backup_restores_and_boots() {
     );
 
     // status of the bare db: works, same values as the manifest.
-    let out = lifeboat()
-        .args(["status", "-o", "json"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = lifeboat_ok(lifeboat().args(["status", "-o", "json"]).arg(&db));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no sha256 trailer"),
         "{}",
@@ -169,20 +137,15 @@ async fn data_dir_backup_restores_and_boots() {
 
     // restore --from-store latest into a new dir, boot, same keys.
     let spec = MemberSpec::new("restored", work.path().join("restored.etcd"));
-    let out = lifeboat()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["restore", "--from-store", "latest", "--name", "restored"])
-        .arg("--initial-cluster")
-        .arg(format!("restored={}", spec.peer_url()))
-        .arg("--data-dir")
-        .arg(&spec.data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["restore", "--from-store", "latest", "--name", "restored"])
+            .arg("--initial-cluster")
+            .arg(format!("restored={}", spec.peer_url()))
+            .arg("--data-dir")
+            .arg(&spec.data_dir),
     );
     let c = Cluster::boot(V::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
     let got = restore_util::dump(&c, &spec.client_url());
@@ -219,7 +182,7 @@ async fn data_dir_backup_is_encrypted_with_files() {
         ..Default::default()
     });
     e.etcdctl_ok(&["put", "/registry/secrets/default/s1", "secret-value-one"]);
-    let want = dump(&e);
+    let want = restore_util::dump(&e, &e.members[0].client_url);
     let (key, public) = keygen(work.path(), "key.txt");
     let pki = work.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
@@ -237,17 +200,12 @@ async fn data_dir_backup_is_encrypted_with_files() {
     .unwrap();
     let data_dir = e.members[0].data_dir.clone();
     e.stop_member(0);
-    let out = lifeboat()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["backup", "--no-progress", "-o", "json", "--from-data-dir"])
-        .arg(&data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["backup", "--no-progress", "-o", "json", "--from-data-dir"])
+            .arg(&data_dir),
     );
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(m["source"], "data-dir");
@@ -262,36 +220,25 @@ async fn data_dir_backup_is_encrypted_with_files() {
         let b = std::fs::read(p).unwrap();
         assert!(!b.windows(16).any(|w| w == b"secret-value-one"), "{p}");
     }
-    let out = lifeboat()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["verify", "latest", "--identity"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["verify", "latest", "--identity"])
+            .arg(&key),
     );
     let spec = MemberSpec::new("restored", work.path().join("restored.etcd"));
-    let out = lifeboat()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["restore", "--from-store", "latest", "--name", "restored"])
-        .arg("--initial-cluster")
-        .arg(format!("restored={}", spec.peer_url()))
-        .arg("--data-dir")
-        .arg(&spec.data_dir)
-        .arg("--identity")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["restore", "--from-store", "latest", "--name", "restored"])
+            .arg("--initial-cluster")
+            .arg(format!("restored={}", spec.peer_url()))
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .arg("--identity")
+            .arg(&key),
     );
     let c = Cluster::boot(V::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
     assert!(restore_util::dump(&c, &spec.client_url()) == want);

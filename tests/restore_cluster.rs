@@ -53,22 +53,8 @@ async fn out_dir_three_members_boot_etcd_3_5() {
     // The same IDs as etcdutl 3.5 gives for the same flags: its WAL (metadata record: node and
     // cluster ID; conf changes: member IDs) equals ours, compared before etcd appends to it.
     let refdir = dir.path().join("ref-m1");
-    let o = etcdutl_restore(
-        &snap,
-        &[
-            "--name",
-            "m1",
-            "--initial-cluster",
-            &ic,
-            "--initial-cluster-token",
-            "restored-token",
-            "--initial-advertise-peer-urls",
-            &specs[0].peer_url(),
-            "--data-dir",
-            refdir.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success());
+    let peer = specs[0].peer_url();
+    etcdutl_restore(&snap, "m1", &ic, "restored-token", &peer, &refdir);
     let wal = "member/wal/0000000000000000-0000000000000000.wal";
     let a = std::fs::read(refdir.join(wal)).unwrap();
     let b = std::fs::read(out.join("m1").join(wal)).unwrap();

@@ -48,20 +48,10 @@ fn backup_lose_restore_from_store_start_check() {
         "restored",
     ];
     // A dry run prints the plan and writes nothing.
-    let dry = lifeboat().args(args).arg("--dry-run").output().unwrap();
-    assert!(
-        dry.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dry.stderr)
-    );
+    lifeboat_ok(lifeboat().args(args).arg("--dry-run"));
     assert!(!old.exists());
 
-    let out = lifeboat().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = lifeboat_ok(lifeboat().args(args));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("--initial-cluster-state"),

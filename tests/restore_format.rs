@@ -43,22 +43,7 @@ async fn wal_and_snap_identical_to_etcdutl() {
         ("gamma", "http://10.0.0.3:2380,https://[::1]:2390"),
     ] {
         let refdir = dir.path().join(format!("ref-{name}"));
-        let o = etcdutl_restore(
-            &snap,
-            &[
-                "--name",
-                name,
-                "--initial-cluster",
-                ic,
-                "--initial-cluster-token",
-                "tok-<&>",
-                "--initial-advertise-peer-urls",
-                urls,
-                "--data-dir",
-                refdir.to_str().unwrap(),
-            ],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        etcdutl_restore(&snap, name, ic, "tok-<&>", urls, &refdir);
         let ours = out.join(name);
         assert_eq!(tree(&ours), tree(&refdir), "same files for {name}");
         let wal = "member/wal/0000000000000000-0000000000000000.wal";

@@ -9,57 +9,11 @@
 mod common;
 mod restore_util;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use etcd_lifeboat::error::UsageError;
 use etcd_lifeboat::restore::{run, RestoreArgs};
 use restore_util::*;
-
-/// A kubeadm etcd static pod manifest (kubeadm `phases/etcd/local.go` `getEtcdCommand`:
-/// `--initial-cluster-state=existing` only on joined nodes, no token flag).
-fn manifest(m: &MemberSpec, host_path: &Path, initial_cluster: &str, joined: bool) -> String {
-    let state = if joined {
-        "\n    - --initial-cluster-state=existing"
-    } else {
-        ""
-    };
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  labels: {{component: etcd, tier: control-plane}}
-  name: etcd
-  namespace: kube-system
-spec:
-  containers:
-  - command:
-    - etcd
-    - --advertise-client-urls={client}
-    - --data-dir=/var/lib/etcd
-    - --initial-advertise-peer-urls={peer}
-    - --initial-cluster={initial_cluster}{state}
-    - --listen-client-urls={client}
-    - --listen-peer-urls={peer}
-    - --name={name}
-    - --snapshot-count=10000
-    image: registry.k8s.io/etcd:3.5.30-0
-    name: etcd
-    volumeMounts:
-    - mountPath: /var/lib/etcd
-      name: etcd-data
-  hostNetwork: true
-  volumes:
-  - hostPath:
-      path: {host}
-      type: DirectoryOrCreate
-    name: etcd-data
-"#,
-        client = m.client_url(),
-        peer = m.peer_url(),
-        name = m.name,
-        host = host_path.display(),
-    )
-}
 
 fn member_ids(c: &Cluster, endpoint: &str) -> (u64, Vec<u64>) {
     let out = c.etcdctl_ok_at(endpoint, &["member", "list", "-w", "json"]);
@@ -102,7 +56,11 @@ async fn kubeadm_ha_nodes_restore_into_one_cluster() {
         std::fs::create_dir_all(node.join("manifests")).unwrap();
         let host = node.join("var-lib-etcd");
         let mp = node.join("manifests/etcd.yaml");
-        std::fs::write(&mp, manifest(m, &host, &ic(i + 1), i > 0)).unwrap();
+        std::fs::write(
+            &mp,
+            kubeadm_manifest(m, "3.5.30-0", "/var/lib/etcd", &host, &ic(i + 1), i > 0),
+        )
+        .unwrap();
         paths.push((mp, host));
     }
 

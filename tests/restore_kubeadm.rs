@@ -24,41 +24,9 @@ async fn restore_from_kubeadm_manifest() {
 
     let name = "e1192523-1d5d-43fa-b0ed-80cfffed0de0";
     let spec = MemberSpec::new(name, dir.path().join("var-lib-etcd"));
-    let manifest = format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  labels: {{component: etcd, tier: control-plane}}
-  name: etcd
-  namespace: kube-system
-spec:
-  containers:
-  - command:
-    - etcd
-    - --advertise-client-urls={client}
-    - --data-dir={data}
-    - --initial-advertise-peer-urls={peer}
-    - --initial-cluster={name}={peer}
-    - --listen-client-urls={client}
-    - --listen-peer-urls={peer}
-    - --name={name}
-    - --snapshot-count=10000
-    image: registry.k8s.io/etcd:3.5.1-0
-    name: etcd
-    volumeMounts:
-    - mountPath: {data}
-      name: etcd-data
-  hostNetwork: true
-  volumes:
-  - hostPath:
-      path: {data}
-      type: DirectoryOrCreate
-    name: etcd-data
-"#,
-        client = spec.client_url(),
-        peer = spec.peer_url(),
-        data = spec.data_dir.display(),
-    );
+    let data = spec.data_dir.to_str().unwrap();
+    let ic = format!("{name}={}", spec.peer_url());
+    let manifest = kubeadm_manifest(&spec, "3.5.1-0", data, &spec.data_dir, &ic, false);
     let mpath = dir.path().join("etcd.yaml");
     std::fs::write(&mpath, manifest).unwrap();
     // kubelet's DirectoryOrCreate made the (empty) data dir already.

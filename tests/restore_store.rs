@@ -11,24 +11,6 @@ use common::{lifeboat, Etcd, EtcdOpts, Version};
 use etcd_lifeboat::restore::{run, RestoreArgs};
 use restore_util::{Cluster, MemberSpec, V};
 
-fn dump_harness(e: &Etcd) -> Vec<(String, String)> {
-    let out = e.etcdctl_ok(&["get", "", "--prefix", "-w", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let mut kv: Vec<(String, String)> = v["kvs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["key"].as_str().unwrap().to_string(),
-                e["value"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    kv.sort();
-    kv
-}
-
 /// A 3.4 source with overwrites, deletes, a lease and 1 MiB values, backed up to `store`.
 async fn backup_of_3_4(work: &Path) -> (Etcd, std::path::PathBuf, Vec<(String, String)>) {
     let e = Etcd::start(EtcdOpts {
@@ -47,7 +29,7 @@ async fn backup_of_3_4(work: &Path) -> (Etcd, std::path::PathBuf, Vec<(String, S
     e.etcdctl_ok(&["put", "--lease", &id, "/leased", "v"]);
     let mut c = client.clone();
     c.put("/big/1", vec![b'x'; 1 << 20], None).await.unwrap();
-    let want = dump_harness(&e);
+    let want = restore_util::dump(&e, &e.members[0].client_url);
     let store = work.join("store");
     let cfg = e.write_config(&store);
     lifeboat()

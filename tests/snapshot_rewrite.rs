@@ -8,7 +8,6 @@ use common::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use etcd_lifeboat::restore::db::{rewrite_db, verify_copy_rewrite, RestoreMember};
@@ -44,32 +43,6 @@ fn dump(p: &Path) -> Dump {
             )
         })
         .collect()
-}
-
-fn etcdutl_restore(
-    snap: &Path,
-    data_dir: &Path,
-    name: &str,
-    cluster: &[(&str, String)],
-    token: &str,
-) {
-    let ic: Vec<String> = cluster.iter().map(|(n, u)| format!("{n}={u}")).collect();
-    let me = &cluster.iter().find(|(n, _)| *n == name).unwrap().1;
-    let out = Command::new(etcdutl_bin())
-        .args(["snapshot", "restore"])
-        .arg(snap)
-        .arg(format!("--name={name}"))
-        .arg(format!("--initial-cluster={}", ic.join(",")))
-        .arg(format!("--initial-cluster-token={token}"))
-        .arg(format!("--initial-advertise-peer-urls={me}"))
-        .arg(format!("--data-dir={}", data_dir.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "etcdutl restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 struct Snap {
@@ -156,13 +129,8 @@ async fn rewrite_equals_etcdutl_restore_and_boots_from(src: Version) {
 
     // Two members: etcdutl's db vs ours, bucket by bucket.
     let theirs_dir = tmp.path().join("theirs");
-    etcdutl_restore(
-        &snap.path,
-        &theirs_dir,
-        "a",
-        &[("a", ua.into()), ("b", ub.into())],
-        "tok",
-    );
+    let ic = format!("a={ua},b={ub}");
+    etcdutl_restore(&snap.path, "a", &ic, "tok", ua, &theirs_dir);
     let theirs = theirs_dir.join("member/snap/db");
     let ours = tmp.path().join("ours.db");
     let members = vec![
@@ -228,13 +196,8 @@ async fn rewrite_equals_etcdutl_restore_and_boots_from(src: Version) {
         let dd = tmp.path().join(format!("boot-{v:?}"));
         let spec = MemberSpec::new("solo", dd.clone());
         let peer = spec.peer_url();
-        etcdutl_restore(
-            &snap.path,
-            &dd,
-            "solo",
-            &[("solo", peer.clone())],
-            "boot-tok",
-        );
+        let ic = format!("solo={peer}");
+        etcdutl_restore(&snap.path, "solo", &ic, "boot-tok", &peer, &dd);
         let db = dd.join("member/snap/db");
         std::fs::remove_file(&db).unwrap();
         let m = RestoreMember {

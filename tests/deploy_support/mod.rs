@@ -37,21 +37,46 @@ pub fn promtool() -> PathBuf {
     panic!("promtool not found on PATH (Debian package prometheus): run scripts/install.sh, or set PROMTOOL")
 }
 
-/// `kubernetes-validate` from $KUBERNETES_VALIDATE or the venv that scripts/install.sh makes.
-/// Missing: a failure telling how to install it.
-pub fn kubernetes_validate() -> PathBuf {
-    if let Ok(p) = std::env::var("KUBERNETES_VALIDATE") {
-        return PathBuf::from(p);
-    }
+/// `${XDG_CACHE_HOME:-~/.cache}/etcd-lifeboat/REL`, where scripts/install.sh puts the venv
+/// and scripts/fetch-kubectl.sh kubectl.
+fn cache_path(rel: &str) -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let base = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
-    let p = PathBuf::from(base).join("etcd-lifeboat/venv/bin/kubernetes-validate");
+    PathBuf::from(base).join("etcd-lifeboat").join(rel)
+}
+
+/// `$ENV` if set, else the program `name` of the venv that scripts/install.sh makes.
+/// Missing: a failure telling how to install it.
+fn venv_bin(env: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let p = cache_path("venv/bin").join(name);
     assert!(
         p.is_file(),
-        "kubernetes-validate not found at {}: run scripts/install.sh, or set KUBERNETES_VALIDATE",
+        "{name} not found at {}: run scripts/install.sh, or set {env}",
         p.display()
     );
     p
+}
+
+/// `kubernetes-validate` from $KUBERNETES_VALIDATE or the venv that scripts/install.sh makes.
+pub fn kubernetes_validate() -> PathBuf {
+    venv_bin("KUBERNETES_VALIDATE", "kubernetes-validate")
+}
+
+/// Runs `cmd` in the repository root: (exit 0, stdout followed by stderr).
+pub fn run_in_repo(cmd: &mut std::process::Command) -> (bool, String) {
+    let out = cmd
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// Every YAML file under deploy/ (relative paths, sorted): the Kubernetes objects, the
@@ -177,20 +202,10 @@ pub fn expected_image() -> String {
     )
 }
 
-/// The Python of the venv that scripts/install.sh makes (for scripts/validate-crds.py).
+/// The Python of the venv that scripts/install.sh makes (for scripts/validate-crds.py);
+/// $ETCD_LIFEBOAT_VENV_PYTHON overrides.
 pub fn venv_python() -> PathBuf {
-    if let Ok(p) = std::env::var("ETCD_LIFEBOAT_VENV_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let base = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
-    let p = PathBuf::from(base).join("etcd-lifeboat/venv/bin/python");
-    assert!(
-        p.is_file(),
-        "venv python not found at {}: run scripts/install.sh",
-        p.display()
-    );
-    p
+    venv_bin("ETCD_LIFEBOAT_VENV_PYTHON", "python")
 }
 
 /// `kubectl` (with its built-in kustomize) from $KUBECTL, else the one scripts/fetch-kubectl.sh
@@ -202,9 +217,7 @@ pub fn kubectl() -> PathBuf {
         return PathBuf::from(p);
     }
     static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let base = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
-    let p = PathBuf::from(base).join("etcd-lifeboat/kubectl/usr/bin/kubectl");
+    let p = cache_path("kubectl/usr/bin/kubectl");
     let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
     if !p.is_file() {
         let out = std::process::Command::new("bash")

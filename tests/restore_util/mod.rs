@@ -4,12 +4,11 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 #[allow(unused_imports)]
 pub use crate::common::{
-    etcdutl3530_bin as etcdutl_3_5_30, etcdutl_bin, etcdutl_status, initial_cluster,
-    Etcd as Cluster, MemberSpec, Version as V,
+    etcdutl3530_bin as etcdutl_3_5_30, etcdutl_bin, etcdutl_restore, etcdutl_status,
+    initial_cluster, Etcd as Cluster, MemberSpec, Version as V,
 };
 
 /// Every key and value under the whole keyspace, as etcdctl prints them (`get "" --prefix`
@@ -59,6 +58,61 @@ pub fn populate(c: &Cluster, n: usize) {
     }
 }
 
+/// A kubeadm etcd static pod manifest (kubeadm `phases/etcd/local.go` `getEtcdCommand`:
+/// `--initial-cluster-state=existing` only on joined nodes, no token flag) for member `m`
+/// with image tag `tag` (e.g. `3.5.30-0`): etcd's `--data-dir` is `pod_data_dir`, mounted
+/// from the host's `host_path`.
+pub fn kubeadm_manifest(
+    m: &MemberSpec,
+    tag: &str,
+    pod_data_dir: &str,
+    host_path: &Path,
+    initial_cluster: &str,
+    joined: bool,
+) -> String {
+    let state = if joined {
+        "\n    - --initial-cluster-state=existing"
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  labels: {{component: etcd, tier: control-plane}}
+  name: etcd
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - etcd
+    - --advertise-client-urls={client}
+    - --data-dir={pod_data_dir}
+    - --initial-advertise-peer-urls={peer}
+    - --initial-cluster={initial_cluster}{state}
+    - --listen-client-urls={client}
+    - --listen-peer-urls={peer}
+    - --name={name}
+    - --snapshot-count=10000
+    image: registry.k8s.io/etcd:{tag}
+    name: etcd
+    volumeMounts:
+    - mountPath: {pod_data_dir}
+      name: etcd-data
+  hostNetwork: true
+  volumes:
+  - hostPath:
+      path: {host}
+      type: DirectoryOrCreate
+    name: etcd-data
+"#,
+        client = m.client_url(),
+        peer = m.peer_url(),
+        name = m.name,
+        host = host_path.display(),
+    )
+}
+
 /// `etcdctl snapshot save` to `path`.
 pub fn snapshot_save(c: &Cluster, path: &Path) {
     let o = c.etcdctl_at(
@@ -70,16 +124,6 @@ pub fn snapshot_save(c: &Cluster, path: &Path) {
         "snapshot save: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-/// Runs etcdutl 3.5 snapshot restore.
-pub fn etcdutl_restore(snapshot: &Path, args: &[&str]) -> Output {
-    Command::new(etcdutl_bin())
-        .args(["snapshot", "restore"])
-        .arg(snapshot)
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// Every file under `dir` (relative paths, sorted).
