@@ -21,20 +21,6 @@ fn json(out: &[u8]) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
-fn files_under(d: &Path) -> Vec<PathBuf> {
-    let mut v = vec![];
-    if let Ok(rd) = std::fs::read_dir(d) {
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                v.extend(files_under(&e.path()));
-            } else {
-                v.push(e.path());
-            }
-        }
-    }
-    v
-}
-
 fn entries(d: &Path) -> Vec<String> {
     std::fs::read_dir(d)
         .unwrap()

@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{keygen, lifeboat, lifeboat_ok, Etcd, EtcdOpts, Version};
+use common::{files_under, keygen, lifeboat, lifeboat_ok, Etcd, EtcdOpts, Version};
 
 fn write(p: &Path, data: &[u8], mode: u32) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -19,22 +19,6 @@ fn write(p: &Path, data: &[u8], mode: u32) {
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
-}
-
-fn walk(d: &Path) -> Vec<PathBuf> {
-    let mut v = vec![];
-    if let Ok(rd) = std::fs::read_dir(d) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                v.extend(walk(&p));
-            } else {
-                v.push(p);
-            }
-        }
-    }
-    v.sort();
-    v
 }
 
 /// Where a source file lands below `out`: its absolute path, re-rooted.
@@ -122,7 +106,7 @@ async fn files_are_stored_encrypted_and_restored_with_their_modes() {
     assert_eq!(ca["sha256"], hex::encode(sha2::Sha256::digest(&ca_key)));
 
     // Stored encrypted: one .files.tar.zst.age object; no key bytes in it.
-    let stored = walk(&store);
+    let stored = files_under(&store);
     let files_obj: Vec<&PathBuf> = stored
         .iter()
         .filter(|p| p.to_string_lossy().ends_with(".files.tar.zst.age"))
@@ -212,7 +196,7 @@ async fn files_are_stored_encrypted_and_restored_with_their_modes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("--identity"), "{err}");
-    assert!(walk(&work.path().join("out2")).is_empty());
+    assert!(files_under(&work.path().join("out2")).is_empty());
 
     // A flipped byte in the files object fails verify.
     let mut bad = blob.clone();
@@ -260,7 +244,7 @@ fn files_without_recipients_are_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(walk(&work.path().join("store")).is_empty());
+    assert!(files_under(&work.path().join("store")).is_empty());
 
     // files_unencrypted: true says so explicitly: accepted.
     std::fs::write(

@@ -7,7 +7,7 @@ mod restore_util;
 
 use std::path::Path;
 
-use common::{keygen, lifeboat, lifeboat_ok, Etcd, EtcdOpts, Version};
+use common::{files_under, keygen, lifeboat, lifeboat_ok, Etcd, EtcdOpts, Version};
 use restore_util::{Cluster, MemberSpec, V};
 
 /// Config with a local store and no etcd section: the data-dir backup needs no connection.
@@ -22,20 +22,6 @@ fn offline_config(work: &Path) -> std::path::PathBuf {
     )
     .unwrap();
     p
-}
-
-fn stored_files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                out.extend(stored_files(&e.path()));
-            } else {
-                out.push(e.path().display().to_string());
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -68,9 +54,9 @@ async fn data_dir_backup_restores_and_boots() {
     assert!(err.contains("etcd is running on"), "{err}");
     assert!(err.contains("stop it first"), "{err}");
     assert!(
-        stored_files(&work.path().join("store")).is_empty(),
+        files_under(&work.path().join("store")).is_empty(),
         "{:?}",
-        stored_files(&work.path().join("store"))
+        files_under(&work.path().join("store"))
     );
 
     // Stopped cleanly: stored with source data-dir and the member's IDs.
@@ -168,7 +154,7 @@ fn not_a_data_dir_is_refused_with_the_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("member/snap/db"), "{err}");
-    assert!(stored_files(&work.path().join("store")).is_empty());
+    assert!(files_under(&work.path().join("store")).is_empty());
 }
 
 /// The data-dir backup goes through the same pipeline as a snapshot backup: age-encrypted
@@ -211,14 +197,20 @@ async fn data_dir_backup_is_encrypted_with_files() {
     assert_eq!(m["source"], "data-dir");
     assert!(m["data_key"].as_str().unwrap().ends_with(".db.zst.age"));
     assert_eq!(m["files"]["entries"].as_array().unwrap().len(), 2);
-    let stored = stored_files(&work.path().join("store"));
+    let stored = files_under(&work.path().join("store"));
     assert!(
-        stored.iter().any(|p| p.ends_with(".files.tar.zst.age")),
+        stored
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".files.tar.zst.age")),
         "{stored:?}"
     );
     for p in &stored {
         let b = std::fs::read(p).unwrap();
-        assert!(!b.windows(16).any(|w| w == b"secret-value-one"), "{p}");
+        assert!(
+            !b.windows(16).any(|w| w == b"secret-value-one"),
+            "{}",
+            p.display()
+        );
     }
     lifeboat_ok(
         lifeboat()

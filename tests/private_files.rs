@@ -183,14 +183,14 @@ fn killed_backup_is_swept_running_one_is_not_and_files_are_private() {
     assert!(!dir_b.exists(), "prune left the killed run's temp dir");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     assert!(partials(&store).is_empty(), "{:?}", partials(&store));
-    for f in walk(&store) {
+    for f in paths_under(&store) {
         assert_eq!(mode(&f) & 0o077, 0, "{:04o} {}", mode(&f), f.display());
     }
 }
 
 /// Temp files of uploads in progress (or interrupted) in the local store.
 fn partials(store: &Path) -> Vec<PathBuf> {
-    walk(store)
+    paths_under(store)
         .into_iter()
         .filter(|p| {
             p.file_name()
@@ -199,18 +199,6 @@ fn partials(store: &Path) -> Vec<PathBuf> {
                 .contains(".partial-")
         })
         .collect()
-}
-
-fn walk(d: &Path) -> Vec<PathBuf> {
-    let mut v = vec![d.to_path_buf()];
-    for e in std::fs::read_dir(d).unwrap().flatten() {
-        if e.path().is_dir() {
-            v.extend(walk(&e.path()));
-        } else {
-            v.push(e.path());
-        }
-    }
-    v
 }
 
 #[test]

@@ -29,17 +29,6 @@ fn run_umask_022(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Every path under `root` (root included), depth first.
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_path_buf()];
-    if root.is_dir() {
-        for e in std::fs::read_dir(root).unwrap().flatten() {
-            out.extend(walk(&e.path()));
-        }
-    }
-    out
-}
-
 fn as_nobody_can_read(p: &Path) -> bool {
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
@@ -110,7 +99,7 @@ fn nothing_this_tool_writes_is_readable_by_other_users() {
 
     let mut files = 0;
     for root in [&store, &temp, &restored] {
-        for p in walk(root) {
+        for p in paths_under(root) {
             if p == temp {
                 continue; // the operator's dir, made by this test
             }

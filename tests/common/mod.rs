@@ -617,6 +617,31 @@ pub fn lifeboat_ok(cmd: &mut assert_cmd::Command) -> Output {
     out
 }
 
+/// Every file (not directory) under `dir`, recursively, sorted; empty when `dir` is missing.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = paths_under(dir)
+        .into_iter()
+        .filter(|p| !p.is_dir())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `root` and every path under it, each directory before its contents; empty when `root` is
+/// missing.
+pub fn paths_under(root: &Path) -> Vec<PathBuf> {
+    if root.symlink_metadata().is_err() {
+        return Vec::new();
+    }
+    let mut out = vec![root.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        for e in rd.flatten() {
+            out.extend(paths_under(&e.path()));
+        }
+    }
+    out
+}
+
 /// Like [`fill`] with random (incompressible) values, as Secrets and protobuf blobs mostly are.
 pub async fn fill_random(client: &etcd_client::Client, n: usize, value_size: usize, prefix: &str) {
     use futures::StreamExt;
