@@ -4,7 +4,7 @@
 
 mod restore_util;
 
-use etcd_lifeboat::restore::{run, RestoreArgs};
+use etcd_lifeboat::restore::{run, RestoreOptions};
 use restore_util::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,7 +65,7 @@ spec:
     std::fs::create_dir(&spec.data_dir).unwrap();
 
     run(
-        RestoreArgs {
+        RestoreOptions {
             snapshot: Some(snap),
             kubeadm_manifest: Some(mpath),
             ..Default::default()
