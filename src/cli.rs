@@ -1,8 +1,11 @@
 //! Command-line interface: one clap struct per subcommand. The dispatch is in `main.rs`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use etcd_lifeboat::daemon::DaemonOptions;
+use etcd_lifeboat::restore::{self, RestoreOptions};
 
 /// Verified etcd backups to local or S3 storage, native restore, and a backup daemon.
 #[derive(Parser, Debug)]
@@ -58,11 +61,11 @@ pub enum Command {
     /// Download, decompress and check stored backups against their manifests.
     Verify(VerifyArgs),
     /// Rebuild member data dirs from a snapshot (like `etcdutl snapshot restore`).
-    Restore(crate::restore::RestoreArgs),
+    Restore(RestoreArgs),
     /// Apply the retention policy to the store.
     Prune(PruneArgs),
     /// Run scheduled backups with metrics, health endpoints and leader election.
-    Daemon(crate::daemon::DaemonArgs),
+    Daemon(DaemonArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -164,4 +167,201 @@ pub struct PruneArgs {
 pub enum ConfigCommand {
     /// Load and validate the config (files exist, keys known, values sane); exit 2 naming the key.
     Check,
+}
+
+/// `etcd-lifeboat restore`: flags as `etcdutl snapshot restore` has them, plus sources and
+/// extras (DESIGN.md "restore").
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// Snapshot file to restore: a raw db (`etcdctl snapshot save` output), `.db.zst` or
+    /// `.db.zst.age` (detected by content).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["from_store", "snapshot_path"])]
+    pub snapshot: Option<PathBuf>,
+    /// Snapshot file as a positional argument (as `etcdutl snapshot restore FILE`).
+    #[arg(value_name = "SNAPSHOT", conflicts_with = "from_store")]
+    pub snapshot_path: Option<PathBuf>,
+    /// Restore a backup from the configured store: its id, a unique id prefix, or `latest`.
+    #[arg(long, value_name = "ID|latest")]
+    pub from_store: Option<String>,
+    /// Data dir to create (absent or empty) [default: <name>.etcd].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Dedicated WAL dir (absent or empty) [default: <data-dir>/member/wal].
+    #[arg(long, value_name = "DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// Name of the member to restore [default: default].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Members of the restored cluster, `name=peerURL,...` [default: default=http://localhost:2380].
+    #[arg(long, value_name = "NAME=URL,...")]
+    pub initial_cluster: Option<String>,
+    /// Token of the restored cluster; member and cluster IDs derive from it [default: etcd-cluster].
+    #[arg(long, value_name = "TOKEN")]
+    pub initial_cluster_token: Option<String>,
+    /// This member's peer URLs; must equal its URLs in --initial-cluster [default: those URLs].
+    #[arg(long, value_name = "URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Do not compare the sha256 trailer (for a db copied out of a data dir, which has none).
+    #[arg(long)]
+    pub skip_hash_check: bool,
+    #[command(flatten)]
+    pub identity: IdentityArg,
+    /// Write every member of --initial-cluster into DIR/<name> (rebuild a whole cluster).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// Read name, data dir, peer URLs, initial cluster and token from a kubeadm etcd static
+    /// pod manifest; flags given explicitly win.
+    #[arg(long, value_name = "PATH")]
+    pub kubeadm_manifest: Option<PathBuf>,
+    /// Print the plan (members, IDs, directories) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub output: OutputArg,
+    /// Raise the latest revision by N after the restore (etcdutl 3.5.10+ `--bump-revision`;
+    /// requires --mark-compacted), so that revisions never go backwards for watchers
+    /// [default: 0; with --kubeadm-manifest 1000000000, `--bump-revision 0` opts out].
+    #[arg(long, value_name = "N")]
+    pub bump_revision: Option<u64>,
+    /// Mark the bumped revision as compacted, so every watcher re-lists (etcdutl 3.5.10+;
+    /// required with --bump-revision > 0, refused otherwise; implied with --kubeadm-manifest).
+    #[arg(long)]
+    pub mark_compacted: bool,
+    /// Take the members (names and peer URLs) of the restored cluster from the snapshot's own
+    /// membership (its `members` bucket) instead of --initial-cluster.
+    #[arg(long, conflicts_with = "initial_cluster")]
+    pub members_from_snapshot: bool,
+    /// etcd version that will run the restored data (e.g. 3.5.30) [default: the tag of
+    /// --kubeadm-manifest's image]: warns when older than the snapshot's writer, refuses a
+    /// storage version it cannot boot (a 3.6 db on 3.4).
+    #[arg(long, value_name = "VERSION")]
+    pub target_version: Option<String>,
+    /// With --from-store: extract the backup's control-plane files (`backup.files`) below DIR
+    /// (`DIR/etc/kubernetes/pki/...`, recorded modes) instead of restoring a data dir; checked
+    /// against the manifest; never overwrites (refused, nothing written, when a file exists).
+    #[arg(long, value_name = "DIR", requires = "from_store")]
+    pub files_to: Option<PathBuf>,
+}
+
+impl From<RestoreArgs> for RestoreOptions {
+    fn from(a: RestoreArgs) -> Self {
+        RestoreOptions {
+            snapshot: a.snapshot.or(a.snapshot_path),
+            from_store: a.from_store,
+            data_dir: a.data_dir,
+            wal_dir: a.wal_dir,
+            name: a.name,
+            initial_cluster: a.initial_cluster,
+            initial_cluster_token: a.initial_cluster_token,
+            initial_advertise_peer_urls: a.initial_advertise_peer_urls,
+            skip_hash_check: a.skip_hash_check,
+            identity: a.identity.files,
+            out_dir: a.out_dir,
+            kubeadm_manifest: a.kubeadm_manifest,
+            dry_run: a.dry_run,
+            output: match a.output.output {
+                Output::Table => restore::Output::Table,
+                Output::Json => restore::Output::Json,
+            },
+            bump_revision: a.bump_revision,
+            mark_compacted: a.mark_compacted,
+            members_from_snapshot: a.members_from_snapshot,
+            target_version: a.target_version,
+            files_to: a.files_to,
+        }
+    }
+}
+
+/// Flags of `etcd-lifeboat daemon` (defaults: [`DaemonOptions::default`]).
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// How often the store catalog is re-read for the store metrics and /readyz.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub refresh_interval: Duration,
+    /// On SIGTERM, how long a running backup may still take before it is cancelled.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    pub shutdown_grace: Duration,
+    /// Extra attempts of a failed backup inside one scheduled run.
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// Wait before the first retry; doubles on each further retry (at most 5m).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub retry_backoff: Duration,
+    /// Time allowed for one store listing or deletion.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub store_timeout: Duration,
+    /// Time allowed for one backup attempt beyond etcd.snapshot_timeout (compression, upload).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30m")]
+    pub upload_timeout: Duration,
+    /// Do not apply the retention policy after backups.
+    #[arg(long)]
+    pub no_prune: bool,
+}
+
+impl From<DaemonArgs> for DaemonOptions {
+    fn from(a: DaemonArgs) -> Self {
+        DaemonOptions {
+            refresh_interval: a.refresh_interval,
+            shutdown_grace: a.shutdown_grace,
+            retries: a.retries,
+            retry_backoff: a.retry_backoff,
+            store_timeout: a.store_timeout,
+            upload_timeout: a.upload_timeout,
+            no_prune: a.no_prune,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_flags_as_etcdutl() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["etcd-lifeboat", "restore"].iter().chain(args)).map(|c| {
+                match c.command {
+                    Command::Restore(a) => RestoreOptions::from(a),
+                    _ => unreachable!("restore parses as restore"),
+                }
+            })
+        };
+        let a = parse(&[
+            "snap.db",
+            "--data-dir",
+            "/d",
+            "--wal-dir",
+            "/w",
+            "--name",
+            "a",
+            "--initial-cluster",
+            "a=http://h:1",
+            "--initial-cluster-token",
+            "t",
+            "--initial-advertise-peer-urls",
+            "http://h:1",
+            "--skip-hash-check",
+            "-w",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(a.snapshot, Some(PathBuf::from("snap.db")));
+        assert_eq!(a.wal_dir, Some(PathBuf::from("/w")));
+        assert!(a.skip_hash_check);
+        assert_eq!(a.output, restore::Output::Json);
+        assert!(parse(&["x.db", "--snapshot", "y.db"]).is_err());
+        assert!(parse(&["--snapshot", "y.db", "--from-store", "latest"]).is_err());
+        let a = parse(&["--from-store", "latest", "--out-dir", "/o", "--dry-run"]).unwrap();
+        assert_eq!(a.from_store.as_deref(), Some("latest"));
+        assert!(a.dry_run);
+    }
+
+    #[test]
+    fn daemon_defaults_match_the_library() {
+        let c = Cli::try_parse_from(["etcd-lifeboat", "daemon"]).unwrap();
+        let Command::Daemon(a) = c.command else {
+            unreachable!("daemon parses as daemon")
+        };
+        assert_eq!(DaemonOptions::from(a), DaemonOptions::default());
+    }
 }

@@ -21,7 +21,6 @@
 
 pub mod acquire;
 pub mod backup;
-pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod daemon;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use etcd_lifeboat::acquire::{self, AcquireOptions, Source, TrailerRule};
-use etcd_lifeboat::cli::{Cli, Command, ConfigCommand, LogFormat, Output};
+mod cli;
+
+use cli::{Cli, Command, ConfigCommand, LogFormat, Output};
 use etcd_lifeboat::config::Config;
 use etcd_lifeboat::crypto;
 use etcd_lifeboat::store::{manifest, Store};
@@ -153,7 +155,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Restore(a) => etcd_lifeboat::restore::run(a.clone(), cli.config.as_deref()).await,
+        Command::Restore(a) => {
+            etcd_lifeboat::restore::run(a.clone().into(), cli.config.as_deref()).await
+        }
         Command::Prune(a) => {
             let cfg = load(&cli).await?;
             let store = open_store(&cfg).await?;
@@ -171,7 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Daemon(a) => {
             let cfg = load(&cli).await?;
-            etcd_lifeboat::daemon::run(a.clone(), cfg).await
+            etcd_lifeboat::daemon::run(a.clone().into(), cfg).await
         }
         Command::Verify(a) => {
             let cfg = load(&cli).await?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use daemon_support::*;
-use etcd_lifeboat::daemon::DaemonArgs;
+use etcd_lifeboat::daemon::DaemonOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_backups_retention_and_metrics() {
@@ -21,7 +21,7 @@ async fn scheduled_backups_retention_and_metrics() {
         + "schedule:\n  cron: \"*/2 * * * * *\"\n\
            retention:\n  keep_last: 3\n  keep_hourly: 0\n  keep_daily: 0\n  keep_weekly: 0\n  keep_monthly: 0\n  orphan_grace: 1h\n\
            http:\n  max_backup_age: 1h\n";
-    let args = DaemonArgs {
+    let args = DaemonOptions {
         refresh_interval: Duration::from_secs(1),
         ..Default::default()
     };

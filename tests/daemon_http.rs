@@ -7,7 +7,7 @@ mod daemon_support;
 use std::time::Duration;
 
 use daemon_support::*;
-use etcd_lifeboat::daemon::DaemonArgs;
+use etcd_lifeboat::daemon::DaemonOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_with_etcd_unreachable() {
@@ -22,7 +22,7 @@ async fn endpoints_with_etcd_unreachable() {
          http:\n  max_backup_age: 1h\n",
         store.display()
     );
-    let args = DaemonArgs {
+    let args = DaemonOptions {
         refresh_interval: Duration::from_secs(1),
         retries: 1,
         retry_backoff: Duration::from_millis(200),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use daemon_support::*;
-use etcd_lifeboat::daemon::DaemonArgs;
+use etcd_lifeboat::daemon::DaemonOptions;
 use etcd_lifeboat::store::manifest::{backup_id, Manifest};
 
 /// Writes a copy of backup `m` (data and manifest) under a new id with the given times and
@@ -63,7 +63,7 @@ async fn future_dated_manifest_does_not_stop_backups_and_newest_is_reverified() 
            retention:\n  keep_last: 1000\n  keep_hourly: 0\n  keep_daily: 0\n  keep_weekly: 0\n  keep_monthly: 0\n\
            verify:\n  cron: \"*/3 * * * * *\"\n\
            http:\n  max_backup_age: 1h\n";
-    let args = DaemonArgs {
+    let args = DaemonOptions {
         refresh_interval: Duration::from_secs(1),
         ..Default::default()
     };

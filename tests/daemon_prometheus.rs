@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::prometheus::Prometheus;
 use common::*;
 use daemon_support::*;
-use etcd_lifeboat::daemon::DaemonArgs;
+use etcd_lifeboat::daemon::DaemonOptions;
 
 /// A recording rule of the backup age, evaluated every second, in `dir`.
 fn rules_file(dir: &std::path::Path) -> std::path::PathBuf {
@@ -46,7 +46,7 @@ async fn prometheus_scrapes_and_records_backup_age() {
     let yaml = etcd.config_yaml(&store)
         + "schedule:\n  cron: \"*/3 * * * * *\"\n\
            retention:\n  keep_last: 3\n  keep_hourly: 0\n  keep_daily: 0\n  keep_weekly: 0\n  keep_monthly: 0\n";
-    let args = DaemonArgs {
+    let args = DaemonOptions {
         refresh_interval: Duration::from_secs(1),
         ..Default::default()
     };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use daemon_support::*;
-use etcd_lifeboat::daemon::DaemonArgs;
+use etcd_lifeboat::daemon::DaemonOptions;
 
 fn successes(t: &str) -> f64 {
     sample(t, "etcd_lifeboat_backups_total{result=\"success\"}").unwrap_or(0.0)
@@ -26,7 +26,7 @@ async fn etcd_and_store_outages_are_reported_and_recovered_from() {
         + "schedule:\n  cron: \"*/2 * * * * *\"\n\
            retention:\n  keep_last: 5\n  keep_hourly: 0\n  keep_daily: 0\n  keep_weekly: 0\n  keep_monthly: 0\n\
            http:\n  max_backup_age: 1h\n";
-    let args = DaemonArgs {
+    let args = DaemonOptions {
         refresh_interval: Duration::from_secs(1),
         retries: 1,
         retry_backoff: Duration::from_millis(300),

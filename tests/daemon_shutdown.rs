@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use daemon_support::*;
-use etcd_lifeboat::daemon::DaemonArgs;
+use etcd_lifeboat::daemon::DaemonOptions;
 
 /// Every file under `dir`, hidden ones (temp files) included.
 fn all_files(dir: &std::path::Path) -> Vec<String> {
@@ -32,7 +32,7 @@ async fn shutdown_during_backup(etcd: &Etcd, grace: Duration) -> (Vec<String>, S
     std::fs::create_dir_all(&store).unwrap();
     // Hourly schedule: the empty store makes the daemon back up at once.
     let yaml = etcd.config_yaml(&store) + "schedule:\n  cron: \"0 0 * * * *\"\n";
-    let args = DaemonArgs {
+    let args = DaemonOptions {
         shutdown_grace: grace,
         retries: 0,
         ..Default::default()

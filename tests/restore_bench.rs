@@ -13,7 +13,7 @@ fn bench_restore_once() {
         .build()
         .unwrap();
     rt.block_on(etcd_lifeboat::restore::run(
-        etcd_lifeboat::restore::RestoreArgs {
+        etcd_lifeboat::restore::RestoreOptions {
             snapshot: Some(snap.into()),
             data_dir: Some(dd.into()),
             ..Default::default()

@@ -10,7 +10,7 @@ mod restore_util;
 
 use std::path::Path;
 
-use etcd_lifeboat::restore::{run, RestoreArgs};
+use etcd_lifeboat::restore::{run, RestoreOptions};
 use etcd_lifeboat::snapshot::verify_file;
 use restore_util::*;
 
@@ -37,8 +37,8 @@ fn snapshot(dir: &Path) -> (std::path::PathBuf, i64, Vec<(String, String)>) {
     (snap, rev, want)
 }
 
-fn restore_args(snap: &Path, data_dir: &Path, m: &MemberSpec) -> RestoreArgs {
-    RestoreArgs {
+fn restore_args(snap: &Path, data_dir: &Path, m: &MemberSpec) -> RestoreOptions {
+    RestoreOptions {
         snapshot: Some(snap.to_path_buf()),
         data_dir: Some(data_dir.to_path_buf()),
         name: Some(m.name.clone()),
@@ -93,7 +93,7 @@ async fn bump_status_equals_etcdutl_3_5_30_and_members_boot_compacted() {
     // Two keys more than a plain restore: the bump key and meta/scheduledCompactRev.
     let plain = dir.path().join("plain.etcd");
     run(
-        RestoreArgs {
+        RestoreOptions {
             bump_revision: None,
             mark_compacted: false,
             ..restore_args(&snap, &plain, &member)
@@ -118,7 +118,7 @@ async fn bump_status_equals_etcdutl_3_5_30_and_members_boot_compacted() {
     // A bump that would overflow etcd's int64 revision is refused before anything is written.
     let over = dir.path().join("over.etcd");
     let err = run(
-        RestoreArgs {
+        RestoreOptions {
             bump_revision: Some(i64::MAX as u64),
             ..restore_args(&snap, &over, &member)
         },
@@ -184,7 +184,7 @@ async fn flags_checked_as_etcdutl() {
         (Some(u64::MAX), true, "exceeds etcd's largest revision"),
     ] {
         let err = run(
-            RestoreArgs {
+            RestoreOptions {
                 snapshot: Some(snap.clone()),
                 data_dir: Some(dir.path().join("x")),
                 bump_revision: bump,

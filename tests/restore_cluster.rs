@@ -7,7 +7,7 @@ mod restore_util;
 
 use std::path::Path;
 
-use etcd_lifeboat::restore::{ids, run, RestoreArgs};
+use etcd_lifeboat::restore::{ids, run, RestoreOptions};
 use restore_util::*;
 
 fn json(s: &str) -> serde_json::Value {
@@ -38,7 +38,7 @@ async fn out_dir_three_members_boot_etcd_3_5() {
         .collect();
     let ic = initial_cluster(&specs);
     run(
-        RestoreArgs {
+        RestoreOptions {
             snapshot: Some(snap.clone()),
             initial_cluster: Some(ic.clone()),
             initial_cluster_token: Some("restored-token".into()),
@@ -117,7 +117,7 @@ async fn zst_into_one_etcd_3_4_member() {
 
     let spec = MemberSpec::new("solo", dir.path().join("data").join("solo.etcd"));
     run(
-        RestoreArgs {
+        RestoreOptions {
             snapshot: Some(zst),
             name: Some("solo".into()),
             initial_cluster: Some(format!("solo={}", spec.peer_url())),
@@ -157,7 +157,7 @@ async fn separate_wal_dir_boots_etcd_3_5() {
     let mut spec = MemberSpec::new("w", dir.path().join("data"));
     spec.wal_dir = Some(dir.path().join("wal-disk").join("wal"));
     run(
-        RestoreArgs {
+        RestoreOptions {
             snapshot: Some(snap),
             name: Some("w".into()),
             initial_cluster: Some(format!("w={}", spec.peer_url())),

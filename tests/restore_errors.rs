@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use etcd_lifeboat::error::exit_code;
-use etcd_lifeboat::restore::{run, RestoreArgs};
+use etcd_lifeboat::restore::{run, RestoreOptions};
 use restore_util::*;
 
 /// One real snapshot (etcd 3.5, a few keys) shared by the tests of this file.
@@ -24,8 +24,8 @@ fn snapshot() -> &'static Path {
     })
 }
 
-fn args(snap: &Path, data_dir: &Path) -> RestoreArgs {
-    RestoreArgs {
+fn args(snap: &Path, data_dir: &Path) -> RestoreOptions {
+    RestoreOptions {
         snapshot: Some(snap.to_path_buf()),
         name: Some("a".into()),
         initial_cluster: Some("a=http://127.0.0.1:2380,b=http://127.0.0.1:2381".into()),
@@ -37,7 +37,7 @@ fn args(snap: &Path, data_dir: &Path) -> RestoreArgs {
 
 /// Runs a restore that must fail; returns (message, exit code) and checks that `dir` holds
 /// exactly `before` afterwards.
-async fn fails(a: RestoreArgs, dir: &Path) -> (String, i32) {
+async fn fails(a: RestoreOptions, dir: &Path) -> (String, i32) {
     let before = tree(dir);
     let e = run(a, None).await.expect_err("restore must fail");
     assert_eq!(tree(dir), before, "nothing written for: {e:#}");
@@ -103,7 +103,7 @@ async fn non_empty_target() {
     let out = d.path().join("out");
     std::fs::create_dir_all(out.join("b")).unwrap();
     std::fs::write(out.join("b").join("x"), b"x").unwrap();
-    let a = RestoreArgs {
+    let a = RestoreOptions {
         snapshot: Some(snapshot().to_path_buf()),
         initial_cluster: Some("a=http://127.0.0.1:2380,b=http://127.0.0.1:2381".into()),
         out_dir: Some(out.clone()),

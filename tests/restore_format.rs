@@ -6,7 +6,7 @@ mod restore_util;
 
 use std::path::Path;
 
-use etcd_lifeboat::restore::{run, RestoreArgs};
+use etcd_lifeboat::restore::{run, RestoreOptions};
 use restore_util::*;
 
 fn make_snapshot(dir: &Path) -> std::path::PathBuf {
@@ -25,7 +25,7 @@ async fn wal_and_snap_identical_to_etcdutl() {
     let ic = "alpha=http://127.0.0.1:2380,beta=http://127.0.0.1:2381,gamma=http://10.0.0.3:2380,gamma=https://[::1]:2390";
     let out = dir.path().join("out");
     run(
-        RestoreArgs {
+        RestoreOptions {
             snapshot: Some(snap.clone()),
             initial_cluster: Some(ic.into()),
             initial_cluster_token: Some("tok-<&>".into()),

@@ -12,7 +12,7 @@ mod restore_util;
 use std::path::PathBuf;
 
 use etcd_lifeboat::error::UsageError;
-use etcd_lifeboat::restore::{run, RestoreArgs};
+use etcd_lifeboat::restore::{run, RestoreOptions};
 use restore_util::*;
 
 fn member_ids(c: &Cluster, endpoint: &str) -> (u64, Vec<u64>) {
@@ -67,7 +67,7 @@ async fn kubeadm_ha_nodes_restore_into_one_cluster() {
     // Each manifest alone is refused: node 1 lists one member, nodes 2 and 3 joined.
     for (i, (mp, host)) in paths.iter().enumerate() {
         let err = run(
-            RestoreArgs {
+            RestoreOptions {
                 snapshot: Some(snap.clone()),
                 kubeadm_manifest: Some(mp.clone()),
                 ..Default::default()
@@ -142,7 +142,7 @@ async fn kubeadm_ha_nodes_restore_into_one_cluster() {
     // The fix, on every node: --members-from-snapshot (nodes 1, 2) or the full list (node 3).
     for (i, (mp, host)) in paths.iter().enumerate() {
         std::fs::create_dir(host).unwrap(); // kubelet's DirectoryOrCreate
-        let mut args = RestoreArgs {
+        let mut args = RestoreOptions {
             snapshot: Some(snap.clone()),
             kubeadm_manifest: Some(mp.clone()),
             ..Default::default()

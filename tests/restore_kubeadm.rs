@@ -5,7 +5,7 @@
 mod common;
 mod restore_util;
 
-use etcd_lifeboat::restore::{run, RestoreArgs};
+use etcd_lifeboat::restore::{run, RestoreOptions};
 use restore_util::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,7 +33,7 @@ async fn restore_from_kubeadm_manifest() {
     std::fs::create_dir(&spec.data_dir).unwrap();
 
     run(
-        RestoreArgs {
+        RestoreOptions {
             snapshot: Some(snap),
             kubeadm_manifest: Some(mpath),
             ..Default::default()

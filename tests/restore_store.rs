@@ -8,7 +8,7 @@ mod restore_util;
 use std::path::Path;
 
 use common::{lifeboat, Etcd, EtcdOpts, Version};
-use etcd_lifeboat::restore::{run, RestoreArgs};
+use etcd_lifeboat::restore::{run, RestoreOptions};
 use restore_util::{Cluster, MemberSpec, V};
 
 /// A 3.4 source with overwrites, deletes, a lease and 1 MiB values, backed up to `store`.
@@ -49,7 +49,7 @@ async fn from_store_into_one_etcd_3_4_member() {
 
     let spec = MemberSpec::new("restored", work.path().join("restored.etcd"));
     run(
-        RestoreArgs {
+        RestoreOptions {
             from_store: Some("latest".into()),
             name: Some("restored".into()),
             initial_cluster: Some(format!("restored={}", spec.peer_url())),
@@ -92,7 +92,7 @@ async fn corrupted_stored_object_is_refused() {
     let target = work.path().join("out");
     let before = restore_util::tree(work.path());
     let e = run(
-        RestoreArgs {
+        RestoreOptions {
             from_store: Some("latest".into()),
             data_dir: Some(target.clone()),
             ..Default::default()

@@ -54,35 +54,28 @@ use crate::store::Store;
 use self::http::{Health, SharedHealth};
 use self::schedule::{Due, Schedule};
 
-/// Flags of `etcd-lifeboat daemon`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct DaemonArgs {
+/// Options of the daemon (the `daemon` subcommand's flags convert into it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonOptions {
     /// How often the store catalog is re-read for the store metrics and /readyz.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub refresh_interval: Duration,
-    /// On SIGTERM, how long a running backup may still take before it is cancelled.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    /// On shutdown, how long a running backup may still take before it is cancelled.
     pub shutdown_grace: Duration,
     /// Extra attempts of a failed backup inside one scheduled run.
-    #[arg(long, default_value_t = 3)]
     pub retries: u32,
-    /// Wait before the first retry; doubles on each further retry (at most 5m).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    /// Wait before the first retry; doubles on each further retry (at most 5 min).
     pub retry_backoff: Duration,
     /// Time allowed for one store listing or deletion.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub store_timeout: Duration,
-    /// Time allowed for one backup attempt beyond etcd.snapshot_timeout (compression, upload).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30m")]
+    /// Time allowed for one backup attempt beyond `etcd.snapshot_timeout` (compression, upload).
     pub upload_timeout: Duration,
     /// Do not apply the retention policy after backups.
-    #[arg(long)]
     pub no_prune: bool,
 }
 
-impl Default for DaemonArgs {
+impl Default for DaemonOptions {
     fn default() -> Self {
-        DaemonArgs {
+        DaemonOptions {
             refresh_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
             retries: 3,
@@ -98,7 +91,7 @@ impl Default for DaemonArgs {
 ///
 /// Errors (exit 1): the HTTP address cannot be bound, the store cannot be built from the
 /// config, or the schedule is invalid (exit 2 via `ConfigError`).
-pub async fn run(args: DaemonArgs, cfg: Config) -> anyhow::Result<()> {
+pub async fn run(args: DaemonOptions, cfg: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let sig = shutdown.clone();
     tokio::spawn(async move {
@@ -127,7 +120,7 @@ async fn wait_for_signal() {
 /// As [`run`], stopped by `shutdown` instead of signals. `bound`, when given, receives the
 /// HTTP address actually bound (for `http.listen` with port 0).
 pub async fn run_with_shutdown(
-    args: DaemonArgs,
+    args: DaemonOptions,
     cfg: Config,
     shutdown: CancellationToken,
     bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
@@ -331,7 +324,7 @@ fn last_run_from(cat: &Catalog, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 }
 
 struct Daemon {
-    args: DaemonArgs,
+    args: DaemonOptions,
     cfg: Arc<Config>,
     store: Arc<Store>,
     health: SharedHealth,

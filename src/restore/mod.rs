@@ -55,8 +55,8 @@ use serde::Serialize;
 use crate::error::UsageError;
 use plan::{Plan, PlanError, PlanInput, Target};
 
-/// Output format of `restore` (the values of `cli::Output`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+/// Output format of a restore report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Output {
     /// Human-readable text.
     #[default]
@@ -65,114 +65,60 @@ pub enum Output {
     Json,
 }
 
-/// `etcd-lifeboat restore`: flags as `etcdutl snapshot restore` has them, plus sources and
-/// extras (DESIGN.md "restore").
-#[derive(clap::Args, Debug, Clone)]
-pub struct RestoreArgs {
+/// Options of a restore: `etcdutl snapshot restore`'s flags plus sources and extras
+/// (DESIGN.md "restore"); the CLI's `restore` flags convert into it. `Default`: etcdutl's
+/// defaults, no source, table output.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
     /// Snapshot file to restore: a raw db (`etcdctl snapshot save` output), `.db.zst` or
-    /// `.db.zst.age` (detected by content).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["from_store", "snapshot_path"])]
+    /// `.db.zst.age` (detected by content). Exclusive with `from_store`.
     pub snapshot: Option<PathBuf>,
-    /// Snapshot file as a positional argument (as `etcdutl snapshot restore FILE`).
-    #[arg(value_name = "SNAPSHOT", conflicts_with = "from_store")]
-    pub snapshot_path: Option<PathBuf>,
     /// Restore a backup from the configured store: its id, a unique id prefix, or `latest`.
-    #[arg(long, value_name = "ID|latest")]
     pub from_store: Option<String>,
     /// Data dir to create (absent or empty) [default: <name>.etcd].
-    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Dedicated WAL dir (absent or empty) [default: <data-dir>/member/wal].
-    #[arg(long, value_name = "DIR")]
     pub wal_dir: Option<PathBuf>,
     /// Name of the member to restore [default: default].
-    #[arg(long)]
     pub name: Option<String>,
     /// Members of the restored cluster, `name=peerURL,...` [default: default=http://localhost:2380].
-    #[arg(long, value_name = "NAME=URL,...")]
     pub initial_cluster: Option<String>,
     /// Token of the restored cluster; member and cluster IDs derive from it [default: etcd-cluster].
-    #[arg(long, value_name = "TOKEN")]
     pub initial_cluster_token: Option<String>,
     /// This member's peer URLs; must equal its URLs in --initial-cluster [default: those URLs].
-    #[arg(long, value_name = "URLS")]
     pub initial_advertise_peer_urls: Option<String>,
     /// Do not compare the sha256 trailer (for a db copied out of a data dir, which has none).
-    #[arg(long)]
     pub skip_hash_check: bool,
     /// age identity file for an encrypted snapshot or backup (age-keygen output, an ssh
     /// private key, or an `age -p` encrypted identity file); repeatable.
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "ETCD_LIFEBOAT_AGE_IDENTITY_FILE",
-        value_delimiter = ','
-    )]
     pub identity: Vec<PathBuf>,
     /// Write every member of --initial-cluster into DIR/<name> (rebuild a whole cluster).
-    #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
     /// Read name, data dir, peer URLs, initial cluster and token from a kubeadm etcd static
     /// pod manifest; flags given explicitly win.
-    #[arg(long, value_name = "PATH")]
     pub kubeadm_manifest: Option<PathBuf>,
     /// Print the plan (members, IDs, directories) and write nothing.
-    #[arg(long)]
     pub dry_run: bool,
     /// Output format (`-w`/`--write-out` as etcdctl; same spelling as the other commands).
-    #[arg(long, short = 'o', visible_short_alias = 'w', visible_alias = "write-out", value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Raise the latest revision by N after the restore (etcdutl 3.5.10+ `--bump-revision`;
     /// requires --mark-compacted), so that revisions never go backwards for watchers
     /// [default: 0; with --kubeadm-manifest 1000000000, `--bump-revision 0` opts out].
-    #[arg(long, value_name = "N")]
     pub bump_revision: Option<u64>,
     /// Mark the bumped revision as compacted, so every watcher re-lists (etcdutl 3.5.10+;
     /// required with --bump-revision > 0, refused otherwise; implied with --kubeadm-manifest).
-    #[arg(long)]
     pub mark_compacted: bool,
     /// Take the members (names and peer URLs) of the restored cluster from the snapshot's own
     /// membership (its `members` bucket) instead of --initial-cluster.
-    #[arg(long, conflicts_with = "initial_cluster")]
     pub members_from_snapshot: bool,
     /// etcd version that will run the restored data (e.g. 3.5.30) [default: the tag of
     /// --kubeadm-manifest's image]: warns when older than the snapshot's writer, refuses a
     /// storage version it cannot boot (a 3.6 db on 3.4).
-    #[arg(long, value_name = "VERSION")]
     pub target_version: Option<String>,
     /// With --from-store: extract the backup's control-plane files (`backup.files`) below DIR
     /// (`DIR/etc/kubernetes/pki/...`, recorded modes) instead of restoring a data dir; checked
     /// against the manifest; never overwrites (refused, nothing written, when a file exists).
-    #[arg(long, value_name = "DIR", requires = "from_store")]
     pub files_to: Option<PathBuf>,
-}
-
-impl Default for RestoreArgs {
-    /// etcdutl's defaults, no source, table output (for library callers and tests).
-    fn default() -> Self {
-        RestoreArgs {
-            snapshot: None,
-            snapshot_path: None,
-            from_store: None,
-            data_dir: None,
-            wal_dir: None,
-            name: None,
-            initial_cluster: None,
-            initial_cluster_token: None,
-            initial_advertise_peer_urls: None,
-            skip_hash_check: false,
-            identity: Vec::new(),
-            out_dir: None,
-            kubeadm_manifest: None,
-            dry_run: false,
-            output: Output::Table,
-            bump_revision: None,
-            mark_compacted: false,
-            members_from_snapshot: false,
-            target_version: None,
-            files_to: None,
-        }
-    }
 }
 
 /// Where the snapshot comes from.
@@ -189,7 +135,7 @@ pub const KUBEADM_DEFAULT_BUMP: u64 = 1_000_000_000;
 
 /// Runs `restore`. Errors: [`UsageError`] for bad flags (exit 2); anything else exits 1, and
 /// then nothing has been written.
-pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> anyhow::Result<()> {
     if let Some(dir) = &args.files_to {
         return restore_files(&args, dir, config_path).await;
     }
@@ -247,7 +193,7 @@ pub async fn run(args: RestoreArgs, config_path: Option<&Path>) -> anyhow::Resul
 /// `--bump-revision`/`--mark-compacted` as etcdutl checks them (`snapshot_command.go`: each
 /// requires the other); with a kubeadm manifest the bump defaults to
 /// [`KUBEADM_DEFAULT_BUMP`] and implies --mark-compacted. Returns N (0: no bump).
-fn bump_amount(args: &RestoreArgs, kubeadm: bool) -> anyhow::Result<u64> {
+fn bump_amount(args: &RestoreOptions, kubeadm: bool) -> anyhow::Result<u64> {
     let n = match (args.bump_revision, kubeadm) {
         (Some(n), _) => n,
         (None, true) => KUBEADM_DEFAULT_BUMP,
@@ -277,7 +223,7 @@ fn bump_amount(args: &RestoreArgs, kubeadm: bool) -> anyhow::Result<u64> {
 
 /// The data dir of the first target, as far as flags and manifest tell before the plan
 /// (temporary files go beside it, on the target's file system).
-fn first_target_dir(args: &RestoreArgs, m: Option<&kubeadm::EtcdManifest>) -> PathBuf {
+fn first_target_dir(args: &RestoreOptions, m: Option<&kubeadm::EtcdManifest>) -> PathBuf {
     if let Some(out) = &args.out_dir {
         return out.join("member");
     }
@@ -343,7 +289,7 @@ fn image_tag(image: &str) -> Option<&str> {
 /// a db whose storage version is 3.6+ for a 3.4 target (3.4.31+ panics on it); warns when the
 /// target's major.minor is older than the snapshot's storage or cluster version.
 fn version_warnings(
-    args: &RestoreArgs,
+    args: &RestoreOptions,
     km: Option<&kubeadm::EtcdManifest>,
     info: &SnapshotInfo,
 ) -> anyhow::Result<Vec<String>> {
@@ -411,7 +357,7 @@ fn read_snapshot_info(path: &Path, db_len: u64, bump: u64) -> anyhow::Result<Sna
 }
 
 /// Reads `--kubeadm-manifest` if given.
-fn read_kubeadm_manifest(args: &RestoreArgs) -> anyhow::Result<Option<kubeadm::EtcdManifest>> {
+fn read_kubeadm_manifest(args: &RestoreOptions) -> anyhow::Result<Option<kubeadm::EtcdManifest>> {
     match &args.kubeadm_manifest {
         None => Ok(None),
         Some(p) => {
@@ -430,7 +376,7 @@ fn read_kubeadm_manifest(args: &RestoreArgs) -> anyhow::Result<Option<kubeadm::E
 /// cluster (`--initial-cluster-state=existing`, or fewer members than the snapshot) is
 /// refused with both lists and the fix.
 fn make_plan(
-    args: &RestoreArgs,
+    args: &RestoreOptions,
     km: Option<&kubeadm::EtcdManifest>,
     snap: &[SnapshotMember],
 ) -> anyhow::Result<Plan> {
@@ -478,7 +424,7 @@ fn make_plan(
 /// `--files-to DIR`: the control-plane files of the backup `--from-store` names, extracted
 /// below DIR ([`crate::files::fetch_stored`]).
 async fn restore_files(
-    args: &RestoreArgs,
+    args: &RestoreOptions,
     dir: &Path,
     config_path: Option<&Path>,
 ) -> anyhow::Result<()> {
@@ -518,7 +464,7 @@ async fn restore_files(
 /// cluster: a node that joined later (`--initial-cluster-state=existing`: its list holds only
 /// the members that existed when it joined) or a list shorter than the snapshot's members.
 fn check_manifest_membership(
-    args: &RestoreArgs,
+    args: &RestoreOptions,
     km: &kubeadm::EtcdManifest,
     snap: &[SnapshotMember],
 ) -> anyhow::Result<()> {
@@ -555,8 +501,8 @@ Restoring from the manifest alone would build a different, smaller cluster. Run 
     .into())
 }
 
-fn source_spec(args: &RestoreArgs) -> anyhow::Result<SourceSpec> {
-    let file = args.snapshot.clone().or(args.snapshot_path.clone());
+fn source_spec(args: &RestoreOptions) -> anyhow::Result<SourceSpec> {
+    let file = args.snapshot.clone();
     match (file, &args.from_store) {
         (Some(_), Some(_)) => {
             Err(UsageError::new("--snapshot and --from-store: give only one source").into())
@@ -614,7 +560,7 @@ fn temp_parent(dir: &Path) -> anyhow::Result<TempParent> {
 /// backup compared with its manifest). etcdutl's trailer rule: required unless
 /// `--skip-hash-check`.
 async fn acquire_snapshot(
-    args: &RestoreArgs,
+    args: &RestoreOptions,
     spec: &SourceSpec,
     temp_dir: &Path,
     config_path: Option<&Path>,
@@ -964,7 +910,7 @@ fn reminders(plan: &Plan, kubeadm: bool, info: &SnapshotInfo) -> Vec<String> {
 }
 
 fn print_report(
-    args: &RestoreArgs,
+    args: &RestoreOptions,
     plan: &Plan,
     spec: &SourceSpec,
     status: Option<&Status>,
@@ -1085,62 +1031,9 @@ fn print_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: RestoreArgs,
-    }
-
-    #[test]
-    fn flags_as_etcdutl() {
-        let c = Cli::try_parse_from([
-            "restore",
-            "snap.db",
-            "--data-dir",
-            "/d",
-            "--wal-dir",
-            "/w",
-            "--name",
-            "a",
-            "--initial-cluster",
-            "a=http://h:1",
-            "--initial-cluster-token",
-            "t",
-            "--initial-advertise-peer-urls",
-            "http://h:1",
-            "--skip-hash-check",
-            "-w",
-            "json",
-        ])
-        .unwrap();
-        let a = c.args;
-        assert_eq!(a.snapshot_path, Some(PathBuf::from("snap.db")));
-        assert_eq!(a.wal_dir, Some(PathBuf::from("/w")));
-        assert!(a.skip_hash_check);
-        assert_eq!(a.output, Output::Json);
-        assert!(Cli::try_parse_from(["restore", "x.db", "--snapshot", "y.db"]).is_err());
-        assert!(
-            Cli::try_parse_from(["restore", "--snapshot", "y.db", "--from-store", "latest"])
-                .is_err()
-        );
-        let c = Cli::try_parse_from([
-            "restore",
-            "--from-store",
-            "latest",
-            "--out-dir",
-            "/o",
-            "--dry-run",
-        ])
-        .unwrap();
-        assert_eq!(c.args.from_store.as_deref(), Some("latest"));
-        assert!(c.args.dry_run);
-    }
-
     #[test]
     fn bump_defaults_and_checks() {
-        let a = |bump: Option<u64>, mark: bool| RestoreArgs {
+        let a = |bump: Option<u64>, mark: bool| RestoreOptions {
             bump_revision: bump,
             mark_compacted: mark,
             ..Default::default()
@@ -1181,7 +1074,7 @@ mod tests {
             storage_version: sv.map(String::from),
             warnings: Vec::new(),
         };
-        let args = |v: &str| RestoreArgs {
+        let args = |v: &str| RestoreOptions {
             target_version: Some(v.into()),
             ..Default::default()
         };
@@ -1207,7 +1100,7 @@ mod tests {
             ..Default::default()
         };
         let w = version_warnings(
-            &RestoreArgs::default(),
+            &RestoreOptions::default(),
             Some(&km),
             &info(None, Some("3.5.0")),
         )

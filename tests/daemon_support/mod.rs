@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use etcd_lifeboat::config::Config;
-use etcd_lifeboat::daemon::{run_with_shutdown, DaemonArgs};
+use etcd_lifeboat::daemon::{run_with_shutdown, DaemonOptions};
 use tokio_util::sync::CancellationToken;
 
 /// GET `path` on `addr` ([`crate::common::net::get`]): status and body.
@@ -77,7 +77,7 @@ pub struct InProcess {
 
 impl InProcess {
     /// Starts `run_with_shutdown` with `yaml` (http.listen forced to 127.0.0.1:0).
-    pub async fn start(yaml: &str, args: DaemonArgs) -> InProcess {
+    pub async fn start(yaml: &str, args: DaemonOptions) -> InProcess {
         let mut cfg = Config::from_yaml(yaml, "test.yaml").expect("test config parses");
         cfg.http.listen = "127.0.0.1:0".into();
         cfg.validate().expect("test config valid");
@@ -157,18 +157,27 @@ pub fn child_entry() {
     let Ok(path) = std::env::var(CHILD_CONFIG_ENV) else {
         return;
     };
-    #[derive(clap::Parser)]
-    struct W {
-        #[command(flatten)]
-        a: DaemonArgs,
+    // The flags of DaemonProc::spawn, e.g. "--refresh-interval 1s --retries 0".
+    let mut a = DaemonOptions::default();
+    let extra = std::env::var(CHILD_ARGS_ENV).unwrap_or_default();
+    let mut it = extra.split_whitespace();
+    while let Some(flag) = it.next() {
+        if flag == "--no-prune" {
+            a.no_prune = true;
+            continue;
+        }
+        let v = it.next().expect("flag value");
+        let dur = || humantime::parse_duration(v).unwrap();
+        match flag {
+            "--refresh-interval" => a.refresh_interval = dur(),
+            "--shutdown-grace" => a.shutdown_grace = dur(),
+            "--retry-backoff" => a.retry_backoff = dur(),
+            "--store-timeout" => a.store_timeout = dur(),
+            "--upload-timeout" => a.upload_timeout = dur(),
+            "--retries" => a.retries = v.parse().unwrap(),
+            f => panic!("child daemon: unknown flag {f}"),
+        }
     }
-    use clap::Parser as _;
-    let extra: Vec<String> = std::env::var(CHILD_ARGS_ENV)
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(String::from)
-        .collect();
-    let w = W::parse_from(std::iter::once("daemon".to_string()).chain(extra));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter("info")
@@ -179,7 +188,7 @@ pub fn child_entry() {
         .enable_all()
         .build()
         .unwrap();
-    let code = match rt.block_on(etcd_lifeboat::daemon::run(w.a, cfg)) {
+    let code = match rt.block_on(etcd_lifeboat::daemon::run(a, cfg)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("daemon failed: {e:#}");
