@@ -20,12 +20,6 @@ use common::prometheus::Prometheus;
 use common::{Etcd, EtcdOpts};
 use deploy_support::*;
 
-/// CA, client certificate and key of a TLS test etcd.
-fn etcd_tls(etcd: &Etcd) -> [&Path; 3] {
-    let c = etcd.certs.as_ref().unwrap();
-    [&c.ca, &c.client_cert, &c.client_key]
-}
-
 /// Every (panel title, query) of the dashboard, with the template variables as Grafana sets
 /// them for job etcd-lifeboat.
 fn panel_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
@@ -121,7 +115,13 @@ fn every_panel_query_returns_data_from_a_real_prometheus_scraping_the_daemon() {
     let tmp = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let endpoint = etcd.endpoints()[0].clone();
-    let _daemon = Daemon::spawn(&endpoint, &etcd_tls(&etcd), tmp.path(), "127.0.0.1", port);
+    let _daemon = Daemon::spawn(
+        &endpoint,
+        &etcd.certs.as_ref().unwrap().client_files(),
+        tmp.path(),
+        "127.0.0.1",
+        port,
+    );
     let prom = Prometheus::start(&format!("127.0.0.1:{port}"), &[]);
 
     // Several backups and scrapes: increase() needs two samples of a counter that moved.

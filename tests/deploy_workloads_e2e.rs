@@ -33,7 +33,7 @@ fn cronjob_backup_then_prune_with_its_configmap() {
     let cfg = configmap_config(
         "deploy/cronjob/configmap.yaml",
         &etcd.endpoints(),
-        &etcd_tls(&etcd),
+        &etcd.certs.as_ref().unwrap().client_files(),
         tmp.path(),
     );
     let config = write_config(tmp.path(), &cfg);
@@ -87,12 +87,6 @@ fn cronjob_backup_then_prune_with_its_configmap() {
         Some(1),
         "one backup in the store after one CronJob run: {list}"
     );
-}
-
-/// CA, client certificate and key of a TLS test etcd.
-fn etcd_tls(etcd: &Etcd) -> [&Path; 3] {
-    let c = etcd.certs.as_ref().unwrap();
-    [&c.ca, &c.client_cert, &c.client_key]
 }
 
 /// The pod IP the daemon gets from the downward API in these tests (loopback, but not
@@ -215,7 +209,7 @@ fn spawn_daemon(etcd: &Etcd, tmp: &Path) -> (Daemon, u16) {
     let port = common::free_port();
     let daemon = Daemon::spawn(
         etcd.endpoints()[0].as_str(),
-        &etcd_tls(etcd),
+        &etcd.certs.as_ref().unwrap().client_files(),
         tmp,
         POD_IP,
         port,
