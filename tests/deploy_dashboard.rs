@@ -13,7 +13,6 @@
 mod common;
 mod deploy_support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::prometheus::Prometheus;
