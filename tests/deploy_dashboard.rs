@@ -13,95 +13,11 @@
 mod common;
 mod deploy_support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::prometheus::Prometheus;
 use common::{Etcd, EtcdOpts};
 use deploy_support::*;
-use serde_yaml::Value;
-
-/// Kills a child process on drop.
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The daemon as the Deployment runs it: its args (config path replaced), its literal env
-/// values with `$(POD_IP)`/`$(HOST_IP)` expanded to 127.0.0.1 and the ports 2379/9790 mapped to
-/// the test's, and its ConfigMap's config pointed at `etcd` and a local store.
-fn spawn_daemon(etcd: &Etcd, tmp: &Path, port: u16) -> Killed {
-    let cm = yaml("deploy/daemon/configmap.yaml");
-    let mut cfg: Value = serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
-    let certs = etcd.certs.as_ref().unwrap();
-    cfg["etcd"]["tls"]["ca_file"] = certs.ca.to_string_lossy().into_owned().into();
-    cfg["etcd"]["tls"]["cert_file"] = certs.client_cert.to_string_lossy().into_owned().into();
-    cfg["etcd"]["tls"]["key_file"] = certs.client_key.to_string_lossy().into_owned().into();
-    let (store, temp) = (tmp.join("store"), tmp.join("tmp"));
-    std::fs::create_dir_all(&store).unwrap();
-    std::fs::create_dir_all(&temp).unwrap();
-    cfg["storage"] = serde_yaml::from_str(&format!(
-        "backend: local\nlocal:\n  path: {}\n",
-        store.display()
-    ))
-    .unwrap();
-    cfg["backup"]["temp_dir"] = temp.to_string_lossy().into_owned().into();
-    cfg["schedule"]["cron"] = "*/2 * * * * *".into();
-    cfg["leader_election"]["name"] = format!("/etcd-lifeboat-dashboard-test/{port}").into();
-    let config = tmp.join("config.yaml");
-    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
-
-    let dep = yaml("deploy/daemon/deployment.yaml");
-    let c = &dep["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<String> = c["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            a.as_str()
-                .unwrap()
-                .replace("/etc/etcd-lifeboat/config.yaml", &config.to_string_lossy())
-        })
-        .collect();
-    let etcd_port = etcd.endpoints()[0].rsplit(':').next().unwrap().to_string();
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut set = Vec::new();
-    for e in c["env"].as_sequence().unwrap() {
-        let Some(v) = e["value"].as_str() else {
-            continue;
-        };
-        let v = v
-            .replace("$(POD_IP)", "127.0.0.1")
-            .replace("$(HOST_IP)", "127.0.0.1")
-            .replace(":2379", &format!(":{etcd_port}"))
-            .replace(":9790", &format!(":{port}"));
-        let name = e["name"].as_str().unwrap();
-        set.push(name.to_string());
-        cmd.env(name, v);
-    }
-    assert!(
-        set.contains(&"ETCD_LIFEBOAT_HTTP_LISTEN".to_string())
-            && set.contains(&"ETCDCTL_ENDPOINTS".to_string()),
-        "{set:?}"
-    );
-    let log = std::fs::File::create(tmp.join("daemon.log")).unwrap();
-    Killed(
-        cmd.args(&args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
 
 /// Every (panel title, query) of the dashboard, with the template variables as Grafana sets
 /// them for job etcd-lifeboat.
@@ -197,7 +113,14 @@ fn every_panel_query_returns_data_from_a_real_prometheus_scraping_the_daemon() {
     etcd.etcdctl_ok(&["put", "/registry/namespaces/default", "v"]);
     let tmp = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let _daemon = spawn_daemon(&etcd, tmp.path(), port);
+    let endpoint = etcd.endpoints()[0].clone();
+    let _daemon = Daemon::spawn(
+        &endpoint,
+        &etcd.certs.as_ref().unwrap().client_files(),
+        tmp.path(),
+        "127.0.0.1",
+        port,
+    );
     let prom = Prometheus::start(&format!("127.0.0.1:{port}"), &[]);
 
     // Several backups and scrapes: increase() needs two samples of a counter that moved.

@@ -15,73 +15,12 @@ mod deploy_support;
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::prometheus::Prometheus;
 use common::{Etcd, EtcdOpts};
 use deploy_support::*;
-use serde_yaml::Value;
-
-/// The ConfigMap's config, pointed at `etcd` and a local store under `tmp`.
-fn test_config(configmap: &str, etcd: &Etcd, tmp: &Path) -> Value {
-    let cm = yaml(configmap);
-    let mut cfg: Value = serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
-    let certs = etcd.certs.as_ref().unwrap();
-    cfg["etcd"]["endpoints"] = serde_yaml::to_value(etcd.endpoints()).unwrap();
-    cfg["etcd"]["tls"]["ca_file"] = certs.ca.to_string_lossy().into_owned().into();
-    cfg["etcd"]["tls"]["cert_file"] = certs.client_cert.to_string_lossy().into_owned().into();
-    cfg["etcd"]["tls"]["key_file"] = certs.client_key.to_string_lossy().into_owned().into();
-    let store = tmp.join("store");
-    let temp = tmp.join("tmp");
-    std::fs::create_dir_all(&store).unwrap();
-    std::fs::create_dir_all(&temp).unwrap();
-    cfg["storage"] = serde_yaml::from_str(&format!(
-        "backend: local\nlocal:\n  path: {}\n",
-        store.display()
-    ))
-    .unwrap();
-    cfg["backup"]["temp_dir"] = temp.to_string_lossy().into_owned().into();
-    cfg
-}
-
-/// Args of a container, with the mounted config path replaced by `config`.
-fn container_args(workload: &Value, container: &str, config: &Path) -> Vec<String> {
-    let spec = match workload["kind"].as_str() {
-        Some("CronJob") => &workload["spec"]["jobTemplate"]["spec"]["template"]["spec"],
-        _ => &workload["spec"]["template"]["spec"],
-    };
-    let c = ["initContainers", "containers"]
-        .iter()
-        .flat_map(|k| spec[*k].as_sequence().into_iter().flatten())
-        .find(|c| c["name"].as_str() == Some(container))
-        .unwrap_or_else(|| panic!("no container {container}"));
-    let args: Vec<String> = c["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-    assert!(
-        args.iter().any(|a| a == "/etc/etcd-lifeboat/config.yaml"),
-        "{container}: {args:?}"
-    );
-    args.into_iter()
-        .map(|a| {
-            if a == "/etc/etcd-lifeboat/config.yaml" {
-                config.to_string_lossy().into_owned()
-            } else {
-                a
-            }
-        })
-        .collect()
-}
-
-fn write_config(tmp: &Path, cfg: &Value) -> std::path::PathBuf {
-    let p = tmp.join("config.yaml");
-    std::fs::write(&p, serde_yaml::to_string(cfg).unwrap()).unwrap();
-    p
-}
 
 #[test]
 fn cronjob_backup_then_prune_with_its_configmap() {
@@ -91,7 +30,12 @@ fn cronjob_backup_then_prune_with_its_configmap() {
     });
     etcd.etcdctl_ok(&["put", "/registry/namespaces/default", "v"]);
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = test_config("deploy/cronjob/configmap.yaml", &etcd, tmp.path());
+    let cfg = configmap_config(
+        "deploy/cronjob/configmap.yaml",
+        &etcd.endpoints(),
+        &etcd.certs.as_ref().unwrap().client_files(),
+        tmp.path(),
+    );
     let config = write_config(tmp.path(), &cfg);
     let cj = yaml("deploy/cronjob/cronjob.yaml");
 
@@ -143,17 +87,6 @@ fn cronjob_backup_then_prune_with_its_configmap() {
         Some(1),
         "one backup in the store after one CronJob run: {list}"
     );
-}
-
-/// Kills the daemon if the test fails before it stops it.
-struct Daemon(Option<Child>);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// The pod IP the daemon gets from the downward API in these tests (loopback, but not
@@ -273,49 +206,14 @@ fn deployment_daemon_with_its_configmap_backs_up_and_serves_what_the_rules_use()
 /// IP 127.0.0.1; ports 2379 and 9790 mapped to the test's), and waits until it leads and has
 /// made a backup. Returns it and its port (on POD_IP).
 fn spawn_daemon(etcd: &Etcd, tmp: &Path) -> (Daemon, u16) {
-    let mut cfg = test_config("deploy/daemon/configmap.yaml", etcd, tmp);
     let port = common::free_port();
-    cfg["schedule"]["cron"] = "*/2 * * * * *".into();
-    cfg["leader_election"]["name"] = format!("/etcd-lifeboat-test/{port}").into();
-    assert_eq!(cfg["leader_election"]["enabled"].as_bool(), Some(true));
-    let config = write_config(tmp, &cfg);
-    let dep = yaml("deploy/daemon/deployment.yaml");
-    let args = container_args(&dep, "etcd-lifeboat", &config);
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_") {
-            cmd.env_remove(k);
-        }
-    }
-    let etcd_port = etcd.endpoints()[0].rsplit(':').next().unwrap().to_string();
-    let mut set = Vec::new();
-    for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
-        .as_sequence()
-        .unwrap()
-    {
-        let Some(v) = e["value"].as_str() else {
-            continue;
-        };
-        let v = v
-            .replace("$(POD_IP)", POD_IP)
-            .replace("$(HOST_IP)", "127.0.0.1")
-            .replace(":2379", &format!(":{etcd_port}"))
-            .replace(":9790", &format!(":{port}"));
-        let name = e["name"].as_str().unwrap().to_string();
-        cmd.env(&name, v);
-        set.push(name);
-    }
-    for var in ["ETCD_LIFEBOAT_HTTP_LISTEN", "ETCDCTL_ENDPOINTS"] {
-        assert!(set.iter().any(|s| s == var), "Deployment env: {set:?}");
-    }
-    let log = std::fs::File::create(tmp.join("daemon.log")).unwrap();
-    let daemon = Daemon(Some(
-        cmd.args(&args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    ));
+    let daemon = Daemon::spawn(
+        etcd.endpoints()[0].as_str(),
+        &etcd.certs.as_ref().unwrap().client_files(),
+        tmp,
+        POD_IP,
+        port,
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some((200, body)) = http_get_at(POD_IP, port, "/metrics") {

@@ -13,8 +13,11 @@
 //! Used as `#[path = "common/s3.rs"] mod s3h;` or through `mod common;` (`pub mod s3;`).
 #![allow(dead_code, clippy::field_reassign_with_default)]
 
+// The same files as common::net and common::tls when a test loads both common and s3.rs.
+#[allow(clippy::duplicate_mod)]
 #[path = "net.rs"]
 mod net;
+#[allow(clippy::duplicate_mod)]
 #[path = "tls.rs"]
 mod tls;
 pub use net::free_port;

@@ -32,6 +32,11 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 impl Certs {
+    /// What a client of the server presents: [CA, client certificate, client key].
+    pub fn client_files(&self) -> [&Path; 3] {
+        [&self.ca, &self.client_cert, &self.client_key]
+    }
+
     /// A CA plus a server cert (SAN 127.0.0.1, localhost) and a client cert signed by it.
     pub fn generate(dir: &Path) -> Certs {
         std::fs::create_dir_all(dir).unwrap();

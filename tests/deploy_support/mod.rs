@@ -295,3 +295,141 @@ pub fn id(v: &Value) -> String {
         v["metadata"]["name"].as_str().unwrap_or("?")
     )
 }
+
+/// The `config.yaml` of the ConfigMap file `configmap` (relative to the repository root),
+/// pointed at etcd `endpoints` with the TLS files `tls` (CA, client certificate, client key)
+/// and at a local store `tmp/store` with temp dir `tmp/tmp` (both made here).
+pub fn configmap_config(
+    configmap: &str,
+    endpoints: &[String],
+    tls: &[&Path; 3],
+    tmp: &Path,
+) -> Value {
+    let cm = yaml(configmap);
+    let mut cfg: Value = serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let path = |p: &Path| Value::from(p.to_string_lossy().into_owned());
+    cfg["etcd"]["endpoints"] = serde_yaml::to_value(endpoints).unwrap();
+    cfg["etcd"]["tls"]["ca_file"] = path(tls[0]);
+    cfg["etcd"]["tls"]["cert_file"] = path(tls[1]);
+    cfg["etcd"]["tls"]["key_file"] = path(tls[2]);
+    let store = tmp.join("store");
+    let temp = tmp.join("tmp");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::create_dir_all(&temp).unwrap();
+    cfg["storage"] = serde_yaml::from_str(&format!(
+        "backend: local\nlocal:\n  path: {}\n",
+        store.display()
+    ))
+    .unwrap();
+    cfg["backup"]["temp_dir"] = path(&temp);
+    cfg
+}
+
+/// Writes `cfg` to `tmp/config.yaml` and returns that path.
+pub fn write_config(tmp: &Path, cfg: &Value) -> PathBuf {
+    let p = tmp.join("config.yaml");
+    std::fs::write(&p, serde_yaml::to_string(cfg).unwrap()).unwrap();
+    p
+}
+
+/// Args of a container of a workload (Deployment, CronJob...), with the mounted config path
+/// /etc/etcd-lifeboat/config.yaml (which must be there) replaced by `config`.
+pub fn container_args(workload: &Value, container: &str, config: &Path) -> Vec<String> {
+    let spec = match workload["kind"].as_str() {
+        Some("CronJob") => &workload["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        _ => &workload["spec"]["template"]["spec"],
+    };
+    let c = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_sequence().into_iter().flatten())
+        .find(|c| c["name"].as_str() == Some(container))
+        .unwrap_or_else(|| panic!("no container {container}"));
+    let args: Vec<String> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        args.iter().any(|a| a == "/etc/etcd-lifeboat/config.yaml"),
+        "{container}: {args:?}"
+    );
+    args.into_iter()
+        .map(|a| {
+            if a == "/etc/etcd-lifeboat/config.yaml" {
+                config.to_string_lossy().into_owned()
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+/// The daemon of deploy/daemon/ run as a local process; killed on Drop unless taken out.
+pub struct Daemon(pub Option<std::process::Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Daemon {
+    /// Starts the Deployment's command line with its ConfigMap's config ([`configmap_config`]
+    /// for etcd `endpoint` and `tls`; a backup every 2 s; leader election on, which the
+    /// ConfigMap must have) and the Deployment's literal environment as a pod would get it:
+    /// `$(POD_IP)` = `pod_ip`, `$(HOST_IP)` = 127.0.0.1, ports 2379 and 9790 mapped to
+    /// `endpoint`'s and `port`. Its stderr goes to `tmp/daemon.log`. Does not wait.
+    pub fn spawn(endpoint: &str, tls: &[&Path; 3], tmp: &Path, pod_ip: &str, port: u16) -> Daemon {
+        let mut cfg = configmap_config(
+            "deploy/daemon/configmap.yaml",
+            &[endpoint.to_string()],
+            tls,
+            tmp,
+        );
+        cfg["schedule"]["cron"] = "*/2 * * * * *".into();
+        cfg["leader_election"]["name"] = format!("/etcd-lifeboat-test/{port}").into();
+        assert_eq!(cfg["leader_election"]["enabled"].as_bool(), Some(true));
+        let config = write_config(tmp, &cfg);
+        let dep = yaml("deploy/daemon/deployment.yaml");
+        let args = container_args(&dep, "etcd-lifeboat", &config);
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_") {
+                cmd.env_remove(k);
+            }
+        }
+        let etcd_port = endpoint.rsplit(':').next().unwrap();
+        let mut set = Vec::new();
+        for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_sequence()
+            .unwrap()
+        {
+            let Some(v) = e["value"].as_str() else {
+                continue;
+            };
+            let v = v
+                .replace("$(POD_IP)", pod_ip)
+                .replace("$(HOST_IP)", "127.0.0.1")
+                .replace(":2379", &format!(":{etcd_port}"))
+                .replace(":9790", &format!(":{port}"));
+            let name = e["name"].as_str().unwrap().to_string();
+            cmd.env(&name, v);
+            set.push(name);
+        }
+        for var in ["ETCD_LIFEBOAT_HTTP_LISTEN", "ETCDCTL_ENDPOINTS"] {
+            assert!(set.iter().any(|s| s == var), "Deployment env: {set:?}");
+        }
+        let log = std::fs::File::create(tmp.join("daemon.log")).unwrap();
+        let child = cmd
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Daemon(Some(child))
+    }
+}
