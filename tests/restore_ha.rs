@@ -10,8 +10,7 @@ mod restore_util;
 
 use std::path::{Path, PathBuf};
 
-use etcd_lifeboat::error::UsageError;
-use etcd_lifeboat::restore::{run, RestoreOptions};
+use etcd_lifeboat::restore::{run, RestoreError, RestoreOptions};
 use restore_util::*;
 
 /// A kubeadm etcd static pod manifest (kubeadm `phases/etcd/local.go` `getEtcdCommand`:
@@ -118,7 +117,7 @@ async fn kubeadm_ha_nodes_restore_into_one_cluster() {
         .await
         .unwrap_err();
         let msg = format!("{err:#}");
-        assert!(err.downcast_ref::<UsageError>().is_some(), "{msg}");
+        assert!(matches!(err, RestoreError::Usage(_)), "{msg}");
         assert!(
             msg.contains(&format!("Manifest's members ({}): {}", i + 1, ic(i + 1))),
             "{msg}"
