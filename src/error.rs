@@ -1,10 +1,14 @@
 //! Error policy.
 //!
-//! - Each subsystem has its own `thiserror` enum (`snapshot::SnapshotError`,
-//!   `store::StoreError`, ...) whose variants say what failed, on what, and what to do next.
-//! - Commands return `anyhow::Result` at the binary edge; [`exit_code`] maps an error to the
+//! - Each library module has its own `thiserror` enum (`snapshot::SnapshotError`,
+//!   `store::StoreError`, `restore::RestoreError`, ...) whose variants say what failed, on
+//!   what, and what to do next. A variant wrapping another error shows its message and keeps
+//!   it as `source`, so that the policy below sees the whole chain.
+//! - Only the binary (`main.rs`) uses `anyhow`; [`exit_code`] maps any error chain to the
 //!   process exit code: 2 when the chain holds a [`UsageError`] or a
 //!   [`crate::config::ConfigError`] (bad flag, bad config key: the message names it), else 1.
+
+use std::error::Error;
 
 /// A bad command-line flag or flag combination. Exit code 2. The message names the flag.
 #[derive(Debug, thiserror::Error)]
@@ -18,15 +22,57 @@ impl UsageError {
     }
 }
 
+/// `err` and its sources, outermost first.
+fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(err), |e| (*e).source())
+}
+
 /// Process exit code for a command error: 2 for usage/config errors, 1 otherwise.
-pub fn exit_code(err: &anyhow::Error) -> i32 {
-    let usage = err.chain().any(|e| {
-        e.downcast_ref::<UsageError>().is_some()
-            || e.downcast_ref::<crate::config::ConfigError>().is_some()
-    });
+pub fn exit_code(err: &(dyn Error + 'static)) -> i32 {
+    let usage = chain(err).any(|e| e.is::<UsageError>() || e.is::<crate::config::ConfigError>());
     if usage {
         2
     } else {
         1
+    }
+}
+
+/// The message of `err` and of each source that adds something: a source whose text the
+/// message before it already includes (variants print their source) is left out, so each
+/// cause is said once. Parts are joined with `: `.
+pub fn report(err: &(dyn Error + 'static)) -> String {
+    let mut out = String::new();
+    for e in chain(err) {
+        let m = e.to_string();
+        if !out.contains(&m) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&m);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("{0}")]
+        Usage(#[from] UsageError),
+        #[error("reading x: {0}")]
+        Io(#[from] std::io::Error),
+    }
+
+    #[test]
+    fn codes_and_reports_follow_the_chain() {
+        let u = Outer::from(UsageError::new("--name: bad"));
+        assert_eq!(exit_code(&u), 2);
+        assert_eq!(report(&u), "--name: bad");
+        let io = Outer::from(std::io::Error::other("denied"));
+        assert_eq!(exit_code(&io), 1);
+        assert_eq!(report(&io), "reading x: denied");
     }
 }

@@ -12,6 +12,7 @@ mod cli;
 use cli::{Cli, Command, ConfigCommand, LogFormat, Output};
 use etcd_lifeboat::config::Config;
 use etcd_lifeboat::crypto;
+use etcd_lifeboat::snapshot::humanize_bytes;
 use etcd_lifeboat::store::{manifest, Store};
 use etcd_lifeboat::{backup, error, workdir};
 
@@ -26,8 +27,8 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = error::exit_code(&e);
-            let _ = writeln!(std::io::stderr(), "Error: {e:#}");
+            let code = error::exit_code(e.as_ref());
+            let _ = writeln!(std::io::stderr(), "Error: {}", error::report(e.as_ref()));
             ExitCode::from(code as u8)
         }
     }
@@ -120,7 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cancel = tokio_util::sync::CancellationToken::new();
             let on_signal = cancel.clone();
             tokio::spawn(async move {
-                shutdown_signal().await;
+                etcd_lifeboat::daemon::shutdown_signal().await;
                 tracing::warn!("signal received: cancelling the backup");
                 on_signal.cancel();
             });
@@ -156,7 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Restore(a) => {
-            etcd_lifeboat::restore::run(a.clone().into(), cli.config.as_deref()).await
+            Ok(etcd_lifeboat::restore::run(a.clone().into(), cli.config.as_deref()).await?)
         }
         Command::Prune(a) => {
             let cfg = load(&cli).await?;
@@ -175,7 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Daemon(a) => {
             let cfg = load(&cli).await?;
-            etcd_lifeboat::daemon::run(a.clone().into(), cfg).await
+            Ok(etcd_lifeboat::daemon::run(a.clone().into(), cfg).await?)
         }
         Command::Verify(a) => {
             let cfg = load(&cli).await?;
@@ -372,31 +373,6 @@ async fn push_backup_metrics(
 /// Pushgateway job name of `backup --pushgateway` (alert rules select on it).
 const PUSH_JOB: &str = "etcd-lifeboat-backup";
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// `list`: the backups in the one order of truth, with a NOTE column (future-dated, Object
 /// Lock retain-until), then a BROKEN section naming each broken manifest and why.
 fn catalog_table(cat: &manifest::Catalog) -> String {
@@ -462,8 +438,8 @@ fn table_with_notes(
                 m.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 m.revision.to_string(),
                 m.total_key.to_string(),
-                human_bytes(m.total_size),
-                human_bytes(m.stored_bytes),
+                humanize_bytes(m.total_size),
+                humanize_bytes(m.stored_bytes),
                 humantime::format_duration(std::time::Duration::from_secs(age.as_secs()))
                     .to_string(),
                 if m.member_name.is_empty() {

@@ -196,8 +196,7 @@ async fn flags_checked_as_etcdutl() {
         .await
         .unwrap_err();
         assert!(
-            err.downcast_ref::<etcd_lifeboat::error::UsageError>()
-                .is_some(),
+            matches!(err, etcd_lifeboat::restore::RestoreError::Usage(_)),
             "{err:#}"
         );
         assert!(format!("{err:#}").contains(want), "{err:#}");

@@ -11,8 +11,7 @@ mod restore_util;
 
 use std::path::PathBuf;
 
-use etcd_lifeboat::error::UsageError;
-use etcd_lifeboat::restore::{run, RestoreOptions};
+use etcd_lifeboat::restore::{run, RestoreError, RestoreOptions};
 use restore_util::*;
 
 fn member_ids(c: &Cluster, endpoint: &str) -> (u64, Vec<u64>) {
@@ -77,7 +76,7 @@ async fn kubeadm_ha_nodes_restore_into_one_cluster() {
         .await
         .unwrap_err();
         let msg = format!("{err:#}");
-        assert!(err.downcast_ref::<UsageError>().is_some(), "{msg}");
+        assert!(matches!(err, RestoreError::Usage(_)), "{msg}");
         assert!(
             msg.contains(&format!("Manifest's members ({}): {}", i + 1, ic(i + 1))),
             "{msg}"

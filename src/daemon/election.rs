@@ -25,6 +25,32 @@ use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::etcd::EtcdError;
+
+/// Why an election session ended (it is retried with backoff; logged, never fatal).
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    /// No endpoint of `etcd.endpoints` answered.
+    #[error("leader election: {0}")]
+    Connect(#[from] EtcdError),
+    /// An etcd call did not answer within `etcd.request_timeout` (or dial + request timeout).
+    #[error("leader election: {0} timed out; check that etcd is reachable and healthy")]
+    Timeout(&'static str),
+    /// An etcd call failed.
+    #[error("leader election: etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// The lease was revoked, expired or not renewed in time: this replica stepped down.
+    #[error("leader election: lease {lease_id:x} lost {when}; campaigning again")]
+    LeaseLost {
+        /// The lease.
+        lease_id: i64,
+        /// "while campaigning" or "while leading (stepped down)".
+        when: &'static str,
+    },
+    /// etcd answered a campaign without a leader key (a server bug).
+    #[error("leader election: campaign answered without a leader key; campaigning again")]
+    NoLeaderKey,
+}
 
 static CURRENT_LEADER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
@@ -130,7 +156,7 @@ async fn session(
     value: &str,
     tx: &watch::Sender<bool>,
     resign: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), ElectionError> {
     let rt = cfg.etcd.request_timeout;
     let ttl = cfg.leader_election.lease_ttl;
     let client = timeout(
@@ -138,11 +164,11 @@ async fn session(
         crate::etcd::connect(&cfg.etcd, &cfg.etcd.endpoints),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("connecting to etcd timed out"))??;
+    .map_err(|_| ElectionError::Timeout("connecting to etcd"))??;
     let mut lease = client.lease_client();
     let granted = timeout(rt, lease.grant(ttl.as_secs().max(2) as i64, None))
         .await
-        .map_err(|_| anyhow::anyhow!("lease grant timed out"))??;
+        .map_err(|_| ElectionError::Timeout("lease grant"))??;
     let lease_id = granted.id();
     tracing::debug!(lease = lease_id, "leader election: lease granted");
 
@@ -166,13 +192,13 @@ async fn session(
         let leader_key: LeaderKey = loop {
             let r = tokio::select! {
                 _ = resign.cancelled() => return Ok(None),
-                _ = lost.cancelled() => anyhow::bail!("lease {lease_id:x} lost while campaigning"),
+                _ = lost.cancelled() => return Err(ElectionError::LeaseLost { lease_id, when: "while campaigning" }),
                 r = election.campaign(name, value, lease_id) => r,
             };
             match r {
                 Ok(mut resp) => match resp.take_leader() {
                     Some(k) => break k,
-                    None => anyhow::bail!("campaign answered without a leader key"),
+                    None => return Err(ElectionError::NoLeaderKey),
                 },
                 Err(e) if is_timeout(&e) => continue,
                 Err(e) => return Err(e.into()),
@@ -190,7 +216,7 @@ async fn session(
             _ = resign.cancelled() => Ok(Some(leader_key)),
             _ = lost.cancelled() => {
                 set_leader(tx, false);
-                anyhow::bail!("lease {lease_id:x} lost: stepped down")
+                Err(ElectionError::LeaseLost { lease_id, when: "while leading: stepped down" })
             }
         }
     }

@@ -262,6 +262,16 @@ pub fn router(health: SharedHealth, max_age: Duration) -> Router {
         .with_state(AppState { health, max_age })
 }
 
+/// `http.listen` cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("http.listen: cannot listen on {listen}: {source}; pick a free address")]
+pub struct ListenError {
+    /// The configured address.
+    pub listen: String,
+    /// The cause (address in use, permission denied, bad address).
+    pub source: std::io::Error,
+}
+
 /// Binds `listen` and serves until `shutdown`. Returns once the socket is bound (the server
 /// runs in a task whose handle is returned).
 ///
@@ -271,11 +281,13 @@ pub async fn serve(
     health: SharedHealth,
     max_age: Duration,
     shutdown: CancellationToken,
-) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        anyhow::anyhow!("http.listen: cannot listen on {listen}: {e}; pick a free address")
-    })?;
-    let addr = listener.local_addr()?;
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), ListenError> {
+    let err = |source| ListenError {
+        listen: listen.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
     let app = router(health, max_age);
     let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)

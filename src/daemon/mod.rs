@@ -39,17 +39,16 @@ pub mod schedule;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::backup::{run_backup, BackupOptions};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics;
 use crate::store::manifest::{catalog_at, Catalog, Manifest};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 use self::http::{Health, SharedHealth};
 use self::schedule::{Due, Schedule};
@@ -87,21 +86,37 @@ impl Default for DaemonOptions {
     }
 }
 
+/// Why the daemon could not start (once running, failures are logged and retried).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// `schedule.cron`, `verify.cron` or `schedule.timezone` is invalid (exit 2).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The store cannot be built from the config.
+    #[error("storage: cannot set up the store: {0}; check the `storage` section of the config")]
+    Store(#[from] StoreError),
+    /// `http.listen` cannot be bound.
+    #[error("{0}")]
+    Listen(#[from] http::ListenError),
+}
+
 /// Runs the daemon until SIGTERM or SIGINT; `Ok(())` after a clean shutdown (exit 0).
 ///
 /// Errors (exit 1): the HTTP address cannot be bound, the store cannot be built from the
 /// config, or the schedule is invalid (exit 2 via `ConfigError`).
-pub async fn run(args: DaemonOptions, cfg: Config) -> anyhow::Result<()> {
+pub async fn run(args: DaemonOptions, cfg: Config) -> Result<(), DaemonError> {
     let shutdown = CancellationToken::new();
     let sig = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        shutdown_signal().await;
         sig.cancel();
     });
     run_with_shutdown(args, cfg, shutdown, None).await
 }
 
-async fn wait_for_signal() {
+/// Resolves on the first SIGTERM or SIGINT (logged). The one signal handler of the program:
+/// the daemon stops on it, `backup` cancels its run.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -124,14 +139,12 @@ pub async fn run_with_shutdown(
     cfg: Config,
     shutdown: CancellationToken,
     bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
-) -> anyhow::Result<()> {
-    let sched = Schedule::new(&cfg.schedule.cron, cfg.schedule.timezone.as_deref())
-        .map_err(|m| crate::config::ConfigError::new("schedule.cron", m))?;
-    let store = Arc::new(
-        Store::from_config(&cfg.storage)
-            .await
-            .context("storage: cannot set up the store")?,
-    );
+) -> Result<(), DaemonError> {
+    let tz = schedule::time_zone(cfg.schedule.timezone.as_deref())
+        .map_err(|m| ConfigError::new("schedule.timezone", m))?;
+    let sched =
+        Schedule::new(&cfg.schedule.cron, tz).map_err(|m| ConfigError::new("schedule.cron", m))?;
+    let store = Arc::new(Store::from_config(&cfg.storage).await?);
     let cfg = Arc::new(cfg);
     // Backups are secrets: an open store root or temp dir is reported on /readyz (a warning,
     // not a readiness failure) and in the log.
@@ -220,7 +233,7 @@ pub async fn run_with_shutdown(
         leader: leader_rx.clone(),
         election,
     });
-    let verifier = match verify_schedule(&d.cfg)? {
+    let verifier = match verify_schedule(&d.cfg, tz)? {
         Some(vs) => {
             let d = d.clone();
             Some(tokio::spawn(async move { d.verify_loop(&vs).await }))
@@ -249,13 +262,12 @@ pub async fn run_with_shutdown(
 /// The parsed `verify.cron` (in `schedule.timezone`), `None` when it is `""` (off).
 ///
 /// Errors: the expression is invalid ([`crate::config::ConfigError`] on `verify.cron`).
-fn verify_schedule(cfg: &Config) -> anyhow::Result<Option<Schedule>> {
+fn verify_schedule(cfg: &Config, tz: chrono_tz::Tz) -> Result<Option<Schedule>, ConfigError> {
     if cfg.verify.cron.trim().is_empty() {
         return Ok(None);
     }
     Ok(Some(
-        Schedule::new(&cfg.verify.cron, cfg.schedule.timezone.as_deref())
-            .map_err(|m| crate::config::ConfigError::new("verify.cron", m))?,
+        Schedule::new(&cfg.verify.cron, tz).map_err(|m| ConfigError::new("verify.cron", m))?,
     ))
 }
 
@@ -800,7 +812,7 @@ mod tests {
         leader: watch::Receiver<bool>,
         election: bool,
     ) {
-        let sched = Schedule::new(cron, None).unwrap();
+        let sched = Schedule::new(cron, chrono_tz::Tz::UTC).unwrap();
         let stop = CancellationToken::new();
         let s2 = stop.clone();
         tokio::spawn(async move {

@@ -12,6 +12,18 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
+/// `schedule.timezone` (an IANA name, `None` = UTC), parsed once for every schedule.
+///
+/// Errors: an unknown name, with the fix.
+pub fn time_zone(name: Option<&str>) -> Result<Tz, String> {
+    match name {
+        None => Ok(Tz::UTC),
+        Some(s) => s.parse::<Tz>().map_err(|_| {
+            format!("unknown time zone {s:?}; use an IANA name such as Europe/Berlin")
+        }),
+    }
+}
+
 /// A parsed schedule in its time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -37,17 +49,11 @@ pub enum Due {
 }
 
 impl Schedule {
-    /// Parses `expr` (5 or 6 fields) in `tz` (IANA name, `None` = UTC).
+    /// Parses `expr` (5 or 6 fields), read in `tz` (see [`time_zone`]).
     ///
-    /// Errors: the message of [`crate::config::parse_cron`], or an unknown time zone.
-    pub fn new(expr: &str, tz: Option<&str>) -> Result<Self, String> {
+    /// Errors: the message of [`crate::config::parse_cron`].
+    pub fn new(expr: &str, tz: Tz) -> Result<Self, String> {
         let cron = crate::config::parse_cron(expr)?;
-        let tz = match tz {
-            None => Tz::UTC,
-            Some(s) => s.parse::<Tz>().map_err(|_| {
-                format!("unknown time zone {s:?}; use an IANA name such as Europe/Berlin")
-            })?,
-        };
         Ok(Schedule { cron, tz })
     }
 
@@ -114,12 +120,12 @@ mod tests {
 
     #[test]
     fn five_and_six_fields() {
-        let s = Schedule::new("*/30 * * * *", None).unwrap();
+        let s = Schedule::new("*/30 * * * *", Tz::UTC).unwrap();
         assert_eq!(
             s.next_after(t("2026-11-23T10:00:00Z")),
             Some(t("2026-11-23T10:30:00Z"))
         );
-        let s = Schedule::new("*/2 * * * * *", None).unwrap();
+        let s = Schedule::new("*/2 * * * * *", Tz::UTC).unwrap();
         assert_eq!(
             s.next_after(t("2026-11-23T10:00:01Z")),
             Some(t("2026-11-23T10:00:02Z"))
@@ -128,7 +134,7 @@ mod tests {
 
     #[test]
     fn due_cases() {
-        let s = Schedule::new("0 */30 * * * *", None).unwrap();
+        let s = Schedule::new("0 */30 * * * *", Tz::UTC).unwrap();
         // No backup at all: now.
         assert!(matches!(
             s.due(None, t("2026-11-23T10:07:00Z")),
@@ -156,7 +162,7 @@ mod tests {
             }
         );
         // Per-second schedule down for a week: bounded work, latest slot.
-        let s = Schedule::new("* * * * * *", None).unwrap();
+        let s = Schedule::new("* * * * * *", Tz::UTC).unwrap();
         match s.due(Some(t("2026-11-16T10:00:00Z")), t("2026-11-23T10:05:00Z")) {
             Due::Now { slot, missed } => {
                 assert_eq!(slot, t("2026-11-23T10:05:00Z"));
@@ -164,7 +170,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let s = Schedule::new("0 0 0 1 1 * 2020", None).unwrap();
+        let s = Schedule::new("0 0 0 1 1 * 2020", Tz::UTC).unwrap();
         assert_eq!(
             s.due(Some(t("2026-01-01T00:00:00Z")), t("2026-11-23T10:05:00Z")),
             Due::Never
@@ -174,7 +180,7 @@ mod tests {
     #[test]
     fn timezone_and_dst() {
         // 02:30 every day in Berlin: on 2026-03-29 (spring forward) 02:30 does not exist.
-        let s = Schedule::new("30 2 * * *", Some("Europe/Berlin")).unwrap();
+        let s = Schedule::new("30 2 * * *", chrono_tz::Europe::Berlin).unwrap();
         assert_eq!(
             s.next_after(t("2026-03-27T12:00:00Z")),
             Some(t("2026-03-28T01:30:00Z"))
@@ -186,11 +192,12 @@ mod tests {
             "skips the missing 02:30 of 03-29"
         );
         // UTC by default.
-        let s = Schedule::new("30 2 * * *", None).unwrap();
+        let s = Schedule::new("30 2 * * *", Tz::UTC).unwrap();
         assert_eq!(
             s.next_after(t("2026-03-27T12:00:00Z")),
             Some(t("2026-03-28T02:30:00Z"))
         );
-        assert!(Schedule::new("30 2 * * *", Some("Mars/Olympus")).is_err());
+        assert!(time_zone(Some("Mars/Olympus")).is_err());
+        assert_eq!(time_zone(None), Ok(Tz::UTC));
     }
 }

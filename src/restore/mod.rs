@@ -33,23 +33,24 @@
 //! members than the snapshot is refused with both lists (`tests/restore_ha.rs`).
 
 pub mod db;
-pub(crate) mod from_store;
 pub mod ids;
 pub mod kubeadm;
 mod pb;
 pub mod plan;
 pub mod snap;
 pub mod wal;
-use crate::acquire::{self, AcquireOptions, TrailerRule};
-use crate::crypto::FileFormat;
-use crate::snapshot::Status;
+use crate::acquire::{self, AcquireError, AcquireOptions, TrailerRule};
+use crate::config::{Config, ConfigError};
+use crate::crypto::{CryptoError, FileFormat};
+use crate::files::FilesError;
+use crate::snapshot::{SnapshotError, Status};
+use crate::store::{manifest, Manifest, Store, StoreError};
 use db::{rewrite_db_bumped, Bumped, RestoreMember, SnapshotMember};
 
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::error::UsageError;
@@ -121,6 +122,67 @@ pub struct RestoreOptions {
     pub files_to: Option<PathBuf>,
 }
 
+/// Why a restore failed. Nothing has been written when a restore returns one: staging dirs
+/// and created parents are removed. [`RestoreError::Usage`] and [`RestoreError::Config`]
+/// exit 2 ([`crate::error::exit_code`]), the others 1.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// A bad flag or flag combination; the message names the flag.
+    #[error("{0}")]
+    Usage(#[from] UsageError),
+    /// The config file (needed by `--from-store`) is invalid; the message names the key.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A target directory is not usable (not empty, not a directory, unreadable).
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    /// The snapshot could not be fetched or failed its checks (trailer, bbolt, manifest).
+    #[error("{0}")]
+    Acquire(#[from] AcquireError),
+    /// An `--identity` file cannot be read or parsed.
+    #[error("{0}")]
+    Crypto(#[from] CryptoError),
+    /// `--files-to`: the control-plane files could not be fetched or extracted.
+    #[error("{0}")]
+    Files(#[from] FilesError),
+    /// The configured store cannot be opened or the backup is not found in it.
+    #[error("{what}: {source}")]
+    Store {
+        /// What was being done (`--from-store ID: looking up the backup in STORE`).
+        what: String,
+        /// The cause.
+        source: StoreError,
+    },
+    /// Reading the snapshot or writing a member's db failed.
+    #[error("{what}: {source}")]
+    Snapshot {
+        /// What was being done, naming the file.
+        what: String,
+        /// The cause.
+        source: SnapshotError,
+    },
+    /// A file system operation on a target failed.
+    #[error("{what}: {source}; nothing was restored: check the permissions and free space of the target's file system")]
+    Io {
+        /// What was being done, naming the path.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A worker thread of the restore panicked or was cancelled.
+    #[error("restore worker: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
+/// Result of the restore steps.
+type Result<T, E = RestoreError> = std::result::Result<T, E>;
+
+/// An `Io` error with `what` naming the operation and path.
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
+    let what = what.into();
+    move |source| RestoreError::Io { what, source }
+}
+
 /// Where the snapshot comes from.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -135,7 +197,7 @@ pub const KUBEADM_DEFAULT_BUMP: u64 = 1_000_000_000;
 
 /// Runs `restore`. Errors: [`UsageError`] for bad flags (exit 2); anything else exits 1, and
 /// then nothing has been written.
-pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()> {
     if let Some(dir) = &args.files_to {
         return restore_files(&args, dir, config_path).await;
     }
@@ -168,7 +230,7 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> anyhow::Re
         parents.push(temp_parent(w)?);
     }
     let plan2 = plan.clone();
-    let (status, staged) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let (status, staged) = tokio::task::spawn_blocking(move || -> Result<_> {
         let staged = stage_members(&plan2, &snapshot.path, snapshot.db_len, bump)?;
         Ok((snapshot.status.clone(), staged))
     })
@@ -193,7 +255,7 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> anyhow::Re
 /// `--bump-revision`/`--mark-compacted` as etcdutl checks them (`snapshot_command.go`: each
 /// requires the other); with a kubeadm manifest the bump defaults to
 /// [`KUBEADM_DEFAULT_BUMP`] and implies --mark-compacted. Returns N (0: no bump).
-fn bump_amount(args: &RestoreOptions, kubeadm: bool) -> anyhow::Result<u64> {
+fn bump_amount(args: &RestoreOptions, kubeadm: bool) -> Result<u64> {
     let n = match (args.bump_revision, kubeadm) {
         (Some(n), _) => n,
         (None, true) => KUBEADM_DEFAULT_BUMP,
@@ -292,7 +354,7 @@ fn version_warnings(
     args: &RestoreOptions,
     km: Option<&kubeadm::EtcdManifest>,
     info: &SnapshotInfo,
-) -> anyhow::Result<Vec<String>> {
+) -> Result<Vec<String>> {
     let (target_raw, from) = match (&args.target_version, km.and_then(|m| m.image.as_deref())) {
         (Some(v), _) => (v.clone(), "--target-version".to_string()),
         (None, Some(img)) => match image_tag(img) {
@@ -336,17 +398,20 @@ fn version_warnings(
 
 /// Reads the snapshot's membership and plans the bump (bounds-checked reads of a few pages;
 /// the full check runs later).
-fn read_snapshot_info(path: &Path, db_len: u64, bump: u64) -> anyhow::Result<SnapshotInfo> {
-    let ctx = || format!("verifying snapshot {}", path.display());
-    let db = crate::snapshot::Db::open(path, Some(db_len)).with_context(ctx)?;
-    let members = db::snapshot_members(&db).with_context(ctx)?;
+fn read_snapshot_info(path: &Path, db_len: u64, bump: u64) -> Result<SnapshotInfo> {
+    let ctx = |source| RestoreError::Snapshot {
+        what: format!("verifying snapshot {}", path.display()),
+        source,
+    };
+    let db = crate::snapshot::Db::open(path, Some(db_len)).map_err(ctx)?;
+    let members = db::snapshot_members(&db).map_err(ctx)?;
     let bump = if bump > 0 {
-        Some(db::plan_bump(&db, bump).with_context(ctx)?)
+        Some(db::plan_bump(&db, bump).map_err(ctx)?)
     } else {
         None
     };
-    let cluster_version = small_text(&db, b"cluster", b"clusterVersion").with_context(ctx)?;
-    let storage_version = small_text(&db, b"meta", b"storageVersion").with_context(ctx)?;
+    let cluster_version = small_text(&db, b"cluster", b"clusterVersion").map_err(ctx)?;
+    let storage_version = small_text(&db, b"meta", b"storageVersion").map_err(ctx)?;
     Ok(SnapshotInfo {
         members,
         bump,
@@ -357,7 +422,7 @@ fn read_snapshot_info(path: &Path, db_len: u64, bump: u64) -> anyhow::Result<Sna
 }
 
 /// Reads `--kubeadm-manifest` if given.
-fn read_kubeadm_manifest(args: &RestoreOptions) -> anyhow::Result<Option<kubeadm::EtcdManifest>> {
+fn read_kubeadm_manifest(args: &RestoreOptions) -> Result<Option<kubeadm::EtcdManifest>> {
     match &args.kubeadm_manifest {
         None => Ok(None),
         Some(p) => {
@@ -379,7 +444,7 @@ fn make_plan(
     args: &RestoreOptions,
     km: Option<&kubeadm::EtcdManifest>,
     snap: &[SnapshotMember],
-) -> anyhow::Result<Plan> {
+) -> Result<Plan> {
     let m = km.cloned().unwrap_or_default();
     let initial_cluster = if args.members_from_snapshot {
         Some(plan::initial_cluster_of_snapshot(snap).map_err(|e| UsageError::new(e.to_string()))?)
@@ -416,9 +481,31 @@ fn make_plan(
         out_dir: args.out_dir.clone(),
     };
     Plan::build(&input).map_err(|e| match e {
-        PlanError::Flag { .. } => anyhow::Error::new(UsageError::new(e.to_string())),
-        e => anyhow::Error::new(e),
+        PlanError::Flag { .. } => UsageError::new(e.to_string()).into(),
+        e => e.into(),
     })
+}
+
+/// The backup `which` (id, unique prefix or `latest`) in the store of the config at
+/// `config_path`. Errors: Config (exit 2), Store (cannot open it, backup not found).
+async fn find_stored(which: &str, config_path: Option<&Path>) -> Result<(Store, Manifest)> {
+    let cfg = Config::load(config_path)?;
+    let store = Store::from_config(&cfg.storage)
+        .await
+        .map_err(|source| RestoreError::Store {
+            what: format!("--from-store {which}: opening the configured store"),
+            source,
+        })?;
+    match manifest::find(&store, which).await {
+        Ok(m) => Ok((store, m)),
+        Err(source) => Err(RestoreError::Store {
+            what: format!(
+                "--from-store {which}: looking up the backup in {}",
+                store.describe()
+            ),
+            source,
+        }),
+    }
 }
 
 /// `--files-to DIR`: the control-plane files of the backup `--from-store` names, extracted
@@ -427,22 +514,11 @@ async fn restore_files(
     args: &RestoreOptions,
     dir: &Path,
     config_path: Option<&Path>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let Some(which) = &args.from_store else {
         return Err(UsageError::new("--files-to needs --from-store ID|latest").into());
     };
-    let cfg = crate::config::Config::load(config_path)?;
-    let store = crate::store::Store::from_config(&cfg.storage)
-        .await
-        .context("--from-store: opening the configured store")?;
-    let m = crate::store::manifest::find(&store, which)
-        .await
-        .with_context(|| {
-            format!(
-                "--from-store {which}: looking up the backup in {}",
-                store.describe()
-            )
-        })?;
+    let (store, m) = find_stored(which, config_path).await?;
     let ids = crate::crypto::identities_from_args(&args.identity)?;
     crate::files::fetch_stored(&store, &m, ids, Some(dir)).await?;
     let entries = m.files.as_ref().map(|f| f.entries.len()).unwrap_or(0);
@@ -467,7 +543,7 @@ fn check_manifest_membership(
     args: &RestoreOptions,
     km: &kubeadm::EtcdManifest,
     snap: &[SnapshotMember],
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let listed = km
         .initial_cluster
         .as_deref()
@@ -501,7 +577,7 @@ Restoring from the manifest alone would build a different, smaller cluster. Run 
     .into())
 }
 
-fn source_spec(args: &RestoreOptions) -> anyhow::Result<SourceSpec> {
+fn source_spec(args: &RestoreOptions) -> Result<SourceSpec> {
     let file = args.snapshot.clone();
     match (file, &args.from_store) {
         (Some(_), Some(_)) => {
@@ -514,7 +590,7 @@ fn source_spec(args: &RestoreOptions) -> anyhow::Result<SourceSpec> {
         (None, Some(w)) => Ok(SourceSpec::Store { which: w.clone() }),
         (Some(p), None) => {
             let format = crate::crypto::detect_format(&p)
-                .with_context(|| format!("--snapshot: cannot read {}", p.display()))?;
+                .map_err(io(format!("--snapshot: cannot read {}", p.display())))?;
             Ok(SourceSpec::File { path: p, format })
         }
     }
@@ -533,7 +609,7 @@ impl Drop for TempParent {
 }
 
 /// The parent of `dir`, created if missing (0700 like etcd's `CreateDirAll`).
-fn temp_parent(dir: &Path) -> anyhow::Result<TempParent> {
+fn temp_parent(dir: &Path) -> Result<TempParent> {
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -551,7 +627,7 @@ fn temp_parent(dir: &Path) -> anyhow::Result<TempParent> {
         .recursive(true)
         .mode(0o700)
         .create(&parent)
-        .with_context(|| format!("creating {}", parent.display()))?;
+        .map_err(io(format!("creating {}", parent.display())))?;
     Ok(TempParent(parent, top, false))
 }
 
@@ -564,7 +640,7 @@ async fn acquire_snapshot(
     spec: &SourceSpec,
     temp_dir: &Path,
     config_path: Option<&Path>,
-) -> anyhow::Result<acquire::Acquired> {
+) -> Result<acquire::Acquired> {
     let opts = AcquireOptions {
         identities: crate::crypto::identities_from_args(&args.identity)?,
         trailer: if args.skip_hash_check {
@@ -578,7 +654,14 @@ async fn acquire_snapshot(
         SourceSpec::File { path, .. } => {
             Ok(acquire::acquire(acquire::Source::File(path), &opts).await?)
         }
-        SourceSpec::Store { which } => from_store::fetch(which, &opts, config_path).await,
+        SourceSpec::Store { which } => {
+            let (store, m) = find_stored(which, config_path).await?;
+            let src = acquire::Source::Stored {
+                store: &store,
+                manifest: &m,
+            };
+            Ok(acquire::acquire(src, &opts).await?)
+        }
     }
 }
 
@@ -595,7 +678,7 @@ struct Staged {
 
 impl Staged {
     /// Starts building `target`, which the plan found absent or empty (checked again here).
-    fn new(target: &Path) -> anyhow::Result<Staged> {
+    fn new(target: &Path) -> Result<Staged> {
         let exists = target.exists();
         let (base, prefix) = if exists {
             (target.to_path_buf(), ".etcd-lifeboat-staging-".to_string())
@@ -610,7 +693,13 @@ impl Staged {
             };
             (parent, format!(".{name}.etcd-lifeboat-"))
         };
-        if exists && fs::read_dir(target)?.next().is_some() {
+        let reading = || format!("reading {}", target.display());
+        if exists
+            && fs::read_dir(target)
+                .map_err(io(reading()))?
+                .next()
+                .is_some()
+        {
             return Err(PlanError::NotEmpty {
                 what: "directory",
                 path: target.to_path_buf(),
@@ -621,7 +710,7 @@ impl Staged {
             .prefix(&prefix)
             .permissions(fs::Permissions::from_mode(0o700))
             .tempdir_in(&base)
-            .with_context(|| format!("creating a staging dir in {}", base.display()))?;
+            .map_err(io(format!("creating a staging dir in {}", base.display())))?;
         Ok(Staged {
             target: target.to_path_buf(),
             tmp: Some(tmp),
@@ -635,21 +724,24 @@ impl Staged {
     }
 
     /// Renames the staged content into place and fsyncs the directories involved.
-    fn commit(&mut self) -> anyhow::Result<()> {
+    fn commit(&mut self) -> Result<()> {
         if self.inside {
-            for e in fs::read_dir(self.root())? {
-                let e = e?;
+            let root = self.root().to_path_buf();
+            let reading = || format!("reading {}", root.display());
+            for e in fs::read_dir(&root).map_err(io(reading()))? {
+                let e = e.map_err(io(reading()))?;
                 let to = self.target.join(e.file_name());
-                fs::rename(e.path(), &to)
-                    .with_context(|| format!("renaming into {}", to.display()))?;
+                fs::rename(e.path(), &to).map_err(io(format!("renaming into {}", to.display())))?;
                 self.placed.push(to);
             }
             fsync_dir(&self.target)?;
         } else {
             let tmp = self.root().to_path_buf();
-            fs::rename(&tmp, &self.target).with_context(|| {
-                format!("renaming {} to {}", tmp.display(), self.target.display())
-            })?;
+            fs::rename(&tmp, &self.target).map_err(io(format!(
+                "renaming {} to {}",
+                tmp.display(),
+                self.target.display()
+            )))?;
             self.placed.push(self.target.clone());
             // The staging dir is the target now: TempDir must not remove anything.
             let _ = self.tmp.take().map(tempfile::TempDir::keep);
@@ -671,45 +763,44 @@ impl Staged {
     }
 }
 
-fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
+fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
-        .with_context(|| format!("fsync {}", dir.display()))
+        .map_err(io(format!("fsync {}", dir.display())))
 }
 
-fn fsync_file(p: &Path) -> anyhow::Result<()> {
+fn fsync_file(p: &Path) -> Result<()> {
     File::open(p)
         .and_then(|f| f.sync_all())
-        .with_context(|| format!("fsync {}", p.display()))
+        .map_err(io(format!("fsync {}", p.display())))
 }
 
 /// Sets every directory under `root` (and `root`) to 0700 and every file to 0600, whatever
 /// the umask (etcd's own modes for member dirs and wal/db files; the db holds every Secret).
-fn enforce_modes(root: &Path) -> anyhow::Result<()> {
-    let md =
-        fs::symlink_metadata(root).with_context(|| format!("inspecting {}", root.display()))?;
+fn enforce_modes(root: &Path) -> Result<()> {
+    let md = fs::symlink_metadata(root).map_err(io(format!("inspecting {}", root.display())))?;
     let mode = if md.is_dir() { 0o700 } else { 0o600 };
     if !md.file_type().is_symlink() {
         fs::set_permissions(root, fs::Permissions::from_mode(mode))
-            .with_context(|| format!("chmod {mode:o} {}", root.display()))?;
+            .map_err(io(format!("chmod {mode:o} {}", root.display())))?;
     }
     if md.is_dir() {
-        for e in fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
-            enforce_modes(&e?.path())?;
+        for e in fs::read_dir(root).map_err(io(format!("reading {}", root.display())))? {
+            enforce_modes(&e.map_err(io(format!("reading {}", root.display())))?.path())?;
         }
     }
     Ok(())
 }
 
-fn mkdir0700(p: &Path) -> anyhow::Result<()> {
+fn mkdir0700(p: &Path) -> Result<()> {
     DirBuilder::new()
         .mode(0o700)
         .create(p)
-        .with_context(|| format!("creating {}", p.display()))
+        .map_err(io(format!("creating {}", p.display())))
 }
 
 /// Step 4 (`saveDB`, `updateCIndex`, `saveWALAndSnap`): every target member's files, staged.
-fn stage_members(plan: &Plan, src: &Path, db_len: u64, bump: u64) -> anyhow::Result<Vec<Staged>> {
+fn stage_members(plan: &Plan, src: &Path, db_len: u64, bump: u64) -> Result<Vec<Staged>> {
     let n = plan.members.len() as u64;
     let members: Vec<RestoreMember> = plan
         .members
@@ -736,13 +827,14 @@ fn stage_members(plan: &Plan, src: &Path, db_len: u64, bump: u64) -> anyhow::Res
             }
             // Every member's db is the same: copy the first one (copy_file_range).
             Some(src) => {
-                fs::copy(src, &db).with_context(|| format!("copying db to {}", db.display()))?;
+                fs::copy(src, &db).map_err(io(format!("copying db to {}", db.display())))?;
             }
         }
-        fs::set_permissions(&db, fs::Permissions::from_mode(0o600))?;
+        fs::set_permissions(&db, fs::Permissions::from_mode(0o600))
+            .map_err(io(format!("chmod 600 {}", db.display())))?;
         fsync_file(&db)?;
         snap::write_snap(&snap_dir, &plan.members)
-            .with_context(|| format!("writing snap file in {}", snap_dir.display()))?;
+            .map_err(io(format!("writing snap file in {}", snap_dir.display())))?;
         fsync_dir(&snap_dir)?;
 
         let wal_staged = match &t.wal_dir {
@@ -781,21 +873,24 @@ fn save_db(
     members: &[RestoreMember],
     n: u64,
     bump: u64,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     rewrite_db_bumped(src, db_len, dst, members, n, 1, bump)
         .map(|_| ())
-        .with_context(|| format!("writing db {}", dst.display()))
+        .map_err(|source| RestoreError::Snapshot {
+            what: format!("writing db {}", dst.display()),
+            source,
+        })
 }
 
 /// `saveWALAndSnap`'s WAL part for one member.
-fn save_wal(t: &Target, plan: &Plan, wal_dir: &Path) -> anyhow::Result<()> {
+fn save_wal(t: &Target, plan: &Plan, wal_dir: &Path) -> Result<()> {
     wal::write_wal(wal_dir, t.id, plan.cluster_id, &plan.members)
-        .with_context(|| format!("writing WAL in {}", wal_dir.display()))?;
+        .map_err(io(format!("writing WAL in {}", wal_dir.display())))?;
     Ok(())
 }
 
 /// Step 5: rename every staged dir into place; on failure undo the ones already placed.
-fn commit(mut staged: Vec<Staged>) -> anyhow::Result<()> {
+fn commit(mut staged: Vec<Staged>) -> Result<()> {
     for i in 0..staged.len() {
         if let Err(e) = staged[i].commit() {
             for s in staged[..=i].iter_mut() {
@@ -1055,7 +1150,7 @@ mod tests {
             (Some(u64::MAX), true, false),
         ] {
             let err = bump_amount(&a(bump, mark), kubeadm).unwrap_err();
-            assert!(err.downcast_ref::<UsageError>().is_some(), "{err}");
+            assert!(matches!(err, RestoreError::Usage(_)), "{err}");
         }
     }
 
@@ -1081,7 +1176,7 @@ mod tests {
         // A 3.6 db on 3.4: refused; on 3.5: a warning.
         let err = version_warnings(&args("3.4.23"), None, &info(Some("3.6.0"), Some("3.6.0")))
             .unwrap_err();
-        assert!(err.downcast_ref::<UsageError>().is_some());
+        assert!(matches!(err, RestoreError::Usage(_)));
         assert!(err.to_string().contains("storage version 3.6"), "{err}");
         let w =
             version_warnings(&args("3.5.30"), None, &info(Some("3.6.0"), Some("3.6.0"))).unwrap();

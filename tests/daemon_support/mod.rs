@@ -72,7 +72,7 @@ pub fn promtool_check(text: &str) -> String {
 pub struct InProcess {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), etcd_lifeboat::daemon::DaemonError>>,
 }
 
 impl InProcess {
