@@ -279,7 +279,7 @@ fn delete_on_s3_and_object_lock() {
     let (code, _, err) = run(&cfg, &["delete", old]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains(&format!("backup {old} was not deleted"))
+        err.contains(&format!("backup {old} was not deleted, nor any other"))
             && err.contains("Object Lock retention until"),
         "{err}"
     );
@@ -288,4 +288,37 @@ fn delete_on_s3_and_object_lock() {
     let (code, _, err) = run(&cfg, &["delete", old, "--force"]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(keys(&locked), before);
+
+    // Retention the manifest does not record (as a bucket default would be): the manifest is
+    // rewritten without `object_lock` and without retention of its own. The store refuses the
+    // data object's delete: a clear error naming it; the manifest went first, so the backup is
+    // no longer listed and its locked data object stays (an orphan for prune once deletable).
+    let mut m = ls[0].clone();
+    m.as_object_mut().unwrap().remove("object_lock");
+    let c = m["cluster_id"].as_str().unwrap();
+    let manifest_key = format!("{c}/{old}.json");
+    let data_key = format!("{c}/{old}.db.zst");
+    let mut plain = locked.clone();
+    plain.s3.object_lock = None;
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::from_config(&plain).await.unwrap();
+        store
+            .put_bytes(
+                &etcd_lifeboat::store::ObjectKey::new(manifest_key.as_str()).unwrap(),
+                serde_json::to_vec_pretty(&m).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    });
+    let (code, _, err) = run(&cfg, &["delete", old]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("refused to delete {data_key} of backup {old}"))
+            && err.contains("Object Lock retention until"),
+        "{err}"
+    );
+    let after = keys(&locked);
+    assert!(!after.contains(&manifest_key), "{after:?}");
+    assert!(after.contains(&data_key), "{after:?}");
+    assert_eq!(listed_ids(&cfg), [ls[1]["id"].as_str().unwrap()]);
 }

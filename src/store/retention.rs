@@ -678,14 +678,26 @@ pub enum DeleteError {
         /// Its cluster id (hex).
         cluster_id: String,
     },
-    /// The backup is under S3 Object Lock: its manifest says so (checked before deleting
-    /// anything), or the store refused a delete (then backups before it may be deleted).
-    #[error("delete: backup {id} was not deleted: {error}")]
+    /// The backup is under S3 Object Lock according to its manifest (checked before deleting
+    /// anything; `force` does not override it).
+    #[error("delete: backup {id} was not deleted, nor any other: {error}")]
     Locked {
         /// The backup id.
         id: String,
-        /// [`StoreError::Locked`] naming the object and its retain-until date, or the store's
-        /// refusal.
+        /// [`StoreError::Locked`] naming the data object and its retain-until date.
+        error: StoreError,
+    },
+    /// The store refused a delete of the backup for Object Lock (retention the manifest did
+    /// not record, e.g. a bucket default). Its objects before the refused one are deleted
+    /// (the manifest first, so it is no longer listed; the rest are orphans for `prune` once
+    /// deletable); the other backups were still tried.
+    #[error("delete: the store refused to delete {key} of backup {id}: {error}")]
+    Refused {
+        /// The backup id.
+        id: String,
+        /// The object key refused.
+        key: String,
+        /// The store's error (usually [`StoreError::Locked`]).
         error: StoreError,
     },
     /// Some deletions failed; the other backups were deleted.
@@ -778,7 +790,7 @@ fn parse_delete_arg(arg: &str) -> Result<(Option<&str>, &str), DeleteError> {
 /// and nothing is deleted.
 ///
 /// Errors: the above; [`DeleteError::Store`] when the store cannot be read;
-/// [`DeleteError::Locked`] when the store refuses a delete for Object Lock, and
+/// [`DeleteError::Refused`] when the store refuses a delete for Object Lock, and
 /// [`DeleteError::Failed`] when deletions failed (the remaining backups are still tried).
 pub async fn delete(
     cfg: &Config,
@@ -872,10 +884,11 @@ pub async fn delete(
         let r = delete_backup_objects(store, b, "delete").await;
         attempted += r.attempted;
         failures.extend(r.failures);
-        if let (None, Some((_, e))) = (&refused, r.refused) {
-            refused = Some(DeleteError::Locked {
+        if let (None, Some((key, error))) = (&refused, r.refused) {
+            refused = Some(DeleteError::Refused {
                 id: b.id.clone(),
-                error: e,
+                key,
+                error,
             });
         }
     }
@@ -1176,6 +1189,25 @@ mod tests {
                 "case: {}",
                 c.name
             );
+        }
+    }
+
+    #[test]
+    fn delete_arguments_are_ids_or_cluster_slash_id() {
+        let id = "20261122T230000Z-r0000000000002487";
+        assert_eq!(parse_delete_arg(id).unwrap(), (None, id));
+        let q = format!("aaaaaaaaaaaaaaaa/{id}");
+        assert_eq!(
+            parse_delete_arg(&q).unwrap(),
+            (Some("aaaaaaaaaaaaaaaa"), id)
+        );
+        for bad in [
+            "", "/x", "x/", "a/b/c", "../x", ".x", "a\\b", "x.json", "c/x.json",
+        ] {
+            match parse_delete_arg(bad) {
+                Err(DeleteError::InvalidId { arg, .. }) => assert_eq!(arg, bad),
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
     }
 
