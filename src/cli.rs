@@ -69,6 +69,46 @@ pub enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Delete backups by id: manifest, data and control-plane files objects together.
+    Delete(DeleteArgs),
+    /// Print a shell completion script to stdout (e.g. `source <(etcd-lifeboat completion bash)`).
+    Completion(CompletionArgs),
+    /// Print the man page (roff) to stdout, or write one page per command with --out-dir.
+    Man(ManArgs),
+}
+
+/// `delete ID... [--dry-run] [--force]`.
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Backup ids as `list` prints them (exact ids, no prefixes or `latest`); write
+    /// `CLUSTER_ID/ID` when the same id exists in several clusters of the store.
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Print what would be deleted and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow deleting the newest backup of a cluster (refused otherwise).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+/// `completion SHELL`.
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// Shell to generate the completion script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `man [--out-dir DIR]`.
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write `etcd-lifeboat.1` and one `etcd-lifeboat-COMMAND.1` page per subcommand into DIR
+    /// (created if missing) instead of printing the main page.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// `backup`.
@@ -167,6 +207,8 @@ pub struct PruneArgs {
 pub enum ConfigCommand {
     /// Load and validate the config (files exist, keys known, values sane); exit 2 naming the key.
     Check,
+    /// Print the JSON Schema (draft 2020-12) of config.yaml, for editors and CI.
+    Schema,
 }
 
 /// `etcd-lifeboat restore`: flags as `etcdutl snapshot restore` has them, plus sources and

@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A configuration problem, naming the offending key (dotted path, or the environment variable
@@ -62,7 +63,7 @@ pub const DEFAULT_CONFIG_LOCAL: &str = "etcd-lifeboat.yaml";
 pub const DEFAULT_CONFIG_SYSTEM: &str = "/etc/etcd-lifeboat/config.yaml";
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// How to reach etcd.
@@ -92,7 +93,7 @@ pub struct Config {
 /// Client-side encryption with age (age-encryption.org/v1). With at least one recipient, every
 /// stored data object is a standard age file of the zstd stream, decryptable by any one of the
 /// recipients' identities.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EncryptionConfig {
     /// Recipients: `age1...` (X25519) and `ssh-ed25519 ...` / `ssh-rsa ...` public keys. Env:
@@ -103,12 +104,13 @@ pub struct EncryptionConfig {
 }
 
 /// Reading the store's catalog.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Manifests dated more than this ahead of this process's clock are flagged as
     /// future-dated: listed with a mark, reported, and ignored by the scheduler.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub future_tolerance: Duration,
 }
 
@@ -122,7 +124,7 @@ impl Default for StoreConfig {
 
 /// The daemon's periodic re-verification of the newest backup (download, decompress, full
 /// check against the manifest).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct VerifyConfig {
     /// When the daemon re-verifies (5- or 6-field cron, in `schedule.timezone`); `""` turns it
@@ -139,7 +141,7 @@ impl Default for VerifyConfig {
 }
 
 /// Connection to the etcd cluster.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EtcdConfig {
     /// Client URLs (`https://10.0.0.1:2379`) or `host:port`. Env: `ETCDCTL_ENDPOINTS`
@@ -151,12 +153,15 @@ pub struct EtcdConfig {
     pub auth: Option<AuthConfig>,
     /// Time allowed to open a connection to one endpoint. Env: `ETCDCTL_DIAL_TIMEOUT`.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub dial_timeout: Duration,
     /// Time allowed for one short request (status, member list). Env: `ETCDCTL_COMMAND_TIMEOUT`.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub request_timeout: Duration,
     /// Time allowed for a whole snapshot stream from one endpoint.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub snapshot_timeout: Duration,
 }
 
@@ -174,7 +179,7 @@ impl Default for EtcdConfig {
 }
 
 /// TLS files, as a kubeadm node has them under `/etc/kubernetes/pki/etcd/`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// CA bundle (PEM) that signed the etcd server certificates. Env: `ETCDCTL_CACERT`.
@@ -188,7 +193,7 @@ pub struct TlsConfig {
 }
 
 /// etcd user/password authentication.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// User name. Env: `ETCDCTL_USER` (`user` or `user:password`).
@@ -222,7 +227,7 @@ impl AuthConfig {
 }
 
 /// Which object store backend holds the backups.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// A directory on a local or mounted file system (the default).
@@ -233,7 +238,7 @@ pub enum Backend {
 }
 
 /// Storage settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// `local` or `s3`. Env: `ETCD_LIFEBOAT_STORAGE_BACKEND`.
@@ -245,7 +250,7 @@ pub struct StorageConfig {
 }
 
 /// The local directory store.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LocalConfig {
     /// Root directory of the store. Env: `ETCD_LIFEBOAT_LOCAL_PATH`.
@@ -261,7 +266,7 @@ impl Default for LocalConfig {
 }
 
 /// When the S3 client sends request checksums.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ChecksumMode {
     /// Only where the operation requires one (works with most S3-compatible stores).
@@ -273,7 +278,7 @@ pub enum ChecksumMode {
 
 /// The S3 store. Credentials come from the standard AWS chain (environment, shared profile,
 /// web identity / IRSA, container and instance metadata).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
     /// Bucket name (must exist). Env: `ETCD_LIFEBOAT_S3_BUCKET`.
@@ -308,7 +313,7 @@ pub struct S3Config {
 }
 
 /// S3 server-side encryption algorithm.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 pub enum SseMode {
     /// SSE-S3 (`AES256`).
     #[serde(rename = "AES256")]
@@ -319,7 +324,7 @@ pub enum SseMode {
 }
 
 /// S3 Object Lock mode.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ObjectLockMode {
     /// Users with `s3:BypassGovernanceRetention` can still delete.
@@ -329,13 +334,14 @@ pub enum ObjectLockMode {
 }
 
 /// Object Lock retention of backup objects.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectLockConfig {
     /// `GOVERNANCE` or `COMPLIANCE`.
     pub mode: ObjectLockMode,
     /// How long each object is retained from its upload (`30d`).
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub retain_for: Duration,
 }
 
@@ -359,7 +365,7 @@ impl Default for S3Config {
 }
 
 /// zstd compression of stored snapshots.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompressionConfig {
     /// zstd level, 1 ..= 19 (3 is zstd's default). Env: `ETCD_LIFEBOAT_COMPRESSION_LEVEL`.
@@ -381,7 +387,7 @@ impl Default for CompressionConfig {
 }
 
 /// Settings of one backup run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackupConfig {
     /// Directory for the temporary snapshot file (needs room for one raw snapshot); default
@@ -397,7 +403,7 @@ pub struct BackupConfig {
 }
 
 /// The daemon's schedule.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// 5-field crontab (`*/30 * * * *`) or 6-field with seconds (`0 */30 * * * *`).
@@ -416,7 +422,7 @@ impl Default for ScheduleConfig {
 }
 
 /// Grandfather-father-son retention. A backup is kept when any rule keeps it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Keep the newest N backups.
@@ -431,6 +437,7 @@ pub struct RetentionConfig {
     pub keep_monthly: u32,
     /// Objects without a manifest older than this are removed by prune.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub orphan_grace: Duration,
 }
 
@@ -448,13 +455,14 @@ impl Default for RetentionConfig {
 }
 
 /// Leader election between daemon replicas (etcd election API on a lease).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LeaderElectionConfig {
     /// Run for leadership before backing up.
     pub enabled: bool,
     /// Lease TTL: a dead leader is replaced within this time.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub lease_ttl: Duration,
     /// Election name (etcd key prefix) shared by the replicas.
     pub name: String,
@@ -471,7 +479,7 @@ impl Default for LeaderElectionConfig {
 }
 
 /// The daemon's HTTP listener.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address for `/metrics`, `/healthz`, `/readyz`; loopback by default (a daemon with host
@@ -480,6 +488,7 @@ pub struct HttpConfig {
     pub listen: String,
     /// `/readyz` fails when the newest backup in the store is older than this.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub max_backup_age: Duration,
 }
 
@@ -490,6 +499,39 @@ impl Default for HttpConfig {
             max_backup_age: Duration::from_secs(2 * 3600),
         }
     }
+}
+
+/// Pattern of a duration as `humantime` parses it: one or more `<number><unit>` terms,
+/// optionally space-separated (`30s`, `1h 30m`, `2days`, `500ms`).
+pub const DURATION_PATTERN: &str = r"^\s*[0-9]+\s*[a-zA-Zµ]+(\s*[0-9]+\s*[a-zA-Zµ]+)*\s*$";
+
+/// Schema of the `humantime_serde` duration fields: a string in humantime's syntax.
+fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": DURATION_PATTERN,
+        "examples": ["30s", "5m", "1h 30m", "7d"],
+        "description": "A duration as the humantime crate reads it: numbers with units ns, us, ms, s (sec, second), m (min, minute), h (hr, hour), d (day), w (week), M (month), y (year), e.g. \"90s\", \"1h 30m\"."
+    })
+}
+
+/// The JSON Schema (draft 2020-12) of config.yaml, generated from [`Config`] and its
+/// sections: every key with its type, description (the field's doc) and default; durations as
+/// strings matching [`DURATION_PATTERN`]; enums as the names the YAML uses (`local`, `s3`,
+/// `AES256`, `GOVERNANCE`, ...); `additionalProperties: false` where unknown keys are errors.
+/// `etcd-lifeboat config schema` prints it; editors (yaml-language-server) and CI can
+/// validate a config against it. Environment overrides ([`ENV_OVERRIDES`]) and checks across
+/// keys and of files ([`Config::validate`]) are not part of it.
+pub fn schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(Config);
+    let mut v = serde_json::to_value(schema).expect("a JSON Schema serialises");
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "title".into(),
+            "etcd-lifeboat config.yaml".to_string().into(),
+        );
+    }
+    v
 }
 
 /// Environment variables that override config keys, with the key each overrides.

@@ -39,9 +39,15 @@
 //! are never deleted.
 //!
 //! # Order of deletion
-//! A backup's manifest is deleted first, then its data object: a backup exists only while its
-//! manifest exists, so a crash in between leaves an orphan (collected later), never a manifest
+//! A backup's manifest is deleted first, then its data object, then its files object
+//! ([`delete_backup_objects`], shared by `prune` and `delete`): a backup exists only while its
+//! manifest exists, so a crash in between leaves orphans (collected later), never a manifest
 //! pointing at missing data.
+//!
+//! # `delete`
+//! [`delete`] removes backups named by id with the same routine and prune's safety: the newest
+//! backup of a cluster only with `force`, nothing under Object Lock, nothing behind a broken
+//! manifest, and every argument checked before the first deletion.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -55,7 +61,7 @@ use crate::store::manifest::{
     manifest_key, newest_first, BrokenManifest, Manifest, DATA_SUFFIX, ENCRYPTED_DATA_SUFFIX,
     MANIFEST_SUFFIX,
 };
-use crate::store::{ObjectKey, ObjectMeta, Store};
+use crate::store::{ObjectKey, ObjectMeta, Store, StoreError};
 
 /// Why a backup is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -468,29 +474,37 @@ pub fn config_tz(cfg: &Config) -> Tz {
         .unwrap_or(Tz::UTC)
 }
 
-/// Errors of [`prune`] beyond listing the store: deletions that failed.
+/// Errors of [`prune`].
 #[derive(Debug, thiserror::Error)]
-#[error("prune: {failed} of {attempted} deletions failed (first: {first}); the rest was done, run prune again")]
-pub struct PruneError {
-    /// Deletions attempted.
-    pub attempted: usize,
-    /// Deletions that failed.
-    pub failed: usize,
-    /// The first failure, with the object key.
-    pub first: String,
+pub enum PruneError {
+    /// Listing the store or reading its manifests failed; nothing was deleted.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Some deletions failed; all others were done.
+    #[error("prune: {failed} of {attempted} deletions failed (first: {first}); the rest was done, run prune again")]
+    Deletions {
+        /// Deletions attempted.
+        attempted: usize,
+        /// Deletions that failed.
+        failed: usize,
+        /// The first failure, with the object key.
+        first: String,
+    },
 }
 
 /// Lists the store (manifests via the catalog, objects for orphans), plans with the policy in
 /// `cfg.retention` and periods in `cfg.schedule.timezone`, and, unless `dry_run`, deletes what
-/// the plan removes: per backup the manifest first, then the data object (both keys derived
-/// from cluster id and backup id); then expired orphans. Broken manifests and backups under
-/// Object Lock are left and reported (`tracing::warn`/`info` and the plan's table). Each
-/// deletion is logged (`tracing::info`). Deletion failures do not stop the others; they are
-/// reported together as a [`PruneError`] after all were tried, except refusals for backups
-/// under Object Lock, which go to [`PrunePlan::refused`].
+/// the plan removes: per backup the manifest first, then the data object, then the files
+/// object (all keys derived from cluster id and backup id; [`delete_backup_objects`]); then
+/// expired orphans. Broken manifests and backups under Object Lock are left and reported
+/// (`tracing::warn`/`info` and the plan's table). Each deletion is logged (`tracing::info`).
+/// Deletion failures do not stop the others; they are reported together as
+/// [`PruneError::Deletions`] after all were tried, except refusals for backups under Object
+/// Lock, which go to [`PrunePlan::refused`].
 ///
-/// Errors: the store cannot be listed (nothing is deleted then), or some deletions failed.
-pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result<PrunePlan> {
+/// Errors: [`PruneError::Store`] when the store cannot be listed (nothing is deleted then),
+/// [`PruneError::Deletions`] when some deletions failed.
+pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> Result<PrunePlan, PruneError> {
     let now = Utc::now();
     let cat = crate::store::manifest::catalog_at(store, now, cfg.store.future_tolerance).await?;
     let objects = store.list("").await?;
@@ -531,36 +545,10 @@ pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result
     for b in p.removed() {
         // Safety net: never remove the newest backup of a cluster (the plan always keeps it).
         debug_assert!(!b.reasons.contains(&KeepReason::Newest));
-        // Both keys derived from cluster id + backup id (+ encryption), never a manifest field.
-        // The manifest first: while it exists, its objects stay.
-        for key in [&b.manifest_key, &b.data_key]
-            .into_iter()
-            .chain(b.files_key.as_ref())
-        {
-            attempted += 1;
-            let r = match ObjectKey::new(key.as_str()) {
-                Ok(k) => store.delete(&k).await,
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(()) => tracing::info!(backup = %b.id, key = %key, "prune: deleted"),
-                Err(e) if e.is_locked() || b.retain_until.is_some() => {
-                    // Object Lock: the store keeps it; report, do not fail.
-                    tracing::info!(backup = %b.id, key = %key, error = %e,
-                        "prune: the store refused the delete of a backup with Object Lock");
-                    refused.push(format!("{key}: {e}"));
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(backup = %b.id, key = %key, error = %e, "prune: delete failed");
-                    failures.push(format!("{key}: {e}"));
-                    if key == &b.manifest_key {
-                        // Keep the data while its manifest still exists.
-                        break;
-                    }
-                }
-            }
-        }
+        let r = delete_backup_objects(store, b, "prune").await;
+        attempted += r.attempted;
+        failures.extend(r.failures);
+        refused.extend(r.refused.map(|(key, e)| format!("{key}: {e}")));
     }
     for o in p.orphans_removed() {
         attempted += 1;
@@ -578,14 +566,343 @@ pub async fn prune(cfg: &Config, store: &Store, dry_run: bool) -> anyhow::Result
     }
     p.refused = refused;
     if let Some(first) = failures.first() {
-        return Err(PruneError {
+        return Err(PruneError::Deletions {
             attempted,
             failed: failures.len(),
             first: first.clone(),
-        }
-        .into());
+        });
     }
     Ok(p)
+}
+
+/// What [`delete_backup_objects`] did with one backup's objects.
+#[derive(Debug, Default)]
+pub struct Removal {
+    /// Deletions attempted (1 to 3).
+    pub attempted: usize,
+    /// The store refused a delete because of Object Lock (or the backup has an
+    /// `object_lock` and the delete failed): the key and the store's error. The backup's
+    /// remaining objects were not attempted.
+    pub refused: Option<(String, StoreError)>,
+    /// Other failures, `"key: error"`.
+    pub failures: Vec<String>,
+}
+
+/// Deletes the objects of one backup, the one deletion routine of `prune` and `delete`: the
+/// manifest first (the backup is listed only while its manifest exists, so a crash or failure
+/// after it leaves orphans that [`prune`] collects after `retention.orphan_grace`, never a
+/// listed backup without its data), then the data object, then the files object. Keys are
+/// the decision's derived keys (cluster id + backup id + encryption), never a manifest field.
+/// A key already gone counts as deleted. `op` (`"prune"`, `"delete"`) prefixes the log lines.
+///
+/// Stops at a refusal for Object Lock ([`Removal::refused`]), and after a failed manifest
+/// delete (the data stays while its manifest does); other failures are collected and the rest
+/// is tried.
+pub async fn delete_backup_objects(store: &Store, b: &BackupDecision, op: &str) -> Removal {
+    let mut out = Removal::default();
+    for key in [&b.manifest_key, &b.data_key]
+        .into_iter()
+        .chain(b.files_key.as_ref())
+    {
+        out.attempted += 1;
+        let r = match ObjectKey::new(key.as_str()) {
+            Ok(k) => store.delete(&k).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => tracing::info!(backup = %b.id, key = %key, "{op}: deleted"),
+            Err(e) if e.is_locked() || b.retain_until.is_some() => {
+                // Object Lock: the store keeps it; the caller reports it.
+                tracing::info!(backup = %b.id, key = %key, error = %e,
+                    "{op}: the store refused the delete of a backup with Object Lock");
+                out.refused = Some((key.clone(), e));
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(backup = %b.id, key = %key, error = %e, "{op}: delete failed");
+                out.failures.push(format!("{key}: {e}"));
+                if key == &b.manifest_key {
+                    // Keep the data while its manifest still exists.
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Errors of [`delete`]. All but [`DeleteError::Store`], [`DeleteError::Refused`] and
+/// [`DeleteError::Failed`] are found before anything is deleted: then nothing was.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    /// Listing the store or reading its manifests failed; nothing was deleted.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An argument is not of the form `ID` or `CLUSTER_ID/ID` with valid key segments.
+    #[error("delete: {arg:?} is not a backup id ({reason}); give ids as `etcd-lifeboat list` prints them, or CLUSTER_ID/ID; nothing was deleted")]
+    InvalidId {
+        /// The argument.
+        arg: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// Ids that name no backup in the store.
+    #[error("delete: no backup {} in {store}; nothing was deleted (ids must be exact: run `etcd-lifeboat list` to see them)", ids.join(", "))]
+    Unknown {
+        /// The arguments that matched nothing.
+        ids: Vec<String>,
+        /// [`Store::describe`] of the store.
+        store: String,
+    },
+    /// An id exists in several clusters of the store.
+    #[error("delete: backup {id} exists in clusters {}; write CLUSTER_ID/{id}; nothing was deleted", clusters.join(", "))]
+    Ambiguous {
+        /// The id.
+        id: String,
+        /// Cluster ids (hex) holding a backup with that id.
+        clusters: Vec<String>,
+    },
+    /// The id's manifest is broken (see [`BrokenManifest`]): not trusted, so not acted on.
+    #[error("delete: the manifest {key} is broken ({reason}); it is not trusted and not deleted by this tool: inspect and remove it and its objects by hand; nothing was deleted")]
+    Broken {
+        /// The manifest's key.
+        key: String,
+        /// Why it is not trusted.
+        reason: String,
+    },
+    /// The backup is the newest of its cluster and `force` was not given.
+    #[error("delete: {id} is the newest backup of cluster {cluster_id}; pass --force to delete it anyway; nothing was deleted")]
+    Newest {
+        /// The backup id.
+        id: String,
+        /// Its cluster id (hex).
+        cluster_id: String,
+    },
+    /// The backup is under S3 Object Lock according to its manifest (checked before deleting
+    /// anything; `force` does not override it).
+    #[error("delete: backup {id} was not deleted, nor any other: {error}")]
+    Locked {
+        /// The backup id.
+        id: String,
+        /// [`StoreError::Locked`] naming the data object and its retain-until date.
+        error: StoreError,
+    },
+    /// The store refused a delete of the backup for Object Lock (retention the manifest did
+    /// not record, e.g. a bucket default). Its objects before the refused one are deleted
+    /// (the manifest first, so it is no longer listed; the rest are orphans for `prune` once
+    /// deletable); the other backups were still tried.
+    #[error("delete: the store refused to delete {key} of backup {id}: {error}")]
+    Refused {
+        /// The backup id.
+        id: String,
+        /// The object key refused.
+        key: String,
+        /// The store's error (usually [`StoreError::Locked`]).
+        error: StoreError,
+    },
+    /// Some deletions failed; the other backups were deleted.
+    #[error("delete: {failed} of {attempted} object deletions failed (first: {first}); the backups listed before it were deleted, run delete again")]
+    Failed {
+        /// Object deletions attempted.
+        attempted: usize,
+        /// Those that failed.
+        failed: usize,
+        /// The first failure, `"key: error"`.
+        first: String,
+    },
+}
+
+/// What [`delete`] deleted, or would delete with `dry_run`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeletePlan {
+    /// True when nothing was deleted (`--dry-run`).
+    pub dry_run: bool,
+    /// The backups, in argument order (duplicates removed), with their derived keys.
+    pub backups: Vec<BackupDecision>,
+}
+
+impl DeletePlan {
+    /// One line per backup (`deleted ID: KEY, KEY` or `would delete ...`) and a summary.
+    pub fn to_table(&self) -> String {
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        let mut out = String::new();
+        for b in &self.backups {
+            let keys: Vec<&str> = [&b.manifest_key, &b.data_key]
+                .into_iter()
+                .chain(b.files_key.as_ref())
+                .map(|k| k.as_str())
+                .collect();
+            out.push_str(&format!("{verb} {}: {}\n", b.id, keys.join(", ")));
+        }
+        out.push_str(&format!(
+            "{} backups {}\n",
+            self.backups.len(),
+            if self.dry_run {
+                "would be deleted (dry run: nothing was deleted)"
+            } else {
+                "deleted"
+            }
+        ));
+        out
+    }
+}
+
+/// Splits a `delete` argument into `(cluster id, backup id)`: `ID` or `CLUSTER_ID/ID`, each a
+/// valid single key segment (no `/`, not starting with `.`, no NUL or `\`).
+fn parse_delete_arg(arg: &str) -> Result<(Option<&str>, &str), DeleteError> {
+    let bad = |reason: String| DeleteError::InvalidId {
+        arg: arg.to_string(),
+        reason,
+    };
+    let (cluster, id) = match arg.split_once('/') {
+        Some((c, i)) => (Some(c), i),
+        None => (None, arg),
+    };
+    for part in cluster.into_iter().chain([id]) {
+        if part.contains('/') {
+            return Err(bad("more than one '/'".into()));
+        }
+        ObjectKey::new(part).map_err(|e| match e {
+            StoreError::InvalidKey { reason, .. } => bad(reason.to_string()),
+            other => bad(other.to_string()),
+        })?;
+        if part.ends_with(MANIFEST_SUFFIX) {
+            return Err(bad("an object key, not an id: drop the .json".into()));
+        }
+    }
+    Ok((cluster, id))
+}
+
+/// `etcd-lifeboat delete`: deletes the backups named by `args` (exact ids, or
+/// `CLUSTER_ID/ID`), each with [`delete_backup_objects`] (manifest, data object, files
+/// object; keys derived from cluster id + backup id), in argument order.
+///
+/// Checked first, for all arguments, and nothing is deleted when any check fails: every
+/// argument is a valid id ([`DeleteError::InvalidId`]) naming exactly one intact backup
+/// ([`DeleteError::Unknown`] lists all that name none, [`DeleteError::Ambiguous`],
+/// [`DeleteError::Broken`]); none is the newest backup of its cluster in the one order of
+/// truth unless `force` ([`DeleteError::Newest`]); none is under Object Lock according to its
+/// manifest ([`DeleteError::Locked`]). With `dry_run` the plan is returned after the checks
+/// and nothing is deleted.
+///
+/// Errors: the above; [`DeleteError::Store`] when the store cannot be read;
+/// [`DeleteError::Refused`] when the store refuses a delete for Object Lock, and
+/// [`DeleteError::Failed`] when deletions failed (the remaining backups are still tried).
+pub async fn delete(
+    cfg: &Config,
+    store: &Store,
+    args: &[String],
+    force: bool,
+    dry_run: bool,
+) -> Result<DeletePlan, DeleteError> {
+    let parsed = args
+        .iter()
+        .map(|a| parse_delete_arg(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let now = Utc::now();
+    let cat = crate::store::manifest::catalog_at(store, now, cfg.store.future_tolerance).await?;
+    // Every backup with only the always-kept newest per cluster marked.
+    let newest_only = RetentionConfig {
+        keep_last: 0,
+        keep_hourly: 0,
+        keep_daily: 0,
+        keep_weekly: 0,
+        keep_monthly: 0,
+        orphan_grace: Duration::ZERO,
+    };
+    let all = plan(&cat.backups, &newest_only, now).backups;
+    let mut chosen: Vec<BackupDecision> = Vec::new();
+    let mut unknown: Vec<String> = Vec::new();
+    for (arg, (cluster, id)) in args.iter().zip(parsed) {
+        let hits: Vec<&BackupDecision> = all
+            .iter()
+            .filter(|b| b.id == id && cluster.is_none_or(|c| b.cluster_id == c))
+            .collect();
+        match hits.as_slice() {
+            [b] => {
+                if !chosen.iter().any(|c| c.manifest_key == b.manifest_key) {
+                    chosen.push((*b).clone());
+                }
+            }
+            [] => {
+                let name = format!("{id}{MANIFEST_SUFFIX}");
+                if let Some(broken) = cat.broken.iter().find(|m| {
+                    m.key.file_name() == name
+                        && cluster.is_none_or(|c| m.key.as_str() == format!("{c}/{name}"))
+                }) {
+                    return Err(DeleteError::Broken {
+                        key: broken.key.to_string(),
+                        reason: broken.reason.clone(),
+                    });
+                }
+                unknown.push(arg.clone());
+            }
+            many => {
+                return Err(DeleteError::Ambiguous {
+                    id: id.to_string(),
+                    clusters: many.iter().map(|b| b.cluster_id.clone()).collect(),
+                })
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(DeleteError::Unknown {
+            ids: unknown,
+            store: store.describe(),
+        });
+    }
+    for b in &chosen {
+        if !force && b.reasons.contains(&KeepReason::Newest) {
+            return Err(DeleteError::Newest {
+                id: b.id.clone(),
+                cluster_id: b.cluster_id.clone(),
+            });
+        }
+        if let Some(until) = b.retain_until.filter(|t| *t > now) {
+            return Err(DeleteError::Locked {
+                id: b.id.clone(),
+                error: StoreError::Locked {
+                    key: b.data_key.clone(),
+                    retain_until: Some(until),
+                },
+            });
+        }
+    }
+    let plan = DeletePlan {
+        dry_run,
+        backups: chosen,
+    };
+    if dry_run {
+        return Ok(plan);
+    }
+    let (mut attempted, mut failures, mut refused) = (0usize, Vec::new(), None);
+    for b in &plan.backups {
+        let r = delete_backup_objects(store, b, "delete").await;
+        attempted += r.attempted;
+        failures.extend(r.failures);
+        if let (None, Some((key, error))) = (&refused, r.refused) {
+            refused = Some(DeleteError::Refused {
+                id: b.id.clone(),
+                key,
+                error,
+            });
+        }
+    }
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    if let Some(first) = failures.first() {
+        return Err(DeleteError::Failed {
+            attempted,
+            failed: failures.len(),
+            first: first.clone(),
+        });
+    }
+    Ok(plan)
 }
 
 #[cfg(test)]
@@ -872,6 +1189,25 @@ mod tests {
                 "case: {}",
                 c.name
             );
+        }
+    }
+
+    #[test]
+    fn delete_arguments_are_ids_or_cluster_slash_id() {
+        let id = "20261122T230000Z-r0000000000002487";
+        assert_eq!(parse_delete_arg(id).unwrap(), (None, id));
+        let q = format!("aaaaaaaaaaaaaaaa/{id}");
+        assert_eq!(
+            parse_delete_arg(&q).unwrap(),
+            (Some("aaaaaaaaaaaaaaaa"), id)
+        );
+        for bad in [
+            "", "/x", "x/", "a/b/c", "../x", ".x", "a\\b", "x.json", "c/x.json",
+        ] {
+            match parse_delete_arg(bad) {
+                Err(DeleteError::InvalidId { arg, .. }) => assert_eq!(arg, bad),
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
     }
 
