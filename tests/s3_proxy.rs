@@ -33,10 +33,13 @@ impl Tinyproxy {
         let log = dir.join("tinyproxy.log");
         let conf = dir.join("tinyproxy.conf");
         // No ConnectPort line: CONNECT to any port is allowed (moto's random port).
+        // Timeout 3: tinyproxy 1.11 serves one request per client connection yet answers
+        // without `Connection: close`, so a client that reuses the pooled connection (hyper
+        // does) waits for this idle timeout before its retry; 60 s made each PUT take a minute.
         std::fs::write(
             &conf,
             format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Info\n\
+                "Port {port}\nListen 127.0.0.1\nTimeout 3\nLogFile \"{}\"\nLogLevel Info\n\
                  MaxClients 20\nAllow 127.0.0.1\n",
                 log.display()
             ),
@@ -118,7 +121,9 @@ fn run(cfg: &Path, args: &[&str], proxy_env: &[(&str, &str)]) -> (bool, String) 
     for (k, v) in proxy_env {
         cmd.env(k, v);
     }
+    let t0 = Instant::now();
     let out = cmd.output().unwrap();
+    eprintln!("{args:?} {proxy_env:?}: {:?}", t0.elapsed());
     (
         out.status.success(),
         format!(
