@@ -340,6 +340,49 @@ fn https_with_ca_file_and_basic_auth_wrong_password_is_refused_and_not_logged() 
         "refused pushes changed nothing"
     );
 
+    // A bearer token (from a file; the gateway only knows basic auth): sent, refused, and
+    // never shown; a missing token file is named; token plus basic auth is a conflict.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken-v4lue-xyz\n").unwrap();
+    let bearer = format!("https://{base}");
+    let args = [
+        "--pushgateway",
+        bearer.as_str(),
+        "--pushgateway-ca-file",
+        ca,
+        "--pushgateway-bearer-token-file",
+        token.to_str().unwrap(),
+    ];
+    let (_, log) = backup(&down, "n1", &args, &[]);
+    assert!(log.contains("HTTP 401"), "{log}");
+    assert!(
+        !log.contains("t0ken-v4lue-xyz"),
+        "token in the output:\n{log}"
+    );
+    let (_, log) = backup(
+        &down,
+        "n1",
+        &args,
+        &[("ETCD_LIFEBOAT_PUSHGATEWAY_USERNAME", "lifeboat")],
+    );
+    assert!(log.contains("both basic auth and a bearer token"), "{log}");
+    let missing = dir.path().join("no-such-token");
+    let (_, log) = backup(
+        &down,
+        "n1",
+        &[
+            "--pushgateway",
+            &bearer,
+            "--pushgateway-bearer-token-file",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        log.contains(&format!("bearer token file {}", missing.display())),
+        "{log}"
+    );
+
     // Without the CA file the gateway's certificate is not trusted.
     let (ok, log) = backup(&down, "n1", &["--pushgateway", &url], &[]);
     assert!(!ok);
