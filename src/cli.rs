@@ -117,9 +117,42 @@ pub struct BackupArgs {
     /// Label stored in the manifest.
     #[arg(long)]
     pub tag: Option<String>,
-    /// Push this run's metrics to a Prometheus Pushgateway (e.g. http://pushgateway:9091).
-    #[arg(long, value_name = "URL", env = "ETCD_LIFEBOAT_PUSHGATEWAY")]
+    /// Push this run's metrics to a Prometheus Pushgateway (e.g. http://pushgateway:9091 or
+    /// https://user:password@pushgateway:9091), grouping key job=etcd-lifeboat-backup and
+    /// cluster_id=<etcd cluster id>. Basic auth also from env
+    /// ETCD_LIFEBOAT_PUSHGATEWAY_USERNAME and ETCD_LIFEBOAT_PUSHGATEWAY_PASSWORD (or
+    /// --pushgateway-password-file); a bearer token from ETCD_LIFEBOAT_PUSHGATEWAY_BEARER_TOKEN
+    /// or --pushgateway-bearer-token-file.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ETCD_LIFEBOAT_PUSHGATEWAY",
+        hide_env_values = true
+    )]
     pub pushgateway: Option<String>,
+    /// PEM CA bundle trusted for an https:// Pushgateway, besides the system roots
+    /// (Prometheus: tls_config.ca_file).
+    #[arg(long, value_name = "FILE", env = "ETCD_LIFEBOAT_PUSHGATEWAY_CA_FILE")]
+    pub pushgateway_ca_file: Option<PathBuf>,
+    /// Basic-auth user name for the Pushgateway (Prometheus: basic_auth.username).
+    #[arg(long, value_name = "NAME", env = "ETCD_LIFEBOAT_PUSHGATEWAY_USERNAME")]
+    pub pushgateway_username: Option<String>,
+    /// File holding the basic-auth password (Prometheus: basic_auth.password_file); env
+    /// ETCD_LIFEBOAT_PUSHGATEWAY_PASSWORD gives the password itself.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ETCD_LIFEBOAT_PUSHGATEWAY_PASSWORD_FILE"
+    )]
+    pub pushgateway_password_file: Option<PathBuf>,
+    /// File holding a bearer token for the Pushgateway (Prometheus: bearer_token_file); env
+    /// ETCD_LIFEBOAT_PUSHGATEWAY_BEARER_TOKEN gives the token itself.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ETCD_LIFEBOAT_PUSHGATEWAY_BEARER_TOKEN_FILE"
+    )]
+    pub pushgateway_bearer_token_file: Option<PathBuf>,
     /// Do not show a progress bar.
     #[arg(long)]
     pub no_progress: bool,

@@ -136,7 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => backup::run_backup(&cfg, &store, &opts).await,
             };
             if let Some(url) = &a.pushgateway {
-                push_backup_metrics(url, &store, &result, t0.elapsed()).await;
+                push_backup_metrics(url, a, &store, &result, t0.elapsed()).await;
             }
             let m = result?;
             match a.output.output {
@@ -355,8 +355,17 @@ async fn store_protection(store: &Store, m: &manifest::Manifest) -> Result<Optio
 /// Pushes this run's metrics to a Pushgateway, with the store catalog's newest-backup metrics
 /// so that backup-age alerts work for CronJob installs. A push failure is logged, not fatal:
 /// the backup itself is what the exit code reports.
+///
+/// Grouping key: job [`PUSH_JOB`] and `cluster_id`, the etcd cluster id (hex) of this run's
+/// backup, else (a run that failed) of the newest backup in the store, else `unknown`. So
+/// one cluster has one group whichever node ran the CronJob: a later success replaces an
+/// earlier failure. Credentials: `user:password@` in the URL, `--pushgateway-username` with
+/// `ETCD_LIFEBOAT_PUSHGATEWAY_PASSWORD` or `--pushgateway-password-file`, or a bearer token
+/// (`ETCD_LIFEBOAT_PUSHGATEWAY_BEARER_TOKEN`, `--pushgateway-bearer-token-file`). The URL
+/// is logged without its userinfo.
 async fn push_backup_metrics(
     url: &str,
+    a: &cli::BackupArgs,
     store: &Store,
     result: &Result<manifest::Manifest, backup::BackupError>,
     took: std::time::Duration,
@@ -364,24 +373,76 @@ async fn push_backup_metrics(
     use etcd_lifeboat::metrics;
     match result {
         Ok(m) => metrics::record_backup_success(m, took),
-        Err(_) => metrics::record_backup_failure(),
+        Err(_) => metrics::record_backup_failure_after(took),
     }
-    match manifest::catalog(store).await {
-        Ok(all) => metrics::refresh_store(&all),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the store catalog for the pushgateway")
+    let catalog = match manifest::catalog(store).await {
+        Ok(all) => {
+            metrics::refresh_store(&all);
+            Some(all)
         }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the store catalog for the pushgateway");
+            None
+        }
+    };
+    let cluster_id = match result {
+        Ok(m) => m.cluster_id.clone(),
+        Err(_) => catalog
+            .as_ref()
+            .and_then(|c| c.newest_by_time())
+            .map(|m| m.cluster_id.clone())
+            .unwrap_or_else(|| PUSH_UNKNOWN_CLUSTER.into()),
+    };
+    let target = match push_target(url, a) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "pushing metrics failed");
+            return;
+        }
+    };
+    if let Err(e) = metrics::push(&target, PUSH_JOB, &[("cluster_id", &cluster_id)]).await {
+        tracing::error!(error = %e, "pushing metrics failed");
     }
-    let instance = std::env::var("NODE_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "etcd-lifeboat".into());
-    if let Err(e) = metrics::push(url, PUSH_JOB, &instance).await {
-        tracing::error!(error = %format!("{e:#}"), "pushing metrics failed");
-    }
+}
+
+/// The Pushgateway target of `backup --pushgateway`: URL, CA file and credentials from the
+/// flags and environment.
+fn push_target(
+    url: &str,
+    a: &cli::BackupArgs,
+) -> Result<etcd_lifeboat::metrics::PushTarget, etcd_lifeboat::metrics::MetricsError> {
+    use etcd_lifeboat::metrics::{read_secret_file, PushAuth, PushTarget};
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let token = match &a.pushgateway_bearer_token_file {
+        Some(p) => Some(read_secret_file("bearer token file", p)?),
+        None => env("ETCD_LIFEBOAT_PUSHGATEWAY_BEARER_TOKEN"),
+    };
+    let password = match &a.pushgateway_password_file {
+        Some(p) => Some(read_secret_file("password file", p)?),
+        None => env("ETCD_LIFEBOAT_PUSHGATEWAY_PASSWORD"),
+    };
+    let basic = match (&a.pushgateway_username, password) {
+        (Some(u), p) => Some(PushAuth::Basic {
+            username: u.clone(),
+            password: p.unwrap_or_default(),
+        }),
+        (None, _) => None,
+    };
+    let auth = match (basic, token) {
+        (Some(_), Some(_)) => return Err(etcd_lifeboat::metrics::MetricsError::AuthConflict),
+        (b, t) => b.or(t.map(PushAuth::Bearer)),
+    };
+    PushTarget::new(url)?
+        .with_ca_file(a.pushgateway_ca_file.clone())
+        .with_auth(auth)
 }
 
 /// Pushgateway job name of `backup --pushgateway` (alert rules select on it).
 const PUSH_JOB: &str = "etcd-lifeboat-backup";
+
+/// `cluster_id` grouping value of a failed run when neither the run nor the store knows the
+/// etcd cluster id (first run failing before it connected).
+const PUSH_UNKNOWN_CLUSTER: &str = "unknown";
 
 /// `list`: the backups in the one order of truth, with a NOTE column (future-dated, Object
 /// Lock retain-until), then a BROKEN section naming each broken manifest and why.

@@ -7,7 +7,7 @@
 //! | `etcd_lifeboat_backup_last_success_timestamp_seconds` | gauge | end of the last successful backup by this process (Unix s) |
 //! | `etcd_lifeboat_backup_last_failure_timestamp_seconds` | gauge | time of the last failed backup by this process |
 //! | `etcd_lifeboat_backups_total{result="success\|failure"}` | counter | backups attempted by this process |
-//! | `etcd_lifeboat_backup_duration_seconds` | histogram | duration of successful backups |
+//! | `etcd_lifeboat_backup_duration_seconds{result="success\|failure"}` | histogram | duration of backup runs (a failed run: until it gave up, retries included) |
 //! | `etcd_lifeboat_backup_size_bytes{kind="raw\|stored"}` | gauge | db size and stored (compressed) size of the last backup |
 //! | `etcd_lifeboat_snapshot_revision` | gauge | etcd revision of the last backup |
 //! | `etcd_lifeboat_snapshot_keys` | gauge | keys in the last backup |
@@ -19,6 +19,8 @@
 //! | `etcd_lifeboat_verify_last_failure_timestamp_seconds` | gauge | end of the last failed re-verification by the daemon (Unix s) |
 //! | `etcd_lifeboat_verifies_total{result="success\|failure"}` | counter | re-verifications of the newest backup by the daemon |
 //! | `etcd_lifeboat_is_leader` | gauge | 1 when this daemon replica holds the leader election |
+//! | `etcd_lifeboat_upload_bytes_total` | counter | bytes written to the store by uploads (data and files objects; aborted uploads included) |
+//! | `process_*` | | the prometheus crate's process collector (Linux): CPU seconds, resident and virtual memory, open and max fds, start time, threads |
 //!
 //! Extras: `etcd_lifeboat_store_oldest_backup_timestamp_seconds`,
 //! `etcd_lifeboat_store_up` (last catalog read succeeded),
@@ -32,11 +34,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use prometheus::{
-    Encoder as _, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder as _, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::store::manifest::{Catalog, Manifest};
@@ -51,8 +52,8 @@ pub struct Metrics {
     pub backup_last_failure: Gauge,
     /// `etcd_lifeboat_backups_total{result}`
     pub backups_total: IntCounterVec,
-    /// `etcd_lifeboat_backup_duration_seconds`
-    pub backup_duration: Histogram,
+    /// `etcd_lifeboat_backup_duration_seconds{result}`
+    pub backup_duration: HistogramVec,
     /// `etcd_lifeboat_backup_size_bytes{kind}`
     pub backup_size: GaugeVec,
     /// `etcd_lifeboat_snapshot_revision`
@@ -93,6 +94,8 @@ pub struct Metrics {
     pub verify_last_failure: Gauge,
     /// `etcd_lifeboat_verifies_total{result}`
     pub verifies_total: IntCounterVec,
+    /// `etcd_lifeboat_upload_bytes_total`
+    pub upload_bytes: IntCounter,
     store_refreshed: AtomicBool,
     success_recorded: AtomicBool,
 }
@@ -153,18 +156,33 @@ impl Metrics {
             "result",
             &["success", "failure"],
         );
-        let backup_duration = Histogram::with_opts(
+        let backup_duration = HistogramVec::new(
             HistogramOpts::new(
                 "etcd_lifeboat_backup_duration_seconds",
-                "Duration of successful backups: snapshot stream, verification, upload, manifest.",
+                "Duration of backup runs by result: snapshot stream, verification, upload, manifest (a failed run: until it gave up, retries included).",
             )
             .buckets(vec![
                 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
             ]),
+            &["result"],
         )
         .expect("valid metric");
         r.register(Box::new(backup_duration.clone()))
             .expect("unique metric");
+        backup_duration.with_label_values(&["success"]);
+        backup_duration.with_label_values(&["failure"]);
+        let upload_bytes = IntCounter::new(
+            "etcd_lifeboat_upload_bytes_total",
+            "Bytes written to the store by uploads (backup data and files objects), aborted uploads included.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(upload_bytes.clone()))
+            .expect("unique metric");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
         let backup_size = GaugeVec::new(
             Opts::new(
                 "etcd_lifeboat_backup_size_bytes",
@@ -318,6 +336,7 @@ impl Metrics {
             verify_last_success,
             verify_last_failure,
             verifies_total,
+            upload_bytes,
             store_refreshed: AtomicBool::new(false),
             success_recorded: AtomicBool::new(false),
         }
@@ -341,7 +360,9 @@ pub fn record_backup_success(m: &Manifest, duration: Duration) {
     let x = metrics();
     x.backups_total.with_label_values(&["success"]).inc();
     x.backup_last_success.set(unix(Utc::now()));
-    x.backup_duration.observe(duration.as_secs_f64());
+    x.backup_duration
+        .with_label_values(&["success"])
+        .observe(duration.as_secs_f64());
     x.backup_size
         .with_label_values(&["raw"])
         .set(m.total_size as f64);
@@ -353,11 +374,29 @@ pub fn record_backup_success(m: &Manifest, duration: Duration) {
     x.success_recorded.store(true, Ordering::Relaxed);
 }
 
-/// Records a failed backup: failure counter and timestamp (now).
+/// Records a failed backup: failure counter and timestamp (now). Prefer
+/// [`record_backup_failure_after`], which also observes the duration.
 pub fn record_backup_failure() {
     let x = metrics();
     x.backups_total.with_label_values(&["failure"]).inc();
     x.backup_last_failure.set(unix(Utc::now()));
+}
+
+/// Records a failed backup run that took `duration` (from its start until it gave up,
+/// retries included): failure counter and timestamp (now), and the duration histogram's
+/// `result="failure"` series.
+pub fn record_backup_failure_after(duration: Duration) {
+    record_backup_failure();
+    metrics()
+        .backup_duration
+        .with_label_values(&["failure"])
+        .observe(duration.as_secs_f64());
+}
+
+/// Adds `bytes` to `etcd_lifeboat_upload_bytes_total`: called by the store's upload writer
+/// ([`crate::store::Upload::write`]) for every chunk it accepted.
+pub fn record_upload_bytes(bytes: u64) {
+    metrics().upload_bytes.inc_by(bytes);
 }
 
 /// Sets the store gauges from a catalog: count of backups, of future-dated backups and of
@@ -411,33 +450,236 @@ pub fn encode() -> String {
 /// The `Content-Type` of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Pushes this process's backup metrics to a Prometheus Pushgateway at `url`
-/// (`http://pushgateway:9091`, optionally with a path prefix), grouping key
-/// `job`/`instance`.
+/// Errors of the Pushgateway push. Messages name the gateway by its URL without userinfo
+/// (never a password or token).
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The `--pushgateway` URL is not `http(s)://host[:port][/prefix]`.
+    #[error(
+        "pushgateway URL {url}: {reason}; expected http(s)://[user:password@]host:port[/path]"
+    )]
+    Url {
+        /// The URL, userinfo removed.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A CA, password or token file could not be read or used.
+    #[error("pushgateway {what} {path}: {reason}")]
+    File {
+        /// `CA file`, `password file`, `bearer token file`.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// The cause.
+        reason: String,
+    },
+    /// Both basic auth and a bearer token are configured.
+    #[error("pushgateway: both basic auth and a bearer token are set; use one")]
+    AuthConflict,
+    /// Encoding the metrics failed.
+    #[error("encoding metrics for the pushgateway: {0}")]
+    Encode(#[from] prometheus::Error),
+    /// Connection failure or timeout.
+    #[error("pushgateway {target}: {method} failed: {reason}; check --pushgateway, the network and --pushgateway-ca-file")]
+    Send {
+        /// The request URL, userinfo removed.
+        target: String,
+        /// `PUT` or `POST`.
+        method: &'static str,
+        /// The cause.
+        reason: String,
+    },
+    /// The gateway answered with a non-2xx status.
+    #[error("pushgateway {target}: {method} answered HTTP {status}: {body}{hint}")]
+    Status {
+        /// The request URL, userinfo removed.
+        target: String,
+        /// `PUT` or `POST`.
+        method: &'static str,
+        /// HTTP status code.
+        status: u16,
+        /// Start of the answer's body.
+        body: String,
+        /// A hint for 401/403.
+        hint: &'static str,
+    },
+}
+
+/// Credentials sent to the Pushgateway, as Prometheus' own scrape config names them
+/// (`basic_auth`, `authorization`/`bearer_token_file`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum PushAuth {
+    /// `Authorization: Basic base64(username:password)`.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for PushAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushAuth::Basic { username, .. } => {
+                write!(
+                    f,
+                    "Basic {{ username: {username:?}, password: <redacted> }}"
+                )
+            }
+            PushAuth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// Where and how to push: the gateway's base URL (userinfo removed), an optional extra CA
+/// file for `https://` (added to the system roots) and optional credentials.
+#[derive(Clone, Debug)]
+pub struct PushTarget {
+    base: String,
+    ca_file: Option<std::path::PathBuf>,
+    auth: Option<PushAuth>,
+}
+
+impl PushTarget {
+    /// Parses `http(s)://[user:password@]host[:port][/prefix]`. Userinfo (percent-decoded)
+    /// becomes [`PushAuth::Basic`] and is removed from the URL that is logged.
+    ///
+    /// Errors: [`MetricsError::Url`] for another scheme, an empty host, a query or fragment.
+    pub fn new(url: &str) -> Result<PushTarget, MetricsError> {
+        let bad = |reason: &str| MetricsError::Url {
+            url: redact_url(url),
+            reason: reason.into(),
+        };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        if scheme != "http" && scheme != "https" {
+            return Err(bad("only http:// and https:// are supported"));
+        }
+        if rest.contains(['?', '#']) {
+            return Err(bad("no query or fragment allowed"));
+        }
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (userinfo, host) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let auth = match userinfo {
+            None => None,
+            Some(u) => {
+                let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+                Some(PushAuth::Basic {
+                    username: percent_decode(user)
+                        .ok_or_else(|| bad("bad %-escape in userinfo"))?,
+                    password: percent_decode(pass)
+                        .ok_or_else(|| bad("bad %-escape in userinfo"))?,
+                })
+            }
+        };
+        Ok(PushTarget {
+            base: format!("{scheme}://{host}{}", path.trim_end_matches('/')),
+            ca_file: None,
+            auth,
+        })
+    }
+
+    /// Adds a PEM CA bundle trusted for `https://` besides the system roots.
+    pub fn with_ca_file(mut self, ca_file: Option<std::path::PathBuf>) -> PushTarget {
+        self.ca_file = ca_file;
+        self
+    }
+
+    /// Sets the credentials, unless `auth` is `None`.
+    ///
+    /// Errors: [`MetricsError::AuthConflict`] when the URL carried userinfo and `auth` is a
+    /// bearer token (a basic `auth` replaces the URL's).
+    pub fn with_auth(mut self, auth: Option<PushAuth>) -> Result<PushTarget, MetricsError> {
+        match (&self.auth, auth) {
+            (_, None) => {}
+            (Some(PushAuth::Basic { .. }), Some(PushAuth::Bearer(_))) => {
+                return Err(MetricsError::AuthConflict)
+            }
+            (_, Some(a)) => self.auth = Some(a),
+        }
+        Ok(self)
+    }
+
+    /// The gateway URL without credentials (what logs and errors show).
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+}
+
+/// Reads a secret file (password or token): its content without the trailing newline.
 ///
-/// After a successful backup, the full set is sent with `PUT
-/// <url>/metrics/job/<job>/instance/<instance>` (replacing the group). After a failed one,
-/// only the failure metrics are sent with `POST`, which replaces just those names, so the
-/// pushed `etcd_lifeboat_backup_last_success_timestamp_seconds` of the previous success stays
-/// and age alerts keep working. Daemon-only metrics are never pushed; store metrics
-/// (`etcd_lifeboat_store_*`) are pushed, after success or failure, when [`refresh_store`] or
-/// [`record_store_refresh_error`] was called. Label values containing `/` (or empty) are sent in the
-/// Pushgateway's base64url form (`instance@base64/...`).
-///
-/// Plain `http://` only (the gateway is normally cluster-internal). 10 s timeout.
-///
-/// Errors: bad URL, connection failure, timeout, or a non-2xx answer (status and body).
-pub async fn push(url: &str, job: &str, instance: &str) -> anyhow::Result<()> {
+/// Errors: [`MetricsError::File`] when it cannot be read or is empty.
+pub fn read_secret_file(
+    what: &'static str,
+    path: &std::path::Path,
+) -> Result<String, MetricsError> {
+    let err = |reason: String| MetricsError::File {
+        what,
+        path: path.display().to_string(),
+        reason,
+    };
+    let s = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let s = s.trim_end_matches(['\r', '\n']).to_string();
+    if s.is_empty() {
+        return Err(err("empty".into()));
+    }
+    Ok(s)
+}
+
+/// `url` with any `user:password@` removed, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.split('@').next_back().unwrap_or_default().to_string();
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://{host}{path}"),
+        None => url.to_string(),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The metric families a push sends, and whether it is the full set (after a success).
+fn push_families() -> (Vec<prometheus::proto::MetricFamily>, bool) {
     let x = metrics();
     let full = x.success_recorded.load(Ordering::Relaxed);
     let store = x.store_refreshed.load(Ordering::Relaxed);
-    let families: Vec<_> = x
+    let families = x
         .registry
         .gather()
         .into_iter()
         .filter(|f| {
             let n = f.name();
-            if DAEMON_ONLY.contains(&n) || (!store && n.starts_with("etcd_lifeboat_store_")) {
+            if DAEMON_ONLY.contains(&n)
+                || n.starts_with("process_")
+                || (!store && n.starts_with("etcd_lifeboat_store_"))
+            {
                 return false;
             }
             full || n.starts_with("etcd_lifeboat_store_")
@@ -445,33 +687,82 @@ pub async fn push(url: &str, job: &str, instance: &str) -> anyhow::Result<()> {
                     n,
                     "etcd_lifeboat_backup_last_failure_timestamp_seconds"
                         | "etcd_lifeboat_backups_total"
+                        | "etcd_lifeboat_backup_duration_seconds"
                 )
         })
         .collect();
+    (families, full)
+}
+
+/// The text-format body that [`push`] would send now (for `promtool check metrics`).
+pub fn push_payload() -> String {
+    let mut body = Vec::new();
+    TextEncoder::new()
+        .encode(&push_families().0, &mut body)
+        .expect("text encoding of gathered metrics");
+    String::from_utf8(body).expect("text format is UTF-8")
+}
+
+/// Pushes this process's backup metrics to a Prometheus Pushgateway, grouping key `job` plus
+/// the `(label, value)` pairs of `grouping` in order (`backup --pushgateway` uses
+/// `job=etcd-lifeboat-backup`, `cluster_id=<etcd cluster id>`).
+///
+/// After a successful backup, the full set is sent with `PUT
+/// <url>/metrics/job/<job>/<label>/<value>...` (replacing the group). After a failed one,
+/// only the failure metrics (`..._last_failure_timestamp_seconds`, `backups_total`, the
+/// duration histogram) are sent with `POST`, which replaces just those names, so the pushed
+/// `etcd_lifeboat_backup_last_success_timestamp_seconds` of the previous success stays and
+/// age alerts keep working. Daemon-only and `process_*` metrics are never pushed; store
+/// metrics (`etcd_lifeboat_store_*`) are pushed, after success or failure, when
+/// [`refresh_store`] or [`record_store_refresh_error`] was called. Label values containing
+/// `/` (or empty) are sent in the Pushgateway's base64url form (`name@base64/...`).
+///
+/// `http://` or `https://` (system roots plus the target's CA file), basic auth or a bearer
+/// token when the target has one. 10 s timeout.
+///
+/// Errors: [`MetricsError::Send`] (connection, TLS, timeout), [`MetricsError::Status`]
+/// (non-2xx: status and body), [`MetricsError::File`] (CA file).
+pub async fn push(
+    target: &PushTarget,
+    job: &str,
+    grouping: &[(&str, &str)],
+) -> Result<(), MetricsError> {
+    let (families, full) = push_families();
     let mut body = Vec::new();
     TextEncoder::new().encode(&families, &mut body)?;
-    let target = format!(
-        "{}/metrics/{}/{}",
-        url.trim_end_matches('/'),
-        grouping_segment("job", job),
-        grouping_segment("instance", instance)
-    );
-    let method = if full { "PUT" } else { "POST" };
-    let (status, text) = http_send(method, &target, CONTENT_TYPE, body, Duration::from_secs(10))
-        .await
-        .with_context(|| format!("pushgateway {target}: {method} failed; check --pushgateway"))?;
-    if !(200..300).contains(&status) {
-        anyhow::bail!(
-            "pushgateway {target}: {method} answered HTTP {status}: {}",
-            text.trim()
-        );
+    let mut path = format!("{}/metrics/{}", target.base, grouping_segment("job", job));
+    for (k, v) in grouping {
+        path.push('/');
+        path.push_str(&grouping_segment(k, v));
     }
-    tracing::info!(url = %target, method, "pushed metrics to the pushgateway");
+    let method = if full { "PUT" } else { "POST" };
+    let (status, text) = http_send(target, method, &path, body, Duration::from_secs(10))
+        .await
+        .map_err(|reason| MetricsError::Send {
+            target: path.clone(),
+            method,
+            reason,
+        })?;
+    if !(200..300).contains(&status) {
+        let body: String = text.trim().chars().take(512).collect();
+        return Err(MetricsError::Status {
+            target: path,
+            method,
+            status,
+            body,
+            hint: match status {
+                401 | 403 => " (check the pushgateway credentials: URL userinfo, ETCD_LIFEBOAT_PUSHGATEWAY_USERNAME/_PASSWORD or --pushgateway-bearer-token-file)",
+                _ => "",
+            },
+        });
+    }
+    tracing::info!(url = %path, method, "pushed metrics to the pushgateway");
     Ok(())
 }
 
 /// `name/value`, or `name@base64/<base64url>` when the value cannot go in a path segment.
 fn grouping_segment(name: &str, value: &str) -> String {
+    use base64::Engine as _;
     let plain = !value.is_empty()
         && value
             .bytes()
@@ -481,58 +772,105 @@ fn grouping_segment(name: &str, value: &str) -> String {
     } else if value.is_empty() {
         format!("{name}@base64/=")
     } else {
-        format!("{name}@base64/{}", base64url(value.as_bytes()))
+        format!(
+            "{name}@base64/{}",
+            base64::engine::general_purpose::URL_SAFE.encode(value)
+        )
     }
 }
 
-fn base64url(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..=c.len() {
-            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+/// The rustls client config for `https://` pushes: system roots plus `ca_file`.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, MetricsError> {
+    use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    if let Some(p) = ca_file {
+        let err = |reason: String| MetricsError::File {
+            what: "CA file",
+            path: p.display().to_string(),
+            reason,
+        };
+        let certs: Vec<_> = CertificateDer::pem_file_iter(p)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err("no PEM certificate in it".into()));
         }
-        for _ in c.len()..3 {
-            out.push('=');
+        for c in certs {
+            roots.add(c).map_err(|e| err(e.to_string()))?;
         }
     }
-    out
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
-/// One HTTP/1.1 request with `body`; returns status and body text.
+/// One HTTP/1.1 request with `body` to `url`; returns status and body text, or the failure.
 async fn http_send(
-    method: &str,
+    target: &PushTarget,
+    method: &'static str,
     url: &str,
-    content_type: &str,
     body: Vec<u8>,
     timeout: Duration,
-) -> anyhow::Result<(u16, String)> {
+) -> Result<(u16, String), String> {
     use axum::body::Body;
-    use axum::http::{header, Method, Request};
+    use axum::http::{header, HeaderValue, Method, Request};
+    use base64::Engine as _;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
-    if !url.starts_with("http://") {
-        anyhow::bail!("{url}: only http:// URLs are supported for the pushgateway");
-    }
-    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::builder()
-        .method(Method::from_bytes(method.as_bytes())?)
+    let tls = tls_config(target.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build(https);
+    let mut req = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).expect("valid method"))
         .uri(url)
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from(body))?;
+        .header(header::CONTENT_TYPE, CONTENT_TYPE);
+    if let Some(auth) = &target.auth {
+        let v = match auth {
+            PushAuth::Basic { username, password } => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+            ),
+            PushAuth::Bearer(t) => format!("Bearer {t}"),
+        };
+        let mut v = HeaderValue::from_str(&v).map_err(|_| {
+            "the credentials contain characters not allowed in a header".to_string()
+        })?;
+        v.set_sensitive(true);
+        req = req.header(header::AUTHORIZATION, v);
+    }
+    let req = req.body(Body::from(body)).map_err(|e| e.to_string())?;
     let fut = async {
-        let resp = client.request(req).await?;
+        let resp = client.request(req).await.map_err(|e| {
+            // hyper_util's Display is "client error (Connect)": add the cause chain.
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(c) = src {
+                s += &format!(": {c}");
+                src = c.source();
+            }
+            s
+        })?;
         let status = resp.status().as_u16();
-        let bytes = axum::body::to_bytes(Body::new(resp.into_body()), 1 << 20).await?;
-        anyhow::Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        let bytes = axum::body::to_bytes(Body::new(resp.into_body()), 1 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
+        .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
 #[cfg(test)]
@@ -583,8 +921,44 @@ mod tests {
             grouping_segment("job", "/path/to/job"),
             "job@base64/L3BhdGgvdG8vam9i"
         );
-        assert_eq!(base64url(b"ab"), "YWI=");
-        assert_eq!(base64url(b"a"), "YQ==");
+        assert_eq!(
+            grouping_segment("cluster_id", "a/"),
+            "cluster_id@base64/YS8="
+        );
         assert_eq!(grouping_segment("instance", ""), "instance@base64/=");
+    }
+
+    #[test]
+    fn push_target_takes_userinfo_out_of_the_url() {
+        let t = PushTarget::new("https://al%40ice:s3cr%3At@gw.example:9091/prefix/").unwrap();
+        assert_eq!(t.url(), "https://gw.example:9091/prefix");
+        assert_eq!(
+            t.auth,
+            Some(PushAuth::Basic {
+                username: "al@ice".into(),
+                password: "s3cr:t".into()
+            })
+        );
+        assert!(!format!("{t:?}").contains("s3cr"), "{t:?}");
+        assert_eq!(
+            redact_url("https://u:p@gw:9091/x"),
+            "https://gw:9091/x".to_string()
+        );
+        assert_eq!(redact_url("http://gw:9091"), "http://gw:9091");
+        let e = PushTarget::new("ftp://u:hunter2@gw")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only http") && !e.contains("hunter2"), "{e}");
+        assert!(matches!(
+            PushTarget::new("http://u:p@gw")
+                .unwrap()
+                .with_auth(Some(PushAuth::Bearer("t".into()))),
+            Err(MetricsError::AuthConflict)
+        ));
+        let t = PushTarget::new("http://gw")
+            .unwrap()
+            .with_auth(Some(PushAuth::Bearer("t".into())))
+            .unwrap();
+        assert_eq!(t.auth, Some(PushAuth::Bearer("t".into())));
     }
 }

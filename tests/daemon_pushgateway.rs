@@ -69,11 +69,13 @@ async fn push_failure_then_success() {
         assert!(Instant::now() < deadline, "pushgateway did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let url = format!("http://{addr}");
+    let url = metrics::PushTarget::new(&format!("http://{addr}")).unwrap();
 
     // A failure first, before any success: only the failure metrics are pushed.
     metrics::record_backup_failure();
-    metrics::push(&url, "etcd-backup", "node-1").await.unwrap();
+    metrics::push(&url, "etcd-backup", &[("instance", "node-1")])
+        .await
+        .unwrap();
     assert!(
         value(&group_lines(
             addr,
@@ -88,7 +90,9 @@ async fn push_failure_then_success() {
 
     // Success: the whole set (PUT).
     metrics::record_backup_success(&manifest(), Duration::from_millis(2500));
-    metrics::push(&url, "etcd-backup", "node-1").await.unwrap();
+    metrics::push(&url, "etcd-backup", &[("instance", "node-1")])
+        .await
+        .unwrap();
     let success = value(&group_lines(
         addr,
         "etcd_lifeboat_backup_last_success_timestamp_seconds",
@@ -117,17 +121,16 @@ async fn push_failure_then_success() {
         group_lines(addr, "etcd_lifeboat_store_backups").is_empty(),
         "store metrics only after a catalog read"
     );
-    assert_eq!(
-        value(&group_lines(
-            addr,
-            "etcd_lifeboat_backup_duration_seconds_count"
-        )),
-        1.0
-    );
+    let counts = group_lines(addr, "etcd_lifeboat_backup_duration_seconds_count");
+    let ok_counts: Vec<_> = counts
+        .into_iter()
+        .filter(|l| l.contains("result=\"success\""))
+        .collect();
+    assert_eq!(value(&ok_counts), 1.0);
 
     // A label value with '/' goes through the base64 form of the grouping key; the first
     // group is untouched.
-    metrics::push(&url, "etcd-backup", "node/with/slash")
+    metrics::push(&url, "etcd-backup", &[("instance", "node/with/slash")])
         .await
         .unwrap();
     let (_, body) = http_get(addr, "/metrics").unwrap();
@@ -147,7 +150,9 @@ async fn push_failure_then_success() {
         chrono::Utc::now(),
         DEFAULT_FUTURE_TOLERANCE,
     ));
-    metrics::push(&url, "etcd-backup", "node-1").await.unwrap();
+    metrics::push(&url, "etcd-backup", &[("instance", "node-1")])
+        .await
+        .unwrap();
     assert_eq!(
         value(&group_lines(addr, "etcd_lifeboat_store_backups")),
         2.0
@@ -168,15 +173,20 @@ async fn push_failure_then_success() {
     );
 
     // Errors name the target and the fix.
-    let err = metrics::push("http://127.0.0.1:1", "j", "i")
-        .await
-        .unwrap_err();
+    let err = metrics::push(
+        &metrics::PushTarget::new("http://127.0.0.1:1").unwrap(),
+        "j",
+        &[("instance", "i")],
+    )
+    .await
+    .unwrap_err();
     assert!(
         format!("{err:#}").contains("pushgateway http://127.0.0.1:1/metrics/job/j/instance/i"),
         "{err:#}"
     );
-    let err = metrics::push("https://example.invalid", "j", "i")
-        .await
-        .unwrap_err();
-    assert!(format!("{err:#}").contains("only http://"), "{err:#}");
+    let err = metrics::PushTarget::new("ftp://example.invalid").unwrap_err();
+    assert!(
+        format!("{err:#}").contains("only http:// and https://"),
+        "{err:#}"
+    );
 }

@@ -511,7 +511,7 @@ impl Daemon {
                 }
             }
             Err(e) => {
-                metrics::record_backup_failure();
+                metrics::record_backup_failure_after(started.elapsed());
                 tracing::error!(error = %e, attempts = attempt, "backup run failed");
                 self.health.lock().expect("health").last_run = Some((now, Err(e)));
             }

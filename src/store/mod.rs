@@ -654,6 +654,7 @@ impl Upload {
         }
         self.hasher.update(chunk);
         self.bytes += chunk.len() as u64;
+        crate::metrics::record_upload_bytes(chunk.len() as u64);
         Ok(())
     }
 

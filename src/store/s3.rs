@@ -48,7 +48,9 @@ use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart,
     ObjectLockLegalHoldStatus, ObjectLockMode, ServerSideEncryption,
 };
+use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use aws_smithy_http_client::Connector;
 use aws_smithy_types::checksum_config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
@@ -90,6 +92,8 @@ type Raw = aws_sdk_s3::config::http::HttpResponse;
 
 impl S3Store {
     /// Builds the client from `cfg` (see the module docs). Does not contact the service.
+    /// Honours `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (and their lowercase
+    /// forms) as curl does; loopback is proxied too unless `NO_PROXY` names it.
     ///
     /// Errors: [`StoreError::Io`] when `storage.s3.ca_file` cannot be read.
     pub async fn from_config(cfg: &S3Config) -> Result<S3Store, StoreError> {
@@ -124,10 +128,25 @@ impl S3Store {
                 key: "storage.s3.ca_file".into(),
                 message: format!("cannot build the TLS context: {e}"),
             })?;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .tls_context(tls_ctx)
-            .build_https();
+        // Proxies from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY (or lowercase), read
+        // once here, with curl's rules (hyper-util's matcher): https:// endpoints go through
+        // HTTPS_PROXY (CONNECT tunnel), http:// ones through HTTP_PROXY; NO_PROXY hosts,
+        // domains (`.example.com`) and CIDRs connect directly. No built-in bypass: loopback
+        // goes through the proxy unless NO_PROXY lists it. The top-level Builder of
+        // aws-smithy-http-client 1.5 has no proxy setting, so the connector is built here.
+        let proxy = ProxyConfig::from_env();
+        let http = aws_smithy_http_client::Builder::new().build_with_connector_fn(
+            move |settings, components| {
+                let mut b = Connector::builder().proxy_config(proxy.clone());
+                b.set_connector_settings(settings.cloned());
+                if let Some(c) = components {
+                    b.set_sleep_impl(c.sleep_impl());
+                }
+                b.tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+                    .tls_context(tls_ctx.clone())
+                    .build()
+            },
+        );
 
         let part_size = usize::try_from(cfg.part_size)
             .unwrap_or(usize::MAX)
