@@ -555,7 +555,7 @@ fn table_with_notes(
 }
 
 /// `completion SHELL`: the clap_complete script for the whole command tree on stdout.
-fn cmd_completion(a: &etcd_lifeboat::cli::CompletionArgs) -> anyhow::Result<()> {
+fn cmd_completion(a: &cli::CompletionArgs) -> anyhow::Result<()> {
     use clap::CommandFactory;
     let mut cmd = Cli::command();
     let mut script = Vec::new();
@@ -574,7 +574,7 @@ fn cmd_completion(a: &etcd_lifeboat::cli::CompletionArgs) -> anyhow::Result<()> 
 
 /// `man [--out-dir DIR]`: the main page as roff on stdout, or every page (main and one per
 /// subcommand, `etcd-lifeboat-backup.1`, ...) written into DIR.
-fn cmd_man(a: &etcd_lifeboat::cli::ManArgs) -> anyhow::Result<()> {
+fn cmd_man(a: &cli::ManArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use clap::CommandFactory;
     let cmd = Cli::command();
@@ -601,7 +601,7 @@ fn cmd_man(a: &etcd_lifeboat::cli::ManArgs) -> anyhow::Result<()> {
 
 /// `delete ID... [--dry-run] [--force]`: [`etcd_lifeboat::store::retention::delete`], then the
 /// plan as a table or JSON.
-async fn cmd_delete(cli: &Cli, a: &etcd_lifeboat::cli::DeleteArgs) -> anyhow::Result<()> {
+async fn cmd_delete(cli: &Cli, a: &cli::DeleteArgs) -> anyhow::Result<()> {
     let cfg = load(cli).await?;
     let store = open_store(&cfg).await?;
     let plan =

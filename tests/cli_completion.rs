@@ -8,7 +8,12 @@ use std::path::Path;
 use std::process::Command;
 
 use clap::CommandFactory;
-use etcd_lifeboat::cli::Cli;
+
+// The binary's own clap definition (it lives with the binary, not in the library).
+#[allow(dead_code)]
+#[path = "../src/cli.rs"]
+mod cli;
+use cli::Cli;
 
 fn lifeboat() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("etcd-lifeboat").unwrap();
