@@ -35,6 +35,7 @@
 pub mod db;
 pub mod ids;
 pub mod kubeadm;
+pub mod member;
 mod pb;
 pub mod plan;
 pub mod snap;
@@ -45,7 +46,7 @@ use crate::crypto::{CryptoError, FileFormat};
 use crate::files::FilesError;
 use crate::snapshot::{SnapshotError, Status};
 use crate::store::{manifest, Manifest, Store, StoreError};
-use db::{rewrite_db_bumped, Bumped, RestoreMember, SnapshotMember};
+use db::{rewrite_db_bumped, Bumped, SnapshotMember};
 
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -802,15 +803,6 @@ fn mkdir0700(p: &Path) -> Result<()> {
 /// Step 4 (`saveDB`, `updateCIndex`, `saveWALAndSnap`): every target member's files, staged.
 fn stage_members(plan: &Plan, src: &Path, db_len: u64, bump: u64) -> Result<Vec<Staged>> {
     let n = plan.members.len() as u64;
-    let members: Vec<RestoreMember> = plan
-        .members
-        .iter()
-        .map(|m| RestoreMember {
-            id: m.id,
-            name: m.name.clone(),
-            peer_urls: m.peer_urls.clone(),
-        })
-        .collect();
     let mut staged = Vec::new();
     let mut first_db: Option<PathBuf> = None;
     for t in &plan.targets {
@@ -822,7 +814,7 @@ fn stage_members(plan: &Plan, src: &Path, db_len: u64, bump: u64) -> Result<Vec<
         let db = snap_dir.join("db");
         match &first_db {
             None => {
-                save_db(src, db_len, &db, &members, n, bump)?;
+                save_db(src, db_len, &db, &plan.members, n, bump)?;
                 first_db = Some(db.clone());
             }
             // Every member's db is the same: copy the first one (copy_file_range).
@@ -870,7 +862,7 @@ fn save_db(
     src: &Path,
     db_len: u64,
     dst: &Path,
-    members: &[RestoreMember],
+    members: &[member::Member],
     n: u64,
     bump: u64,
 ) -> Result<()> {
