@@ -77,13 +77,13 @@ pub struct RestoreOptions {
     pub snapshot: Option<PathBuf>,
     /// Restore a backup from the configured store: its id, a unique id prefix, or `latest`.
     pub from_store: Option<String>,
-    /// Data dir to create (absent or empty) [default: <name>.etcd].
+    /// Data dir to create (absent or empty) [default: `<name>.etcd`].
     pub data_dir: Option<PathBuf>,
-    /// Dedicated WAL dir (absent or empty) [default: <data-dir>/member/wal].
+    /// Dedicated WAL dir (absent or empty) [default: `<data-dir>/member/wal`].
     pub wal_dir: Option<PathBuf>,
     /// Name of the member to restore [default: default].
     pub name: Option<String>,
-    /// Members of the restored cluster, `name=peerURL,...` [default: default=http://localhost:2380].
+    /// Members of the restored cluster, `name=peerURL,...` [default: `default=http://localhost:2380`].
     pub initial_cluster: Option<String>,
     /// Token of the restored cluster; member and cluster IDs derive from it [default: etcd-cluster].
     pub initial_cluster_token: Option<String>,
@@ -94,7 +94,7 @@ pub struct RestoreOptions {
     /// age identity file for an encrypted snapshot or backup (age-keygen output, an ssh
     /// private key, or an `age -p` encrypted identity file); repeatable.
     pub identity: Vec<PathBuf>,
-    /// Write every member of --initial-cluster into DIR/<name> (rebuild a whole cluster).
+    /// Write every member of --initial-cluster into `DIR/<name>` (rebuild a whole cluster).
     pub out_dir: Option<PathBuf>,
     /// Read name, data dir, peer URLs, initial cluster and token from a kubeadm etcd static
     /// pod manifest; flags given explicitly win.
