@@ -17,16 +17,18 @@
 //! - [`store`]: object stores (`local`, `s3`), `manifest`s and the catalog, `retention`.
 //!   Uses [`config`], [`workdir`], [`files`] (the manifest lists the archive's entries).
 //! - [`files`]: the control-plane files archive (`backup.files`, `restore --files-to`).
-//!   Uses [`crypto`], [`store`].
+//!   Uses [`crypto`].
 //! - [`etcd`]: client construction (TLS, auth), endpoint selection, the snapshot stream.
 //!   Uses [`config`].
 //! - [`acquire`]: one way to get a snapshot (file, .zst, .age, stored backup) onto local disk,
 //!   verified and compared with its manifest; used by `status`, `verify`, `restore` and the
-//!   daemon's re-verification. Uses [`snapshot`], [`store`], [`crypto`], [`workdir`].
+//!   daemon's re-verification; and a backup's control-plane files object
+//!   ([`acquire::fetch_files`]). Uses [`snapshot`], [`store`], [`files`], [`crypto`],
+//!   [`workdir`].
 //! - [`restore`]: native restore, `plan -> acquire -> build -> commit`: the plan (`plan`,
 //!   `kubeadm`), member and cluster IDs (`ids`), the restored member and its JSON (`member`),
 //!   the db rewrite (`db`), WAL (`wal`) and `.snap` (`snap`) files and their protobuf (`pb`).
-//!   Uses [`acquire`], [`snapshot`], [`store`], [`files`], [`crypto`], [`config`], [`error`].
+//!   Uses [`acquire`], [`snapshot`], [`store`], [`crypto`], [`config`], [`error`].
 //! - [`metrics`]: Prometheus registry and metric definitions. Uses [`store`].
 //! - [`backup`]: the pipeline of one backup (stream, verify, compress, encrypt, upload,
 //!   manifest). Uses [`etcd`], [`snapshot`], [`store`], [`files`], [`crypto`], [`workdir`],
@@ -38,9 +40,8 @@
 //! Rules that keep the layers apart (checked by `tests/layering.rs`): [`snapshot`] knows no
 //! other module; [`store`] knows neither [`etcd`] nor [`restore`] (nor [`daemon`], [`backup`]);
 //! [`restore`] knows neither [`etcd`] nor [`daemon`] (nor [`backup`]); no two files import
-//! each other (a module and its own submodules excepted; `config`/`crypto` and
-//! `files`/`store::manifest` are the two pairs left to untangle); `clap` and `anyhow` stay in
-//! the binary.
+//! each other (a module and its own submodules excepted; `config`/`crypto` is the pair left
+//! to untangle); `clap` and `anyhow` stay in the binary.
 #![forbid(unsafe_code)]
 
 pub mod acquire;

@@ -43,7 +43,6 @@ pub mod wal;
 use crate::acquire::{self, AcquireError, AcquireOptions, TrailerRule};
 use crate::config::{Config, ConfigError};
 use crate::crypto::{CryptoError, FileFormat};
-use crate::files::FilesError;
 use crate::snapshot::{SnapshotError, Status};
 use crate::store::{manifest, Manifest, Store, StoreError};
 use db::{rewrite_db_bumped, Bumped, SnapshotMember};
@@ -143,9 +142,6 @@ pub enum RestoreError {
     /// An `--identity` file cannot be read or parsed.
     #[error("{0}")]
     Crypto(#[from] CryptoError),
-    /// `--files-to`: the control-plane files could not be fetched or extracted.
-    #[error("{0}")]
-    Files(#[from] FilesError),
     /// The configured store cannot be opened or the backup is not found in it.
     #[error("{what}: {source}")]
     Store {
@@ -510,7 +506,7 @@ async fn find_stored(which: &str, config_path: Option<&Path>) -> Result<(Store, 
 }
 
 /// `--files-to DIR`: the control-plane files of the backup `--from-store` names, extracted
-/// below DIR ([`crate::files::fetch_stored`]).
+/// below DIR ([`acquire::fetch_files`]).
 async fn restore_files(
     args: &RestoreOptions,
     dir: &Path,
@@ -521,7 +517,7 @@ async fn restore_files(
     };
     let (store, m) = find_stored(which, config_path).await?;
     let ids = crate::crypto::identities_from_args(&args.identity)?;
-    crate::files::fetch_stored(&store, &m, ids, Some(dir)).await?;
+    acquire::fetch_files(&store, &m, ids, Some(dir)).await?;
     let entries = m.files.as_ref().map(|f| f.entries.len()).unwrap_or(0);
     match args.output {
         Output::Json => println!(
