@@ -214,19 +214,18 @@ pub fn write_archive<W: Write>(
         }
         let size = meta.len();
         let file = fs::File::open(&path).map_err(io("cannot open", &path))?;
-        let mut reader = HashingReader {
-            inner: file.take(size),
-            sha: Sha256::new(),
-            n: 0,
-        };
+        let mut reader = Hashing::new(file.take(size), u64::MAX);
         header.set_size(size);
         tar.append_data(&mut header, rel, &mut reader)
             .map_err(io("cannot archive", &path))?;
-        if reader.n != size {
+        if reader.bytes != size {
             return Err(FilesError::Io {
                 what: "file changed size while being archived",
                 path,
-                source: std::io::Error::other(format!("{} bytes read, {size} expected", reader.n)),
+                source: std::io::Error::other(format!(
+                    "{} bytes read, {size} expected",
+                    reader.bytes
+                )),
             });
         }
         entries.push(FileEntry {
@@ -241,21 +240,6 @@ pub fn write_archive<W: Write>(
         .into_inner()
         .map_err(io("cannot finish archive", Path::new("(archive)")))?;
     Ok((entries, sink))
-}
-
-struct HashingReader<R> {
-    inner: R,
-    sha: Sha256,
-    n: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.sha.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
 }
 
 /// The relative path an entry has in the archive: its absolute path without the leading `/`.
@@ -366,15 +350,11 @@ pub fn check_archive<R: Read>(
                     }
                     None => Box::new(std::io::sink()),
                 };
-                let mut reader = HashingReader {
-                    inner: (&mut entry).take(size),
-                    sha: Sha256::new(),
-                    n: 0,
-                };
+                let mut reader = Hashing::new((&mut entry).take(size), u64::MAX);
                 std::io::copy(&mut reader, &mut out)
                     .map_err(|e| mismatch(format!("{}: {e}", want_entry.path)))?;
                 let sha = hex::encode(reader.sha.finalize());
-                if reader.n != size || !sha.eq_ignore_ascii_case(&want_entry.sha256) {
+                if reader.bytes != size || !sha.eq_ignore_ascii_case(&want_entry.sha256) {
                     return Err(mismatch(format!(
                         "{}: sha256 {sha}, the manifest says {}",
                         want_entry.path, want_entry.sha256
@@ -512,6 +492,17 @@ struct Hashing<R> {
     limit: u64,
 }
 
+impl<R> Hashing<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        Hashing {
+            inner,
+            sha: Sha256::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+}
+
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -560,12 +551,7 @@ pub fn check_stored<R: Read>(
     dest: Option<&Path>,
 ) -> Result<FilesCheck, FilesError> {
     let id = obj.id.as_str();
-    let mut input = Hashing {
-        inner: input,
-        sha: Sha256::new(),
-        bytes: 0,
-        limit: obj.stored_bytes,
-    };
+    let mut input = Hashing::new(input, obj.stored_bytes);
     let mismatch = |reason: String| FilesError::Mismatch {
         id: id.to_string(),
         reason,

@@ -1,9 +1,10 @@
 //! etcd-lifeboat: verified etcd backups, native restore, scheduled daemon.
 //!
 //! # Layout
-//! The binary (`main.rs`, with its clap definitions in `cli.rs`) parses flags, converts them
+//! The binary (`main.rs`, with its flag definitions in `cli.rs`) parses flags, converts them
 //! into the plain option structs below, dispatches, and maps errors to exit codes; it is
-//! the only user of `clap` and `anyhow`. The library, bottom layer first:
+//! the only user of the argument parser and of a catch-all error type. The library, bottom
+//! layer first:
 //! - [`snapshot`]: bbolt reader (`page`, `reader`), integrity check, `snapshot status`
 //!   values, the sha256 trailer (`trailer`), the copy-on-write page writer (`writer`).
 //!   Uses nothing else of the crate.
@@ -41,7 +42,7 @@
 //! other module; [`store`] knows neither [`etcd`] nor [`restore`] (nor [`daemon`], [`backup`]);
 //! [`restore`] knows neither [`etcd`] nor [`daemon`] (nor [`backup`]); no two files import
 //! each other (a module and its own submodules excepted; `config`/`crypto` is the pair left
-//! to untangle); `clap` and `anyhow` stay in the binary.
+//! to untangle); the argument parser and the catch-all error type stay in the binary.
 #![forbid(unsafe_code)]
 
 pub mod acquire;

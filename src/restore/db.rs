@@ -18,7 +18,7 @@
 //!
 //! # Choice: a focused copy-on-write writer, not a bbolt crate
 //! - `bbolt-rs` (crates.io 1.3.10, MIT) is a full port built on mmap and `unsafe`, pulling
-//!   clap, bumpalo, `fake` and more into the library; it is a one-person port tracking bbolt
+//!   a command-line parser, bumpalo, `fake` and more into the library; it is a one-person port tracking bbolt
 //!   1.3.10. We need neither its generality nor its risk: the restore changes three tiny
 //!   buckets. No other maintained bbolt writer exists on crates.io.
 //! - A compacting bulk rewrite (`bbolt compact`) would read and write the whole db: O(size),
