@@ -56,19 +56,9 @@ use serde::Serialize;
 use crate::error::UsageError;
 use plan::{Plan, PlanError, PlanInput, Target};
 
-/// Output format of a restore report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Output {
-    /// Human-readable text.
-    #[default]
-    Table,
-    /// One JSON document.
-    Json,
-}
-
 /// Options of a restore: `etcdutl snapshot restore`'s flags plus sources and extras
 /// (DESIGN.md "restore"); the CLI's `restore` flags convert into it. `Default`: etcdutl's
-/// defaults, no source, table output.
+/// defaults, no source, text output.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Snapshot file to restore: a raw db (`etcdctl snapshot save` output), `.db.zst` or
@@ -100,8 +90,8 @@ pub struct RestoreOptions {
     pub kubeadm_manifest: Option<PathBuf>,
     /// Print the plan (members, IDs, directories) and write nothing.
     pub dry_run: bool,
-    /// Output format (`-w`/`--write-out` as etcdctl; same spelling as the other commands).
-    pub output: Output,
+    /// Print the report as one JSON document instead of text.
+    pub json: bool,
     /// Raise the latest revision by N after the restore (etcdutl 3.5.10+ `--bump-revision`;
     /// requires --mark-compacted), so that revisions never go backwards for watchers
     /// [default: 0; with --kubeadm-manifest 1000000000, `--bump-revision 0` opts out].
@@ -519,16 +509,17 @@ async fn restore_files(
     let ids = crate::crypto::identities_from_args(&args.identity)?;
     acquire::fetch_files(&store, &m, ids, Some(dir)).await?;
     let entries = m.files.as_ref().map(|f| f.entries.len()).unwrap_or(0);
-    match args.output {
-        Output::Json => println!(
+    if args.json {
+        println!(
             "{}",
             serde_json::json!({"id": m.id, "files_to": dir, "entries": m.files.as_ref().map(|f| &f.entries)})
-        ),
-        Output::Table => println!(
+        );
+    } else {
+        println!(
             "extracted {entries} entries of backup {} below {} (checked against the manifest; modes as recorded)",
             m.id,
             dir.display()
-        ),
+        );
     }
     Ok(())
 }
@@ -1025,7 +1016,7 @@ fn print_report(
         revision_bump: info.bump,
         reminders: reminders(plan, manifest.is_some(), info),
     };
-    if args.output == Output::Json {
+    if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).expect("report serialises")
