@@ -26,6 +26,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::{self, FileFormat, Identities};
+use crate::files::{FilesCheck, FilesError, StoredFiles};
 use crate::snapshot::{self, SnapshotError, Status, TrailerCheck, TrailerHasher};
 use crate::store::{Manifest, Store, StoreError};
 use crate::workdir::{WorkDir, WorkDirError};
@@ -224,6 +225,9 @@ pub enum AcquireError {
         /// What is wrong.
         reason: String,
     },
+    /// A backup's control-plane files object failed its checks.
+    #[error("{0}")]
+    Files(#[from] FilesError),
     /// The bbolt structure check failed.
     #[error("verifying snapshot {what}: {source}")]
     Snapshot {
@@ -869,6 +873,56 @@ fn unpack<R: Read>(
         }),
         _work: Some(work),
     })
+}
+
+/// Reads the control-plane files object of backup `m` from `store` (streamed) and checks it
+/// with [`crate::files::check_stored`]: bounded by and compared with the manifest's size and
+/// sha256, decrypted with `identities`, checked entry by entry, or extracted below `dest`.
+/// Without identities an encrypted object gets the size and sha256 check only
+/// ([`FilesCheck::CiphertextOnly`]), and is refused when `dest` is given.
+///
+/// Errors: [`FilesError::NoFiles`], [`FilesError::Decrypt`], [`FilesError::Mismatch`],
+/// [`FilesError::Exists`], I/O (as [`AcquireError::Files`]); [`AcquireError::Store`].
+pub async fn fetch_files(
+    store: &Store,
+    m: &Manifest,
+    identities: Option<Arc<Identities>>,
+    dest: Option<&Path>,
+) -> Result<FilesCheck, AcquireError> {
+    let info = m
+        .files
+        .as_ref()
+        .ok_or_else(|| FilesError::NoFiles { id: m.id.clone() })?;
+    if let (Some(enc), None, Some(_)) = (&m.encryption, &identities, dest) {
+        return Err(FilesError::Decrypt {
+            id: m.id.clone(),
+            reason: format!(
+                "it is encrypted to {}: pass --identity FILE with a matching age identity",
+                enc.recipients.join(", ")
+            ),
+        }
+        .into());
+    }
+    let store_err = |source| AcquireError::Store {
+        store: format!("{} (files object of backup {})", store.describe(), m.id),
+        source,
+    };
+    let key = m.derived_files_key().map_err(store_err)?;
+    let reader = store.get_stream(&key).await.map_err(store_err)?;
+    let obj = StoredFiles {
+        id: m.id.clone(),
+        entries: info.entries.clone(),
+        stored_bytes: info.stored_bytes,
+        stored_sha256: info.stored_sha256.clone(),
+        encrypted: m.encryption.is_some(),
+    };
+    let dest = dest.map(Path::to_path_buf);
+    let input = tokio_util::io::SyncIoBridge::new(reader);
+    Ok(tokio::task::spawn_blocking(move || {
+        crate::files::check_stored(&obj, input, identities.as_deref(), dest.as_deref())
+    })
+    .await
+    .expect("files thread")?)
 }
 
 #[cfg(test)]

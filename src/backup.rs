@@ -1217,7 +1217,7 @@ pub fn age(now: DateTime<Utc>, m: &Manifest) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::restore::plan::Member;
+    use crate::restore::member::Member;
 
     #[test]
     fn wal_ids_reads_the_metadata_record() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use etcd_lifeboat::daemon::DaemonOptions;
-use etcd_lifeboat::restore::{self, RestoreOptions};
+use etcd_lifeboat::restore::RestoreOptions;
 
 /// Verified etcd backups to local or S3 storage, native restore, and a backup daemon.
 #[derive(Parser, Debug)]
@@ -334,10 +334,7 @@ impl From<RestoreArgs> for RestoreOptions {
             out_dir: a.out_dir,
             kubeadm_manifest: a.kubeadm_manifest,
             dry_run: a.dry_run,
-            output: match a.output.output {
-                Output::Table => restore::Output::Table,
-                Output::Json => restore::Output::Json,
-            },
+            json: a.output.output == Output::Json,
             bump_revision: a.bump_revision,
             mark_compacted: a.mark_compacted,
             members_from_snapshot: a.members_from_snapshot,
@@ -423,7 +420,7 @@ mod tests {
         assert_eq!(a.snapshot, Some(PathBuf::from("snap.db")));
         assert_eq!(a.wal_dir, Some(PathBuf::from("/w")));
         assert!(a.skip_hash_check);
-        assert_eq!(a.output, restore::Output::Json);
+        assert!(a.json);
         assert!(parse(&["x.db", "--snapshot", "y.db"]).is_err());
         assert!(parse(&["--snapshot", "y.db", "--from-store", "latest"]).is_err());
         let a = parse(&["--from-store", "latest", "--out-dir", "/o", "--dry-run"]).unwrap();

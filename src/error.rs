@@ -4,7 +4,7 @@
 //!   `store::StoreError`, `restore::RestoreError`, ...) whose variants say what failed, on
 //!   what, and what to do next. A variant wrapping another error shows its message and keeps
 //!   it as `source`, so that the policy below sees the whole chain.
-//! - Only the binary (`main.rs`) uses `anyhow`; [`exit_code`] maps any error chain to the
+//! - Only the binary (`main.rs`) uses a catch-all error type; [`exit_code`] maps any error chain to the
 //!   process exit code: 2 when the chain holds a [`UsageError`] or a
 //!   [`crate::config::ConfigError`] (bad flag, bad config key: the message names it), else 1.
 

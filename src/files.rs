@@ -88,17 +88,6 @@ pub enum FilesError {
         /// What differs.
         reason: String,
     },
-    /// The store refused to give the files object.
-    #[error("files object of backup {id} in {store}: {source}")]
-    Store {
-        /// Backup id.
-        id: String,
-        /// The store.
-        store: String,
-        /// The cause.
-        #[source]
-        source: crate::store::StoreError,
-    },
     /// The backup lists no files (`backup.files` was not configured when it was taken).
     #[error("backup {id} holds no control-plane files (backup.files was not configured when it was taken)")]
     NoFiles {
@@ -225,19 +214,18 @@ pub fn write_archive<W: Write>(
         }
         let size = meta.len();
         let file = fs::File::open(&path).map_err(io("cannot open", &path))?;
-        let mut reader = HashingReader {
-            inner: file.take(size),
-            sha: Sha256::new(),
-            n: 0,
-        };
+        let mut reader = Hashing::new(file.take(size), u64::MAX);
         header.set_size(size);
         tar.append_data(&mut header, rel, &mut reader)
             .map_err(io("cannot archive", &path))?;
-        if reader.n != size {
+        if reader.bytes != size {
             return Err(FilesError::Io {
                 what: "file changed size while being archived",
                 path,
-                source: std::io::Error::other(format!("{} bytes read, {size} expected", reader.n)),
+                source: std::io::Error::other(format!(
+                    "{} bytes read, {size} expected",
+                    reader.bytes
+                )),
             });
         }
         entries.push(FileEntry {
@@ -252,21 +240,6 @@ pub fn write_archive<W: Write>(
         .into_inner()
         .map_err(io("cannot finish archive", Path::new("(archive)")))?;
     Ok((entries, sink))
-}
-
-struct HashingReader<R> {
-    inner: R,
-    sha: Sha256,
-    n: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.sha.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
 }
 
 /// The relative path an entry has in the archive: its absolute path without the leading `/`.
@@ -377,15 +350,11 @@ pub fn check_archive<R: Read>(
                     }
                     None => Box::new(std::io::sink()),
                 };
-                let mut reader = HashingReader {
-                    inner: (&mut entry).take(size),
-                    sha: Sha256::new(),
-                    n: 0,
-                };
+                let mut reader = Hashing::new((&mut entry).take(size), u64::MAX);
                 std::io::copy(&mut reader, &mut out)
                     .map_err(|e| mismatch(format!("{}: {e}", want_entry.path)))?;
                 let sha = hex::encode(reader.sha.finalize());
-                if reader.n != size || !sha.eq_ignore_ascii_case(&want_entry.sha256) {
+                if reader.bytes != size || !sha.eq_ignore_ascii_case(&want_entry.sha256) {
                     return Err(mismatch(format!(
                         "{}: sha256 {sha}, the manifest says {}",
                         want_entry.path, want_entry.sha256
@@ -505,7 +474,7 @@ pub fn encryption_provider_config(apiserver_manifest: &Path) -> Option<PathBuf> 
     })
 }
 
-/// What [`fetch_stored`] checked of a backup's files object.
+/// What [`check_stored`] checked of a backup's files object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FilesCheck {
     /// Decrypted when needed, decompressed, every entry checked against the manifest (and,
@@ -521,6 +490,17 @@ struct Hashing<R> {
     sha: Sha256,
     bytes: u64,
     limit: u64,
+}
+
+impl<R> Hashing<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        Hashing {
+            inner,
+            sha: Sha256::new(),
+            bytes: 0,
+            limit,
+        }
+    }
 }
 
 impl<R: Read> Read for Hashing<R> {
@@ -541,95 +521,71 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Reads the files object of backup `m` from `store` (streamed, bounded by the manifest's
-/// `stored_bytes`, sha256 compared with `stored_sha256`) and checks it: with `identities` (or
-/// for a plaintext object) decrypts, decompresses and runs [`check_archive`], or [`extract`]s
-/// it below `dest` when given; without identities an encrypted object gets the size and
-/// sha256 check only ([`FilesCheck::CiphertextOnly`]; refused when `dest` is given).
+/// A stored files object as its manifest describes it.
+#[derive(Debug, Clone)]
+pub struct StoredFiles {
+    /// Backup id (for messages).
+    pub id: String,
+    /// The entries the archive must hold.
+    pub entries: Vec<FileEntry>,
+    /// Size of the stored object in bytes; reading stops with an error past it.
+    pub stored_bytes: u64,
+    /// sha256 (hex) of the stored object.
+    pub stored_sha256: String,
+    /// The object is age-encrypted.
+    pub encrypted: bool,
+}
+
+/// Checks a stored files object read from `input` (bounded by `obj.stored_bytes`, sha256
+/// compared with `obj.stored_sha256`): with `identities` (or for a plaintext object)
+/// decrypts, decompresses and runs [`check_archive`], or [`extract`]s it below `dest` when
+/// given; without identities an encrypted object gets the size and sha256 check only
+/// ([`FilesCheck::CiphertextOnly`]). Blocking; `acquire::fetch_files` streams it from a store.
 ///
-/// Errors: [`FilesError::NoFiles`], [`FilesError::Store`], [`FilesError::Decrypt`],
-/// [`FilesError::Mismatch`] (size, sha256 or content), [`FilesError::Exists`], I/O.
-pub async fn fetch_stored(
-    store: &crate::store::Store,
-    m: &crate::store::manifest::Manifest,
-    identities: Option<std::sync::Arc<crate::crypto::Identities>>,
+/// Errors: [`FilesError::Decrypt`], [`FilesError::Mismatch`] (size, sha256 or content),
+/// [`FilesError::Exists`], I/O.
+pub fn check_stored<R: Read>(
+    obj: &StoredFiles,
+    input: R,
+    identities: Option<&crate::crypto::Identities>,
     dest: Option<&Path>,
 ) -> Result<FilesCheck, FilesError> {
-    let id = m.id.clone();
-    let info = m
-        .files
-        .clone()
-        .ok_or_else(|| FilesError::NoFiles { id: id.clone() })?;
-    let encrypted = m.encryption.is_some();
-    if encrypted && identities.is_none() && dest.is_some() {
-        return Err(FilesError::Decrypt {
-            id,
-            reason: format!(
-                "it is encrypted to {}: pass --identity FILE with a matching age identity",
-                m.encryption
-                    .as_ref()
-                    .map(|e| e.recipients.join(", "))
-                    .unwrap_or_default()
-            ),
-        });
-    }
-    let store_err = |source| FilesError::Store {
-        id: m.id.clone(),
-        store: store.describe(),
-        source,
+    let id = obj.id.as_str();
+    let mut input = Hashing::new(input, obj.stored_bytes);
+    let mismatch = |reason: String| FilesError::Mismatch {
+        id: id.to_string(),
+        reason,
     };
-    let key = m.derived_files_key().map_err(store_err)?;
-    let reader = store.get_stream(&key).await.map_err(store_err)?;
-    let dest = dest.map(Path::to_path_buf);
-    tokio::task::spawn_blocking(move || {
-        let mut input = Hashing {
-            inner: tokio_util::io::SyncIoBridge::new(reader),
-            sha: Sha256::new(),
-            bytes: 0,
-            limit: info.stored_bytes,
-        };
-        let mismatch = |reason: String| FilesError::Mismatch {
-            id: id.clone(),
-            reason,
-        };
-        let checked = match (&identities, encrypted) {
-            (None, true) => None,
-            (Some(ids), true) => {
-                let r = ids.decrypt(&mut input).map_err(|e| FilesError::Decrypt {
-                    id: id.clone(),
-                    reason: format!("{e}: the given identities do not open it"),
-                })?;
-                Some(read_archive(&id, r, &info.entries, dest.as_deref())?)
-            }
-            (_, false) => Some(read_archive(
-                &id,
-                &mut input,
-                &info.entries,
-                dest.as_deref(),
-            )?),
-        };
-        std::io::copy(&mut input, &mut std::io::sink())
-            .map_err(|e| mismatch(format!("reading the stored object: {e}")))?;
-        if input.bytes != info.stored_bytes {
-            return Err(mismatch(format!(
-                "the stored object is {} bytes, the manifest says {}",
-                input.bytes, info.stored_bytes
-            )));
+    let checked = match (identities, obj.encrypted) {
+        (None, true) => None,
+        (Some(ids), true) => {
+            let r = ids.decrypt(&mut input).map_err(|e| FilesError::Decrypt {
+                id: id.to_string(),
+                reason: format!("{e}: the given identities do not open it"),
+            })?;
+            Some(read_archive(id, r, &obj.entries, dest)?)
         }
-        let sha = hex::encode(input.sha.finalize());
-        if !sha.eq_ignore_ascii_case(&info.stored_sha256) {
-            return Err(mismatch(format!(
-                "the stored object's sha256 is {sha}, the manifest says {}",
-                info.stored_sha256
-            )));
-        }
-        Ok(match checked {
-            Some(n) => FilesCheck::Content(n),
-            None => FilesCheck::CiphertextOnly,
-        })
+        (_, false) => Some(read_archive(id, &mut input, &obj.entries, dest)?),
+    };
+    std::io::copy(&mut input, &mut std::io::sink())
+        .map_err(|e| mismatch(format!("reading the stored object: {e}")))?;
+    if input.bytes != obj.stored_bytes {
+        return Err(mismatch(format!(
+            "the stored object is {} bytes, the manifest says {}",
+            input.bytes, obj.stored_bytes
+        )));
+    }
+    let sha = hex::encode(input.sha.finalize());
+    if !sha.eq_ignore_ascii_case(&obj.stored_sha256) {
+        return Err(mismatch(format!(
+            "the stored object's sha256 is {sha}, the manifest says {}",
+            obj.stored_sha256
+        )));
+    }
+    Ok(match checked {
+        Some(n) => FilesCheck::Content(n),
+        None => FilesCheck::CiphertextOnly,
     })
-    .await
-    .expect("files thread")
 }
 
 /// Decompresses and checks (or extracts) one archive; returns the number of entries.

@@ -202,9 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for m in &targets {
                 // The control-plane files object first: a failure there fails the backup.
                 if m.files.is_some() {
-                    if let Err(e) =
-                        etcd_lifeboat::files::fetch_stored(&store, m, identities.clone(), None)
-                            .await
+                    if let Err(e) = acquire::fetch_files(&store, m, identities.clone(), None).await
                     {
                         failed += 1;
                         results.push(

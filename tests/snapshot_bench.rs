@@ -11,7 +11,8 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use etcd_lifeboat::restore::db::{verify_copy_rewrite, RestoreMember};
+use etcd_lifeboat::restore::db::rewrite_db;
+use etcd_lifeboat::restore::member::Member;
 use etcd_lifeboat::snapshot::{status_file, status_file_verified};
 
 fn bench_dir() -> PathBuf {
@@ -140,15 +141,17 @@ fn bench_child() {
             "{}",
             serde_json::to_string(&status_file_verified(&file).unwrap().0).unwrap()
         ),
-        // The db part of a restore: verify (trailer + check + status), copy, rewrite.
+        // The db part of a restore: verify (trailer + check + status), then copy + rewrite.
         "restore-db" => {
             let out = PathBuf::from(std::env::var("BENCH_OUT").unwrap());
-            let m = RestoreMember {
+            let m = Member {
                 id: 0x71405583d3e2d5ce,
                 name: "a".into(),
                 peer_urls: vec!["http://127.0.0.1:2380".into()],
             };
-            verify_copy_rewrite(&file, &out, false, &[m], 1, 1).unwrap();
+            status_file_verified(&file).unwrap();
+            let db_len = std::fs::metadata(&file).unwrap().len() - 32;
+            rewrite_db(&file, db_len, &out, &[m], 1, 1).unwrap();
         }
         other => panic!("unknown BENCH_OP {other}"),
     }

@@ -10,9 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use etcd_lifeboat::restore::db::{rewrite_db, verify_copy_rewrite, RestoreMember};
+use etcd_lifeboat::restore::db::rewrite_db;
+use etcd_lifeboat::restore::member::Member as RestoreMember;
 use etcd_lifeboat::snapshot::page::{self, PAGE_HEADER_SIZE};
-use etcd_lifeboat::snapshot::{status_file, verify_file, Db, SnapshotError, Status};
+use etcd_lifeboat::snapshot::{status_file, verify_file, Db, Status};
 use sha1::{Digest, Sha1};
 
 /// etcd membership/member.go computeMemberId (no time component).
@@ -312,81 +313,3 @@ async fn rewrite_keeps_a_synced_freelist_consistent() {
     assert!(err.to_string().contains("out.db: File exists"), "{err}");
 }
 
-/// The one-call pipeline (trailer, check, copy overlapped; then rewrite) gives the same db as
-/// `rewrite_db`, refuses bad input and removes only what it created.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_copy_rewrite_pipeline() {
-    let snap = populated_snapshot().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let m = vec![RestoreMember {
-        id: 0x71405583d3e2d5ce,
-        name: "a".into(),
-        peer_urls: vec!["http://127.0.0.1:2380".into()],
-    }];
-    let a = tmp.path().join("a.db");
-    let r = verify_copy_rewrite(&snap.path, &a, false, &m, 1, 1).unwrap();
-    assert_eq!(r.source, status_file(&snap.path).unwrap());
-    assert_eq!(r.trailer.as_ref().unwrap().matches, Some(true));
-    assert_eq!(r.db_len, db_len(&snap.path));
-    let b = tmp.path().join("b.db");
-    rewrite_db(&snap.path, db_len(&snap.path), &b, &m, 1, 1).unwrap();
-    assert_eq!(dump(&a), dump(&b));
-    assert_eq!(r.rewritten, verify_file(&b, None).unwrap());
-
-    // The destination exists: refused, and left alone.
-    std::fs::write(tmp.path().join("keep.db"), b"precious").unwrap();
-    let err =
-        verify_copy_rewrite(&snap.path, &tmp.path().join("keep.db"), false, &m, 1, 1).unwrap_err();
-    assert!(err.to_string().contains("keep.db: File exists"), "{err}");
-    assert_eq!(
-        std::fs::read(tmp.path().join("keep.db")).unwrap(),
-        b"precious"
-    );
-
-    // A bad trailer: refused, nothing left behind.
-    let bad = tmp.path().join("bad.db");
-    std::fs::copy(&snap.path, &bad).unwrap();
-    let len = std::fs::metadata(&bad).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&bad).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0xff; 4], len - 4).unwrap();
-    let out = tmp.path().join("out.db");
-    let err = verify_copy_rewrite(&bad, &out, false, &m, 1, 1).unwrap_err();
-    assert!(matches!(err, SnapshotError::HashMismatch { .. }), "{err}");
-    assert!(!out.exists());
-    // ... but accepted with skip_hash_check (etcdutl --skip-hash-check), trailer still cut.
-    let r = verify_copy_rewrite(&bad, &out, true, &m, 1, 1).unwrap();
-    assert_eq!((r.trailer, r.db_len), (None, len - 32));
-    std::fs::remove_file(&out).unwrap();
-
-    // No trailer (a data-dir db): needs skip_hash_check, like etcdutl.
-    let raw = tmp.path().join("raw.db");
-    std::fs::copy(&snap.path, &raw).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&raw)
-        .unwrap()
-        .set_len(len - 32)
-        .unwrap();
-    let err = verify_copy_rewrite(&raw, &out, false, &m, 1, 1).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        format!("{}: snapshot has no sha256 trailer (its size is not 32 bytes past a multiple of 512), so its integrity cannot be checked; if it is a db copied out of a data dir (member/snap/db), pass --skip-hash-check", raw.display())
-    );
-    assert!(!out.exists());
-    verify_copy_rewrite(&raw, &out, true, &m, 1, 1).unwrap();
-    assert_eq!(dump(&out), dump(&b));
-
-    // A truncated snapshot: refused before anything is created.
-    let trunc = tmp.path().join("trunc.db");
-    std::fs::copy(&raw, &trunc).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&trunc)
-        .unwrap()
-        .set_len(((len - 32) / 2) & !4095)
-        .unwrap();
-    let out2 = tmp.path().join("out2.db");
-    let err = verify_copy_rewrite(&trunc, &out2, true, &m, 1, 1).unwrap_err();
-    assert!(matches!(err, SnapshotError::Truncated { .. }), "{err}");
-    assert!(!out2.exists());
-}

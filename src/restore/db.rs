@@ -18,7 +18,7 @@
 //!
 //! # Choice: a focused copy-on-write writer, not a bbolt crate
 //! - `bbolt-rs` (crates.io 1.3.10, MIT) is a full port built on mmap and `unsafe`, pulling
-//!   clap, bumpalo, `fake` and more into the library; it is a one-person port tracking bbolt
+//!   a command-line parser, bumpalo, `fake` and more into the library; it is a one-person port tracking bbolt
 //!   1.3.10. We need neither its generality nor its risk: the restore changes three tiny
 //!   buckets. No other maintained bbolt writer exists on crates.io.
 //! - A compacting bulk rewrite (`bbolt compact`) would read and write the whole db: O(size),
@@ -38,45 +38,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::pb::go_json_string;
+use super::member::{hex_id, Member};
 use crate::snapshot::writer::{self, BucketEdit};
-use crate::snapshot::{
-    check_sha256_trailer, check_trailer_info, has_trailer, verify_file, Db, SnapshotError, Status,
-    TrailerInfo,
-};
-
-/// A member of the restored cluster, as etcd's membership stores it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestoreMember {
-    /// Member ID (`computeMemberId`: sha1 of sorted peer URLs + token, first 8 bytes BE).
-    pub id: u64,
-    /// `--name` of the member.
-    pub name: String,
-    /// Peer URLs in the order etcd keeps them (`types.NewURLs` sorts them).
-    pub peer_urls: Vec<String>,
-}
-
-impl RestoreMember {
-    /// The key in bucket `members`: the ID in lower-case hex without padding
-    /// (`types.ID.String()` = `strconv.FormatUint(id, 16)`; membership/store.go
-    /// `backendMemberKey`).
-    pub fn backend_key(&self) -> String {
-        format!("{:x}", self.id)
-    }
-
-    /// The value: Go `json.Marshal(Member)` = `{"id":<u64>,"peerURLs":[..],"name":".."}`
-    /// (`isLearner` and `clientURLs` omitted when empty; `name` omitted when empty), with Go's
-    /// string escaping (`<`, `>`, `&`, U+2028, U+2029 as `\u00XX`).
-    pub fn backend_value(&self) -> String {
-        let urls: Vec<String> = self.peer_urls.iter().map(|u| go_json_string(u)).collect();
-        let mut s = format!("{{\"id\":{},\"peerURLs\":[{}]", self.id, urls.join(","));
-        if !self.name.is_empty() {
-            s.push_str(&format!(",\"name\":{}", go_json_string(&self.name)));
-        }
-        s.push('}');
-        s
-    }
-}
+use crate::snapshot::{Db, SnapshotError};
 
 /// Copy `src` (a verified db, `db_len` bytes; a trailer beyond is ignored) to `dst` (created,
 /// mode 0600, must not exist) and rewrite it the way etcd 3.5's restore does: empty buckets
@@ -90,7 +54,7 @@ pub fn rewrite_db(
     src: &Path,
     db_len: u64,
     dst: &Path,
-    members: &[RestoreMember],
+    members: &[Member],
     consistent_index: u64,
     term: u64,
 ) -> Result<(), SnapshotError> {
@@ -112,7 +76,7 @@ pub fn rewrite_db_bumped(
     src: &Path,
     db_len: u64,
     dst: &Path,
-    members: &[RestoreMember],
+    members: &[Member],
     consistent_index: u64,
     term: u64,
     bump: u64,
@@ -224,10 +188,6 @@ pub struct SnapshotMember {
     pub is_learner: bool,
 }
 
-fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{id:016x}"))
-}
-
 /// Most members accepted from a snapshot (etcd recommends at most 7; bound untrusted data).
 pub const MAX_SNAPSHOT_MEMBERS: usize = 1000;
 
@@ -267,97 +227,9 @@ pub fn snapshot_members(db: &Db) -> Result<Vec<SnapshotMember>, SnapshotError> {
     Ok(out)
 }
 
-/// What [`verify_copy_rewrite`] checked and wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestoredDb {
-    /// Status of the source snapshot (before the membership rewrite).
-    pub source: Status,
-    /// The trailer check (`None` with `skip_hash_check`).
-    pub trailer: Option<TrailerInfo>,
-    /// Bytes of the db (the source without its trailer).
-    pub db_len: u64,
-    /// Status of the rewritten db.
-    pub rewritten: Status,
-}
-
-/// The whole db part of `etcdutl snapshot restore`, overlapped on three threads: the sha256
-/// trailer check (skipped with `skip_hash_check`), the full bbolt check + status of `src`,
-/// and the kernel-side copy to `dst`; when all three succeed, the copy-on-write rewrite of
-/// [`rewrite_db`], then a check of the result. Trailer rules as etcdutl's `copyAndVerifyDB`:
-/// a trailer is present when `size % 512 == 32` and always cut; without one, and without
-/// `skip_hash_check`, the file is refused (it is not an `etcdctl snapshot save` file).
-///
-/// Errors: HashMismatch, MissingHash, Io, NotBbolt, Truncated, Corrupt, Rewrite. On error
-/// `dst` is removed.
-pub fn verify_copy_rewrite(
-    src: &Path,
-    dst: &Path,
-    skip_hash_check: bool,
-    members: &[RestoreMember],
-    consistent_index: u64,
-    term: u64,
-) -> Result<RestoredDb, SnapshotError> {
-    let file_len = std::fs::metadata(src)
-        .map_err(|source| SnapshotError::Io {
-            path: src.to_path_buf(),
-            source,
-        })?
-        .len();
-    let has = has_trailer(file_len);
-    if !has && !skip_hash_check {
-        return Err(SnapshotError::MissingHash {
-            path: src.to_path_buf(),
-        });
-    }
-    let db_len = if has { file_len - 32 } else { file_len };
-    let size = Db::open(src, Some(db_len))?.size();
-    let to = create_dst(dst)?; // from here on, dst is ours to remove on error
-    let res = std::thread::scope(|s| {
-        let sha = (!skip_hash_check).then(|| s.spawn(|| check_sha256_trailer(src)));
-        let copy = s.spawn(|| copy_prefix(src, to, dst, size));
-        let status = verify_file(src, Some(db_len));
-        let panicked = |what: &str| SnapshotError::Io {
-            path: src.to_path_buf(),
-            source: std::io::Error::other(format!("{what} thread panicked")),
-        };
-        let trailer = sha.map(|h| h.join().unwrap_or_else(|_| Err(panicked("sha256"))));
-        let copied = copy.join().unwrap_or_else(|_| Err(panicked("copy")));
-        (trailer, status, copied)
-    });
-    let result = (|| {
-        let (trailer, status, copied) = res;
-        let trailer = match trailer {
-            Some(t) => {
-                let t = t?;
-                check_trailer_info(src, &t)?;
-                Some(t)
-            }
-            None => None,
-        };
-        let source = status?;
-        copied?;
-        writer::apply(
-            dst,
-            Some(size),
-            &membership_edits(members, consistent_index, term),
-        )?;
-        let rewritten = verify_file(dst, None)?;
-        Ok(RestoredDb {
-            source,
-            trailer,
-            db_len,
-            rewritten,
-        })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(dst);
-    }
-    result
-}
-
 /// The bucket edits of a 3.5 restore (see the module doc).
 pub fn membership_edits(
-    members: &[RestoreMember],
+    members: &[Member],
     consistent_index: u64,
     term: u64,
 ) -> BTreeMap<Vec<u8>, BucketEdit> {
@@ -421,9 +293,7 @@ fn copy_prefix(
             actual: copied,
         });
     }
-    // Flush the copied pages now: in `verify_copy_rewrite` this overlaps the disk writes with
-    // the sha256 and the check still running on the other threads, and leaves the commit's
-    // own fsyncs only a few pages.
+    // Flush the copied pages now: the commit's own fsyncs then cover only a few pages.
     to.flush()
         .and_then(|()| to.sync_data())
         .map_err(|source| SnapshotError::Io {
@@ -431,33 +301,4 @@ fn copy_prefix(
             source,
         })?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn member_json_like_go() {
-        let m = RestoreMember {
-            id: 0x71405583d3e2d5ce,
-            name: "a".into(),
-            peer_urls: vec!["http://127.0.0.1:2380".into()],
-        };
-        assert_eq!(m.backend_key(), "71405583d3e2d5ce");
-        assert_eq!(
-            m.backend_value(),
-            r#"{"id":8160616549479273934,"peerURLs":["http://127.0.0.1:2380"],"name":"a"}"#
-        );
-        let small = RestoreMember {
-            id: 0xab,
-            name: String::new(),
-            peer_urls: vec!["http://x/?a=1&b=<2>".into()],
-        };
-        assert_eq!(small.backend_key(), "ab");
-        assert_eq!(
-            small.backend_value(),
-            r#"{"id":171,"peerURLs":["http://x/?a=1\u0026b=\u003c2\u003e"]}"#
-        );
-    }
 }

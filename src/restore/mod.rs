@@ -35,6 +35,7 @@
 pub mod db;
 pub mod ids;
 pub mod kubeadm;
+pub mod member;
 mod pb;
 pub mod plan;
 pub mod snap;
@@ -42,10 +43,9 @@ pub mod wal;
 use crate::acquire::{self, AcquireError, AcquireOptions, TrailerRule};
 use crate::config::{Config, ConfigError};
 use crate::crypto::{CryptoError, FileFormat};
-use crate::files::FilesError;
 use crate::snapshot::{SnapshotError, Status};
 use crate::store::{manifest, Manifest, Store, StoreError};
-use db::{rewrite_db_bumped, Bumped, RestoreMember, SnapshotMember};
+use db::{rewrite_db_bumped, Bumped, SnapshotMember};
 
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -56,19 +56,9 @@ use serde::Serialize;
 use crate::error::UsageError;
 use plan::{Plan, PlanError, PlanInput, Target};
 
-/// Output format of a restore report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Output {
-    /// Human-readable text.
-    #[default]
-    Table,
-    /// One JSON document.
-    Json,
-}
-
 /// Options of a restore: `etcdutl snapshot restore`'s flags plus sources and extras
 /// (DESIGN.md "restore"); the CLI's `restore` flags convert into it. `Default`: etcdutl's
-/// defaults, no source, table output.
+/// defaults, no source, text output.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Snapshot file to restore: a raw db (`etcdctl snapshot save` output), `.db.zst` or
@@ -76,13 +66,13 @@ pub struct RestoreOptions {
     pub snapshot: Option<PathBuf>,
     /// Restore a backup from the configured store: its id, a unique id prefix, or `latest`.
     pub from_store: Option<String>,
-    /// Data dir to create (absent or empty) [default: <name>.etcd].
+    /// Data dir to create (absent or empty) [default: `<name>.etcd`].
     pub data_dir: Option<PathBuf>,
-    /// Dedicated WAL dir (absent or empty) [default: <data-dir>/member/wal].
+    /// Dedicated WAL dir (absent or empty) [default: `<data-dir>/member/wal`].
     pub wal_dir: Option<PathBuf>,
     /// Name of the member to restore [default: default].
     pub name: Option<String>,
-    /// Members of the restored cluster, `name=peerURL,...` [default: default=http://localhost:2380].
+    /// Members of the restored cluster, `name=peerURL,...` [default: `default=http://localhost:2380`].
     pub initial_cluster: Option<String>,
     /// Token of the restored cluster; member and cluster IDs derive from it [default: etcd-cluster].
     pub initial_cluster_token: Option<String>,
@@ -93,15 +83,15 @@ pub struct RestoreOptions {
     /// age identity file for an encrypted snapshot or backup (age-keygen output, an ssh
     /// private key, or an `age -p` encrypted identity file); repeatable.
     pub identity: Vec<PathBuf>,
-    /// Write every member of --initial-cluster into DIR/<name> (rebuild a whole cluster).
+    /// Write every member of --initial-cluster into `DIR/<name>` (rebuild a whole cluster).
     pub out_dir: Option<PathBuf>,
     /// Read name, data dir, peer URLs, initial cluster and token from a kubeadm etcd static
     /// pod manifest; flags given explicitly win.
     pub kubeadm_manifest: Option<PathBuf>,
     /// Print the plan (members, IDs, directories) and write nothing.
     pub dry_run: bool,
-    /// Output format (`-w`/`--write-out` as etcdctl; same spelling as the other commands).
-    pub output: Output,
+    /// Print the report as one JSON document instead of text.
+    pub json: bool,
     /// Raise the latest revision by N after the restore (etcdutl 3.5.10+ `--bump-revision`;
     /// requires --mark-compacted), so that revisions never go backwards for watchers
     /// [default: 0; with --kubeadm-manifest 1000000000, `--bump-revision 0` opts out].
@@ -142,9 +132,6 @@ pub enum RestoreError {
     /// An `--identity` file cannot be read or parsed.
     #[error("{0}")]
     Crypto(#[from] CryptoError),
-    /// `--files-to`: the control-plane files could not be fetched or extracted.
-    #[error("{0}")]
-    Files(#[from] FilesError),
     /// The configured store cannot be opened or the backup is not found in it.
     #[error("{what}: {source}")]
     Store {
@@ -509,7 +496,7 @@ async fn find_stored(which: &str, config_path: Option<&Path>) -> Result<(Store, 
 }
 
 /// `--files-to DIR`: the control-plane files of the backup `--from-store` names, extracted
-/// below DIR ([`crate::files::fetch_stored`]).
+/// below DIR ([`acquire::fetch_files`]).
 async fn restore_files(
     args: &RestoreOptions,
     dir: &Path,
@@ -520,18 +507,19 @@ async fn restore_files(
     };
     let (store, m) = find_stored(which, config_path).await?;
     let ids = crate::crypto::identities_from_args(&args.identity)?;
-    crate::files::fetch_stored(&store, &m, ids, Some(dir)).await?;
+    acquire::fetch_files(&store, &m, ids, Some(dir)).await?;
     let entries = m.files.as_ref().map(|f| f.entries.len()).unwrap_or(0);
-    match args.output {
-        Output::Json => println!(
+    if args.json {
+        println!(
             "{}",
             serde_json::json!({"id": m.id, "files_to": dir, "entries": m.files.as_ref().map(|f| &f.entries)})
-        ),
-        Output::Table => println!(
+        );
+    } else {
+        println!(
             "extracted {entries} entries of backup {} below {} (checked against the manifest; modes as recorded)",
             m.id,
             dir.display()
-        ),
+        );
     }
     Ok(())
 }
@@ -802,15 +790,6 @@ fn mkdir0700(p: &Path) -> Result<()> {
 /// Step 4 (`saveDB`, `updateCIndex`, `saveWALAndSnap`): every target member's files, staged.
 fn stage_members(plan: &Plan, src: &Path, db_len: u64, bump: u64) -> Result<Vec<Staged>> {
     let n = plan.members.len() as u64;
-    let members: Vec<RestoreMember> = plan
-        .members
-        .iter()
-        .map(|m| RestoreMember {
-            id: m.id,
-            name: m.name.clone(),
-            peer_urls: m.peer_urls.clone(),
-        })
-        .collect();
     let mut staged = Vec::new();
     let mut first_db: Option<PathBuf> = None;
     for t in &plan.targets {
@@ -822,7 +801,7 @@ fn stage_members(plan: &Plan, src: &Path, db_len: u64, bump: u64) -> Result<Vec<
         let db = snap_dir.join("db");
         match &first_db {
             None => {
-                save_db(src, db_len, &db, &members, n, bump)?;
+                save_db(src, db_len, &db, &plan.members, n, bump)?;
                 first_db = Some(db.clone());
             }
             // Every member's db is the same: copy the first one (copy_file_range).
@@ -870,7 +849,7 @@ fn save_db(
     src: &Path,
     db_len: u64,
     dst: &Path,
-    members: &[RestoreMember],
+    members: &[member::Member],
     n: u64,
     bump: u64,
 ) -> Result<()> {
@@ -1037,7 +1016,7 @@ fn print_report(
         revision_bump: info.bump,
         reminders: reminders(plan, manifest.is_some(), info),
     };
-    if args.output == Output::Json {
+    if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).expect("report serialises")

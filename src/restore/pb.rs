@@ -4,7 +4,8 @@
 //! `(gogoproto.nullable) = false` scalars always written (even when zero), nullable `bytes`
 //! and message fields written only when set, proto2 `repeated uint64` unpacked (one tag per
 //! value). Encoding by hand keeps those rules explicit; prost's derive would drop zero
-//! scalars or need proto2 `required` tricks. Field numbers come from (release-3.5):
+//! scalars or need proto2 `required` tricks, so `prost` is not a direct dependency (about 100
+//! lines here, byte-exact against etcdutl in `tests/restore_format.rs`). Field numbers come from (release-3.5):
 //! `server/wal/walpb/record.proto`, `raft/raftpb/raft.proto`,
 //! `server/etcdserver/api/snap/snappb/snap.proto`, `api/etcdserverpb/etcdserver.proto`.
 
@@ -121,29 +122,6 @@ pub fn snap_file(crc: u32, data: &[u8]) -> Vec<u8> {
     b
 }
 
-/// A JSON string literal exactly as Go's `encoding/json` writes it (HTML-safe escaping of
-/// `<`, `>`, `&`, and of U+2028/U+2029), so that member JSON matches etcd's byte for byte.
-pub fn go_json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,13 +132,5 @@ mod tests {
         assert_eq!(wal_snapshot(0, 0, None), vec![0x08, 0, 0x10, 0]);
         // crc record of a fresh WAL (measured: 08 04 10 00).
         assert_eq!(wal_record(4, 0, None), vec![0x08, 4, 0x10, 0]);
-    }
-
-    #[test]
-    fn go_json_escapes() {
-        assert_eq!(
-            go_json_string("a<b>&\"\\\n\u{1}"),
-            r#""a\u003cb\u003e\u0026\"\\\n\u0001""#
-        );
     }
 }

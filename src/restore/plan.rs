@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::db::SnapshotMember;
 use super::ids;
-use super::pb::go_json_string;
-use super::snap::EVENT_HISTORY_CAPACITY;
+use super::member::{hex_id, Member, EVENT_HISTORY_CAPACITY};
 
 /// Default of `--name` (etcdutl's).
 pub const DEFAULT_NAME: &str = "default";
@@ -76,48 +76,6 @@ fn flag(flag: &'static str, message: impl Into<String>) -> PlanError {
     PlanError::Flag {
         flag,
         message: message.into(),
-    }
-}
-
-/// One member of the restored cluster.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Member {
-    /// `--name` of the member.
-    pub name: String,
-    /// Member ID ([`ids::member_id`] of the peer URLs and token).
-    #[serde(serialize_with = "hex_id")]
-    pub id: u64,
-    /// Peer URLs, sorted (as etcd stores them).
-    pub peer_urls: Vec<String>,
-}
-
-fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{id:016x}"))
-}
-
-impl Member {
-    /// `json.Marshal(membership.Member)` as etcd writes it into the ConfChange context:
-    /// `{"id":<u64>,"peerURLs":[...],"name":"..."}` (no learner flag, no client URLs).
-    pub fn context_json(&self) -> String {
-        format!(
-            r#"{{"id":{},"peerURLs":[{}],"name":{}}}"#,
-            self.id,
-            self.urls_json(),
-            go_json_string(&self.name)
-        )
-    }
-
-    /// `json.Marshal(RaftAttributes)`: `{"peerURLs":[...]}`.
-    pub fn raft_attributes_json(&self) -> String {
-        format!(r#"{{"peerURLs":[{}]}}"#, self.urls_json())
-    }
-
-    fn urls_json(&self) -> String {
-        self.peer_urls
-            .iter()
-            .map(|u| go_json_string(u))
-            .collect::<Vec<_>>()
-            .join(",")
     }
 }
 
@@ -255,14 +213,12 @@ pub fn parse_initial_cluster(raw: &str) -> Result<BTreeMap<String, Vec<String>>,
 /// per peer URL, members sorted by name). Errors (a `Flag` error on `--members-from-snapshot`):
 /// no members recorded, or a member without a name (an etcd 3.4 member that never
 /// published its attributes): then give `--initial-cluster` instead.
-pub fn initial_cluster_of_snapshot(
-    members: &[super::db::SnapshotMember],
-) -> Result<String, PlanError> {
+pub fn initial_cluster_of_snapshot(members: &[SnapshotMember]) -> Result<String, PlanError> {
     const F: &str = "--members-from-snapshot";
     if members.is_empty() {
         return Err(flag(F, "the snapshot records no members (bucket members is empty); give --initial-cluster name=peerURL,... instead"));
     }
-    let mut by_name: Vec<&super::db::SnapshotMember> = members.iter().collect();
+    let mut by_name: Vec<&SnapshotMember> = members.iter().collect();
     by_name.sort_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
     let mut parts = Vec::new();
     for m in by_name {
@@ -294,11 +250,11 @@ pub fn initial_cluster_of_snapshot(
 
 /// The snapshot's members for messages, sorted by name: `name=url (id ..., learner)`,
 /// `; `-separated.
-pub fn describe_snapshot_members(members: &[super::db::SnapshotMember]) -> String {
+pub fn describe_snapshot_members(members: &[SnapshotMember]) -> String {
     if members.is_empty() {
         return "none recorded".to_string();
     }
-    let mut by_name: Vec<&super::db::SnapshotMember> = members.iter().collect();
+    let mut by_name: Vec<&SnapshotMember> = members.iter().collect();
     by_name.sort_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
     by_name
         .iter()

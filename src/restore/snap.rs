@@ -25,11 +25,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::pb::{self, go_json_string};
-use super::plan::Member;
-
-/// Capacity of the v2 store's event history (`newWatchHub(1000)`).
-pub const EVENT_HISTORY_CAPACITY: usize = 1000;
+use super::member::{go_json_string, Member, EVENT_HISTORY_CAPACITY};
+use super::pb;
 
 /// `%016x-%016x.snap` of term and index.
 pub fn snap_file_name(term: u64, index: u64) -> String {

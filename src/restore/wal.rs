@@ -21,8 +21,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use super::member::Member;
 use super::pb;
-use super::plan::Member;
 
 /// `wal.SegmentSizeBytes`: size every WAL segment file is preallocated to (bytes).
 pub const SEGMENT_SIZE_BYTES: u64 = 64 * 1000 * 1000;
