@@ -18,9 +18,11 @@
 #        keep < 10 GB free), K8S_GIB=4 (size of the small-keys db, 0 = skip), RUNS=1,
 #        CACHE=dir, WORK=dir (scratch, default under CARGO_TARGET_DIR), ETCD35_DIR (etcd, etcdctl,
 #        etcdutl 3.5; default ~/.cache/etcd-lifeboat/etcd-3.5.30/usr/bin), LIFEBOAT=binary
-#        (skip the build), ONLY="status restore backup verify" (subset),
+#        (skip the build), ONLY="status restore local backup verify" (subset; without
+#        "local" only the S3 rows of backup and verify),
 #        S3_ENDPOINT/S3_BUCKET/AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/S3_REGION (S3 rows),
-#        S3_PART_MIB="8" and S3_PARTS (part sizes to try; parts in flight if the config knows it)
+#        S3_PART_MIB="8" (part sizes to try, MiB); the S3 server: scripts/bench-seaweedfs.sh
+#        or scripts/bench-garage.sh (`eval "$(scripts/bench-seaweedfs.sh start DIR)"`)
 # Disk: CACHE holds the snapshots (4 GiB + K8S_GIB [+ 8 GiB]); WORK needs about 2x the
 # largest db at a time (restored data dir + one saved snapshot or store object).
 set -euo pipefail
@@ -31,7 +33,7 @@ CACHE=${CACHE:-$C/bench}
 SIZES=${SIZES:-4}
 K8S_GIB=${K8S_GIB:-4}
 RUNS=${RUNS:-1}
-ONLY=${ONLY:-status restore backup verify}
+ONLY=${ONLY:-status restore local backup verify}
 ETCD35_DIR=${ETCD35_DIR:-$C/etcd-3.5.30/usr/bin}
 ETCD=$ETCD35_DIR/etcd ETCDCTL=$ETCD35_DIR/etcdctl ETCDUTL=$ETCD35_DIR/etcdutl
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$C/target}
@@ -148,12 +150,16 @@ bench_db() { # SNAPSHOT LABEL
   local pp cp
   pp=$(port); cp=$(port)
   local ic=(--name bench --initial-cluster "bench=http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp")
+  if has restore; then
   PRE="rm -rf $run/u; sync" measure "$db" restore "etcdutl snapshot restore" "$ETCDUTL" snapshot restore "$snap" --data-dir "$run/u" "${ic[@]}"
   rm -rf "$run/u"
   PRE="rm -f $run/cp.db; sync" measure "$db" restore "cp + fsync (floor)" sh -c "cp '$snap' '$run/cp.db' && sync '$run/cp.db'"
   rm -f "$run/cp.db"
   PRE="rm -rf $run/o; sync" measure "$db" restore "etcd-lifeboat restore" "$LIFEBOAT" restore --snapshot "$snap" --data-dir "$run/o" "${ic[@]}"
-  if has backup || has verify; then
+  rm -rf "$run/o"
+  fi
+  if has local && { has backup || has verify; }; then
+    "$LIFEBOAT" restore --snapshot "$snap" --data-dir "$run/o" "${ic[@]}" >/dev/null 2>&1
     start_etcd "$run/o" bench "$pp" "$cp"
     PRE="rm -f $run/save.db; sync" measure "$db" backup "etcdctl snapshot save" "$ETCDCTL" --endpoints="http://127.0.0.1:$cp" snapshot save "$run/save.db"
     rm -f "$run/save.db"
@@ -168,10 +174,15 @@ bench_db() { # SNAPSHOT LABEL
       rm -rf "$run/o"
     fi
     rm -rf "$run/store"
-    if [[ -n ${S3_ENDPOINT:-} ]]; then
+  fi
+  if [[ -n ${S3_ENDPOINT:-} ]] && { has backup || has verify; }; then
       # S3: etcd again, on a fresh restore (from the cached snapshot, untimed).
       "$LIFEBOAT" restore --snapshot "$snap" --data-dir "$run/o" "${ic[@]}" >/dev/null 2>&1
       start_etcd "$run/o" bench "$pp" "$cp"
+      if ! has local; then
+        PRE="rm -f $run/save.db; sync" measure "$db" backup "etcdctl snapshot save" "$ETCDCTL" --endpoints="http://127.0.0.1:$cp" snapshot save "$run/save.db"
+        rm -f "$run/save.db"
+      fi
       for ps in ${S3_PART_MIB:-8}; do
         cfg=$(config "" "$cp" "$ps")
         measure "$db" backup "etcd-lifeboat backup, S3 part ${ps} MiB" "$LIFEBOAT" --config "$cfg" backup --no-progress
@@ -183,7 +194,6 @@ bench_db() { # SNAPSHOT LABEL
         PRE="rm -rf $run/o; sync" measure "$db" restore "etcd-lifeboat restore --from-store, S3" "$LIFEBOAT" --config "$cfg" restore --from-store latest --data-dir "$run/o" "${ic[@]}"
         rm -rf "$run/o"
       fi
-    fi
   fi
   rm -rf "$run"
 }
