@@ -51,7 +51,10 @@ async fn objects_of_several_ranges_come_back_whole() {
     {
         let body = data(len, i as u64 + 1);
         let k = ObjectKey::new(format!("ranged/{i}.db.zst")).unwrap();
-        store.put_bytes(&k, Bytes::from(body.clone())).await.unwrap();
+        store
+            .put_bytes(&k, Bytes::from(body.clone()))
+            .await
+            .unwrap();
         let mut got = Vec::new();
         let mut rd = store.get_stream(&k).await.unwrap();
         // Small reads, so range boundaries fall inside reads.

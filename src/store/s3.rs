@@ -56,8 +56,8 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext,
 use aws_smithy_types::checksum_config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::{Buf as _, Bytes};
-use futures::StreamExt as _;
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
 use md5::Digest as _;
 use std::collections::VecDeque;
 
@@ -801,7 +801,9 @@ impl S3Store {
             .map(|joined| match joined {
                 Ok(Ok(b)) => Ok(b),
                 Ok(Err(e)) => Err(std::io::Error::other(e)),
-                Err(e) => Err(std::io::Error::other(format!("range download task failed: {e}"))),
+                Err(e) => Err(std::io::Error::other(format!(
+                    "range download task failed: {e}"
+                ))),
             });
         Ok(Box::pin(tokio_util::io::StreamReader::new(chunks)))
     }
@@ -845,7 +847,11 @@ impl S3Store {
                     ))
                 }
                 Err(e) => {
-                    return Err(self.map_err(&format!("GetObject bytes {start}-{}", end - 1), s3_key, e))
+                    return Err(self.map_err(
+                        &format!("GetObject bytes {start}-{}", end - 1),
+                        s3_key,
+                        e,
+                    ))
                 }
             };
             match resp.body.collect().await {
@@ -863,7 +869,10 @@ impl S3Store {
                     ))
                 }
                 Err(e) if attempt < RANGE_ATTEMPTS => {
-                    tracing::debug!("GetObject bytes {start}-{} of {s3_key}: {e}; again", end - 1);
+                    tracing::debug!(
+                        "GetObject bytes {start}-{} of {s3_key}: {e}; again",
+                        end - 1
+                    );
                     attempt += 1;
                 }
                 Err(e) => {
