@@ -55,7 +55,7 @@ use aws_sdk_s3::types::{
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use aws_smithy_types::checksum_config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_smithy_types::timeout::TimeoutConfig;
-use bytes::{Buf as _, Bytes};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use md5::Digest as _;
@@ -854,16 +854,33 @@ impl S3Store {
                     ))
                 }
             };
-            match resp.body.collect().await {
-                Ok(b) if b.remaining() as u64 == want => return Ok(b.into_bytes()),
-                Ok(b) => {
+            // Straight into one buffer of the range's size: collecting the body and then
+            // joining its segments held each range twice.
+            let mut body = resp.body;
+            let mut buf = bytes::BytesMut::with_capacity(want as usize);
+            let read = loop {
+                match body.next().await {
+                    None => break Ok(()),
+                    Some(Ok(chunk)) if (buf.len() + chunk.len()) as u64 <= want => {
+                        buf.extend_from_slice(&chunk)
+                    }
+                    Some(Ok(_)) => {
+                        // Longer than asked for: reported below.
+                        buf.clear();
+                        break Ok(());
+                    }
+                    Some(Err(e)) => break Err(e),
+                }
+            };
+            match read {
+                Ok(()) if buf.len() as u64 == want => return Ok(buf.freeze()),
+                Ok(()) => {
                     return Err(self.err(
                         s3_key,
                         format!(
-                            "GetObject bytes {start}-{} returned {} bytes instead of {want}; \
-                             the store at {} does not honour Range requests",
+                            "GetObject bytes {start}-{} did not return {want} bytes; the store \
+                             at {} does not honour Range requests",
                             end - 1,
-                            b.remaining(),
                             self.endpoint
                         ),
                     ))
