@@ -16,6 +16,10 @@
 //! - Uploads: below `storage.s3.part_size` one PutObject at `finish`; else a multipart upload
 //!   whose parts are sent while the caller keeps writing ([`PARTS_IN_FLIGHT`] in flight, one being filled),
 //!   completed at `finish`, aborted (AbortMultipartUpload) on `abort`, error, or drop.
+//! - Downloads ([`S3Store::get_stream`]): objects larger than one range (`part_size`, at most
+//!   [`MAX_RANGE`]) come as ranged GETs, [`RANGES_IN_FLIGHT`] in flight, handed over in order
+//!   with bounded memory, each with `If-Match` on the object's ETag so a replaced object fails
+//!   the read rather than mixing versions.
 //! - Timeouts: connect 10 s; per attempt max(5 min, part_size at 1 MiB/s); per operation
 //!   (retries included) 3x that. Streaming bodies are covered by the SDK's stalled-stream
 //!   protection.
@@ -55,6 +59,7 @@ use aws_smithy_types::checksum_config::{RequestChecksumCalculation, ResponseChec
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
 use md5::Digest as _;
 use std::collections::VecDeque;
 
@@ -761,10 +766,164 @@ impl S3Store {
         }
     }
 
+    /// [`super::Store::get_stream`]: objects up to one range ([`S3Store::range_size`]) in one
+    /// GetObject; larger ones as ranged GetObjects, [`RANGES_IN_FLIGHT`] in flight, each
+    /// collected whole and handed to the reader in order, so memory stays at most
+    /// `(RANGES_IN_FLIGHT + 1) * range_size` bytes whatever the object's size. Every range is
+    /// sent with `If-Match: <ETag of the HeadObject>`: an object replaced during the download
+    /// fails the read (412 PreconditionFailed) instead of mixing two versions. A range whose
+    /// body breaks off is fetched again (up to [`RANGE_ATTEMPTS`] times).
+    ///
+    /// Errors: [`StoreError::NotFound`]; [`StoreError::Backend`] for HeadObject and the first
+    /// request. Later failures (object changed, range of the wrong length, body cut) come out
+    /// of the reader as [`std::io::Error`]s wrapping a [`StoreError::Backend`] that names the
+    /// object.
     pub(crate) async fn get_stream(&self, key: &ObjectKey) -> Result<ObjectReader, StoreError> {
         let s3_key = self.s3_key(key);
-        let resp = self.get_object(key, &s3_key).await?;
-        Ok(Box::pin(resp.body.into_async_read()))
+        let range = self.range_size();
+        let head = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&s3_key)
+            .send()
+            .await
+        {
+            Ok(h) => h,
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
+                return Err(StoreError::NotFound {
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => return Err(self.map_err("HeadObject", &s3_key, e)),
+        };
+        let size = u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0);
+        let etag = head.e_tag().map(str::to_string);
+        let Some(etag) = etag.filter(|_| size > range) else {
+            // One request is one version of the object: no If-Match needed.
+            let resp = self.get_object(key, &s3_key).await?;
+            return Ok(Box::pin(resp.body.into_async_read()));
+        };
+        let store = self.clone();
+        let ranges = (0..size.div_ceil(range)).map(move |i| {
+            let start = i * range;
+            let end = (start + range).min(size); // exclusive
+            let (store, s3_key, etag) = (store.clone(), s3_key.clone(), etag.clone());
+            // Spawned so that the range downloads while the reader works on earlier ones;
+            // aborted when the reader is dropped.
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                store.get_range(&s3_key, &etag, start, end).await
+            }))
+        });
+        let chunks = futures::stream::iter(ranges)
+            .buffered(RANGES_IN_FLIGHT)
+            .map(|joined| match joined {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) => Err(std::io::Error::other(e)),
+                Err(e) => Err(std::io::Error::other(format!(
+                    "range download task failed: {e}"
+                ))),
+            });
+        Ok(Box::pin(tokio_util::io::StreamReader::new(chunks)))
+    }
+
+    /// Bytes per ranged GetObject in [`S3Store::get_stream`]: `storage.s3.part_size`, at most
+    /// [`MAX_RANGE`].
+    pub fn range_size(&self) -> u64 {
+        (self.part_size as u64).min(MAX_RANGE)
+    }
+
+    /// Bytes `start..end` of `s3_key` if its ETag is still `etag`, collected whole.
+    async fn get_range(
+        &self,
+        s3_key: &str,
+        etag: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, StoreError> {
+        let want = end - start;
+        let mut attempt = 1;
+        loop {
+            let resp = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(s3_key)
+                .range(format!("bytes={start}-{}", end - 1))
+                .if_match(etag)
+                .send()
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(412) => {
+                    return Err(self.err(
+                        s3_key,
+                        format!(
+                            "the object changed while it was being downloaded (its ETag is no \
+                             longer {etag} at byte {start}); a concurrent write replaced it, \
+                             read it again"
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    return Err(self.map_err(
+                        &format!("GetObject bytes {start}-{}", end - 1),
+                        s3_key,
+                        e,
+                    ))
+                }
+            };
+            // Straight into one buffer of the range's size: collecting the body and then
+            // joining its segments held each range twice.
+            let mut body = resp.body;
+            let mut buf = bytes::BytesMut::with_capacity(want as usize);
+            let read = loop {
+                match body.next().await {
+                    None => break Ok(()),
+                    Some(Ok(chunk)) if (buf.len() + chunk.len()) as u64 <= want => {
+                        buf.extend_from_slice(&chunk)
+                    }
+                    Some(Ok(_)) => {
+                        // Longer than asked for: reported below.
+                        buf.clear();
+                        break Ok(());
+                    }
+                    Some(Err(e)) => break Err(e),
+                }
+            };
+            match read {
+                Ok(()) if buf.len() as u64 == want => return Ok(buf.freeze()),
+                Ok(()) => {
+                    return Err(self.err(
+                        s3_key,
+                        format!(
+                            "GetObject bytes {start}-{} did not return {want} bytes; the store \
+                             at {} does not honour Range requests",
+                            end - 1,
+                            self.endpoint
+                        ),
+                    ))
+                }
+                Err(e) if attempt < RANGE_ATTEMPTS => {
+                    tracing::debug!(
+                        "GetObject bytes {start}-{} of {s3_key}: {e}; again",
+                        end - 1
+                    );
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(self.err(
+                        s3_key,
+                        format!(
+                            "GetObject bytes {start}-{}: reading the body from {} failed \
+                             {RANGE_ATTEMPTS} times: {e}",
+                            end - 1,
+                            self.endpoint
+                        ),
+                    ))
+                }
+            }
+        }
     }
 
     pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
@@ -923,6 +1082,13 @@ async fn upload_part(
     }
     Ok(part.build())
 }
+
+/// Ranged GetObjects in flight in [`S3Store::get_stream`] (besides the range being read).
+pub const RANGES_IN_FLIGHT: usize = 4;
+/// Upper bound of [`S3Store::range_size`] in bytes, which bounds the download's memory.
+pub const MAX_RANGE: u64 = 8 << 20;
+/// Tries per range when its body breaks off.
+const RANGE_ATTEMPTS: u32 = 3;
 
 /// Parts uploaded concurrently. Several S3 servers (and moto) serve one request per
 /// connection slowly; four in flight kept a loopback upload at the stream's pace. Memory: up

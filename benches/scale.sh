@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Scale benchmark (issue 15): etcd-lifeboat on multi-GiB dbs against etcd's own tools, in the
+# same run, with wall time and peak RSS of every command.
+#
+# The dbs are built ONCE (etcd 3.5 filled through its JSON gateway by benches/scale_fill.py,
+# then `etcdctl snapshot save`) into CACHE (default ~/.cache/etcd-lifeboat/bench/) and reused;
+# only those snapshot files stay there. Per db and run:
+#   status:  etcdctl snapshot status  vs  etcd-lifeboat status --skip-hash-check (and plain status)
+#   restore: etcdutl snapshot restore vs  etcd-lifeboat restore  vs  cp + fsync of the db (floor)
+#   backup:  etcd started on our restored data dir; etcdctl snapshot save vs etcd-lifeboat
+#            backup (local store; S3 too when S3_ENDPOINT is set, see benches/s3-garage.sh)
+#   verify:  etcd-lifeboat verify latest (local store; S3 too)
+#   restore --from-store (local store; S3 too)
+# Restored dirs, saved snapshots and stores are deleted after each measurement.
+#
+# Usage: benches/scale.sh              (from anywhere; builds the release binary)
+# Env:   SIZES="4" (GiB of the 64 KiB-values db, "256m" for MiB; "4 8" adds 8 GiB, skipped when the disk would
+#        keep < 10 GB free), K8S_GIB=4 (size of the small-keys db, 0 = skip), RUNS=1,
+#        CACHE=dir, WORK=dir (scratch, default under CARGO_TARGET_DIR), ETCD35_DIR (etcd, etcdctl,
+#        etcdutl 3.5; default ~/.cache/etcd-lifeboat/etcd-3.5.30/usr/bin), LIFEBOAT=binary
+#        (skip the build), ONLY="status restore local backup verify" (subset; without
+#        "local" only the S3 rows of backup and verify),
+#        S3_ENDPOINT/S3_BUCKET/AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/S3_REGION (S3 rows),
+#        S3_PART_MIB="8" (part sizes to try, MiB); the S3 server: scripts/bench-seaweedfs.sh
+#        or scripts/bench-garage.sh (`eval "$(scripts/bench-seaweedfs.sh start DIR)"`)
+# Disk: CACHE holds the snapshots (4 GiB + K8S_GIB [+ 8 GiB]); WORK needs about 2x the
+# largest db at a time (restored data dir + one saved snapshot or store object).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+C=${XDG_CACHE_HOME:-$HOME/.cache}/etcd-lifeboat
+CACHE=${CACHE:-$C/bench}
+SIZES=${SIZES:-4}
+K8S_GIB=${K8S_GIB:-4}
+RUNS=${RUNS:-1}
+ONLY=${ONLY:-status restore local backup verify}
+ETCD35_DIR=${ETCD35_DIR:-$C/etcd-3.5.30/usr/bin}
+ETCD=$ETCD35_DIR/etcd ETCDCTL=$ETCD35_DIR/etcdctl ETCDUTL=$ETCD35_DIR/etcdutl
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$C/target}
+WORK=${WORK:-$CARGO_TARGET_DIR/scale-bench}
+RESULTS=${RESULTS:-$WORK/results.tsv}
+export ETCDCTL_API=3
+mkdir -p "$CACHE" "$WORK"
+: >"$RESULTS"
+
+ETCD_PID=
+cleanup() {
+  if [[ -n $ETCD_PID ]]; then kill "$ETCD_PID" 2>/dev/null || true; wait "$ETCD_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK/src.etcd" "$WORK/run"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+log() { echo "[$(date -u +%T)] $*" >&2; }
+
+if [[ -z ${LIFEBOAT:-} ]]; then
+  log "building the release binary ..."
+  (cd "$ROOT" && cargo build --release --quiet)
+  LIFEBOAT=$CARGO_TARGET_DIR/release/etcd-lifeboat
+fi
+
+# start_etcd DATA_DIR NAME PEER_PORT CLIENT_PORT: etcd 3.5 with a quota fit for 8 GiB.
+start_etcd() {
+  "$ETCD" --name "$2" --data-dir "$1" --quota-backend-bytes=$((12 * 1024 * 1024 * 1024)) \
+    --listen-client-urls "http://127.0.0.1:$4" --advertise-client-urls "http://127.0.0.1:$4" \
+    --listen-peer-urls "http://127.0.0.1:$3" --initial-advertise-peer-urls "http://127.0.0.1:$3" \
+    --initial-cluster "$2=http://127.0.0.1:$3" --snapshot-count=1000000 \
+    --max-request-bytes=$((4 * 1024 * 1024)) >"$WORK/etcd.log" 2>&1 &
+  ETCD_PID=$!
+  for _ in $(seq 300); do
+    "$ETCDCTL" --endpoints="http://127.0.0.1:$4" endpoint health >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "etcd did not start, see $WORK/etcd.log" >&2
+  exit 1
+}
+stop_etcd() { kill "$ETCD_PID"; wait "$ETCD_PID" 2>/dev/null || true; ETCD_PID=; }
+
+# bytes SIZE: "4" is 4 GiB, "256m" is 256 MiB.
+bytes() { if [[ $1 == *m ]]; then echo $((${1%m} * 1024 * 1024)); else echo $(($1 * 1024 * 1024 * 1024)); fi; }
+
+# build_db SHAPE SIZE: the cached snapshot CACHE/SHAPE-SIZE.db (built once).
+build_db() {
+  local snap=$CACHE/$1-$2.db
+  if [[ -f $snap ]]; then echo "$snap"; return; fi
+  log "building $snap (etcd 3.5 filled through its gateway) ..."
+  local t0=$SECONDS cp pp
+  cp=$(port); pp=$(port)
+  rm -rf "$WORK/src.etcd"
+  start_etcd "$WORK/src.etcd" fill "$pp" "$cp"
+  python3 "$ROOT/benches/scale_fill.py" "http://127.0.0.1:$cp" "$1" $(($(bytes "$2") * 63 / 64)) >&2
+  "$ETCDCTL" --endpoints="http://127.0.0.1:$cp" snapshot save "$snap.tmp" >/dev/null
+  stop_etcd
+  rm -rf "$WORK/src.etcd"
+  chmod 600 "$snap.tmp"
+  mv "$snap.tmp" "$snap"
+  log "built $snap ($(stat -c %s "$snap") bytes) in $((SECONDS - t0)) s"
+  echo "$snap"
+}
+
+# measure DB OP TOOL CMD...: runs CMD under GNU time RUNS times (page cache as the previous
+# step left it), records "db op tool wall_s rss_mib" (median wall, max RSS) in RESULTS.
+# PRE (a shell snippet) runs before each run, untimed.
+measure() {
+  local db=$1 op=$2 tool=$3; shift 3
+  local walls=() rss=0 r w m
+  for r in $(seq "$RUNS"); do
+    [[ -n ${PRE:-} ]] && eval "$PRE"
+    if ! /usr/bin/time -f '%e %M' -o "$WORK/time.txt" "$@" >"$WORK/cmd.log" 2>&1; then
+      echo "$tool failed:" >&2; tail -20 "$WORK/cmd.log" >&2; exit 1
+    fi
+    read -r w m <"$WORK/time.txt"
+    walls+=("$w"); ((m > rss)) && rss=$m
+  done
+  w=$(printf '%s\n' "${walls[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  printf '%s\t%s\t%s\t%s\t%.0f\n' "$db" "$op" "$tool" "$w" "$((rss / 1024))" >>"$RESULTS"
+  log "$db $op $tool: ${w} s, $((rss / 1024)) MiB"
+}
+
+# config STORE_DIR CLIENT_PORT [S3_PART_MIB]: a config file for the member; S3 when a part size
+# is given.
+config() {
+  local f=$WORK/run/lifeboat-${3:-local}.yaml
+  {
+    printf 'etcd:\n  endpoints: ["http://127.0.0.1:%s"]\n  dial_timeout: 5s\n  request_timeout: 60s\n' "$2"
+    if [[ -n ${3:-} ]]; then
+      printf 'storage:\n  backend: s3\n  s3:\n    bucket: %s\n    prefix: %s\n    endpoint: %s\n' \
+        "$S3_BUCKET" "scale-$3" "$S3_ENDPOINT"
+      printf '    region: %s\n    force_path_style: true\n    insecure: true\n    part_size: %s\n' \
+        "${S3_REGION:-garage}" $(($3 * 1024 * 1024))
+    else
+      printf 'storage:\n  backend: local\n  local:\n    path: %s\n' "$1"
+    fi
+    printf 'compression:\n  level: 3\n'
+  } >"$f"
+  echo "$f"
+}
+
+has() { [[ " $ONLY " == *" $1 "* ]]; }
+
+bench_db() { # SNAPSHOT LABEL
+  local snap=$1 db=$2 run=$WORK/run
+  rm -rf "$run"; mkdir -p "$run"
+  log "== $db: $(stat -c %s "$snap") bytes"
+  cat "$snap" >/dev/null 2>&1 || true # same page-cache start for every tool
+  if has status; then
+    measure "$db" status "etcdctl snapshot status" "$ETCDCTL" snapshot status "$snap"
+    measure "$db" status "etcd-lifeboat status --skip-hash-check" "$LIFEBOAT" status --skip-hash-check "$snap"
+    measure "$db" status "etcd-lifeboat status (sha256 too)" "$LIFEBOAT" status "$snap"
+  fi
+  local pp cp
+  pp=$(port); cp=$(port)
+  local ic=(--name bench --initial-cluster "bench=http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp")
+  if has restore; then
+  PRE="rm -rf $run/u; sync" measure "$db" restore "etcdutl snapshot restore" "$ETCDUTL" snapshot restore "$snap" --data-dir "$run/u" "${ic[@]}"
+  rm -rf "$run/u"
+  PRE="rm -f $run/cp.db; sync" measure "$db" restore "cp + fsync (floor)" sh -c "cp '$snap' '$run/cp.db' && sync '$run/cp.db'"
+  rm -f "$run/cp.db"
+  PRE="rm -rf $run/o; sync" measure "$db" restore "etcd-lifeboat restore" "$LIFEBOAT" restore --snapshot "$snap" --data-dir "$run/o" "${ic[@]}"
+  rm -rf "$run/o"
+  fi
+  if has local && { has backup || has verify; }; then
+    "$LIFEBOAT" restore --snapshot "$snap" --data-dir "$run/o" "${ic[@]}" >/dev/null 2>&1
+    start_etcd "$run/o" bench "$pp" "$cp"
+    PRE="rm -f $run/save.db; sync" measure "$db" backup "etcdctl snapshot save" "$ETCDCTL" --endpoints="http://127.0.0.1:$cp" snapshot save "$run/save.db"
+    rm -f "$run/save.db"
+    local cfg
+    cfg=$(config "$run/store" "$cp")
+    PRE="rm -rf $run/store; sync" measure "$db" backup "etcd-lifeboat backup, local store" "$LIFEBOAT" --config "$cfg" backup --no-progress
+    stop_etcd
+    rm -rf "$run/o"
+    if has verify; then
+      PRE="sync" measure "$db" verify "etcd-lifeboat verify, local store" "$LIFEBOAT" --config "$cfg" verify latest
+      PRE="rm -rf $run/o; sync" measure "$db" restore "etcd-lifeboat restore --from-store, local" "$LIFEBOAT" --config "$cfg" restore --from-store latest --data-dir "$run/o" "${ic[@]}"
+      rm -rf "$run/o"
+    fi
+    rm -rf "$run/store"
+  fi
+  if [[ -n ${S3_ENDPOINT:-} ]] && { has backup || has verify; }; then
+      # S3: etcd again, on a fresh restore (from the cached snapshot, untimed).
+      "$LIFEBOAT" restore --snapshot "$snap" --data-dir "$run/o" "${ic[@]}" >/dev/null 2>&1
+      start_etcd "$run/o" bench "$pp" "$cp"
+      if ! has local; then
+        PRE="rm -f $run/save.db; sync" measure "$db" backup "etcdctl snapshot save" "$ETCDCTL" --endpoints="http://127.0.0.1:$cp" snapshot save "$run/save.db"
+        rm -f "$run/save.db"
+      fi
+      for ps in ${S3_PART_MIB:-8}; do
+        cfg=$(config "" "$cp" "$ps")
+        measure "$db" backup "etcd-lifeboat backup, S3 part ${ps} MiB" "$LIFEBOAT" --config "$cfg" backup --no-progress
+      done
+      stop_etcd
+      rm -rf "$run/o"
+      if has verify; then
+        measure "$db" verify "etcd-lifeboat verify, S3" "$LIFEBOAT" --config "$cfg" verify latest
+        PRE="rm -rf $run/o; sync" measure "$db" restore "etcd-lifeboat restore --from-store, S3" "$LIFEBOAT" --config "$cfg" restore --from-store latest --data-dir "$run/o" "${ic[@]}"
+        rm -rf "$run/o"
+      fi
+  fi
+  rm -rf "$run"
+}
+
+DBS=()
+for g in $SIZES; do
+  if [[ $g != *m ]] && ((g > 4)); then
+    free_gb=$(df -BG --output=avail "$CACHE" | tail -1 | tr -dc 0-9)
+    have=0; [[ -f $CACHE/big-$g.db ]] && have=$g
+    # Snapshot in the cache + restored dir + saved copy, and 10 GB left.
+    if ((free_gb - (g - have) - 2 * g - 1 < 10)); then
+      log "skipping ${g} GiB: $free_gb GB free, need $(((g - have) + 2 * g + 1 + 10))"
+      continue
+    fi
+  fi
+  DBS+=("$(build_db big "$g"):64KiB-values-$g")
+done
+if [[ $K8S_GIB != 0 ]]; then DBS+=("$(build_db k8s "$K8S_GIB"):k8s-small-keys-$K8S_GIB"); fi
+
+for d in "${DBS[@]}"; do bench_db "${d%%:*}" "${d##*:}"; done
+
+python3 "$ROOT/benches/scale_table.py" "$RESULTS" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" "$RUNS"
