@@ -79,7 +79,14 @@ async fn scheduled_backups_retention_and_metrics() {
         "{text}"
     );
     assert!(sample(&text, "etcd_lifeboat_backup_last_success_timestamp_seconds").unwrap() > ts1);
-    assert!(sample(&text, "etcd_lifeboat_backup_duration_seconds_count").unwrap() >= 5.0);
+    assert!(
+        sample(
+            &text,
+            "etcd_lifeboat_backup_duration_seconds_count{result=\"success\"}"
+        )
+        .unwrap()
+            >= 5.0
+    );
     assert_eq!(
         sample(&text, "etcd_lifeboat_backups_total{result=\"failure\"}"),
         Some(0.0)

@@ -312,4 +312,3 @@ async fn rewrite_keeps_a_synced_freelist_consistent() {
     .unwrap_err();
     assert!(err.to_string().contains("out.db: File exists"), "{err}");
 }
-
