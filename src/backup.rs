@@ -40,7 +40,7 @@ use crate::etcd::{self, Candidate, EtcdError};
 use crate::progress::Progress;
 use crate::snapshot::{self, Status, TrailerHasher};
 use crate::store::manifest::{self, EncryptionInfo, FilesInfo, Manifest, AGE_FORMAT};
-use crate::store::{Store, StoreError};
+use crate::store::{ObjectKey, Store, StoreError};
 use crate::workdir::{self, WorkDir, WorkDirError};
 
 /// Chunks of the raw stream in flight between the gRPC reader and the writer thread.
@@ -153,7 +153,7 @@ pub async fn run_backup(
     store: &Store,
     opts: &BackupOptions,
 ) -> Result<Manifest, BackupError> {
-    let recipients = Recipients::from_config(&cfg.encryption)?;
+    let recipients = Recipients::from_config(&cfg.encryption).map_err(ConfigError::from)?;
     let base = workdir::temp_base(cfg);
     let swept = tokio::task::spawn_blocking({
         let base = base.clone();
@@ -202,6 +202,67 @@ struct StreamResult {
     trailer_ok: Option<bool>,
     stored_bytes: u64,
     stored_sha256: [u8; 32],
+}
+
+/// Where a backup's snapshot came from (the live member or a data dir), for its manifest.
+struct Origin {
+    member_id: u64,
+    member_name: String,
+    /// The client URL streamed from, or `file://<data dir>`.
+    endpoint: String,
+    /// The server's version; empty for a data dir.
+    etcd_version: String,
+    source: manifest::BackupSource,
+    /// The db's consistent index, known only when read from a data dir.
+    consistent_index: Option<u64>,
+}
+
+/// What was stored, for the manifest: ids, the verified status, the streamed digests and the
+/// objects written.
+struct Stored<'a> {
+    id: &'a str,
+    cluster_id: &'a str,
+    started_at: DateTime<Utc>,
+    status: &'a Status,
+    streamed: &'a StreamResult,
+    data_key: &'a ObjectKey,
+    encryption: Option<EncryptionInfo>,
+    files: Option<FilesInfo>,
+    /// `Store::object_protection`: SSE and Object Lock requested on the data object.
+    protection: (Option<manifest::SseInfo>, Option<manifest::ObjectLockInfo>),
+}
+
+/// The manifest of one backup (both origins build it here, so the two cannot drift).
+fn new_manifest(cfg: &Config, opts: &BackupOptions, origin: Origin, s: Stored<'_>) -> Manifest {
+    let (sse, object_lock) = s.protection;
+    Manifest {
+        id: s.id.to_string(),
+        cluster_id: s.cluster_id.to_string(),
+        member_id: format!("{:016x}", origin.member_id),
+        member_name: origin.member_name,
+        endpoint: origin.endpoint,
+        etcd_version: origin.etcd_version,
+        started_at: s.started_at,
+        finished_at: Utc::now(),
+        revision: s.status.revision,
+        hash: s.status.hash,
+        total_key: s.status.total_key,
+        total_size: s.status.total_size,
+        raw_sha256: hex::encode(s.streamed.raw_sha256),
+        stored_bytes: s.streamed.stored_bytes,
+        stored_sha256: hex::encode(s.streamed.stored_sha256),
+        compression: "zstd".into(),
+        compression_level: cfg.compression.level,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        tag: opts.tag.clone(),
+        data_key: s.data_key.clone(),
+        encryption: s.encryption,
+        sse,
+        object_lock,
+        source: origin.source,
+        consistent_index: origin.consistent_index,
+        files: s.files,
+    }
 }
 
 async fn attempt(
@@ -312,35 +373,29 @@ async fn attempt(
     let files = store_files_or_cleanup(cfg, store, recipients, &cluster_hex, &id, &data_key)
         .await
         .map_err(AttemptError::from)?;
-    let (sse, object_lock) = store.object_protection(Utc::now());
-    let manifest = Manifest {
-        id: id.clone(),
-        cluster_id: cluster_hex.clone(),
-        member_id: format!("{:016x}", status.member_id),
-        member_name,
-        endpoint,
-        etcd_version: status.version.clone(),
-        started_at,
-        finished_at: Utc::now(),
-        revision: st.revision,
-        hash: st.hash,
-        total_key: st.total_key,
-        total_size: st.total_size,
-        raw_sha256: hex::encode(streamed.raw_sha256),
-        stored_bytes: streamed.stored_bytes,
-        stored_sha256: hex::encode(streamed.stored_sha256),
-        compression: "zstd".into(),
-        compression_level: cfg.compression.level,
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        tag: opts.tag.clone(),
-        data_key: data_key.clone(),
-        encryption,
-        sse,
-        object_lock,
-        source: Default::default(),
-        consistent_index: None,
-        files,
-    };
+    let manifest = new_manifest(
+        cfg,
+        opts,
+        Origin {
+            member_id: status.member_id,
+            member_name,
+            endpoint,
+            etcd_version: status.version.clone(),
+            source: Default::default(),
+            consistent_index: None,
+        },
+        Stored {
+            id: &id,
+            cluster_id: &cluster_hex,
+            started_at,
+            status: &st,
+            streamed: &streamed,
+            data_key: &data_key,
+            encryption,
+            files,
+            protection: store.object_protection(Utc::now()),
+        },
+    );
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     put_manifest(store, &manifest, json, &data_key).await?;
     tracing::info!(
@@ -385,7 +440,7 @@ pub async fn run_backup_from_data_dir(
     opts: &BackupOptions,
     dir: &Path,
 ) -> Result<Manifest, BackupError> {
-    let recipients = Recipients::from_config(&cfg.encryption)?;
+    let recipients = Recipients::from_config(&cfg.encryption).map_err(ConfigError::from)?;
     let t0 = Instant::now();
     let d = dir.to_path_buf();
     let db = tokio::task::spawn_blocking(move || open_data_dir(&d))
@@ -470,36 +525,29 @@ pub async fn run_backup_from_data_dir(
         &data_key,
     )
     .await?;
-    let (sse, object_lock) = store.object_protection(Utc::now());
-    let st = &db.status;
-    let manifest = Manifest {
-        id: id.clone(),
-        cluster_id: cluster_hex.clone(),
-        member_id: format!("{:016x}", db.member_id),
-        member_name: db.member_name.clone(),
-        endpoint: format!("file://{}", dir.display()),
-        etcd_version: String::new(),
-        started_at,
-        finished_at: Utc::now(),
-        revision: st.revision,
-        hash: st.hash,
-        total_key: st.total_key,
-        total_size: st.total_size,
-        raw_sha256: hex::encode(streamed.raw_sha256),
-        stored_bytes: streamed.stored_bytes,
-        stored_sha256: hex::encode(streamed.stored_sha256),
-        compression: "zstd".into(),
-        compression_level: cfg.compression.level,
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        tag: opts.tag.clone(),
-        data_key: data_key.clone(),
-        encryption,
-        sse,
-        object_lock,
-        source: manifest::BackupSource::DataDir,
-        consistent_index: db.consistent_index,
-        files,
-    };
+    let manifest = new_manifest(
+        cfg,
+        opts,
+        Origin {
+            member_id: db.member_id,
+            member_name: db.member_name.clone(),
+            endpoint: format!("file://{}", dir.display()),
+            etcd_version: String::new(),
+            source: manifest::BackupSource::DataDir,
+            consistent_index: db.consistent_index,
+        },
+        Stored {
+            id: &id,
+            cluster_id: &cluster_hex,
+            started_at,
+            status: &db.status,
+            streamed: &streamed,
+            data_key: &data_key,
+            encryption,
+            files,
+            protection: store.object_protection(Utc::now()),
+        },
+    );
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     put_manifest(store, &manifest, json, &data_key).await?;
     drop(db);

@@ -90,17 +90,12 @@ pub struct Config {
     pub verify: VerifyConfig,
 }
 
-/// Client-side encryption with age (age-encryption.org/v1). With at least one recipient, every
-/// stored data object is a standard age file of the zstd stream, decryptable by any one of the
-/// recipients' identities.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct EncryptionConfig {
-    /// Recipients: `age1...` (X25519) and `ssh-ed25519 ...` / `ssh-rsa ...` public keys. Env:
-    /// `ETCD_LIFEBOAT_AGE_RECIPIENTS` (comma- or newline-separated).
-    pub age_recipients: Vec<String>,
-    /// A recipients file as `age -R` reads it (one recipient per line, `#` comments).
-    pub age_recipients_file: Option<PathBuf>,
+pub use crate::crypto::EncryptionConfig;
+
+impl From<crate::crypto::RecipientError> for ConfigError {
+    fn from(e: crate::crypto::RecipientError) -> Self {
+        ConfigError::new(e.key, e.message)
+    }
 }
 
 /// Reading the store's catalog.
@@ -410,6 +405,24 @@ pub struct ScheduleConfig {
     pub cron: String,
     /// IANA time zone the expression is read in (`Europe/Berlin`); default UTC.
     pub timezone: Option<String>,
+}
+
+impl ScheduleConfig {
+    /// `timezone` parsed (an IANA name; UTC when unset): the one place it is parsed, for
+    /// validation, the daemon's schedules and retention's calendar periods.
+    ///
+    /// Errors: an unknown name, as a [`ConfigError`] on `schedule.timezone` with the fix.
+    pub fn time_zone(&self) -> Result<chrono_tz::Tz, ConfigError> {
+        let Some(tz) = &self.timezone else {
+            return Ok(chrono_tz::Tz::UTC);
+        };
+        chrono_tz::Tz::from_str(tz).map_err(|_| {
+            ConfigError::new(
+                "schedule.timezone",
+                format!("unknown time zone {tz:?}; use an IANA name such as UTC or Europe/Berlin"),
+            )
+        })
+    }
 }
 
 impl Default for ScheduleConfig {
@@ -811,16 +824,7 @@ impl Config {
         }
         crate::config::parse_cron(&self.schedule.cron)
             .map_err(|m| ConfigError::new("schedule.cron", m))?;
-        if let Some(tz) = &self.schedule.timezone {
-            chrono_tz::Tz::from_str(tz).map_err(|_| {
-                ConfigError::new(
-                    "schedule.timezone",
-                    format!(
-                        "unknown time zone {tz:?}; use an IANA name such as UTC or Europe/Berlin"
-                    ),
-                )
-            })?;
-        }
+        self.schedule.time_zone()?;
         if self.leader_election.lease_ttl < Duration::from_secs(2) {
             return Err(ConfigError::new(
                 "leader_election.lease_ttl",
@@ -833,7 +837,7 @@ impl Config {
                 "empty; set an etcd key prefix",
             ));
         }
-        crate::crypto::validate_config(&self.encryption)?;
+        crate::crypto::Recipients::from_config(&self.encryption)?;
         SocketAddr::from_str(&self.http.listen).map_err(|_| {
             ConfigError::new(
                 "http.listen",
@@ -997,6 +1001,21 @@ fn parse_env_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn time_zone_is_utc_by_default_and_names_a_bad_one() {
+        let mut c = Config::default();
+        assert_eq!(c.schedule.time_zone().unwrap(), chrono_tz::Tz::UTC);
+        c.schedule.timezone = Some("Europe/Berlin".into());
+        assert_eq!(
+            c.schedule.time_zone().unwrap(),
+            chrono_tz::Tz::Europe__Berlin
+        );
+        c.schedule.timezone = Some("Mars/Olympus".into());
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "schedule.timezone");
+        assert!(e.to_string().contains("Mars/Olympus"), "{e}");
+    }
+
     #[test]
     fn backup_files_need_encryption_or_an_explicit_opt_out() {
         let mut c = Config::default();

@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use age::secrecy::SecretString;
 
-use crate::config::{ConfigError, EncryptionConfig};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// First line of an age v1 file (binary format).
 pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
@@ -114,25 +115,59 @@ fn parse_recipient(s: &str) -> Result<(Box<dyn age::Recipient + Send + Sync>, St
     ))
 }
 
+/// Client-side encryption with age (age-encryption.org/v1). With at least one recipient, every
+/// stored data object is a standard age file of the zstd stream, decryptable by any one of the
+/// recipients' identities.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Recipients: `age1...` (X25519) and `ssh-ed25519 ...` / `ssh-rsa ...` public keys. Env:
+    /// `ETCD_LIFEBOAT_AGE_RECIPIENTS` (comma- or newline-separated).
+    pub age_recipients: Vec<String>,
+    /// A recipients file as `age -R` reads it (one recipient per line, `#` comments).
+    pub age_recipients_file: Option<PathBuf>,
+}
+
+/// A recipient that does not parse, or a recipients file that cannot be read: `key` names the
+/// config key (`encryption.age_recipients[1]`, `encryption.age_recipients_file`), `message`
+/// what is wrong and what to do. `Config::validate` reports it as a config error (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct RecipientError {
+    /// The config key.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl RecipientError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        RecipientError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
 impl Recipients {
     /// The recipients of `cfg` (list, env and file), or `None` when none is configured
     /// (backups are then stored unencrypted).
     ///
-    /// Errors: [`ConfigError`] naming `encryption.age_recipients[i]`, or
+    /// Errors: [`RecipientError`] naming `encryption.age_recipients[i]`, or
     /// `encryption.age_recipients_file` (line N) for a bad recipient or unreadable file.
-    pub fn from_config(cfg: &EncryptionConfig) -> Result<Option<Recipients>, ConfigError> {
+    pub fn from_config(cfg: &EncryptionConfig) -> Result<Option<Recipients>, RecipientError> {
         let mut keys = Vec::new();
         let mut public = Vec::new();
         for (i, s) in cfg.age_recipients.iter().enumerate() {
             let (k, p) = parse_recipient(s)
-                .map_err(|m| ConfigError::new(format!("encryption.age_recipients[{i}]"), m))?;
+                .map_err(|m| RecipientError::new(format!("encryption.age_recipients[{i}]"), m))?;
             keys.push(k);
             public.push(p);
         }
         if let Some(path) = &cfg.age_recipients_file {
             let key = "encryption.age_recipients_file";
             let text = read_small(path).map_err(|e| {
-                ConfigError::new(
+                RecipientError::new(
                     key,
                     format!(
                         "{}: {e}; point it at a readable recipients file",
@@ -141,7 +176,7 @@ impl Recipients {
                 )
             })?;
             let text = String::from_utf8(text).map_err(|_| {
-                ConfigError::new(key, format!("{} is not UTF-8 text", path.display()))
+                RecipientError::new(key, format!("{} is not UTF-8 text", path.display()))
             })?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
@@ -149,13 +184,13 @@ impl Recipients {
                     continue;
                 }
                 let (k, p) = parse_recipient(line).map_err(|m| {
-                    ConfigError::new(key, format!("{} line {}: {m}", path.display(), n + 1))
+                    RecipientError::new(key, format!("{} line {}: {m}", path.display(), n + 1))
                 })?;
                 keys.push(k);
                 public.push(p);
             }
             if keys.is_empty() {
-                return Err(ConfigError::new(
+                return Err(RecipientError::new(
                     key,
                     format!("{} holds no recipient", path.display()),
                 ));
@@ -168,7 +203,7 @@ impl Recipients {
         // the config check reports it, not the first backup.
         let check = age::Encryptor::with_recipients(keys.iter().map(|k| k.as_ref() as _));
         if let Err(e) = check {
-            return Err(ConfigError::new(
+            return Err(RecipientError::new(
                 "encryption.age_recipients",
                 format!("these recipients cannot be used together: {e}"),
             ));
@@ -198,14 +233,6 @@ impl Recipients {
     pub fn encrypt<W: Write>(&self, out: W) -> std::io::Result<age::stream::StreamWriter<W>> {
         self.encryptor()?.wrap_output(out)
     }
-}
-
-/// Checks `encryption` (called from `Config::validate`): every recipient parses, the
-/// recipients file is readable.
-///
-/// Errors: as [`Recipients::from_config`].
-pub fn validate_config(cfg: &EncryptionConfig) -> Result<(), ConfigError> {
-    Recipients::from_config(cfg).map(|_| ())
 }
 
 /// Reads a key file of at most [`MAX_KEY_FILE`] bytes.

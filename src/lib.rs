@@ -9,8 +9,9 @@
 //!   values, the sha256 trailer (`trailer`), the copy-on-write page writer (`writer`).
 //!   Uses nothing else of the crate.
 //! - [`config`]: YAML config, environment overrides (`ETCDCTL_*`), validation naming keys.
-//!   Uses [`crypto`] (to validate `encryption`).
-//! - [`crypto`]: age recipients and identities. Uses [`config`].
+//!   Uses [`crypto`] (which owns the `encryption` section and validates it).
+//! - [`crypto`]: age recipients and identities, the `encryption` config section. Uses nothing
+//!   else of the crate.
 //! - [`error`]: the error policy and exit codes (0 ok, 1 failed, 2 bad usage/config).
 //! - [`workdir`]: private per-run temp dirs, the sweep of stale ones, permission warnings.
 //!   Uses [`config`].
@@ -41,8 +42,7 @@
 //! Rules that keep the layers apart (checked by `tests/layering.rs`): [`snapshot`] knows no
 //! other module; [`store`] knows neither [`etcd`] nor [`restore`] (nor [`daemon`], [`backup`]);
 //! [`restore`] knows neither [`etcd`] nor [`daemon`] (nor [`backup`]); no two files import
-//! each other (a module and its own submodules excepted; `config`/`crypto` is the pair left
-//! to untangle); the argument parser and the catch-all error type stay in the binary.
+//! each other (a module and its own submodules excepted); the argument parser and the catch-all error type stay in the binary.
 #![forbid(unsafe_code)]
 
 pub mod acquire;

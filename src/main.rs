@@ -102,7 +102,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("config OK: {origin}");
             println!("  etcd endpoints: {}", cfg.etcd.endpoints.join(", "));
             println!("  storage: {:?}", cfg.storage.backend);
-            match crypto::Recipients::from_config(&cfg.encryption)? {
+            match crypto::Recipients::from_config(&cfg.encryption)
+                .map_err(etcd_lifeboat::config::ConfigError::from)?
+            {
                 Some(r) => println!(
                     "  encryption: age, {} recipient(s): {}",
                     r.public().len(),

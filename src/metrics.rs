@@ -121,6 +121,12 @@ fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
+fn int_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
 fn counter_vec(
     r: &Registry,
     name: &str,
@@ -171,13 +177,11 @@ impl Metrics {
             .expect("unique metric");
         backup_duration.with_label_values(&["success"]);
         backup_duration.with_label_values(&["failure"]);
-        let upload_bytes = IntCounter::new(
+        let upload_bytes = int_counter(
+            &r,
             "etcd_lifeboat_upload_bytes_total",
             "Bytes written to the store by uploads (backup data and files objects), aborted uploads included.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(upload_bytes.clone()))
-            .expect("unique metric");
+        );
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -230,25 +234,21 @@ impl Metrics {
             "etcd_lifeboat_store_last_refresh_timestamp_seconds",
             "Unix time of the last successful read of the store catalog.",
         );
-        let store_refresh_errors = IntCounter::new(
+        let store_refresh_errors = int_counter(
+            &r,
             "etcd_lifeboat_store_refresh_errors_total",
             "Failed reads of the store catalog.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(store_refresh_errors.clone()))
-            .expect("unique metric");
+        );
         let is_leader = int_gauge(
             &r,
             "etcd_lifeboat_is_leader",
             "1 when this daemon replica is the elected leader (or election is disabled), else 0.",
         );
-        let backup_retries = IntCounter::new(
+        let backup_retries = int_counter(
+            &r,
             "etcd_lifeboat_backup_retries_total",
             "Backup attempts retried after a transient failure inside one scheduled run.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(backup_retries.clone()))
-            .expect("unique metric");
+        );
         let prune_deleted = counter_vec(
             &r,
             "etcd_lifeboat_prune_deleted_total",

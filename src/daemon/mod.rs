@@ -140,8 +140,7 @@ pub async fn run_with_shutdown(
     shutdown: CancellationToken,
     bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<(), DaemonError> {
-    let tz = schedule::time_zone(cfg.schedule.timezone.as_deref())
-        .map_err(|m| ConfigError::new("schedule.timezone", m))?;
+    let tz = cfg.schedule.time_zone()?;
     let sched =
         Schedule::new(&cfg.schedule.cron, tz).map_err(|m| ConfigError::new("schedule.cron", m))?;
     let store = Arc::new(Store::from_config(&cfg.storage).await?);

@@ -12,18 +12,6 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-/// `schedule.timezone` (an IANA name, `None` = UTC), parsed once for every schedule.
-///
-/// Errors: an unknown name, with the fix.
-pub fn time_zone(name: Option<&str>) -> Result<Tz, String> {
-    match name {
-        None => Ok(Tz::UTC),
-        Some(s) => s.parse::<Tz>().map_err(|_| {
-            format!("unknown time zone {s:?}; use an IANA name such as Europe/Berlin")
-        }),
-    }
-}
-
 /// A parsed schedule in its time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -49,7 +37,7 @@ pub enum Due {
 }
 
 impl Schedule {
-    /// Parses `expr` (5 or 6 fields), read in `tz` (see [`time_zone`]).
+    /// Parses `expr` (5 or 6 fields), read in `tz` (`ScheduleConfig::time_zone`).
     ///
     /// Errors: the message of [`crate::config::parse_cron`].
     pub fn new(expr: &str, tz: Tz) -> Result<Self, String> {
@@ -197,7 +185,5 @@ mod tests {
             s.next_after(t("2026-03-27T12:00:00Z")),
             Some(t("2026-03-28T02:30:00Z"))
         );
-        assert!(time_zone(Some("Mars/Olympus")).is_err());
-        assert_eq!(time_zone(None), Ok(Tz::UTC));
     }
 }

@@ -467,11 +467,7 @@ fn period_key(p: Period, t: DateTime<Utc>, tz: &Tz) -> String {
 
 /// Parses `schedule.timezone` (validated by [`Config::validate`]); UTC when unset or unknown.
 pub fn config_tz(cfg: &Config) -> Tz {
-    cfg.schedule
-        .timezone
-        .as_deref()
-        .and_then(|s| s.parse::<Tz>().ok())
-        .unwrap_or(Tz::UTC)
+    cfg.schedule.time_zone().unwrap_or(Tz::UTC)
 }
 
 /// Errors of [`prune`].
