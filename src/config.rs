@@ -92,6 +92,14 @@ pub struct Config {
 
 pub use crate::crypto::EncryptionConfig;
 
+/// Parses YAML `text` into `T`: the config file here, and the kubeadm etcd Pod manifest for
+/// `restore --kubeadm-manifest`, so that serde_yaml is used in this one module.
+///
+/// Errors: serde_yaml's message (syntax, missing or mistyped fields, with line and column).
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_yaml::from_str(text).map_err(|e| e.to_string())
+}
+
 impl From<crate::crypto::RecipientError> for ConfigError {
     fn from(e: crate::crypto::RecipientError) -> Self {
         ConfigError::new(e.key, e.message)

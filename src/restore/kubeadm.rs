@@ -109,7 +109,8 @@ pub fn read_manifest(path: &Path) -> Result<EtcdManifest, KubeadmError> {
 
 /// Parses manifest text; the error says what is missing.
 pub fn parse_manifest(text: &str) -> Result<EtcdManifest, String> {
-    let pod: Pod = serde_yaml::from_str(text).map_err(|e| format!("not a Pod manifest: {e}"))?;
+    let pod: Pod =
+        crate::config::parse_yaml(text).map_err(|e| format!("not a Pod manifest: {e}"))?;
     let c = pod
         .spec
         .containers
