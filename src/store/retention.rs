@@ -735,8 +735,9 @@ impl DeletePlan {
             out.push_str(&format!("{verb} {}: {}\n", b.id, keys.join(", ")));
         }
         out.push_str(&format!(
-            "{} backups {}\n",
+            "{} backup{} {}\n",
             self.backups.len(),
+            if self.backups.len() == 1 { "" } else { "s" },
             if self.dry_run {
                 "would be deleted (dry run: nothing was deleted)"
             } else {
