@@ -17,34 +17,6 @@ fn json(out: &[u8]) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
-/// etcd config of `etcd` plus `storage` as YAML.
-fn config(etcd: &Etcd, storage: &StorageConfig) -> std::path::PathBuf {
-    let base = etcd.config_yaml(std::path::Path::new("/unused"));
-    let etcd_part = &base[..base.find("storage:").unwrap()];
-    let yaml = format!(
-        "{etcd_part}{}compression: {{level: 3}}\n",
-        serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
-            "storage".into(),
-            serde_yaml::to_value(storage).unwrap()
-        )]))
-        .unwrap()
-    );
-    let p = etcd.dir.path().join(format!("s3-{}.yaml", free_port()));
-    std::fs::write(&p, yaml).unwrap();
-    p
-}
-
-/// Incompressible values, so the stored object spans several 5 MiB parts.
-async fn fill_random(client: &etcd_client::Client, n: usize, size: usize) {
-    let mut kv = client.kv_client();
-    for i in 0..n {
-        let v: Vec<u8> = (0..size).map(|_| rand::random::<u8>()).collect();
-        kv.put(format!("/registry/secrets/s{i:05}"), v, None)
-            .await
-            .unwrap();
-    }
-}
-
 async fn objects_and_uploads(storage: &StorageConfig) -> (Vec<String>, Vec<String>) {
     let store = Store::from_config(storage).await.unwrap();
     let objects = store
@@ -81,9 +53,11 @@ fn s3_backup_is_multipart_listed_and_verified() {
         ..Default::default()
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { fill_random(&etcd.client().await, 200, 64 * 1024).await });
+    rt.block_on(async {
+        fill_random(&etcd.client().await, 200, 64 * 1024, "/registry/secrets/s").await
+    });
     let storage = s3.storage_config();
-    let cfg = config(&etcd, &storage);
+    let cfg = etcd.config_file_with_storage(&storage);
 
     let out =
         lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"]));
@@ -133,7 +107,7 @@ fn s3_missing_bucket_fails_naming_it() {
     let s3 = S3Server::start();
     let etcd = Etcd::start(EtcdOpts::default());
     let storage = s3.storage_config_for_bucket("no-such-bucket-lifeboat");
-    let cfg = config(&etcd, &storage);
+    let cfg = etcd.config_file_with_storage(&storage);
     let out = lifeboat()
         .args(["--config", cfg.to_str().unwrap(), "backup"])
         .output()
@@ -151,9 +125,11 @@ fn sigterm_during_s3_backup_leaves_no_backup_and_no_parts() {
     let s3 = S3Server::start();
     let etcd = Etcd::start(EtcdOpts::default());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { fill_random(&etcd.client().await, 600, 64 * 1024).await });
+    rt.block_on(async {
+        fill_random(&etcd.client().await, 600, 64 * 1024, "/registry/secrets/s").await
+    });
     let storage = s3.storage_config();
-    let cfg = config(&etcd, &storage);
+    let cfg = etcd.config_file_with_storage(&storage);
     let bin = assert_cmd::cargo::cargo_bin("etcd-lifeboat");
     let child = std::process::Command::new(bin)
         .args(["--config", cfg.to_str().unwrap(), "backup"])
@@ -189,14 +165,14 @@ fn s3_backup_with_sse_on_an_object_lock_bucket() {
     };
     let etcd = Etcd::start(EtcdOpts::default());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { fill_random(&etcd.client().await, 20, 1024).await });
+    rt.block_on(async { fill_random(&etcd.client().await, 20, 1024, "/registry/secrets/s").await });
     let mut storage = s3.storage_config_for_bucket(&bucket);
     storage.s3.sse = Some(SseMode::Aes256);
     storage.s3.object_lock = Some(ObjectLockConfig {
         mode: ObjectLockMode::Governance,
         retain_for: Duration::from_secs(2 * 86400),
     });
-    let cfg = config(&etcd, &storage);
+    let cfg = etcd.config_file_with_storage(&storage);
     let t0 = chrono::Utc::now();
     let out =
         lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"]));
@@ -256,9 +232,11 @@ fn sigkill_during_s3_backup_leaves_an_upload_that_cleanup_aborts() {
     let s3 = S3Server::start();
     let etcd = Etcd::start(EtcdOpts::default());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { fill_random(&etcd.client().await, 600, 64 * 1024).await });
+    rt.block_on(async {
+        fill_random(&etcd.client().await, 600, 64 * 1024, "/registry/secrets/s").await
+    });
     let storage = s3.storage_config();
-    let cfg = config(&etcd, &storage);
+    let cfg = etcd.config_file_with_storage(&storage);
     let bin = assert_cmd::cargo::cargo_bin("etcd-lifeboat");
     let mut child = std::process::Command::new(bin)
         .args(["--config", cfg.to_str().unwrap(), "backup"])

@@ -38,17 +38,6 @@ fn metric(p: &DaemonProc, name: &str) -> f64 {
     sample(&p.metrics(), name).unwrap_or(-1.0)
 }
 
-fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// `(key, lease id in hex, create_revision)` of each campaign key under the election name,
 /// oldest first (the oldest is the leader's).
 fn campaigns(etcd: &Etcd, rt: &tokio::runtime::Runtime) -> Vec<(String, String, i64)> {

@@ -45,17 +45,6 @@ fn is_leader(p: &DaemonProc) -> bool {
     sample(&p.metrics(), "etcd_lifeboat_is_leader") == Some(1.0)
 }
 
-fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn two_replicas_one_leader_one_set_of_backups_and_takeover_on_sigterm() {
     let etcd = Etcd::start(EtcdOpts::default());

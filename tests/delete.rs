@@ -44,19 +44,9 @@ fn backup(etcd: &Etcd, cfg: &Path, n: usize) -> Value {
     json(out.as_bytes())
 }
 
-/// Every object key of the store (`cluster/id.json`, ...), via the library's listing.
+/// Every object key of the store, as a set.
 fn keys(storage: &StorageConfig) -> BTreeSet<String> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = Store::from_config(storage).await.unwrap();
-        store
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key.to_string())
-            .collect()
-    })
+    store_keys(storage).into_iter().collect()
 }
 
 /// The keys a backup owns: manifest, data object, files object (when it has one).
@@ -212,23 +202,6 @@ fn delete_on_the_local_store() {
     assert!(listed_ids(&cfg).is_empty());
 }
 
-/// etcd config of `etcd` plus `storage` as YAML.
-fn s3_config(etcd: &Etcd, storage: &StorageConfig) -> PathBuf {
-    let base = etcd.config_yaml(Path::new("/unused"));
-    let etcd_part = &base[..base.find("storage:").unwrap()];
-    let yaml = format!(
-        "{etcd_part}{}",
-        serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
-            "storage".into(),
-            serde_yaml::to_value(storage).unwrap()
-        )]))
-        .unwrap()
-    );
-    let p = etcd.dir.path().join(format!("s3-{}.yaml", free_port()));
-    std::fs::write(&p, yaml).unwrap();
-    p
-}
-
 /// S3 (moto): the same deletion through the S3 API, checked by listing the bucket; on an
 /// Object Lock bucket the delete is refused with a clear error and nothing is removed.
 #[test]
@@ -236,7 +209,7 @@ fn delete_on_s3_and_object_lock() {
     let s3 = S3Server::start();
     let etcd = Etcd::start(EtcdOpts::default());
     let storage = s3.storage_config();
-    let cfg = s3_config(&etcd, &storage);
+    let cfg = etcd.config_file_with_storage(&storage);
     let ms: Vec<Value> = (0..3).map(|i| backup(&etcd, &cfg, i)).collect();
     let id = |i: usize| ms[i]["id"].as_str().unwrap().to_string();
     let before = keys(&storage);
@@ -271,7 +244,7 @@ fn delete_on_s3_and_object_lock() {
         mode: ObjectLockMode::Governance,
         retain_for: Duration::from_secs(86400),
     });
-    let cfg = s3_config(&etcd, &locked);
+    let cfg = etcd.config_file_with_storage(&locked);
     let ls: Vec<Value> = (3..5).map(|i| backup(&etcd, &cfg, i)).collect();
     let before = keys(&locked);
     assert_eq!(before.len(), 4, "{before:?}");

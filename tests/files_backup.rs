@@ -122,19 +122,14 @@ async fn files_are_stored_encrypted_and_restored_with_their_modes() {
     assert!(!blob.windows(21).any(|w| w == b"etcd server key bytes"));
 
     // verify with the identity checks the files object too.
-    let out = lifeboat()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["verify", "latest", "--identity"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["verify", "latest", "--identity"])
+            .arg(&key),
     );
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("files "), "{text}");
 
     // restore --files-to: byte-identical, same modes.

@@ -9,40 +9,8 @@ mod http_fault;
 mod s3h;
 
 use common::*;
-use etcd_lifeboat::config::StorageConfig;
-use etcd_lifeboat::store::Store;
 use http_fault::Fault;
 use s3h::S3Server;
-
-fn config(etcd: &Etcd, storage: &StorageConfig, name: &str) -> std::path::PathBuf {
-    let base = etcd.config_yaml(std::path::Path::new("/unused"));
-    let etcd_part = &base[..base.find("storage:").unwrap()];
-    let yaml = format!(
-        "{etcd_part}{}",
-        serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
-            "storage".into(),
-            serde_yaml::to_value(storage).unwrap()
-        )]))
-        .unwrap()
-    );
-    let p = etcd.dir.path().join(name);
-    std::fs::write(&p, yaml).unwrap();
-    p
-}
-
-fn objects(storage: &StorageConfig) -> Vec<String> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = Store::from_config(storage).await.unwrap();
-        store
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.key.to_string())
-            .collect()
-    })
-}
 
 #[test]
 fn lost_manifest_response_keeps_the_backup_and_a_refused_put_leaves_nothing() {
@@ -64,7 +32,7 @@ fn lost_manifest_response_keeps_the_backup_and_a_refused_put_leaves_nothing() {
     });
     let mut storage = direct.clone();
     storage.s3.endpoint = Some(lose.url.clone());
-    let cfg = config(&etcd, &storage, "lose.yaml");
+    let cfg = etcd.config_file_with_storage(&storage);
     let out = lifeboat()
         .args(["--config", cfg.to_str().unwrap(), "backup", "-o", "json"])
         .output()
@@ -73,9 +41,9 @@ fn lost_manifest_response_keeps_the_backup_and_a_refused_put_leaves_nothing() {
     assert!(out.status.success(), "{stderr}");
     assert!(lose.faults.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     assert!(stderr.contains("this manifest is stored"), "{stderr}");
-    let keys = objects(&direct);
+    let keys = store_keys(&direct);
     assert_eq!(keys.len(), 2, "data and manifest both kept: {keys:?}");
-    let direct_cfg = config(&etcd, &direct, "direct.yaml");
+    let direct_cfg = etcd.config_file_with_storage(&direct);
     lifeboat_ok(lifeboat().args(["--config", direct_cfg.to_str().unwrap(), "verify", "latest"]));
 
     // 2. Every manifest PUT is refused before it reaches the store: the run fails, the new
@@ -88,7 +56,7 @@ fn lost_manifest_response_keeps_the_backup_and_a_refused_put_leaves_nothing() {
         }
     });
     storage.s3.endpoint = Some(refuse.url.clone());
-    let cfg = config(&etcd, &storage, "refuse.yaml");
+    let cfg = etcd.config_file_with_storage(&storage);
     etcd.etcdctl_ok(&["put", "/registry/secrets/default/s2", "another"]);
     let out = lifeboat()
         .args(["--config", cfg.to_str().unwrap(), "backup"])
@@ -98,5 +66,9 @@ fn lost_manifest_response_keeps_the_backup_and_a_refused_put_leaves_nothing() {
         !out.status.success(),
         "a backup without its manifest exited 0"
     );
-    assert_eq!(objects(&direct), keys, "the failed run left objects behind");
+    assert_eq!(
+        store_keys(&direct),
+        keys,
+        "the failed run left objects behind"
+    );
 }

@@ -6,21 +6,10 @@
 mod common;
 mod daemon_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use daemon_support::*;
-
-fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn real_daemon_metrics_pass_promtool_with_process_upload_and_duration_by_result() {

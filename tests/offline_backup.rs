@@ -107,18 +107,13 @@ async fn data_dir_backup_restores_and_boots() {
     assert_eq!(st["totalKey"], m["total_key"]);
 
     // verify latest.
-    let out = lifeboat()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["verify", "latest"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["verify", "latest"]),
     );
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("OK "), "{text}");
 
     // restore --from-store latest into a new dir, boot, same keys.

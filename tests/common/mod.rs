@@ -493,6 +493,28 @@ impl Etcd {
         }
     }
 
+    /// An etcd-lifeboat config file for this cluster with `storage` (any backend, e.g. moto's
+    /// `S3Server::storage_config` of tests/common/s3.rs) and compression level 3, written under a fresh name in
+    /// the cluster's temp dir.
+    pub fn config_file_with_storage(
+        &self,
+        storage: &etcd_lifeboat::config::StorageConfig,
+    ) -> PathBuf {
+        let base = self.config_yaml(Path::new("/unused"));
+        let etcd_part = &base[..base.find("storage:").unwrap()];
+        let yaml = format!(
+            "{etcd_part}{}compression: {{level: 3}}\n",
+            serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
+                "storage".into(),
+                serde_yaml::to_value(storage).unwrap()
+            )]))
+            .unwrap()
+        );
+        let p = self.dir.path().join(format!("config-{}.yaml", free_port()));
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+
     /// An etcd-lifeboat config for this cluster with a local store at `store_dir`.
     pub fn config_yaml(&self, store_dir: &Path) -> String {
         let eps = self
@@ -640,6 +662,24 @@ pub fn paths_under(root: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Every object key of the store `storage` names, as the library lists them (`cluster/id.json`,
+/// `cluster/id.db.zst`, ...).
+pub fn store_keys(storage: &etcd_lifeboat::config::StorageConfig) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = etcd_lifeboat::store::Store::from_config(storage)
+            .await
+            .unwrap();
+        store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key.to_string())
+            .collect()
+    })
 }
 
 /// Like [`fill`] with random (incompressible) values, as Secrets and protobuf blobs mostly are.

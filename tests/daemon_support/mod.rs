@@ -116,6 +116,18 @@ impl InProcess {
     }
 }
 
+/// Polls `f` every 100 ms until it holds; panics naming `what` after `limit`.
+pub fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Manifests (`*.json`) under a local store directory, sorted.
 pub fn manifests_in(store: &Path) -> Vec<String> {
     files_with(store, ".json")
