@@ -293,12 +293,7 @@ pub async fn acquire(
             if format == FileFormat::Age && ids.is_none() {
                 return Err(AcquireError::NeedIdentity { what, recipients });
             }
-            let key = m
-                .derived_data_key()
-                .map_err(|e| AcquireError::BadManifest {
-                    id: m.id.clone(),
-                    reason: e.to_string(),
-                })?;
+            let key = data_key_of(m)?;
             let reader = store
                 .get_stream(&key)
                 .await
@@ -443,6 +438,17 @@ fn compare_input(m: &Manifest, input: &InputCheck) -> Result<(), AcquireError> {
     Ok(())
 }
 
+/// The data object's key, derived from the manifest's cluster id and backup id (never taken
+/// from the manifest's `data_key` field).
+///
+/// Errors: [`AcquireError::BadManifest`] when the ids do not form a key.
+fn data_key_of(m: &Manifest) -> Result<crate::store::ObjectKey, AcquireError> {
+    m.derived_data_key().map_err(|e| AcquireError::BadManifest {
+        id: m.id.clone(),
+        reason: e.to_string(),
+    })
+}
+
 /// Checks a stored object's size and sha256 against the manifest without decrypting or
 /// decompressing it (streaming; stops past `stored_bytes`). What `verify` can do for an
 /// encrypted backup without an identity.
@@ -450,12 +456,7 @@ fn compare_input(m: &Manifest, input: &InputCheck) -> Result<(), AcquireError> {
 /// Errors: store access, [`AcquireError::TooLarge`], [`AcquireError::ManifestMismatch`].
 pub async fn check_stored_object(store: &Store, m: &Manifest) -> Result<InputCheck, AcquireError> {
     use tokio::io::AsyncReadExt;
-    let key = m
-        .derived_data_key()
-        .map_err(|e| AcquireError::BadManifest {
-            id: m.id.clone(),
-            reason: e.to_string(),
-        })?;
+    let key = data_key_of(m)?;
     let store_err = |source| AcquireError::Store {
         store: store.describe(),
         source,
