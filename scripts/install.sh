@@ -30,6 +30,8 @@ command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # A real forward proxy for the S3-through-HTTPS_PROXY test (tests/s3_proxy.rs).
 [ -x /usr/bin/tinyproxy ] || need_apt+=(tinyproxy)
+# man(1) renders the generated man page in tests/cli_completion.rs (groff comes with it).
+[ -x /usr/bin/man ] || need_apt+=(man-db)
 [ -x /usr/bin/systemd-analyze ] || need_apt+=(systemd)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
