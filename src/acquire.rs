@@ -367,75 +367,67 @@ fn manifest_plan(m: &Manifest) -> Result<(Limits, FileFormat), AcquireError> {
 ///
 /// Errors: [`AcquireError::ManifestMismatch`] naming the first field that differs.
 pub fn compare_with_manifest(m: &Manifest, a: &Acquired) -> Result<(), AcquireError> {
-    let mismatch =
-        |field: &'static str, expected: String, actual: String| AcquireError::ManifestMismatch {
-            id: m.id.clone(),
-            field,
-            expected,
-            actual,
-        };
     if let Some(input) = &a.input {
         compare_input(m, input)?;
     }
-    if !a.raw_sha256.eq_ignore_ascii_case(&m.raw_sha256) {
-        return Err(mismatch(
-            "raw_sha256",
-            m.raw_sha256.clone(),
-            a.raw_sha256.clone(),
-        ));
-    }
-    let st = &a.status;
-    if st.hash != m.hash {
-        return Err(mismatch(
-            "hash",
-            format!("{:08x}", m.hash),
-            format!("{:08x}", st.hash),
-        ));
-    }
-    for (field, want, got) in [
-        ("revision", m.revision.to_string(), st.revision.to_string()),
-        (
-            "total_key",
-            m.total_key.to_string(),
-            st.total_key.to_string(),
-        ),
-        (
-            "total_size",
-            m.total_size.to_string(),
-            st.total_size.to_string(),
-        ),
-    ] {
-        if want != got {
-            return Err(mismatch(field, want, got));
-        }
-    }
-    Ok(())
+    let (st, lower) = (&a.status, |h: &str| h.to_ascii_lowercase());
+    first_mismatch(
+        m,
+        [
+            ("raw_sha256", lower(&m.raw_sha256), lower(&a.raw_sha256)),
+            (
+                "hash",
+                format!("{:08x}", m.hash),
+                format!("{:08x}", st.hash),
+            ),
+            ("revision", m.revision.to_string(), st.revision.to_string()),
+            (
+                "total_key",
+                m.total_key.to_string(),
+                st.total_key.to_string(),
+            ),
+            (
+                "total_size",
+                m.total_size.to_string(),
+                st.total_size.to_string(),
+            ),
+        ],
+    )
 }
 
 /// The stored object's part of [`compare_with_manifest`]: stored_bytes and stored_sha256.
 fn compare_input(m: &Manifest, input: &InputCheck) -> Result<(), AcquireError> {
-    let mismatch =
-        |field: &'static str, expected: String, actual: String| AcquireError::ManifestMismatch {
+    let (want, got) = (
+        m.stored_sha256.to_ascii_lowercase(),
+        input.sha256.to_ascii_lowercase(),
+    );
+    first_mismatch(
+        m,
+        [
+            (
+                "stored_bytes",
+                m.stored_bytes.to_string(),
+                input.bytes.to_string(),
+            ),
+            ("stored_sha256", want, got),
+        ],
+    )
+}
+
+/// [`AcquireError::ManifestMismatch`] for the first `(field, expected, actual)` that differs.
+fn first_mismatch<const N: usize>(
+    m: &Manifest,
+    fields: [(&'static str, String, String); N],
+) -> Result<(), AcquireError> {
+    match fields.into_iter().find(|(_, want, got)| want != got) {
+        None => Ok(()),
+        Some((field, expected, actual)) => Err(AcquireError::ManifestMismatch {
             id: m.id.clone(),
             field,
             expected,
             actual,
-        };
-    if input.bytes != m.stored_bytes {
-        return Err(mismatch(
-            "stored_bytes",
-            m.stored_bytes.to_string(),
-            input.bytes.to_string(),
-        ));
+        }),
     }
-    if !input.sha256.eq_ignore_ascii_case(&m.stored_sha256) {
-        return Err(mismatch(
-            "stored_sha256",
-            m.stored_sha256.clone(),
-            input.sha256.clone(),
-        ));
-    }
-    Ok(())
 }
 
 /// The data object's key, derived from the manifest's cluster id and backup id (never taken

@@ -27,7 +27,7 @@
 
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -217,8 +217,7 @@ struct Origin {
     consistent_index: Option<u64>,
 }
 
-/// What was stored, for the manifest: ids, the verified status, the streamed digests and the
-/// objects written.
+/// What was stored, for the manifest: ids, the verified status and the streamed digests.
 struct Stored<'a> {
     id: &'a str,
     cluster_id: &'a str,
@@ -226,16 +225,35 @@ struct Stored<'a> {
     status: &'a Status,
     streamed: &'a StreamResult,
     data_key: &'a ObjectKey,
-    encryption: Option<EncryptionInfo>,
-    files: Option<FilesInfo>,
-    /// `Store::object_protection`: SSE and Object Lock requested on the data object.
-    protection: (Option<manifest::SseInfo>, Option<manifest::ObjectLockInfo>),
 }
 
-/// The manifest of one backup (both origins build it here, so the two cannot drift).
-fn new_manifest(cfg: &Config, opts: &BackupOptions, origin: Origin, s: Stored<'_>) -> Manifest {
-    let (sse, object_lock) = s.protection;
-    Manifest {
+/// The data object's key: `.db.zst.age` with recipients, else `.db.zst`.
+fn data_key_for(recipients: Option<&Recipients>, cluster_hex: &str, id: &str) -> ObjectKey {
+    match recipients {
+        Some(_) => manifest::encrypted_data_key(cluster_hex, id),
+        None => manifest::data_key(cluster_hex, id),
+    }
+}
+
+/// Seals a backup whose data object is written (both origins end here): finishes the upload
+/// (the store checks the object's size), stores the control-plane files, writes the manifest
+/// last and logs the backup.
+///
+/// Errors: store failures; the data object is deleted when no manifest can name it.
+async fn seal(
+    cfg: &Config,
+    store: &Store,
+    opts: &BackupOptions,
+    recipients: Option<&Recipients>,
+    upload: crate::store::Upload,
+    origin: Origin,
+    s: Stored<'_>,
+) -> Result<Manifest, BackupError> {
+    upload.finish().await.map_err(store_err(store))?;
+    let files =
+        store_files_or_cleanup(cfg, store, recipients, s.cluster_id, s.id, s.data_key).await?;
+    let (sse, object_lock) = store.object_protection(Utc::now());
+    let manifest = Manifest {
         id: s.id.to_string(),
         cluster_id: s.cluster_id.to_string(),
         member_id: format!("{:016x}", origin.member_id),
@@ -256,13 +274,29 @@ fn new_manifest(cfg: &Config, opts: &BackupOptions, origin: Origin, s: Stored<'_
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         tag: opts.tag.clone(),
         data_key: s.data_key.clone(),
-        encryption: s.encryption,
+        encryption: recipients.map(|r| EncryptionInfo {
+            format: AGE_FORMAT.to_string(),
+            recipients: r.public().to_vec(),
+        }),
         sse,
         object_lock,
         source: origin.source,
         consistent_index: origin.consistent_index,
-        files: s.files,
-    }
+        files,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    put_manifest(store, &manifest, json, s.data_key).await?;
+    tracing::info!(
+        id = %manifest.id,
+        endpoint = %manifest.endpoint,
+        revision = manifest.revision,
+        keys = manifest.total_key,
+        raw_bytes = s.streamed.db_len,
+        stored_bytes = manifest.stored_bytes,
+        seconds = (Utc::now() - s.started_at).num_milliseconds() as f64 / 1000.0,
+        "backup stored"
+    );
+    Ok(manifest)
 }
 
 async fn attempt(
@@ -273,7 +307,6 @@ async fn attempt(
     cand: Candidate,
 ) -> Result<Manifest, AttemptError> {
     let Candidate { mut client, status } = cand;
-    let t0 = Instant::now();
     let endpoint = status.endpoint.clone();
     let cluster_hex = format!("{:016x}", status.cluster_id);
     let member_name = member_name(&mut client, cfg, status.member_id).await;
@@ -284,14 +317,7 @@ async fn attempt(
             fatal: None,
         })?;
     let (started_at, id) = unused_id(store, &cluster_hex, start_rev).await?;
-    let data_key = match recipients {
-        Some(_) => manifest::encrypted_data_key(&cluster_hex, &id),
-        None => manifest::data_key(&cluster_hex, &id),
-    };
-    let encryption = recipients.map(|r| EncryptionInfo {
-        format: AGE_FORMAT.to_string(),
-        recipients: r.public().to_vec(),
-    });
+    let data_key = data_key_for(recipients, &cluster_hex, &id);
 
     let work = WorkDir::create(&workdir::temp_base(cfg)).map_err(BackupError::from)?;
     let (tmp_file, tmp_path) = work.create_file("snapshot.db").map_err(BackupError::from)?;
@@ -368,14 +394,12 @@ async fn attempt(
         abort(upload).await;
         return Err(BackupError::Cancelled.into());
     }
-    // finish() also checks the stored object's size (stat / HeadObject) before it returns.
-    upload.finish().await.map_err(store_err(store))?;
-    let files = store_files_or_cleanup(cfg, store, recipients, &cluster_hex, &id, &data_key)
-        .await
-        .map_err(AttemptError::from)?;
-    let manifest = new_manifest(
+    Ok(seal(
         cfg,
+        store,
         opts,
+        recipients,
+        upload,
         Origin {
             member_id: status.member_id,
             member_name,
@@ -391,23 +415,9 @@ async fn attempt(
             status: &st,
             streamed: &streamed,
             data_key: &data_key,
-            encryption,
-            files,
-            protection: store.object_protection(Utc::now()),
         },
-    );
-    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    put_manifest(store, &manifest, json, &data_key).await?;
-    tracing::info!(
-        id = %manifest.id,
-        revision = manifest.revision,
-        keys = manifest.total_key,
-        raw_bytes = raw,
-        stored_bytes = manifest.stored_bytes,
-        seconds = t0.elapsed().as_secs_f64(),
-        "backup stored"
-    );
-    Ok(manifest)
+    )
+    .await?)
 }
 
 /// What `--from-data-dir` reads from a stopped member's data dir before storing its db.
@@ -441,7 +451,6 @@ pub async fn run_backup_from_data_dir(
     dir: &Path,
 ) -> Result<Manifest, BackupError> {
     let recipients = Recipients::from_config(&cfg.encryption).map_err(ConfigError::from)?;
-    let t0 = Instant::now();
     let d = dir.to_path_buf();
     let db = tokio::task::spawn_blocking(move || open_data_dir(&d))
         .await
@@ -449,14 +458,7 @@ pub async fn run_backup_from_data_dir(
     let dir_text = dir.display().to_string();
     let cluster_hex = format!("{:016x}", db.cluster_id);
     let (started_at, id) = unused_id(store, &cluster_hex, db.status.revision).await?;
-    let data_key = match recipients {
-        Some(_) => manifest::encrypted_data_key(&cluster_hex, &id),
-        None => manifest::data_key(&cluster_hex, &id),
-    };
-    let encryption = recipients.as_ref().map(|r| EncryptionInfo {
-        format: AGE_FORMAT.to_string(),
-        recipients: r.public().to_vec(),
-    });
+    let data_key = data_key_for(recipients.as_ref(), &cluster_hex, &id);
     let sink = match &recipients {
         Some(r) => Sink::encrypted(r).map_err(|e| BackupError::DataDir {
             path: dir_text.clone(),
@@ -515,19 +517,12 @@ pub async fn run_backup_from_data_dir(
         abort(upload).await;
         return Err(BackupError::Cancelled);
     }
-    upload.finish().await.map_err(store_err(store))?;
-    let files = store_files_or_cleanup(
+    let manifest = seal(
         cfg,
         store,
-        recipients.as_ref(),
-        &cluster_hex,
-        &id,
-        &data_key,
-    )
-    .await?;
-    let manifest = new_manifest(
-        cfg,
         opts,
+        recipients.as_ref(),
+        upload,
         Origin {
             member_id: db.member_id,
             member_name: db.member_name.clone(),
@@ -543,23 +538,10 @@ pub async fn run_backup_from_data_dir(
             status: &db.status,
             streamed: &streamed,
             data_key: &data_key,
-            encryption,
-            files,
-            protection: store.object_protection(Utc::now()),
         },
-    );
-    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    put_manifest(store, &manifest, json, &data_key).await?;
+    )
+    .await?;
     drop(db);
-    tracing::info!(
-        id = %manifest.id,
-        dir = %dir.display(),
-        revision = manifest.revision,
-        keys = manifest.total_key,
-        stored_bytes = manifest.stored_bytes,
-        seconds = t0.elapsed().as_secs_f64(),
-        "backup of the data dir stored"
-    );
     Ok(manifest)
 }
 

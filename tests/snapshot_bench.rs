@@ -11,9 +11,9 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use etcd_lifeboat::restore::db::rewrite_db;
+use etcd_lifeboat::acquire::TrailerRule;
+use etcd_lifeboat::restore::db::rewrite_db_bumped;
 use etcd_lifeboat::restore::member::Member;
-use etcd_lifeboat::snapshot::{status_file, status_file_verified};
 
 fn bench_dir() -> PathBuf {
     let d =
@@ -134,12 +134,13 @@ fn bench_child() {
         // `etcd-lifeboat status FILE`: full check + status (what etcdctl does).
         "status" => println!(
             "{}",
-            serde_json::to_string(&status_file(&file).unwrap()).unwrap()
+            serde_json::to_string(&acquire_file(&file, TrailerRule::Skip).unwrap().status).unwrap()
         ),
         // The same plus the sha256 trailer (second thread).
         "verify" => println!(
             "{}",
-            serde_json::to_string(&status_file_verified(&file).unwrap().0).unwrap()
+            serde_json::to_string(&acquire_file(&file, TrailerRule::Required).unwrap().status)
+                .unwrap()
         ),
         // The db part of a restore: verify (trailer + check + status), then copy + rewrite.
         "restore-db" => {
@@ -149,9 +150,9 @@ fn bench_child() {
                 name: "a".into(),
                 peer_urls: vec!["http://127.0.0.1:2380".into()],
             };
-            status_file_verified(&file).unwrap();
+            acquire_file(&file, TrailerRule::Required).unwrap();
             let db_len = std::fs::metadata(&file).unwrap().len() - 32;
-            rewrite_db(&file, db_len, &out, &[m], 1, 1).unwrap();
+            rewrite_db_bumped(&file, db_len, &out, &[m], 1, 1, 0).unwrap();
         }
         other => panic!("unknown BENCH_OP {other}"),
     }

@@ -1,4 +1,4 @@
-//! `rewrite_db` produces exactly the db that `etcdutl snapshot restore` (3.5) produces (every
+//! `rewrite_db_bumped` produces exactly the db that `etcdutl snapshot restore` (3.5) produces (every
 //! bucket, key and value equal), passes our check and `etcdutl snapshot status`, and etcd 3.5
 //! and 3.4 boot from it (the db dropped into an etcdutl-made data dir, so this tests the db
 //! alone, not our WAL/snap writers).
@@ -10,10 +10,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use etcd_lifeboat::restore::db::rewrite_db;
+use etcd_lifeboat::acquire::TrailerRule;
+use etcd_lifeboat::restore::db::rewrite_db_bumped;
 use etcd_lifeboat::restore::member::Member as RestoreMember;
 use etcd_lifeboat::snapshot::page::{self, PAGE_HEADER_SIZE};
-use etcd_lifeboat::snapshot::{status_file, verify_file, Db, Status};
+use etcd_lifeboat::snapshot::{verify_file, Db, Status};
 use sha1::{Digest, Sha1};
 
 /// etcd membership/member.go computeMemberId (no time component).
@@ -147,8 +148,8 @@ async fn rewrite_equals_etcdutl_restore_and_boots_from(src: Version) {
         },
     ];
     let t0 = Instant::now();
-    rewrite_db(&snap.path, db_len(&snap.path), &ours, &members, 2, 1).unwrap();
-    eprintln!("rewrite_db took {:?}", t0.elapsed());
+    rewrite_db_bumped(&snap.path, db_len(&snap.path), &ours, &members, 2, 1, 0).unwrap();
+    eprintln!("rewrite_db_bumped took {:?}", t0.elapsed());
     let (d_ours, d_theirs) = (dump(&ours), dump(&theirs));
     assert_eq!(
         d_ours.keys().collect::<Vec<_>>(),
@@ -179,7 +180,10 @@ async fn rewrite_equals_etcdutl_restore_and_boots_from(src: Version) {
     let mut t = etcdutl_status(&etcdutl_bin(), &theirs);
     t["totalSize"] = s.total_size.into();
     assert_eq!(serde_json::to_value(&s).unwrap(), t);
-    assert_eq!(status_file(&ours).unwrap(), s);
+    assert_eq!(
+        acquire_file(&ours, TrailerRule::IfPresent).unwrap().status,
+        s
+    );
 
     // The old meta stays a valid, consistent view (copy-on-write, nothing overwritten).
     let db = Db::open(&ours, None).unwrap();
@@ -206,7 +210,7 @@ async fn rewrite_equals_etcdutl_restore_and_boots_from(src: Version) {
             name: "solo".into(),
             peer_urls: vec![peer.clone()],
         };
-        rewrite_db(&snap.path, db_len(&snap.path), &db, &[m], 1, 1).unwrap();
+        rewrite_db_bumped(&snap.path, db_len(&snap.path), &db, &[m], 1, 1, 0).unwrap();
         let etcd = Etcd::boot(v, &[spec], "boot-tok");
         let ctl = |args: &[&str]| etcd.etcdctl_ok(args);
         let fields = ctl(&[
@@ -270,13 +274,14 @@ async fn rewrite_keeps_a_synced_freelist_consistent() {
         name: "x".into(),
         peer_urls: vec!["http://127.0.0.1:1".into()],
     };
-    rewrite_db(
+    rewrite_db_bumped(
         &src,
         std::fs::metadata(&src).unwrap().len(),
         &dst,
         &[m],
         1,
         1,
+        0,
     )
     .unwrap();
     let db = Db::open(&dst, None).unwrap();
@@ -289,11 +294,12 @@ async fn rewrite_keeps_a_synced_freelist_consistent() {
     assert_ne!(after.hash, before.hash, "membership changed");
     // Rewriting the rewritten db again works too (a second transaction on top).
     let dst2 = tmp.path().join("out2.db");
-    rewrite_db(
+    rewrite_db_bumped(
         &dst,
         std::fs::metadata(&dst).unwrap().len(),
         &dst2,
         &[],
+        0,
         0,
         0,
     )
@@ -301,13 +307,14 @@ async fn rewrite_keeps_a_synced_freelist_consistent() {
     verify_file(&dst2, None).unwrap();
     etcdutl_status(&etcdutl_bin(), &dst2);
     // The destination must not exist.
-    let err = rewrite_db(
+    let err = rewrite_db_bumped(
         &src,
         std::fs::metadata(&src).unwrap().len(),
         &dst,
         &[],
         1,
         1,
+        0,
     )
     .unwrap_err();
     assert!(err.to_string().contains("out.db: File exists"), "{err}");

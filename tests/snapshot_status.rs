@@ -8,7 +8,8 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use etcd_lifeboat::snapshot::{status_file, status_file_verified, verify_file, Db, Status};
+use etcd_lifeboat::acquire::{TrailerRule, TrailerState};
+use etcd_lifeboat::snapshot::{verify_file, Db, Status};
 
 /// What etcd's own tools say about `file`, as JSON. For 3.5 both `etcdutl` and the
 /// deprecated `etcdctl snapshot status` are asked and must agree.
@@ -46,7 +47,9 @@ fn reference(v: Version, file: &Path) -> serde_json::Value {
 }
 
 fn assert_same_as_etcd(v: Version, file: &Path, what: &str) -> Status {
-    let ours = status_file(file).unwrap_or_else(|e| panic!("{what}: native status failed: {e}"));
+    let ours = acquire_file(file, TrailerRule::Skip)
+        .unwrap_or_else(|e| panic!("{what}: native status failed: {e}"))
+        .status;
     let theirs = reference(v, file);
     assert_eq!(
         serde_json::to_value(&ours).unwrap(),
@@ -56,8 +59,11 @@ fn assert_same_as_etcd(v: Version, file: &Path, what: &str) -> Status {
     // The structure check alone (trailer cut by size) gives the same values.
     let len = std::fs::metadata(file).unwrap().len();
     assert_eq!(verify_file(file, Some(len - 32)).unwrap(), ours);
-    let (verified, trailer) = status_file_verified(file).unwrap();
-    assert_eq!((verified, trailer.matches), (ours.clone(), Some(true)));
+    let verified = acquire_file(file, TrailerRule::Required).unwrap();
+    assert_eq!(
+        (verified.status, verified.trailer),
+        (ours.clone(), TrailerState::Valid)
+    );
     ours
 }
 

@@ -49,28 +49,16 @@ use crate::snapshot::{Db, SnapshotError};
 /// does). See etcd-restore-spec.md §2 and the module doc.
 ///
 /// Errors: Io (dst exists, disk full...), NotBbolt/Truncated/Corrupt from the source,
-/// Rewrite. On error `dst` may exist partially written: callers build in a temp dir.
-pub fn rewrite_db(
-    src: &Path,
-    db_len: u64,
-    dst: &Path,
-    members: &[Member],
-    consistent_index: u64,
-    term: u64,
-) -> Result<(), SnapshotError> {
-    rewrite_db_bumped(src, db_len, dst, members, consistent_index, term, 0).map(|_| ())
-}
-
-/// [`rewrite_db`], plus etcdutl 3.5.10+'s `--bump-revision N --mark-compacted` when
-/// `bump > 0` (release-3.5 `etcdutl/snapshot/v3_snapshot.go` `modifyLatestRevision`): the
+/// Rewrite (also when R + N below does not fit etcd's int64 revision), Corrupt when the last
+/// key of bucket `key` is not a revision. On error `dst` may exist partially written: callers
+/// build in a temp dir.
+///
+/// With `bump` N > 0, also etcdutl 3.5.10+'s `--bump-revision N --mark-compacted` (release-3.5 `etcdutl/snapshot/v3_snapshot.go` `modifyLatestRevision`): the
 /// latest revision R (the greatest rev key in bucket `key`; 0 when empty) becomes R + N, a
 /// 17-byte key `(R + N, 0)` with an empty value is added to bucket `key`, and
 /// `meta/scheduledCompactRev` is set to the 17-byte revision `(R + N, 0)`, so that etcd
 /// compacts at R + N on boot. Same transaction as the membership rewrite (etcdutl uses
 /// separate ones; the resulting content is the same). Returns the bump when done.
-///
-/// Errors: those of [`rewrite_db`]; Rewrite when R + N does not fit etcd's int64 revision;
-/// Corrupt when the last key of bucket `key` is not a revision.
 #[allow(clippy::too_many_arguments)]
 pub fn rewrite_db_bumped(
     src: &Path,

@@ -5,10 +5,10 @@
 //! - [`trailer`]: the sha256 trailer of a snapshot stream ([`TrailerHasher`]).
 //! - [`writer`]: copy-on-write update of root-level buckets (used by the restore rewrite).
 //!
-//! Entry points: [`status_file`] (`etcdctl snapshot status`), [`status_file_verified`] (the
-//! same plus the sha256 trailer), [`verify_file`] (check + status of the first `db_len`
-//! bytes), [`TrailerHasher`] (streaming trailer detection), [`check_sha256_trailer`];
-//! `crate::restore::db` builds the restore rewrite on [`writer`].
+//! Entry points: [`verify_file`] (bbolt check + `snapshot status` values of the first
+//! `db_len` bytes), [`TrailerHasher`] (streaming trailer detection). `crate::acquire` owns the
+//! trailer policy and is how the product reads a snapshot file; `crate::restore::db` builds
+//! the restore rewrite on [`writer`].
 //!
 //! Everything here is `#![forbid(unsafe_code)]` (crate-wide): pages are read with `pread`
 //! into per-level buffers, so memory stays bounded (a few MiB) whatever the db size.
@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use reader::Db;
-pub use trailer::{check_sha256_trailer, has_trailer, TrailerCheck, TrailerHasher, TrailerInfo};
+pub use trailer::{has_trailer, TrailerCheck, TrailerHasher};
 
 /// Errors of reading, checking and rewriting bbolt files. Messages say what failed, on what,
 /// and what to do.
@@ -55,23 +55,6 @@ pub enum SnapshotError {
         expected: u64,
         actual: u64,
     },
-    /// The sha256 trailer does not match the data.
-    #[error(
-        "{}: sha256 mismatch: the snapshot's trailer says {expected} but its {db_len} data bytes hash to {actual}; the snapshot is corrupt, take or download it again",
-        path.display()
-    )]
-    HashMismatch {
-        path: PathBuf,
-        db_len: u64,
-        expected: String,
-        actual: String,
-    },
-    /// No sha256 trailer where one is required (restore without `--skip-hash-check`).
-    #[error(
-        "{}: snapshot has no sha256 trailer (its size is not 32 bytes past a multiple of 512), so its integrity cannot be checked; if it is a db copied out of a data dir (member/snap/db), pass --skip-hash-check",
-        path.display()
-    )]
-    MissingHash { path: PathBuf },
     /// A structural error in a page (bbolt `tx.Check` would report it, or worse, crash).
     #[error("bbolt page {page}: {reason}; the snapshot is corrupt, take a new one")]
     Corrupt { page: u64, reason: String },
@@ -182,69 +165,11 @@ pub fn humanize_bytes(s: u64) -> String {
 
 /// Full native verification of a db file: bbolt structure check plus status values.
 /// `db_len`: where the db ends (`Some(size - 32)` for a file with a trailer; `None`: the
-/// whole file). The trailer itself is not checked here (see [`status_file`]).
+/// whole file). The trailer itself is not checked here (acquire.rs owns the trailer policy).
 ///
 /// Errors: Io, NotBbolt, Truncated, Corrupt.
 pub fn verify_file(path: &Path, db_len: Option<u64>) -> Result<Status, SnapshotError> {
     Db::open(path, db_len)?.check_and_status()
-}
-
-/// `etcdctl snapshot status FILE`, natively: when the size says there is a sha256 trailer
-/// (`size % 512 == 32`) it is cut off (not hashed: etcdctl/etcdutl do not check it either,
-/// and hashing costs more than the whole walk; see [`status_file_verified`]); then the bbolt
-/// structure is checked and the status computed.
-///
-/// Errors: Io, NotBbolt, Truncated, Corrupt.
-pub fn status_file(path: &Path) -> Result<Status, SnapshotError> {
-    let len = std::fs::metadata(path)
-        .map_err(|source| SnapshotError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
-    verify_file(path, has_trailer(len).then(|| len - trailer::TRAILER_LEN))
-}
-
-/// [`status_file`] plus the sha256 trailer check (hashed in a second thread, overlapping the
-/// walk): what `verify` and `restore` need before trusting a file.
-///
-/// Errors: Io, NotBbolt, Truncated, Corrupt, and HashMismatch when the trailer does not match
-/// (reported first: a file whose bytes changed is refused whatever its structure says).
-pub fn status_file_verified(path: &Path) -> Result<(Status, TrailerInfo), SnapshotError> {
-    let len = std::fs::metadata(path)
-        .map_err(|source| SnapshotError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
-    let db_len = has_trailer(len).then(|| len - trailer::TRAILER_LEN);
-    let (status, trailer) = std::thread::scope(|s| {
-        let t = s.spawn(|| check_sha256_trailer(path));
-        let status = verify_file(path, db_len);
-        let trailer = t.join().unwrap_or_else(|_| {
-            Err(SnapshotError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::other("sha256 thread panicked"),
-            })
-        });
-        (status, trailer)
-    });
-    let info = trailer?;
-    check_trailer_info(path, &info)?;
-    Ok((status?, info))
-}
-
-/// Turns a trailer mismatch into [`SnapshotError::HashMismatch`].
-pub fn check_trailer_info(path: &Path, info: &TrailerInfo) -> Result<(), SnapshotError> {
-    match (info.matches, info.trailer) {
-        (Some(false), Some(t)) => Err(SnapshotError::HashMismatch {
-            path: path.to_path_buf(),
-            db_len: info.db_len,
-            expected: hex::encode(t),
-            actual: hex::encode(info.raw_sha256),
-        }),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

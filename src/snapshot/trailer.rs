@@ -5,13 +5,7 @@
 //! `hasChecksum` in etcdutl/snapshot/v3_snapshot.go; a bbolt file is a multiple of its page
 //! size, itself a multiple of 512) and strips it.
 
-use std::fs::File;
-use std::io::Read;
-use std::path::Path;
-
 use sha2::{Digest, Sha256};
-
-use super::SnapshotError;
 
 /// Length of the trailer in bytes.
 pub const TRAILER_LEN: u64 = 32;
@@ -111,56 +105,6 @@ impl TrailerHasher {
             }
         }
     }
-}
-
-/// Result of [`check_sha256_trailer`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrailerInfo {
-    /// Size of the file in bytes.
-    pub file_len: u64,
-    /// Bytes of the db (file_len minus the trailer when present).
-    pub db_len: u64,
-    /// sha256 of the db bytes.
-    pub raw_sha256: [u8; 32],
-    /// The trailer as stored, when present.
-    pub trailer: Option<[u8; 32]>,
-    /// `None` without trailer, else whether it matches `raw_sha256`.
-    pub matches: Option<bool>,
-}
-
-/// Reads `path` once (1 MiB buffer) and checks its sha256 trailer.
-/// Errors: [`SnapshotError::Io`] only; a mismatch is reported in [`TrailerInfo::matches`].
-pub fn check_sha256_trailer(path: &Path) -> Result<TrailerInfo, SnapshotError> {
-    let io = |source| SnapshotError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = File::open(path).map_err(io)?;
-    let mut h = TrailerHasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut tail = [0u8; 32];
-    loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        if n >= 32 {
-            tail.copy_from_slice(&buf[n - 32..n]);
-        } else {
-            tail.rotate_left(n);
-            tail[32 - n..].copy_from_slice(&buf[..n]);
-        }
-    }
-    let file_len = h.len();
-    let c = h.finish();
-    Ok(TrailerInfo {
-        file_len,
-        db_len: c.db_len,
-        raw_sha256: c.raw_sha256,
-        trailer: c.trailer.map(|_| tail),
-        matches: c.trailer,
-    })
 }
 
 #[cfg(test)]

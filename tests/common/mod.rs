@@ -717,3 +717,29 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     assert!(out.status.success(), "{out:?}");
     (p, String::from_utf8(out.stdout).unwrap().trim().to_string())
 }
+
+/// The product's reading of a local snapshot file (what `status`, `verify` and `restore` do):
+/// `etcd_lifeboat::acquire::acquire` of `path` under `rule`, run to completion (on a thread of
+/// its own, so async tests may call it too).
+pub fn acquire_file(
+    path: &Path,
+    rule: etcd_lifeboat::acquire::TrailerRule,
+) -> Result<etcd_lifeboat::acquire::Acquired, etcd_lifeboat::acquire::AcquireError> {
+    use etcd_lifeboat::acquire::{acquire, AcquireOptions, Source};
+    let opts = AcquireOptions {
+        identities: None,
+        trailer: rule,
+        temp_base: path.parent().unwrap_or(Path::new(".")),
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(acquire(Source::File(path), &opts))
+        })
+        .join()
+        .unwrap()
+    })
+}
