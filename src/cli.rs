@@ -238,7 +238,8 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub ciphertext_only: bool,
     #[command(flatten)]
-    pub output: OutputArg,    #[command(flatten)]
+    pub output: OutputArg,
+    #[command(flatten)]
     pub cluster: ClusterArg,
 }
 

@@ -846,11 +846,16 @@ impl Config {
                 Some(c) => Ok(c.clone()),
                 None if all.len() == 1 && all[0].name.is_none() => Err(ConfigError::new(
                     "--cluster",
-                    format!("{n:?}: the config names no cluster; set `name: {n}` or drop --cluster"),
+                    format!(
+                        "{n:?}: the config names no cluster; set `name: {n}` or drop --cluster"
+                    ),
                 )),
                 None => Err(ConfigError::new(
                     "--cluster",
-                    format!("no cluster {n:?} in the config; the clusters are: {}", names()),
+                    format!(
+                        "no cluster {n:?} in the config; the clusters are: {}",
+                        names()
+                    ),
                 )),
             },
         }
@@ -872,15 +877,20 @@ impl Config {
         let mut stores: Vec<(String, String)> = Vec::new();
         for (i, c) in self.clusters.iter().enumerate() {
             let at = |key: &str| format!("clusters[{i}] ({}): {key}", c.name);
-            check_cluster_name(&c.name).map_err(|m| ConfigError::new(format!("clusters[{i}].name"), m))?;
+            check_cluster_name(&c.name)
+                .map_err(|m| ConfigError::new(format!("clusters[{i}].name"), m))?;
             if let Some(j) = self.clusters[..i].iter().position(|o| o.name == c.name) {
                 return Err(ConfigError::new(
                     format!("clusters[{i}].name"),
-                    format!("{:?} is also the name of clusters[{j}]; names must be unique", c.name),
+                    format!(
+                        "{:?} is also the name of clusters[{j}]; names must be unique",
+                        c.name
+                    ),
                 ));
             }
             let cfg = self.cluster_config(c);
-            cfg.validate_one().map_err(|e| ConfigError::new(at(&e.key), e.message))?;
+            cfg.validate_one()
+                .map_err(|e| ConfigError::new(at(&e.key), e.message))?;
             let store = match cfg.storage.backend {
                 Backend::Local => format!("local {}", cfg.storage.local.path.display()),
                 Backend::S3 => format!(
@@ -1367,6 +1377,91 @@ mod tests {
         let mut c = Config::default();
         c.etcd.endpoints = vec!["localhost".into()];
         assert_eq!(c.validate().unwrap_err().key, "etcd.endpoints[0]");
+    }
+
+    #[test]
+    fn clusters_inherit_sections_and_get_their_own_store_and_election() {
+        let c = Config::from_yaml(
+            "storage: {backend: s3, s3: {bucket: b, prefix: backups/}}\n\
+             schedule: {cron: \"0 * * * *\"}\n\
+             clusters:\n\
+             \x20 - {name: prod-a, etcd: {endpoints: [\"https://10.0.0.1:2379\"]}}\n\
+             \x20 - name: prod-b\n\
+             \x20   schedule: {cron: \"*/5 * * * *\"}\n\
+             \x20   storage: {backend: local, local: {path: /srv/b}}\n",
+            "c.yaml",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let all = c.clusters();
+        let names: Vec<_> = all.iter().map(|c| c.name.clone().unwrap()).collect();
+        assert_eq!(names, ["prod-a", "prod-b"]);
+        let (a, b) = (&all[0].config, &all[1].config);
+        assert_eq!(a.etcd.endpoints, ["https://10.0.0.1:2379"]);
+        assert_eq!(b.etcd.endpoints, Config::default().etcd.endpoints);
+        assert_eq!(a.storage.s3.prefix, "backups/prod-a");
+        assert_eq!(a.storage.s3.bucket, "b");
+        assert_eq!(b.storage.backend, Backend::Local);
+        assert_eq!(b.storage.local.path, PathBuf::from("/srv/b"));
+        assert_eq!(a.schedule.cron, "0 * * * *");
+        assert_eq!(b.schedule.cron, "*/5 * * * *");
+        assert_eq!(a.leader_election.name, "/etcd-lifeboat/leader-prod-a");
+        assert!(a.clusters.is_empty() && a.name.as_deref() == Some("prod-a"));
+        // Selection.
+        assert_eq!(c.select_cluster(Some("prod-b")).unwrap().config, *b);
+        let e = c.select_cluster(None).unwrap_err();
+        assert!(e.message.contains("prod-a, prod-b"), "{e}");
+        let e = c.select_cluster(Some("prod-c")).unwrap_err();
+        assert!(e.message.contains("no cluster \"prod-c\""), "{e}");
+        // The single-cluster config is one unnamed cluster, itself.
+        let one = Config::default();
+        assert_eq!(one.clusters(), [Cluster { name: None, config: one.clone() }]);
+        assert_eq!(one.select_cluster(None).unwrap().config, one);
+        assert!(one.select_cluster(Some("x")).is_err());
+    }
+
+    #[test]
+    fn cluster_errors_name_the_cluster() {
+        let entry = |name: &str| ClusterConfig {
+            name: name.into(),
+            ..Default::default()
+        };
+        let mut c = Config::default();
+        c.clusters = vec![entry("a"), entry("A_b")];
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "clusters[1].name");
+        assert!(e.message.contains("\"A_b\""), "{e}");
+        c.clusters = vec![entry("a"), entry("a")];
+        let e = c.validate().unwrap_err();
+        assert!(e.message.contains("also the name of clusters[0]"), "{e}");
+        let mut bad = entry("b");
+        bad.schedule = Some(ScheduleConfig {
+            cron: "often".into(),
+            timezone: None,
+        });
+        c.clusters = vec![entry("a"), bad];
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "clusters[1] (b): schedule.cron", "{e}");
+        // Two clusters on the same store.
+        let mut same = entry("b");
+        same.storage = Some(StorageConfig {
+            local: LocalConfig {
+                path: PathBuf::from("/var/lib/etcd-lifeboat/a"),
+            },
+            ..Default::default()
+        });
+        c.clusters = vec![entry("a"), same];
+        let e = c.validate().unwrap_err();
+        assert!(e.message.contains("same store as cluster a"), "{e}");
+        c.clusters = vec![entry("a")];
+        c.name = Some("x".into());
+        assert_eq!(c.validate().unwrap_err().key, "name");
+        c.clusters.clear();
+        c.validate().unwrap();
+        c.name = Some("-x".into());
+        assert_eq!(c.validate().unwrap_err().key, "name");
+        assert!(check_cluster_name(&"a".repeat(63)).is_ok());
+        assert!(check_cluster_name(&"a".repeat(64)).is_err());
     }
 
     #[test]

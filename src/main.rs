@@ -705,7 +705,11 @@ async fn list_clusters(all: &Config, output: Output) -> anyhow::Result<()> {
     if failed.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("{} of the clusters' stores could not be listed in full: {}", failed.len(), failed.join("; "))
+        anyhow::bail!(
+            "{} of the clusters' stores could not be listed in full: {}",
+            failed.len(),
+            failed.join("; ")
+        )
     }
 }
 

@@ -149,7 +149,8 @@ impl Metrics {
     /// unlabelled set ([`metrics`]) registers.
     fn new(cluster: Option<&str>) -> Self {
         let labels = cluster.map(|c| {
-            std::iter::once(("cluster".to_string(), c.to_string())).collect::<std::collections::HashMap<_, _>>()
+            std::iter::once(("cluster".to_string(), c.to_string()))
+                .collect::<std::collections::HashMap<_, _>>()
         });
         let process_wide = cluster.is_none();
         let r = Registry::new_custom(None, labels).expect("valid registry labels");

@@ -30,8 +30,8 @@ use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::etcd::EtcdError;
+use crate::metrics::Metrics;
 
 /// Why an election session ended (it is retried with backoff; logged, never fatal).
 #[derive(Debug, thiserror::Error)]
