@@ -651,8 +651,15 @@ impl Daemon {
         };
         tracing::warn!(reason = %why, "cancelling backup");
         cancel.cancel();
-        // The pipeline cleans up (aborts uploads, no manifest); wait for it, bounded.
-        match timeout(Duration::from_secs(60), &mut task).await {
+        // The pipeline cleans up (aborts uploads, no manifest); wait for it, bounded: on
+        // shutdown by 10 s (a call hung on a dead etcd may not see the cancellation; what an
+        // aborted task leaves, the next start sweeps), else by 60 s.
+        let bound = if self.shutdown.is_cancelled() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(60)
+        };
+        match timeout(bound, &mut task).await {
             Ok(Ok(Ok(m))) => Ok(m), // finished just before noticing the cancellation
             Ok(_) => Err(if fenced {
                 Attempt::Fenced(why)
@@ -663,7 +670,7 @@ impl Daemon {
             }),
             Err(_) => {
                 task.abort();
-                let why = format!("{why}; cleanup did not finish within 60s");
+                let why = format!("{why}; cleanup did not finish within {bound:?}");
                 Err(if fenced {
                     Attempt::Fenced(why)
                 } else {
