@@ -110,8 +110,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "defaults and environment (no config file found)".into());
             println!("config OK: {origin}");
-            println!("  etcd endpoints: {}", cfg.etcd.endpoints.join(", "));
-            println!("  storage: {:?}", cfg.storage.backend);
+            if cfg.clusters.is_empty() {
+                println!("  etcd endpoints: {}", cfg.etcd.endpoints.join(", "));
+                println!("  storage: {:?}", cfg.storage.backend);
+            }
+            for c in cfg.clusters().iter().filter(|_| !cfg.clusters.is_empty()) {
+                let s = &c.config.storage;
+                let at = match s.backend {
+                    etcd_lifeboat::config::Backend::Local => s.local.path.display().to_string(),
+                    etcd_lifeboat::config::Backend::S3 => {
+                        format!("s3://{}/{}", s.s3.bucket, s.s3.prefix.trim_matches('/'))
+                    }
+                };
+                println!(
+                    "  cluster {}: etcd {}; store {at}; schedule {}",
+                    c.name.as_deref().unwrap_or(""),
+                    c.config.etcd.endpoints.join(", "),
+                    c.config.schedule.cron
+                );
+            }
             match crypto::Recipients::from_config(&cfg.encryption)
                 .map_err(etcd_lifeboat::config::ConfigError::from)?
             {

@@ -29,6 +29,13 @@
 //! `etcd_lifeboat_prunes_total{result}`, `etcd_lifeboat_next_backup_timestamp_seconds`,
 //! `etcd_lifeboat_backup_in_progress`,
 //! `etcd_lifeboat_build_info{version}`.
+//!
+//! # Clusters
+//! Each cluster of a daemon with `clusters:` (or a top-level `name`) has its own set
+//! ([`for_cluster`]) whose series carry `cluster="<name>"`; [`encode`] then merges the sets
+//! into one family per name and leaves out the unlabelled set except its process-wide
+//! families (`process_*`, `etcd_lifeboat_build_info`, `etcd_lifeboat_upload_bytes_total`).
+//! A single unnamed cluster uses the unlabelled set ([`metrics`]): no `cluster` label.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;

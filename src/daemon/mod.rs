@@ -21,6 +21,14 @@
 //! - **HTTP** ([`http`]): `/metrics`, `/healthz`, `/readyz` on `http.listen`.
 //! - **election** ([`election`]) when `leader_election.enabled`.
 //!
+//! # Clusters
+//! Each cluster of [`Config::clusters`] (one for a config without `clusters:`) gets all of the
+//! tasks above but HTTP: its own scheduler, election (named `<leader_election.name>-<name>`,
+//! in its own etcd), refresher, re-verification, store and metric set
+//! ([`metrics::for_cluster`]), in a task of its own. Nothing is shared between clusters but
+//! the HTTP server and the shutdown token, so a cluster whose etcd or store hangs delays no
+//! other cluster's backup. `/readyz` reports each cluster ([`http`]).
+//!
 //! # Shutdown
 //! SIGTERM or SIGINT (or the `shutdown` token of [`run_with_shutdown`]): no new run starts; a
 //! running backup gets `--shutdown-grace` to finish, then is cancelled through its
