@@ -1415,7 +1415,13 @@ mod tests {
         assert!(e.message.contains("no cluster \"prod-c\""), "{e}");
         // The single-cluster config is one unnamed cluster, itself.
         let one = Config::default();
-        assert_eq!(one.clusters(), [Cluster { name: None, config: one.clone() }]);
+        assert_eq!(
+            one.clusters(),
+            [Cluster {
+                name: None,
+                config: one.clone()
+            }]
+        );
         assert_eq!(one.select_cluster(None).unwrap().config, one);
         assert!(one.select_cluster(Some("x")).is_err());
     }
@@ -1426,8 +1432,10 @@ mod tests {
             name: name.into(),
             ..Default::default()
         };
-        let mut c = Config::default();
-        c.clusters = vec![entry("a"), entry("A_b")];
+        let mut c = Config {
+            clusters: vec![entry("a"), entry("A_b")],
+            ..Default::default()
+        };
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "clusters[1].name");
         assert!(e.message.contains("\"A_b\""), "{e}");

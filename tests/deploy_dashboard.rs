@@ -37,7 +37,8 @@ fn panel_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
             // `$cluster` as Grafana sets it for "All" (which also matches no label).
             out.push((
                 title.clone(),
-                expr.replace("$job", "etcd-lifeboat").replace("$cluster", ".*"),
+                expr.replace("$job", "etcd-lifeboat")
+                    .replace("$cluster", ".*"),
             ));
         }
     }

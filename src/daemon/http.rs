@@ -11,6 +11,8 @@
 //!   that other users can read, with the `chmod` that fixes it).
 //!   Example:
 //!   `{"ready":false,"reasons":["backup_age: newest backup ... is 7300s old, max 7200s"],"checks":{...},"leader":true}`.
+//!   `cluster` names the cluster: its `name`, else (a single unnamed cluster) the etcd
+//!   cluster id of its newest backup, once there is one.
 //!   With `clusters:` the body is `{"ready":..,"reasons":["<cluster>: <check>: ..."],
 //!   "clusters":{"<name>":{<the body above>},...}}`, and the status is 503 when any cluster
 //!   is not ready (each cluster is its own backup target; a dead one must page).
@@ -52,6 +54,11 @@ pub struct Health {
     pub warnings: Vec<String>,
     /// The election's name when leader election is on (for `current_leader`).
     pub election: Option<String>,
+    /// The cluster's name (`name` or an entry of `clusters`); `None` for an unnamed cluster,
+    /// which `/readyz` then names by the etcd cluster id of its newest backup, once known.
+    pub name: Option<String>,
+    /// The etcd cluster id (hex, as the store's keys have it) of the newest backup.
+    pub cluster_id: Option<String>,
 }
 
 /// One cluster as `/readyz` reports it.
@@ -83,6 +90,9 @@ struct Check {
 
 #[derive(Serialize)]
 struct Readiness {
+    /// The cluster's name, else its etcd cluster id once a backup is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
     ready: bool,
     reasons: Vec<String>,
     checks: std::collections::BTreeMap<&'static str, Check>,
@@ -230,6 +240,7 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
         .map(|(k, c)| format!("{k}: {}", c.detail.as_deref().unwrap_or("failed")))
         .collect();
     Readiness {
+        cluster: h.name.clone().or_else(|| h.cluster_id.clone()),
         ready: reasons.is_empty(),
         reasons,
         checks,

@@ -179,6 +179,7 @@ pub async fn run_with_shutdown(
                 .leader_election
                 .enabled
                 .then(|| ccfg.leader_election.name.clone()),
+            name: name.clone(),
             ..Health::default()
         }));
         units.push((name, Arc::new(ccfg), store, health, sched, vs));
@@ -352,6 +353,9 @@ async fn refresh(
             h.store = Some(Ok(()));
             h.backups = cat.backups.len();
             h.newest = cat.newest_by_time().map(|m| (m.id.clone(), m.finished_at));
+            if let Some(m) = cat.backups.first() {
+                h.cluster_id = Some(m.cluster_id.clone());
+            }
             let future: Vec<String> = cat
                 .future()
                 .map(|m| format!("{} (finished_at {})", m.id, m.finished_at.to_rfc3339()))
