@@ -92,6 +92,8 @@ pub struct DeleteArgs {
     pub force: bool,
     #[command(flatten)]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
 }
 
 /// `completion SHELL`.
@@ -163,6 +165,8 @@ pub struct BackupArgs {
     pub from_data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
 }
 
 /// `list`.
@@ -170,6 +174,18 @@ pub struct BackupArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
+}
+
+/// `--cluster NAME`: which cluster of the config's `clusters:` (its etcd and storage) a
+/// command works on.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClusterArg {
+    /// Cluster of the config's `clusters:` list (or its top-level `name`) to work on. Needed
+    /// when the config has several clusters (`list` without it lists them all).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
 }
 
 /// `--identity FILE` (repeatable; env `ETCD_LIFEBOAT_AGE_IDENTITY_FILE`, comma-separated).
@@ -223,6 +239,8 @@ pub struct VerifyArgs {
     pub ciphertext_only: bool,
     #[command(flatten)]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
 }
 
 /// `prune`.
@@ -233,6 +251,8 @@ pub struct PruneArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
 }
 
 /// `config ...`.
@@ -316,6 +336,8 @@ pub struct RestoreArgs {
     /// against the manifest; never overwrites (refused, nothing written, when a file exists).
     #[arg(long, value_name = "DIR", requires = "from_store")]
     pub files_to: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArg,
 }
 
 impl From<RestoreArgs> for RestoreOptions {

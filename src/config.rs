@@ -88,6 +88,83 @@ pub struct Config {
     pub store: StoreConfig,
     /// The daemon's re-verification of the newest stored backup.
     pub verify: VerifyConfig,
+    /// Name of the single cluster this config describes (a DNS label, `[a-z0-9-]`, at most 63
+    /// characters): the `cluster` label of the daemon's metrics and the `--cluster` value.
+    /// Unset: no `cluster` label. Not allowed together with `clusters`.
+    pub name: Option<String>,
+    /// Many clusters from one daemon: each entry names a cluster and the sections that differ
+    /// from the top-level ones (see [`ClusterConfig`] and [`Config::clusters`]). Empty (the
+    /// default): the top-level sections describe the one cluster.
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// One cluster of `clusters:`. Each section given replaces the top-level section of that
+/// name as a whole; an omitted section is the top-level one, except `storage`, which is the
+/// top-level storage with `/<name>` appended to `storage.local.path` and to
+/// `storage.s3.prefix`, so that clusters never share a store by accident.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name (a DNS label: `[a-z0-9-]`, 1 to 63 characters, starting and ending
+    /// with a letter or digit), unique in `clusters`: the `cluster` label of metrics, the
+    /// key of `/readyz`'s `clusters`, the `--cluster` value of the CLI.
+    pub name: String,
+    /// How to reach this cluster's etcd (default: the top-level `etcd`).
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
+    /// Where this cluster's backups go (default: the top-level `storage` under `<name>/`).
+    #[serde(default)]
+    pub storage: Option<StorageConfig>,
+    /// When this cluster is backed up (default: the top-level `schedule`).
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+    /// Which of this cluster's backups are kept (default: the top-level `retention`).
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
+    /// Backup settings (default: the top-level `backup`).
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
+    /// zstd settings (default: the top-level `compression`).
+    #[serde(default)]
+    pub compression: Option<CompressionConfig>,
+    /// Encryption (default: the top-level `encryption`).
+    #[serde(default)]
+    pub encryption: Option<EncryptionConfig>,
+    /// Re-verification schedule (default: the top-level `verify`).
+    #[serde(default)]
+    pub verify: Option<VerifyConfig>,
+}
+
+/// One cluster as the daemon and the CLI use it: its name (`None` for the single cluster of
+/// a config without `name` and `clusters`) and its effective config (top-level sections with
+/// the cluster's own sections applied; `clusters` empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// The cluster's name, if it has one.
+    pub name: Option<String>,
+    /// The effective config of this cluster.
+    pub config: Config,
+}
+
+/// Checks that `name` is a DNS label (`[a-z0-9-]`, 1 ..= 63 characters, letter or digit at
+/// both ends), as cluster names become metric label values, JSON keys and CLI arguments.
+///
+/// Errors: a message saying what is wrong and what to write.
+pub fn check_cluster_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid cluster name; use 1 to 63 characters a-z, 0-9 and '-', starting and ending with a letter or digit (e.g. prod-a)"
+        ))
+    }
 }
 
 pub use crate::crypto::EncryptionConfig;
@@ -680,10 +757,171 @@ impl Config {
         Ok(())
     }
 
-    /// Checks values and referenced files. Does not contact etcd or the store.
+    /// The clusters this config describes, in config order: the entries of `clusters` with
+    /// their effective configs (top-level sections, the entry's own sections applied, storage
+    /// under `<name>/` when the entry has none, the election name suffixed `-<name>`), or
+    /// the single cluster (this config, named by `name`) when `clusters` is empty.
+    pub fn clusters(&self) -> Vec<Cluster> {
+        if self.clusters.is_empty() {
+            return vec![Cluster {
+                name: self.name.clone(),
+                config: self.clone(),
+            }];
+        }
+        self.clusters
+            .iter()
+            .map(|c| Cluster {
+                name: Some(c.name.clone()),
+                config: self.cluster_config(c),
+            })
+            .collect()
+    }
+
+    fn cluster_config(&self, c: &ClusterConfig) -> Config {
+        let mut cfg = self.clone();
+        cfg.clusters = Vec::new();
+        cfg.name = Some(c.name.clone());
+        if let Some(e) = &c.etcd {
+            cfg.etcd = e.clone();
+        }
+        match &c.storage {
+            Some(s) => cfg.storage = s.clone(),
+            None => {
+                cfg.storage.local.path = cfg.storage.local.path.join(&c.name);
+                let p = cfg.storage.s3.prefix.trim_matches('/');
+                cfg.storage.s3.prefix = if p.is_empty() {
+                    c.name.clone()
+                } else {
+                    format!("{p}/{}", c.name)
+                };
+            }
+        }
+        if let Some(x) = &c.schedule {
+            cfg.schedule = x.clone();
+        }
+        if let Some(x) = &c.retention {
+            cfg.retention = x.clone();
+        }
+        if let Some(x) = &c.backup {
+            cfg.backup = x.clone();
+        }
+        if let Some(x) = &c.compression {
+            cfg.compression = x.clone();
+        }
+        if let Some(x) = &c.encryption {
+            cfg.encryption = x.clone();
+        }
+        if let Some(x) = &c.verify {
+            cfg.verify = x.clone();
+        }
+        // One election per cluster; `-` keeps the key prefix out of the single-cluster one's.
+        cfg.leader_election.name = format!("{}-{}", self.leader_election.name, c.name);
+        cfg
+    }
+
+    /// The cluster `--cluster NAME` selects: `Some(name)` must name a cluster of the config;
+    /// `None` is the one cluster when there is exactly one.
     ///
-    /// Errors: the first problem found, naming its key.
+    /// Errors ([`ConfigError`] on `--cluster`): an unknown name, or no name with several
+    /// clusters; both list the names.
+    pub fn select_cluster(&self, name: Option<&str>) -> Result<Cluster, ConfigError> {
+        let all = self.clusters();
+        let names = || {
+            all.iter()
+                .filter_map(|c| c.name.as_deref())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match name {
+            None if all.len() == 1 => Ok(all[0].clone()),
+            None => Err(ConfigError::new(
+                "--cluster",
+                format!(
+                    "the config has {} clusters; choose one with --cluster NAME ({})",
+                    all.len(),
+                    names()
+                ),
+            )),
+            Some(n) => match all.iter().find(|c| c.name.as_deref() == Some(n)) {
+                Some(c) => Ok(c.clone()),
+                None if all.len() == 1 && all[0].name.is_none() => Err(ConfigError::new(
+                    "--cluster",
+                    format!(
+                        "{n:?}: the config names no cluster; set `name: {n}` or drop --cluster"
+                    ),
+                )),
+                None => Err(ConfigError::new(
+                    "--cluster",
+                    format!(
+                        "no cluster {n:?} in the config; the clusters are: {}",
+                        names()
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// `name` and `clusters`: names valid and unique, each cluster's effective config valid
+    /// (errors name the entry: `clusters[1] (prod-b): etcd.endpoints[0]`), no two clusters
+    /// on the same store.
+    fn validate_clusters(&self) -> Result<(), ConfigError> {
+        if let Some(n) = &self.name {
+            check_cluster_name(n).map_err(|m| ConfigError::new("name", m))?;
+            if !self.clusters.is_empty() {
+                return Err(ConfigError::new(
+                    "name",
+                    "names the single cluster; with `clusters:` give each entry its name and remove the top-level name",
+                ));
+            }
+        }
+        let mut stores: Vec<(String, String)> = Vec::new();
+        for (i, c) in self.clusters.iter().enumerate() {
+            let at = |key: &str| format!("clusters[{i}] ({}): {key}", c.name);
+            check_cluster_name(&c.name)
+                .map_err(|m| ConfigError::new(format!("clusters[{i}].name"), m))?;
+            if let Some(j) = self.clusters[..i].iter().position(|o| o.name == c.name) {
+                return Err(ConfigError::new(
+                    format!("clusters[{i}].name"),
+                    format!(
+                        "{:?} is also the name of clusters[{j}]; names must be unique",
+                        c.name
+                    ),
+                ));
+            }
+            let cfg = self.cluster_config(c);
+            cfg.validate_one()
+                .map_err(|e| ConfigError::new(at(&e.key), e.message))?;
+            let store = match cfg.storage.backend {
+                Backend::Local => format!("local {}", cfg.storage.local.path.display()),
+                Backend::S3 => format!(
+                    "s3 {} {} {}",
+                    cfg.storage.s3.endpoint.as_deref().unwrap_or(""),
+                    cfg.storage.s3.bucket,
+                    cfg.storage.s3.prefix.trim_matches('/')
+                ),
+            };
+            if let Some((other, _)) = stores.iter().find(|(_, s)| *s == store) {
+                return Err(ConfigError::new(
+                    at("storage"),
+                    format!("same store as cluster {other} ({store}); give each cluster its own storage.local.path or storage.s3.prefix"),
+                ));
+            }
+            stores.push((c.name.clone(), store));
+        }
+        Ok(())
+    }
+
+    /// Checks values and referenced files, of the top level and of every entry of
+    /// `clusters`. Does not contact etcd or the store.
+    ///
+    /// Errors: the first problem found, naming its key (`clusters[i] (name): key` for an
+    /// entry).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_one()?;
+        self.validate_clusters()
+    }
+
+    fn validate_one(&self) -> Result<(), ConfigError> {
         let e = &self.etcd;
         if e.endpoints.is_empty() {
             return Err(ConfigError::new(
@@ -1139,6 +1377,99 @@ mod tests {
         let mut c = Config::default();
         c.etcd.endpoints = vec!["localhost".into()];
         assert_eq!(c.validate().unwrap_err().key, "etcd.endpoints[0]");
+    }
+
+    #[test]
+    fn clusters_inherit_sections_and_get_their_own_store_and_election() {
+        let c = Config::from_yaml(
+            "storage: {backend: s3, s3: {bucket: b, prefix: backups/}}\n\
+             schedule: {cron: \"0 * * * *\"}\n\
+             clusters:\n\
+             \x20 - {name: prod-a, etcd: {endpoints: [\"https://10.0.0.1:2379\"]}}\n\
+             \x20 - name: prod-b\n\
+             \x20   schedule: {cron: \"*/5 * * * *\"}\n\
+             \x20   storage: {backend: local, local: {path: /srv/b}}\n",
+            "c.yaml",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let all = c.clusters();
+        let names: Vec<_> = all.iter().map(|c| c.name.clone().unwrap()).collect();
+        assert_eq!(names, ["prod-a", "prod-b"]);
+        let (a, b) = (&all[0].config, &all[1].config);
+        assert_eq!(a.etcd.endpoints, ["https://10.0.0.1:2379"]);
+        assert_eq!(b.etcd.endpoints, Config::default().etcd.endpoints);
+        assert_eq!(a.storage.s3.prefix, "backups/prod-a");
+        assert_eq!(a.storage.s3.bucket, "b");
+        assert_eq!(b.storage.backend, Backend::Local);
+        assert_eq!(b.storage.local.path, PathBuf::from("/srv/b"));
+        assert_eq!(a.schedule.cron, "0 * * * *");
+        assert_eq!(b.schedule.cron, "*/5 * * * *");
+        assert_eq!(a.leader_election.name, "/etcd-lifeboat/leader-prod-a");
+        assert!(a.clusters.is_empty() && a.name.as_deref() == Some("prod-a"));
+        // Selection.
+        assert_eq!(c.select_cluster(Some("prod-b")).unwrap().config, *b);
+        let e = c.select_cluster(None).unwrap_err();
+        assert!(e.message.contains("prod-a, prod-b"), "{e}");
+        let e = c.select_cluster(Some("prod-c")).unwrap_err();
+        assert!(e.message.contains("no cluster \"prod-c\""), "{e}");
+        // The single-cluster config is one unnamed cluster, itself.
+        let one = Config::default();
+        assert_eq!(
+            one.clusters(),
+            [Cluster {
+                name: None,
+                config: one.clone()
+            }]
+        );
+        assert_eq!(one.select_cluster(None).unwrap().config, one);
+        assert!(one.select_cluster(Some("x")).is_err());
+    }
+
+    #[test]
+    fn cluster_errors_name_the_cluster() {
+        let entry = |name: &str| ClusterConfig {
+            name: name.into(),
+            ..Default::default()
+        };
+        let mut c = Config {
+            clusters: vec![entry("a"), entry("A_b")],
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "clusters[1].name");
+        assert!(e.message.contains("\"A_b\""), "{e}");
+        c.clusters = vec![entry("a"), entry("a")];
+        let e = c.validate().unwrap_err();
+        assert!(e.message.contains("also the name of clusters[0]"), "{e}");
+        let mut bad = entry("b");
+        bad.schedule = Some(ScheduleConfig {
+            cron: "often".into(),
+            timezone: None,
+        });
+        c.clusters = vec![entry("a"), bad];
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "clusters[1] (b): schedule.cron", "{e}");
+        // Two clusters on the same store.
+        let mut same = entry("b");
+        same.storage = Some(StorageConfig {
+            local: LocalConfig {
+                path: PathBuf::from("/var/lib/etcd-lifeboat/a"),
+            },
+            ..Default::default()
+        });
+        c.clusters = vec![entry("a"), same];
+        let e = c.validate().unwrap_err();
+        assert!(e.message.contains("same store as cluster a"), "{e}");
+        c.clusters = vec![entry("a")];
+        c.name = Some("x".into());
+        assert_eq!(c.validate().unwrap_err().key, "name");
+        c.clusters.clear();
+        c.validate().unwrap();
+        c.name = Some("-x".into());
+        assert_eq!(c.validate().unwrap_err().key, "name");
+        assert!(check_cluster_name(&"a".repeat(63)).is_ok());
+        assert!(check_cluster_name(&"a".repeat(64)).is_err());
     }
 
     #[test]

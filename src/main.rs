@@ -57,6 +57,16 @@ async fn load(cli: &Cli) -> anyhow::Result<Config> {
     Ok(Config::load(cli.config.as_deref())?)
 }
 
+/// The effective config of the cluster `--cluster` selects ([`Config::select_cluster`]): the
+/// whole config when it describes one cluster and no name is given.
+///
+/// Errors: config errors (exit 2), an unknown name or a missing `--cluster` with several
+/// clusters (exit 2, listing the names).
+async fn load_cluster(cli: &Cli, sel: &cli::ClusterArg) -> anyhow::Result<Config> {
+    let cfg = load(cli).await?;
+    Ok(cfg.select_cluster(sel.cluster.as_deref())?.config)
+}
+
 async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     Ok(Store::from_config(&cfg.storage).await?)
 }
@@ -100,8 +110,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "defaults and environment (no config file found)".into());
             println!("config OK: {origin}");
-            println!("  etcd endpoints: {}", cfg.etcd.endpoints.join(", "));
-            println!("  storage: {:?}", cfg.storage.backend);
+            if cfg.clusters.is_empty() {
+                println!("  etcd endpoints: {}", cfg.etcd.endpoints.join(", "));
+                println!("  storage: {:?}", cfg.storage.backend);
+            }
+            for c in cfg.clusters().iter().filter(|_| !cfg.clusters.is_empty()) {
+                let s = &c.config.storage;
+                let at = match s.backend {
+                    etcd_lifeboat::config::Backend::Local => s.local.path.display().to_string(),
+                    etcd_lifeboat::config::Backend::S3 => {
+                        format!("s3://{}/{}", s.s3.bucket, s.s3.prefix.trim_matches('/'))
+                    }
+                };
+                println!(
+                    "  cluster {}: etcd {}; store {at}; schedule {}",
+                    c.name.as_deref().unwrap_or(""),
+                    c.config.etcd.endpoints.join(", "),
+                    c.config.schedule.cron
+                );
+            }
             match crypto::Recipients::from_config(&cfg.encryption)
                 .map_err(etcd_lifeboat::config::ConfigError::from)?
             {
@@ -118,7 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Backup(a) => {
-            let cfg = load(&cli).await?;
+            let cfg = load_cluster(&cli, &a.cluster).await?;
             let store = open_store(&cfg).await?;
             let cancel = tokio_util::sync::CancellationToken::new();
             let on_signal = cancel.clone();
@@ -148,7 +175,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::List(a) => {
-            let cfg = load(&cli).await?;
+            let all = load(&cli).await?;
+            if a.cluster.cluster.is_none() && all.clusters().len() > 1 {
+                return list_clusters(&all, a.output.output).await;
+            }
+            let cfg = all.select_cluster(a.cluster.cluster.as_deref())?.config;
             let store = open_store(&cfg).await?;
             let cat = manifest::catalog_at(&store, chrono::Utc::now(), cfg.store.future_tolerance)
                 .await?;
@@ -158,11 +189,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Restore(a) => {
-            Ok(etcd_lifeboat::restore::run(a.clone().into(), cli.config.as_deref()).await?)
-        }
+        Command::Restore(a) => cmd_restore(&cli, a).await,
         Command::Prune(a) => {
-            let cfg = load(&cli).await?;
+            let cfg = load_cluster(&cli, &a.cluster).await?;
             let store = open_store(&cfg).await?;
             let plan = etcd_lifeboat::store::retention::prune(&cfg, &store, a.dry_run).await?;
             match a.output.output {
@@ -181,7 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(etcd_lifeboat::daemon::run(a.clone().into(), cfg).await?)
         }
         Command::Verify(a) => {
-            let cfg = load(&cli).await?;
+            let cfg = load_cluster(&cli, &a.cluster).await?;
             let store = open_store(&cfg).await?;
             // Broken manifests do not stop the others from being verified; they fail the run.
             let (targets, broken) = if a.all {
@@ -447,26 +476,7 @@ const PUSH_UNKNOWN_CLUSTER: &str = "unknown";
 /// `list`: the backups in the one order of truth, with a NOTE column (future-dated, Object
 /// Lock retain-until), then a BROKEN section naming each broken manifest and why.
 fn catalog_table(cat: &manifest::Catalog) -> String {
-    let now = cat.now;
-    let mut out = table_with_notes(&cat.backups, now, |m| {
-        let mut notes = Vec::new();
-        if cat.is_future(m) {
-            notes.push(format!(
-                "FUTURE-DATED (clock ahead by {}; ignored for age and scheduling)",
-                humantime::format_duration(std::time::Duration::from_secs(
-                    (m.finished_at.max(m.started_at) - now).num_seconds().max(0) as u64
-                ))
-            ));
-        }
-        if let Some(l) = &m.object_lock {
-            notes.push(format!(
-                "locked ({}) until {}",
-                l.mode,
-                l.retain_until.format("%Y-%m-%d %H:%M:%S")
-            ));
-        }
-        notes.join("; ")
-    });
+    let mut out = table_with_notes(&cat.backups, cat.now, |m| catalog_note(cat, m));
     if !cat.broken.is_empty() {
         out += &format!(
             "\nBROKEN ({} manifests not trusted; prune leaves them, verify --all fails on them):\n",
@@ -479,8 +489,67 @@ fn catalog_table(cat: &manifest::Catalog) -> String {
     out
 }
 
+/// The NOTE of a backup in `list`: future-dated, Object Lock retain-until.
+fn catalog_note(cat: &manifest::Catalog, m: &manifest::Manifest) -> String {
+    let now = cat.now;
+    let mut notes = Vec::new();
+    if cat.is_future(m) {
+        notes.push(format!(
+            "FUTURE-DATED (clock ahead by {}; ignored for age and scheduling)",
+            humantime::format_duration(std::time::Duration::from_secs(
+                (m.finished_at.max(m.started_at) - now).num_seconds().max(0) as u64
+            ))
+        ));
+    }
+    if let Some(l) = &m.object_lock {
+        notes.push(format!(
+            "locked ({}) until {}",
+            l.mode,
+            l.retain_until.format("%Y-%m-%d %H:%M:%S")
+        ));
+    }
+    notes.join("; ")
+}
+
 fn manifest_table(ms: &[manifest::Manifest], now: chrono::DateTime<chrono::Utc>) -> String {
     table_with_notes(ms, now, |_| String::new())
+}
+
+/// Columns of the backups table (the last, NOTE, only when a backup has a note).
+const TABLE_HEADER: [&str; 9] = [
+    "ID",
+    "TIME (UTC)",
+    "REVISION",
+    "KEYS",
+    "RAW SIZE",
+    "STORED SIZE",
+    "AGE",
+    "MEMBER",
+    "NOTE",
+];
+
+/// One row of the backups table, in [`TABLE_HEADER`]'s columns.
+fn manifest_row(
+    m: &manifest::Manifest,
+    now: chrono::DateTime<chrono::Utc>,
+    note: String,
+) -> Vec<String> {
+    let age = backup::age(now, m);
+    vec![
+        m.id.clone(),
+        m.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        m.revision.to_string(),
+        m.total_key.to_string(),
+        humanize_bytes(m.total_size),
+        humanize_bytes(m.stored_bytes),
+        humantime::format_duration(std::time::Duration::from_secs(age.as_secs())).to_string(),
+        if m.member_name.is_empty() {
+            m.member_id.clone()
+        } else {
+            m.member_name.clone()
+        },
+        note,
+    ]
 }
 
 /// The backups table; a NOTE column is added when `note` says something for any backup.
@@ -489,45 +558,20 @@ fn table_with_notes(
     now: chrono::DateTime<chrono::Utc>,
     note: impl Fn(&manifest::Manifest) -> String,
 ) -> String {
-    let header = [
-        "ID",
-        "TIME (UTC)",
-        "REVISION",
-        "KEYS",
-        "RAW SIZE",
-        "STORED SIZE",
-        "AGE",
-        "MEMBER",
-        "NOTE",
-    ];
-    let rows: Vec<[String; 9]> = ms
-        .iter()
-        .map(|m| {
-            let age = backup::age(now, m);
-            [
-                m.id.clone(),
-                m.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                m.revision.to_string(),
-                m.total_key.to_string(),
-                humanize_bytes(m.total_size),
-                humanize_bytes(m.stored_bytes),
-                humantime::format_duration(std::time::Duration::from_secs(age.as_secs()))
-                    .to_string(),
-                if m.member_name.is_empty() {
-                    m.member_id.clone()
-                } else {
-                    m.member_name.clone()
-                },
-                note(m),
-            ]
-        })
-        .collect();
-    let cols = if rows.iter().any(|r| !r[8].is_empty()) {
-        9
+    let rows = ms.iter().map(|m| manifest_row(m, now, note(m))).collect();
+    render_table(&TABLE_HEADER, rows)
+}
+
+/// Aligned columns, two spaces apart; the last column (NOTE) is left out when empty in every
+/// row; `(no backups)` under the header when there are no rows.
+fn render_table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let last = header.len() - 1;
+    let cols = if rows.iter().any(|r| !r[last].is_empty()) {
+        header.len()
     } else {
-        8
+        last
     };
-    let mut widths = header.map(|h| h.len());
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
             *w = (*w).max(c.len());
@@ -599,10 +643,97 @@ fn cmd_man(a: &cli::ManArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `restore`: with a config whose clusters are named (`clusters:` or `name`), the store of
+/// the cluster `--cluster` selects. The restore module reads the store from a config file, so
+/// the selected cluster's effective config is written to a private temp file (0600 in a
+/// 0700 dir, removed afterwards) and passed on; otherwise the config path as given.
+async fn cmd_restore(cli: &Cli, a: &cli::RestoreArgs) -> anyhow::Result<()> {
+    let named = a.cluster.cluster.is_some();
+    let multi = a.from_store.is_some() && {
+        let cfg = load(cli).await?;
+        cfg.clusters().len() > 1 || named
+    };
+    if !multi {
+        if named && a.from_store.is_none() {
+            anyhow::bail!("--cluster selects the store of --from-store; without --from-store it is not used, remove it");
+        }
+        return Ok(etcd_lifeboat::restore::run(a.clone().into(), cli.config.as_deref()).await?);
+    }
+    let cfg = load_cluster(cli, &a.cluster).await?;
+    let dir = workdir::WorkDir::create(&workdir::temp_base(&cfg))?;
+    let (mut f, path) = dir.create_file("cluster-config.yaml")?;
+    f.write_all(serde_json::to_string(&cfg)?.as_bytes())?;
+    drop(f);
+    let r = etcd_lifeboat::restore::run(a.clone().into(), Some(&path)).await;
+    drop(dir);
+    Ok(r?)
+}
+
+/// `list` of a config with several clusters and no `--cluster`: every cluster's backups,
+/// with a CLUSTER column (JSON: a `cluster` field on each entry). A cluster whose store cannot
+/// be read is reported and the others are still listed; the command then fails.
+async fn list_clusters(all: &Config, output: Output) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut json = Vec::new();
+    let mut failed = Vec::new();
+    for c in all.clusters() {
+        let name = c.name.clone().unwrap_or_default();
+        let r = async {
+            let store = open_store(&c.config).await?;
+            anyhow::Ok(
+                manifest::catalog_at(&store, chrono::Utc::now(), c.config.store.future_tolerance)
+                    .await?,
+            )
+        }
+        .await;
+        match r {
+            Ok(cat) => {
+                if let serde_json::Value::Array(items) = cat.to_list_json() {
+                    for mut v in items {
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert("cluster".into(), name.clone().into());
+                        }
+                        json.push(v);
+                    }
+                }
+                for m in &cat.backups {
+                    let mut row = vec![name.clone()];
+                    row.extend(manifest_row(m, cat.now, catalog_note(&cat, m)));
+                    rows.push(row);
+                }
+                for b in &cat.broken {
+                    failed.push(format!("{name}: broken manifest {}: {}", b.key, b.reason));
+                }
+            }
+            Err(e) => failed.push(format!("{name}: {}", error::report(e.as_ref()))),
+        }
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+        Output::Table => {
+            let mut header = vec!["CLUSTER"];
+            header.extend(TABLE_HEADER);
+            print!("{}", render_table(&header, rows));
+            for f in &failed {
+                println!("ERROR  {f}");
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} of the clusters' stores could not be listed in full: {}",
+            failed.len(),
+            failed.join("; ")
+        )
+    }
+}
+
 /// `delete ID... [--dry-run] [--force]`: [`etcd_lifeboat::store::retention::delete`], then the
 /// plan as a table or JSON.
 async fn cmd_delete(cli: &Cli, a: &cli::DeleteArgs) -> anyhow::Result<()> {
-    let cfg = load(cli).await?;
+    let cfg = load_cluster(cli, &a.cluster).await?;
     let store = open_store(&cfg).await?;
     let plan =
         etcd_lifeboat::store::retention::delete(&cfg, &store, &a.ids, a.force, a.dry_run).await?;

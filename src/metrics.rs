@@ -29,6 +29,13 @@
 //! `etcd_lifeboat_prunes_total{result}`, `etcd_lifeboat_next_backup_timestamp_seconds`,
 //! `etcd_lifeboat_backup_in_progress`,
 //! `etcd_lifeboat_build_info{version}`.
+//!
+//! # Clusters
+//! Each cluster of a daemon with `clusters:` (or a top-level `name`) has its own set
+//! ([`for_cluster`]) whose series carry `cluster="<name>"`; [`encode`] then merges the sets
+//! into one family per name and leaves out the unlabelled set except its process-wide
+//! families (`process_*`, `etcd_lifeboat_build_info`, `etcd_lifeboat_upload_bytes_total`).
+//! A single unnamed cluster uses the unlabelled set ([`metrics`]): no `cluster` label.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
@@ -143,8 +150,17 @@ fn counter_vec(
 }
 
 impl Metrics {
-    fn new() -> Self {
-        let r = Registry::new();
+    /// The metric set of one cluster: `cluster: Some(name)` adds the label `cluster="<name>"`
+    /// to every series of its registry and leaves out the process-wide families (`process_*`,
+    /// `etcd_lifeboat_build_info`, `etcd_lifeboat_upload_bytes_total`), which only the
+    /// unlabelled set ([`metrics`]) registers.
+    fn new(cluster: Option<&str>) -> Self {
+        let labels = cluster.map(|c| {
+            std::iter::once(("cluster".to_string(), c.to_string()))
+                .collect::<std::collections::HashMap<_, _>>()
+        });
+        let process_wide = cluster.is_none();
+        let r = Registry::new_custom(None, labels).expect("valid registry labels");
         let backup_last_success = gauge(
             &r,
             "etcd_lifeboat_backup_last_success_timestamp_seconds",
@@ -177,16 +193,20 @@ impl Metrics {
             .expect("unique metric");
         backup_duration.with_label_values(&["success"]);
         backup_duration.with_label_values(&["failure"]);
-        let upload_bytes = int_counter(
-            &r,
+        let upload_bytes = IntCounter::new(
             "etcd_lifeboat_upload_bytes_total",
             "Bytes written to the store by uploads (backup data and files objects), aborted uploads included.",
-        );
-        #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
-        .expect("unique metric");
+        )
+        .expect("valid metric");
+        if process_wide {
+            r.register(Box::new(upload_bytes.clone()))
+                .expect("unique metric");
+            #[cfg(target_os = "linux")]
+            r.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
+        }
         let backup_size = GaugeVec::new(
             Opts::new(
                 "etcd_lifeboat_backup_size_bytes",
@@ -309,7 +329,9 @@ impl Metrics {
         )
         .expect("valid metric");
         build_info.set(1);
-        r.register(Box::new(build_info)).expect("unique metric");
+        if process_wide {
+            r.register(Box::new(build_info)).expect("unique metric");
+        }
         Metrics {
             registry: r,
             backup_last_success,
@@ -343,106 +365,185 @@ impl Metrics {
     }
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics::new(None));
 
-/// The process-wide metrics.
+/// The named clusters' metric sets, created by [`for_cluster`]; never freed (a process
+/// serves a fixed set of clusters).
+static CLUSTERS: std::sync::Mutex<Vec<(String, &'static Metrics)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The process-wide metrics: the unlabelled set of the single unnamed cluster (what `backup`,
+/// the Pushgateway push and a single-cluster daemon use), plus the process-wide families.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// The metric set of cluster `name`: `None` is [`metrics`]; `Some(name)` a set whose series
+/// all carry `cluster="<name>"`, created on first use. Once a named set exists, [`encode`]
+/// serves the named sets and only the process-wide families of the unlabelled one.
+pub fn for_cluster(name: Option<&str>) -> &'static Metrics {
+    let Some(name) = name else {
+        return metrics();
+    };
+    let mut all = CLUSTERS.lock().expect("metrics lock");
+    if let Some((_, m)) = all.iter().find(|(n, _)| n == name) {
+        return m;
+    }
+    let m: &'static Metrics = Box::leak(Box::new(Metrics::new(Some(name))));
+    all.push((name.to_string(), m));
+    m
+}
+
+/// Families of the unlabelled set that stay in [`encode`]'s output when named sets exist.
+fn is_process_wide(name: &str) -> bool {
+    name.starts_with("process_")
+        || name == "etcd_lifeboat_build_info"
+        || name == "etcd_lifeboat_upload_bytes_total"
 }
 
 fn unix(t: DateTime<Utc>) -> f64 {
     t.timestamp() as f64 + f64::from(t.timestamp_subsec_millis()) / 1000.0
 }
 
-/// Records a successful backup: success counter and timestamp (now), duration histogram, the
-/// sizes, revision and key count of `m`.
+impl Metrics {
+    /// Records a successful backup: success counter and timestamp (now), duration histogram,
+    /// the sizes, revision and key count of `m`.
+    pub fn record_backup_success(&self, m: &Manifest, duration: Duration) {
+        let x = self;
+        x.backups_total.with_label_values(&["success"]).inc();
+        x.backup_last_success.set(unix(Utc::now()));
+        x.backup_duration
+            .with_label_values(&["success"])
+            .observe(duration.as_secs_f64());
+        x.backup_size
+            .with_label_values(&["raw"])
+            .set(m.total_size as f64);
+        x.backup_size
+            .with_label_values(&["stored"])
+            .set(m.stored_bytes as f64);
+        x.snapshot_revision.set(m.revision);
+        x.snapshot_keys.set(m.total_key as i64);
+        x.success_recorded.store(true, Ordering::Relaxed);
+    }
+
+    /// Records a failed backup: failure counter and timestamp (now).
+    pub fn record_backup_failure(&self) {
+        self.backups_total.with_label_values(&["failure"]).inc();
+        self.backup_last_failure.set(unix(Utc::now()));
+    }
+
+    /// Records a failed backup run that took `duration` (from its start until it gave up,
+    /// retries included): failure counter and timestamp (now), and the duration histogram's
+    /// `result="failure"` series.
+    pub fn record_backup_failure_after(&self, duration: Duration) {
+        self.record_backup_failure();
+        self.backup_duration
+            .with_label_values(&["failure"])
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Sets the store gauges from a catalog: count of backups, of future-dated backups and
+    /// of broken manifests; newest and oldest `finished_at` among the backups that are not
+    /// future-dated (0 when there is none).
+    pub fn refresh_store(&self, catalog: &Catalog) {
+        let x = self;
+        x.store_backups.set(catalog.backups.len() as i64);
+        x.store_future.set(catalog.future().count() as i64);
+        x.store_broken.set(catalog.broken.len() as i64);
+        let newest = catalog.newest_by_time().map(|m| m.finished_at);
+        let oldest = catalog.oldest_by_time().map(|m| m.finished_at);
+        x.store_latest.set(newest.map(unix).unwrap_or(0.0));
+        x.store_oldest.set(oldest.map(unix).unwrap_or(0.0));
+        x.store_up.set(1);
+        x.store_last_refresh.set(unix(Utc::now()));
+        x.store_refreshed.store(true, Ordering::Relaxed);
+    }
+
+    /// Records a re-verification of the newest backup: the counter by result, and the
+    /// success or failure timestamp (now).
+    pub fn record_verify(&self, ok: bool) {
+        self.verifies_total
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+        if ok {
+            self.verify_last_success.set(unix(Utc::now()));
+        } else {
+            self.verify_last_failure.set(unix(Utc::now()));
+        }
+    }
+
+    /// Records a failed read of the store catalog (the store gauges keep their last values).
+    pub fn record_store_refresh_error(&self) {
+        self.store_refreshed.store(true, Ordering::Relaxed);
+        self.store_refresh_errors.inc();
+        self.store_up.set(0);
+    }
+}
+
+/// [`Metrics::record_backup_success`] on [`metrics`].
 pub fn record_backup_success(m: &Manifest, duration: Duration) {
-    let x = metrics();
-    x.backups_total.with_label_values(&["success"]).inc();
-    x.backup_last_success.set(unix(Utc::now()));
-    x.backup_duration
-        .with_label_values(&["success"])
-        .observe(duration.as_secs_f64());
-    x.backup_size
-        .with_label_values(&["raw"])
-        .set(m.total_size as f64);
-    x.backup_size
-        .with_label_values(&["stored"])
-        .set(m.stored_bytes as f64);
-    x.snapshot_revision.set(m.revision);
-    x.snapshot_keys.set(m.total_key as i64);
-    x.success_recorded.store(true, Ordering::Relaxed);
+    metrics().record_backup_success(m, duration)
 }
 
-/// Records a failed backup: failure counter and timestamp (now). Prefer
-/// [`record_backup_failure_after`], which also observes the duration.
+/// [`Metrics::record_backup_failure`] on [`metrics`]. Prefer [`record_backup_failure_after`],
+/// which also observes the duration.
 pub fn record_backup_failure() {
-    let x = metrics();
-    x.backups_total.with_label_values(&["failure"]).inc();
-    x.backup_last_failure.set(unix(Utc::now()));
+    metrics().record_backup_failure()
 }
 
-/// Records a failed backup run that took `duration` (from its start until it gave up,
-/// retries included): failure counter and timestamp (now), and the duration histogram's
-/// `result="failure"` series.
+/// [`Metrics::record_backup_failure_after`] on [`metrics`].
 pub fn record_backup_failure_after(duration: Duration) {
-    record_backup_failure();
-    metrics()
-        .backup_duration
-        .with_label_values(&["failure"])
-        .observe(duration.as_secs_f64());
+    metrics().record_backup_failure_after(duration)
 }
 
-/// Adds `bytes` to `etcd_lifeboat_upload_bytes_total`: called by the store's upload writer
-/// ([`crate::store::Upload::write`]) for every chunk it accepted.
+/// Adds `bytes` to `etcd_lifeboat_upload_bytes_total` (process-wide): called by the store's
+/// upload writer ([`crate::store::Upload::write`]) for every chunk it accepted.
 pub fn record_upload_bytes(bytes: u64) {
     metrics().upload_bytes.inc_by(bytes);
 }
 
-/// Sets the store gauges from a catalog: count of backups, of future-dated backups and of
-/// broken manifests; newest and oldest `finished_at` among the backups that are not
-/// future-dated (0 when there is none).
+/// [`Metrics::refresh_store`] on [`metrics`].
 pub fn refresh_store(catalog: &Catalog) {
-    let x = metrics();
-    x.store_backups.set(catalog.backups.len() as i64);
-    x.store_future.set(catalog.future().count() as i64);
-    x.store_broken.set(catalog.broken.len() as i64);
-    let newest = catalog.newest_by_time().map(|m| m.finished_at);
-    let oldest = catalog.oldest_by_time().map(|m| m.finished_at);
-    x.store_latest.set(newest.map(unix).unwrap_or(0.0));
-    x.store_oldest.set(oldest.map(unix).unwrap_or(0.0));
-    x.store_up.set(1);
-    x.store_last_refresh.set(unix(Utc::now()));
-    x.store_refreshed.store(true, Ordering::Relaxed);
+    metrics().refresh_store(catalog)
 }
 
-/// Records a re-verification of the newest backup: the counter by result, and the success or
-/// failure timestamp (now).
+/// [`Metrics::record_verify`] on [`metrics`].
 pub fn record_verify(ok: bool) {
-    let x = metrics();
-    x.verifies_total
-        .with_label_values(&[if ok { "success" } else { "failure" }])
-        .inc();
-    if ok {
-        x.verify_last_success.set(unix(Utc::now()));
-    } else {
-        x.verify_last_failure.set(unix(Utc::now()));
-    }
+    metrics().record_verify(ok)
 }
 
-/// Records a failed read of the store catalog (the store gauges keep their last values).
+/// [`Metrics::record_store_refresh_error`] on [`metrics`].
 pub fn record_store_refresh_error() {
-    let x = metrics();
-    x.store_refreshed.store(true, Ordering::Relaxed);
-    x.store_refresh_errors.inc();
-    x.store_up.set(0);
+    metrics().record_store_refresh_error()
 }
 
 /// Everything in the registry in the Prometheus text exposition format 0.0.4.
+/// With named cluster sets ([`for_cluster`]), their series (each with its `cluster` label)
+/// are merged into one family per name, and the unlabelled set contributes only its
+/// process-wide families.
 pub fn encode() -> String {
+    let named: Vec<&'static Metrics> = CLUSTERS
+        .lock()
+        .expect("metrics lock")
+        .iter()
+        .map(|(_, m)| *m)
+        .collect();
+    let mut families = metrics().registry.gather();
+    if !named.is_empty() {
+        families.retain(|f| is_process_wide(f.name()));
+        for m in named {
+            for mut f in m.registry.gather() {
+                match families.iter_mut().find(|g| g.name() == f.name()) {
+                    Some(g) => g.mut_metric().append(f.mut_metric()),
+                    None => families.push(f),
+                }
+            }
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+    }
     let mut buf = Vec::new();
     TextEncoder::new()
-        .encode(&metrics().registry.gather(), &mut buf)
+        .encode(&families, &mut buf)
         .expect("text encoding of gathered metrics");
     String::from_utf8(buf).expect("text format is UTF-8")
 }

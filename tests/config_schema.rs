@@ -133,6 +133,9 @@ fn what_the_loader_rejects_the_schema_rejects() {
         ("duration without unit", "etcd:\n  dial_timeout: 5\n"),
         ("duration words", "http:\n  max_backup_age: soon\n"),
         ("object_lock without mode", "storage:\n  s3:\n    object_lock: {retain_for: 1d}\n"),
+        ("cluster without name", "clusters:\n  - {etcd: {endpoints: [\"h:1\"]}}\n"),
+        ("unknown key in a cluster", "clusters:\n  - {name: a, leader_election: {enabled: true}}\n"),
+        ("unknown key in a cluster's etcd", "clusters:\n  - {name: a, etcd: {endpoint: [\"h:1\"]}}\n"),
     ];
     for (what, yaml) in bad {
         assert!(
@@ -144,6 +147,13 @@ fn what_the_loader_rejects_the_schema_rejects() {
             "{what}: the schema accepts {yaml}"
         );
     }
+    // A many-clusters config validates.
+    let multi = "storage: {backend: s3, s3: {bucket: b}}\n\
+                 clusters:\n\
+                 \x20 - {name: prod-a, etcd: {endpoints: [\"https://10.0.0.1:2379\"]}}\n\
+                 \x20 - {name: prod-b, schedule: {cron: \"*/5 * * * *\"}, retention: {keep_last: 3}}\n";
+    Config::from_yaml(multi, "test").unwrap();
+    assert!(v.is_valid(&instance(multi)), "{:?}", errors(&v, multi));
     // Durations humantime reads match the pattern.
     for d in ["30s", "1h 30m", "1h30m", "500ms", "2days", "7d", "1w"] {
         let yaml = format!("store:\n  future_tolerance: {d}\n");

@@ -52,6 +52,22 @@ async fn scheduled_backups_retention_and_metrics() {
         .find(|e| e.path().is_dir())
         .unwrap()
         .path();
+    // An unnamed single cluster: /readyz names it by its etcd cluster id (the store's dir).
+    let id = cluster_dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    wait_for(
+        "/readyz names the cluster id",
+        Duration::from_secs(10),
+        || {
+            let v: serde_json::Value = serde_json::from_str(&d.get("/readyz").1).ok()?;
+            (v["cluster"].as_str() == Some(id.as_str())).then_some(())
+        },
+    )
+    .await;
     let old_orphan = cluster_dir.join("20200101T000000Z-r0000000000000001.db.zst");
     let new_orphan = cluster_dir.join("20990101T000000Z-r0000000000000001.db.zst");
     std::fs::write(&old_orphan, b"left over").unwrap();

@@ -3,7 +3,7 @@
 //! as a pod on loopback would get them: pod IP and node IP 127.0.0.1) and its ConfigMap's
 //! config, against a real etcd 3.5 with TLS; a real Prometheus (Debian's /usr/bin/prometheus)
 //! scrapes it as the ServiceMonitor does (job "etcd-lifeboat", namespace label); then every
-//! query of every panel, with the dashboard's `$job` variable set as Grafana would, returns at
+//! query of every panel, with the dashboard's `$job` and `$cluster` (All) variables set as Grafana would, returns at
 //! least one series with a finite value.
 //!
 //! Only what cannot exist on a test machine is rewritten: etcd's port and certificate paths,
@@ -29,11 +29,17 @@ fn panel_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
         assert!(!targets.is_empty(), "panel {title} has no query");
         for t in targets {
             let expr = t["expr"].as_str().unwrap();
+            let rest = expr.replace("$job", "").replace("$cluster", "");
             assert!(
-                !expr.contains('$') || expr.contains("$job"),
-                "{title}: only $job is a variable: {expr}"
+                !rest.contains('$'),
+                "{title}: only $job and $cluster are variables: {expr}"
             );
-            out.push((title.clone(), expr.replace("$job", "etcd-lifeboat")));
+            // `$cluster` as Grafana sets it for "All" (which also matches no label).
+            out.push((
+                title.clone(),
+                expr.replace("$job", "etcd-lifeboat")
+                    .replace("$cluster", ".*"),
+            ));
         }
     }
     out
@@ -53,7 +59,7 @@ fn dashboard_is_well_formed_and_uses_documented_metrics() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(vars, ["datasource", "job"]);
+    assert_eq!(vars, ["datasource", "job", "cluster"]);
     let mut ids = std::collections::BTreeSet::new();
     for p in d["panels"].as_array().unwrap() {
         assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");

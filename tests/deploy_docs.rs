@@ -96,7 +96,8 @@ fn doc_rows() -> BTreeMap<String, Vec<String>> {
             .collect();
         let key = rest.split('`').next().unwrap().to_string();
         // Config keys are dotted lower-case paths; other tables (environment variables) are not.
-        if !(key.contains('.')
+        // Top-level scalar keys (`name`, `clusters`) are the exception to "dotted".
+        if !((key.contains('.') || matches!(key.as_str(), "name" | "clusters"))
             && key
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_'))

@@ -16,7 +16,12 @@
 //! The state is published on a `watch` channel (`true` = leader) and in
 //! `etcd_lifeboat_is_leader`. Every replica also follows `Observe(name)` to know who leads
 //! ([`current_leader`], shown in `/readyz` and logged on change).
+//!
+//! With `clusters:`, each cluster runs its own election in its own etcd, named
+//! `<leader_election.name>-<cluster>` ([`crate::config::Config::clusters`]), and publishes it
+//! in its own `etcd_lifeboat_is_leader{cluster}`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{Client, LeaderKey, ResignOptions};
@@ -26,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::etcd::EtcdError;
+use crate::metrics::Metrics;
 
 /// Why an election session ended (it is retried with backoff; logged, never fatal).
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +58,26 @@ pub enum ElectionError {
     NoLeaderKey,
 }
 
-static CURRENT_LEADER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+/// Per election name: the current leader's value as last observed; and the last value
+/// observed in any election.
+static CURRENT_LEADER: std::sync::Mutex<(Option<String>, BTreeMap<String, String>)> =
+    std::sync::Mutex::new((None, BTreeMap::new()));
 
-/// The current leader's value (`host/pid`) as last observed through `Observe`, if any.
+/// The current leader's value (`host/pid`) as last observed through `Observe` in any election
+/// of this process (with one cluster: its election), if any.
 pub fn current_leader() -> Option<String> {
-    CURRENT_LEADER.lock().expect("leader lock").clone()
+    CURRENT_LEADER.lock().expect("leader lock").0.clone()
+}
+
+/// The current leader's value (`host/pid`) of the election `name` (the effective
+/// `leader_election.name` of a cluster) as last observed, if any.
+pub fn current_leader_of(name: &str) -> Option<String> {
+    CURRENT_LEADER
+        .lock()
+        .expect("leader lock")
+        .1
+        .get(name)
+        .cloned()
 }
 
 /// Follows the election's leader changes until the stream ends (etcd gone, session over).
@@ -70,7 +91,7 @@ async fn observe(
     lost: CancellationToken,
 ) {
     let mut election = client.election_client();
-    let Ok(mut stream) = election.observe(name).await else {
+    let Ok(mut stream) = election.observe(name.clone()).await else {
         return;
     };
     while let Ok(Some(resp)) = stream.message().await {
@@ -86,10 +107,11 @@ async fn observe(
             }
             let v = String::from_utf8_lossy(kv.value()).into_owned();
             let mut cur = CURRENT_LEADER.lock().expect("leader lock");
-            if cur.as_deref() != Some(v.as_str()) {
+            if cur.1.get(&name).map(String::as_str) != Some(v.as_str()) {
                 tracing::info!(leader = %v, "leader election: current leader");
-                *cur = Some(v);
+                cur.1.insert(name.clone(), v.clone());
             }
+            cur.0 = Some(v);
         }
     }
 }
@@ -108,8 +130,8 @@ pub fn identity() -> String {
     format!("{host}/{}", std::process::id())
 }
 
-fn set_leader(tx: &watch::Sender<bool>, v: bool) {
-    crate::metrics::metrics().is_leader.set(i64::from(v));
+fn set_leader(m: &Metrics, tx: &watch::Sender<bool>, v: bool) {
+    m.is_leader.set(i64::from(v));
     tx.send_if_modified(|cur| {
         let changed = *cur != v;
         *cur = v;
@@ -124,13 +146,14 @@ pub async fn run(cfg: Config, tx: watch::Sender<bool>, resign: CancellationToken
     let mut backoff = Duration::from_secs(1);
     let name = cfg.leader_election.name.clone();
     let value = identity();
+    let m = crate::metrics::for_cluster(cfg.name.as_deref());
     let cap = cfg.leader_election.lease_ttl.min(Duration::from_secs(30));
     while !resign.is_cancelled() {
         let started = Instant::now();
-        match session(&cfg, &name, &value, &tx, &resign).await {
+        match session(&cfg, &name, &value, m, &tx, &resign).await {
             Ok(()) => break,
             Err(e) => {
-                set_leader(&tx, false);
+                set_leader(m, &tx, false);
                 if started.elapsed() > cfg.leader_election.lease_ttl {
                     // A session that held for a while: start the backoff afresh.
                     backoff = Duration::from_secs(1);
@@ -146,7 +169,7 @@ pub async fn run(cfg: Config, tx: watch::Sender<bool>, resign: CancellationToken
             }
         }
     }
-    set_leader(&tx, false);
+    set_leader(m, &tx, false);
 }
 
 /// One lease session. `Ok(())`: resigned on request. `Err`: the session was lost.
@@ -154,6 +177,7 @@ async fn session(
     cfg: &Config,
     name: &str,
     value: &str,
+    m: &Metrics,
     tx: &watch::Sender<bool>,
     resign: &CancellationToken,
 ) -> Result<(), ElectionError> {
@@ -211,11 +235,11 @@ async fn session(
             "leader election: became leader"
         );
         our_key.send_replace(Some((leader_key.key().to_vec(), leader_key.rev())));
-        set_leader(tx, true);
+        set_leader(m, tx, true);
         tokio::select! {
             _ = resign.cancelled() => Ok(Some(leader_key)),
             _ = lost.cancelled() => {
-                set_leader(tx, false);
+                set_leader(m, tx, false);
                 Err(ElectionError::LeaseLost { lease_id, when: "while leading: stepped down" })
             }
         }
@@ -224,7 +248,7 @@ async fn session(
 
     match result {
         Ok(key) => {
-            set_leader(tx, false);
+            set_leader(m, tx, false);
             if let Some(key) = key {
                 let mut election = client.election_client();
                 match timeout(
@@ -242,7 +266,7 @@ async fn session(
             Ok(())
         }
         Err(e) => {
-            set_leader(tx, false);
+            set_leader(m, tx, false);
             // Best effort: free the key so another replica does not wait for the TTL.
             let _ = timeout(Duration::from_secs(1), lease.revoke(lease_id)).await;
             Err(e)

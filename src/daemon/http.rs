@@ -11,6 +11,11 @@
 //!   that other users can read, with the `chmod` that fixes it).
 //!   Example:
 //!   `{"ready":false,"reasons":["backup_age: newest backup ... is 7300s old, max 7200s"],"checks":{...},"leader":true}`.
+//!   `cluster` names the cluster: its `name`, else (a single unnamed cluster) the etcd
+//!   cluster id of its newest backup, once there is one.
+//!   With `clusters:` the body is `{"ready":..,"reasons":["<cluster>: <check>: ..."],
+//!   "clusters":{"<name>":{<the body above>},...}}`, and the status is 503 when any cluster
+//!   is not ready (each cluster is its own backup target; a dead one must page).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +52,25 @@ pub struct Health {
     pub last_verify: Option<(DateTime<Utc>, Result<String, String>)>,
     /// Warnings that do not fail readiness (a store root or temp dir other users can read).
     pub warnings: Vec<String>,
+    /// The election's name when leader election is on (for `current_leader`).
+    pub election: Option<String>,
+    /// The cluster's name (`name` or an entry of `clusters`); `None` for an unnamed cluster,
+    /// which `/readyz` then names by the etcd cluster id of its newest backup, once known.
+    pub name: Option<String>,
+    /// The etcd cluster id (hex, as the store's keys have it) of the newest backup.
+    pub cluster_id: Option<String>,
+}
+
+/// One cluster as `/readyz` reports it.
+#[derive(Debug, Clone)]
+pub struct ClusterHealth {
+    /// The cluster's name; `None` for the single cluster of a config without `clusters:`
+    /// (then `/readyz` has the single-cluster body).
+    pub name: Option<String>,
+    /// The state its tasks update.
+    pub health: SharedHealth,
+    /// Its `http.max_backup_age`.
+    pub max_age: Duration,
 }
 
 /// Shared health state.
@@ -54,8 +78,7 @@ pub type SharedHealth = Arc<Mutex<Health>>;
 
 #[derive(Clone)]
 struct AppState {
-    health: SharedHealth,
-    max_age: Duration,
+    clusters: Arc<Vec<ClusterHealth>>,
 }
 
 #[derive(Serialize)]
@@ -67,6 +90,9 @@ struct Check {
 
 #[derive(Serialize)]
 struct Readiness {
+    /// The cluster's name, else its etcd cluster id once a backup is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
     ready: bool,
     reasons: Vec<String>,
     checks: std::collections::BTreeMap<&'static str, Check>,
@@ -214,11 +240,15 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
         .map(|(k, c)| format!("{k}: {}", c.detail.as_deref().unwrap_or("failed")))
         .collect();
     Readiness {
+        cluster: h.name.clone().or_else(|| h.cluster_id.clone()),
         ready: reasons.is_empty(),
         reasons,
         checks,
         leader: h.leader,
-        current_leader: super::election::current_leader(),
+        current_leader: h
+            .election
+            .as_deref()
+            .and_then(super::election::current_leader_of),
         store_backups: h.backups,
         newest_backup: h.newest.as_ref().map(|(id, _)| id.clone()),
         newest_backup_age_seconds: age,
@@ -241,25 +271,64 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// The `/readyz` body with `clusters:`: ready when every cluster is; `reasons` prefixed
+/// with the cluster's name; each cluster's own body under `clusters.<name>`.
+#[derive(Serialize)]
+struct MultiReadiness {
+    ready: bool,
+    reasons: Vec<String>,
+    clusters: std::collections::BTreeMap<String, Readiness>,
+}
+
+fn multi_readiness(clusters: &[ClusterHealth], now: DateTime<Utc>) -> MultiReadiness {
+    let mut out = MultiReadiness {
+        ready: true,
+        reasons: Vec::new(),
+        clusters: std::collections::BTreeMap::new(),
+    };
+    for c in clusters {
+        let h = c.health.lock().expect("health lock").clone();
+        let r = readiness(&h, c.max_age, now);
+        let name = c.name.clone().unwrap_or_default();
+        out.ready &= r.ready;
+        out.reasons
+            .extend(r.reasons.iter().map(|x| format!("{name}: {x}")));
+        out.clusters.insert(name, r);
+    }
+    out
+}
+
 async fn readyz(State(st): State<AppState>) -> Response {
-    let h = st.health.lock().expect("health lock").clone();
-    let r = readiness(&h, st.max_age, Utc::now());
-    let code = if r.ready {
+    let now = Utc::now();
+    let (ready, body) = match st.clusters.as_slice() {
+        [one] if one.name.is_none() => {
+            let h = one.health.lock().expect("health lock").clone();
+            let r = readiness(&h, one.max_age, now);
+            (r.ready, serde_json::to_string_pretty(&r))
+        }
+        all => {
+            let r = multi_readiness(all, now);
+            (r.ready, serde_json::to_string_pretty(&r))
+        }
+    };
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::to_string_pretty(&r).expect("readiness serializes") + "\n";
+    let body = body.expect("readiness serializes") + "\n";
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// The router with the three endpoints.
-pub fn router(health: SharedHealth, max_age: Duration) -> Router {
+/// The router with the three endpoints; `/readyz` reports on `clusters`.
+pub fn router(clusters: Vec<ClusterHealth>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { health, max_age })
+        .with_state(AppState {
+            clusters: Arc::new(clusters),
+        })
 }
 
 /// `http.listen` cannot be bound.
@@ -278,8 +347,7 @@ pub struct ListenError {
 /// Errors: the address cannot be bound (in use, permission), naming `http.listen`.
 pub async fn serve(
     listen: &str,
-    health: SharedHealth,
-    max_age: Duration,
+    clusters: Vec<ClusterHealth>,
     shutdown: CancellationToken,
 ) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), ListenError> {
     let err = |source| ListenError {
@@ -288,7 +356,7 @@ pub async fn serve(
     };
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(err)?;
     let addr = listener.local_addr().map_err(err)?;
-    let app = router(health, max_age);
+    let app = router(clusters);
     let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -21,6 +21,14 @@
 //! - **HTTP** ([`http`]): `/metrics`, `/healthz`, `/readyz` on `http.listen`.
 //! - **election** ([`election`]) when `leader_election.enabled`.
 //!
+//! # Clusters
+//! Each cluster of [`Config::clusters`] (one for a config without `clusters:`) gets all of the
+//! tasks above but HTTP: its own scheduler, election (named `<leader_election.name>-<name>`,
+//! in its own etcd), refresher, re-verification, store and metric set
+//! ([`metrics::for_cluster`]), in a task of its own. Nothing is shared between clusters but
+//! the HTTP server and the shutdown token, so a cluster whose etcd or store hangs delays no
+//! other cluster's backup. `/readyz` reports each cluster ([`http`]).
+//!
 //! # Shutdown
 //! SIGTERM or SIGINT (or the `shutdown` token of [`run_with_shutdown`]): no new run starts; a
 //! running backup gets `--shutdown-grace` to finish, then is cancelled through its
@@ -134,128 +142,180 @@ pub async fn shutdown_signal() {
 
 /// As [`run`], stopped by `shutdown` instead of signals. `bound`, when given, receives the
 /// HTTP address actually bound (for `http.listen` with port 0).
+///
+/// Each cluster of [`Config::clusters`] gets its own task (scheduler, election, catalog
+/// refresher, re-verification) with its own store, metric set and `/readyz` entry; the tasks
+/// share nothing but the HTTP server and the shutdown token, so one cluster's dead etcd or
+/// slow store never delays another's backups.
 pub async fn run_with_shutdown(
     args: DaemonOptions,
     cfg: Config,
     shutdown: CancellationToken,
     bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<(), DaemonError> {
-    let tz = cfg.schedule.time_zone()?;
-    let sched =
-        Schedule::new(&cfg.schedule.cron, tz).map_err(|m| ConfigError::new("schedule.cron", m))?;
-    let store = Arc::new(Store::from_config(&cfg.storage).await?);
-    let cfg = Arc::new(cfg);
-    // Backups are secrets: an open store root or temp dir is reported on /readyz (a warning,
-    // not a readiness failure) and in the log.
-    let warnings = crate::workdir::permission_warnings(&cfg);
-    for w in &warnings {
-        tracing::warn!("{w}");
+    let multi = !cfg.clusters.is_empty();
+    let mut units = Vec::new();
+    for c in cfg.clusters() {
+        let name = c.name.clone();
+        let at = |e: ConfigError| match &name {
+            Some(n) if multi => ConfigError::new(format!("cluster {n}: {}", e.key), e.message),
+            _ => e,
+        };
+        let ccfg = c.config;
+        let tz = ccfg.schedule.time_zone().map_err(at)?;
+        let sched = Schedule::new(&ccfg.schedule.cron, tz)
+            .map_err(|m| at(ConfigError::new("schedule.cron", m)))?;
+        let vs = verify_schedule(&ccfg, tz).map_err(at)?;
+        let store = Arc::new(Store::from_config(&ccfg.storage).await?);
+        // Backups are secrets: an open store root or temp dir is reported on /readyz (a
+        // warning, not a readiness failure) and in the log.
+        let warnings = crate::workdir::permission_warnings(&ccfg);
+        for w in &warnings {
+            tracing::warn!(cluster = name.as_deref().unwrap_or(""), "{w}");
+        }
+        let health: SharedHealth = Arc::new(Mutex::new(Health {
+            warnings,
+            election: ccfg
+                .leader_election
+                .enabled
+                .then(|| ccfg.leader_election.name.clone()),
+            name: name.clone(),
+            ..Health::default()
+        }));
+        units.push((name, Arc::new(ccfg), store, health, sched, vs));
     }
-    let health: SharedHealth = Arc::new(Mutex::new(Health {
-        warnings,
-        ..Health::default()
-    }));
     // Leftovers of killed runs: temp dirs whose lock is free, local temp files whose writer is
-    // gone, S3 multipart uploads older than retention.orphan_grace.
-    let base = crate::workdir::temp_base(&cfg);
-    let swept = tokio::task::spawn_blocking(move || crate::workdir::sweep_stale(&base))
-        .await
-        .unwrap_or_default();
-    if !swept.is_empty() {
-        tracing::info!(count = swept.len(), "removed the temp files of killed runs");
-    }
-    match store.remove_stale_uploads(cfg.retention.orphan_grace).await {
-        Ok(r) if !r.is_empty() => tracing::info!(uploads = ?r, "removed interrupted uploads"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not clean interrupted uploads"),
+    // gone (per temp base, once).
+    let mut bases: Vec<std::path::PathBuf> = units
+        .iter()
+        .map(|u| crate::workdir::temp_base(&u.1))
+        .collect();
+    bases.dedup();
+    for base in bases {
+        let swept = tokio::task::spawn_blocking(move || crate::workdir::sweep_stale(&base))
+            .await
+            .unwrap_or_default();
+        if !swept.is_empty() {
+            tracing::info!(count = swept.len(), "removed the temp files of killed runs");
+        }
     }
     let http_stop = CancellationToken::new();
-    let (addr, http_task) = http::serve(
-        &cfg.http.listen,
-        health.clone(),
-        cfg.http.max_backup_age,
-        http_stop.clone(),
-    )
-    .await?;
+    let views: Vec<http::ClusterHealth> = units
+        .iter()
+        .map(|u| http::ClusterHealth {
+            name: if multi { u.0.clone() } else { None },
+            health: u.3.clone(),
+            max_age: u.1.http.max_backup_age,
+        })
+        .collect();
+    let (addr, http_task) = http::serve(&cfg.http.listen, views, http_stop.clone()).await?;
     if let Some(tx) = bound {
         let _ = tx.send(addr);
     }
     tracing::info!(
         listen = %addr,
-        store = %store.describe(),
-        schedule = %cfg.schedule.cron,
-        timezone = cfg.schedule.timezone.as_deref().unwrap_or("UTC"),
+        clusters = units.len(),
         leader_election = cfg.leader_election.enabled,
         "daemon started"
     );
+    let mut tasks = Vec::new();
+    for (name, ccfg, store, health, sched, vs) in units {
+        let span = tracing::info_span!("cluster", cluster = name.as_deref().unwrap_or(""));
+        let election = ccfg.leader_election.enabled;
+        let (leader_tx, leader_rx) = watch::channel(!election);
+        let d = Arc::new(Daemon {
+            args: args.clone(),
+            m: metrics::for_cluster(name.as_deref()),
+            cfg: ccfg,
+            store,
+            health,
+            shutdown: shutdown.clone(),
+            leader: leader_rx,
+            election,
+        });
+        let task = run_cluster(d, sched, vs, leader_tx);
+        tasks.push(tokio::spawn(tracing::Instrument::instrument(task, span)));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    http_stop.cancel();
+    let _ = timeout(Duration::from_secs(5), http_task).await;
+    tracing::info!("daemon stopped");
+    Ok(())
+}
 
+/// One cluster's part of the daemon until shutdown: stale-upload cleanup, election, catalog
+/// refresher, re-verification and the scheduler; then resign and stop.
+async fn run_cluster(
+    d: Arc<Daemon>,
+    sched: Schedule,
+    vs: Option<Schedule>,
+    leader_tx: watch::Sender<bool>,
+) {
+    let cfg = d.cfg.clone();
+    tracing::info!(
+        store = %d.store.describe(),
+        schedule = %cfg.schedule.cron,
+        timezone = cfg.schedule.timezone.as_deref().unwrap_or("UTC"),
+        leader_election = d.election,
+        "cluster started"
+    );
     // Leadership.
-    let (leader_tx, leader_rx) = watch::channel(!cfg.leader_election.enabled);
     let resign = CancellationToken::new();
-    let election_task = if cfg.leader_election.enabled {
-        metrics::metrics().is_leader.set(0);
+    let election_task = if d.election {
+        d.m.is_leader.set(0);
         Some(tokio::spawn(election::run(
             (*cfg).clone(),
             leader_tx,
             resign.clone(),
         )))
     } else {
-        metrics::metrics().is_leader.set(1);
+        d.m.is_leader.set(1);
         drop(leader_tx);
         None
     };
-    health.lock().expect("health").leader = *leader_rx.borrow();
+    d.health.lock().expect("health").leader = *d.leader.borrow();
 
-    // Catalog refresher.
+    // Catalog refresher (it first removes S3 multipart uploads older than
+    // retention.orphan_grace, leftovers of killed runs).
     let refresher = {
-        let (store, health, stop) = (store.clone(), health.clone(), shutdown.clone());
-        let (every, limit) = (args.refresh_interval, args.store_timeout);
-        let tolerance = cfg.store.future_tolerance;
+        let d = d.clone();
         tokio::spawn(async move {
+            let grace = d.cfg.retention.orphan_grace;
+            match timeout(d.args.store_timeout, d.store.remove_stale_uploads(grace)).await {
+                Ok(Ok(r)) if !r.is_empty() => {
+                    tracing::info!(uploads = ?r, "removed interrupted uploads")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not clean interrupted uploads"),
+                Err(_) => tracing::warn!("cleaning interrupted uploads timed out"),
+            }
             loop {
-                refresh(&store, &health, limit, tolerance).await;
+                d.refresh().await;
                 tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = sleep(every) => {}
+                    _ = d.shutdown.cancelled() => break,
+                    _ = sleep(d.args.refresh_interval) => {}
                 }
             }
         })
     };
-
-    let election = cfg.leader_election.enabled;
-    let d = Arc::new(Daemon {
-        args,
-        cfg,
-        store,
-        health: health.clone(),
-        shutdown: shutdown.clone(),
-        leader: leader_rx.clone(),
-        election,
+    let verifier = vs.map(|vs| {
+        let d = d.clone();
+        tokio::spawn(async move { d.verify_loop(&vs).await })
     });
-    let verifier = match verify_schedule(&d.cfg, tz)? {
-        Some(vs) => {
-            let d = d.clone();
-            Some(tokio::spawn(async move { d.verify_loop(&vs).await }))
-        }
-        None => None,
-    };
-    schedule_loop(&*d, &sched, &shutdown, leader_rx, election).await;
+    schedule_loop(&*d, &sched, &d.shutdown, d.leader.clone(), d.election).await;
     if let Some(v) = verifier {
         // The verify loop returns on shutdown (a running verification is dropped: it writes
         // nothing).
         let _ = timeout(Duration::from_secs(10), v).await;
     }
-
     // Shutdown: the scheduler has finished or cancelled its backup; resign, stop the rest.
     resign.cancel();
     if let Some(t) = election_task {
         let _ = timeout(Duration::from_secs(10), t).await;
     }
     refresher.abort();
-    http_stop.cancel();
-    let _ = timeout(Duration::from_secs(5), http_task).await;
-    tracing::info!("daemon stopped");
-    Ok(())
 }
 
 /// The parsed `verify.cron` (in `schedule.timezone`), `None` when it is `""` (off).
@@ -277,6 +337,7 @@ fn verify_schedule(cfg: &Config, tz: chrono_tz::Tz) -> Result<Option<Schedule>, 
 async fn refresh(
     store: &Store,
     health: &SharedHealth,
+    m: &metrics::Metrics,
     limit: Duration,
     tolerance: Duration,
 ) -> Option<Catalog> {
@@ -288,10 +349,13 @@ async fn refresh(
     let mut h = health.lock().expect("health");
     match r {
         Ok(Ok(cat)) => {
-            metrics::refresh_store(&cat);
+            m.refresh_store(&cat);
             h.store = Some(Ok(()));
             h.backups = cat.backups.len();
             h.newest = cat.newest_by_time().map(|m| (m.id.clone(), m.finished_at));
+            if let Some(m) = cat.backups.first() {
+                h.cluster_id = Some(m.cluster_id.clone());
+            }
             let future: Vec<String> = cat
                 .future()
                 .map(|m| format!("{} (finished_at {})", m.id, m.finished_at.to_rfc3339()))
@@ -314,13 +378,13 @@ async fn refresh(
             Some(cat)
         }
         Ok(Err(e)) => {
-            metrics::record_store_refresh_error();
+            m.record_store_refresh_error();
             tracing::warn!(error = %e, "store check or catalog read failed");
             h.store = Some(Err(e.to_string()));
             None
         }
         Err(_) => {
-            metrics::record_store_refresh_error();
+            m.record_store_refresh_error();
             tracing::warn!(timeout = ?limit, "store catalog read timed out");
             h.store = Some(Err(format!("catalog read timed out after {limit:?}")));
             None
@@ -336,6 +400,8 @@ fn last_run_from(cat: &Catalog, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 
 struct Daemon {
     args: DaemonOptions,
+    /// This cluster's metric set.
+    m: &'static metrics::Metrics,
     cfg: Arc<Config>,
     store: Arc<Store>,
     health: SharedHealth,
@@ -363,6 +429,7 @@ impl Daemon {
         refresh(
             &self.store,
             &self.health,
+            self.m,
             self.args.store_timeout,
             self.cfg.store.future_tolerance,
         )
@@ -449,12 +516,12 @@ impl Daemon {
         match r {
             Ok(None) => tracing::info!("re-verification: the store holds no backup yet"),
             Ok(Some(id)) => {
-                metrics::record_verify(true);
+                self.m.record_verify(true);
                 tracing::info!(id = %id, "re-verification: newest backup verified");
                 self.health.lock().expect("health").last_verify = Some((now, Ok(id)));
             }
             Err(e) => {
-                metrics::record_verify(false);
+                self.m.record_verify(false);
                 tracing::error!(error = %e, "re-verification of the newest backup failed");
                 self.health.lock().expect("health").last_verify = Some((now, Err(e)));
             }
@@ -485,7 +552,7 @@ impl Daemon {
                         break Err(e);
                     }
                     tracing::warn!(attempt, error = %e, retry_in = ?backoff, "backup failed; retrying");
-                    metrics::metrics().backup_retries.inc();
+                    self.m.backup_retries.inc();
                     tokio::select! {
                         _ = self.shutdown.cancelled() => break Err(e),
                         _ = sleep(backoff) => {}
@@ -498,7 +565,7 @@ impl Daemon {
         match result {
             Ok(m) => {
                 let took = started.elapsed();
-                metrics::record_backup_success(&m, took);
+                self.m.record_backup_success(&m, took);
                 tracing::info!(id = %m.id, revision = m.revision, keys = m.total_key,
                     raw_bytes = m.total_size, stored_bytes = m.stored_bytes, seconds = took.as_secs_f64(),
                     "backup stored");
@@ -510,7 +577,7 @@ impl Daemon {
                 }
             }
             Err(e) => {
-                metrics::record_backup_failure_after(started.elapsed());
+                self.m.record_backup_failure_after(started.elapsed());
                 tracing::error!(error = %e, attempts = attempt, "backup run failed");
                 self.health.lock().expect("health").last_run = Some((now, Err(e)));
             }
@@ -524,7 +591,7 @@ impl Daemon {
             crate::store::retention::prune(&self.cfg, &self.store, false),
         )
         .await;
-        let m = metrics::metrics();
+        let m = self.m;
         match r {
             Ok(Ok(plan)) => {
                 m.prunes_total.with_label_values(&["success"]).inc();
@@ -555,7 +622,7 @@ impl Daemon {
     /// One backup attempt in its own task, bounded by the snapshot and upload timeouts, and
     /// by shutdown: after `--shutdown-grace` the backup is cancelled and awaited (cleanup).
     async fn backup_attempt(&self) -> Result<Manifest, Attempt> {
-        let g = &metrics::metrics().backup_in_progress;
+        let g = &self.m.backup_in_progress;
         g.set(1);
         let r = self.backup_attempt_inner().await;
         g.set(0);
@@ -596,8 +663,15 @@ impl Daemon {
         };
         tracing::warn!(reason = %why, "cancelling backup");
         cancel.cancel();
-        // The pipeline cleans up (aborts uploads, no manifest); wait for it, bounded.
-        match timeout(Duration::from_secs(60), &mut task).await {
+        // The pipeline cleans up (aborts uploads, no manifest); wait for it, bounded: on
+        // shutdown by 10 s (a call hung on a dead etcd may not see the cancellation; what an
+        // aborted task leaves, the next start sweeps), else by 60 s.
+        let bound = if self.shutdown.is_cancelled() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(60)
+        };
+        match timeout(bound, &mut task).await {
             Ok(Ok(Ok(m))) => Ok(m), // finished just before noticing the cancellation
             Ok(_) => Err(if fenced {
                 Attempt::Fenced(why)
@@ -608,7 +682,7 @@ impl Daemon {
             }),
             Err(_) => {
                 task.abort();
-                let why = format!("{why}; cleanup did not finish within 60s");
+                let why = format!("{why}; cleanup did not finish within {bound:?}");
                 Err(if fenced {
                     Attempt::Fenced(why)
                 } else {
@@ -630,7 +704,7 @@ impl Runner for Daemon {
         self.last_from_store().await
     }
     fn set_next(&self, t: DateTime<Utc>) {
-        metrics::metrics().next_backup.set(t.timestamp() as f64);
+        self.m.next_backup.set(t.timestamp() as f64);
         self.health.lock().expect("health").next_run = Some(t);
     }
     fn set_leader(&self, leader: bool) {
