@@ -222,6 +222,15 @@ pub async fn run_with_shutdown(
         })
     };
 
+    // Point-in-time recovery: the leader's delta capture (pitr::capture), off by default.
+    let pitr = crate::pitr::capture::spawn(
+        cfg.clone(),
+        store.clone(),
+        leader_rx.clone(),
+        shutdown.clone(),
+        pitr_backup(cfg.clone(), store.clone()),
+    );
+
     let election = cfg.leader_election.enabled;
     let d = Arc::new(Daemon {
         args,
@@ -246,6 +255,9 @@ pub async fn run_with_shutdown(
         let _ = timeout(Duration::from_secs(10), v).await;
     }
 
+    if let Some(p) = pitr {
+        let _ = timeout(Duration::from_secs(15), p).await;
+    }
     // Shutdown: the scheduler has finished or cancelled its backup; resign, stop the rest.
     resign.cancel();
     if let Some(t) = election_task {
@@ -256,6 +268,17 @@ pub async fn run_with_shutdown(
     let _ = timeout(Duration::from_secs(5), http_task).await;
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// The full backup that starts a new PITR chain (pitr does not know the backup pipeline).
+fn pitr_backup(cfg: Arc<Config>, store: Arc<Store>) -> crate::pitr::capture::BackupFn {
+    Arc::new(move |cancel| {
+        let (cfg, store) = (cfg.clone(), store.clone());
+        Box::pin(async move {
+            let opts = BackupOptions { tag: None, progress: false, cancel };
+            run_backup(&cfg, &store, &opts).await.map_err(|e| format!("{e:#}"))
+        })
+    })
 }
 
 /// The parsed `verify.cron` (in `schedule.timezone`), `None` when it is `""` (off).

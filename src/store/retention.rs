@@ -395,9 +395,13 @@ pub fn orphans(
         .filter(|k| k.ends_with(MANIFEST_SUFFIX))
         .collect();
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let keys: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
     objects
         .iter()
         .filter(|o| {
+            if let Some(orphan) = chain_object_orphan(o.key.as_str(), &manifests, &keys) {
+                return orphan;
+            }
             let Some(stem) = data_object_stem(o.key.as_str()) else {
                 return false;
             };
@@ -411,6 +415,27 @@ pub fn orphans(
             remove: now.signed_duration_since(o.last_modified) > grace,
         })
         .collect()
+}
+
+/// Directory segment suffix of a base's PITR chain: `<cluster>/<id>.pitr/` (pitr::manifest).
+const PITR_DIR: &str = ".pitr/";
+
+/// For an object of a PITR chain (`<cluster>/<id>.pitr/...`, docs/design/pitr.md §5):
+/// `Some(true)` when it is an orphan — its base manifest `<cluster>/<id>.json` is gone, or it
+/// is a delta data object `<first:016>-<last>-<nonce>.delta.zst[.age]` whose manifest
+/// `<first:016>.delta` is not in `keys` (a capture killed between data and manifest);
+/// `Some(false)` for other chain objects; `None` when `key` is not in a chain directory.
+fn chain_object_orphan(key: &str, manifests: &HashSet<&str>, keys: &HashSet<&str>) -> Option<bool> {
+    let (stem, name) = key.split_once(PITR_DIR)?;
+    if !manifests.contains(format!("{stem}{MANIFEST_SUFFIX}").as_str()) {
+        return Some(true);
+    }
+    let is_data = name.ends_with(".delta.zst") || name.ends_with(".delta.zst.age");
+    if !is_data {
+        return Some(false);
+    }
+    let first = name.split('-').next().unwrap_or_default();
+    Some(!keys.contains(format!("{stem}{PITR_DIR}{first}.delta").as_str()))
 }
 
 /// `<cluster>/<id>` of a data object key (`.db.zst.age`, `.db.zst` or `.db`) or of a files
@@ -595,6 +620,51 @@ pub struct Removal {
 /// delete (the data stays while its manifest does); other failures are collected and the rest
 /// is tried.
 pub async fn delete_backup_objects(store: &Store, b: &BackupDecision, op: &str) -> Removal {
+    let mut out = delete_base_objects(store, b, op).await;
+    if out.refused.is_none() && out.failures.is_empty() {
+        delete_chain(store, b, op, &mut out).await;
+    }
+    out
+}
+
+/// Deletes a deleted base's PITR chain (`<cluster>/<id>.pitr/`): manifests newest first (so
+/// the chain only ever shortens from its end), then the data objects. Failures are collected;
+/// what is left is an orphan that [`prune`] removes after `retention.orphan_grace`.
+async fn delete_chain(store: &Store, b: &BackupDecision, op: &str, out: &mut Removal) {
+    let Some(stem) = b.manifest_key.strip_suffix(MANIFEST_SUFFIX) else {
+        return;
+    };
+    let prefix = format!("{stem}{PITR_DIR}");
+    let objects = match store.list(&prefix).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(backup = %b.id, error = %e, "{op}: could not list the PITR chain; prune removes it as orphans");
+            out.failures.push(format!("{prefix}: {e}"));
+            return;
+        }
+    };
+    let (mut manifests, data): (Vec<_>, Vec<_>) = objects
+        .into_iter()
+        .partition(|o| o.key.as_str().ends_with(".delta"));
+    manifests.sort_by(|a, b| b.key.as_str().cmp(a.key.as_str()));
+    let n = manifests.len() + data.len();
+    for o in manifests.iter().chain(&data) {
+        out.attempted += 1;
+        match store.delete(&o.key).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(backup = %b.id, key = %o.key, error = %e, "{op}: delete failed");
+                out.failures.push(format!("{}: {e}", o.key));
+            }
+        }
+    }
+    if n > 0 {
+        tracing::info!(backup = %b.id, objects = n, "{op}: deleted its PITR chain");
+    }
+}
+
+/// The base backup's own objects: manifest, data, files (see [`delete_backup_objects`]).
+async fn delete_base_objects(store: &Store, b: &BackupDecision, op: &str) -> Removal {
     let mut out = Removal::default();
     for key in [&b.manifest_key, &b.data_key]
         .into_iter()

@@ -1,0 +1,317 @@
+//! A base backup's delta chain as the store holds it (docs/design/pitr.md §5 "`list` /
+//! `verify`"): listing with contiguity, gaps, close markers and missing data ([`read_chain`],
+//! for `list` and the capture's resume point), and the full check of every delta object
+//! ([`verify_chain`], for `verify`).
+//!
+//! Contiguity: the chain of base `B` starts at `B_eff + 1` and each delta starts at the
+//! previous one's `last_revision + 1`. `B_eff` is the `base_revision` of the chain's deltas;
+//! before the first delta it is the base manifest's `revision`. The two differ only when the
+//! base's compaction removed a final tombstone (design §2 pitfall #2): the daemon holds no
+//! copy of the base db (it may be encrypted for recipients only), so the capture starts such a
+//! chain at `revision + 1`, and `verify` with the base db compares it with the db's `B_eff`.
+//!
+//! Every manifest read is untrusted: [`super::manifest::parse_delta_manifest`] bounds and
+//! validates it; a manifest of another base or cluster, or one that does not parse, is
+//! reported as broken and ends the usable chain before it.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::store::manifest::Manifest;
+use crate::store::{Store, StoreError};
+
+use super::manifest::{
+    chain_prefix, first_revision_of_key, parse_delta_manifest, DeltaKind, DeltaManifest,
+    DELTA_MANIFEST_SUFFIX, MAX_DELTA_MANIFEST_BYTES,
+};
+
+/// Reading a chain failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// Listing or reading the store failed.
+    #[error("chain of backup {base}: store: {source}")]
+    Store {
+        /// The base id.
+        base: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// A range of revisions no stored delta covers, between two parts of a chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    /// First revision missing.
+    pub from: i64,
+    /// Last revision missing (inclusive).
+    pub to: i64,
+}
+
+/// How a chain ended (its close manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Closed {
+    /// `compacted`, `gap`, `outage` or `base-handover`.
+    pub reason: String,
+    /// The revision the chain stopped before (the close manifest's first revision).
+    pub at_revision: i64,
+    /// For `compacted`: the compaction revision the watch hit.
+    pub compact_revision: Option<i64>,
+    /// The base that continues, when known.
+    pub next_base_id: Option<String>,
+}
+
+/// A problem of one object of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Broken {
+    /// The object key.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The chain of one base, as listed from the store. Revisions: `first_revision ..=
+/// last_revision` is the contiguous run from `base_revision + 1` (empty when `last_revision ==
+/// base_revision`); deltas after a gap or a broken link are not part of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chain {
+    /// The base backup's id.
+    pub base_id: String,
+    /// `B_eff`: the deltas' `base_revision`, else the base manifest's `revision`.
+    pub base_revision: i64,
+    /// `base_revision + 1`.
+    pub first_revision: i64,
+    /// Last revision of the contiguous run (`base_revision` when it is empty).
+    pub last_revision: i64,
+    /// Observed time of the run's first revision.
+    pub first_time: Option<DateTime<Utc>>,
+    /// Newest time the run covers (every change committed before it is in the run).
+    pub covered_until: Option<DateTime<Utc>>,
+    /// Delta manifests of the contiguous run, in order (close excluded).
+    #[serde(skip)]
+    pub deltas: Vec<DeltaManifest>,
+    /// Number of deltas in the run.
+    pub delta_count: usize,
+    /// Stored bytes of the run's data objects.
+    pub stored_bytes: u64,
+    /// Revisions missing between stored deltas (the run ends before the first).
+    pub gaps: Vec<Gap>,
+    /// The close manifest right after the run, when there is one.
+    pub closed: Option<Closed>,
+    /// Manifests that do not parse or do not belong here, data objects missing.
+    pub broken: Vec<Broken>,
+}
+
+impl Chain {
+    /// The run's last delta (where the capture continues), `None` before the first.
+    pub fn tail(&self) -> Option<&DeltaManifest> {
+        self.deltas.last()
+    }
+
+    /// Whether the chain can be continued as is: no gap, nothing broken, not closed.
+    pub fn is_open_and_sound(&self) -> bool {
+        self.closed.is_none() && self.gaps.is_empty() && self.broken.is_empty()
+    }
+
+    /// One line for `list`: `pitr r<a>..r<b> <first_time>..<covered_until>, N deltas, S bytes`
+    /// plus gaps, close and broken objects; `None` when the base has no chain.
+    pub fn summary(&self) -> Option<String> {
+        if self.deltas.is_empty() && self.closed.is_none() && self.broken.is_empty() {
+            return None;
+        }
+        let t = |x: Option<DateTime<Utc>>| {
+            x.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_else(|| "-".into())
+        };
+        let mut s = format!(
+            "pitr r{}..r{} {}..{}, {} deltas, {} bytes",
+            self.first_revision,
+            self.last_revision,
+            t(self.first_time),
+            t(self.covered_until),
+            self.delta_count,
+            self.stored_bytes
+        );
+        for g in &self.gaps {
+            s += &format!("; gap r{}..r{}", g.from, g.to);
+        }
+        if let Some(c) = &self.closed {
+            s += &format!("; closed: {}", c.reason);
+            if let Some(r) = c.compact_revision {
+                s += &format!(" at r{r}");
+            }
+            if let Some(n) = &c.next_base_id {
+                s += &format!(", next base {n}");
+            }
+        }
+        for b in &self.broken {
+            s += &format!("; broken: {}: {}", b.key, b.reason);
+        }
+        Some(s)
+    }
+}
+
+/// Lists and checks the chain of `base`: every `<first:016>.delta` manifest under
+/// `<cluster>/<base-id>.pitr/` (parsed, validated, of this base), each delta's data object
+/// present with the manifest's size, contiguity from `B_eff + 1`. Reads manifests only (and
+/// the listing), never data.
+///
+/// Errors: [`ChainError::Store`] when the listing or a manifest read fails (a manifest that
+/// is missing between listing and reading is skipped).
+pub async fn read_chain(store: &Store, base: &Manifest) -> Result<Chain, ChainError> {
+    let err = |source| ChainError::Store {
+        base: base.id.clone(),
+        source,
+    };
+    let prefix = chain_prefix(&base.cluster_id, &base.id).map_err(err)?;
+    let objects = store.list(&prefix).await.map_err(err)?;
+    let sizes: std::collections::HashMap<&str, u64> = objects
+        .iter()
+        .map(|o| (o.key.as_str(), o.size))
+        .collect();
+    let mut manifests = Vec::new();
+    let mut broken = Vec::new();
+    for o in &objects {
+        if !o.key.as_str().ends_with(DELTA_MANIFEST_SUFFIX) {
+            continue;
+        }
+        if first_revision_of_key(&o.key).is_none() {
+            broken.push(Broken {
+                key: o.key.to_string(),
+                reason: "not a <first:016>.delta manifest name".into(),
+            });
+            continue;
+        }
+        let bytes = match store
+            .get_bytes_limited(&o.key, MAX_DELTA_MANIFEST_BYTES)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => continue,
+            Err(StoreError::TooLarge { .. }) => {
+                broken.push(Broken {
+                    key: o.key.to_string(),
+                    reason: format!("larger than {MAX_DELTA_MANIFEST_BYTES} bytes"),
+                });
+                continue;
+            }
+            Err(e) => return Err(err(e)),
+        };
+        match parse_delta_manifest(&o.key, &bytes) {
+            Ok(m) if m.cluster_id == base.cluster_id && m.base_id == base.id => manifests.push(m),
+            Ok(m) => broken.push(Broken {
+                key: o.key.to_string(),
+                reason: format!("belongs to base {} of cluster {}", m.base_id, m.cluster_id),
+            }),
+            Err(e) => broken.push(Broken {
+                key: o.key.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    for m in &manifests {
+        if let Ok(Some(k)) = m.derived_data_key() {
+            match sizes.get(k.as_str()) {
+                None => broken.push(Broken {
+                    key: k.to_string(),
+                    reason: format!("data of delta r{}..r{} is missing", m.first_revision, m.last_revision),
+                }),
+                Some(&n) if n != m.stored_bytes => broken.push(Broken {
+                    key: k.to_string(),
+                    reason: format!("{n} bytes stored, the manifest says {}", m.stored_bytes),
+                }),
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(assemble(base, manifests, broken))
+}
+
+/// Builds the [`Chain`] from the parsed manifests of one base (any order): the contiguous run
+/// from `B_eff + 1`, the close right after it, and gaps between what follows. Pure.
+pub fn assemble(
+    base: &Manifest,
+    mut manifests: Vec<DeltaManifest>,
+    mut broken: Vec<Broken>,
+) -> Chain {
+    manifests.sort_by_key(|m| m.first_revision);
+    let base_revision = manifests
+        .iter()
+        .find(|m| m.seq == 0)
+        .or(manifests.first())
+        .map(|m| m.base_revision)
+        .unwrap_or(base.revision);
+    let bad_data: std::collections::HashSet<String> =
+        broken.iter().map(|b| b.key.clone()).collect();
+    let mut run: Vec<DeltaManifest> = Vec::new();
+    let mut closed = None;
+    let mut gaps = Vec::new();
+    let mut next = base_revision + 1;
+    let mut in_run = true;
+    let mut prev_sha: Option<String> = None;
+    for m in manifests {
+        if m.base_revision != base_revision {
+            continue;
+        }
+        if m.first_revision > next {
+            gaps.push(Gap {
+                from: next,
+                to: m.first_revision - 1,
+            });
+            in_run = false;
+        } else if m.first_revision < next {
+            // Overlap: not written by a single writer; not part of the run.
+            in_run = false;
+            continue;
+        }
+        let data_ok = match m.derived_data_key() {
+            Ok(Some(k)) => !bad_data.contains(k.as_str()),
+            _ => true,
+        };
+        let linked = m.prev_stored_sha256 == prev_sha;
+        if in_run && !linked && m.kind == DeltaKind::Delta {
+            broken.push(Broken {
+                key: m.key().map(|k| k.to_string()).unwrap_or_default(),
+                reason: "prev_stored_sha256 does not match the previous delta (hash link broken)"
+                    .into(),
+            });
+        }
+        next = m.last_revision + 1;
+        if m.kind == DeltaKind::Close {
+            if in_run {
+                closed = Some(Closed {
+                    reason: serde_json::to_value(m.reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    at_revision: m.first_revision,
+                    compact_revision: m.compact_revision,
+                    next_base_id: m.next_base_id.clone(),
+                });
+            }
+            in_run = false;
+            continue;
+        }
+        if in_run && data_ok && linked {
+            prev_sha = Some(m.stored_sha256.clone());
+            run.push(m);
+        } else {
+            in_run = false;
+        }
+    }
+    let last_revision = run.last().map_or(base_revision, |m| m.last_revision);
+    Chain {
+        base_id: base.id.clone(),
+        base_revision,
+        first_revision: base_revision + 1,
+        last_revision,
+        first_time: run.iter().find_map(|m| m.first_time),
+        covered_until: run.iter().filter_map(|m| m.covered_until).max(),
+        delta_count: run.len(),
+        stored_bytes: run.iter().map(|m| m.stored_bytes).sum(),
+        deltas: run,
+        gaps,
+        closed,
+        broken,
+    }
+}
