@@ -2,9 +2,12 @@
 //!
 //! A chain of base backup `<base-id>` of cluster `<cluster>` lives under
 //! `<cluster>/<base-id>.pitr/`:
-//! - manifest `<first:016>.delta` ([`delta_manifest_key`]), pretty JSON [`DeltaManifest`],
-//!   written last and created conditionally (keyed by its first revision only, so two writers
-//!   can never fork a chain); `"kind": "close"` (no data) ends the chain;
+//! - manifest `<first:016>-<seq:016>.delta` ([`delta_manifest_key`]), pretty JSON
+//!   [`DeltaManifest`], written last and created conditionally. The key is a function of the
+//!   predecessor only (`first = prev.last + 1`, `seq = prev.seq + 1`), so two writers resuming
+//!   from the same tail collide on it and can never fork a chain; the seq lets an empty (idle)
+//!   delta, whose successor starts at the same revision, have its own key. `"kind": "close"`
+//!   (no data) ends the chain;
 //! - data `<first:016>-<last:016>-<nonce>.delta.zst[.age]` ([`DeltaManifest::derived_data_key`]):
 //!   zstd (one frame, checksum) of the plaintext stream ([`super::delta`]), then age when the
 //!   base is encrypted (same recipients).
@@ -181,14 +184,16 @@ pub fn chain_prefix(cluster_id: &str, base_id: &str) -> Result<String, crate::st
     Ok(format!("{cluster_id}/{base_id}{PITR_DIR_SUFFIX}/"))
 }
 
-/// Key of the delta manifest starting at `first_revision`:
-/// `"<cluster>/<base-id>.pitr/<first:016>.delta"`.
+/// Key of the delta manifest number `seq` of a chain, starting at `first_revision`:
+/// `"<cluster>/<base-id>.pitr/<first:016>-<seq:016>.delta"` (keys sort by first revision, then
+/// seq).
 ///
 /// Errors: InvalidKey for ids that are not key segments or a negative revision.
 pub fn delta_manifest_key(
     cluster_id: &str,
     base_id: &str,
     first_revision: i64,
+    seq: u64,
 ) -> Result<ObjectKey, crate::store::StoreError> {
     if first_revision < 0 {
         return Err(crate::store::StoreError::InvalidKey {
@@ -197,19 +202,22 @@ pub fn delta_manifest_key(
         });
     }
     ObjectKey::new(format!(
-        "{}{first_revision:016}{DELTA_MANIFEST_SUFFIX}",
+        "{}{first_revision:016}-{seq:016}{DELTA_MANIFEST_SUFFIX}",
         chain_prefix(cluster_id, base_id)?
     ))
 }
 
-/// The first revision named by a delta manifest key's file name (`<first:016>.delta`), `None`
-/// when `key` is not one.
-pub fn first_revision_of_key(key: &ObjectKey) -> Option<i64> {
+/// The `(first_revision, seq)` named by a delta manifest key's file name
+/// (`<first:016>-<seq:016>.delta`), `None` when `key` is not one (a data object, anything
+/// else).
+pub fn parse_delta_manifest_name(key: &ObjectKey) -> Option<(i64, u64)> {
     let stem = key.file_name().strip_suffix(DELTA_MANIFEST_SUFFIX)?;
-    if stem.len() != 16 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+    let (first, seq) = stem.split_once('-')?;
+    let digits = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(first) || !digits(seq) {
         return None;
     }
-    stem.parse().ok()
+    Some((first.parse().ok()?, seq.parse().ok()?))
 }
 
 impl DeltaManifest {
@@ -217,7 +225,12 @@ impl DeltaManifest {
     ///
     /// Errors: InvalidKey.
     pub fn key(&self) -> Result<ObjectKey, crate::store::StoreError> {
-        delta_manifest_key(&self.cluster_id, &self.base_id, self.first_revision)
+        delta_manifest_key(
+            &self.cluster_id,
+            &self.base_id,
+            self.first_revision,
+            self.seq,
+        )
     }
 
     /// Key of the data object, derived from the (validated) fields:
@@ -425,8 +438,8 @@ pub fn parse_delta_manifest(
     let own = m.key().map_err(|e| invalid(e.to_string()))?;
     if &own != key {
         return Err(invalid(format!(
-            "its content says cluster {} base {} first r{}, which belongs at {own}",
-            m.cluster_id, m.base_id, m.first_revision
+            "its content says cluster {} base {} first r{} seq {}, which belongs at {own}",
+            m.cluster_id, m.base_id, m.first_revision, m.seq
         )));
     }
     Ok(m)
@@ -477,13 +490,20 @@ mod tests {
         let m = sample();
         assert_eq!(
             m.key().unwrap().as_str(),
-            "cdf818194e3a8c32/20261122T230000Z-r0000000000002487.pitr/0000000000002488.delta"
+            "cdf818194e3a8c32/20261122T230000Z-r0000000000002487.pitr/0000000000002488-0000000000000000.delta"
         );
         assert_eq!(
             m.derived_data_key().unwrap().unwrap().as_str(),
             "cdf818194e3a8c32/20261122T230000Z-r0000000000002487.pitr/0000000000002488-0000000000002500-0123456789abcdef.delta.zst"
         );
-        assert_eq!(first_revision_of_key(&m.key().unwrap()), Some(2488));
+        assert_eq!(
+            parse_delta_manifest_name(&m.key().unwrap()),
+            Some((2488, 0))
+        );
+        assert_eq!(
+            parse_delta_manifest_name(&m.derived_data_key().unwrap().unwrap()),
+            None
+        );
         let mut e = m.clone();
         e.encryption = Some(EncryptionInfo {
             format: AGE_FORMAT.into(),
@@ -504,7 +524,7 @@ mod tests {
         let json = m.to_json();
         let key = m.key().unwrap();
         assert_eq!(parse_delta_manifest(&key, json.as_bytes()).unwrap(), m);
-        let other = delta_manifest_key(&m.cluster_id, &m.base_id, 9999).unwrap();
+        let other = delta_manifest_key(&m.cluster_id, &m.base_id, 2488, 1).unwrap();
         let err = parse_delta_manifest(&other, json.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("belongs at"), "{err}");
         let big = vec![b' '; (MAX_DELTA_MANIFEST_BYTES + 1) as usize];
