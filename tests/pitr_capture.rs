@@ -112,7 +112,11 @@ fn independent_watch(
             .max_decoding_message_size(64 << 20)
             .watch(
                 "\0",
-                Some(WatchOptions::new().with_all_keys().with_start_revision(from)),
+                Some(
+                    WatchOptions::new()
+                        .with_all_keys()
+                        .with_start_revision(from),
+                ),
             )
             .await
             .unwrap();
@@ -191,9 +195,13 @@ async fn workload(c: &etcd_client::Client, tag: &str) -> i64 {
     let l2 = lc.grant(300, None).await.unwrap().id();
     for i in 0..3 {
         let o = etcd_client::PutOptions::new().with_lease(l1);
-        kv.put(format!("{tag}/lease1/{i}"), "x", Some(o)).await.unwrap();
+        kv.put(format!("{tag}/lease1/{i}"), "x", Some(o))
+            .await
+            .unwrap();
         let o = etcd_client::PutOptions::new().with_lease(l2);
-        kv.put(format!("{tag}/lease2/{i}"), "y", Some(o)).await.unwrap();
+        kv.put(format!("{tag}/lease2/{i}"), "y", Some(o))
+            .await
+            .unwrap();
     }
     lc.revoke(l2).await.unwrap();
     let big = "z".repeat(600);
@@ -228,7 +236,10 @@ fn assert_sound(ch: &Chain, b_eff: i64) {
     let mut next = b_eff + 1;
     for (i, d) in ch.deltas.iter().enumerate() {
         assert_eq!(d.seq, i as u64);
-        assert_eq!(d.first_revision, next, "delta {i} starts at the previous last + 1");
+        assert_eq!(
+            d.first_revision, next,
+            "delta {i} starts at the previous last + 1"
+        );
         next = d.last_revision + 1;
     }
 }
@@ -267,11 +278,16 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     assert_eq!(ch.last_revision, r1);
     assert!(ch.closed.is_none());
     let got = decode(&store_dir, &ch.deltas);
-    wait("independent watch reaches r1", Duration::from_secs(10), || {
-        seen.lock().unwrap().last().is_some_and(|e| e.0 == r1)
-    });
+    wait(
+        "independent watch reaches r1",
+        Duration::from_secs(10),
+        || seen.lock().unwrap().last().is_some_and(|e| e.0 == r1),
+    );
     assert_eq!(got.len(), seen.lock().unwrap().len());
-    assert!(got == *seen.lock().unwrap(), "stored events differ from the watch");
+    assert!(
+        got == *seen.lock().unwrap(),
+        "stored events differ from the watch"
+    );
     // The lease revoke (3 deletes in one revision) and the 100-put txn are single revisions.
     assert_eq!(got.iter().filter(|e| e.0 == r1).count(), 100);
     let m = d.metrics();
@@ -289,9 +305,16 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     let killed_at = rt.block_on(async {
         let mut kv = client.kv_client();
         for i in 0..200 {
-            kv.put(format!("w2/k{i:03}"), "q".repeat(500), None).await.unwrap();
+            kv.put(format!("w2/k{i:03}"), "q".repeat(500), None)
+                .await
+                .unwrap();
         }
-        kv.put("w2/last", "x", None).await.unwrap().header().unwrap().revision()
+        kv.put("w2/last", "x", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision()
     });
     d.child.kill().unwrap();
     d.child.wait().unwrap();
@@ -303,14 +326,19 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     let r2 = rt.block_on(async {
         let mut kv = client.kv_client();
         for i in 0..50 {
-            kv.put(format!("w3/k{i:03}"), "after-kill", None).await.unwrap();
+            kv.put(format!("w3/k{i:03}"), "after-kill", None)
+                .await
+                .unwrap();
         }
-        kv.delete("w3/k0", Some(etcd_client::DeleteOptions::new().with_prefix()))
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision()
+        kv.delete(
+            "w3/k0",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
     });
     let d2 = spawn(&etcd, &cfg, port, "d2.log");
     let ch2 = wait_chain(&rt, &store, &base, r2);
@@ -321,38 +349,61 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
         "the restarted daemon's first delta starts at r{}",
         l + 1
     );
-    wait("independent watch reaches r2", Duration::from_secs(10), || {
-        seen.lock().unwrap().last().is_some_and(|e| e.0 == r2)
-    });
+    wait(
+        "independent watch reaches r2",
+        Duration::from_secs(10),
+        || seen.lock().unwrap().last().is_some_and(|e| e.0 == r2),
+    );
     let got = decode(&store_dir, &ch2.deltas);
-    assert!(got == *seen.lock().unwrap(), "stored events differ from the watch after the restart");
+    assert!(
+        got == *seen.lock().unwrap(),
+        "stored events differ from the watch after the restart"
+    );
     drop(d2); // SIGKILL
 
     // 3. Compaction past the chain's next revision while no daemon runs: the restarted
     //    daemon's watch is cancelled: the chain is closed "compacted", a new base is taken and
     //    a new chain starts on it.
-    let l3 = rt.block_on(read_chain(&store, &base)).unwrap().last_revision;
+    let l3 = rt
+        .block_on(read_chain(&store, &base))
+        .unwrap()
+        .last_revision;
     let c = rt.block_on(async {
         let mut kv = client.kv_client();
         for i in 0..20 {
-            kv.put(format!("w4/k{i:03}"), "pre-compact", None).await.unwrap();
+            kv.put(format!("w4/k{i:03}"), "pre-compact", None)
+                .await
+                .unwrap();
         }
-        let rev = kv.put("w4/x", "y", None).await.unwrap().header().unwrap().revision();
-        kv.compact(rev, Some(etcd_client::CompactionOptions::new().with_physical()))
+        let rev = kv
+            .put("w4/x", "y", None)
             .await
-            .unwrap();
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        kv.compact(
+            rev,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
         rev
     });
     assert!(c > l3 + 1);
     let d3 = spawn(&etcd, &cfg, port, "d3.log");
     let mut new_base = None;
-    wait("a new base after the break", Duration::from_secs(30), || {
-        new_base = rt
-            .block_on(bases(&store))
-            .into_iter()
-            .find(|m| m.id != base.id && m.revision >= c);
-        new_base.is_some()
-    });
+    wait(
+        "a new base after the break",
+        Duration::from_secs(30),
+        || {
+            new_base = rt
+                .block_on(bases(&store))
+                .into_iter()
+                .find(|m| m.id != base.id && m.revision >= c);
+            new_base.is_some()
+        },
+    );
     let new_base = new_base.unwrap();
     let old = rt.block_on(read_chain(&store, &base)).unwrap();
     let closed = old.closed.clone().expect("old chain closed");
@@ -364,7 +415,12 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     let r4 = rt.block_on(async {
         let mut kv = client.kv_client();
         kv.put("w5/a", "1", None).await.unwrap();
-        kv.put("w5/b", "2", None).await.unwrap().header().unwrap().revision()
+        kv.put("w5/b", "2", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision()
     });
     let ch4 = wait_chain(&rt, &store, &new_base, r4);
     assert_sound(&ch4, new_base.revision);
@@ -379,7 +435,10 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     assert!(got == want, "new chain's events differ from the watch");
     let m = d3.metrics();
     assert_eq!(
-        sample(&m, "etcd_lifeboat_pitr_chain_breaks_total{reason=\"compacted\"}"),
+        sample(
+            &m,
+            "etcd_lifeboat_pitr_chain_breaks_total{reason=\"compacted\"}"
+        ),
         Some(1.0)
     );
     promtool_check(&m);

@@ -275,8 +275,14 @@ fn pitr_backup(cfg: Arc<Config>, store: Arc<Store>) -> crate::pitr::capture::Bac
     Arc::new(move |cancel| {
         let (cfg, store) = (cfg.clone(), store.clone());
         Box::pin(async move {
-            let opts = BackupOptions { tag: None, progress: false, cancel };
-            run_backup(&cfg, &store, &opts).await.map_err(|e| format!("{e:#}"))
+            let opts = BackupOptions {
+                tag: None,
+                progress: false,
+                cancel,
+            };
+            run_backup(&cfg, &store, &opts)
+                .await
+                .map_err(|e| format!("{e:#}"))
         })
     })
 }

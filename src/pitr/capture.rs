@@ -87,7 +87,9 @@ pub enum CaptureError {
     #[error("pitr: spill file: {0}; free space in backup.temp_dir (ETCD_LIFEBOAT_TEMP_DIR)")]
     Io(#[from] std::io::Error),
     /// The store holds no backup of this cluster yet (the scheduler takes one).
-    #[error("pitr: no base backup of cluster {0} in the store yet; waiting for the scheduled backup")]
+    #[error(
+        "pitr: no base backup of cluster {0} in the store yet; waiting for the scheduled backup"
+    )]
     NoBase(String),
     /// A full backup for a new chain failed.
     #[error("pitr: the full backup for a new chain failed: {0}")]
@@ -184,7 +186,9 @@ pub fn spawn(
         return None;
     }
     LazyLock::force(&METRICS);
-    Some(tokio::spawn(supervise(cfg, store, leader, shutdown, backup)))
+    Some(tokio::spawn(supervise(
+        cfg, store, leader, shutdown, backup,
+    )))
 }
 
 /// Resolves when `rx` says `false` (never when its sender is gone while `true`).
@@ -475,7 +479,10 @@ impl Capture {
         let outcome: Option<Break> = 'outer: loop {
             // (Re)connect and watch from the first revision not complete.
             if let Some(r) = spill.writer.discard_open_revision()? {
-                tracing::info!(revision = r, "pitr: dropped an incomplete revision; it is watched again");
+                tracing::info!(
+                    revision = r,
+                    "pitr: dropped an incomplete revision; it is watched again"
+                );
                 for id in leases.in_open.drain(..) {
                     leases.known.remove(&id);
                 }
@@ -561,8 +568,8 @@ impl Capture {
                     if pos.next - 1 >= r_a {
                         spill.writer.anchor(t_a.timestamp_millis(), r_a)?;
                         anchor = None;
-                        let busy = spill.writer.events() > 0
-                            && spill.started.elapsed() >= pcfg.interval;
+                        let busy =
+                            spill.writer.events() > 0 && spill.started.elapsed() >= pcfg.interval;
                         let idle = spill.writer.events() == 0
                             && last_store.elapsed() >= pcfg.idle_interval;
                         if busy || idle {
@@ -674,7 +681,11 @@ impl Capture {
     ) -> Result<Option<Break>, CaptureError> {
         if resp.canceled() || resp.compact_revision() > 0 {
             let c = resp.compact_revision();
-            tracing::warn!(compact_revision = c, reason = resp.cancel_reason(), "pitr: watch cancelled");
+            tracing::warn!(
+                compact_revision = c,
+                reason = resp.cancel_reason(),
+                "pitr: watch cancelled"
+            );
             if c > 0 {
                 return Ok(Some(Break::Compacted(c)));
             }
@@ -855,7 +866,12 @@ impl Capture {
     }
 
     /// Ends the chain with a close manifest at its next revision.
-    async fn close(&self, chain: &ChainPos, b: &Break, member: &Member) -> Result<(), CaptureError> {
+    async fn close(
+        &self,
+        chain: &ChainPos,
+        b: &Break,
+        member: &Member,
+    ) -> Result<(), CaptureError> {
         let m = DeltaManifest {
             kind: DeltaKind::Close,
             format: FORMAT,

@@ -21,7 +21,7 @@ use crate::store::manifest::Manifest;
 use crate::store::{Store, StoreError};
 
 use super::manifest::{
-    chain_prefix, first_revision_of_key, parse_delta_manifest, DeltaKind, DeltaManifest,
+    chain_prefix, parse_delta_manifest, parse_delta_manifest_name, DeltaKind, DeltaManifest,
     DELTA_MANIFEST_SUFFIX, MAX_DELTA_MANIFEST_BYTES,
 };
 
@@ -151,7 +151,7 @@ impl Chain {
     }
 }
 
-/// Lists and checks the chain of `base`: every `<first:016>.delta` manifest under
+/// Lists and checks the chain of `base`: every `<first:016>-<seq:016>.delta` manifest under
 /// `<cluster>/<base-id>.pitr/` (parsed, validated, of this base), each delta's data object
 /// present with the manifest's size, contiguity from `B_eff + 1`. Reads manifests only (and
 /// the listing), never data.
@@ -165,20 +165,18 @@ pub async fn read_chain(store: &Store, base: &Manifest) -> Result<Chain, ChainEr
     };
     let prefix = chain_prefix(&base.cluster_id, &base.id).map_err(err)?;
     let objects = store.list(&prefix).await.map_err(err)?;
-    let sizes: std::collections::HashMap<&str, u64> = objects
-        .iter()
-        .map(|o| (o.key.as_str(), o.size))
-        .collect();
+    let sizes: std::collections::HashMap<&str, u64> =
+        objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
     let mut manifests = Vec::new();
     let mut broken = Vec::new();
     for o in &objects {
         if !o.key.as_str().ends_with(DELTA_MANIFEST_SUFFIX) {
             continue;
         }
-        if first_revision_of_key(&o.key).is_none() {
+        if parse_delta_manifest_name(&o.key).is_none() {
             broken.push(Broken {
                 key: o.key.to_string(),
-                reason: "not a <first:016>.delta manifest name".into(),
+                reason: "not a <first:016>-<seq:016>.delta manifest name".into(),
             });
             continue;
         }
@@ -214,7 +212,10 @@ pub async fn read_chain(store: &Store, base: &Manifest) -> Result<Chain, ChainEr
             match sizes.get(k.as_str()) {
                 None => broken.push(Broken {
                     key: k.to_string(),
-                    reason: format!("data of delta r{}..r{} is missing", m.first_revision, m.last_revision),
+                    reason: format!(
+                        "data of delta r{}..r{} is missing",
+                        m.first_revision, m.last_revision
+                    ),
                 }),
                 Some(&n) if n != m.stored_bytes => broken.push(Broken {
                     key: k.to_string(),
@@ -234,7 +235,7 @@ pub fn assemble(
     mut manifests: Vec<DeltaManifest>,
     mut broken: Vec<Broken>,
 ) -> Chain {
-    manifests.sort_by_key(|m| m.first_revision);
+    manifests.sort_by_key(|m| (m.first_revision, m.seq));
     let base_revision = manifests
         .iter()
         .find(|m| m.seq == 0)

@@ -12,5 +12,7 @@
 //! Layer: uses [`crate::snapshot`], [`crate::store`], [`crate::crypto`]; knows neither
 //! [`crate::daemon`] nor [`crate::backup`] nor [`crate::restore`] (restore uses it).
 
+pub mod capture;
+pub mod chain;
 pub mod delta;
 pub mod manifest;

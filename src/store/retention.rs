@@ -395,11 +395,17 @@ pub fn orphans(
         .filter(|k| k.ends_with(MANIFEST_SUFFIX))
         .collect();
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    let keys: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    // `<cluster>/<id>.pitr/<first:016>` of each delta manifest `<first:016>-<seq:016>.delta`.
+    let delta_firsts: HashSet<&str> = objects
+        .iter()
+        .map(|o| o.key.as_str())
+        .filter(|k| k.contains(PITR_DIR) && k.ends_with(".delta"))
+        .filter_map(|k| k.rsplit_once('-').map(|(a, _)| a))
+        .collect();
     objects
         .iter()
         .filter(|o| {
-            if let Some(orphan) = chain_object_orphan(o.key.as_str(), &manifests, &keys) {
+            if let Some(orphan) = chain_object_orphan(o.key.as_str(), &manifests, &delta_firsts) {
                 return orphan;
             }
             let Some(stem) = data_object_stem(o.key.as_str()) else {
@@ -422,10 +428,15 @@ const PITR_DIR: &str = ".pitr/";
 
 /// For an object of a PITR chain (`<cluster>/<id>.pitr/...`, docs/design/pitr.md §5):
 /// `Some(true)` when it is an orphan — its base manifest `<cluster>/<id>.json` is gone, or it
-/// is a delta data object `<first:016>-<last>-<nonce>.delta.zst[.age]` whose manifest
-/// `<first:016>.delta` is not in `keys` (a capture killed between data and manifest);
+/// is a delta data object `<first:016>-<last>-<nonce>.delta.zst[.age]` and no delta manifest
+/// `<first:016>-<seq>.delta` of its chain starts at `<first>` (`delta_firsts`: the
+/// `<chain dir><first>` of every delta manifest; a capture killed between data and manifest);
 /// `Some(false)` for other chain objects; `None` when `key` is not in a chain directory.
-fn chain_object_orphan(key: &str, manifests: &HashSet<&str>, keys: &HashSet<&str>) -> Option<bool> {
+fn chain_object_orphan(
+    key: &str,
+    manifests: &HashSet<&str>,
+    delta_firsts: &HashSet<&str>,
+) -> Option<bool> {
     let (stem, name) = key.split_once(PITR_DIR)?;
     if !manifests.contains(format!("{stem}{MANIFEST_SUFFIX}").as_str()) {
         return Some(true);
@@ -435,7 +446,7 @@ fn chain_object_orphan(key: &str, manifests: &HashSet<&str>, keys: &HashSet<&str
         return Some(false);
     }
     let first = name.split('-').next().unwrap_or_default();
-    Some(!keys.contains(format!("{stem}{PITR_DIR}{first}.delta").as_str()))
+    Some(!delta_firsts.contains(format!("{stem}{PITR_DIR}{first}").as_str()))
 }
 
 /// `<cluster>/<id>` of a data object key (`.db.zst.age`, `.db.zst` or `.db`) or of a files
