@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::*;
 use daemon_support::*;
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
-use etcd_lifeboat::config::{Backend, StorageConfig};
+use etcd_lifeboat::config::{Backend, LocalConfig, StorageConfig};
 use etcd_lifeboat::pitr::chain::{read_chain, Chain};
 use etcd_lifeboat::pitr::delta::{tombstone_value, DeltaReader, KvRef, Record};
 use etcd_lifeboat::pitr::manifest::DeltaManifest;
@@ -55,9 +55,13 @@ fn spawn(etcd: &Etcd, cfg: &Path, port: u16, log: &str) -> DaemonProc {
 }
 
 fn local_store(rt: &tokio::runtime::Runtime, dir: &Path) -> Store {
-    let mut s = StorageConfig::default();
-    s.backend = Backend::Local;
-    s.local.path = dir.to_path_buf();
+    let s = StorageConfig {
+        backend: Backend::Local,
+        local: LocalConfig {
+            path: dir.to_path_buf(),
+        },
+        ..Default::default()
+    };
     rt.block_on(Store::from_config(&s)).unwrap()
 }
 

@@ -565,7 +565,7 @@ impl Capture {
                     continue;
                 }
                 if let Some((t_a, r_a)) = anchor {
-                    if pos.next - 1 >= r_a {
+                    if pos.next > r_a {
                         spill.writer.anchor(t_a.timestamp_millis(), r_a)?;
                         anchor = None;
                         let busy =

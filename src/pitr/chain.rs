@@ -316,3 +316,158 @@ pub fn assemble(
         broken,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pitr::manifest::CloseReason;
+
+    const CLUSTER: &str = "cdf818194e3a8c32";
+    const BASE: &str = "20261122T230000Z-r0000000000000100";
+
+    fn base() -> Manifest {
+        let mut m: Manifest = serde_json::from_value(serde_json::json!({
+            "id": BASE, "cluster_id": CLUSTER, "member_id": "1",
+            "member_name": "m", "endpoint": "e", "etcd_version": "3.5.1",
+            "started_at": "2026-11-22T23:00:00Z", "finished_at": "2026-11-22T23:00:01Z",
+            "revision": 100, "hash": 0, "total_key": 0, "total_size": 0, "raw_sha256": "",
+            "stored_bytes": 0, "stored_sha256": "", "compression": "zstd",
+            "compression_level": 3, "tool_version": "t",
+            "data_key": format!("{CLUSTER}/x.db.zst")
+        }))
+        .unwrap();
+        m.data_key = m.derived_data_key().unwrap();
+        m
+    }
+
+    /// Delta `seq` over `first..=last` (empty when last = first - 1), linked to `prev`.
+    fn delta(seq: u64, first: i64, last: i64, prev: Option<&DeltaManifest>) -> DeltaManifest {
+        let revs = (last - first + 1) as u64;
+        let t = |s: i64| {
+            DateTime::parse_from_rfc3339("2026-11-22T23:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc)
+                + chrono::Duration::seconds(s)
+        };
+        let m = DeltaManifest {
+            kind: DeltaKind::Delta,
+            format: crate::pitr::manifest::FORMAT,
+            cluster_id: CLUSTER.into(),
+            base_id: BASE.into(),
+            base_revision: 100,
+            seq,
+            first_revision: first,
+            last_revision: last,
+            events: revs,
+            revisions: revs,
+            lease_records: 0,
+            first_time: (revs > 0).then(|| t(first)),
+            last_time: (revs > 0).then(|| t(last)),
+            covered_until: Some(t(last + 1)),
+            raw_bytes: 10,
+            raw_sha256: "a".repeat(64),
+            stored_bytes: 5,
+            stored_sha256: format!("{seq:064x}"),
+            prev_stored_sha256: prev.map(|p| p.stored_sha256.clone()),
+            nonce: "0123456789abcdef".into(),
+            compression: "zstd".into(),
+            compression_level: 3,
+            encryption: None,
+            member_id: "8e9e05c52164694d".into(),
+            endpoint: "http://127.0.0.1:2379".into(),
+            etcd_version: "3.5.1".into(),
+            tool_version: "0.1.0".into(),
+            written_at: t(last + 2),
+            reason: None,
+            compact_revision: None,
+            next_base_id: None,
+        };
+        m.validate().unwrap();
+        m
+    }
+
+    fn close(seq: u64, first: i64, prev: &DeltaManifest) -> DeltaManifest {
+        let mut m = delta(seq, first, first - 1, Some(prev));
+        m.kind = DeltaKind::Close;
+        m.events = 0;
+        m.raw_bytes = 0;
+        m.stored_bytes = 0;
+        m.raw_sha256.clear();
+        m.stored_sha256.clear();
+        m.covered_until = None;
+        m.reason = Some(CloseReason::Compacted);
+        m.compact_revision = Some(400);
+        m.validate().unwrap();
+        m
+    }
+
+    #[test]
+    fn contiguous_chain_with_an_empty_delta_and_a_close() {
+        let d0 = delta(0, 101, 150, None);
+        let d1 = delta(1, 151, 150, Some(&d0)); // idle: empty
+        let d2 = delta(2, 151, 170, Some(&d1));
+        let c = close(3, 171, &d2);
+        // Any listing order.
+        let ch = assemble(&base(), vec![c, d2.clone(), d0, d1], vec![]);
+        assert_eq!((ch.first_revision, ch.last_revision), (101, 170));
+        assert_eq!(ch.delta_count, 3);
+        assert_eq!(ch.tail().unwrap(), &d2);
+        assert!(ch.gaps.is_empty() && ch.broken.is_empty());
+        let closed = ch.closed.clone().unwrap();
+        assert_eq!(closed.reason, "compacted");
+        assert_eq!(
+            (closed.at_revision, closed.compact_revision),
+            (171, Some(400))
+        );
+        assert!(!ch.is_open_and_sound());
+        let s = ch.summary().unwrap();
+        assert!(
+            s.starts_with(
+                "pitr r101..r170 2026-11-22T23:01:41Z..2026-11-22T23:02:51Z, 3 deltas, 15 bytes"
+            ),
+            "{s}"
+        );
+        assert!(s.ends_with("; closed: compacted at r400"), "{s}");
+    }
+
+    #[test]
+    fn a_missing_delta_is_a_gap_and_ends_the_run() {
+        let d0 = delta(0, 101, 150, None);
+        let d1 = delta(1, 151, 160, Some(&d0));
+        let d2 = delta(2, 161, 170, Some(&d1));
+        let ch = assemble(&base(), vec![d0.clone(), d2], vec![]);
+        assert_eq!(ch.last_revision, 150);
+        assert_eq!(ch.tail().unwrap(), &d0);
+        assert_eq!(ch.gaps, vec![Gap { from: 151, to: 160 }]);
+        assert!(ch.summary().unwrap().contains("; gap r151..r160"));
+        assert!(!ch.is_open_and_sound());
+    }
+
+    #[test]
+    fn missing_first_delta_missing_data_and_broken_link_end_the_run() {
+        let d0 = delta(0, 101, 150, None);
+        let d1 = delta(1, 151, 160, Some(&d0));
+        // Chain starting above B_eff + 1: nothing usable.
+        let ch = assemble(&base(), vec![d1.clone()], vec![]);
+        assert_eq!((ch.last_revision, ch.delta_count), (100, 0));
+        assert_eq!(ch.gaps, vec![Gap { from: 101, to: 150 }]);
+        // Data of d1 missing: the run ends at d0.
+        let key = d1.derived_data_key().unwrap().unwrap().to_string();
+        let broken = vec![Broken {
+            key,
+            reason: "missing".into(),
+        }];
+        let ch = assemble(&base(), vec![d0.clone(), d1.clone()], broken);
+        assert_eq!(ch.last_revision, 150);
+        // A delta whose hash link does not name its predecessor.
+        let mut bad = d1.clone();
+        bad.prev_stored_sha256 = Some("f".repeat(64));
+        let ch = assemble(&base(), vec![d0, bad], vec![]);
+        assert_eq!(ch.last_revision, 150);
+        assert!(ch.broken[0].reason.contains("hash link"), "{:?}", ch.broken);
+        // No chain at all.
+        let ch = assemble(&base(), vec![], vec![]);
+        assert_eq!((ch.base_revision, ch.last_revision), (100, 100));
+        assert!(ch.summary().is_none() && ch.is_open_and_sound());
+    }
+}

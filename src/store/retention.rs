@@ -1560,6 +1560,42 @@ mod tests {
     }
 
     #[test]
+    fn pitr_chain_objects_are_orphans_without_their_base_or_manifest() {
+        let now = t("2026-11-23T12:00:00Z");
+        let obj = |k: &str| ObjectMeta {
+            key: crate::store::ObjectKey::new(k).unwrap(),
+            size: 7,
+            last_modified: t("2020-01-01T00:00:00Z"),
+        };
+        let c = "aaaaaaaaaaaaaaaa";
+        let objects = vec![
+            // A base with its chain: a delta (manifest + data), an empty delta's manifest
+            // (same first revision, next seq), a close, and data whose manifest never came.
+            obj(&format!("{c}/20261123T090000Z-r1.json")),
+            obj(&format!("{c}/20261123T090000Z-r1.db.zst")),
+            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000002-0000000000000000.delta")),
+            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000002-0000000000000009-00000000000000ab.delta.zst")),
+            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000010-0000000000000001.delta")),
+            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000010-0000000000000002.delta")),
+            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000012-0000000000000020-00000000000000cd.delta.zst.age")),
+            // A chain whose base manifest is gone: every object is an orphan.
+            obj(&format!("{c}/20261123T080000Z-r0.pitr/0000000000000001-0000000000000000.delta")),
+            obj(&format!("{c}/20261123T080000Z-r0.pitr/0000000000000001-0000000000000001-00000000000000ef.delta.zst")),
+        ];
+        let o = orphans(&objects, &[], Duration::from_secs(3600), now);
+        let got: Vec<&str> = o.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "aaaaaaaaaaaaaaaa/20261123T090000Z-r1.pitr/0000000000000012-0000000000000020-00000000000000cd.delta.zst.age",
+                "aaaaaaaaaaaaaaaa/20261123T080000Z-r0.pitr/0000000000000001-0000000000000000.delta",
+                "aaaaaaaaaaaaaaaa/20261123T080000Z-r0.pitr/0000000000000001-0000000000000001-00000000000000ef.delta.zst",
+            ]
+        );
+        assert!(o.iter().all(|o| o.remove));
+    }
+
+    #[test]
     fn orphans_respect_grace_and_references() {
         let now = t("2026-11-23T12:00:00Z");
         let b = m("2026-11-23T10:00:00Z");
