@@ -446,4 +446,21 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
         Some(1.0)
     );
     promtool_check(&m);
+    drop(d3);
+
+    // 4. Deleting the old base deletes its chain (delta manifests and data, the close).
+    let chain_dir = store_dir.join(format!("{}/{}.pitr", base.cluster_id, base.id));
+    assert!(std::fs::read_dir(&chain_dir).unwrap().count() >= 3);
+    lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["delete", &base.id]),
+    );
+    let left: Vec<_> = std::fs::read_dir(&chain_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the chain dir: {left:?}");
+    let new_chain = rt.block_on(read_chain(&store, &new_base)).unwrap();
+    assert_eq!(new_chain.last_revision, ch4.last_revision);
 }

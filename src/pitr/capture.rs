@@ -578,7 +578,11 @@ impl Capture {
                         }
                     }
                 }
-                if spill.writer.bytes_written() >= pcfg.max_bytes {
+                // Without an answered anchor probe (the member cannot serve linearizable
+                // reads), store what arrived anyway, uncovered in time.
+                let stale =
+                    spill.writer.events() > 0 && spill.started.elapsed() >= pcfg.interval * 3;
+                if stale || spill.writer.bytes_written() >= pcfg.max_bytes {
                     spill = self.cut(&work, spill, &mut chain, &member).await?;
                     last_store = Instant::now();
                 }
