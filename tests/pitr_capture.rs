@@ -18,7 +18,7 @@ use common::*;
 use daemon_support::*;
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
 use etcd_lifeboat::config::{Backend, LocalConfig, StorageConfig};
-use etcd_lifeboat::pitr::chain::{read_chain, Chain};
+use etcd_lifeboat::pitr::chain::{read_chain, verify_chain, Chain};
 use etcd_lifeboat::pitr::delta::{tombstone_value, DeltaReader, KvRef, Record};
 use etcd_lifeboat::pitr::manifest::DeltaManifest;
 use etcd_lifeboat::store::manifest::{catalog, Manifest};
@@ -365,6 +365,15 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     );
     drop(d2); // SIGKILL
 
+    // verify: every delta of the run checked in full (plaintext chain, no identity needed).
+    let v = rt.block_on(verify_chain(&store, &base, None)).unwrap();
+    assert!(v.ok(), "{:?}", v.problems());
+    assert_eq!(v.deltas.len(), v.chain.delta_count);
+    assert!(v
+        .deltas
+        .iter()
+        .all(|d| d.content_checked && d.error.is_none()));
+
     // 3. Compaction past the chain's next revision while no daemon runs: the restarted
     //    daemon's watch is cancelled: the chain is closed "compacted", a new base is taken and
     //    a new chain starts on it.
@@ -447,6 +456,41 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     );
     promtool_check(&m);
     drop(d3);
+
+    // `list` shows both chains (table and JSON); a flipped byte in a delta fails verify.
+    let out = lifeboat_ok(lifeboat().arg("--config").arg(&cfg).arg("list"));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table.contains(&format!("{}  pitr r{}..r{l3} ", base.id, b_eff + 1))
+            && table.contains("closed: compacted at r"),
+        "{table}"
+    );
+    let out = lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["list", "-o", "json"]),
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let old_json = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == base.id.as_str())
+        .unwrap();
+    assert_eq!(old_json["pitr"]["last_revision"], l3);
+    assert_eq!(old_json["pitr"]["closed"]["reason"], "compacted");
+    let victim = &old.deltas[old.deltas.len() / 2];
+    let path = store_dir.join(victim.derived_data_key().unwrap().unwrap().as_str());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    let v = rt.block_on(verify_chain(&store, &base, None)).unwrap();
+    assert!(!v.ok());
+    let bad: Vec<_> = v.deltas.iter().filter(|d| d.error.is_some()).collect();
+    assert_eq!(bad.len(), 1, "{:?}", v.problems());
+    assert_eq!(bad[0].first_revision, victim.first_revision);
 
     // 4. Deleting the old base deletes its chain (delta manifests and data, the close).
     let chain_dir = store_dir.join(format!("{}/{}.pitr", base.cluster_id, base.id));

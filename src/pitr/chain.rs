@@ -14,15 +14,19 @@
 //! validates it; a manifest of another base or cluster, or one that does not parse, is
 //! reported as broken and ends the usable chain before it.
 
+use std::io::Read;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::store::manifest::Manifest;
 use crate::store::{Store, StoreError};
 
+use super::delta::{DeltaReader, Record};
 use super::manifest::{
     chain_prefix, parse_delta_manifest, parse_delta_manifest_name, DeltaKind, DeltaManifest,
-    DELTA_MANIFEST_SUFFIX, MAX_DELTA_MANIFEST_BYTES,
+    DELTA_MANIFEST_SUFFIX, MAX_DELTA_MANIFEST_BYTES, PITR_DIR_SUFFIX,
 };
 
 /// Reading a chain failed.
@@ -315,6 +319,268 @@ pub fn assemble(
         closed,
         broken,
     }
+}
+
+/// The chains of those `bases` that have objects under `<cluster>/<id>.pitr/` (one store
+/// listing, then [`read_chain`] for each), in the order of `bases`; for `list`.
+///
+/// Errors: [`ChainError::Store`].
+pub async fn chains(store: &Store, bases: &[Manifest]) -> Result<Vec<Chain>, ChainError> {
+    let all = store.list("").await.map_err(|source| ChainError::Store {
+        base: "*".into(),
+        source,
+    })?;
+    let dir = format!("{PITR_DIR_SUFFIX}/");
+    let with_chain: std::collections::HashSet<&str> = all
+        .iter()
+        .filter_map(|o| {
+            o.key
+                .as_str()
+                .split_once(dir.as_str())
+                .map(|(stem, _)| stem)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for b in bases {
+        if with_chain.contains(format!("{}/{}", b.cluster_id, b.id).as_str()) {
+            out.push(read_chain(store, b).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// Adds `"pitr": <chain>` to the entries of `list -o json` (an array of objects with `id`)
+/// whose base has a chain.
+pub fn annotate_list_json(list: &mut serde_json::Value, chains: &[Chain]) {
+    let Some(items) = list.as_array_mut() else {
+        return;
+    };
+    for item in items {
+        let id = item.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+        if let Some(c) = chains.iter().find(|c| c.base_id == id) {
+            if let Some(o) = item.as_object_mut() {
+                o.insert("pitr".into(), serde_json::to_value(c).unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// What [`verify_chain`] found for one delta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeltaCheck {
+    /// First revision of the delta.
+    pub first_revision: i64,
+    /// Last revision of the delta.
+    pub last_revision: i64,
+    /// Its data object key.
+    pub key: String,
+    /// `None`: verified; else what is wrong.
+    pub error: Option<String>,
+    /// Whether the plaintext was checked (false: encrypted and no identity given; only the
+    /// stored size and sha256 were).
+    pub content_checked: bool,
+}
+
+/// What [`verify_chain`] found: the chain as listed, and each delta of its run checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainVerification {
+    /// The listing (gaps, close, broken objects).
+    pub chain: Chain,
+    /// One entry per delta of the run, in order.
+    pub deltas: Vec<DeltaCheck>,
+}
+
+impl ChainVerification {
+    /// Whether everything checked is sound: every delta verified, no gap, nothing broken. A
+    /// closed chain is not an error.
+    pub fn ok(&self) -> bool {
+        self.chain.gaps.is_empty()
+            && self.chain.broken.is_empty()
+            && self.deltas.iter().all(|d| d.error.is_none())
+    }
+
+    /// Problems, one line each (`[]` when [`ChainVerification::ok`]).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .chain
+            .gaps
+            .iter()
+            .map(|g| format!("gap r{}..r{} (delta manifests missing)", g.from, g.to))
+            .collect();
+        out.extend(
+            self.chain
+                .broken
+                .iter()
+                .map(|b| format!("{}: {}", b.key, b.reason)),
+        );
+        out.extend(self.deltas.iter().filter_map(|d| {
+            d.error.as_ref().map(|e| {
+                format!(
+                    "delta r{}..r{} ({}): {e}",
+                    d.first_revision, d.last_revision, d.key
+                )
+            })
+        }));
+        out
+    }
+}
+
+/// Verifies the chain of `base` ([`read_chain`]) and every delta of its run: the stored
+/// object's size and sha256 against the manifest; unless it is encrypted and `identities` is
+/// `None`: age decryption, zstd decoding bounded by `raw_bytes` (window <= 8 MiB), the full
+/// [`super::delta::DeltaReader`] parse (every format check), the header against the manifest
+/// (cluster, base, `B_eff`, seq, first revision), END counts and last revision, raw size and
+/// sha256. Contiguity (`first == prev.last + 1` from `B_eff + 1`) and the hash links are the
+/// listing's. Streams each object (memory: one record and the zstd window).
+///
+/// Errors: [`ChainError::Store`] when the listing fails; a delta that cannot be read is a
+/// [`DeltaCheck::error`].
+pub async fn verify_chain(
+    store: &Store,
+    base: &Manifest,
+    identities: Option<std::sync::Arc<crate::crypto::Identities>>,
+) -> Result<ChainVerification, ChainError> {
+    let chain = read_chain(store, base).await?;
+    let mut deltas = Vec::new();
+    for m in &chain.deltas {
+        let key = match m.derived_data_key() {
+            Ok(Some(k)) => k,
+            _ => continue,
+        };
+        let content = m.encryption.is_none() || identities.is_some();
+        let error = match store.get_stream(&key).await {
+            Err(e) => Some(format!("cannot read it: {e}")),
+            Ok(reader) => {
+                let (m2, ids) = (m.clone(), identities.clone());
+                tokio::task::spawn_blocking(move || {
+                    check_delta(
+                        tokio_util::io::SyncIoBridge::new(reader),
+                        &m2,
+                        ids.as_deref(),
+                    )
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("check thread: {e}")))
+                .err()
+            }
+        };
+        deltas.push(DeltaCheck {
+            first_revision: m.first_revision,
+            last_revision: m.last_revision,
+            key: key.to_string(),
+            error,
+            content_checked: content,
+        });
+    }
+    Ok(ChainVerification { chain, deltas })
+}
+
+/// Counts and hashes what is read through it.
+struct Hashing<R> {
+    inner: R,
+    sha: Sha256,
+    n: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.sha.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// The checks of [`verify_chain`] on one stored object (blocking).
+fn check_delta(
+    input: impl Read,
+    m: &DeltaManifest,
+    identities: Option<&crate::crypto::Identities>,
+) -> Result<(), String> {
+    let mut stored = Hashing {
+        inner: input.take(m.stored_bytes.saturating_add(1)),
+        sha: Sha256::new(),
+        n: 0,
+    };
+    let content = m.encryption.is_none() || identities.is_some();
+    if content {
+        let plain: Box<dyn Read + '_> = match (&m.encryption, identities) {
+            (Some(_), Some(ids)) => Box::new(
+                ids.decrypt(&mut stored)
+                    .map_err(|e| format!("age decryption: {e}"))?,
+            ),
+            _ => Box::new(&mut stored),
+        };
+        let mut dec = zstd::stream::read::Decoder::new(plain).map_err(|e| format!("zstd: {e}"))?;
+        dec.window_log_max(23).map_err(|e| format!("zstd: {e}"))?;
+        let mut raw = Hashing {
+            inner: dec.take(m.raw_bytes.saturating_add(1)),
+            sha: Sha256::new(),
+            n: 0,
+        };
+        check_stream(&mut raw, m)?;
+        // The rest of the zstd frame (its checksum) and nothing after it.
+        std::io::copy(&mut raw, &mut std::io::sink()).map_err(|e| format!("zstd: {e}"))?;
+        if raw.n != m.raw_bytes || hex::encode(raw.sha.finalize()) != m.raw_sha256 {
+            return Err(format!(
+                "plaintext is {} bytes with another sha256 than the manifest's ({} bytes)",
+                raw.n, m.raw_bytes
+            ));
+        }
+    }
+    std::io::copy(&mut stored, &mut std::io::sink()).map_err(|e| format!("reading: {e}"))?;
+    if stored.n != m.stored_bytes || hex::encode(stored.sha.finalize()) != m.stored_sha256 {
+        return Err(format!(
+            "stored object is {} bytes with another sha256 than the manifest's ({} bytes)",
+            stored.n, m.stored_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// Parses the plaintext stream in full and compares it with the manifest.
+fn check_stream(raw: impl Read, m: &DeltaManifest) -> Result<(), String> {
+    let mut r = DeltaReader::new(raw).map_err(|e| e.to_string())?;
+    let h = r.header().clone();
+    if (
+        h.cluster_id.as_str(),
+        h.base_id.as_str(),
+        h.base_revision,
+        h.seq,
+        h.first_revision,
+    ) != (
+        m.cluster_id.as_str(),
+        m.base_id.as_str(),
+        m.base_revision,
+        m.seq,
+        m.first_revision,
+    ) {
+        return Err(format!("stream header {h:?} does not match the manifest"));
+    }
+    let mut lease_records = 0u64;
+    for rec in &mut r {
+        match rec.map_err(|e| e.to_string())? {
+            Record::LeaseGrant { .. } | Record::LeaseGone { .. } => lease_records += 1,
+            Record::End {
+                events,
+                revisions,
+                last_revision,
+                ..
+            } => {
+                if (events, revisions, last_revision, lease_records)
+                    != (m.events, m.revisions, m.last_revision, m.lease_records)
+                {
+                    return Err(format!(
+                        "stream holds {events} events, {revisions} revisions, {lease_records} lease records up to r{last_revision}; the manifest says {}, {}, {} up to r{}",
+                        m.events, m.revisions, m.lease_records, m.last_revision
+                    ));
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    Err("stream ends without END".into())
 }
 
 #[cfg(test)]
