@@ -96,6 +96,8 @@ pub struct Config {
     /// from the top-level ones (see [`ClusterConfig`] and [`Config::clusters`]). Empty (the
     /// default): the top-level sections describe the one cluster.
     pub clusters: Vec<ClusterConfig>,
+    /// Point-in-time recovery: continuous deltas from etcd's watch (off by default).
+    pub pitr: PitrConfig,
 }
 
 /// One cluster of `clusters:`. Each section given replaces the top-level section of that
@@ -1242,6 +1244,39 @@ fn parse_env_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
         "1" | "true" | "yes" => Ok(true),
         "0" | "false" | "no" => Ok(false),
         _ => Err(ConfigError::new(var, format!("{v:?} is not true or false"))),
+    }
+}
+
+/// Point-in-time recovery (issue 16, docs/design/pitr.md): the daemon's leader watches the
+/// whole keyspace from the newest backup's revision + 1 and stores the changes as delta
+/// objects beside that backup (`<cluster>/<base-id>.pitr/`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PitrConfig {
+    /// Stream deltas (daemon leader only).
+    pub enabled: bool,
+    /// How often a delta is cut and stored: the recovery point objective under writes.
+    #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
+    pub interval: Duration,
+    /// A delta is cut early (at a revision boundary) once its plaintext reaches this many
+    /// bytes; also bounds the local spill file.
+    pub max_bytes: u64,
+    /// Without writes, an empty delta is stored at most this often to advance the covered
+    /// time.
+    #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
+    pub idle_interval: Duration,
+}
+
+impl Default for PitrConfig {
+    fn default() -> Self {
+        PitrConfig {
+            enabled: false,
+            interval: Duration::from_secs(10),
+            max_bytes: 64 * 1024 * 1024,
+            idle_interval: Duration::from_secs(60),
+        }
     }
 }
 

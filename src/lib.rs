@@ -31,6 +31,9 @@
 //!   `kubeadm`), member and cluster IDs (`ids`), the restored member and its JSON (`member`),
 //!   the db rewrite (`db`), WAL (`wal`) and `.snap` (`snap`) files and their protobuf (`pb`).
 //!   Uses [`acquire`], [`snapshot`], [`store`], [`crypto`], [`config`], [`error`].
+//! - [`pitr`]: point-in-time recovery: the delta stream and its `key`-bucket encodings
+//!   (`delta`), delta manifests and chain keys (`manifest`). Uses [`snapshot`], [`store`],
+//!   [`crypto`]; knows neither [`daemon`] nor [`backup`] nor [`restore`].
 //! - [`metrics`]: Prometheus registry and metric definitions. Uses [`store`].
 //! - [`backup`]: the pipeline of one backup (stream, verify, compress, encrypt, upload,
 //!   manifest). Uses [`etcd`], [`snapshot`], [`store`], [`files`], [`crypto`], [`workdir`],
@@ -41,7 +44,8 @@
 //!
 //! Rules that keep the layers apart (checked by `tests/layering.rs`): [`snapshot`] knows no
 //! other module; [`store`] knows neither [`etcd`] nor [`restore`] (nor [`daemon`], [`backup`]);
-//! [`restore`] knows neither [`etcd`] nor [`daemon`] (nor [`backup`]); no two files import
+//! [`restore`] knows neither [`etcd`] nor [`daemon`] (nor [`backup`]); [`pitr`] knows
+//! neither [`daemon`] nor [`backup`] nor [`restore`]; no two files import
 //! each other (a module and its own submodules excepted); the argument parser and the catch-all error type stay in the binary.
 #![forbid(unsafe_code)]
 
@@ -54,6 +58,7 @@ pub mod error;
 pub mod etcd;
 pub mod files;
 pub mod metrics;
+pub mod pitr;
 pub mod progress;
 pub mod restore;
 pub mod snapshot;

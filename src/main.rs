@@ -183,9 +183,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&cfg).await?;
             let cat = manifest::catalog_at(&store, chrono::Utc::now(), cfg.store.future_tolerance)
                 .await?;
+            // PITR delta chains of the bases (issue 16), when the store holds any.
+            let chains = etcd_lifeboat::pitr::chain::chains(&store, &cat.backups).await?;
             match a.output.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&cat.to_list_json())?),
-                Output::Table => print!("{}", catalog_table(&cat)),
+                Output::Json => {
+                    let mut list = cat.to_list_json();
+                    etcd_lifeboat::pitr::chain::annotate_list_json(&mut list, &chains);
+                    println!("{}", serde_json::to_string_pretty(&list)?)
+                }
+                Output::Table => {
+                    print!("{}", catalog_table(&cat));
+                    for c in &chains {
+                        println!("{}  {}", c.base_id, c.summary().unwrap_or_default());
+                    }
+                }
             }
             Ok(())
         }

@@ -24,6 +24,10 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("restore/", "etcd"),
     ("restore/", "daemon"),
     ("restore/", "backup"),
+    // pitr/ (delta format, chains, apply) knows neither daemon/ nor backup/ nor restore/.
+    ("pitr/", "daemon"),
+    ("pitr/", "backup"),
+    ("pitr/", "restore"),
 ];
 
 fn sources() -> BTreeMap<String, String> {

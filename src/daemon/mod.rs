@@ -300,6 +300,14 @@ async fn run_cluster(
             }
         })
     };
+    // Point-in-time recovery: the leader's delta capture (pitr::capture), off by default.
+    let pitr = crate::pitr::capture::spawn(
+        cfg.clone(),
+        d.store.clone(),
+        d.leader.clone(),
+        d.shutdown.clone(),
+        pitr_backup(cfg.clone(), d.store.clone()),
+    );
     let verifier = vs.map(|vs| {
         let d = d.clone();
         tokio::spawn(async move { d.verify_loop(&vs).await })
@@ -310,12 +318,32 @@ async fn run_cluster(
         // nothing).
         let _ = timeout(Duration::from_secs(10), v).await;
     }
+    if let Some(p) = pitr {
+        let _ = timeout(Duration::from_secs(15), p).await;
+    }
     // Shutdown: the scheduler has finished or cancelled its backup; resign, stop the rest.
     resign.cancel();
     if let Some(t) = election_task {
         let _ = timeout(Duration::from_secs(10), t).await;
     }
     refresher.abort();
+}
+
+/// The full backup that starts a new PITR chain (pitr does not know the backup pipeline).
+fn pitr_backup(cfg: Arc<Config>, store: Arc<Store>) -> crate::pitr::capture::BackupFn {
+    Arc::new(move |cancel| {
+        let (cfg, store) = (cfg.clone(), store.clone());
+        Box::pin(async move {
+            let opts = BackupOptions {
+                tag: None,
+                progress: false,
+                cancel,
+            };
+            run_backup(&cfg, &store, &opts)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    })
 }
 
 /// The parsed `verify.cron` (in `schedule.timezone`), `None` when it is `""` (off).

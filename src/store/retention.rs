@@ -395,9 +395,19 @@ pub fn orphans(
         .filter(|k| k.ends_with(MANIFEST_SUFFIX))
         .collect();
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    // `<cluster>/<id>.pitr/<first:016>` of each delta manifest `<first:016>-<seq:016>.delta`.
+    let delta_firsts: HashSet<&str> = objects
+        .iter()
+        .map(|o| o.key.as_str())
+        .filter(|k| k.contains(PITR_DIR) && k.ends_with(".delta"))
+        .filter_map(|k| k.rsplit_once('-').map(|(a, _)| a))
+        .collect();
     objects
         .iter()
         .filter(|o| {
+            if let Some(orphan) = chain_object_orphan(o.key.as_str(), &manifests, &delta_firsts) {
+                return orphan;
+            }
             let Some(stem) = data_object_stem(o.key.as_str()) else {
                 return false;
             };
@@ -411,6 +421,32 @@ pub fn orphans(
             remove: now.signed_duration_since(o.last_modified) > grace,
         })
         .collect()
+}
+
+/// Directory segment suffix of a base's PITR chain: `<cluster>/<id>.pitr/` (pitr::manifest).
+const PITR_DIR: &str = ".pitr/";
+
+/// For an object of a PITR chain (`<cluster>/<id>.pitr/...`, docs/design/pitr.md §5):
+/// `Some(true)` when it is an orphan — its base manifest `<cluster>/<id>.json` is gone, or it
+/// is a delta data object `<first:016>-<last>-<nonce>.delta.zst[.age]` and no delta manifest
+/// `<first:016>-<seq>.delta` of its chain starts at `<first>` (`delta_firsts`: the
+/// `<chain dir><first>` of every delta manifest; a capture killed between data and manifest);
+/// `Some(false)` for other chain objects; `None` when `key` is not in a chain directory.
+fn chain_object_orphan(
+    key: &str,
+    manifests: &HashSet<&str>,
+    delta_firsts: &HashSet<&str>,
+) -> Option<bool> {
+    let (stem, name) = key.split_once(PITR_DIR)?;
+    if !manifests.contains(format!("{stem}{MANIFEST_SUFFIX}").as_str()) {
+        return Some(true);
+    }
+    let is_data = name.ends_with(".delta.zst") || name.ends_with(".delta.zst.age");
+    if !is_data {
+        return Some(false);
+    }
+    let first = name.split('-').next().unwrap_or_default();
+    Some(!delta_firsts.contains(format!("{stem}{PITR_DIR}{first}").as_str()))
 }
 
 /// `<cluster>/<id>` of a data object key (`.db.zst.age`, `.db.zst` or `.db`) or of a files
@@ -595,6 +631,51 @@ pub struct Removal {
 /// delete (the data stays while its manifest does); other failures are collected and the rest
 /// is tried.
 pub async fn delete_backup_objects(store: &Store, b: &BackupDecision, op: &str) -> Removal {
+    let mut out = delete_base_objects(store, b, op).await;
+    if out.refused.is_none() && out.failures.is_empty() {
+        delete_chain(store, b, op, &mut out).await;
+    }
+    out
+}
+
+/// Deletes a deleted base's PITR chain (`<cluster>/<id>.pitr/`): manifests newest first (so
+/// the chain only ever shortens from its end), then the data objects. Failures are collected;
+/// what is left is an orphan that [`prune`] removes after `retention.orphan_grace`.
+async fn delete_chain(store: &Store, b: &BackupDecision, op: &str, out: &mut Removal) {
+    let Some(stem) = b.manifest_key.strip_suffix(MANIFEST_SUFFIX) else {
+        return;
+    };
+    let prefix = format!("{stem}{PITR_DIR}");
+    let objects = match store.list(&prefix).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(backup = %b.id, error = %e, "{op}: could not list the PITR chain; prune removes it as orphans");
+            out.failures.push(format!("{prefix}: {e}"));
+            return;
+        }
+    };
+    let (mut manifests, data): (Vec<_>, Vec<_>) = objects
+        .into_iter()
+        .partition(|o| o.key.as_str().ends_with(".delta"));
+    manifests.sort_by(|a, b| b.key.as_str().cmp(a.key.as_str()));
+    let n = manifests.len() + data.len();
+    for o in manifests.iter().chain(&data) {
+        out.attempted += 1;
+        match store.delete(&o.key).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(backup = %b.id, key = %o.key, error = %e, "{op}: delete failed");
+                out.failures.push(format!("{}: {e}", o.key));
+            }
+        }
+    }
+    if n > 0 {
+        tracing::info!(backup = %b.id, objects = n, "{op}: deleted its PITR chain");
+    }
+}
+
+/// The base backup's own objects: manifest, data, files (see [`delete_backup_objects`]).
+async fn delete_base_objects(store: &Store, b: &BackupDecision, op: &str) -> Removal {
     let mut out = Removal::default();
     for key in [&b.manifest_key, &b.data_key]
         .into_iter()
@@ -1476,6 +1557,42 @@ mod tests {
             "prune: left 1 broken manifests: aaaaaaaaaaaaaaaa/20261123T090000Z-r1.json (not a manifest: EOF)"
         );
         assert!(p.to_table().contains("prune: left 1 broken manifests"));
+    }
+
+    #[test]
+    fn pitr_chain_objects_are_orphans_without_their_base_or_manifest() {
+        let now = t("2026-11-23T12:00:00Z");
+        let obj = |k: &str| ObjectMeta {
+            key: crate::store::ObjectKey::new(k).unwrap(),
+            size: 7,
+            last_modified: t("2020-01-01T00:00:00Z"),
+        };
+        let c = "aaaaaaaaaaaaaaaa";
+        let objects = vec![
+            // A base with its chain: a delta (manifest + data), an empty delta's manifest
+            // (same first revision, next seq), a close, and data whose manifest never came.
+            obj(&format!("{c}/20261123T090000Z-r1.json")),
+            obj(&format!("{c}/20261123T090000Z-r1.db.zst")),
+            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000002-0000000000000000.delta")),
+            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000002-0000000000000009-00000000000000ab.delta.zst")),
+            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000010-0000000000000001.delta")),
+            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000010-0000000000000002.delta")),
+            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000012-0000000000000020-00000000000000cd.delta.zst.age")),
+            // A chain whose base manifest is gone: every object is an orphan.
+            obj(&format!("{c}/20261123T080000Z-r0.pitr/0000000000000001-0000000000000000.delta")),
+            obj(&format!("{c}/20261123T080000Z-r0.pitr/0000000000000001-0000000000000001-00000000000000ef.delta.zst")),
+        ];
+        let o = orphans(&objects, &[], Duration::from_secs(3600), now);
+        let got: Vec<&str> = o.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "aaaaaaaaaaaaaaaa/20261123T090000Z-r1.pitr/0000000000000012-0000000000000020-00000000000000cd.delta.zst.age",
+                "aaaaaaaaaaaaaaaa/20261123T080000Z-r0.pitr/0000000000000001-0000000000000000.delta",
+                "aaaaaaaaaaaaaaaa/20261123T080000Z-r0.pitr/0000000000000001-0000000000000001-00000000000000ef.delta.zst",
+            ]
+        );
+        assert!(o.iter().all(|o| o.remove));
     }
 
     #[test]

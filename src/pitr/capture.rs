@@ -1,0 +1,1072 @@
+//! The daemon leader's delta capture (docs/design/pitr.md §4, §5 "Capture"): one task that
+//! watches the whole keyspace and stores the changes as a chain of delta objects after the
+//! newest base backup.
+//!
+//! ```text
+//! leader ─> newest base B, its chain (store) ─> start = tail.last_revision+1 | B_eff+1
+//!   ─> watch("\0".."\0", start, fragment) ─> REV/PUT/DEL records ─> spill file (0600)
+//!   ─> every `interval` (anchor probe reached) or `max_bytes`: END ─> zstd ─> [age]
+//!   ─> data object ─> delta manifest (conditional create, last)
+//! ```
+//!
+//! - **Order**: events arrive in revision order with their sub-revision order (design §1); a
+//!   new revision must be `last complete + 1`, else the chain breaks ("gap"). A revision is
+//!   complete when a response with `fragment = false` ends with it or a later one begins.
+//! - **Memory**: one watch response (at most [`MAX_WATCH_MESSAGE`] bytes; with fragments about
+//!   etcd's `--max-request-bytes`) plus buffers, whatever the write rate: records go to a spill
+//!   file in a private work dir ([`crate::workdir::WorkDir`], file 0600); a delta is cut at
+//!   `pitr.max_bytes` at a revision boundary. Storing a delta pauses the watch (the server
+//!   buffers; a long pause ends in a compaction break, never a silent gap).
+//! - **Breaks**: a watch cancelled by compaction, a revision gap, or no member reachable for
+//!   [`MAX_OUTAGE`]: the complete revisions are stored, a close manifest ends the chain, a full
+//!   backup is taken at once and a new chain starts on it. A plain stream error resumes on the
+//!   next member from the last complete revision + 1 (no gap, no break).
+//! - **Handover**: when a newer base exists and the chain has reached its revision, the chain
+//!   is closed ("base-handover") and a new one starts on the newer base.
+//! - **Writers**: delta manifests are created with `If-None-Match: *` and keyed by their first
+//!   revision, so two writers (an old leader that has not noticed) can never fork a chain; a
+//!   conflict stops this writer's session.
+//! - SIGKILL: the spill is lost; the store holds a valid chain up to its last manifest; the next
+//!   leader resumes at `last_revision + 1` (or breaks if that was compacted).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
+use futures::future::BoxFuture;
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::crypto::{EncryptionConfig, Recipients};
+use crate::etcd;
+use crate::store::manifest::{catalog_at, Manifest};
+use crate::store::{Store, StoreError};
+use crate::workdir::{self, WorkDir};
+
+use super::chain;
+use super::delta::{DeltaHeader, DeltaWriter, KvRef};
+use super::manifest::{CloseReason, DeltaKind, DeltaManifest, FORMAT};
+
+/// Largest watch response accepted, in bytes (etcd-client's default, 4 MiB, would wedge the
+/// stream forever on one bigger revision when the server does not fragment it).
+pub const MAX_WATCH_MESSAGE: usize = 64 * 1024 * 1024;
+/// No member reachable for this long ends the chain ("outage").
+pub const MAX_OUTAGE: Duration = Duration::from_secs(5 * 60);
+/// zstd level of delta objects.
+const ZSTD_LEVEL: i32 = 3;
+/// Buffer of the spill writer, bytes.
+const SPILL_BUFFER: usize = 64 * 1024;
+/// Chunks of stored bytes handed to the uploader, bytes.
+const UPLOAD_CHUNK: usize = 1024 * 1024;
+
+/// Takes a full backup for a new chain and returns its manifest (the daemon passes one that
+/// runs `backup::run_backup`: pitr does not know the backup pipeline). Cancelled by the token.
+pub type BackupFn =
+    Arc<dyn Fn(CancellationToken) -> BoxFuture<'static, Result<Manifest, String>> + Send + Sync>;
+
+/// Why a capture session stopped (it is restarted after a pause while leader).
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The store refused an operation.
+    #[error("pitr: store: {0}")]
+    Store(#[from] StoreError),
+    /// No etcd member answered.
+    #[error("pitr: etcd: {0}")]
+    Etcd(String),
+    /// The spill file could not be written or read.
+    #[error("pitr: spill file: {0}; free space in backup.temp_dir (ETCD_LIFEBOAT_TEMP_DIR)")]
+    Io(#[from] std::io::Error),
+    /// The store holds no backup of this cluster yet (the scheduler takes one).
+    #[error(
+        "pitr: no base backup of cluster {0} in the store yet; waiting for the scheduled backup"
+    )]
+    NoBase(String),
+    /// A full backup for a new chain failed.
+    #[error("pitr: the full backup for a new chain failed: {0}")]
+    Backup(String),
+    /// Another writer stored a delta manifest with this key: this replica is not the writer.
+    #[error("pitr: another writer stored {0}; this replica stops capturing this chain")]
+    Conflict(String),
+    /// The base's recipients do not parse.
+    #[error("pitr: the base's encryption recipients: {0}")]
+    Recipients(String),
+    /// A delta record could not be written (a bug, or the spill file failed).
+    #[error("pitr: {0}")]
+    Delta(#[from] super::delta::DeltaError),
+    /// A manifest this capture built breaks the format's rules (a bug).
+    #[error("pitr: delta manifest refused by its own validation: {0}")]
+    Invalid(String),
+    /// The chain in the store could not be read.
+    #[error("pitr: {0}")]
+    Chain(#[from] chain::ChainError),
+}
+
+/// The PITR metrics, registered in the process registry on first use.
+struct PitrMetrics {
+    last_revision: IntGauge,
+    lag: Gauge,
+    events: IntCounter,
+    stored_bytes: IntCounter,
+    breaks: IntCounterVec,
+}
+
+static METRICS: LazyLock<PitrMetrics> = LazyLock::new(|| {
+    let r = &crate::metrics::metrics().registry;
+    let last_revision = IntGauge::new(
+        "etcd_lifeboat_pitr_last_revision",
+        "Last etcd revision stored in a delta of the current PITR chain (0: none yet).",
+    )
+    .expect("valid metric");
+    let lag = Gauge::new(
+        "etcd_lifeboat_pitr_lag_seconds",
+        "Seconds from the newest time the stored PITR chain covers to now (the recovery point objective).",
+    )
+    .expect("valid metric");
+    let events = IntCounter::new(
+        "etcd_lifeboat_pitr_events_total",
+        "Watch events stored in PITR deltas by this process.",
+    )
+    .expect("valid metric");
+    let stored_bytes = IntCounter::new(
+        "etcd_lifeboat_pitr_stored_bytes_total",
+        "Bytes of PITR delta objects stored by this process.",
+    )
+    .expect("valid metric");
+    let breaks = IntCounterVec::new(
+        Opts::new(
+            "etcd_lifeboat_pitr_chain_breaks_total",
+            "PITR chains ended by a break (a full backup starts a new chain), by reason.",
+        ),
+        &["reason"],
+    )
+    .expect("valid metric");
+    for c in [
+        Box::new(last_revision.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(lag.clone()),
+        Box::new(events.clone()),
+        Box::new(stored_bytes.clone()),
+        Box::new(breaks.clone()),
+    ] {
+        r.register(c).expect("unique metric");
+    }
+    for reason in ["compacted", "gap", "outage"] {
+        breaks.with_label_values(&[reason]);
+    }
+    PitrMetrics {
+        last_revision,
+        lag,
+        events,
+        stored_bytes,
+        breaks,
+    }
+});
+
+/// Starts the capture task when `pitr.enabled` (`None` otherwise): it captures while `leader`
+/// is `true` (for good when its sender is gone while `true`: no election), stops capturing
+/// when it turns `false`, and returns on `shutdown` (the delta being filled is not stored; the
+/// chain stays valid up to its last manifest). `backup` takes the full backup of a new chain.
+pub fn spawn(
+    cfg: Arc<Config>,
+    store: Arc<Store>,
+    leader: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+    backup: BackupFn,
+) -> Option<JoinHandle<()>> {
+    if !cfg.pitr.enabled {
+        return None;
+    }
+    LazyLock::force(&METRICS);
+    Some(tokio::spawn(supervise(
+        cfg, store, leader, shutdown, backup,
+    )))
+}
+
+/// Resolves when `rx` says `false` (never when its sender is gone while `true`).
+async fn lost(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if !*rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            if *rx.borrow() {
+                return std::future::pending().await;
+            }
+            return;
+        }
+    }
+}
+
+async fn supervise(
+    cfg: Arc<Config>,
+    store: Arc<Store>,
+    mut leader: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+    backup: BackupFn,
+) {
+    let pause = cfg.pitr.interval.max(Duration::from_secs(1)) * 2;
+    loop {
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = leader.changed() => if r.is_err() && !*leader.borrow() { return },
+            }
+        }
+        tracing::info!("pitr: leader: starting delta capture");
+        let stop = shutdown.child_token();
+        let cap = Capture {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            stop: stop.clone(),
+            backup: backup.clone(),
+        };
+        let run = cap.run();
+        tokio::pin!(run);
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                // Let the session see the cancellation (no store writes after it).
+                let _ = timeout(Duration::from_secs(10), &mut run).await;
+                return;
+            }
+            _ = lost(&mut leader) => {
+                stop.cancel();
+                tracing::info!("pitr: leadership lost: delta capture stopped");
+            }
+            r = &mut run => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, retry_in = ?pause, "pitr: delta capture stopped; retrying");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+/// How a chain ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Break {
+    /// The watch was cancelled: history before `compact_revision` is gone.
+    Compacted(i64),
+    /// A revision arrived that is not the next one.
+    Gap { expected: i64, got: i64 },
+    /// No member reachable for [`MAX_OUTAGE`].
+    Outage,
+    /// A newer base (this id) covers the chain's revisions.
+    Handover(String),
+}
+
+impl Break {
+    fn reason(&self) -> CloseReason {
+        match self {
+            Break::Compacted(_) => CloseReason::Compacted,
+            Break::Gap { .. } => CloseReason::Gap,
+            Break::Outage => CloseReason::Outage,
+            Break::Handover(_) => CloseReason::BaseHandover,
+        }
+    }
+    fn label(&self) -> &'static str {
+        match self {
+            Break::Compacted(_) => "compacted",
+            Break::Gap { .. } => "gap",
+            Break::Outage => "outage",
+            Break::Handover(_) => "base-handover",
+        }
+    }
+}
+
+/// Where a chain continues: its base and the next delta's fields.
+#[derive(Debug, Clone)]
+struct ChainPos {
+    base: Manifest,
+    cluster: String,
+    /// B_eff of the base: the first delta starts at `base_revision + 1`.
+    base_revision: i64,
+    /// The next delta's first revision.
+    next: i64,
+    seq: u64,
+    prev_stored_sha256: Option<String>,
+    recipients: Option<Arc<Recipients>>,
+}
+
+/// The member watched (recorded in each delta manifest).
+#[derive(Debug, Clone, Default)]
+struct Member {
+    id: String,
+    endpoint: String,
+    version: String,
+}
+
+struct Capture {
+    cfg: Arc<Config>,
+    store: Arc<Store>,
+    stop: CancellationToken,
+    backup: BackupFn,
+}
+
+/// A delta being written to its spill file.
+struct Spill {
+    writer: DeltaWriter<BufWriter<File>>,
+    path: PathBuf,
+    started: Instant,
+}
+
+/// The watch position: revisions before `next` are complete and in the spill (or stored);
+/// `open` is the revision being received (more fragments may follow).
+#[derive(Debug, Clone, Copy)]
+struct Pos {
+    next: i64,
+    open: Option<i64>,
+}
+
+/// Leases seen by the session: ids known to exist, and those first recorded inside the open
+/// revision (forgotten again when it is discarded).
+#[derive(Default)]
+struct Leases {
+    known: HashSet<i64>,
+    in_open: Vec<i64>,
+}
+
+fn ms_to_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
+    ms.and_then(|m| Utc.timestamp_millis_opt(m).single())
+}
+
+impl Capture {
+    /// Captures until stopped, chain after chain.
+    async fn run(&self) -> Result<(), CaptureError> {
+        let mut need_backup = false;
+        loop {
+            let Some(pos) = self.prepare(need_backup).await? else {
+                return Ok(());
+            };
+            match self.session(pos).await? {
+                None => return Ok(()),
+                Some(Break::Handover(_)) => need_backup = false,
+                Some(_) => need_backup = true,
+            }
+        }
+    }
+
+    /// Finds (or takes) the base and the position to continue its chain at. `None`: stopped.
+    async fn prepare(&self, need_backup: bool) -> Result<Option<ChainPos>, CaptureError> {
+        let cluster = self.cluster_id().await?;
+        let mut base = self.newest_base(&cluster).await?;
+        let mut ch = match &base {
+            Some(b) => Some(chain::read_chain(&self.store, b).await?),
+            None => None,
+        };
+        let unusable = ch.as_ref().filter(|c| !c.is_open_and_sound());
+        if let Some(c) = unusable {
+            tracing::warn!(base = %c.base_id, chain = c.summary().unwrap_or_default(),
+                "pitr: the newest base's chain is closed or damaged; a full backup starts a new chain");
+        }
+        if need_backup || unusable.is_some() {
+            tracing::info!("pitr: taking a full backup for a new chain");
+            let m = tokio::select! {
+                _ = self.stop.cancelled() => return Ok(None),
+                r = (self.backup)(self.stop.child_token()) => r.map_err(CaptureError::Backup)?,
+            };
+            ch = Some(chain::read_chain(&self.store, &m).await?);
+            base = Some(m);
+        }
+        let Some(base) = base else {
+            return Err(CaptureError::NoBase(cluster));
+        };
+        let ch = ch.expect("read with the base");
+        let recipients = match &base.encryption {
+            Some(e) => Some(Arc::new(
+                Recipients::from_config(&EncryptionConfig {
+                    age_recipients: e.recipients.clone(),
+                    age_recipients_file: None,
+                })
+                .map_err(|e| CaptureError::Recipients(e.to_string()))?
+                .ok_or_else(|| CaptureError::Recipients("the base lists none".into()))?,
+            )),
+            None => None,
+        };
+        let pos = match ch.tail() {
+            Some(t) => ChainPos {
+                cluster,
+                base_revision: t.base_revision,
+                next: t.last_revision + 1,
+                seq: t.seq + 1,
+                prev_stored_sha256: Some(t.stored_sha256.clone()),
+                base,
+                recipients,
+            },
+            None => ChainPos {
+                cluster,
+                // B_eff = the manifest's revision: the daemon holds no copy of the base db
+                // (see the module doc of chain.rs for the one case where they differ).
+                base_revision: base.revision,
+                next: base.revision + 1,
+                seq: 0,
+                prev_stored_sha256: None,
+                base,
+                recipients,
+            },
+        };
+        tracing::info!(base = %pos.base.id, from_revision = pos.next, seq = pos.seq, "pitr: continuing chain");
+        Ok(Some(pos))
+    }
+
+    /// The cluster id (16 hex digits) of the configured etcd.
+    async fn cluster_id(&self) -> Result<String, CaptureError> {
+        let (c, failures) = etcd::select_members(&self.cfg.etcd).await;
+        match c.first() {
+            Some(c) => Ok(format!("{:016x}", c.status.cluster_id)),
+            None => Err(CaptureError::Etcd(format!(
+                "no member reachable: {}",
+                describe_failures(&failures)
+            ))),
+        }
+    }
+
+    /// The newest (highest revision) intact, not future-dated backup of `cluster`.
+    async fn newest_base(&self, cluster: &str) -> Result<Option<Manifest>, CaptureError> {
+        let cat = catalog_at(&self.store, Utc::now(), self.cfg.store.future_tolerance).await?;
+        let newest = cat.current().find(|m| m.cluster_id == cluster).cloned();
+        Ok(newest)
+    }
+
+    /// A client pinned to the first healthy member (the order `backup` uses).
+    async fn connect(&self) -> Result<(Client, Member), CaptureError> {
+        let (mut c, failures) = etcd::select_members(&self.cfg.etcd).await;
+        if c.is_empty() {
+            return Err(CaptureError::Etcd(format!(
+                "no member reachable: {}",
+                describe_failures(&failures)
+            )));
+        }
+        let c = c.remove(0);
+        let m = Member {
+            id: format!("{:016x}", c.status.member_id),
+            endpoint: c.status.endpoint.clone(),
+            version: c.status.version.clone(),
+        };
+        Ok((c.client, m))
+    }
+
+    /// One chain: watch, spill, store deltas, until stopped (`None`) or broken.
+    async fn session(&self, mut chain: ChainPos) -> Result<Option<Break>, CaptureError> {
+        let pcfg = &self.cfg.pitr;
+        let work = WorkDir::create(&workdir::temp_base(&self.cfg))
+            .map_err(|e| CaptureError::Io(std::io::Error::other(e.to_string())))?;
+        let mut pos = Pos {
+            next: chain.next,
+            open: None,
+        };
+        let mut spill = new_spill(&work, &chain)?;
+        let mut leases = Leases::default();
+        let mut member = Member::default();
+        let mut last_store = Instant::now();
+        let mut down_since: Option<Instant> = None;
+        let mut ticker = tokio::time::interval(pcfg.interval.max(Duration::from_millis(100)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut anchor: Option<(DateTime<Utc>, i64)> = None;
+        let mut last_handover_check = Instant::now();
+        let outcome: Option<Break> = 'outer: loop {
+            // (Re)connect and watch from the first revision not complete.
+            if let Some(r) = spill.writer.discard_open_revision()? {
+                tracing::info!(
+                    revision = r,
+                    "pitr: dropped an incomplete revision; it is watched again"
+                );
+                for id in leases.in_open.drain(..) {
+                    leases.known.remove(&id);
+                }
+                pos.open = None;
+            }
+            let (mut client, m) = match self.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= MAX_OUTAGE {
+                        break Some(Break::Outage);
+                    }
+                    tracing::warn!(error = %e, "pitr: cannot reach etcd; retrying");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => break None,
+                        _ = sleep(Duration::from_secs(2)) => continue,
+                    }
+                }
+            };
+            member = m;
+            let opts = WatchOptions::new()
+                .with_all_keys()
+                .with_start_revision(pos.next)
+                .with_fragment();
+            let mut ws = match client
+                .watch_client()
+                .max_decoding_message_size(MAX_WATCH_MESSAGE)
+                .watch("\0", Some(opts))
+                .await
+            {
+                Ok(ws) => ws,
+                Err(e) => {
+                    tracing::warn!(endpoint = %member.endpoint, error = %etcd::describe_error(&e), "pitr: watch failed; retrying");
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= MAX_OUTAGE {
+                        break Some(Break::Outage);
+                    }
+                    tokio::select! {
+                        _ = self.stop.cancelled() => break None,
+                        _ = sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            tracing::info!(endpoint = %member.endpoint, from_revision = pos.next, "pitr: watching");
+            down_since = None;
+            loop {
+                tokio::select! {
+                    _ = self.stop.cancelled() => break 'outer None,
+                    _ = ticker.tick() => {
+                        if pos.open.is_none() {
+                            if let Some(b) = self.handover_due(&chain, pos.next - 1, &mut last_handover_check).await {
+                                break 'outer Some(b);
+                            }
+                            self.poll_leases(&mut client, &mut spill, &mut leases).await?;
+                        }
+                        if anchor.is_none() {
+                            anchor = self.probe(&mut client).await;
+                        }
+                        update_lag(&chain);
+                    }
+                    msg = ws.message() => {
+                        let resp = match msg {
+                            Ok(Some(r)) => r,
+                            Ok(None) => {
+                                tracing::warn!(endpoint = %member.endpoint, "pitr: watch stream ended; resuming");
+                                continue 'outer;
+                            }
+                            Err(e) => {
+                                tracing::warn!(endpoint = %member.endpoint, error = %etcd::describe_error(&e), "pitr: watch stream error; resuming");
+                                continue 'outer;
+                            }
+                        };
+                        if let Some(b) = self.apply(&resp, &mut spill, &mut pos, &mut leases, &mut client).await? {
+                            break 'outer Some(b);
+                        }
+                    }
+                }
+                // Cut points: only between revisions.
+                if pos.open.is_some() {
+                    continue;
+                }
+                if let Some((t_a, r_a)) = anchor {
+                    if pos.next > r_a {
+                        spill.writer.anchor(t_a.timestamp_millis(), r_a)?;
+                        anchor = None;
+                        let busy =
+                            spill.writer.events() > 0 && spill.started.elapsed() >= pcfg.interval;
+                        let idle = spill.writer.events() == 0
+                            && last_store.elapsed() >= pcfg.idle_interval;
+                        if busy || idle {
+                            spill = self.cut(&work, spill, &mut chain, &member).await?;
+                            last_store = Instant::now();
+                        }
+                    }
+                }
+                // Without an answered anchor probe (the member cannot serve linearizable
+                // reads), store what arrived anyway, uncovered in time.
+                let stale =
+                    spill.writer.events() > 0 && spill.started.elapsed() >= pcfg.interval * 3;
+                if stale || spill.writer.bytes_written() >= pcfg.max_bytes {
+                    spill = self.cut(&work, spill, &mut chain, &member).await?;
+                    last_store = Instant::now();
+                }
+            }
+        };
+        let Some(b) = outcome else {
+            // Stopped: the spill is not stored; the next leader resumes after the last
+            // manifest.
+            return Ok(None);
+        };
+        // Store the complete revisions, then end the chain.
+        if spill.writer.discard_open_revision()?.is_some() {
+            tracing::warn!("pitr: the chain broke inside a revision; that revision is not stored");
+        }
+        if spill.writer.events() > 0 {
+            self.cut(&work, spill, &mut chain, &member).await?;
+        }
+        self.close(&chain, &b, &member).await?;
+        if !matches!(b, Break::Handover(_)) {
+            METRICS.breaks.with_label_values(&[b.label()]).inc();
+            tracing::warn!(base = %chain.base.id, reason = b.label(), detail = ?b, next_revision = chain.next,
+                "pitr: chain broken and closed; a full backup starts a new chain");
+        } else {
+            tracing::info!(base = %chain.base.id, detail = ?b, "pitr: chain handed over to a newer base");
+        }
+        Ok(Some(b))
+    }
+
+    /// Linearizable count-only read on the watched member, sent at `t_a`, answered at `r_a`:
+    /// every commit before `t_a` has a revision <= `r_a` (design §4, anchor probe).
+    async fn probe(&self, client: &mut Client) -> Option<(DateTime<Utc>, i64)> {
+        let t_a = Utc::now();
+        let r = timeout(
+            self.cfg.etcd.request_timeout,
+            client.get("\0", Some(GetOptions::new().with_count_only())),
+        )
+        .await;
+        match r {
+            Ok(Ok(resp)) => resp.header().map(|h| (t_a, h.revision())),
+            _ => None,
+        }
+    }
+
+    /// Records leases granted (with their TTL) and gone since the last poll (design §3); only
+    /// between revisions. Failures are logged and retried at the next tick.
+    async fn poll_leases(
+        &self,
+        client: &mut Client,
+        spill: &mut Spill,
+        leases: &mut Leases,
+    ) -> Result<(), CaptureError> {
+        let limit = self.cfg.etcd.request_timeout;
+        let Ok(Ok(resp)) = timeout(limit, client.leases()).await else {
+            return Ok(());
+        };
+        let seen = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let now: HashSet<i64> = resp.leases().iter().map(|l| l.id()).collect();
+        let gone: Vec<i64> = leases.known.difference(&now).copied().collect();
+        for id in gone {
+            spill.writer.lease_gone(id, seen)?;
+            leases.known.remove(&id);
+        }
+        let mut new: Vec<i64> = now.difference(&leases.known).copied().collect();
+        new.sort_unstable();
+        for id in new {
+            let ttl = lease_ttl(client, id, limit).await;
+            spill.writer.lease_grant(id, ttl, seen)?;
+            leases.known.insert(id);
+        }
+        Ok(())
+    }
+
+    /// A newer base whose revision the chain has reached: hand over to it (checked at most
+    /// every `idle_interval`).
+    async fn handover_due(
+        &self,
+        chain: &ChainPos,
+        received_through: i64,
+        last_check: &mut Instant,
+    ) -> Option<Break> {
+        if last_check.elapsed() < self.cfg.pitr.idle_interval {
+            return None;
+        }
+        *last_check = Instant::now();
+        let newest = self.newest_base(&chain.cluster).await.ok()??;
+        (newest.id != chain.base.id
+            && newest.revision > chain.base_revision
+            && newest.revision <= received_through)
+            .then_some(Break::Handover(newest.id))
+    }
+
+    /// Writes one watch response's events into the spill.
+    async fn apply(
+        &self,
+        resp: &WatchResponse,
+        spill: &mut Spill,
+        pos: &mut Pos,
+        leases: &mut Leases,
+        client: &mut Client,
+    ) -> Result<Option<Break>, CaptureError> {
+        if resp.canceled() || resp.compact_revision() > 0 {
+            let c = resp.compact_revision();
+            tracing::warn!(
+                compact_revision = c,
+                reason = resp.cancel_reason(),
+                "pitr: watch cancelled"
+            );
+            if c > 0 {
+                return Ok(Some(Break::Compacted(c)));
+            }
+            return Err(CaptureError::Etcd(format!(
+                "watch cancelled: {}",
+                resp.cancel_reason()
+            )));
+        }
+        let observed = Utc::now().timestamp_millis();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let main = kv.mod_revision();
+            if pos.open != Some(main) {
+                if let Some(r) = pos.open.take() {
+                    pos.next = r + 1;
+                    leases.in_open.clear();
+                }
+                if main != pos.next {
+                    return Ok(Some(Break::Gap {
+                        expected: pos.next,
+                        got: main,
+                    }));
+                }
+                spill.writer.begin_revision(main, observed)?;
+                pos.open = Some(main);
+            }
+            match ev.event_type() {
+                EventType::Put => {
+                    spill.writer.put(KvRef {
+                        key: kv.key(),
+                        create_revision: kv.create_revision(),
+                        mod_revision: kv.mod_revision(),
+                        version: kv.version(),
+                        value: kv.value(),
+                        lease: kv.lease(),
+                    })?;
+                    let id = kv.lease();
+                    if id != 0 && leases.known.insert(id) {
+                        let ttl = lease_ttl(client, id, self.cfg.etcd.request_timeout).await;
+                        spill.writer.lease_grant(id, ttl, main)?;
+                        leases.in_open.push(id);
+                    }
+                }
+                EventType::Delete => spill.writer.delete(kv.key())?,
+            }
+            METRICS.events.inc();
+        }
+        if !is_fragment(resp) {
+            if let Some(r) = pos.open.take() {
+                pos.next = r + 1;
+                leases.in_open.clear();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends the spill (END), stores data then manifest, and returns the next spill.
+    async fn cut(
+        &self,
+        work: &WorkDir,
+        spill: Spill,
+        chain: &mut ChainPos,
+        member: &Member,
+    ) -> Result<Spill, CaptureError> {
+        let Spill { writer, path, .. } = spill;
+        let (out, sum) = writer.finish()?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+        let m = DeltaManifest {
+            kind: DeltaKind::Delta,
+            format: FORMAT,
+            cluster_id: chain.cluster.clone(),
+            base_id: chain.base.id.clone(),
+            base_revision: chain.base_revision,
+            seq: chain.seq,
+            first_revision: chain.next,
+            last_revision: sum.last_revision,
+            events: sum.events,
+            revisions: sum.revisions,
+            lease_records: sum.lease_records,
+            first_time: ms_to_time(sum.first_observed_ms),
+            last_time: ms_to_time(sum.last_observed_ms),
+            covered_until: ms_to_time(sum.covered_until_ms),
+            raw_bytes: sum.raw_bytes,
+            raw_sha256: sum.raw_sha256.clone(),
+            stored_bytes: 0,
+            stored_sha256: String::new(),
+            prev_stored_sha256: chain.prev_stored_sha256.clone(),
+            nonce: format!("{:016x}", rand::random::<u64>()),
+            compression: "zstd".into(),
+            compression_level: ZSTD_LEVEL,
+            encryption: chain.base.encryption.clone(),
+            member_id: member.id.clone(),
+            endpoint: member.endpoint.clone(),
+            etcd_version: member.version.clone(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            written_at: Utc::now(),
+            reason: None,
+            compact_revision: None,
+            next_base_id: None,
+        };
+        let m = self.upload(m, &path, chain.recipients.clone()).await?;
+        let _ = std::fs::remove_file(&path);
+        METRICS.last_revision.set(m.last_revision);
+        METRICS.stored_bytes.inc_by(m.stored_bytes);
+        tracing::info!(base = %m.base_id, seq = m.seq, first = m.first_revision, last = m.last_revision,
+            events = m.events, stored_bytes = m.stored_bytes, "pitr: delta stored");
+        chain.next = m.last_revision + 1;
+        chain.seq += 1;
+        chain.prev_stored_sha256 = Some(m.stored_sha256.clone());
+        if let Some(t) = m.covered_until {
+            let mut c = COVERED.lock().expect("covered");
+            *c = Some(c.map_or(t, |old| old.max(t)));
+        }
+        update_lag(chain);
+        new_spill(work, chain)
+    }
+
+    /// Compresses (and encrypts) the spill into the data object, then creates the manifest
+    /// (`If-None-Match: *`).
+    async fn upload(
+        &self,
+        mut m: DeltaManifest,
+        path: &Path,
+        recipients: Option<Arc<Recipients>>,
+    ) -> Result<DeltaManifest, CaptureError> {
+        let data_key = m
+            .derived_data_key()?
+            .expect("a delta manifest has a data key");
+        let mut upload = self.store.begin_upload(&data_key).await?;
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let p = path.to_path_buf();
+        let writer =
+            tokio::task::spawn_blocking(move || compress_spill(&p, recipients.as_deref(), tx));
+        let mut failed = None;
+        while let Some(chunk) = rx.recv().await {
+            if let Err(e) = upload.write(&chunk).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        drop(rx);
+        let raw = writer.await.expect("compression thread");
+        if let Some(e) = failed {
+            let _ = upload.abort().await;
+            return Err(e.into());
+        }
+        match raw {
+            Ok((n, sha)) if n == m.raw_bytes && hex::encode(sha) == m.raw_sha256 => {}
+            Ok((n, _)) => {
+                let _ = upload.abort().await;
+                return Err(CaptureError::Io(std::io::Error::other(format!(
+                    "spill file {} reads back as {n} bytes with another sha256 than written ({} bytes)",
+                    path.display(),
+                    m.raw_bytes
+                ))));
+            }
+            Err(e) => {
+                let _ = upload.abort().await;
+                return Err(e.into());
+            }
+        }
+        let info = upload.finish().await?;
+        m.stored_bytes = info.bytes;
+        m.stored_sha256 = hex::encode(info.sha256);
+        m.written_at = Utc::now();
+        m.validate().map_err(CaptureError::Invalid)?;
+        let key = m.key()?;
+        match self.store.put_bytes_new(&key, m.to_json().into()).await {
+            Ok(()) => Ok(m),
+            Err(StoreError::AlreadyExists { .. }) => {
+                if let Err(e) = self.store.delete(&data_key).await {
+                    tracing::warn!(key = %data_key, error = %e, "pitr: could not delete the data of a refused delta");
+                }
+                Err(CaptureError::Conflict(key.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Ends the chain with a close manifest at its next revision.
+    async fn close(
+        &self,
+        chain: &ChainPos,
+        b: &Break,
+        member: &Member,
+    ) -> Result<(), CaptureError> {
+        let m = DeltaManifest {
+            kind: DeltaKind::Close,
+            format: FORMAT,
+            cluster_id: chain.cluster.clone(),
+            base_id: chain.base.id.clone(),
+            base_revision: chain.base_revision,
+            seq: chain.seq,
+            first_revision: chain.next,
+            last_revision: chain.next - 1,
+            events: 0,
+            revisions: 0,
+            lease_records: 0,
+            first_time: None,
+            last_time: None,
+            covered_until: None,
+            raw_bytes: 0,
+            raw_sha256: String::new(),
+            stored_bytes: 0,
+            stored_sha256: String::new(),
+            prev_stored_sha256: chain.prev_stored_sha256.clone(),
+            nonce: format!("{:016x}", rand::random::<u64>()),
+            compression: "zstd".into(),
+            compression_level: ZSTD_LEVEL,
+            encryption: chain.base.encryption.clone(),
+            member_id: member.id.clone(),
+            endpoint: member.endpoint.clone(),
+            etcd_version: member.version.clone(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            written_at: Utc::now(),
+            reason: Some(b.reason()),
+            compact_revision: match b {
+                Break::Compacted(c) => Some(*c),
+                _ => None,
+            },
+            next_base_id: match b {
+                Break::Handover(id) => Some(id.clone()),
+                _ => None,
+            },
+        };
+        m.validate().map_err(CaptureError::Invalid)?;
+        let key = m.key()?;
+        match self.store.put_bytes_new(&key, m.to_json().into()).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::AlreadyExists { .. }) => Err(CaptureError::Conflict(key.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Newest covered time of the last stored delta (for the lag gauge).
+static COVERED: std::sync::Mutex<Option<DateTime<Utc>>> = std::sync::Mutex::new(None);
+
+/// Sets `etcd_lifeboat_pitr_lag_seconds` from the newest covered time stored, or the base's
+/// `finished_at` when later (a new chain before its first delta).
+fn update_lag(chain: &ChainPos) {
+    let stored = *COVERED.lock().expect("covered");
+    let covered = stored.map_or(chain.base.finished_at, |t| t.max(chain.base.finished_at));
+    let lag = (Utc::now() - covered).num_milliseconds().max(0) as f64 / 1000.0;
+    METRICS.lag.set(lag);
+}
+
+/// The granted TTL of lease `id` in seconds; 0 when unknown (already gone, or no answer).
+async fn lease_ttl(client: &mut Client, id: i64, limit: Duration) -> i64 {
+    match timeout(limit, client.lease_time_to_live(id, None)).await {
+        Ok(Ok(r)) if r.ttl() >= 0 => r.granted_ttl().max(0),
+        _ => 0,
+    }
+}
+
+/// Whether more responses of the last revision follow (`fragment`; etcd-client's
+/// `pub-response-field` feature exposes the protobuf field).
+fn is_fragment(r: &WatchResponse) -> bool {
+    r.0.fragment
+}
+
+fn describe_failures(f: &[(String, String)]) -> String {
+    f.iter()
+        .map(|(e, r)| format!("{e}: {r}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn new_spill(work: &WorkDir, chain: &ChainPos) -> Result<Spill, CaptureError> {
+    let name = format!("delta-{:016}-{}.spill", chain.next, chain.seq);
+    let (f, path) = work
+        .create_file(&name)
+        .map_err(|e| CaptureError::Io(std::io::Error::other(e.to_string())))?;
+    let header = DeltaHeader {
+        cluster_id: chain.cluster.clone(),
+        base_id: chain.base.id.clone(),
+        base_revision: chain.base_revision,
+        seq: chain.seq,
+        first_revision: chain.next,
+    };
+    let writer = DeltaWriter::new(BufWriter::with_capacity(SPILL_BUFFER, f), header)?;
+    Ok(Spill {
+        writer,
+        path,
+        started: Instant::now(),
+    })
+}
+
+/// The uploader's end of the stored stream: chunks of [`UPLOAD_CHUNK`] bytes.
+struct Chan {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Write for Chan {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= UPLOAD_CHUNK {
+            self.send()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Chan {
+    fn send(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let b = std::mem::take(&mut self.buf);
+            self.tx
+                .blocking_send(b)
+                .map_err(|_| std::io::Error::other("the uploader stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The zstd output: the channel, or age's stream encryptor in front of it.
+enum Out {
+    Plain(Chan),
+    Age(age::stream::StreamWriter<Chan>),
+}
+
+impl Write for Out {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Out::Plain(c) => c.write(b),
+            Out::Age(w) => w.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::Plain(c) => c.flush(),
+            Out::Age(w) => w.flush(),
+        }
+    }
+}
+
+/// Reads the spill at `path` and hashes it (size and sha256 of the plaintext, returned),
+/// compresses it (zstd level 3, checksum, one frame), encrypts it for `recipients` when given
+/// (age v1), and sends the stored bytes to `tx`. Blocking.
+fn compress_spill(
+    path: &Path,
+    recipients: Option<&Recipients>,
+    tx: mpsc::Sender<Vec<u8>>,
+) -> std::io::Result<(u64, [u8; 32])> {
+    let mut input = BufReader::new(File::open(path)?);
+    let chan = Chan {
+        tx,
+        buf: Vec::with_capacity(UPLOAD_CHUNK),
+    };
+    let out = match recipients {
+        Some(r) => Out::Age(r.encrypt(chan)?),
+        None => Out::Plain(chan),
+    };
+    let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
+    enc.include_checksum(true)?;
+    let mut sha = Sha256::new();
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let k = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        sha.update(&buf[..k]);
+        enc.write_all(&buf[..k])?;
+        n += k as u64;
+    }
+    let mut chan = match enc.finish()? {
+        Out::Plain(c) => c,
+        Out::Age(w) => w.finish()?,
+    };
+    chan.send()?;
+    Ok((n, sha.finalize().into()))
+}

@@ -1,0 +1,739 @@
+//! A base backup's delta chain as the store holds it (docs/design/pitr.md §5 "`list` /
+//! `verify`"): listing with contiguity, gaps, close markers and missing data ([`read_chain`],
+//! for `list` and the capture's resume point), and the full check of every delta object
+//! ([`verify_chain`], for `verify`).
+//!
+//! Contiguity: the chain of base `B` starts at `B_eff + 1` and each delta starts at the
+//! previous one's `last_revision + 1`. `B_eff` is the `base_revision` of the chain's deltas;
+//! before the first delta it is the base manifest's `revision`. The two differ only when the
+//! base's compaction removed a final tombstone (design §2 pitfall #2): the daemon holds no
+//! copy of the base db (it may be encrypted for recipients only), so the capture starts such a
+//! chain at `revision + 1`, and `verify` with the base db compares it with the db's `B_eff`.
+//!
+//! Every manifest read is untrusted: [`super::manifest::parse_delta_manifest`] bounds and
+//! validates it; a manifest of another base or cluster, or one that does not parse, is
+//! reported as broken and ends the usable chain before it.
+
+use std::io::Read;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::store::manifest::Manifest;
+use crate::store::{Store, StoreError};
+
+use super::delta::{DeltaReader, Record};
+use super::manifest::{
+    chain_prefix, parse_delta_manifest, parse_delta_manifest_name, DeltaKind, DeltaManifest,
+    DELTA_MANIFEST_SUFFIX, MAX_DELTA_MANIFEST_BYTES, PITR_DIR_SUFFIX,
+};
+
+/// Reading a chain failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// Listing or reading the store failed.
+    #[error("chain of backup {base}: store: {source}")]
+    Store {
+        /// The base id.
+        base: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// A range of revisions no stored delta covers, between two parts of a chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    /// First revision missing.
+    pub from: i64,
+    /// Last revision missing (inclusive).
+    pub to: i64,
+}
+
+/// How a chain ended (its close manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Closed {
+    /// `compacted`, `gap`, `outage` or `base-handover`.
+    pub reason: String,
+    /// The revision the chain stopped before (the close manifest's first revision).
+    pub at_revision: i64,
+    /// For `compacted`: the compaction revision the watch hit.
+    pub compact_revision: Option<i64>,
+    /// The base that continues, when known.
+    pub next_base_id: Option<String>,
+}
+
+/// A problem of one object of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Broken {
+    /// The object key.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The chain of one base, as listed from the store. Revisions: `first_revision ..=
+/// last_revision` is the contiguous run from `base_revision + 1` (empty when `last_revision ==
+/// base_revision`); deltas after a gap or a broken link are not part of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chain {
+    /// The base backup's id.
+    pub base_id: String,
+    /// `B_eff`: the deltas' `base_revision`, else the base manifest's `revision`.
+    pub base_revision: i64,
+    /// `base_revision + 1`.
+    pub first_revision: i64,
+    /// Last revision of the contiguous run (`base_revision` when it is empty).
+    pub last_revision: i64,
+    /// Observed time of the run's first revision.
+    pub first_time: Option<DateTime<Utc>>,
+    /// Newest time the run covers (every change committed before it is in the run).
+    pub covered_until: Option<DateTime<Utc>>,
+    /// Delta manifests of the contiguous run, in order (close excluded).
+    #[serde(skip)]
+    pub deltas: Vec<DeltaManifest>,
+    /// Number of deltas in the run.
+    pub delta_count: usize,
+    /// Stored bytes of the run's data objects.
+    pub stored_bytes: u64,
+    /// Revisions missing between stored deltas (the run ends before the first).
+    pub gaps: Vec<Gap>,
+    /// The close manifest right after the run, when there is one.
+    pub closed: Option<Closed>,
+    /// Manifests that do not parse or do not belong here, data objects missing.
+    pub broken: Vec<Broken>,
+}
+
+impl Chain {
+    /// The run's last delta (where the capture continues), `None` before the first.
+    pub fn tail(&self) -> Option<&DeltaManifest> {
+        self.deltas.last()
+    }
+
+    /// Whether the chain can be continued as is: no gap, nothing broken, not closed.
+    pub fn is_open_and_sound(&self) -> bool {
+        self.closed.is_none() && self.gaps.is_empty() && self.broken.is_empty()
+    }
+
+    /// One line for `list`: `pitr r<a>..r<b> <first_time>..<covered_until>, N deltas, S bytes`
+    /// plus gaps, close and broken objects; `None` when the base has no chain.
+    pub fn summary(&self) -> Option<String> {
+        if self.deltas.is_empty() && self.closed.is_none() && self.broken.is_empty() {
+            return None;
+        }
+        let t = |x: Option<DateTime<Utc>>| {
+            x.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_else(|| "-".into())
+        };
+        let mut s = format!(
+            "pitr r{}..r{} {}..{}, {} deltas, {} bytes",
+            self.first_revision,
+            self.last_revision,
+            t(self.first_time),
+            t(self.covered_until),
+            self.delta_count,
+            self.stored_bytes
+        );
+        for g in &self.gaps {
+            s += &format!("; gap r{}..r{}", g.from, g.to);
+        }
+        if let Some(c) = &self.closed {
+            s += &format!("; closed: {}", c.reason);
+            if let Some(r) = c.compact_revision {
+                s += &format!(" at r{r}");
+            }
+            if let Some(n) = &c.next_base_id {
+                s += &format!(", next base {n}");
+            }
+        }
+        for b in &self.broken {
+            s += &format!("; broken: {}: {}", b.key, b.reason);
+        }
+        Some(s)
+    }
+}
+
+/// Lists and checks the chain of `base`: every `<first:016>-<seq:016>.delta` manifest under
+/// `<cluster>/<base-id>.pitr/` (parsed, validated, of this base), each delta's data object
+/// present with the manifest's size, contiguity from `B_eff + 1`. Reads manifests only (and
+/// the listing), never data.
+///
+/// Errors: [`ChainError::Store`] when the listing or a manifest read fails (a manifest that
+/// is missing between listing and reading is skipped).
+pub async fn read_chain(store: &Store, base: &Manifest) -> Result<Chain, ChainError> {
+    let err = |source| ChainError::Store {
+        base: base.id.clone(),
+        source,
+    };
+    let prefix = chain_prefix(&base.cluster_id, &base.id).map_err(err)?;
+    let objects = store.list(&prefix).await.map_err(err)?;
+    let sizes: std::collections::HashMap<&str, u64> =
+        objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
+    let mut manifests = Vec::new();
+    let mut broken = Vec::new();
+    for o in &objects {
+        if !o.key.as_str().ends_with(DELTA_MANIFEST_SUFFIX) {
+            continue;
+        }
+        if parse_delta_manifest_name(&o.key).is_none() {
+            broken.push(Broken {
+                key: o.key.to_string(),
+                reason: "not a <first:016>-<seq:016>.delta manifest name".into(),
+            });
+            continue;
+        }
+        let bytes = match store
+            .get_bytes_limited(&o.key, MAX_DELTA_MANIFEST_BYTES)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => continue,
+            Err(StoreError::TooLarge { .. }) => {
+                broken.push(Broken {
+                    key: o.key.to_string(),
+                    reason: format!("larger than {MAX_DELTA_MANIFEST_BYTES} bytes"),
+                });
+                continue;
+            }
+            Err(e) => return Err(err(e)),
+        };
+        match parse_delta_manifest(&o.key, &bytes) {
+            Ok(m) if m.cluster_id == base.cluster_id && m.base_id == base.id => manifests.push(m),
+            Ok(m) => broken.push(Broken {
+                key: o.key.to_string(),
+                reason: format!("belongs to base {} of cluster {}", m.base_id, m.cluster_id),
+            }),
+            Err(e) => broken.push(Broken {
+                key: o.key.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    for m in &manifests {
+        if let Ok(Some(k)) = m.derived_data_key() {
+            match sizes.get(k.as_str()) {
+                None => broken.push(Broken {
+                    key: k.to_string(),
+                    reason: format!(
+                        "data of delta r{}..r{} is missing",
+                        m.first_revision, m.last_revision
+                    ),
+                }),
+                Some(&n) if n != m.stored_bytes => broken.push(Broken {
+                    key: k.to_string(),
+                    reason: format!("{n} bytes stored, the manifest says {}", m.stored_bytes),
+                }),
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(assemble(base, manifests, broken))
+}
+
+/// Builds the [`Chain`] from the parsed manifests of one base (any order): the contiguous run
+/// from `B_eff + 1`, the close right after it, and gaps between what follows. Pure.
+pub fn assemble(
+    base: &Manifest,
+    mut manifests: Vec<DeltaManifest>,
+    mut broken: Vec<Broken>,
+) -> Chain {
+    manifests.sort_by_key(|m| (m.first_revision, m.seq));
+    let base_revision = manifests
+        .iter()
+        .find(|m| m.seq == 0)
+        .or(manifests.first())
+        .map(|m| m.base_revision)
+        .unwrap_or(base.revision);
+    let bad_data: std::collections::HashSet<String> =
+        broken.iter().map(|b| b.key.clone()).collect();
+    let mut run: Vec<DeltaManifest> = Vec::new();
+    let mut closed = None;
+    let mut gaps = Vec::new();
+    let mut next = base_revision + 1;
+    let mut in_run = true;
+    let mut prev_sha: Option<String> = None;
+    for m in manifests {
+        if m.base_revision != base_revision {
+            continue;
+        }
+        if m.first_revision > next {
+            gaps.push(Gap {
+                from: next,
+                to: m.first_revision - 1,
+            });
+            in_run = false;
+        } else if m.first_revision < next {
+            // Overlap: not written by a single writer; not part of the run.
+            in_run = false;
+            continue;
+        }
+        let data_ok = match m.derived_data_key() {
+            Ok(Some(k)) => !bad_data.contains(k.as_str()),
+            _ => true,
+        };
+        let linked = m.prev_stored_sha256 == prev_sha;
+        if in_run && !linked && m.kind == DeltaKind::Delta {
+            broken.push(Broken {
+                key: m.key().map(|k| k.to_string()).unwrap_or_default(),
+                reason: "prev_stored_sha256 does not match the previous delta (hash link broken)"
+                    .into(),
+            });
+        }
+        next = m.last_revision + 1;
+        if m.kind == DeltaKind::Close {
+            if in_run {
+                closed = Some(Closed {
+                    reason: serde_json::to_value(m.reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    at_revision: m.first_revision,
+                    compact_revision: m.compact_revision,
+                    next_base_id: m.next_base_id.clone(),
+                });
+            }
+            in_run = false;
+            continue;
+        }
+        if in_run && data_ok && linked {
+            prev_sha = Some(m.stored_sha256.clone());
+            run.push(m);
+        } else {
+            in_run = false;
+        }
+    }
+    let last_revision = run.last().map_or(base_revision, |m| m.last_revision);
+    Chain {
+        base_id: base.id.clone(),
+        base_revision,
+        first_revision: base_revision + 1,
+        last_revision,
+        first_time: run.iter().find_map(|m| m.first_time),
+        covered_until: run.iter().filter_map(|m| m.covered_until).max(),
+        delta_count: run.len(),
+        stored_bytes: run.iter().map(|m| m.stored_bytes).sum(),
+        deltas: run,
+        gaps,
+        closed,
+        broken,
+    }
+}
+
+/// The chains of those `bases` that have objects under `<cluster>/<id>.pitr/` (one store
+/// listing, then [`read_chain`] for each), in the order of `bases`; for `list`.
+///
+/// Errors: [`ChainError::Store`].
+pub async fn chains(store: &Store, bases: &[Manifest]) -> Result<Vec<Chain>, ChainError> {
+    let all = store.list("").await.map_err(|source| ChainError::Store {
+        base: "*".into(),
+        source,
+    })?;
+    let dir = format!("{PITR_DIR_SUFFIX}/");
+    let with_chain: std::collections::HashSet<&str> = all
+        .iter()
+        .filter_map(|o| {
+            o.key
+                .as_str()
+                .split_once(dir.as_str())
+                .map(|(stem, _)| stem)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for b in bases {
+        if with_chain.contains(format!("{}/{}", b.cluster_id, b.id).as_str()) {
+            out.push(read_chain(store, b).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// Adds `"pitr": <chain>` to the entries of `list -o json` (an array of objects with `id`)
+/// whose base has a chain.
+pub fn annotate_list_json(list: &mut serde_json::Value, chains: &[Chain]) {
+    let Some(items) = list.as_array_mut() else {
+        return;
+    };
+    for item in items {
+        let id = item.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+        if let Some(c) = chains.iter().find(|c| c.base_id == id) {
+            if let Some(o) = item.as_object_mut() {
+                o.insert("pitr".into(), serde_json::to_value(c).unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// What [`verify_chain`] found for one delta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeltaCheck {
+    /// First revision of the delta.
+    pub first_revision: i64,
+    /// Last revision of the delta.
+    pub last_revision: i64,
+    /// Its data object key.
+    pub key: String,
+    /// `None`: verified; else what is wrong.
+    pub error: Option<String>,
+    /// Whether the plaintext was checked (false: encrypted and no identity given; only the
+    /// stored size and sha256 were).
+    pub content_checked: bool,
+}
+
+/// What [`verify_chain`] found: the chain as listed, and each delta of its run checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainVerification {
+    /// The listing (gaps, close, broken objects).
+    pub chain: Chain,
+    /// One entry per delta of the run, in order.
+    pub deltas: Vec<DeltaCheck>,
+}
+
+impl ChainVerification {
+    /// Whether everything checked is sound: every delta verified, no gap, nothing broken. A
+    /// closed chain is not an error.
+    pub fn ok(&self) -> bool {
+        self.chain.gaps.is_empty()
+            && self.chain.broken.is_empty()
+            && self.deltas.iter().all(|d| d.error.is_none())
+    }
+
+    /// Problems, one line each (`[]` when [`ChainVerification::ok`]).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .chain
+            .gaps
+            .iter()
+            .map(|g| format!("gap r{}..r{} (delta manifests missing)", g.from, g.to))
+            .collect();
+        out.extend(
+            self.chain
+                .broken
+                .iter()
+                .map(|b| format!("{}: {}", b.key, b.reason)),
+        );
+        out.extend(self.deltas.iter().filter_map(|d| {
+            d.error.as_ref().map(|e| {
+                format!(
+                    "delta r{}..r{} ({}): {e}",
+                    d.first_revision, d.last_revision, d.key
+                )
+            })
+        }));
+        out
+    }
+}
+
+/// Verifies the chain of `base` ([`read_chain`]) and every delta of its run: the stored
+/// object's size and sha256 against the manifest; unless it is encrypted and `identities` is
+/// `None`: age decryption, zstd decoding bounded by `raw_bytes` (window <= 8 MiB), the full
+/// [`super::delta::DeltaReader`] parse (every format check), the header against the manifest
+/// (cluster, base, `B_eff`, seq, first revision), END counts and last revision, raw size and
+/// sha256. Contiguity (`first == prev.last + 1` from `B_eff + 1`) and the hash links are the
+/// listing's. Streams each object (memory: one record and the zstd window).
+///
+/// Errors: [`ChainError::Store`] when the listing fails; a delta that cannot be read is a
+/// [`DeltaCheck::error`].
+pub async fn verify_chain(
+    store: &Store,
+    base: &Manifest,
+    identities: Option<std::sync::Arc<crate::crypto::Identities>>,
+) -> Result<ChainVerification, ChainError> {
+    let chain = read_chain(store, base).await?;
+    let mut deltas = Vec::new();
+    for m in &chain.deltas {
+        let key = match m.derived_data_key() {
+            Ok(Some(k)) => k,
+            _ => continue,
+        };
+        let content = m.encryption.is_none() || identities.is_some();
+        let error = match store.get_stream(&key).await {
+            Err(e) => Some(format!("cannot read it: {e}")),
+            Ok(reader) => {
+                let (m2, ids) = (m.clone(), identities.clone());
+                tokio::task::spawn_blocking(move || {
+                    check_delta(
+                        tokio_util::io::SyncIoBridge::new(reader),
+                        &m2,
+                        ids.as_deref(),
+                    )
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("check thread: {e}")))
+                .err()
+            }
+        };
+        deltas.push(DeltaCheck {
+            first_revision: m.first_revision,
+            last_revision: m.last_revision,
+            key: key.to_string(),
+            error,
+            content_checked: content,
+        });
+    }
+    Ok(ChainVerification { chain, deltas })
+}
+
+/// Counts and hashes what is read through it.
+struct Hashing<R> {
+    inner: R,
+    sha: Sha256,
+    n: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.sha.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// The checks of [`verify_chain`] on one stored object (blocking).
+fn check_delta(
+    input: impl Read,
+    m: &DeltaManifest,
+    identities: Option<&crate::crypto::Identities>,
+) -> Result<(), String> {
+    let mut stored = Hashing {
+        inner: input.take(m.stored_bytes.saturating_add(1)),
+        sha: Sha256::new(),
+        n: 0,
+    };
+    let content = m.encryption.is_none() || identities.is_some();
+    if content {
+        let plain: Box<dyn Read + '_> = match (&m.encryption, identities) {
+            (Some(_), Some(ids)) => Box::new(
+                ids.decrypt(&mut stored)
+                    .map_err(|e| format!("age decryption: {e}"))?,
+            ),
+            _ => Box::new(&mut stored),
+        };
+        let mut dec = zstd::stream::read::Decoder::new(plain).map_err(|e| format!("zstd: {e}"))?;
+        dec.window_log_max(23).map_err(|e| format!("zstd: {e}"))?;
+        let mut raw = Hashing {
+            inner: dec.take(m.raw_bytes.saturating_add(1)),
+            sha: Sha256::new(),
+            n: 0,
+        };
+        check_stream(&mut raw, m)?;
+        // The rest of the zstd frame (its checksum) and nothing after it.
+        std::io::copy(&mut raw, &mut std::io::sink()).map_err(|e| format!("zstd: {e}"))?;
+        if raw.n != m.raw_bytes || hex::encode(raw.sha.finalize()) != m.raw_sha256 {
+            return Err(format!(
+                "plaintext is {} bytes with another sha256 than the manifest's ({} bytes)",
+                raw.n, m.raw_bytes
+            ));
+        }
+    }
+    std::io::copy(&mut stored, &mut std::io::sink()).map_err(|e| format!("reading: {e}"))?;
+    if stored.n != m.stored_bytes || hex::encode(stored.sha.finalize()) != m.stored_sha256 {
+        return Err(format!(
+            "stored object is {} bytes with another sha256 than the manifest's ({} bytes)",
+            stored.n, m.stored_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// Parses the plaintext stream in full and compares it with the manifest.
+fn check_stream(raw: impl Read, m: &DeltaManifest) -> Result<(), String> {
+    let mut r = DeltaReader::new(raw).map_err(|e| e.to_string())?;
+    let h = r.header().clone();
+    if (
+        h.cluster_id.as_str(),
+        h.base_id.as_str(),
+        h.base_revision,
+        h.seq,
+        h.first_revision,
+    ) != (
+        m.cluster_id.as_str(),
+        m.base_id.as_str(),
+        m.base_revision,
+        m.seq,
+        m.first_revision,
+    ) {
+        return Err(format!("stream header {h:?} does not match the manifest"));
+    }
+    let mut lease_records = 0u64;
+    for rec in &mut r {
+        match rec.map_err(|e| e.to_string())? {
+            Record::LeaseGrant { .. } | Record::LeaseGone { .. } => lease_records += 1,
+            Record::End {
+                events,
+                revisions,
+                last_revision,
+                ..
+            } => {
+                if (events, revisions, last_revision, lease_records)
+                    != (m.events, m.revisions, m.last_revision, m.lease_records)
+                {
+                    return Err(format!(
+                        "stream holds {events} events, {revisions} revisions, {lease_records} lease records up to r{last_revision}; the manifest says {}, {}, {} up to r{}",
+                        m.events, m.revisions, m.lease_records, m.last_revision
+                    ));
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    Err("stream ends without END".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pitr::manifest::CloseReason;
+
+    const CLUSTER: &str = "cdf818194e3a8c32";
+    const BASE: &str = "20261122T230000Z-r0000000000000100";
+
+    fn base() -> Manifest {
+        let mut m: Manifest = serde_json::from_value(serde_json::json!({
+            "id": BASE, "cluster_id": CLUSTER, "member_id": "1",
+            "member_name": "m", "endpoint": "e", "etcd_version": "3.5.1",
+            "started_at": "2026-11-22T23:00:00Z", "finished_at": "2026-11-22T23:00:01Z",
+            "revision": 100, "hash": 0, "total_key": 0, "total_size": 0, "raw_sha256": "",
+            "stored_bytes": 0, "stored_sha256": "", "compression": "zstd",
+            "compression_level": 3, "tool_version": "t",
+            "data_key": format!("{CLUSTER}/x.db.zst")
+        }))
+        .unwrap();
+        m.data_key = m.derived_data_key().unwrap();
+        m
+    }
+
+    /// Delta `seq` over `first..=last` (empty when last = first - 1), linked to `prev`.
+    fn delta(seq: u64, first: i64, last: i64, prev: Option<&DeltaManifest>) -> DeltaManifest {
+        let revs = (last - first + 1) as u64;
+        let t = |s: i64| {
+            DateTime::parse_from_rfc3339("2026-11-22T23:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc)
+                + chrono::Duration::seconds(s)
+        };
+        let m = DeltaManifest {
+            kind: DeltaKind::Delta,
+            format: crate::pitr::manifest::FORMAT,
+            cluster_id: CLUSTER.into(),
+            base_id: BASE.into(),
+            base_revision: 100,
+            seq,
+            first_revision: first,
+            last_revision: last,
+            events: revs,
+            revisions: revs,
+            lease_records: 0,
+            first_time: (revs > 0).then(|| t(first)),
+            last_time: (revs > 0).then(|| t(last)),
+            covered_until: Some(t(last + 1)),
+            raw_bytes: 10,
+            raw_sha256: "a".repeat(64),
+            stored_bytes: 5,
+            stored_sha256: format!("{seq:064x}"),
+            prev_stored_sha256: prev.map(|p| p.stored_sha256.clone()),
+            nonce: "0123456789abcdef".into(),
+            compression: "zstd".into(),
+            compression_level: 3,
+            encryption: None,
+            member_id: "8e9e05c52164694d".into(),
+            endpoint: "http://127.0.0.1:2379".into(),
+            etcd_version: "3.5.1".into(),
+            tool_version: "0.1.0".into(),
+            written_at: t(last + 2),
+            reason: None,
+            compact_revision: None,
+            next_base_id: None,
+        };
+        m.validate().unwrap();
+        m
+    }
+
+    fn close(seq: u64, first: i64, prev: &DeltaManifest) -> DeltaManifest {
+        let mut m = delta(seq, first, first - 1, Some(prev));
+        m.kind = DeltaKind::Close;
+        m.events = 0;
+        m.raw_bytes = 0;
+        m.stored_bytes = 0;
+        m.raw_sha256.clear();
+        m.stored_sha256.clear();
+        m.covered_until = None;
+        m.reason = Some(CloseReason::Compacted);
+        m.compact_revision = Some(400);
+        m.validate().unwrap();
+        m
+    }
+
+    #[test]
+    fn contiguous_chain_with_an_empty_delta_and_a_close() {
+        let d0 = delta(0, 101, 150, None);
+        let d1 = delta(1, 151, 150, Some(&d0)); // idle: empty
+        let d2 = delta(2, 151, 170, Some(&d1));
+        let c = close(3, 171, &d2);
+        // Any listing order.
+        let ch = assemble(&base(), vec![c, d2.clone(), d0, d1], vec![]);
+        assert_eq!((ch.first_revision, ch.last_revision), (101, 170));
+        assert_eq!(ch.delta_count, 3);
+        assert_eq!(ch.tail().unwrap(), &d2);
+        assert!(ch.gaps.is_empty() && ch.broken.is_empty());
+        let closed = ch.closed.clone().unwrap();
+        assert_eq!(closed.reason, "compacted");
+        assert_eq!(
+            (closed.at_revision, closed.compact_revision),
+            (171, Some(400))
+        );
+        assert!(!ch.is_open_and_sound());
+        let s = ch.summary().unwrap();
+        assert!(
+            s.starts_with(
+                "pitr r101..r170 2026-11-22T23:01:41Z..2026-11-22T23:02:51Z, 3 deltas, 15 bytes"
+            ),
+            "{s}"
+        );
+        assert!(s.ends_with("; closed: compacted at r400"), "{s}");
+    }
+
+    #[test]
+    fn a_missing_delta_is_a_gap_and_ends_the_run() {
+        let d0 = delta(0, 101, 150, None);
+        let d1 = delta(1, 151, 160, Some(&d0));
+        let d2 = delta(2, 161, 170, Some(&d1));
+        let ch = assemble(&base(), vec![d0.clone(), d2], vec![]);
+        assert_eq!(ch.last_revision, 150);
+        assert_eq!(ch.tail().unwrap(), &d0);
+        assert_eq!(ch.gaps, vec![Gap { from: 151, to: 160 }]);
+        assert!(ch.summary().unwrap().contains("; gap r151..r160"));
+        assert!(!ch.is_open_and_sound());
+    }
+
+    #[test]
+    fn missing_first_delta_missing_data_and_broken_link_end_the_run() {
+        let d0 = delta(0, 101, 150, None);
+        let d1 = delta(1, 151, 160, Some(&d0));
+        // Chain starting above B_eff + 1: nothing usable.
+        let ch = assemble(&base(), vec![d1.clone()], vec![]);
+        assert_eq!((ch.last_revision, ch.delta_count), (100, 0));
+        assert_eq!(ch.gaps, vec![Gap { from: 101, to: 150 }]);
+        // Data of d1 missing: the run ends at d0.
+        let key = d1.derived_data_key().unwrap().unwrap().to_string();
+        let broken = vec![Broken {
+            key,
+            reason: "missing".into(),
+        }];
+        let ch = assemble(&base(), vec![d0.clone(), d1.clone()], broken);
+        assert_eq!(ch.last_revision, 150);
+        // A delta whose hash link does not name its predecessor.
+        let mut bad = d1.clone();
+        bad.prev_stored_sha256 = Some("f".repeat(64));
+        let ch = assemble(&base(), vec![d0, bad], vec![]);
+        assert_eq!(ch.last_revision, 150);
+        assert!(ch.broken[0].reason.contains("hash link"), "{:?}", ch.broken);
+        // No chain at all.
+        let ch = assemble(&base(), vec![], vec![]);
+        assert_eq!((ch.base_revision, ch.last_revision), (100, 100));
+        assert!(ch.summary().is_none() && ch.is_open_and_sound());
+    }
+}
