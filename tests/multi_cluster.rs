@@ -228,6 +228,7 @@ async fn two_clusters_and_a_dead_one_from_one_daemon() {
     // The other commands need --cluster with several clusters.
     for args in [
         &["verify"][..],
+        &["backup"],
         &["prune", "--dry-run"],
         &["delete", "x"],
         &[
@@ -305,6 +306,18 @@ async fn two_clusters_and_a_dead_one_from_one_daemon() {
             .arg(&data),
     );
     assert!(data.join("member/snap/db").is_file());
+    // backup --cluster alpha: one more backup in alpha's store, none in beta's.
+    let before_b = ids(&sb);
+    lifeboat_ok(
+        lifeboat()
+            .args(["--config"])
+            .arg(&cfg)
+            .args(["backup", "--cluster", "alpha"]),
+    );
+    let after_a = ids(&sa);
+    assert_eq!(after_a.len(), ids_a.len() + 1, "{after_a:?}");
+    assert_eq!(ids(&sb), before_b);
+    let ids_a = after_a;
     // Delete in beta only: alpha's backups are untouched.
     let victim = ids_b.first().unwrap();
     lifeboat_ok(lifeboat().args(["--config"]).arg(&cfg).args([

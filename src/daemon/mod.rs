@@ -103,6 +103,14 @@ pub enum DaemonError {
     /// The store cannot be built from the config.
     #[error("storage: cannot set up the store: {0}; check the `storage` section of the config")]
     Store(#[from] StoreError),
+    /// The store of cluster `cluster` (of `clusters:`) cannot be built from its config.
+    #[error("cluster {cluster}: storage: cannot set up the store: {source}; check the `storage` section of that cluster (or the top-level one it inherits)")]
+    ClusterStore {
+        /// The cluster's name.
+        cluster: String,
+        /// The cause.
+        source: StoreError,
+    },
     /// `http.listen` cannot be bound.
     #[error("{0}")]
     Listen(#[from] http::ListenError),
@@ -154,8 +162,22 @@ pub async fn run_with_shutdown(
     bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> Result<(), DaemonError> {
     let multi = !cfg.clusters.is_empty();
+    let clusters = cfg.clusters();
+    // Store clients are built concurrently (S3: the AWS credential chain may take a while).
+    let stores = futures::future::try_join_all(clusters.iter().map(|c| async {
+        Store::from_config(&c.config.storage)
+            .await
+            .map_err(|source| match (&c.name, multi) {
+                (Some(n), true) => DaemonError::ClusterStore {
+                    cluster: n.clone(),
+                    source,
+                },
+                _ => DaemonError::Store(source),
+            })
+    }))
+    .await?;
     let mut units = Vec::new();
-    for c in cfg.clusters() {
+    for (c, store) in clusters.into_iter().zip(stores) {
         let name = c.name.clone();
         let at = |e: ConfigError| match &name {
             Some(n) if multi => ConfigError::new(format!("cluster {n}: {}", e.key), e.message),
@@ -166,7 +188,7 @@ pub async fn run_with_shutdown(
         let sched = Schedule::new(&ccfg.schedule.cron, tz)
             .map_err(|m| at(ConfigError::new("schedule.cron", m)))?;
         let vs = verify_schedule(&ccfg, tz).map_err(at)?;
-        let store = Arc::new(Store::from_config(&ccfg.storage).await?);
+        let store = Arc::new(store);
         // Backups are secrets: an open store root or temp dir is reported on /readyz (a
         // warning, not a readiness failure) and in the log.
         let warnings = crate::workdir::permission_warnings(&ccfg);
