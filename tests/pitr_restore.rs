@@ -370,14 +370,20 @@ fn check_encodings_of_real_db(path: &Path, db_len: u64) -> usize {
 }
 
 fn restore_cmd(cfg: &Path, target: i64, dir: &Path, spec: &MemberSpec) -> assert_cmd::Command {
+    restore_cmd_with(cfg, "--to-revision", &target.to_string(), dir, spec)
+}
+
+/// `restore --from-store latest FLAG VALUE --data-dir DIR` for member `spec`.
+fn restore_cmd_with(
+    cfg: &Path,
+    flag: &str,
+    value: &str,
+    dir: &Path,
+    spec: &MemberSpec,
+) -> assert_cmd::Command {
     let mut cmd = lifeboat();
     cmd.args(["--config", cfg.to_str().unwrap(), "restore"])
-        .args([
-            "--from-store",
-            "latest",
-            "--to-revision",
-            &target.to_string(),
-        ])
+        .args(["--from-store", "latest", flag, value])
         .arg("--data-dir")
         .arg(dir)
         .args(["--name", &spec.name])
@@ -389,7 +395,7 @@ fn restore_cmd(cfg: &Path, target: i64, dir: &Path, spec: &MemberSpec) -> assert
     cmd
 }
 
-async fn run(version: Version, encrypted: bool) {
+async fn run(version: Version, encrypted: bool, extras: bool) {
     let src = Etcd::start(EtcdOpts {
         version,
         ..Default::default()
@@ -585,6 +591,10 @@ async fn run(version: Version, encrypted: bool) {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    if extras {
+        combined_flags(&cfg, &work, version, &mut c, &base, b_eff, mid, &w).await;
+    }
+
     // A damaged delta (one byte flipped) is refused, nothing restored.
     let victim = chain[2].derived_data_key().unwrap().unwrap();
     let mut bytes = store.get_bytes(&victim).await.unwrap().to_vec();
@@ -604,12 +614,83 @@ async fn run(version: Version, encrypted: bool) {
     assert!(!dir.exists());
 }
 
+/// The point-in-time restore combined with the other restore flags: `--to-time`, `--bump-revision
+/// --mark-compacted` (a read at the current revision gives exactly the kvs of R) and
+/// `--out-dir` with three members (a cluster whose members all hash equal to the source).
+#[allow(clippy::too_many_arguments)]
+async fn combined_flags(
+    cfg: &Path,
+    work: &tempfile::TempDir,
+    version: Version,
+    c: &mut Client,
+    base: &Manifest,
+    b_eff: i64,
+    mid: i64,
+    w: &Workload,
+) {
+    // --to-time: the store's observed times are base.finished_at + 10 ms per revision.
+    let t = base.finished_at + chrono::Duration::milliseconds((mid - b_eff) * 10 + 5);
+    let dir = work.path().join("by-time");
+    let spec = MemberSpec::new("r", dir.clone());
+    let mut cmd = restore_cmd_with(cfg, "--to-time", &t.to_rfc3339(), &dir, &spec);
+    let out = String::from_utf8(lifeboat_ok(&mut cmd).stdout).unwrap();
+    assert!(
+        out.contains(&format!("Point in time: revision {mid}, observed")),
+        "{out}"
+    );
+    let restored = Etcd::boot(version, std::slice::from_ref(&spec), "etcd-cluster");
+    let mut rc = restored.client().await;
+    assert_eq!(hash_at(&mut rc, mid).await, hash_at(c, mid).await);
+    drop(restored);
+
+    // --bump-revision --mark-compacted on top of R.
+    const BUMP: i64 = 1_000_000;
+    let dir = work.path().join("bumped");
+    let spec = MemberSpec::new("r", dir.clone());
+    let mut cmd = restore_cmd(cfg, w.last, &dir, &spec);
+    cmd.args(["--bump-revision", &BUMP.to_string(), "--mark-compacted"]);
+    lifeboat_ok(&mut cmd);
+    let restored = Etcd::boot(version, std::slice::from_ref(&spec), "etcd-cluster");
+    let mut rc = restored.client().await;
+    let now = rc
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
+    assert_eq!(rev_of(now.header()), w.last + BUMP);
+    assert_eq!(
+        range_at(&mut rc, w.last + BUMP).await,
+        range_at(c, w.last).await
+    );
+    drop(restored);
+
+    // --out-dir: three members, one cluster, every member at R with the source's hash.
+    let out = work.path().join("cluster");
+    let specs: Vec<MemberSpec> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|n| MemberSpec::new(n, out.join(n)))
+        .collect();
+    let mut cmd = lifeboat();
+    cmd.args(["--config", cfg.to_str().unwrap(), "restore"])
+        .args(["--from-store", "latest", "--to-revision", &mid.to_string()])
+        .arg("--out-dir")
+        .arg(&out)
+        .args(["--initial-cluster", &initial_cluster(&specs)]);
+    lifeboat_ok(&mut cmd);
+    let cluster = Etcd::boot(version, &specs, "etcd-cluster");
+    let want = hash_at(c, mid).await;
+    for s in &specs {
+        let mut mc = Client::connect([s.client_url()], None).await.unwrap();
+        assert_eq!(hash_at(&mut mc, mid).await, want, "member {}", s.name);
+    }
+    drop(cluster);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_to_revision_equals_source_3_5() {
-    run(Version::V3_5, false).await;
+    run(Version::V3_5, false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_to_revision_equals_source_3_4_encrypted() {
-    run(Version::V3_4, true).await;
+    run(Version::V3_4, true, false).await;
 }
