@@ -192,6 +192,10 @@ enum SourceSpec {
     Store { which: String },
 }
 
+/// etcd's default `--quota-backend-bytes` (2 GiB): a point-in-time restore keeps the whole
+/// history up to R and can exceed it (writes then fail with NOSPACE).
+const ETCD_DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+
 /// Default `--bump-revision` of a `--kubeadm-manifest` restore (with `--mark-compacted`):
 /// far above any revision a restored cluster reached since the snapshot.
 pub const KUBEADM_DEFAULT_BUMP: u64 = 1_000_000_000;
@@ -282,6 +286,12 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()>
         }
         if let Some(r) = info.pitr.as_mut() {
             r.applied = Some(applied);
+        }
+        if status.total_size > ETCD_DEFAULT_QUOTA_BYTES {
+            eprintln!(
+                "warning: the restored db is {} bytes (the history up to the target revision), above etcd's default --quota-backend-bytes of {ETCD_DEFAULT_QUOTA_BYTES}: start etcd with a larger --quota-backend-bytes, or restore with --bump-revision N --mark-compacted (etcd compacts on boot) and run etcdctl defrag afterwards",
+                status.total_size
+            );
         }
     }
     tokio::task::spawn_blocking(move || commit(staged)).await??;
