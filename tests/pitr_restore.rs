@@ -8,8 +8,11 @@
 //! `hashkv --rev R` (hash and compact revision) equal to the source's and a byte-identical
 //! range read at R and at earlier revisions, its revision is R, and its leases are those
 //! alive at R. Also: every key-bucket value of the real base snapshot re-encodes to the same
-//! bytes; `--dry-run` prints the base, the deltas and the target; an uncovered revision is
-//! refused naming the nearest covered one; a damaged delta is refused.
+//! bytes; `--dry-run` prints the base, the deltas and the target (text and JSON); an uncovered
+//! revision is refused naming the nearest covered one; a damaged delta is refused; a missing
+//! manifest ends the covered range (named as a gap). On etcd 3.5.1 (also `--to-time`,
+//! `--bump-revision --mark-compacted` and a 3-member `--out-dir` cluster), 3.5.30 and 3.4
+//! (chain and base age-encrypted).
 
 mod common;
 
@@ -515,6 +518,20 @@ async fn run(version: Version, encrypted: bool, extras: bool) {
         "{out}"
     );
     assert!(!spec.data_dir.exists());
+    // The same as JSON: the plan under "pitr".
+    let mut dry = restore_cmd(&cfg, mid, &spec.data_dir, &spec);
+    dry.args(["--dry-run", "-o", "json"]);
+    if let Some((f, _)) = &ids {
+        dry.arg("--identity").arg(f);
+    }
+    let j: serde_json::Value = serde_json::from_slice(&lifeboat_ok(&mut dry).stdout).unwrap();
+    assert_eq!(j["pitr"]["plan"]["revision"], mid, "{j}");
+    assert_eq!(
+        j["pitr"]["plan"]["deltas"].as_array().unwrap().len(),
+        3,
+        "{j}"
+    );
+    assert_eq!(j["pitr"]["plan"]["chain"]["last_revision"], w.last, "{j}");
 
     // Not covered: named with the nearest covered revision.
     let spec = MemberSpec::new("r", work.path().join("none"));
@@ -612,6 +629,27 @@ async fn run(version: Version, encrypted: bool, extras: bool) {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("delta {victim} is damaged")), "{err}");
     assert!(!dir.exists());
+
+    // A missing manifest in the middle: the chain ends before it, a target beyond is refused
+    // naming the new end of the covered range.
+    store.delete(&chain[2].key().unwrap()).await.unwrap();
+    let o = restore_cmd(&cfg, w.last, &dir, &spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("revision {} is not covered", w.last)),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "r{} (base {}, gap r{}..r{})",
+            b_eff + 5,
+            base.id,
+            b_eff + 6,
+            mid + 3
+        )),
+        "{err}"
+    );
 }
 
 /// The point-in-time restore combined with the other restore flags: `--to-time`, `--bump-revision
@@ -688,6 +726,11 @@ async fn combined_flags(
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_to_revision_equals_source_3_5() {
     run(Version::V3_5, false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_to_revision_equals_source_3_5_30() {
+    run(Version::V3_5_30, false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
