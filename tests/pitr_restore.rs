@@ -737,3 +737,52 @@ async fn restore_to_revision_equals_source_3_5_30() {
 async fn restore_to_revision_equals_source_3_4_encrypted() {
     run(Version::V3_4, true, false).await;
 }
+
+/// A base of an empty keyspace (snapshot revision 0): etcd's store starts at revision 1, so
+/// the chain starts at revision 2 (`B_eff` = 1) and restores exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn chain_of_an_empty_base_starts_at_revision_2() {
+    let src = Etcd::start(EtcdOpts::default());
+    let mut c = src.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let cfg = src.write_config(&work.path().join("store"));
+    lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "backup"]));
+    let config = Config::load(Some(&cfg)).unwrap();
+    let store = Store::from_config(&config.storage).await.unwrap();
+    let base = etcd_lifeboat::store::find(&store, "latest").await.unwrap();
+    let got = acquire::acquire(
+        acquire::Source::Stored {
+            store: &store,
+            manifest: &base,
+        },
+        &AcquireOptions {
+            identities: None,
+            trailer: TrailerRule::Required,
+            temp_base: work.path(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(base.revision, 0);
+    let b_eff = base_revision(&Db::open(&got.path, Some(got.db_len)).unwrap()).unwrap();
+    assert_eq!(b_eff, 1);
+    c.put("/a", "1", None).await.unwrap();
+    let last = rev_of(c.put("/b", "2", None).await.unwrap().header());
+    assert_eq!(last, 3);
+    let events = watch_events(&mut c, b_eff + 1, last).await;
+    let none = Workload {
+        after_txn: 0,
+        last,
+        granted: (0, 0, -1),
+        revoked: (0, -1),
+    };
+    store_chain(&store, &base, b_eff, &events, &[last], &none, None).await;
+    let want = hash_at(&mut c, last).await;
+    let dir = work.path().join("restored");
+    let spec = MemberSpec::new("r", dir.clone());
+    lifeboat_ok(&mut restore_cmd(&cfg, last, &dir, &spec));
+    let restored = Etcd::boot(Version::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
+    let mut rc = restored.client().await;
+    assert_eq!(hash_at(&mut rc, last).await, want);
+    assert_eq!(range_at(&mut rc, last).await, range_at(&mut c, last).await);
+}
