@@ -31,6 +31,13 @@
 //! planning and printed. `--members-from-snapshot` takes names and peer URLs from it; a kubeadm
 //! manifest of a node that joined later (`--initial-cluster-state=existing`) or listing fewer
 //! members than the snapshot is refused with both lists (`tests/restore_ha.rs`).
+//!
+//! # Point in time (`--to-revision`, `--to-time`; issue 16, docs/pitr.md)
+//! With `--from-store`, the base and its delta chain are chosen over the delta manifests
+//! ([`crate::pitr::plan`]), the base is acquired as above, copied to a private `pitr.db` and
+//! the deltas are applied to it natively ([`crate::pitr::apply`]); that db, fully checked,
+//! is then the source of every member, so membership, `--bump-revision` and `--out-dir` work
+//! on revision R exactly as on a snapshot (`tests/pitr_restore.rs`).
 
 pub mod db;
 pub mod ids;
