@@ -776,7 +776,7 @@ async fn chain_of_an_empty_base_starts_at_revision_2() {
         granted: (0, 0, -1),
         revoked: (0, -1),
     };
-    store_chain(&store, &base, b_eff, &events, &[last], &none, None).await;
+    let chain = store_chain(&store, &base, b_eff, &events, &[last], &none, None).await;
     let want = hash_at(&mut c, last).await;
     let dir = work.path().join("restored");
     let spec = MemberSpec::new("r", dir.clone());
@@ -785,4 +785,26 @@ async fn chain_of_an_empty_base_starts_at_revision_2() {
     let mut rc = restored.client().await;
     assert_eq!(hash_at(&mut rc, last).await, want);
     assert_eq!(range_at(&mut rc, last).await, range_at(&mut c, last).await);
+
+    // A manifest that understates the decompressed size: the decoder stops at its bound
+    // (a zstd bomb cannot fill the disk) and the restore is refused.
+    let mut m = chain[0].clone();
+    m.raw_bytes -= 1;
+    store.delete(&m.key().unwrap()).await.unwrap();
+    store
+        .put_bytes_new(&m.key().unwrap(), Bytes::from(m.to_json()))
+        .await
+        .unwrap();
+    let dir = work.path().join("bomb");
+    let o = restore_cmd(&cfg, last, &dir, &spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "decompresses to more than the {} bytes recorded",
+            m.raw_bytes
+        )),
+        "{err}"
+    );
+    assert!(!dir.exists());
 }
