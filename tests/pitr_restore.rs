@@ -739,7 +739,8 @@ async fn restore_to_revision_equals_source_3_4_encrypted() {
 }
 
 /// A base of an empty keyspace (snapshot revision 0): etcd's store starts at revision 1, so
-/// the chain starts at revision 2 (`B_eff` = 1) and restores exactly.
+/// the chain starts at revision 2 (`B_eff` = 1) and restores exactly; a lease the chain never
+/// saw granted but a live key refers to is restored anyway (and reported).
 #[tokio::test(flavor = "multi_thread")]
 async fn chain_of_an_empty_base_starts_at_revision_2() {
     let src = Etcd::start(EtcdOpts::default());
@@ -767,7 +768,14 @@ async fn chain_of_an_empty_base_starts_at_revision_2() {
     let b_eff = base_revision(&Db::open(&got.path, Some(got.db_len)).unwrap()).unwrap();
     assert_eq!(b_eff, 1);
     c.put("/a", "1", None).await.unwrap();
-    let last = rev_of(c.put("/b", "2", None).await.unwrap().header());
+    // A lease the chain never records as granted (the capture missed it).
+    let missed = c.lease_grant(600, None).await.unwrap().id();
+    let last = rev_of(
+        c.put("/b", "2", Some(PutOptions::new().with_lease(missed)))
+            .await
+            .unwrap()
+            .header(),
+    );
     assert_eq!(last, 3);
     let events = watch_events(&mut c, b_eff + 1, last).await;
     let none = Workload {
@@ -780,7 +788,16 @@ async fn chain_of_an_empty_base_starts_at_revision_2() {
     let want = hash_at(&mut c, last).await;
     let dir = work.path().join("restored");
     let spec = MemberSpec::new("r", dir.clone());
-    lifeboat_ok(&mut restore_cmd(&cfg, last, &dir, &spec));
+    let mut cmd = restore_cmd(&cfg, last, &dir, &spec);
+    cmd.args(["-o", "json"]);
+    let j: serde_json::Value = serde_json::from_slice(&lifeboat_ok(&mut cmd).stdout).unwrap();
+    // Safety net: the referenced lease is restored (etcd's minimum TTL), and reported.
+    assert_eq!(
+        j["pitr"]["applied"]["leases_unknown"],
+        serde_json::json!([missed]),
+        "{j}"
+    );
+    assert_eq!(j["pitr"]["applied"]["leases"], 1, "{j}");
     let restored = Etcd::boot(Version::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
     let mut rc = restored.client().await;
     assert_eq!(hash_at(&mut rc, last).await, want);
