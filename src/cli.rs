@@ -359,6 +359,7 @@ impl From<RestoreArgs> for RestoreOptions {
         RestoreOptions {
             snapshot: a.snapshot.or(a.snapshot_path),
             from_store: a.from_store,
+            cluster: a.cluster.cluster,
             data_dir: a.data_dir,
             wal_dir: a.wal_dir,
             name: a.name,

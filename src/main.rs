@@ -654,30 +654,12 @@ fn cmd_man(a: &cli::ManArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `restore`: with a config whose clusters are named (`clusters:` or `name`), the store of
-/// the cluster `--cluster` selects. The restore module reads the store from a config file, so
-/// the selected cluster's effective config is written to a private temp file (0600 in a
-/// 0700 dir, removed afterwards) and passed on; otherwise the config path as given.
+/// `restore`: `--cluster` selects the store of `--from-store` among the config's clusters.
 async fn cmd_restore(cli: &Cli, a: &cli::RestoreArgs) -> anyhow::Result<()> {
-    let named = a.cluster.cluster.is_some();
-    let multi = a.from_store.is_some() && {
-        let cfg = load(cli).await?;
-        cfg.clusters().len() > 1 || named
-    };
-    if !multi {
-        if named && a.from_store.is_none() {
-            anyhow::bail!("--cluster selects the store of --from-store; without --from-store it is not used, remove it");
-        }
-        return Ok(etcd_lifeboat::restore::run(a.clone().into(), cli.config.as_deref()).await?);
+    if a.cluster.cluster.is_some() && a.from_store.is_none() {
+        anyhow::bail!("--cluster selects the store of --from-store; without --from-store it is not used, remove it");
     }
-    let cfg = load_cluster(cli, &a.cluster).await?;
-    let dir = workdir::WorkDir::create(&workdir::temp_base(&cfg))?;
-    let (mut f, path) = dir.create_file("cluster-config.yaml")?;
-    f.write_all(serde_json::to_string(&cfg)?.as_bytes())?;
-    drop(f);
-    let r = etcd_lifeboat::restore::run(a.clone().into(), Some(&path)).await;
-    drop(dir);
-    Ok(r?)
+    Ok(etcd_lifeboat::restore::run(a.clone().into(), cli.config.as_deref()).await?)
 }
 
 /// `list` of a config with several clusters and no `--cluster`: every cluster's backups,

@@ -75,6 +75,9 @@ pub struct RestoreOptions {
     pub snapshot: Option<PathBuf>,
     /// Restore a backup from the configured store: its id, a unique id prefix, or `latest`.
     pub from_store: Option<String>,
+    /// With `from_store` and a config of several (named) clusters: whose store
+    /// ([`Config::select_cluster`]).
+    pub cluster: Option<String>,
     /// Data dir to create (absent or empty) [default: `<name>.etcd`].
     pub data_dir: Option<PathBuf>,
     /// Dedicated WAL dir (absent or empty) [default: `<data-dir>/member/wal`].
@@ -230,7 +233,8 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()>
     let pitr_target = pitr_target(&args)?;
     let (snapshot, pitr_plan) = match (&spec, pitr_target) {
         (SourceSpec::Store { which }, Some(target)) => {
-            let (store, base, p) = plan_pitr(which, target, config_path).await?;
+            let (store, base, p) =
+                plan_pitr(which, target, config_path, args.cluster.as_deref()).await?;
             if !args.json {
                 print_pitr_plan(&p, args.dry_run);
             }
@@ -565,9 +569,15 @@ fn make_plan(
 }
 
 /// The backup `which` (id, unique prefix or `latest`) in the store of the config at
-/// `config_path`. Errors: Config (exit 2), Store (cannot open it, backup not found).
-async fn find_stored(which: &str, config_path: Option<&Path>) -> Result<(Store, Manifest)> {
-    let cfg = Config::load(config_path)?;
+/// `config_path` (of its cluster `cluster`, see [`Config::select_cluster`]).
+/// Errors: Config (exit 2: also an unknown or missing cluster name), Store (cannot open it,
+/// backup not found).
+async fn find_stored(
+    which: &str,
+    config_path: Option<&Path>,
+    cluster: Option<&str>,
+) -> Result<(Store, Manifest)> {
+    let cfg = Config::load(config_path)?.select_cluster(cluster)?.config;
     let store = Store::from_config(&cfg.storage)
         .await
         .map_err(|source| RestoreError::Store {
@@ -596,7 +606,7 @@ async fn restore_files(
     let Some(which) = &args.from_store else {
         return Err(UsageError::new("--files-to needs --from-store ID|latest").into());
     };
-    let (store, m) = find_stored(which, config_path).await?;
+    let (store, m) = find_stored(which, config_path, args.cluster.as_deref()).await?;
     let ids = crate::crypto::identities_from_args(&args.identity)?;
     acquire::fetch_files(&store, &m, ids, Some(dir)).await?;
     let entries = m.files.as_ref().map(|f| f.entries.len()).unwrap_or(0);
@@ -734,7 +744,7 @@ async fn acquire_snapshot(
             Ok(acquire::acquire(acquire::Source::File(path), &opts).await?)
         }
         SourceSpec::Store { which } => {
-            let (store, m) = find_stored(which, config_path).await?;
+            let (store, m) = find_stored(which, config_path, args.cluster.as_deref()).await?;
             let src = acquire::Source::Stored {
                 store: &store,
                 manifest: &m,
@@ -780,8 +790,9 @@ async fn plan_pitr(
     which: &str,
     target: PitrTarget,
     config_path: Option<&Path>,
+    cluster: Option<&str>,
 ) -> Result<(Store, Manifest, PitrPlan)> {
-    let (store, first) = find_stored(which, config_path).await?;
+    let (store, first) = find_stored(which, config_path, cluster).await?;
     let bases: Vec<Manifest> = if which == "latest" {
         manifest::catalog(&store)
             .await
