@@ -135,6 +135,9 @@ pub struct ClusterConfig {
     /// Re-verification schedule (default: the top-level `verify`).
     #[serde(default)]
     pub verify: Option<VerifyConfig>,
+    /// Point-in-time recovery deltas (default: the top-level `pitr`).
+    #[serde(default)]
+    pub pitr: Option<PitrConfig>,
 }
 
 /// One cluster as the daemon and the CLI use it: its name (`None` for the single cluster of
@@ -815,6 +818,9 @@ impl Config {
         }
         if let Some(x) = &c.verify {
             cfg.verify = x.clone();
+        }
+        if let Some(x) = &c.pitr {
+            cfg.pitr = x.clone();
         }
         // One election per cluster; `-` keeps the key prefix out of the single-cluster one's.
         cfg.leader_election.name = format!("{}-{}", self.leader_election.name, c.name);

@@ -36,6 +36,7 @@ fn the_expected_examples_exist() {
         "config/systemd-cluster.yaml",
         "config/local.yaml",
         "config/daemon.yaml",
+        "config/clusters.yaml",
         "deploy/cronjob/configmap.yaml (data.config.yaml)",
         "deploy/daemon/configmap.yaml (data.config.yaml)",
     ] {
@@ -93,6 +94,13 @@ fn examples_have_the_promised_shapes() {
     assert_eq!(load("config/local.yaml").storage.backend, Backend::Local);
     let daemon = load("config/daemon.yaml");
     assert!(daemon.leader_election.enabled);
+
+    let fleet = load("config/clusters.yaml").clusters();
+    let names: Vec<_> = fleet.iter().filter_map(|c| c.name.as_deref()).collect();
+    assert_eq!(names, ["prod-a", "prod-b", "staging"]);
+    assert!(fleet[0].config.pitr.enabled && !fleet[1].config.pitr.enabled);
+    assert_eq!(fleet[1].config.storage.s3.prefix, "fleet/prod-b");
+    assert_eq!(fleet[2].config.storage.backend, Backend::Local);
 }
 
 /// `etcd-lifeboat --config FILE config check`.

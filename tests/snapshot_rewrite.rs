@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use etcd_lifeboat::acquire::TrailerRule;
-use etcd_lifeboat::restore::db::rewrite_db_bumped;
+use etcd_lifeboat::restore::db::{rewrite_db_bumped, rewrite_db_in_place};
 use etcd_lifeboat::restore::member::Member as RestoreMember;
 use etcd_lifeboat::snapshot::page::{self, PAGE_HEADER_SIZE};
 use etcd_lifeboat::snapshot::{verify_file, Db, Status};
@@ -150,6 +150,27 @@ async fn rewrite_equals_etcdutl_restore_and_boots_from(src: Version) {
     let t0 = Instant::now();
     rewrite_db_bumped(&snap.path, db_len(&snap.path), &ours, &members, 2, 1, 0).unwrap();
     eprintln!("rewrite_db_bumped took {:?}", t0.elapsed());
+    // In place (restore of a decompressed temp file): the same bytes, with and without a bump.
+    for bump in [0, 1000] {
+        let copied = ours.with_extension(format!("copied-{bump}"));
+        let in_place = ours.with_extension(format!("in-place-{bump}"));
+        rewrite_db_bumped(
+            &snap.path,
+            db_len(&snap.path),
+            &copied,
+            &members,
+            2,
+            1,
+            bump,
+        )
+        .unwrap();
+        std::fs::copy(&snap.path, &in_place).unwrap();
+        rewrite_db_in_place(&in_place, db_len(&snap.path), &members, 2, 1, bump).unwrap();
+        assert!(
+            std::fs::read(&copied).unwrap() == std::fs::read(&in_place).unwrap(),
+            "in-place rewrite (bump {bump}) differs from the copying one"
+        );
+    }
     let (d_ours, d_theirs) = (dump(&ours), dump(&theirs));
     assert_eq!(
         d_ours.keys().collect::<Vec<_>>(),

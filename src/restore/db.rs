@@ -69,8 +69,53 @@ pub fn rewrite_db_bumped(
     term: u64,
     bump: u64,
 ) -> Result<Option<Bumped>, SnapshotError> {
+    let (edits, bumped, size) = restore_edits(src, db_len, members, consistent_index, term, bump)?;
+    let to = create_dst(dst)?;
+    copy_prefix(src, to, dst, size)?;
+    writer::apply(dst, Some(size), &edits)?;
+    Ok(bumped)
+}
+
+/// [`rewrite_db_bumped`] on `path` itself, for a private file the caller owns (a decompressed
+/// or PITR-applied temp file on the target's file system): the file is cut to the db's size
+/// and the same transaction is applied, so the result has the same bytes without the copy
+/// (a full read and write of the db).
+///
+/// Errors: those of [`rewrite_db_bumped`]; on error the file is left half-rewritten (the
+/// caller discards it).
+pub fn rewrite_db_in_place(
+    path: &Path,
+    db_len: u64,
+    members: &[Member],
+    consistent_index: u64,
+    term: u64,
+    bump: u64,
+) -> Result<Option<Bumped>, SnapshotError> {
+    let (edits, bumped, size) = restore_edits(path, db_len, members, consistent_index, term, bump)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(size))
+        .map_err(|source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    writer::apply(path, Some(size), &edits)?;
+    Ok(bumped)
+}
+
+/// The restore transaction for the db in the first `db_len` bytes of `src`: membership,
+/// consistent index, term and the optional bump; with the bump planned and the db's size
+/// (bytes up to its high water mark).
+fn restore_edits(
+    src: &Path,
+    db_len: u64,
+    members: &[Member],
+    consistent_index: u64,
+    term: u64,
+    bump: u64,
+) -> Result<(BTreeMap<Vec<u8>, BucketEdit>, Option<Bumped>, u64), SnapshotError> {
     let db = Db::open(src, Some(db_len))?;
-    let size = db.size();
     let mut edits = membership_edits(members, consistent_index, term);
     let bumped = if bump > 0 {
         let b = plan_bump(&db, bump)?;
@@ -86,11 +131,7 @@ pub fn rewrite_db_bumped(
     } else {
         None
     };
-    drop(db);
-    let to = create_dst(dst)?;
-    copy_prefix(src, to, dst, size)?;
-    writer::apply(dst, Some(size), &edits)?;
-    Ok(bumped)
+    Ok((edits, bumped, db.size()))
 }
 
 /// A revision bump: the snapshot's latest revision and the new one (etcd revisions are

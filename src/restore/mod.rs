@@ -52,7 +52,7 @@ use crate::config::{Config, ConfigError};
 use crate::crypto::{CryptoError, FileFormat};
 use crate::snapshot::{SnapshotError, Status};
 use crate::store::{manifest, Manifest, Store, StoreError};
-use db::{rewrite_db_bumped, Bumped, SnapshotMember};
+use db::{rewrite_db_bumped, rewrite_db_in_place, Bumped, SnapshotMember};
 
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -284,8 +284,10 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()>
         parents.push(temp_parent(w)?);
     }
     let plan2 = plan.clone();
+    // A private temp file (not the user's --snapshot file) is moved, not copied.
+    let owned = pitr_work.is_some() || snapshot.format != crate::crypto::FileFormat::Raw;
     let (status, staged) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let staged = stage_members(&plan2, &src_path, src_len, bump)?;
+        let staged = stage_members(&plan2, &src_path, src_len, bump, owned)?;
         drop(snapshot);
         Ok((src_status, staged))
     })
@@ -1086,7 +1088,16 @@ fn mkdir0700(p: &Path) -> Result<()> {
 }
 
 /// Step 4 (`saveDB`, `updateCIndex`, `saveWALAndSnap`): every target member's files, staged.
-fn stage_members(plan: &Plan, src: &Path, db_len: u64, bump: u64) -> Result<Vec<Staged>> {
+/// `owned`: `src` is this run's private temp file (decompressed or PITR-applied) on the
+/// target's file system, so it is moved into the first member and rewritten in place rather
+/// than copied.
+fn stage_members(
+    plan: &Plan,
+    src: &Path,
+    db_len: u64,
+    bump: u64,
+    owned: bool,
+) -> Result<Vec<Staged>> {
     let n = plan.members.len() as u64;
     let mut staged = Vec::new();
     let mut first_db: Option<PathBuf> = None;
@@ -1099,7 +1110,16 @@ fn stage_members(plan: &Plan, src: &Path, db_len: u64, bump: u64) -> Result<Vec<
         let db = snap_dir.join("db");
         match &first_db {
             None => {
-                save_db(src, db_len, &db, &plan.members, n, bump)?;
+                if owned && fs::rename(src, &db).is_ok() {
+                    rewrite_db_in_place(&db, db_len, &plan.members, n, 1, bump).map_err(
+                        |source| RestoreError::Snapshot {
+                            what: format!("writing db {}", db.display()),
+                            source,
+                        },
+                    )?;
+                } else {
+                    save_db(src, db_len, &db, &plan.members, n, bump)?;
+                }
                 first_db = Some(db.clone());
             }
             // Every member's db is the same: copy the first one (copy_file_range).

@@ -164,6 +164,13 @@ pub fn materialize(text: &str, tmp: &Path) -> (String, Vec<(String, String)>) {
                     walk(child, &dotted, tmp, done);
                 }
             }
+            // `clusters:` entries: keys relative to the entry, as `config check` names them
+            // (`clusters[0] (prod-a): etcd.tls.ca_file`).
+            Value::Sequence(items) => {
+                for item in items {
+                    walk(item, "", tmp, done);
+                }
+            }
             Value::String(s) if s.starts_with('/') => {
                 let leaf = key.rsplit('.').next().unwrap();
                 let is_file = leaf.ends_with("_file");
