@@ -32,8 +32,9 @@ fn daemon_child() {
 /// One key-bucket entry as the chain must hold it: (main, sub, tag 2 put / 3 del, value).
 type Ev = (i64, i64, u8, Vec<u8>);
 
-fn config(etcd: &Etcd, store: &Path, port: u16) -> PathBuf {
+fn config(etcd: &Etcd, store: &Path, port: u16, extra: &str) -> PathBuf {
     let mut y = etcd.config_yaml(store);
+    y += extra;
     // A yearly schedule: the only scheduled backup is the one at start (empty store).
     y += &format!(
         "schedule:\n  cron: \"0 0 1 1 *\"\n\
@@ -97,6 +98,22 @@ fn decode(store_dir: &Path, deltas: &[DeltaManifest]) -> Vec<Ev> {
             }
         }
         assert!(ended, "delta {} has an END record", m.first_revision);
+    }
+    out
+}
+
+/// The LEASE_GRANT records (id, ttl) of the deltas.
+fn lease_grants(store_dir: &Path, deltas: &[DeltaManifest]) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    for m in deltas {
+        let key = m.derived_data_key().unwrap().unwrap();
+        let raw =
+            zstd::decode_all(&std::fs::read(store_dir.join(key.as_str())).unwrap()[..]).unwrap();
+        for rec in DeltaReader::new(&raw[..]).unwrap() {
+            if let Record::LeaseGrant { id, ttl, .. } = rec.unwrap() {
+                out.push((id, ttl));
+            }
+        }
     }
     out
 }
@@ -262,7 +279,7 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     std::fs::create_dir_all(&store_dir).unwrap();
     let store = local_store(&rt, &store_dir);
     let port = free_port();
-    let cfg = config(&etcd, &store_dir, port);
+    let cfg = config(&etcd, &store_dir, port, "");
     let mut d = spawn(&etcd, &cfg, port, "d1.log");
 
     // The base (the scheduler's first run) and the chain's start.
@@ -292,8 +309,13 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
         got == *seen.lock().unwrap(),
         "stored events differ from the watch"
     );
-    // The lease revoke (3 deletes in one revision) and the 100-put txn are single revisions.
+    // The 100-put txn is one revision.
     assert_eq!(got.iter().filter(|e| e.0 == r1).count(), 100);
+    // Both leases of the leased keys are recorded with their granted TTL.
+    let grants = lease_grants(&store_dir, &ch.deltas);
+    // (A lease revoked before the capture asked for its TTL is recorded with TTL 0.)
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    assert!(grants.iter().any(|g| g.1 == 300), "{grants:?}");
     let m = d.metrics();
     assert!(sample(&m, "etcd_lifeboat_pitr_last_revision").unwrap() >= r1 as f64);
     assert!(sample(&m, "etcd_lifeboat_pitr_lag_seconds").unwrap() < 30.0);
@@ -507,4 +529,54 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     assert!(left.is_empty(), "left in the chain dir: {left:?}");
     let new_chain = rt.block_on(read_chain(&store, &new_base)).unwrap();
     assert_eq!(new_chain.last_revision, ch4.last_revision);
+}
+
+/// An encrypted base gets an encrypted chain (`.delta.zst.age`, the base's recipients):
+/// verify checks the plaintext with the identity and only size and sha256 without it.
+#[test]
+fn encrypted_base_encrypted_chain() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(etcd.client());
+    let store_dir = etcd.dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = local_store(&rt, &store_dir);
+    let (identity, recipient) = keygen(etcd.dir.path(), "key.txt");
+    let port = free_port();
+    let cfg = config(
+        &etcd,
+        &store_dir,
+        port,
+        &format!("encryption:\n  age_recipients: [\"{recipient}\"]\n"),
+    );
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    let mut base = None;
+    wait("a base backup", Duration::from_secs(20), || {
+        base = rt.block_on(bases(&store)).into_iter().next();
+        base.is_some()
+    });
+    let base = base.unwrap();
+    assert!(base.encryption.is_some());
+    let r = rt.block_on(workload(&client, "enc"));
+    let ch = wait_chain(&rt, &store, &base, r);
+    // An empty keyspace's snapshot has revision 0; etcd's store starts at revision 1.
+    assert_eq!(base.revision, 0);
+    assert_sound(&ch, 1);
+    assert!(ch.closed.is_none(), "{:?}\n{}", ch.summary(), d.log_text());
+    for d in &ch.deltas {
+        assert_eq!(d.encryption, base.encryption);
+        let key = d.derived_data_key().unwrap().unwrap();
+        assert!(key.as_str().ends_with(".delta.zst.age"), "{key}");
+        let stored = std::fs::read(store_dir.join(key.as_str())).unwrap();
+        assert!(stored.starts_with(b"age-encryption.org/v1"));
+    }
+    let ids = etcd_lifeboat::crypto::Identities::load(&[identity]).unwrap();
+    let v = rt
+        .block_on(verify_chain(&store, &base, Some(Arc::new(ids))))
+        .unwrap();
+    assert!(v.ok(), "{:?}", v.problems());
+    assert!(v.deltas.iter().all(|d| d.content_checked));
+    let v = rt.block_on(verify_chain(&store, &base, None)).unwrap();
+    assert!(v.ok(), "{:?}", v.problems());
+    assert!(v.deltas.iter().all(|d| !d.content_checked));
 }

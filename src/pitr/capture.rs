@@ -407,10 +407,10 @@ impl Capture {
             },
             None => ChainPos {
                 cluster,
-                // B_eff = the manifest's revision: the daemon holds no copy of the base db
-                // (see the module doc of chain.rs for the one case where they differ).
-                base_revision: base.revision,
-                next: base.revision + 1,
+                // B_eff from the manifest: the daemon holds no copy of the base db (see the
+                // module doc of chain.rs for the case where they differ).
+                base_revision: chain::manifest_base_revision(&base),
+                next: chain::manifest_base_revision(&base) + 1,
                 seq: 0,
                 prev_stored_sha256: None,
                 base,
