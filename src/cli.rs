@@ -316,6 +316,20 @@ pub struct RestoreArgs {
     /// against the manifest; never overwrites (refused, nothing written, when a file exists).
     #[arg(long, value_name = "DIR", requires = "from_store")]
     pub files_to: Option<PathBuf>,
+    /// With --from-store: restore exactly revision R (point-in-time recovery): the base's
+    /// delta chain is applied up to R (`--from-store latest`: the newest base whose chain
+    /// covers R); refused, naming the nearest covered revisions, when no chain covers R.
+    #[arg(
+        long,
+        value_name = "R",
+        requires = "from_store",
+        conflicts_with = "files_to"
+    )]
+    pub to_revision: Option<i64>,
+    /// With --from-store: restore the state at time T (RFC 3339, e.g. 2026-11-22T23:05:00Z):
+    /// the last revision the delta chain observed at or before T.
+    #[arg(long, value_name = "T", requires = "from_store", conflicts_with_all = ["files_to", "to_revision"])]
+    pub to_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl From<RestoreArgs> for RestoreOptions {
@@ -340,6 +354,8 @@ impl From<RestoreArgs> for RestoreOptions {
             members_from_snapshot: a.members_from_snapshot,
             target_version: a.target_version,
             files_to: a.files_to,
+            to_revision: a.to_revision,
+            to_time: a.to_time,
         }
     }
 }

@@ -8,11 +8,17 @@
 //!   encodings (revision keys, `mvccpb.KeyValue` values, tombstones); the effective base
 //!   revision of a db.
 //! - `manifest`: delta manifests, the keys of a chain's objects, parse and validation.
+//! - `plan`: chains (the contiguous run of a base's deltas) and the choice of base and deltas
+//!   for a target revision or time.
+//! - `apply`: streams the chosen deltas (fetch, sha256, age, zstd, parse) into a copy of the
+//!   base db, natively, bounded memory.
 //!
 //! Layer: uses [`crate::snapshot`], [`crate::store`], [`crate::crypto`]; knows neither
 //! [`crate::daemon`] nor [`crate::backup`] nor [`crate::restore`] (restore uses it).
 
+pub mod apply;
 pub mod capture;
 pub mod chain;
 pub mod delta;
 pub mod manifest;
+pub mod plan;

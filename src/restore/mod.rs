@@ -54,6 +54,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::UsageError;
+use crate::pitr::apply::PitrApplied;
+use crate::pitr::plan::{PitrPlan, PitrTarget};
 use plan::{Plan, PlanError, PlanInput, Target};
 
 /// Options of a restore: `etcdutl snapshot restore`'s flags plus sources and extras
@@ -110,6 +112,12 @@ pub struct RestoreOptions {
     /// (`DIR/etc/kubernetes/pki/...`, recorded modes) instead of restoring a data dir; checked
     /// against the manifest; never overwrites (refused, nothing written, when a file exists).
     pub files_to: Option<PathBuf>,
+    /// With `from_store`: point-in-time recovery to exactly this revision (the base's delta
+    /// chain applied up to it; `latest`: the newest base whose chain covers it).
+    pub to_revision: Option<i64>,
+    /// With `from_store`: point-in-time recovery to the last revision observed at or before
+    /// this time.
+    pub to_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Why a restore failed. Nothing has been written when a restore returns one: staging dirs
@@ -156,6 +164,12 @@ pub enum RestoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// No delta chain covers the point-in-time target, or the chain cannot be read.
+    #[error("{0}")]
+    PitrPlan(#[from] crate::pitr::plan::PitrPlanError),
+    /// Applying the deltas failed (damaged delta, wrong identity, ...).
+    #[error("{0}")]
+    PitrApply(#[from] crate::pitr::apply::ApplyError),
     /// A worker thread of the restore panicked or was cancelled.
     #[error("restore worker: {0}")]
     Worker(#[from] tokio::task::JoinError),
@@ -202,8 +216,46 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()>
     };
     // The snapshot as a checked local file (acquire: sha256 trailer, bbolt structure, status,
     // and for a stored backup the comparison with its manifest), before anything is planned.
-    let snapshot = acquire_snapshot(&args, &spec, &temp_dir, config_path).await?;
-    let mut info = read_snapshot_info(&snapshot.path, snapshot.db_len, bump)?;
+    let pitr_target = pitr_target(&args)?;
+    let (snapshot, pitr_plan) = match (&spec, pitr_target) {
+        (SourceSpec::Store { which }, Some(target)) => {
+            let (store, base, p) = plan_pitr(which, target, config_path).await?;
+            if !args.json {
+                print_pitr_plan(&p, args.dry_run);
+            }
+            let snap = acquire_stored(&args, &store, &base, &temp_dir).await?;
+            (snap, Some((store, p)))
+        }
+        _ => (
+            acquire_snapshot(&args, &spec, &temp_dir, config_path).await?,
+            None,
+        ),
+    };
+    // Point-in-time: the deltas applied once to a private copy of the base, which then is
+    // the source of every member (bump and membership rewrites come after, on R).
+    let mut pitr_work = None;
+    let (src_path, src_len, src_status) = match (&pitr_plan, args.dry_run) {
+        (Some((store, p)), false) => {
+            let (work, applied, status) =
+                apply_pitr(&args, store, p, &snapshot.path, snapshot.db_len, &temp_dir).await?;
+            let path = work.path().join("pitr.db");
+            let len = fs::metadata(&path)
+                .map_err(io(format!("reading {}", path.display())))?
+                .len();
+            pitr_work = Some((work, applied));
+            (path, len, status)
+        }
+        _ => (
+            snapshot.path.clone(),
+            snapshot.db_len,
+            snapshot.status.clone(),
+        ),
+    };
+    let mut info = read_snapshot_info(&src_path, src_len, bump)?;
+    info.pitr = pitr_plan.as_ref().map(|(_, p)| PitrReport {
+        plan: p.clone(),
+        applied: None,
+    });
     info.warnings = version_warnings(&args, manifest.as_ref(), &info)?;
     for w in &info.warnings {
         eprintln!("warning: {w}");
@@ -218,10 +270,20 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()>
     }
     let plan2 = plan.clone();
     let (status, staged) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let staged = stage_members(&plan2, &snapshot.path, snapshot.db_len, bump)?;
-        Ok((snapshot.status.clone(), staged))
+        let staged = stage_members(&plan2, &src_path, src_len, bump)?;
+        drop(snapshot);
+        Ok((src_status, staged))
     })
     .await??;
+    if let Some((work, applied)) = pitr_work {
+        drop(work);
+        if !args.json {
+            print_pitr_applied(&applied);
+        }
+        if let Some(r) = info.pitr.as_mut() {
+            r.applied = Some(applied);
+        }
+    }
     tokio::task::spawn_blocking(move || commit(staged)).await??;
     // Success: keep the parent dirs created for the targets.
     for p in &mut parents {
@@ -302,6 +364,17 @@ struct SnapshotInfo {
     storage_version: Option<String>,
     /// Version warnings (target etcd older than the snapshot's writer).
     warnings: Vec<String>,
+    /// Point-in-time recovery: the chosen base, deltas and target, and what was applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pitr: Option<PitrReport>,
+}
+
+/// The point-in-time part of the report.
+#[derive(Debug, Clone, Serialize)]
+struct PitrReport {
+    plan: PitrPlan,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied: Option<PitrApplied>,
 }
 
 /// Value of `key` in small root bucket `bucket` as text, when present and at most 64 bytes.
@@ -405,6 +478,7 @@ fn read_snapshot_info(path: &Path, db_len: u64, bump: u64) -> Result<SnapshotInf
         cluster_version,
         storage_version,
         warnings: Vec::new(),
+        pitr: None,
     })
 }
 
@@ -651,6 +725,202 @@ async fn acquire_snapshot(
             Ok(acquire::acquire(src, &opts).await?)
         }
     }
+}
+
+/// The point-in-time target of `--to-revision`/`--to-time`, if any. Errors: Usage when
+/// given without `--from-store`, both given, or a negative revision.
+fn pitr_target(args: &RestoreOptions) -> Result<Option<PitrTarget>> {
+    let t = match (args.to_revision, args.to_time) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(UsageError::new("--to-revision and --to-time: give only one target").into())
+        }
+        (Some(r), None) if r < 1 => {
+            return Err(UsageError::new(format!(
+                "--to-revision: {r} is not an etcd revision (1 or more)"
+            ))
+            .into())
+        }
+        (Some(r), None) => PitrTarget::Revision(r),
+        (None, Some(t)) => PitrTarget::Time(t),
+    };
+    if args.from_store.is_none() {
+        return Err(UsageError::new(
+            "--to-revision/--to-time: only with --from-store ID|latest (the delta chains are in the store)",
+        )
+        .into());
+    }
+    if args.files_to.is_some() {
+        return Err(UsageError::new("--to-revision/--to-time: not with --files-to").into());
+    }
+    Ok(Some(t))
+}
+
+/// Point-in-time plan: the bases to consider (`latest`: every backup of the newest backup's
+/// cluster, newest first; otherwise the one named), their chains read until one covers
+/// `target`. Errors: Config, Store, PitrPlan (not covered: the nearest covered revisions).
+async fn plan_pitr(
+    which: &str,
+    target: PitrTarget,
+    config_path: Option<&Path>,
+) -> Result<(Store, Manifest, PitrPlan)> {
+    let (store, first) = find_stored(which, config_path).await?;
+    let bases: Vec<Manifest> = if which == "latest" {
+        manifest::catalog(&store)
+            .await
+            .map_err(|source| RestoreError::Store {
+                what: format!("--from-store latest: listing {}", store.describe()),
+                source,
+            })?
+            .current()
+            .filter(|m| m.cluster_id == first.cluster_id)
+            .cloned()
+            .collect()
+    } else {
+        vec![first]
+    };
+    let mut chains = Vec::new();
+    for b in &bases {
+        let c = crate::pitr::plan::load_chain(&store, b).await?;
+        let hit = crate::pitr::plan::plan(std::slice::from_ref(&c), target).is_ok();
+        chains.push(c);
+        if hit {
+            break;
+        }
+    }
+    let p = crate::pitr::plan::plan(&chains, target)?;
+    let base = bases
+        .into_iter()
+        .find(|b| b.id == p.chain.base_id)
+        .expect("the plan's base is one of the bases");
+    Ok((store, base, p))
+}
+
+/// A stored backup as a verified local file ([`acquire::acquire`]).
+async fn acquire_stored(
+    args: &RestoreOptions,
+    store: &Store,
+    m: &Manifest,
+    temp_dir: &Path,
+) -> Result<acquire::Acquired> {
+    let opts = AcquireOptions {
+        identities: crate::crypto::identities_from_args(&args.identity)?,
+        trailer: if args.skip_hash_check {
+            TrailerRule::Skip
+        } else {
+            TrailerRule::Required
+        },
+        temp_base: temp_dir,
+    };
+    Ok(acquire::acquire(acquire::Source::Stored { store, manifest: m }, &opts).await?)
+}
+
+/// Copies the base into a private dir (0700) under `temp_dir` as `pitr.db`, applies the
+/// plan's deltas ([`crate::pitr::apply::apply`]) and checks the result (full bbolt check).
+/// Returns the dir (holding `pitr.db`), what was applied and the db's status.
+async fn apply_pitr(
+    args: &RestoreOptions,
+    store: &Store,
+    p: &PitrPlan,
+    base: &Path,
+    base_len: u64,
+    temp_dir: &Path,
+) -> Result<(tempfile::TempDir, PitrApplied, Status)> {
+    let work = tempfile::Builder::new()
+        .prefix(".etcd-lifeboat-pitr-")
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(temp_dir)
+        .map_err(io(format!(
+            "creating a private dir in {}",
+            temp_dir.display()
+        )))?;
+    let db = work.path().join("pitr.db");
+    let ids = crate::crypto::identities_from_args(&args.identity)?;
+    let (store, p, base) = (store.clone(), p.clone(), base.to_path_buf());
+    let (applied, status) = tokio::task::spawn_blocking(move || -> Result<_> {
+        crate::pitr::apply::copy_base(&base, base_len, &db)?;
+        let applied = crate::pitr::apply::apply(&store, &p, ids, &db, base_len)?;
+        let status =
+            crate::snapshot::verify_file(&db, None).map_err(|source| RestoreError::Snapshot {
+                what: format!("checking the db after applying deltas {}", db.display()),
+                source,
+            })?;
+        Ok((applied, status))
+    })
+    .await??;
+    Ok((work, applied, status))
+}
+
+fn print_pitr_plan(p: &PitrPlan, dry_run: bool) {
+    let c = &p.chain;
+    let target = match p.target {
+        PitrTarget::Revision(r) => format!("revision {r}"),
+        PitrTarget::Time(t) => format!(
+            "time {} (the last revision observed at or before it, at most r{})",
+            t.to_rfc3339(),
+            p.revision
+        ),
+    };
+    let verb = if dry_run {
+        "Would restore"
+    } else {
+        "Restoring"
+    };
+    println!(
+        "{verb} {target} (point in time) from base backup {} (effective revision r{}, finished {}) and {} delta(s):",
+        c.base_id,
+        c.base_revision,
+        c.base_finished_at.to_rfc3339(),
+        p.deltas.len()
+    );
+    for d in &p.deltas {
+        let times = match (d.first_time, d.last_time) {
+            (Some(a), Some(b)) => format!("{} .. {}", a.to_rfc3339(), b.to_rfc3339()),
+            _ => "no revision".to_string(),
+        };
+        println!(
+            "  delta {:>4}  r{}..r{}  {times}  {} events, {} bytes stored{}",
+            d.seq,
+            d.first_revision,
+            d.last_revision,
+            d.events,
+            d.stored_bytes,
+            if d.encryption.is_some() { ", age" } else { "" }
+        );
+    }
+    let raw: u64 = p.deltas.iter().map(|d| d.raw_bytes).sum();
+    println!(
+        "Chain of {}: r{}..r{}, {}; projected db growth <= {} bytes",
+        c.base_id,
+        c.base_revision,
+        c.last_revision,
+        crate::pitr::plan::end_text(c),
+        raw.saturating_add(raw / 10)
+    );
+}
+
+fn print_pitr_applied(a: &PitrApplied) {
+    let at = a
+        .observed_at
+        .map(|t| format!(", observed {}", t.to_rfc3339()))
+        .unwrap_or_default();
+    println!(
+        "Point in time: revision {}{at}; {} delta(s) read ({} bytes), {} events applied in {} transaction(s); {} lease(s){}",
+        a.revision,
+        a.deltas_read,
+        a.stored_bytes_read,
+        a.events_applied,
+        a.transactions,
+        a.leases,
+        if a.leases_unknown.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} referenced but never seen granted (restored with etcd's minimum TTL)",
+                a.leases_unknown.len()
+            )
+        }
+    );
 }
 
 /// A directory being built beside (or, when the target exists empty, inside) its target.
@@ -908,6 +1178,9 @@ struct Report<'a> {
     /// The revision bump (`--bump-revision`, marked compacted), when applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     revision_bump: Option<Bumped>,
+    /// Point-in-time recovery: base, deltas, target and what was applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pitr: Option<&'a PitrReport>,
     reminders: Vec<String>,
 }
 
@@ -1014,6 +1287,7 @@ fn print_report(
         members,
         snapshot_members: &info.members,
         revision_bump: info.bump,
+        pitr: info.pitr.as_ref(),
         reminders: reminders(plan, manifest.is_some(), info),
     };
     if args.json {
@@ -1147,6 +1421,7 @@ mod tests {
             cluster_version: cv.map(String::from),
             storage_version: sv.map(String::from),
             warnings: Vec::new(),
+            pitr: None,
         };
         let args = |v: &str| RestoreOptions {
             target_version: Some(v.into()),
