@@ -15,8 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-#[allow(unused_imports)]
-use common::{MemberSpec, Version};
 use daemon_support::*;
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
 use etcd_lifeboat::config::{Backend, LocalConfig, StorageConfig};
@@ -37,10 +35,12 @@ type Ev = (i64, i64, u8, Vec<u8>);
 fn config(etcd: &Etcd, store: &Path, port: u16, extra: &str) -> PathBuf {
     let mut y = etcd.config_yaml(store);
     y += extra;
-    // A yearly schedule: the only scheduled backup is the one at start (empty store).
+    if !extra.contains("schedule:") {
+        // A yearly schedule: the only scheduled backup is the one at start (empty store).
+        y += "schedule:\n  cron: \"0 0 1 1 *\"\n";
+    }
     y += &format!(
-        "schedule:\n  cron: \"0 0 1 1 *\"\n\
-         pitr:\n  enabled: true\n  interval: 1s\n  idle_interval: 2s\n\
+        "pitr:\n  enabled: true\n  interval: 1s\n  idle_interval: 2s\n\
          http:\n  listen: \"127.0.0.1:{port}\"\n"
     );
     let p = etcd.dir.path().join(format!("daemon-{port}.yaml"));
@@ -732,5 +732,72 @@ fn daemon_capture_restores_revision_exact() {
     assert_eq!(
         rev, mid,
         "--to-time {t} resolves to the last revision before it"
+    );
+}
+
+/// Scheduled backups hand the chain over: once the chain has reached a newer base's revision,
+/// it is closed ("base-handover", naming that base) and a new chain starts on the newer base
+/// at its revision + 1, so revisions and time stay covered across bases.
+#[test]
+fn scheduled_backups_hand_the_chain_over() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(etcd.client());
+    rt.block_on(fill(&client, 10, 64, "pre/"));
+    let store_dir = etcd.dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = local_store(&rt, &store_dir);
+    let port = free_port();
+    let cfg = config(
+        &etcd,
+        &store_dir,
+        port,
+        "schedule:\n  cron: \"*/3 * * * * *\"\n",
+    );
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    // Writes for 12 s (idle_interval 2s: the handover check runs every 2 s).
+    rt.block_on(async {
+        let mut kv = client.kv_client();
+        for i in 0..120 {
+            kv.put(format!("h/k{}", i % 17), format!("v{i}"), None)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let all = rt.block_on(bases(&store));
+    assert!(all.len() >= 3, "{} bases", all.len());
+    // Oldest first: every chain closed by a handover names a newer base whose chain starts
+    // at its revision + 1, and reached that base's revision before it was closed.
+    let mut handovers = 0;
+    for b in all.iter().rev() {
+        let ch = rt.block_on(read_chain(&store, b)).unwrap();
+        assert!(
+            ch.gaps.is_empty() && ch.broken.is_empty(),
+            "{:?}",
+            ch.summary()
+        );
+        let Some(c) = &ch.closed else { continue };
+        assert_eq!(
+            c.reason,
+            "base-handover",
+            "{:?}\n{}",
+            ch.summary(),
+            d.log_text()
+        );
+        let next = all
+            .iter()
+            .find(|m| Some(&m.id) == c.next_base_id.as_ref())
+            .expect("next base in the store");
+        assert!(next.revision > b.revision);
+        assert!(ch.last_revision >= next.revision, "{:?}", ch.summary());
+        let nch = rt.block_on(read_chain(&store, next)).unwrap();
+        assert_eq!(nch.first_revision, next.revision + 1);
+        handovers += 1;
+    }
+    assert!(
+        handovers >= 1,
+        "no chain was handed over:\n{}",
+        d.log_text()
     );
 }

@@ -345,23 +345,36 @@ fn ms_to_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
 impl Capture {
     /// Captures until stopped, chain after chain.
     async fn run(&self) -> Result<(), CaptureError> {
-        let mut need_backup = false;
+        let (mut need_backup, mut next_base) = (false, None);
         loop {
-            let Some(pos) = self.prepare(need_backup).await? else {
+            let Some(pos) = self.prepare(need_backup, next_base.take()).await? else {
                 return Ok(());
             };
             match self.session(pos).await? {
                 None => return Ok(()),
-                Some(Break::Handover(_)) => need_backup = false,
+                // Continue on exactly the base the closed chain names (a newer one may have
+                // appeared since; its revision may be above the closed chain's end).
+                Some(Break::Handover(id)) => (need_backup, next_base) = (false, Some(id)),
                 Some(_) => need_backup = true,
             }
         }
     }
 
-    /// Finds (or takes) the base and the position to continue its chain at. `None`: stopped.
-    async fn prepare(&self, need_backup: bool) -> Result<Option<ChainPos>, CaptureError> {
+    /// Finds (or takes) the base and the position to continue its chain at: base `id` when
+    /// given and in the store, else the newest. `None`: stopped.
+    async fn prepare(
+        &self,
+        need_backup: bool,
+        id: Option<String>,
+    ) -> Result<Option<ChainPos>, CaptureError> {
         let cluster = self.cluster_id().await?;
-        let mut base = self.newest_base(&cluster).await?;
+        let mut base = match id {
+            Some(id) => match self.base_by_id(&cluster, &id).await? {
+                Some(b) => Some(b),
+                None => self.newest_base(&cluster).await?,
+            },
+            None => self.newest_base(&cluster).await?,
+        };
         let mut ch = match &base {
             Some(b) => Some(chain::read_chain(&self.store, b).await?),
             None => None,
@@ -438,6 +451,16 @@ impl Capture {
         let cat = catalog_at(&self.store, Utc::now(), self.cfg.store.future_tolerance).await?;
         let newest = cat.current().find(|m| m.cluster_id == cluster).cloned();
         Ok(newest)
+    }
+
+    /// The intact backup `id` of `cluster`, if the store has it.
+    async fn base_by_id(&self, cluster: &str, id: &str) -> Result<Option<Manifest>, CaptureError> {
+        let cat = catalog_at(&self.store, Utc::now(), self.cfg.store.future_tolerance).await?;
+        let found = cat
+            .current()
+            .find(|m| m.cluster_id == cluster && m.id == id)
+            .cloned();
+        Ok(found)
     }
 
     /// A client pinned to the first healthy member (the order `backup` uses).
