@@ -525,6 +525,10 @@ impl Capture {
                     }
                 }
             };
+            if member.version != m.version && watch_may_lose_events(&m.version) {
+                tracing::warn!(endpoint = %m.endpoint, version = %m.version,
+                    "pitr: etcd before 3.5.18 / 3.4.34 can drop a tombstone from a watch near a compaction (etcd #18089, #19179); upgrade etcd");
+            }
             member = m;
             let opts = WatchOptions::new()
                 .with_all_keys()
@@ -626,6 +630,12 @@ impl Capture {
         self.close(&chain, &b, &member).await?;
         if !matches!(b, Break::Handover(_)) {
             METRICS.breaks.with_label_values(&[b.label()]).inc();
+            *BROKEN.lock().expect("broken") = Some(format!(
+                "PITR chain of backup {} broken at r{} ({}); a new base and chain are being made",
+                chain.base.id,
+                chain.next,
+                b.label()
+            ));
             tracing::warn!(base = %chain.base.id, reason = b.label(), detail = ?b, next_revision = chain.next,
                 "pitr: chain broken and closed; a full backup starts a new chain");
         } else {
@@ -816,6 +826,7 @@ impl Capture {
         let m = self.upload(m, &path, chain.recipients.clone()).await?;
         let _ = std::fs::remove_file(&path);
         METRICS.last_revision.set(m.last_revision);
+        *BROKEN.lock().expect("broken") = None;
         METRICS.stored_bytes.inc_by(m.stored_bytes);
         tracing::info!(base = %m.base_id, seq = m.seq, first = m.first_revision, last = m.last_revision,
             events = m.events, stored_bytes = m.stored_bytes, "pitr: delta stored");
@@ -948,6 +959,15 @@ impl Capture {
     }
 }
 
+/// Set while a chain is broken and no new chain has stored a delta yet: what broke.
+static BROKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// `Some(reason)` while the last chain broke (compaction, gap, outage) and no new chain has
+/// stored its first delta: for `/readyz` (the daemon's HTTP owner wires it). `None` otherwise.
+pub fn broken_chain() -> Option<String> {
+    BROKEN.lock().expect("broken").clone()
+}
+
 /// Newest covered time of the last stored delta (for the lag gauge).
 static COVERED: std::sync::Mutex<Option<DateTime<Utc>>> = std::sync::Mutex::new(None);
 
@@ -958,6 +978,19 @@ fn update_lag(chain: &ChainPos) {
     let covered = stored.map_or(chain.base.finished_at, |t| t.max(chain.base.finished_at));
     let lag = (Utc::now() - covered).num_milliseconds().max(0) as f64 / 1000.0;
     METRICS.lag.set(lag);
+}
+
+/// Whether etcd `version` has the watch bugs #18089 (fixed 3.5.16 / 3.4.34) or #19179 (fixed
+/// 3.5.18): a watcher reading at the compaction revision can lose a tombstone. Unparsable:
+/// `false`.
+fn watch_may_lose_events(version: &str) -> bool {
+    let v: Vec<u64> = version.split('.').map_while(|p| p.parse().ok()).collect();
+    match v.as_slice() {
+        [3, 5, p, ..] => *p < 18,
+        [3, 4, p, ..] => *p < 34,
+        [3, m, ..] => *m < 4,
+        _ => false,
+    }
 }
 
 /// The granted TTL of lease `id` in seconds; 0 when unknown (already gone, or no answer).
@@ -1092,4 +1125,19 @@ fn compress_spill(
     };
     chan.send()?;
     Ok((n, sha.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_with_the_watch_bugs() {
+        for v in ["3.5.1", "3.5.17", "3.4.23", "3.4.33", "3.3.27"] {
+            assert!(watch_may_lose_events(v), "{v}");
+        }
+        for v in ["3.5.18", "3.5.30", "3.4.34", "3.6.0", "", "x"] {
+            assert!(!watch_may_lose_events(v), "{v}");
+        }
+    }
 }
