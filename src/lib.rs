@@ -30,10 +30,12 @@
 //! - [`restore`]: native restore, `plan -> acquire -> build -> commit`: the plan (`plan`,
 //!   `kubeadm`), member and cluster IDs (`ids`), the restored member and its JSON (`member`),
 //!   the db rewrite (`db`), WAL (`wal`) and `.snap` (`snap`) files and their protobuf (`pb`).
-//!   Uses [`acquire`], [`snapshot`], [`store`], [`crypto`], [`config`], [`error`].
+//!   Uses [`acquire`], [`snapshot`], [`store`], [`crypto`], [`config`], [`error`], [`pitr`]
+//!   (`--to-revision`/`--to-time`).
 //! - [`pitr`]: point-in-time recovery: the delta stream and its `key`-bucket encodings
-//!   (`delta`), delta manifests and chain keys (`manifest`). Uses [`snapshot`], [`store`],
-//!   [`crypto`]; knows neither [`daemon`] nor [`backup`] nor [`restore`].
+//!   (`delta`), delta manifests and chain keys (`manifest`), the restore plan over chains
+//!   (`plan`) and the native apply of deltas to a base db (`apply`). Uses [`snapshot`],
+//!   [`store`], [`crypto`]; knows neither [`daemon`] nor [`backup`] nor [`restore`].
 //! - [`metrics`]: Prometheus registry and metric definitions. Uses [`store`].
 //! - [`backup`]: the pipeline of one backup (stream, verify, compress, encrypt, upload,
 //!   manifest). Uses [`etcd`], [`snapshot`], [`store`], [`files`], [`crypto`], [`workdir`],

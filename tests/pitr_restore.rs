@@ -8,8 +8,11 @@
 //! `hashkv --rev R` (hash and compact revision) equal to the source's and a byte-identical
 //! range read at R and at earlier revisions, its revision is R, and its leases are those
 //! alive at R. Also: every key-bucket value of the real base snapshot re-encodes to the same
-//! bytes; `--dry-run` prints the base, the deltas and the target; an uncovered revision is
-//! refused naming the nearest covered one; a damaged delta is refused.
+//! bytes; `--dry-run` prints the base, the deltas and the target (text and JSON); an uncovered
+//! revision is refused naming the nearest covered one; a damaged delta is refused; a missing
+//! manifest ends the covered range (named as a gap). On etcd 3.5.1 (also `--to-time`,
+//! `--bump-revision --mark-compacted` and a 3-member `--out-dir` cluster), 3.5.30 and 3.4
+//! (chain and base age-encrypted).
 
 mod common;
 
@@ -515,6 +518,20 @@ async fn run(version: Version, encrypted: bool, extras: bool) {
         "{out}"
     );
     assert!(!spec.data_dir.exists());
+    // The same as JSON: the plan under "pitr".
+    let mut dry = restore_cmd(&cfg, mid, &spec.data_dir, &spec);
+    dry.args(["--dry-run", "-o", "json"]);
+    if let Some((f, _)) = &ids {
+        dry.arg("--identity").arg(f);
+    }
+    let j: serde_json::Value = serde_json::from_slice(&lifeboat_ok(&mut dry).stdout).unwrap();
+    assert_eq!(j["pitr"]["plan"]["revision"], mid, "{j}");
+    assert_eq!(
+        j["pitr"]["plan"]["deltas"].as_array().unwrap().len(),
+        3,
+        "{j}"
+    );
+    assert_eq!(j["pitr"]["plan"]["chain"]["last_revision"], w.last, "{j}");
 
     // Not covered: named with the nearest covered revision.
     let spec = MemberSpec::new("r", work.path().join("none"));
@@ -612,6 +629,27 @@ async fn run(version: Version, encrypted: bool, extras: bool) {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("delta {victim} is damaged")), "{err}");
     assert!(!dir.exists());
+
+    // A missing manifest in the middle: the chain ends before it, a target beyond is refused
+    // naming the new end of the covered range.
+    store.delete(&chain[2].key().unwrap()).await.unwrap();
+    let o = restore_cmd(&cfg, w.last, &dir, &spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("revision {} is not covered", w.last)),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "r{} (base {}, gap r{}..r{})",
+            b_eff + 5,
+            base.id,
+            b_eff + 6,
+            mid + 3
+        )),
+        "{err}"
+    );
 }
 
 /// The point-in-time restore combined with the other restore flags: `--to-time`, `--bump-revision
@@ -691,6 +729,99 @@ async fn restore_to_revision_equals_source_3_5() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn restore_to_revision_equals_source_3_5_30() {
+    run(Version::V3_5_30, false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn restore_to_revision_equals_source_3_4_encrypted() {
     run(Version::V3_4, true, false).await;
+}
+
+/// A base of an empty keyspace (snapshot revision 0): etcd's store starts at revision 1, so
+/// the chain starts at revision 2 (`B_eff` = 1) and restores exactly; a lease the chain never
+/// saw granted but a live key refers to is restored anyway (and reported).
+#[tokio::test(flavor = "multi_thread")]
+async fn chain_of_an_empty_base_starts_at_revision_2() {
+    let src = Etcd::start(EtcdOpts::default());
+    let mut c = src.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let cfg = src.write_config(&work.path().join("store"));
+    lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "backup"]));
+    let config = Config::load(Some(&cfg)).unwrap();
+    let store = Store::from_config(&config.storage).await.unwrap();
+    let base = etcd_lifeboat::store::find(&store, "latest").await.unwrap();
+    let got = acquire::acquire(
+        acquire::Source::Stored {
+            store: &store,
+            manifest: &base,
+        },
+        &AcquireOptions {
+            identities: None,
+            trailer: TrailerRule::Required,
+            temp_base: work.path(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(base.revision, 0);
+    let b_eff = base_revision(&Db::open(&got.path, Some(got.db_len)).unwrap()).unwrap();
+    assert_eq!(b_eff, 1);
+    c.put("/a", "1", None).await.unwrap();
+    // A lease the chain never records as granted (the capture missed it).
+    let missed = c.lease_grant(600, None).await.unwrap().id();
+    let last = rev_of(
+        c.put("/b", "2", Some(PutOptions::new().with_lease(missed)))
+            .await
+            .unwrap()
+            .header(),
+    );
+    assert_eq!(last, 3);
+    let events = watch_events(&mut c, b_eff + 1, last).await;
+    let none = Workload {
+        after_txn: 0,
+        last,
+        granted: (0, 0, -1),
+        revoked: (0, -1),
+    };
+    let chain = store_chain(&store, &base, b_eff, &events, &[last], &none, None).await;
+    let want = hash_at(&mut c, last).await;
+    let dir = work.path().join("restored");
+    let spec = MemberSpec::new("r", dir.clone());
+    let mut cmd = restore_cmd(&cfg, last, &dir, &spec);
+    cmd.args(["-o", "json"]);
+    let j: serde_json::Value = serde_json::from_slice(&lifeboat_ok(&mut cmd).stdout).unwrap();
+    // Safety net: the referenced lease is restored (etcd's minimum TTL), and reported.
+    assert_eq!(
+        j["pitr"]["applied"]["leases_unknown"],
+        serde_json::json!([missed]),
+        "{j}"
+    );
+    assert_eq!(j["pitr"]["applied"]["leases"], 1, "{j}");
+    let restored = Etcd::boot(Version::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
+    let mut rc = restored.client().await;
+    assert_eq!(hash_at(&mut rc, last).await, want);
+    assert_eq!(range_at(&mut rc, last).await, range_at(&mut c, last).await);
+
+    // A manifest that understates the decompressed size: the decoder stops at its bound
+    // (a zstd bomb cannot fill the disk) and the restore is refused.
+    let mut m = chain[0].clone();
+    m.raw_bytes -= 1;
+    store.delete(&m.key().unwrap()).await.unwrap();
+    store
+        .put_bytes_new(&m.key().unwrap(), Bytes::from(m.to_json()))
+        .await
+        .unwrap();
+    let dir = work.path().join("bomb");
+    let o = restore_cmd(&cfg, last, &dir, &spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "decompresses to more than the {} bytes recorded",
+            m.raw_bytes
+        )),
+        "{err}"
+    );
+    assert!(!dir.exists());
 }

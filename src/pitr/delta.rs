@@ -387,10 +387,11 @@ pub fn decode_lease(b: &[u8]) -> Result<(i64, i64, i64), String> {
     Ok((f[0], f[1], f[2]))
 }
 
-/// The effective base revision `B_eff` of a verified db (design §2): the greatest of the main
-/// revision of bucket `key`'s last key, `meta/finishedCompactRev` and
-/// `meta/scheduledCompactRev` (each 17-byte revisions; absent = 0). A chain's first delta
-/// starts at `B_eff + 1`.
+/// The effective base revision `B_eff` of a verified db (design §2): the greatest of 1 (etcd's
+/// store starts at revision 1, `mvcc.NewStore`, so an empty keyspace's first write is
+/// revision 2), the main revision of bucket `key`'s last key, `meta/finishedCompactRev` and
+/// `meta/scheduledCompactRev` (each 17-byte revisions; absent = 0), as etcd's
+/// `store.restore` derives its current revision. A chain's first delta starts at `B_eff + 1`.
 ///
 /// Errors: Corrupt when a key or meta value is not a non-negative revision; Io.
 pub fn base_revision(db: &crate::snapshot::Db) -> Result<i64, crate::snapshot::SnapshotError> {
@@ -398,10 +399,10 @@ pub fn base_revision(db: &crate::snapshot::Db) -> Result<i64, crate::snapshot::S
         page: db.meta().root,
         reason: format!("{what} ({}) is not a revision", hex::encode(b)),
     };
-    let mut rev = 0i64;
+    let mut rev = 1i64;
     if let Some(k) = db.last_key(b"key")? {
         match bytes_to_rev(&k) {
-            Some((m, _, _)) if m >= 0 => rev = m,
+            Some((m, _, _)) if m >= 0 => rev = rev.max(m),
             _ => return Err(bad("the last key of bucket key", &k)),
         }
     }

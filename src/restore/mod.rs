@@ -31,6 +31,13 @@
 //! planning and printed. `--members-from-snapshot` takes names and peer URLs from it; a kubeadm
 //! manifest of a node that joined later (`--initial-cluster-state=existing`) or listing fewer
 //! members than the snapshot is refused with both lists (`tests/restore_ha.rs`).
+//!
+//! # Point in time (`--to-revision`, `--to-time`; issue 16, docs/pitr.md)
+//! With `--from-store`, the base and its delta chain are chosen over the delta manifests
+//! ([`crate::pitr::plan`]), the base is acquired as above, copied to a private `pitr.db` and
+//! the deltas are applied to it natively ([`crate::pitr::apply`]); that db, fully checked,
+//! is then the source of every member, so membership, `--bump-revision` and `--out-dir` work
+//! on revision R exactly as on a snapshot (`tests/pitr_restore.rs`).
 
 pub mod db;
 pub mod ids;
@@ -192,6 +199,10 @@ enum SourceSpec {
     Store { which: String },
 }
 
+/// etcd's default `--quota-backend-bytes` (2 GiB): a point-in-time restore keeps the whole
+/// history up to R and can exceed it (writes then fail with NOSPACE).
+const ETCD_DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+
 /// Default `--bump-revision` of a `--kubeadm-manifest` restore (with `--mark-compacted`):
 /// far above any revision a restored cluster reached since the snapshot.
 pub const KUBEADM_DEFAULT_BUMP: u64 = 1_000_000_000;
@@ -282,6 +293,12 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()>
         }
         if let Some(r) = info.pitr.as_mut() {
             r.applied = Some(applied);
+        }
+        if status.total_size > ETCD_DEFAULT_QUOTA_BYTES {
+            eprintln!(
+                "warning: the restored db is {} bytes (the history up to the target revision), above etcd's default --quota-backend-bytes of {ETCD_DEFAULT_QUOTA_BYTES}: start etcd with a larger --quota-backend-bytes, or restore with --bump-revision N --mark-compacted (etcd compacts on boot) and run etcdctl defrag afterwards",
+                status.total_size
+            );
         }
     }
     tokio::task::spawn_blocking(move || commit(staged)).await??;
