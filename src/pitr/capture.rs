@@ -499,8 +499,18 @@ impl Capture {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut anchor: Option<(DateTime<Utc>, i64)> = None;
         let mut last_handover_check = Instant::now();
+        let mut last_connect: Option<Instant> = None;
         let outcome: Option<Break> = 'outer: loop {
-            // (Re)connect and watch from the first revision not complete.
+            // (Re)connect and watch from the first revision not complete; at most once a
+            // second (a stream that ends at once must not spin).
+            if let Some(t) = last_connect {
+                let wait = Duration::from_secs(1).saturating_sub(t.elapsed());
+                tokio::select! {
+                    _ = self.stop.cancelled() => break None,
+                    _ = sleep(wait) => {}
+                }
+            }
+            last_connect = Some(Instant::now());
             if let Some(r) = spill.writer.discard_open_revision()? {
                 tracing::info!(
                     revision = r,
