@@ -24,10 +24,23 @@
 //! - **Handover**: when a newer base exists and the chain has reached its revision, the chain
 //!   is closed ("base-handover") and a new one starts on the newer base.
 //! - **Writers**: delta manifests are created with `If-None-Match: *` and keyed by their first
-//!   revision, so two writers (an old leader that has not noticed) can never fork a chain; a
-//!   conflict stops this writer's session.
+//!   revision and seq (the next slot of the chain), so two writers (an old leader that has not
+//!   noticed) can never fork a chain; a conflict stops this writer's session.
+//! - **Time**: every `interval` an anchor probe (linearizable count-only read) gives `(t_a,
+//!   r_a)`; once revision `r_a` is complete an ANCHOR record covers time `t_a`, and the delta is
+//!   cut (with events; without, at most every `idle_interval`). Revisions carry their receive
+//!   time (observed later than committed during a catch-up).
+//! - **Leases** (design §3): a put's unknown lease is looked up at once (granted TTL, 0 when
+//!   already gone) and recorded LEASE_GRANT; every `interval` the lease list is diffed
+//!   (LEASE_GRANT / LEASE_GONE at the header revision).
+//! - **B_eff**: the chain's deltas' `base_revision`; for a new chain the base manifest's revision
+//!   (at least 1), as the daemon holds no copy of the base db ([`super::chain`]).
 //! - SIGKILL: the spill is lost; the store holds a valid chain up to its last manifest; the next
 //!   leader resumes at `last_revision + 1` (or breaks if that was compacted).
+//! - Metrics `etcd_lifeboat_pitr_{last_revision, lag_seconds, events_total,
+//!   stored_bytes_total, chain_breaks_total{reason}}` (registered when PITR is on);
+//!   [`broken_chain`] for `/readyz`. The backup of a new chain is the daemon's ([`BackupFn`]):
+//!   pitr does not know the backup pipeline.
 
 use std::collections::HashSet;
 use std::fs::File;
