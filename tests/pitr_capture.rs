@@ -32,12 +32,15 @@ fn daemon_child() {
 /// One key-bucket entry as the chain must hold it: (main, sub, tag 2 put / 3 del, value).
 type Ev = (i64, i64, u8, Vec<u8>);
 
-fn config(etcd: &Etcd, store: &Path, port: u16) -> PathBuf {
+fn config(etcd: &Etcd, store: &Path, port: u16, extra: &str) -> PathBuf {
     let mut y = etcd.config_yaml(store);
-    // A yearly schedule: the only scheduled backup is the one at start (empty store).
+    y += extra;
+    if !extra.contains("schedule:") {
+        // A yearly schedule: the only scheduled backup is the one at start (empty store).
+        y += "schedule:\n  cron: \"0 0 1 1 *\"\n";
+    }
     y += &format!(
-        "schedule:\n  cron: \"0 0 1 1 *\"\n\
-         pitr:\n  enabled: true\n  interval: 1s\n  idle_interval: 2s\n\
+        "pitr:\n  enabled: true\n  interval: 1s\n  idle_interval: 2s\n\
          http:\n  listen: \"127.0.0.1:{port}\"\n"
     );
     let p = etcd.dir.path().join(format!("daemon-{port}.yaml"));
@@ -97,6 +100,22 @@ fn decode(store_dir: &Path, deltas: &[DeltaManifest]) -> Vec<Ev> {
             }
         }
         assert!(ended, "delta {} has an END record", m.first_revision);
+    }
+    out
+}
+
+/// The LEASE_GRANT records (id, ttl) of the deltas.
+fn lease_grants(store_dir: &Path, deltas: &[DeltaManifest]) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    for m in deltas {
+        let key = m.derived_data_key().unwrap().unwrap();
+        let raw =
+            zstd::decode_all(&std::fs::read(store_dir.join(key.as_str())).unwrap()[..]).unwrap();
+        for rec in DeltaReader::new(&raw[..]).unwrap() {
+            if let Record::LeaseGrant { id, ttl, .. } = rec.unwrap() {
+                out.push((id, ttl));
+            }
+        }
     }
     out
 }
@@ -262,7 +281,7 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     std::fs::create_dir_all(&store_dir).unwrap();
     let store = local_store(&rt, &store_dir);
     let port = free_port();
-    let cfg = config(&etcd, &store_dir, port);
+    let cfg = config(&etcd, &store_dir, port, "");
     let mut d = spawn(&etcd, &cfg, port, "d1.log");
 
     // The base (the scheduler's first run) and the chain's start.
@@ -292,8 +311,13 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
         got == *seen.lock().unwrap(),
         "stored events differ from the watch"
     );
-    // The lease revoke (3 deletes in one revision) and the 100-put txn are single revisions.
+    // The 100-put txn is one revision.
     assert_eq!(got.iter().filter(|e| e.0 == r1).count(), 100);
+    // Both leases of the leased keys are recorded with their granted TTL.
+    let grants = lease_grants(&store_dir, &ch.deltas);
+    // (A lease revoked before the capture asked for its TTL is recorded with TTL 0.)
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    assert!(grants.iter().any(|g| g.1 == 300), "{grants:?}");
     let m = d.metrics();
     assert!(sample(&m, "etcd_lifeboat_pitr_last_revision").unwrap() >= r1 as f64);
     assert!(sample(&m, "etcd_lifeboat_pitr_lag_seconds").unwrap() < 30.0);
@@ -507,4 +531,325 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     assert!(left.is_empty(), "left in the chain dir: {left:?}");
     let new_chain = rt.block_on(read_chain(&store, &new_base)).unwrap();
     assert_eq!(new_chain.last_revision, ch4.last_revision);
+}
+
+/// An encrypted base gets an encrypted chain (`.delta.zst.age`, the base's recipients):
+/// verify checks the plaintext with the identity and only size and sha256 without it.
+#[test]
+fn encrypted_base_encrypted_chain() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(etcd.client());
+    let store_dir = etcd.dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = local_store(&rt, &store_dir);
+    let (identity, recipient) = keygen(etcd.dir.path(), "key.txt");
+    let port = free_port();
+    let cfg = config(
+        &etcd,
+        &store_dir,
+        port,
+        &format!("encryption:\n  age_recipients: [\"{recipient}\"]\n"),
+    );
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    let mut base = None;
+    wait("a base backup", Duration::from_secs(20), || {
+        base = rt.block_on(bases(&store)).into_iter().next();
+        base.is_some()
+    });
+    let base = base.unwrap();
+    assert!(base.encryption.is_some());
+    let r = rt.block_on(workload(&client, "enc"));
+    let ch = wait_chain(&rt, &store, &base, r);
+    // An empty keyspace's snapshot has revision 0; etcd's store starts at revision 1.
+    assert_eq!(base.revision, 0);
+    assert_sound(&ch, 1);
+    assert!(ch.closed.is_none(), "{:?}\n{}", ch.summary(), d.log_text());
+    for d in &ch.deltas {
+        assert_eq!(d.encryption, base.encryption);
+        let key = d.derived_data_key().unwrap().unwrap();
+        assert!(key.as_str().ends_with(".delta.zst.age"), "{key}");
+        let stored = std::fs::read(store_dir.join(key.as_str())).unwrap();
+        assert!(stored.starts_with(b"age-encryption.org/v1"));
+    }
+    let ids = etcd_lifeboat::crypto::Identities::load(&[identity]).unwrap();
+    let v = rt
+        .block_on(verify_chain(&store, &base, Some(Arc::new(ids))))
+        .unwrap();
+    assert!(v.ok(), "{:?}", v.problems());
+    assert!(v.deltas.iter().all(|d| d.content_checked));
+    let v = rt.block_on(verify_chain(&store, &base, None)).unwrap();
+    assert!(v.ok(), "{:?}", v.problems());
+    assert!(v.deltas.iter().all(|d| !d.content_checked));
+}
+
+/// Every kv of a range read of the whole keyspace at `rev`, all fields, plus count and more.
+async fn range_at(
+    c: &mut etcd_client::Client,
+    rev: i64,
+) -> (Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>, i64, bool) {
+    let r = c
+        .get(
+            "",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_all_keys()
+                    .with_revision(rev),
+            ),
+        )
+        .await
+        .unwrap();
+    let kvs = r
+        .kvs()
+        .iter()
+        .map(|kv| {
+            let f = (kv.key().to_vec(), kv.value().to_vec());
+            (
+                f.0,
+                f.1,
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                kv.lease(),
+            )
+        })
+        .collect();
+    (kvs, r.count(), r.more())
+}
+
+/// `restore --from-store latest FLAG VALUE` into a fresh member dir, booted: its revision,
+/// `hashkv` at `check` (hash, compact revision) and range at `check`.
+#[allow(clippy::type_complexity)]
+fn restore_and_read(
+    rt: &tokio::runtime::Runtime,
+    cfg: &Path,
+    flag: &str,
+    value: &str,
+    dir: &Path,
+    check: Option<i64>,
+) -> (
+    i64,
+    Option<(
+        (u32, i64),
+        (Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>, i64, bool),
+    )>,
+) {
+    let spec = MemberSpec::new("r", dir.to_path_buf());
+    let out = lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(cfg)
+            .args(["restore", "--from-store", "latest", flag, value])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--name", &spec.name])
+            .args(["--initial-cluster", &format!("r={}", spec.peer_url())])
+            .args(["--initial-advertise-peer-urls", &spec.peer_url()]),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("Point in time: revision"), "{text}");
+    let restored = Etcd::boot(Version::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
+    rt.block_on(async {
+        let mut c = restored.client().await;
+        let rev = c.get("/", None).await.unwrap().header().unwrap().revision();
+        let at = match check {
+            Some(r) => {
+                let h = c.hash_kv(r).await.unwrap();
+                Some(((h.hash(), h.compact_version()), range_at(&mut c, r).await))
+            }
+            None => None,
+        };
+        (rev, at)
+    })
+}
+
+/// End to end: what the daemon captured restores revision-exactly with pitr-apply's restore
+/// (`restore --from-store latest --to-revision R` / `--to-time T`): the restored member's
+/// `hashkv --rev R` and range at R equal the source's.
+#[test]
+fn daemon_capture_restores_revision_exact() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(etcd.client());
+    rt.block_on(fill(&client, 20, 64, "pre/"));
+    let store_dir = etcd.dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = local_store(&rt, &store_dir);
+    let port = free_port();
+    let cfg = config(&etcd, &store_dir, port, "");
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    let mut base = None;
+    wait("a base backup", Duration::from_secs(20), || {
+        base = rt.block_on(bases(&store)).into_iter().next();
+        base.is_some()
+    });
+    let base = base.unwrap();
+    // The capture is live (its first, idle delta is stored): revisions are observed as they
+    // commit, not later in a catch-up (whose observed times would all be after T).
+    wait("the first delta", Duration::from_secs(20), || {
+        rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
+    });
+    let mid = rt.block_on(workload(&client, "a"));
+    // A point in time between two batches, far (1.5 s) from both.
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = chrono::Utc::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let last = rt.block_on(workload(&client, "b"));
+    let ch = wait_chain(&rt, &store, &base, last);
+    assert_sound(&ch, base.revision);
+    drop(d);
+
+    let work = tempfile::tempdir().unwrap();
+    let mut c = client.clone();
+    for (i, target) in [base.revision + 1, mid, last].into_iter().enumerate() {
+        let want = rt.block_on(async {
+            let h = c.hash_kv(target).await.unwrap();
+            (
+                (h.hash(), h.compact_version()),
+                range_at(&mut c, target).await,
+            )
+        });
+        let dir = work.path().join(format!("r{i}"));
+        let (rev, got) = restore_and_read(
+            &rt,
+            &cfg,
+            "--to-revision",
+            &target.to_string(),
+            &dir,
+            Some(target),
+        );
+        assert_eq!(rev, target);
+        assert!(got.unwrap() == want, "hashkv/range at r{target} differ");
+    }
+    let (rev, _) = restore_and_read(
+        &rt,
+        &cfg,
+        "--to-time",
+        &t.to_rfc3339(),
+        &work.path().join("t"),
+        None,
+    );
+    assert_eq!(
+        rev, mid,
+        "--to-time {t} resolves to the last revision before it"
+    );
+}
+
+/// Scheduled backups hand the chain over: once the chain has reached a newer base's revision,
+/// it is closed ("base-handover", naming that base) and a new chain starts on the newer base
+/// at its revision + 1, so revisions and time stay covered across bases.
+#[test]
+fn scheduled_backups_hand_the_chain_over() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(etcd.client());
+    rt.block_on(fill(&client, 10, 64, "pre/"));
+    let store_dir = etcd.dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = local_store(&rt, &store_dir);
+    let port = free_port();
+    let cfg = config(
+        &etcd,
+        &store_dir,
+        port,
+        "schedule:\n  cron: \"*/3 * * * * *\"\n",
+    );
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    // Writes for 12 s (idle_interval 2s: the handover check runs every 2 s).
+    rt.block_on(async {
+        let mut kv = client.kv_client();
+        for i in 0..120 {
+            kv.put(format!("h/k{}", i % 17), format!("v{i}"), None)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let all = rt.block_on(bases(&store));
+    assert!(all.len() >= 3, "{} bases", all.len());
+    // Oldest first: every chain closed by a handover names a newer base whose chain starts
+    // at its revision + 1, and reached that base's revision before it was closed.
+    let mut handovers = 0;
+    for b in all.iter().rev() {
+        let ch = rt.block_on(read_chain(&store, b)).unwrap();
+        assert!(
+            ch.gaps.is_empty() && ch.broken.is_empty(),
+            "{:?}",
+            ch.summary()
+        );
+        let Some(c) = &ch.closed else { continue };
+        assert_eq!(
+            c.reason,
+            "base-handover",
+            "{:?}\n{}",
+            ch.summary(),
+            d.log_text()
+        );
+        let next = all
+            .iter()
+            .find(|m| Some(&m.id) == c.next_base_id.as_ref())
+            .expect("next base in the store");
+        assert!(next.revision > b.revision);
+        assert!(ch.last_revision >= next.revision, "{:?}", ch.summary());
+        let nch = rt.block_on(read_chain(&store, next)).unwrap();
+        assert_eq!(nch.first_revision, next.revision + 1);
+        handovers += 1;
+    }
+    assert!(
+        handovers >= 1,
+        "no chain was handed over:\n{}",
+        d.log_text()
+    );
+}
+
+/// etcd stopped and restarted under the watch (the stream errors, the member is unreachable
+/// for a while): the capture resumes from the last complete revision + 1 on reconnect; the
+/// chain neither breaks nor misses a revision, and its events are the source's history.
+#[test]
+fn etcd_restart_resumes_the_chain_without_a_break() {
+    let mut etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(etcd.client());
+    rt.block_on(fill(&client, 10, 64, "pre/"));
+    let store_dir = etcd.dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = local_store(&rt, &store_dir);
+    let port = free_port();
+    let cfg = config(&etcd, &store_dir, port, "");
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    let mut base = None;
+    wait("a base backup", Duration::from_secs(20), || {
+        base = rt.block_on(bases(&store)).into_iter().next();
+        base.is_some()
+    });
+    let base = base.unwrap();
+    wait("the capture is live", Duration::from_secs(20), || {
+        rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
+    });
+    rt.block_on(workload(&client, "a"));
+    etcd.stop_member(0);
+    std::thread::sleep(Duration::from_secs(2));
+    etcd.restart_member(0);
+    let client = rt.block_on(etcd.client());
+    let last = rt.block_on(workload(&client, "b"));
+    let ch = wait_chain(&rt, &store, &base, last);
+    assert_sound(&ch, base.revision);
+    assert!(ch.closed.is_none(), "{:?}\n{}", ch.summary(), d.log_text());
+    assert_eq!(ch.last_revision, last);
+    // The stored history equals a fresh watch of the source over the same revisions.
+    let seen = independent_watch(&rt, client, base.revision + 1);
+    wait(
+        "watch reaches the last revision",
+        Duration::from_secs(10),
+        || seen.lock().unwrap().last().is_some_and(|e| e.0 == last),
+    );
+    assert!(decode(&store_dir, &ch.deltas) == *seen.lock().unwrap());
+    assert!(d.log_text().contains("resuming"), "{}", d.log_text());
+    assert_eq!(
+        sample(
+            &d.metrics(),
+            "etcd_lifeboat_pitr_chain_breaks_total{reason=\"gap\"}"
+        ),
+        Some(0.0)
+    );
 }

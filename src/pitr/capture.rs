@@ -24,10 +24,23 @@
 //! - **Handover**: when a newer base exists and the chain has reached its revision, the chain
 //!   is closed ("base-handover") and a new one starts on the newer base.
 //! - **Writers**: delta manifests are created with `If-None-Match: *` and keyed by their first
-//!   revision, so two writers (an old leader that has not noticed) can never fork a chain; a
-//!   conflict stops this writer's session.
+//!   revision and seq (the next slot of the chain), so two writers (an old leader that has not
+//!   noticed) can never fork a chain; a conflict stops this writer's session.
+//! - **Time**: every `interval` an anchor probe (linearizable count-only read) gives `(t_a,
+//!   r_a)`; once revision `r_a` is complete an ANCHOR record covers time `t_a`, and the delta is
+//!   cut (with events; without, at most every `idle_interval`). Revisions carry their receive
+//!   time (observed later than committed during a catch-up).
+//! - **Leases** (design §3): a put's unknown lease is looked up at once (granted TTL, 0 when
+//!   already gone) and recorded LEASE_GRANT; every `interval` the lease list is diffed
+//!   (LEASE_GRANT / LEASE_GONE at the header revision).
+//! - **B_eff**: the chain's deltas' `base_revision`; for a new chain the base manifest's revision
+//!   (at least 1), as the daemon holds no copy of the base db ([`super::chain`]).
 //! - SIGKILL: the spill is lost; the store holds a valid chain up to its last manifest; the next
 //!   leader resumes at `last_revision + 1` (or breaks if that was compacted).
+//! - Metrics `etcd_lifeboat_pitr_{last_revision, lag_seconds, events_total,
+//!   stored_bytes_total, chain_breaks_total{reason}}` (registered when PITR is on);
+//!   [`broken_chain`] for `/readyz`. The backup of a new chain is the daemon's ([`BackupFn`]):
+//!   pitr does not know the backup pipeline.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -345,23 +358,36 @@ fn ms_to_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
 impl Capture {
     /// Captures until stopped, chain after chain.
     async fn run(&self) -> Result<(), CaptureError> {
-        let mut need_backup = false;
+        let (mut need_backup, mut next_base) = (false, None);
         loop {
-            let Some(pos) = self.prepare(need_backup).await? else {
+            let Some(pos) = self.prepare(need_backup, next_base.take()).await? else {
                 return Ok(());
             };
             match self.session(pos).await? {
                 None => return Ok(()),
-                Some(Break::Handover(_)) => need_backup = false,
+                // Continue on exactly the base the closed chain names (a newer one may have
+                // appeared since; its revision may be above the closed chain's end).
+                Some(Break::Handover(id)) => (need_backup, next_base) = (false, Some(id)),
                 Some(_) => need_backup = true,
             }
         }
     }
 
-    /// Finds (or takes) the base and the position to continue its chain at. `None`: stopped.
-    async fn prepare(&self, need_backup: bool) -> Result<Option<ChainPos>, CaptureError> {
+    /// Finds (or takes) the base and the position to continue its chain at: base `id` when
+    /// given and in the store, else the newest. `None`: stopped.
+    async fn prepare(
+        &self,
+        need_backup: bool,
+        id: Option<String>,
+    ) -> Result<Option<ChainPos>, CaptureError> {
         let cluster = self.cluster_id().await?;
-        let mut base = self.newest_base(&cluster).await?;
+        let mut base = match id {
+            Some(id) => match self.base_by_id(&cluster, &id).await? {
+                Some(b) => Some(b),
+                None => self.newest_base(&cluster).await?,
+            },
+            None => self.newest_base(&cluster).await?,
+        };
         let mut ch = match &base {
             Some(b) => Some(chain::read_chain(&self.store, b).await?),
             None => None,
@@ -407,10 +433,10 @@ impl Capture {
             },
             None => ChainPos {
                 cluster,
-                // B_eff = the manifest's revision: the daemon holds no copy of the base db
-                // (see the module doc of chain.rs for the one case where they differ).
-                base_revision: base.revision,
-                next: base.revision + 1,
+                // B_eff from the manifest: the daemon holds no copy of the base db (see the
+                // module doc of chain.rs for the case where they differ).
+                base_revision: chain::manifest_base_revision(&base),
+                next: chain::manifest_base_revision(&base) + 1,
                 seq: 0,
                 prev_stored_sha256: None,
                 base,
@@ -438,6 +464,16 @@ impl Capture {
         let cat = catalog_at(&self.store, Utc::now(), self.cfg.store.future_tolerance).await?;
         let newest = cat.current().find(|m| m.cluster_id == cluster).cloned();
         Ok(newest)
+    }
+
+    /// The intact backup `id` of `cluster`, if the store has it.
+    async fn base_by_id(&self, cluster: &str, id: &str) -> Result<Option<Manifest>, CaptureError> {
+        let cat = catalog_at(&self.store, Utc::now(), self.cfg.store.future_tolerance).await?;
+        let found = cat
+            .current()
+            .find(|m| m.cluster_id == cluster && m.id == id)
+            .cloned();
+        Ok(found)
     }
 
     /// A client pinned to the first healthy member (the order `backup` uses).
@@ -476,8 +512,18 @@ impl Capture {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut anchor: Option<(DateTime<Utc>, i64)> = None;
         let mut last_handover_check = Instant::now();
+        let mut last_connect: Option<Instant> = None;
         let outcome: Option<Break> = 'outer: loop {
-            // (Re)connect and watch from the first revision not complete.
+            // (Re)connect and watch from the first revision not complete; at most once a
+            // second (a stream that ends at once must not spin).
+            if let Some(t) = last_connect {
+                let wait = Duration::from_secs(1).saturating_sub(t.elapsed());
+                tokio::select! {
+                    _ = self.stop.cancelled() => break None,
+                    _ = sleep(wait) => {}
+                }
+            }
+            last_connect = Some(Instant::now());
             if let Some(r) = spill.writer.discard_open_revision()? {
                 tracing::info!(
                     revision = r,
@@ -502,6 +548,10 @@ impl Capture {
                     }
                 }
             };
+            if member.version != m.version && watch_may_lose_events(&m.version) {
+                tracing::warn!(endpoint = %m.endpoint, version = %m.version,
+                    "pitr: etcd before 3.5.18 / 3.4.34 can drop a tombstone from a watch near a compaction (etcd #18089, #19179); upgrade etcd");
+            }
             member = m;
             let opts = WatchOptions::new()
                 .with_all_keys()
@@ -603,6 +653,12 @@ impl Capture {
         self.close(&chain, &b, &member).await?;
         if !matches!(b, Break::Handover(_)) {
             METRICS.breaks.with_label_values(&[b.label()]).inc();
+            *BROKEN.lock().expect("broken") = Some(format!(
+                "PITR chain of backup {} broken at r{} ({}); a new base and chain are being made",
+                chain.base.id,
+                chain.next,
+                b.label()
+            ));
             tracing::warn!(base = %chain.base.id, reason = b.label(), detail = ?b, next_revision = chain.next,
                 "pitr: chain broken and closed; a full backup starts a new chain");
         } else {
@@ -793,6 +849,7 @@ impl Capture {
         let m = self.upload(m, &path, chain.recipients.clone()).await?;
         let _ = std::fs::remove_file(&path);
         METRICS.last_revision.set(m.last_revision);
+        *BROKEN.lock().expect("broken") = None;
         METRICS.stored_bytes.inc_by(m.stored_bytes);
         tracing::info!(base = %m.base_id, seq = m.seq, first = m.first_revision, last = m.last_revision,
             events = m.events, stored_bytes = m.stored_bytes, "pitr: delta stored");
@@ -925,6 +982,15 @@ impl Capture {
     }
 }
 
+/// Set while a chain is broken and no new chain has stored a delta yet: what broke.
+static BROKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// `Some(reason)` while the last chain broke (compaction, gap, outage) and no new chain has
+/// stored its first delta: for `/readyz` (the daemon's HTTP owner wires it). `None` otherwise.
+pub fn broken_chain() -> Option<String> {
+    BROKEN.lock().expect("broken").clone()
+}
+
 /// Newest covered time of the last stored delta (for the lag gauge).
 static COVERED: std::sync::Mutex<Option<DateTime<Utc>>> = std::sync::Mutex::new(None);
 
@@ -935,6 +1001,19 @@ fn update_lag(chain: &ChainPos) {
     let covered = stored.map_or(chain.base.finished_at, |t| t.max(chain.base.finished_at));
     let lag = (Utc::now() - covered).num_milliseconds().max(0) as f64 / 1000.0;
     METRICS.lag.set(lag);
+}
+
+/// Whether etcd `version` has the watch bugs #18089 (fixed 3.5.16 / 3.4.34) or #19179 (fixed
+/// 3.5.18): a watcher reading at the compaction revision can lose a tombstone. Unparsable:
+/// `false`.
+fn watch_may_lose_events(version: &str) -> bool {
+    let v: Vec<u64> = version.split('.').map_while(|p| p.parse().ok()).collect();
+    match v.as_slice() {
+        [3, 5, p, ..] => *p < 18,
+        [3, 4, p, ..] => *p < 34,
+        [3, m, ..] => *m < 4,
+        _ => false,
+    }
 }
 
 /// The granted TTL of lease `id` in seconds; 0 when unknown (already gone, or no answer).
@@ -1069,4 +1148,19 @@ fn compress_spill(
     };
     chan.send()?;
     Ok((n, sha.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_with_the_watch_bugs() {
+        for v in ["3.5.1", "3.5.17", "3.4.23", "3.4.33", "3.3.27"] {
+            assert!(watch_may_lose_events(v), "{v}");
+        }
+        for v in ["3.5.18", "3.5.30", "3.4.34", "3.6.0", "", "x"] {
+            assert!(!watch_may_lose_events(v), "{v}");
+        }
+    }
 }

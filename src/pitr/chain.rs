@@ -81,7 +81,7 @@ pub struct Broken {
 pub struct Chain {
     /// The base backup's id.
     pub base_id: String,
-    /// `B_eff`: the deltas' `base_revision`, else the base manifest's `revision`.
+    /// `B_eff`: the deltas' `base_revision`, else [`manifest_base_revision`].
     pub base_revision: i64,
     /// `base_revision + 1`.
     pub first_revision: i64,
@@ -153,6 +153,14 @@ impl Chain {
         }
         Some(s)
     }
+}
+
+/// `B_eff` as the daemon knows it from a base manifest alone: its `revision` (the last key's
+/// main revision), at least 1 — etcd's store starts at revision 1 with no key (mvcc
+/// `NewStore`: `currentRev: 1`), so a snapshot of an empty keyspace has revision 0 in its
+/// status but the first write is revision 2.
+pub fn manifest_base_revision(base: &Manifest) -> i64 {
+    base.revision.max(1)
 }
 
 /// Lists and checks the chain of `base`: every `<first:016>-<seq:016>.delta` manifest under
@@ -245,7 +253,7 @@ pub fn assemble(
         .find(|m| m.seq == 0)
         .or(manifests.first())
         .map(|m| m.base_revision)
-        .unwrap_or(base.revision);
+        .unwrap_or_else(|| manifest_base_revision(base));
     let bad_data: std::collections::HashSet<String> =
         broken.iter().map(|b| b.key.clone()).collect();
     let mut run: Vec<DeltaManifest> = Vec::new();
