@@ -12,9 +12,15 @@
 //!   for a target revision or time.
 //! - `apply`: streams the chosen deltas (fetch, sha256, age, zstd, parse) into a copy of the
 //!   base db, natively, bounded memory.
+//! - `capture`: the daemon leader's task: watch -> spill file -> delta objects + manifests,
+//!   chain breaks (compaction, gap, outage) ending in a new full backup.
+//! - `chain`: a base's chain as the store holds it (contiguity, gaps, close, broken objects)
+//!   for `list`, the capture's resume point and restore's plan; `verify` of every delta.
 //!
-//! Layer: uses [`crate::snapshot`], [`crate::store`], [`crate::crypto`]; knows neither
-//! [`crate::daemon`] nor [`crate::backup`] nor [`crate::restore`] (restore uses it).
+//! Layer: uses [`crate::snapshot`], [`crate::store`], [`crate::crypto`], and for `capture`
+//! [`crate::etcd`], [`crate::workdir`], [`crate::config`] and [`crate::metrics`]; knows
+//! neither [`crate::daemon`] nor [`crate::backup`] (the daemon passes a backup closure) nor
+//! [`crate::restore`] (restore uses it).
 
 pub mod apply;
 pub mod capture;
