@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use daemon_support::*;
-use etcd_lifeboat::config::{Backend, LocalConfig, StorageConfig};
 use etcd_lifeboat::pitr::chain::read_chain;
 use etcd_lifeboat::store::manifest::catalog;
-use etcd_lifeboat::store::Store;
 
 #[test]
 fn daemon_child() {
@@ -34,16 +32,7 @@ fn capture_keeps_up_with_bounded_memory() {
     let client = rt.block_on(etcd.client());
     rt.block_on(fill(&client, 10, 64, "pre/"));
     let store_dir = etcd.dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
-    let store = rt
-        .block_on(Store::from_config(&StorageConfig {
-            backend: Backend::Local,
-            local: LocalConfig {
-                path: store_dir.clone(),
-            },
-            ..Default::default()
-        }))
-        .unwrap();
+    let store = local_store(&store_dir);
     let port = free_port();
     let cfg = etcd.dir.path().join("d.yaml");
     std::fs::write(

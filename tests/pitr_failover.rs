@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use daemon_support::*;
-use etcd_lifeboat::config::{Backend, LocalConfig, StorageConfig};
 use etcd_lifeboat::pitr::chain::{read_chain, verify_chain};
 use etcd_lifeboat::store::manifest::catalog;
-use etcd_lifeboat::store::Store;
 
 #[test]
 fn daemon_child() {
@@ -42,16 +40,7 @@ fn the_next_leader_continues_the_chain_after_sigkill() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = rt.block_on(etcd.client());
     let store_dir = etcd.dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
-    let store = rt
-        .block_on(Store::from_config(&StorageConfig {
-            backend: Backend::Local,
-            local: LocalConfig {
-                path: store_dir.clone(),
-            },
-            ..Default::default()
-        }))
-        .unwrap();
+    let store = local_store(&store_dir);
     // A yearly schedule: the only full backup is the leader's catch-up run on the empty store.
     let yaml = etcd.config_yaml(&store_dir)
         + "schedule:\n  cron: \"0 0 0 1 1 *\"\n\

@@ -743,3 +743,28 @@ pub fn acquire_file(
         .unwrap()
     })
 }
+
+/// A local-directory store at `dir` (created if missing), opened outside any runtime.
+pub fn local_store(dir: &Path) -> etcd_lifeboat::store::Store {
+    use etcd_lifeboat::config::{Backend, LocalConfig, StorageConfig};
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = StorageConfig {
+        backend: Backend::Local,
+        local: LocalConfig {
+            path: dir.to_path_buf(),
+        },
+        ..Default::default()
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(etcd_lifeboat::store::Store::from_config(&cfg))
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    })
+}
