@@ -104,9 +104,15 @@ pub fn rewrite_db_in_place(
     Ok(bumped)
 }
 
-/// The restore transaction for the db in the first `db_len` bytes of `src`: membership,
-/// consistent index, term and the optional bump; with the bump planned and the db's size
-/// (bytes up to its high water mark).
+/// The restore transaction of a db: membership, consistent index, term and the optional bump.
+struct RestoreEdits {
+    edits: BTreeMap<Vec<u8>, BucketEdit>,
+    bumped: Option<Bumped>,
+    /// The db's size (bytes up to its high water mark).
+    size: u64,
+}
+
+/// [`RestoreEdits`] for the db in the first `db_len` bytes of `src`.
 fn restore_edits(
     src: &Path,
     db_len: u64,
@@ -114,7 +120,7 @@ fn restore_edits(
     consistent_index: u64,
     term: u64,
     bump: u64,
-) -> Result<(BTreeMap<Vec<u8>, BucketEdit>, Option<Bumped>, u64), SnapshotError> {
+) -> Result<RestoreEdits, SnapshotError> {
     let db = Db::open(src, Some(db_len))?;
     let mut edits = membership_edits(members, consistent_index, term);
     let bumped = if bump > 0 {
@@ -131,7 +137,11 @@ fn restore_edits(
     } else {
         None
     };
-    Ok((edits, bumped, db.size()))
+    Ok(RestoreEdits {
+        edits,
+        bumped,
+        size: db.size(),
+    })
 }
 
 /// A revision bump: the snapshot's latest revision and the new one (etcd revisions are
