@@ -69,7 +69,11 @@ pub fn rewrite_db_bumped(
     term: u64,
     bump: u64,
 ) -> Result<Option<Bumped>, SnapshotError> {
-    let (edits, bumped, size) = restore_edits(src, db_len, members, consistent_index, term, bump)?;
+    let RestoreEdits {
+        edits,
+        bumped,
+        size,
+    } = restore_edits(src, db_len, members, consistent_index, term, bump)?;
     let to = create_dst(dst)?;
     copy_prefix(src, to, dst, size)?;
     writer::apply(dst, Some(size), &edits)?;
@@ -91,7 +95,11 @@ pub fn rewrite_db_in_place(
     term: u64,
     bump: u64,
 ) -> Result<Option<Bumped>, SnapshotError> {
-    let (edits, bumped, size) = restore_edits(path, db_len, members, consistent_index, term, bump)?;
+    let RestoreEdits {
+        edits,
+        bumped,
+        size,
+    } = restore_edits(path, db_len, members, consistent_index, term, bump)?;
     std::fs::OpenOptions::new()
         .write(true)
         .open(path)
