@@ -1,10 +1,13 @@
-//! A base backup's delta chain as the store holds it (docs/design/pitr.md §5 "`list` /
-//! `verify`"): listing with contiguity, gaps, close markers and missing data ([`read_chain`],
-//! for `list` and the capture's resume point), and the full check of every delta object
-//! ([`verify_chain`], for `verify`).
+//! A base's delta chain as the store holds it (docs/design/pitr.md §5): THE chain model of
+//! etcd-lifeboat. [`read_chain`] lists it (contiguity, gaps, close markers, broken objects,
+//! missing data) for `list`, for the capture's resume point and for restore's plan
+//! ([`super::plan`] chooses base and deltas over these [`Chain`] values, so what `list` says
+//! is covered is exactly what `restore --to-revision` accepts); [`verify_chain`] also checks
+//! every delta object, for `verify`.
 //!
-//! Contiguity: the chain of base `B` starts at `B_eff + 1` and each delta starts at the
-//! previous one's `last_revision + 1`. `B_eff` is the `base_revision` of the chain's deltas;
+//! Contiguity: the chain of base `B` starts at `B_eff + 1` with seq 0 and each delta is the
+//! manifest at the previous one's `(last_revision + 1, seq + 1)`, hash-linked to it
+//! ([`assemble`] has the rules). `B_eff` is the `base_revision` of the chain's deltas;
 //! before the first delta it is the base manifest's `revision`. The two differ only when the
 //! base's compaction removed a final tombstone (design §2 pitfall #2): the daemon holds no
 //! copy of the base db (it may be encrypted for recipients only), so the capture starts such a
@@ -12,7 +15,7 @@
 //!
 //! Every manifest read is untrusted: [`super::manifest::parse_delta_manifest`] bounds and
 //! validates it; a manifest of another base or cluster, or one that does not parse, is
-//! reported as broken and ends the usable chain before it.
+//! reported as broken and never used.
 
 use std::io::Read;
 
@@ -419,7 +422,8 @@ pub fn assemble(base: &Manifest, manifests: Vec<DeltaManifest>, mut broken: Vec<
 
     // What lies off the walk.
     let mut gaps = Vec::new();
-    let (mut next_rev, mut next_seq) = (next.0, Some(next.1));
+    // After a gap the seq is not checked (the manifests between are missing).
+    let (mut next_rev, mut next_seq) = next;
     for (i, m) in ms.iter().enumerate() {
         if walked[i] {
             continue;
@@ -431,11 +435,10 @@ pub fn assemble(base: &Manifest, manifests: Vec<DeltaManifest>, mut broken: Vec<
                 "r{}..r{} overlaps revisions before r{next_rev} already stored (not written by the chain's single writer)",
                 m.first_revision, m.last_revision
             ))
-        } else if m.first_revision == next_rev && next_seq.is_some_and(|s| s != m.seq) {
+        } else if m.first_revision == next_rev && m.seq != next_seq {
             Some(format!(
-                "seq {} at r{next_rev}, but the delta before it makes this seq {}",
-                m.seq,
-                next_seq.unwrap_or_default()
+                "seq {} at r{next_rev}, but the chain's next seq there is {next_seq}",
+                m.seq
             ))
         } else {
             None
@@ -454,7 +457,7 @@ pub fn assemble(base: &Manifest, manifests: Vec<DeltaManifest>, mut broken: Vec<
             });
         }
         next_rev = m.last_revision.saturating_add(1);
-        next_seq = Some(m.seq.saturating_add(1));
+        next_seq = m.seq.saturating_add(1);
     }
 
     let deltas: Vec<DeltaManifest> = {
