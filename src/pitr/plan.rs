@@ -17,7 +17,7 @@ use crate::store::{Manifest, Store};
 #[derive(Debug, thiserror::Error)]
 pub enum PitrPlanError {
     /// Listing or reading a chain failed.
-    #[error("reading the delta chain: {0}")]
+    #[error(transparent)]
     Chain(#[from] ChainError),
     /// No chain covers the target; the message names the nearest covered revisions (or
     /// times) and how the chains around the target end.

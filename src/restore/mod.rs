@@ -34,10 +34,11 @@
 //!
 //! # Point in time (`--to-revision`, `--to-time`; issue 16, docs/pitr.md)
 //! With `--from-store`, the base and its deltas are chosen ([`crate::pitr::plan`]) over the
-//! chains as `list` and `verify` see them ([`crate::pitr::chain`]), the base is acquired as above, copied to a private `pitr.db` and
-//! the deltas are applied to it natively ([`crate::pitr::apply`]); that db, fully checked,
-//! is then the source of every member, so membership, `--bump-revision` and `--out-dir` work
-//! on revision R exactly as on a snapshot (`tests/pitr_restore.rs`).
+//! chains as `list` and `verify` see them ([`crate::pitr::chain`]), the base is acquired as
+//! above, copied to a private `pitr.db` and the deltas are applied to it natively
+//! ([`crate::pitr::apply`]); that db, fully checked, is then the source of every member, so
+//! membership, `--bump-revision` and `--out-dir` work on revision R exactly as on a snapshot
+//! (`tests/pitr_restore.rs`).
 
 pub mod db;
 pub mod ids;
