@@ -10,7 +10,8 @@
 //! alive at R. Also: every key-bucket value of the real base snapshot re-encodes to the same
 //! bytes; `--dry-run` prints the base, the deltas and the target (text and JSON); an uncovered
 //! revision is refused naming the nearest covered one; a damaged delta is refused; a missing
-//! manifest ends the covered range (named as a gap). On etcd 3.5.1 (also `--to-time`,
+//! data object ends the covered range for `list` and restore alike (named as broken); a
+//! missing manifest ends it (named as a gap). On etcd 3.5.1 (also `--to-time`,
 //! `--bump-revision --mark-compacted` and a 3-member `--out-dir` cluster), 3.5.30 and 3.4
 //! (chain and base age-encrypted).
 
@@ -628,6 +629,41 @@ async fn run(version: Version, encrypted: bool, extras: bool) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("delta {victim} is damaged")), "{err}");
+    assert!(!dir.exists());
+
+    // The last delta's data object missing: `list` and restore see the same chain (one model,
+    // pitr::chain), which ends before that delta; a target in it is refused before any
+    // download, naming the object.
+    let gone = chain[3].derived_data_key().unwrap().unwrap();
+    store.delete(&gone).await.unwrap();
+    let out = lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["list", "-o", "json"]),
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == base.id.as_str())
+        .unwrap();
+    assert_eq!(entry["pitr"]["last_revision"], mid + 3, "{entry}");
+    assert_eq!(entry["pitr"]["broken"][0]["key"], gone.as_str(), "{entry}");
+    let o = restore_cmd(&cfg, w.last, &dir, &spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "r{} (base {}, broken: {gone}: data of delta r{}..r{} is missing)",
+            mid + 3,
+            base.id,
+            mid + 4,
+            w.last
+        )),
+        "{err}"
+    );
     assert!(!dir.exists());
 
     // A missing manifest in the middle: the chain ends before it, a target beyond is refused

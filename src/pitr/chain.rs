@@ -1,10 +1,13 @@
-//! A base backup's delta chain as the store holds it (docs/design/pitr.md §5 "`list` /
-//! `verify`"): listing with contiguity, gaps, close markers and missing data ([`read_chain`],
-//! for `list` and the capture's resume point), and the full check of every delta object
-//! ([`verify_chain`], for `verify`).
+//! A base's delta chain as the store holds it (docs/design/pitr.md §5): THE chain model of
+//! etcd-lifeboat. [`read_chain`] lists it (contiguity, gaps, close markers, broken objects,
+//! missing data) for `list`, for the capture's resume point and for restore's plan
+//! ([`super::plan`] chooses base and deltas over these [`Chain`] values, so what `list` says
+//! is covered is exactly what `restore --to-revision` accepts); [`verify_chain`] also checks
+//! every delta object, for `verify`.
 //!
-//! Contiguity: the chain of base `B` starts at `B_eff + 1` and each delta starts at the
-//! previous one's `last_revision + 1`. `B_eff` is the `base_revision` of the chain's deltas;
+//! Contiguity: the chain of base `B` starts at `B_eff + 1` with seq 0 and each delta is the
+//! manifest at the previous one's `(last_revision + 1, seq + 1)`, hash-linked to it
+//! ([`assemble`] has the rules). `B_eff` is the `base_revision` of the chain's deltas;
 //! before the first delta it is the base manifest's `revision`. The two differ only when the
 //! base's compaction removed a final tombstone (design §2 pitfall #2): the daemon holds no
 //! copy of the base db (it may be encrypted for recipients only), so the capture starts such a
@@ -12,9 +15,11 @@
 //!
 //! Every manifest read is untrusted: [`super::manifest::parse_delta_manifest`] bounds and
 //! validates it; a manifest of another base or cluster, or one that does not parse, is
-//! reported as broken and ends the usable chain before it.
+//! reported as broken and never used.
 
 use std::io::Read;
+
+use futures::{StreamExt, TryStreamExt};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -74,35 +79,42 @@ pub struct Broken {
     pub reason: String,
 }
 
-/// The chain of one base, as listed from the store. Revisions: `first_revision ..=
-/// last_revision` is the contiguous run from `base_revision + 1` (empty when `last_revision ==
-/// base_revision`); deltas after a gap or a broken link are not part of it.
+/// The chain of one base, as listed from the store: THE chain model of `list`, `verify`, the
+/// capture's resume point and restore's plan ([`super::plan`]).
+///
+/// Revisions: `first_revision ..= last_revision` is the run of linked deltas from
+/// `base_revision + 1` (empty when `last_revision == base_revision`); what follows a gap, a
+/// broken link or a missing data object is not part of it. A point-in-time restore can reach
+/// exactly the revisions `base_revision ..= last_revision` ([`Chain::covers`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Chain {
     /// The base backup's id.
     pub base_id: String,
+    /// When the base backup finished (its manifest's `finished_at`).
+    pub base_finished_at: DateTime<Utc>,
     /// `B_eff`: the deltas' `base_revision`, else [`manifest_base_revision`].
     pub base_revision: i64,
     /// `base_revision + 1`.
     pub first_revision: i64,
-    /// Last revision of the contiguous run (`base_revision` when it is empty).
+    /// Last revision of the run (`base_revision` when it is empty).
     pub last_revision: i64,
     /// Observed time of the run's first revision.
     pub first_time: Option<DateTime<Utc>>,
     /// Newest time the run covers (every change committed before it is in the run).
     pub covered_until: Option<DateTime<Utc>>,
-    /// Delta manifests of the contiguous run, in order (close excluded).
+    /// Delta manifests of the run, in order (close excluded).
     #[serde(skip)]
     pub deltas: Vec<DeltaManifest>,
     /// Number of deltas in the run.
     pub delta_count: usize,
     /// Stored bytes of the run's data objects.
     pub stored_bytes: u64,
-    /// Revisions missing between stored deltas (the run ends before the first).
+    /// Revisions no stored delta covers, after the run (the first starts at `last_revision +
+    /// 1` when the run ends for want of its next manifest).
     pub gaps: Vec<Gap>,
     /// The close manifest right after the run, when there is one.
     pub closed: Option<Closed>,
-    /// Manifests that do not parse or do not belong here, data objects missing.
+    /// Objects that do not parse, do not belong here or do not link, data objects missing.
     pub broken: Vec<Broken>,
 }
 
@@ -117,10 +129,51 @@ impl Chain {
         self.closed.is_none() && self.gaps.is_empty() && self.broken.is_empty()
     }
 
+    /// Whether revision `r` can be restored from this chain: `base_revision <= r <=
+    /// last_revision`.
+    pub fn covers(&self, r: i64) -> bool {
+        self.base_revision <= r && r <= self.last_revision
+    }
+
+    /// How the run ends, for messages: `chain closed: compacted at r<C>, next base Y`,
+    /// `broken: <key>: <reason>` (the next manifest or its data), `gap r<a>..r<b>`, or
+    /// `chain open`.
+    pub fn end_text(&self) -> String {
+        if let Some(c) = &self.closed {
+            let mut s = format!("chain closed: {}", c.reason);
+            if let Some(r) = c.compact_revision {
+                s += &format!(" at r{r}");
+            }
+            if let Some(n) = &c.next_base_id {
+                s += &format!(", next base {n}");
+            }
+            return s;
+        }
+        // A problem right at the run's end (the next manifest or its data, whose names start
+        // with the next revision) says best why the run stops there.
+        let at_end = format!("/{:016}-", self.last_revision.saturating_add(1));
+        let broken = |b: &Broken| format!("broken: {}: {}", b.key, b.reason);
+        if let Some(b) = self.broken.iter().find(|b| b.key.contains(&at_end)) {
+            return broken(b);
+        }
+        match (self.gaps.first(), self.broken.first()) {
+            (Some(g), _) if g.from == self.last_revision + 1 => {
+                format!("gap r{}..r{}", g.from, g.to)
+            }
+            (_, Some(b)) => broken(b),
+            (Some(g), None) => format!("gap r{}..r{}", g.from, g.to),
+            (None, None) => "chain open".into(),
+        }
+    }
+
     /// One line for `list`: `pitr r<a>..r<b> <first_time>..<covered_until>, N deltas, S bytes`
     /// plus gaps, close and broken objects; `None` when the base has no chain.
     pub fn summary(&self) -> Option<String> {
-        if self.deltas.is_empty() && self.closed.is_none() && self.broken.is_empty() {
+        if self.deltas.is_empty()
+            && self.closed.is_none()
+            && self.broken.is_empty()
+            && self.gaps.is_empty()
+        {
             return None;
         }
         let t = |x: Option<DateTime<Utc>>| {
@@ -163,10 +216,13 @@ pub fn manifest_base_revision(base: &Manifest) -> i64 {
     base.revision.max(1)
 }
 
+/// Manifests read at once by [`read_chain`].
+const READ_CONCURRENCY: usize = 8;
+
 /// Lists and checks the chain of `base`: every `<first:016>-<seq:016>.delta` manifest under
-/// `<cluster>/<base-id>.pitr/` (parsed, validated, of this base), each delta's data object
-/// present with the manifest's size, contiguity from `B_eff + 1`. Reads manifests only (and
-/// the listing), never data.
+/// `<cluster>/<base-id>.pitr/` (at most [`MAX_DELTA_MANIFEST_BYTES`] each, read 8 at a time,
+/// parsed and validated by [`parse_delta_manifest`]), each delta's data object present with
+/// the manifest's size, then [`assemble`]. Reads manifests only (and the listing), never data.
 ///
 /// Errors: [`ChainError::Store`] when the listing or a manifest read fails (a manifest that
 /// is missing between listing and reading is skipped).
@@ -179,8 +235,8 @@ pub async fn read_chain(store: &Store, base: &Manifest) -> Result<Chain, ChainEr
     let objects = store.list(&prefix).await.map_err(err)?;
     let sizes: std::collections::HashMap<&str, u64> =
         objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
-    let mut manifests = Vec::new();
     let mut broken = Vec::new();
+    let mut names = Vec::new();
     for o in &objects {
         if !o.key.as_str().ends_with(DELTA_MANIFEST_SUFFIX) {
             continue;
@@ -190,33 +246,50 @@ pub async fn read_chain(store: &Store, base: &Manifest) -> Result<Chain, ChainEr
                 key: o.key.to_string(),
                 reason: "not a <first:016>-<seq:016>.delta manifest name".into(),
             });
-            continue;
+        } else if o.size > MAX_DELTA_MANIFEST_BYTES {
+            broken.push(Broken {
+                key: o.key.to_string(),
+                reason: format!(
+                    "{} bytes, larger than the {MAX_DELTA_MANIFEST_BYTES} a delta manifest may have; not read",
+                    o.size
+                ),
+            });
+        } else {
+            names.push(o.key.clone());
         }
-        let bytes = match store
-            .get_bytes_limited(&o.key, MAX_DELTA_MANIFEST_BYTES)
-            .await
-        {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => continue,
-            Err(StoreError::TooLarge { .. }) => {
-                broken.push(Broken {
-                    key: o.key.to_string(),
-                    reason: format!("larger than {MAX_DELTA_MANIFEST_BYTES} bytes"),
-                });
-                continue;
-            }
-            Err(e) => return Err(err(e)),
-        };
-        match parse_delta_manifest(&o.key, &bytes) {
-            Ok(m) if m.cluster_id == base.cluster_id && m.base_id == base.id => manifests.push(m),
-            Ok(m) => broken.push(Broken {
-                key: o.key.to_string(),
-                reason: format!("belongs to base {} of cluster {}", m.base_id, m.cluster_id),
-            }),
-            Err(e) => broken.push(Broken {
-                key: o.key.to_string(),
-                reason: e.to_string(),
-            }),
+    }
+    let read: Vec<Option<Result<DeltaManifest, Broken>>> = futures::stream::iter(names)
+        .map(|key| async move {
+            let bytes = match store
+                .get_bytes_limited(&key, MAX_DELTA_MANIFEST_BYTES)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => return Ok(None),
+                Err(StoreError::TooLarge { .. }) => {
+                    return Ok(Some(Err(Broken {
+                        key: key.to_string(),
+                        reason: format!("larger than {MAX_DELTA_MANIFEST_BYTES} bytes"),
+                    })))
+                }
+                Err(e) => return Err(e),
+            };
+            Ok(Some(parse_delta_manifest(&key, &bytes).map_err(|e| {
+                Broken {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                }
+            })))
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await
+        .map_err(err)?;
+    let mut manifests = Vec::new();
+    for r in read.into_iter().flatten() {
+        match r {
+            Ok(m) => manifests.push(m),
+            Err(b) => broken.push(b),
         }
     }
     for m in &manifests {
@@ -237,92 +310,178 @@ pub async fn read_chain(store: &Store, base: &Manifest) -> Result<Chain, ChainEr
             }
         }
     }
+    broken.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(assemble(base, manifests, broken))
 }
 
-/// Builds the [`Chain`] from the parsed manifests of one base (any order): the contiguous run
-/// from `B_eff + 1`, the close right after it, and gaps between what follows. Pure.
-pub fn assemble(
-    base: &Manifest,
-    mut manifests: Vec<DeltaManifest>,
-    mut broken: Vec<Broken>,
-) -> Chain {
-    manifests.sort_by_key(|m| (m.first_revision, m.seq));
-    let base_revision = manifests
-        .iter()
-        .find(|m| m.seq == 0)
-        .or(manifests.first())
-        .map(|m| m.base_revision)
-        .unwrap_or_else(|| manifest_base_revision(base));
-    let bad_data: std::collections::HashSet<String> =
-        broken.iter().map(|b| b.key.clone()).collect();
-    let mut run: Vec<DeltaManifest> = Vec::new();
-    let mut closed = None;
-    let mut gaps = Vec::new();
-    let mut next = base_revision + 1;
-    let mut in_run = true;
-    let mut prev_sha: Option<String> = None;
+/// Builds the [`Chain`] of `base` from its parsed delta manifests (any order) and the problems
+/// already found (`broken`: unreadable manifests, and data objects missing or of the wrong
+/// size, by data key). Pure. The rules (design §5):
+///
+/// - A manifest of another cluster or base is broken and not used.
+/// - `B_eff` is the `base_revision` of the seq-0 manifest (lowest first revision), else of the
+///   lowest manifest, among those with `base_revision >= ` [`manifest_base_revision`]; else
+///   that value.
+/// - The run walks from `(first B_eff + 1, seq 0)`; each next link is exactly the manifest at
+///   `(prev.last_revision + 1, prev.seq + 1)` (so an empty idle delta and its successor share
+///   a first revision) with the same `base_revision` and `prev_stored_sha256 ==
+///   prev.stored_sha256` (`None` for seq 0). A link with another `base_revision` or a wrong
+///   hash is broken and ends the run; a close manifest ends it ([`Chain::closed`]); a delta
+///   whose data object is listed in `broken` ends it before that delta.
+/// - Manifests off that walk are reported: a missing range before one is a [`Gap`]; one that
+///   overlaps revisions already passed, has another `base_revision`, or does not continue the
+///   seq of the manifest before it is broken.
+pub fn assemble(base: &Manifest, manifests: Vec<DeltaManifest>, mut broken: Vec<Broken>) -> Chain {
+    let key_of = |m: &DeltaManifest| {
+        m.key()
+            .map(|k| k.to_string())
+            .unwrap_or_else(|_| format!("<delta r{} seq {}>", m.first_revision, m.seq))
+    };
+    let mut ms = Vec::with_capacity(manifests.len());
     for m in manifests {
-        if m.base_revision != base_revision {
-            continue;
-        }
-        if m.first_revision > next {
-            gaps.push(Gap {
-                from: next,
-                to: m.first_revision - 1,
+        if m.cluster_id == base.cluster_id && m.base_id == base.id {
+            ms.push(m);
+        } else {
+            broken.push(Broken {
+                key: key_of(&m),
+                reason: format!("belongs to base {} of cluster {}", m.base_id, m.cluster_id),
             });
-            in_run = false;
-        } else if m.first_revision < next {
-            // Overlap: not written by a single writer; not part of the run.
-            in_run = false;
-            continue;
+        }
+    }
+    ms.sort_by_key(|m| (m.first_revision, m.seq));
+    let floor = manifest_base_revision(base);
+    let b = ms
+        .iter()
+        .filter(|m| m.base_revision >= floor)
+        .min_by_key(|m| (m.seq != 0, m.first_revision, m.seq))
+        .map_or(floor, |m| m.base_revision);
+    let other_base = |m: &DeltaManifest| {
+        format!(
+            "base_revision r{} differs from the chain's r{b} (base {} has revision r{})",
+            m.base_revision, base.id, base.revision
+        )
+    };
+    let bad_data: std::collections::HashSet<String> =
+        broken.iter().map(|x| x.key.clone()).collect();
+
+    // The walk along exact successors.
+    let mut walked = vec![false; ms.len()];
+    let mut run: Vec<usize> = Vec::new();
+    let mut closed = None;
+    let mut want = (b.saturating_add(1), 0u64);
+    let mut prev_sha: Option<&str> = None;
+    // Where the walk stopped: the next revision and seq after the last manifest it visited.
+    let mut next = want;
+    loop {
+        let i = ms.partition_point(|m| (m.first_revision, m.seq) < want);
+        let Some(m) = ms.get(i).filter(|m| (m.first_revision, m.seq) == want) else {
+            break;
+        };
+        walked[i] = true;
+        next = (m.last_revision.saturating_add(1), m.seq.saturating_add(1));
+        let problem = if m.base_revision != b {
+            Some(other_base(m))
+        } else if m.prev_stored_sha256.as_deref() != prev_sha {
+            Some(
+                "prev_stored_sha256 does not match the previous delta (hash link broken)"
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            broken.push(Broken {
+                key: key_of(m),
+                reason,
+            });
+            break;
+        }
+        if m.kind == DeltaKind::Close {
+            closed = Some(Closed {
+                reason: serde_json::to_value(m.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                at_revision: m.first_revision,
+                compact_revision: m.compact_revision,
+                next_base_id: m.next_base_id.clone(),
+            });
+            break;
         }
         let data_ok = match m.derived_data_key() {
             Ok(Some(k)) => !bad_data.contains(k.as_str()),
             _ => true,
         };
-        let linked = m.prev_stored_sha256 == prev_sha;
-        if in_run && !linked && m.kind == DeltaKind::Delta {
-            broken.push(Broken {
-                key: m.key().map(|k| k.to_string()).unwrap_or_default(),
-                reason: "prev_stored_sha256 does not match the previous delta (hash link broken)"
-                    .into(),
-            });
+        if !data_ok {
+            break;
         }
-        next = m.last_revision + 1;
-        if m.kind == DeltaKind::Close {
-            if in_run {
-                closed = Some(Closed {
-                    reason: serde_json::to_value(m.reason)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    at_revision: m.first_revision,
-                    compact_revision: m.compact_revision,
-                    next_base_id: m.next_base_id.clone(),
-                });
-            }
-            in_run = false;
+        run.push(i);
+        prev_sha = Some(&m.stored_sha256);
+        want = next;
+    }
+
+    // What lies off the walk.
+    let mut gaps = Vec::new();
+    // After a gap the seq is not checked (the manifests between are missing).
+    let (mut next_rev, mut next_seq) = next;
+    for (i, m) in ms.iter().enumerate() {
+        if walked[i] {
             continue;
         }
-        if in_run && data_ok && linked {
-            prev_sha = Some(m.stored_sha256.clone());
-            run.push(m);
+        let reason = if m.base_revision != b {
+            Some(other_base(m))
+        } else if m.first_revision < next_rev {
+            Some(format!(
+                "r{}..r{} overlaps revisions before r{next_rev} already stored (not written by the chain's single writer)",
+                m.first_revision, m.last_revision
+            ))
+        } else if m.first_revision == next_rev && m.seq != next_seq {
+            Some(format!(
+                "seq {} at r{next_rev}, but the chain's next seq there is {next_seq}",
+                m.seq
+            ))
         } else {
-            in_run = false;
+            None
+        };
+        if let Some(reason) = reason {
+            broken.push(Broken {
+                key: key_of(m),
+                reason,
+            });
+            continue;
         }
+        if m.first_revision > next_rev {
+            gaps.push(Gap {
+                from: next_rev,
+                to: m.first_revision - 1,
+            });
+        }
+        next_rev = m.last_revision.saturating_add(1);
+        next_seq = m.seq.saturating_add(1);
     }
-    let last_revision = run.last().map_or(base_revision, |m| m.last_revision);
+
+    let deltas: Vec<DeltaManifest> = {
+        let mut keep = vec![false; ms.len()];
+        for &i in &run {
+            keep[i] = true;
+        }
+        ms.into_iter()
+            .zip(keep)
+            .filter_map(|(m, k)| k.then_some(m))
+            .collect()
+    };
+    let last_revision = deltas.last().map_or(b, |m| m.last_revision);
     Chain {
         base_id: base.id.clone(),
-        base_revision,
-        first_revision: base_revision + 1,
+        base_finished_at: base.finished_at,
+        base_revision: b,
+        first_revision: b.saturating_add(1),
         last_revision,
-        first_time: run.iter().find_map(|m| m.first_time),
-        covered_until: run.iter().filter_map(|m| m.covered_until).max(),
-        delta_count: run.len(),
-        stored_bytes: run.iter().map(|m| m.stored_bytes).sum(),
-        deltas: run,
+        first_time: deltas.iter().find_map(|m| m.first_time),
+        covered_until: deltas.iter().filter_map(|m| m.covered_until).max(),
+        delta_count: deltas.len(),
+        stored_bytes: deltas.iter().map(|m| m.stored_bytes).sum(),
+        deltas,
         gaps,
         closed,
         broken,
@@ -660,6 +819,16 @@ mod tests {
         m
     }
 
+    /// The seq-0 delta `m` with `base_revision` `b` (it then starts at `b + 1`).
+    fn rebased(mut m: DeltaManifest, b: i64) -> DeltaManifest {
+        m.base_revision = b;
+        m.first_revision = b + 1;
+        m.revisions = (m.last_revision - b) as u64;
+        m.events = m.revisions;
+        m.validate().unwrap();
+        m
+    }
+
     fn close(seq: u64, first: i64, prev: &DeltaManifest) -> DeltaManifest {
         let mut m = delta(seq, first, first - 1, Some(prev));
         m.kind = DeltaKind::Close;
@@ -743,5 +912,112 @@ mod tests {
         let ch = assemble(&base(), vec![], vec![]);
         assert_eq!((ch.base_revision, ch.last_revision), (100, 100));
         assert!(ch.summary().is_none() && ch.is_open_and_sound());
+    }
+
+    #[test]
+    fn the_walk_follows_exact_successors_and_links() {
+        let d0 = delta(0, 101, 110, None);
+        let d1 = delta(1, 111, 110, Some(&d0)); // empty idle delta
+        let d2 = delta(2, 111, 130, Some(&d1)); // same first revision as d1
+        let d3 = delta(3, 131, 140, Some(&d2));
+        let d4 = delta(4, 141, 150, Some(&d3));
+        let all = vec![d4.clone(), d2.clone(), d0.clone(), d1.clone()];
+        let ch = assemble(&base(), all.clone(), vec![]);
+        assert_eq!(
+            (ch.base_revision, ch.last_revision, ch.delta_count),
+            (100, 130, 3)
+        );
+        assert_eq!(ch.deltas, vec![d0.clone(), d1.clone(), d2.clone()]);
+        assert_eq!(ch.gaps, vec![Gap { from: 131, to: 140 }]);
+        assert!(ch.broken.is_empty(), "{:?}", ch.broken);
+        assert_eq!(ch.end_text(), "gap r131..r140");
+        assert!(ch.covers(100) && ch.covers(130) && !ch.covers(131) && !ch.covers(99));
+        // With d3 back: one run to r150, open.
+        let mut full = all;
+        full.push(d3);
+        let ch = assemble(&base(), full, vec![]);
+        assert_eq!((ch.last_revision, ch.delta_count), (150, 5));
+        assert!(ch.is_open_and_sound());
+        assert_eq!(ch.end_text(), "chain open");
+
+        // Without seq 0 nothing is covered beyond the base, and list shows the gap.
+        let ch = assemble(&base(), vec![d2.clone()], vec![]);
+        assert_eq!((ch.last_revision, ch.delta_count), (100, 0));
+        assert_eq!(ch.gaps, vec![Gap { from: 101, to: 110 }]);
+        assert!(ch.summary().unwrap().contains("; gap r101..r110"));
+
+        // A successor at the right first revision but with another seq does not continue
+        // the chain, and is reported (a capture must not resume over it).
+        let other_seq = delta(7, 111, 130, Some(&d0));
+        let ch = assemble(&base(), vec![d0.clone(), other_seq], vec![]);
+        assert_eq!(ch.last_revision, 110);
+        assert!(
+            ch.broken[0].reason.contains("seq 7 at r111"),
+            "{:?}",
+            ch.broken
+        );
+        assert!(!ch.is_open_and_sound());
+        assert!(ch.end_text().starts_with("broken: "), "{}", ch.end_text());
+    }
+
+    #[test]
+    fn foreign_and_inconsistent_manifests_are_rejected() {
+        let d0 = delta(0, 101, 150, None);
+        let d1 = delta(1, 151, 160, Some(&d0));
+        // Another base or cluster: not used, reported.
+        for (cluster, base_id) in [
+            ("0123456789abcdef", BASE),
+            (CLUSTER, "20261122T233000Z-r0000000000000100"),
+        ] {
+            let mut f = d1.clone();
+            f.cluster_id = cluster.into();
+            f.base_id = base_id.into();
+            let ch = assemble(&base(), vec![d0.clone(), f], vec![]);
+            assert_eq!(ch.last_revision, 150);
+            assert!(
+                ch.broken[0].reason.contains("belongs to base"),
+                "{:?}",
+                ch.broken
+            );
+            assert!(!ch.is_open_and_sound());
+        }
+        // The next link records another base_revision: broken, ends the run.
+        let mut other = d1.clone();
+        other.base_revision = 99;
+        let ch = assemble(&base(), vec![d0.clone(), other], vec![]);
+        assert_eq!(ch.last_revision, 150);
+        assert!(
+            ch.broken[0].reason.contains("base_revision r99"),
+            "{:?}",
+            ch.broken
+        );
+        // A seq-0 delta below the base manifest's revision is not the chain's start.
+        let low = rebased(delta(0, 101, 150, None), 90);
+        let ch = assemble(&base(), vec![low], vec![]);
+        assert_eq!((ch.base_revision, ch.last_revision), (100, 100));
+        assert!(
+            ch.broken[0].reason.contains("base_revision r90"),
+            "{:?}",
+            ch.broken
+        );
+        // A chain whose B_eff is above the base manifest's revision (compacted tombstone).
+        let h0 = rebased(delta(0, 101, 150, None), 102);
+        let ch = assemble(&base(), vec![h0], vec![]);
+        assert_eq!(
+            (ch.base_revision, ch.first_revision, ch.last_revision),
+            (102, 103, 150)
+        );
+        assert!(ch.is_open_and_sound() && !ch.covers(101) && ch.covers(102));
+        // A manifest overlapping the run (a second writer): reported, the run stays.
+        let over = delta(5, 140, 155, Some(&d0));
+        let ch = assemble(&base(), vec![d0.clone(), d1.clone(), over], vec![]);
+        assert_eq!(ch.last_revision, 160);
+        assert!(ch.broken[0].reason.contains("overlaps"), "{:?}", ch.broken);
+        // A close whose hash link is wrong does not close the chain: it is broken.
+        let mut c = close(2, 161, &d1);
+        c.prev_stored_sha256 = Some("e".repeat(64));
+        let ch = assemble(&base(), vec![d0, d1, c], vec![]);
+        assert_eq!((ch.last_revision, ch.closed.is_none()), (160, true));
+        assert!(ch.broken[0].reason.contains("hash link"), "{:?}", ch.broken);
     }
 }

@@ -1,234 +1,28 @@
-//! Restore planning over delta manifests (docs/design/pitr.md §5 "Restore plan"): a base's
-//! chain is the contiguous run of its deltas from `B_eff + 1`; a target revision (or time)
-//! picks the newest base whose chain covers it, or is refused with the nearest covered
-//! revisions named.
+//! Restore planning (docs/design/pitr.md §5 "Restore plan"): over the chains of
+//! [`super::chain`] (THE chain model, shared with `list`, `verify` and the capture), a target
+//! revision (or time) picks the newest base whose chain covers it and the deltas to apply, or
+//! is refused with the nearest covered revisions named.
 //!
-//! [`build_chain`] is pure over manifests; [`load_chain`] reads them from the store (bounded,
-//! each checked by [`parse_delta_manifest`]).
+//! [`plan`] is pure over [`Chain`] values; [`plan_from_store`] reads them with
+//! [`read_chain`], newest base first, until one covers the target.
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use super::manifest::{
-    chain_prefix, parse_delta_manifest, parse_delta_manifest_name, CloseReason, DeltaKind,
-    DeltaManifest, MAX_DELTA_MANIFEST_BYTES,
-};
-use crate::store::{Manifest, ObjectKey, Store, StoreError};
+use super::chain::{read_chain, Chain, ChainError};
+use super::manifest::DeltaManifest;
+use crate::store::{Manifest, Store};
 
-/// How a chain's contiguous run ends.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
-pub enum ChainEnd {
-    /// Still growing (no close manifest after the last delta).
-    Open,
-    /// A close manifest ends it.
-    Closed {
-        /// Why.
-        reason: CloseReason,
-        /// The compaction revision that broke the watch (`compacted`).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        compact_revision: Option<i64>,
-        /// The base that continues.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        next_base_id: Option<String>,
-    },
-    /// Manifests exist beyond the run, but the next link is missing: a gap of revisions
-    /// (`from..=to`, as far as the next manifest tells).
-    Gap {
-        /// First missing revision.
-        from: i64,
-        /// Revision before the next stored delta.
-        to: i64,
-    },
-    /// The next link exists but is not trusted (unreadable manifest, broken hash link,
-    /// another base revision).
-    Broken {
-        /// The manifest's key.
-        key: String,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// A base backup and the contiguous run of its delta chain.
-#[derive(Clone, Debug, Serialize)]
-pub struct Chain {
-    /// Base backup id.
-    pub base_id: String,
-    /// When the base backup finished.
-    pub base_finished_at: DateTime<Utc>,
-    /// `B_eff` as the deltas record it (the base manifest's revision when there is none).
-    pub base_revision: i64,
-    /// The contiguous deltas from `base_revision + 1`, in order (no close manifest).
-    pub deltas: Vec<DeltaManifest>,
-    /// Last covered revision `L` (`base_revision` when no delta).
-    pub last_revision: i64,
-    /// Newest time the run covers: its last delta's `covered_until` (or last observed time).
-    pub covered_until: Option<DateTime<Utc>>,
-    /// How the run ends.
-    pub end: ChainEnd,
-}
-
-impl Chain {
-    /// Whether revision `r` can be restored from this chain.
-    pub fn covers(&self, r: i64) -> bool {
-        self.base_revision <= r && r <= self.last_revision
-    }
-
-    /// Stored bytes of the run's delta objects.
-    pub fn stored_bytes(&self) -> u64 {
-        self.deltas.iter().map(|d| d.stored_bytes).sum()
-    }
-}
-
-/// One entry of a chain listing: the manifest found at a key, or why it is not trusted.
-pub type Listed = (ObjectKey, (i64, u64), Result<DeltaManifest, String>);
-
-/// Builds `base`'s chain from the manifests found under its prefix (any order; keys that are
-/// not delta manifests already dropped). Walks from `(B + 1, seq 0)`, where B is the
-/// `base_revision` the manifests record (it must be >= the base manifest's revision): each
-/// next link must be the manifest at `(prev.last + 1, prev.seq + 1)`, with the same
-/// `base_revision` and `prev_stored_sha256 == prev.stored_sha256`. Pure.
-pub fn build_chain(base: &Manifest, mut found: Vec<Listed>) -> Chain {
-    found.sort_by_key(|(_, pos, _)| *pos);
-    // B: what the first trusted manifest records (all must agree).
-    let b = found
-        .iter()
-        .filter_map(|(_, _, m)| m.as_ref().ok())
-        .map(|m| m.base_revision)
-        .next()
-        .filter(|&b| b >= base.revision)
-        .unwrap_or(base.revision);
-    let mut chain = Chain {
-        base_id: base.id.clone(),
-        base_finished_at: base.finished_at,
-        base_revision: b,
-        deltas: Vec::new(),
-        last_revision: b,
-        covered_until: None,
-        end: ChainEnd::Open,
-    };
-    let mut want = (b.saturating_add(1), 0u64);
-    let mut prev_sha: Option<String> = None;
-    loop {
-        let Some((key, _, m)) = found.iter().find(|(_, pos, _)| *pos == want) else {
-            // Anything later than the run's end is a gap.
-            if let Some((_, (first, _), _)) = found.iter().find(|(_, pos, _)| *pos > want) {
-                chain.end = ChainEnd::Gap {
-                    from: want.0,
-                    to: (*first - 1).max(want.0),
-                };
-            }
-            break;
-        };
-        let m = match m {
-            Ok(m) => m,
-            Err(reason) => {
-                chain.end = ChainEnd::Broken {
-                    key: key.to_string(),
-                    reason: reason.clone(),
-                };
-                break;
-            }
-        };
-        let broken = if m.base_id != base.id || m.cluster_id != base.cluster_id {
-            Some("it names another base or cluster".to_string())
-        } else if m.base_revision != b {
-            Some(format!(
-                "base_revision r{} differs from the chain's r{b}",
-                m.base_revision
-            ))
-        } else if m.prev_stored_sha256 != prev_sha {
-            Some("its prev_stored_sha256 is not the previous delta's stored_sha256 (broken hash link)".to_string())
-        } else {
-            None
-        };
-        if let Some(reason) = broken {
-            chain.end = ChainEnd::Broken {
-                key: key.to_string(),
-                reason,
-            };
-            break;
-        }
-        if m.kind == DeltaKind::Close {
-            chain.end = ChainEnd::Closed {
-                reason: m.reason.unwrap_or(CloseReason::Gap),
-                compact_revision: m.compact_revision,
-                next_base_id: m.next_base_id.clone(),
-            };
-            break;
-        }
-        chain.last_revision = m.last_revision;
-        chain.covered_until = m.covered_until.or(m.last_time).or(chain.covered_until);
-        prev_sha = Some(m.stored_sha256.clone());
-        want = (m.last_revision.saturating_add(1), m.seq.saturating_add(1));
-        chain.deltas.push(m.clone());
-    }
-    chain
-}
-
-/// Errors of loading chains and planning a point-in-time restore.
+/// Errors of planning a point-in-time restore.
 #[derive(Debug, thiserror::Error)]
 pub enum PitrPlanError {
-    /// Listing or reading the store failed.
-    #[error("reading the delta chain of backup {base_id}: {source}")]
-    Store {
-        /// The base.
-        base_id: String,
-        /// The cause.
-        source: StoreError,
-    },
-    /// No chain covers the target.
+    /// Listing or reading a chain failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// No chain covers the target; the message names the nearest covered revisions (or
+    /// times) and how the chains around the target end.
     #[error("{0}")]
     NotCovered(String),
-}
-
-/// Reads every delta manifest of `base`'s chain from `store` (one listing of its prefix,
-/// manifests read with a 1 MiB bound, 8 at a time) and builds the chain. A manifest that is
-/// too large, not JSON or fails validation ends the chain where it would be used
-/// ([`ChainEnd::Broken`]).
-///
-/// Errors: [`PitrPlanError::Store`] for listing/reading failures other than a manifest
-/// deleted meanwhile.
-pub async fn load_chain(store: &Store, base: &Manifest) -> Result<Chain, PitrPlanError> {
-    let err = |source| PitrPlanError::Store {
-        base_id: base.id.clone(),
-        source,
-    };
-    let prefix = chain_prefix(&base.cluster_id, &base.id).map_err(err)?;
-    let keys: Vec<(ObjectKey, (i64, u64), u64)> = store
-        .list(&prefix)
-        .await
-        .map_err(err)?
-        .into_iter()
-        .filter_map(|o| parse_delta_manifest_name(&o.key).map(|pos| (o.key, pos, o.size)))
-        .collect();
-    let found: Vec<Option<Listed>> = futures::stream::iter(keys)
-        .map(|(key, pos, size)| async move {
-            if size > MAX_DELTA_MANIFEST_BYTES {
-                let r = format!("{size} bytes, more than the {MAX_DELTA_MANIFEST_BYTES} a delta manifest may have; not read");
-                return Ok(Some((key, pos, Err(r))));
-            }
-            match store.get_bytes_limited(&key, MAX_DELTA_MANIFEST_BYTES).await {
-                Ok(b) => {
-                    let m = parse_delta_manifest(&key, &b).map_err(|e| e.to_string());
-                    Ok(Some((key, pos, m)))
-                }
-                Err(StoreError::TooLarge { .. }) => Ok(Some((
-                    key,
-                    pos,
-                    Err("larger than a delta manifest may be; not read".into()),
-                ))),
-                Err(StoreError::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .buffer_unordered(8)
-        .try_collect()
-        .await
-        .map_err(err)?;
-    Ok(build_chain(base, found.into_iter().flatten().collect()))
 }
 
 /// What a point-in-time restore aims at.
@@ -244,7 +38,7 @@ pub enum PitrTarget {
 /// A chosen base and the deltas to apply.
 #[derive(Clone, Debug, Serialize)]
 pub struct PitrPlan {
-    /// The chain of the chosen base (all its contiguous deltas).
+    /// The chain of the chosen base (its whole run; the deltas are in [`PitrPlan::deltas`]).
     pub chain: Chain,
     /// The deltas to read: those with `first_revision <= R` (for a time: whose first observed
     /// time is <= T), in order.
@@ -256,17 +50,49 @@ pub struct PitrPlan {
     pub revision: i64,
 }
 
+/// Whether `c` can serve `target`: revision R with `B_eff <= R <= L`; time T with the base
+/// finished at or before T and T at or before the chain's `covered_until`.
+fn covers(c: &Chain, target: PitrTarget) -> bool {
+    match target {
+        PitrTarget::Revision(r) => c.covers(r),
+        PitrTarget::Time(t) => c.base_finished_at <= t && c.covered_until.is_some_and(|u| t <= u),
+    }
+}
+
+/// Reads the chains of `bases` (newest first; [`read_chain`]) until one covers `target`, and
+/// plans with them ([`plan`]).
+///
+/// Errors: [`PitrPlanError::Chain`] when the store cannot be read;
+/// [`PitrPlanError::NotCovered`] as [`plan`].
+pub async fn plan_from_store(
+    store: &Store,
+    bases: &[Manifest],
+    target: PitrTarget,
+) -> Result<PitrPlan, PitrPlanError> {
+    let mut chains = Vec::new();
+    for b in bases {
+        let c = read_chain(store, b).await?;
+        let hit = covers(&c, target);
+        chains.push(c);
+        if hit {
+            break;
+        }
+    }
+    plan(&chains, target)
+}
+
 fn name(c: &Chain) -> String {
     format!("base {}", c.base_id)
 }
 
 /// Picks, among `chains` (newest base first), the first whose run covers `target`, and the
-/// deltas needed. Revision R: `B <= R <= L`. Time T: the base finished at or before T and
-/// T <= the chain's `covered_until` (T at or after the base with no delta yet: the base
-/// itself when covered).
+/// deltas needed. Revision R: `B_eff <= R <= L`. Time T: the base finished at or before T and
+/// T <= the chain's `covered_until` (the base alone when T is before the first delta's first
+/// observed time).
 ///
 /// Errors: [`PitrPlanError::NotCovered`] naming the nearest covered revisions (or times)
-/// below and above the target, with their bases, and how the chains around it end.
+/// below and above the target, with their bases, and how the chain below ends
+/// ([`Chain::end_text`]).
 pub fn plan(chains: &[Chain], target: PitrTarget) -> Result<PitrPlan, PitrPlanError> {
     match target {
         PitrTarget::Revision(r) => {
@@ -302,7 +128,7 @@ pub fn plan(chains: &[Chain], target: PitrTarget) -> Result<PitrPlan, PitrPlanEr
                             " r{} ({}, {})",
                             c.last_revision,
                             name(c),
-                            end_text(c)
+                            c.end_text()
                         ));
                     }
                     if let (Some(_), Some(_)) = (below, above) {
@@ -317,10 +143,7 @@ pub fn plan(chains: &[Chain], target: PitrTarget) -> Result<PitrPlan, PitrPlanEr
             Err(PitrPlanError::NotCovered(msg))
         }
         PitrTarget::Time(t) => {
-            let covers = |c: &Chain| {
-                c.base_finished_at <= t && c.covered_until.map(|u| t <= u).unwrap_or(false)
-            };
-            if let Some(c) = chains.iter().find(|c| covers(c)) {
+            if let Some(c) = chains.iter().find(|c| covers(c, target)) {
                 // Deltas whose first revision was observed at or before T: a prefix of the
                 // run (empty idle deltas included; the apply stops at the first later REV).
                 let n = c
@@ -376,39 +199,11 @@ pub fn plan(chains: &[Chain], target: PitrTarget) -> Result<PitrPlan, PitrPlanEr
     }
 }
 
-/// How a chain's run ends, for messages.
-pub fn end_text(c: &Chain) -> String {
-    match &c.end {
-        ChainEnd::Open => "chain open".into(),
-        ChainEnd::Closed {
-            reason,
-            compact_revision,
-            next_base_id,
-        } => {
-            let mut s = format!(
-                "chain closed: {}",
-                serde_json::to_value(reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default()
-            );
-            if let Some(cr) = compact_revision {
-                s.push_str(&format!(" at r{cr}"));
-            }
-            if let Some(n) = next_base_id {
-                s.push_str(&format!(", next base {n}"));
-            }
-            s
-        }
-        ChainEnd::Gap { from, to } => format!("gap r{from}..r{to}"),
-        ChainEnd::Broken { key, reason } => format!("broken at {key}: {reason}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pitr::manifest::FORMAT;
+    use crate::pitr::chain::assemble;
+    use crate::pitr::manifest::{CloseReason, DeltaKind, FORMAT};
 
     fn base(id: &str, rev: i64, finished: &str) -> Manifest {
         serde_json::from_value(serde_json::json!({
@@ -422,6 +217,7 @@ mod tests {
         .unwrap()
     }
 
+    /// Delta `seq` of `b` over `first..=last`, first observed `t` s after the base finished.
     fn delta(
         b: &Manifest,
         beff: i64,
@@ -433,7 +229,7 @@ mod tests {
     ) -> DeltaManifest {
         let time = |s: i64| Some(b.finished_at + chrono::Duration::seconds(s));
         let revs = (last - first + 1) as u64;
-        DeltaManifest {
+        let m = DeltaManifest {
             kind: DeltaKind::Delta,
             format: FORMAT,
             cluster_id: b.cluster_id.clone(),
@@ -465,52 +261,9 @@ mod tests {
             reason: None,
             compact_revision: None,
             next_base_id: None,
-        }
-    }
-
-    fn listed(ms: &[DeltaManifest]) -> Vec<Listed> {
-        ms.iter()
-            .map(|m| {
-                m.validate().unwrap();
-                (m.key().unwrap(), (m.first_revision, m.seq), Ok(m.clone()))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn chains_follow_links_and_stop_at_gaps() {
-        let b = base(
-            "20261122T230000Z-r0000000000000100",
-            100,
-            "2026-11-22T23:00:00Z",
-        );
-        let d0 = delta(&b, 100, 0, 101, 110, 10, None);
-        let d1 = delta(&b, 100, 1, 111, 110, 20, Some(&d0)); // empty idle delta
-        let d2 = delta(&b, 100, 2, 111, 130, 30, Some(&d1));
-        let d4 = delta(&b, 100, 4, 141, 150, 50, Some(&d2));
-        let mut found = listed(&[d2.clone(), d0.clone(), d4, d1.clone()]);
-        let c = build_chain(&b, found.clone());
-        assert_eq!(
-            (c.base_revision, c.last_revision, c.deltas.len()),
-            (100, 130, 3)
-        );
-        assert_eq!(c.end, ChainEnd::Gap { from: 131, to: 140 });
-        assert!(c.covers(100) && c.covers(130) && !c.covers(131) && !c.covers(99));
-
-        // A broken hash link ends the run before it.
-        let mut bad = d2.clone();
-        bad.prev_stored_sha256 = Some("f".repeat(64));
-        found.retain(|(_, pos, _)| *pos != (111, 2));
-        found.extend(listed(&[bad]));
-        let c = build_chain(&b, found);
-        assert_eq!(c.last_revision, 110);
-        assert!(
-            matches!(c.end, ChainEnd::Broken { ref reason, .. } if reason.contains("hash link"))
-        );
-
-        // Without seq 0 nothing is covered beyond the base.
-        let c = build_chain(&b, listed(&[d2]));
-        assert_eq!((c.last_revision, c.deltas.len()), (100, 0));
+        };
+        m.validate().unwrap();
+        m
     }
 
     #[test]
@@ -534,16 +287,11 @@ mod tests {
         close.events = 0;
         close.reason = Some(CloseReason::Compacted);
         close.compact_revision = Some(250);
+        close.validate().unwrap();
         let e0 = delta(&b2, 302, 0, 303, 400, 10, None);
-        let c1 = build_chain(&b1, listed(&[d0.clone(), d1.clone(), close]));
-        let c2 = build_chain(&b2, listed(&[e0]));
-        assert!(matches!(
-            c1.end,
-            ChainEnd::Closed {
-                compact_revision: Some(250),
-                ..
-            }
-        ));
+        let c1 = assemble(&b1, vec![d0.clone(), d1.clone(), close], vec![]);
+        let c2 = assemble(&b2, vec![e0], vec![]);
+        assert_eq!(c1.end_text(), "chain closed: compacted at r250");
         assert_eq!(c2.base_revision, 302);
         let chains = vec![c2, c1];
         let p = plan(&chains, PitrTarget::Revision(120)).unwrap();
@@ -553,6 +301,12 @@ mod tests {
         );
         let p = plan(&chains, PitrTarget::Revision(151)).unwrap();
         assert_eq!(p.deltas, vec![d0.clone(), d1]);
+        // The base's own revision: no delta.
+        let p = plan(&chains, PitrTarget::Revision(100)).unwrap();
+        assert_eq!(
+            (p.chain.base_id.as_str(), p.deltas.len()),
+            (b1.id.as_str(), 0)
+        );
         let p = plan(&chains, PitrTarget::Revision(302)).unwrap();
         assert_eq!(
             (p.chain.base_id.as_str(), p.deltas.len()),
@@ -569,6 +323,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("r400") && !err.contains(" and "), "{err}");
+        let err = plan(&[], PitrTarget::Revision(5)).unwrap_err().to_string();
+        assert!(err.contains("there is no backup to restore from"), "{err}");
 
         // Time: between d0's first observed time and d1's: d0 only.
         let t = b1.finished_at + chrono::Duration::seconds(20);
@@ -582,5 +338,56 @@ mod tests {
         let t = b1.finished_at + chrono::Duration::seconds(60);
         let err = plan(&chains, PitrTarget::Time(t)).unwrap_err().to_string();
         assert!(err.contains("nearest covered times"), "{err}");
+        assert!(err.contains(&format!("(r200, base {})", b1.id)), "{err}");
+        assert!(err.contains(&format!("(r302, base {})", b2.id)), "{err}");
+    }
+
+    /// What `list` says is covered is what restore accepts: the planner sees the same run,
+    /// cut by a gap, a missing data object or a broken link, and names its end.
+    #[test]
+    fn refusals_name_how_the_shared_chain_ends() {
+        let b = base(
+            "20261122T230000Z-r0000000000000100",
+            100,
+            "2026-11-22T23:00:00Z",
+        );
+        let d0 = delta(&b, 100, 0, 101, 110, 10, None);
+        let d1 = delta(&b, 100, 1, 111, 120, 20, Some(&d0));
+        let d2 = delta(&b, 100, 2, 121, 130, 30, Some(&d1));
+        let refused = |c: Chain, r: i64| {
+            assert!(!c.covers(r));
+            plan(&[c], PitrTarget::Revision(r)).unwrap_err().to_string()
+        };
+        // Manifest of d1 missing.
+        let c = assemble(&b, vec![d0.clone(), d2.clone()], vec![]);
+        let err = refused(c, 125);
+        assert!(
+            err.contains(&format!("r110 (base {}, gap r111..r120)", b.id)),
+            "{err}"
+        );
+        // Data of d1 missing.
+        let data = d1.derived_data_key().unwrap().unwrap().to_string();
+        let missing = crate::pitr::chain::Broken {
+            key: data.clone(),
+            reason: "data of delta r111..r120 is missing".into(),
+        };
+        let c = assemble(&b, vec![d0.clone(), d1.clone(), d2.clone()], vec![missing]);
+        let err = refused(c, 125);
+        assert!(
+            err.contains(&format!(
+                "r110 (base {}, broken: {data}: data of delta",
+                b.id
+            )),
+            "{err}"
+        );
+        // d2 does not link to d1.
+        let mut bad = d2.clone();
+        bad.prev_stored_sha256 = Some("f".repeat(64));
+        let c = assemble(&b, vec![d0, d1, bad], vec![]);
+        let err = refused(c, 125);
+        assert!(
+            err.contains("r120 (") && err.contains("hash link broken"),
+            "{err}"
+        );
     }
 }

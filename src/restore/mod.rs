@@ -33,11 +33,12 @@
 //! members than the snapshot is refused with both lists (`tests/restore_ha.rs`).
 //!
 //! # Point in time (`--to-revision`, `--to-time`; issue 16, docs/pitr.md)
-//! With `--from-store`, the base and its delta chain are chosen over the delta manifests
-//! ([`crate::pitr::plan`]), the base is acquired as above, copied to a private `pitr.db` and
-//! the deltas are applied to it natively ([`crate::pitr::apply`]); that db, fully checked,
-//! is then the source of every member, so membership, `--bump-revision` and `--out-dir` work
-//! on revision R exactly as on a snapshot (`tests/pitr_restore.rs`).
+//! With `--from-store`, the base and its deltas are chosen ([`crate::pitr::plan`]) over the
+//! chains as `list` and `verify` see them ([`crate::pitr::chain`]), the base is acquired as
+//! above, copied to a private `pitr.db` and the deltas are applied to it natively
+//! ([`crate::pitr::apply`]); that db, fully checked, is then the source of every member, so
+//! membership, `--bump-revision` and `--out-dir` work on revision R exactly as on a snapshot
+//! (`tests/pitr_restore.rs`).
 
 pub mod db;
 pub mod ids;
@@ -786,8 +787,9 @@ fn pitr_target(args: &RestoreOptions) -> Result<Option<PitrTarget>> {
 }
 
 /// Point-in-time plan: the bases to consider (`latest`: every backup of the newest backup's
-/// cluster, newest first; otherwise the one named), their chains read until one covers
-/// `target`. Errors: Config, Store, PitrPlan (not covered: the nearest covered revisions).
+/// cluster, newest first; otherwise the one named), their chains read
+/// ([`crate::pitr::plan::plan_from_store`]) until one covers `target`. Errors: Config, Store,
+/// PitrPlan (not covered: the nearest covered revisions).
 async fn plan_pitr(
     which: &str,
     target: PitrTarget,
@@ -809,16 +811,7 @@ async fn plan_pitr(
     } else {
         vec![first]
     };
-    let mut chains = Vec::new();
-    for b in &bases {
-        let c = crate::pitr::plan::load_chain(&store, b).await?;
-        let hit = crate::pitr::plan::plan(std::slice::from_ref(&c), target).is_ok();
-        chains.push(c);
-        if hit {
-            break;
-        }
-    }
-    let p = crate::pitr::plan::plan(&chains, target)?;
+    let p = crate::pitr::plan::plan_from_store(&store, &bases, target).await?;
     let base = bases
         .into_iter()
         .find(|b| b.id == p.chain.base_id)
@@ -924,7 +917,7 @@ fn print_pitr_plan(p: &PitrPlan, dry_run: bool) {
         c.base_id,
         c.base_revision,
         c.last_revision,
-        crate::pitr::plan::end_text(c),
+        c.end_text(),
         raw.saturating_add(raw / 10)
     );
 }
