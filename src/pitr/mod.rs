@@ -8,8 +8,8 @@
 //!   encodings (revision keys, `mvccpb.KeyValue` values, tombstones); the effective base
 //!   revision of a db.
 //! - `manifest`: delta manifests, the keys of a chain's objects, parse and validation.
-//! - `plan`: chains (the contiguous run of a base's deltas) and the choice of base and deltas
-//!   for a target revision or time.
+//! - `plan`: the choice of base and deltas for a target revision or time, over `chain`'s
+//!   chains.
 //! - `apply`: streams the chosen deltas (fetch, sha256, age, zstd, parse) into a copy of the
 //!   base db, natively, bounded memory.
 //! - `capture`: the daemon leader's task: watch -> spill file -> delta objects + manifests,
