@@ -6,7 +6,10 @@
 //!   the store younger than `http.max_backup_age`; future-dated backups do not count),
 //!   `last_run` (this replica's last backup run, if any, succeeded), `future_backups` (no
 //!   backup dated more than `store.future_tolerance` ahead), `manifests` (no broken manifest),
-//!   `verify` (this replica's last re-verification of the newest backup, if any, succeeded).
+//!   `verify` (this replica's last re-verification of the newest backup, if any, succeeded),
+//!   and with `pitr.enabled` `pitr` (the PITR chain is not broken: it fails from a break,
+//!   compaction, gap or outage, until the new chain has stored its first delta, and names the
+//!   break: `pitr: PITR chain of backup <id> broken at r<N> (compacted: ...)`).
 //!   `warnings` lists what does not fail readiness but needs fixing (a store root or temp dir
 //!   that other users can read, with the `chmod` that fixes it).
 //!   Example:
@@ -59,6 +62,8 @@ pub struct Health {
     pub name: Option<String>,
     /// The etcd cluster id (hex, as the store's keys have it) of the newest backup.
     pub cluster_id: Option<String>,
+    /// The cluster's PITR capture state, when `pitr.enabled` (the `pitr` check).
+    pub pitr: Option<Arc<crate::pitr::capture::Status>>,
 }
 
 /// One cluster as `/readyz` reports it.
@@ -234,6 +239,19 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
         "re-verification failed",
     );
     checks.insert("verify", verify);
+    if let Some(p) = &h.pitr {
+        let check = match p.broken_chain() {
+            None => Check {
+                ok: true,
+                detail: None,
+            },
+            Some(why) => Check {
+                ok: false,
+                detail: Some(why),
+            },
+        };
+        checks.insert("pitr", check);
+    }
     let reasons: Vec<String> = checks
         .iter()
         .filter(|(_, c)| !c.ok)
