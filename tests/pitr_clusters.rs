@@ -255,6 +255,22 @@ fn two_clusters_metrics_per_cluster_and_readyz_names_the_broken_chain() {
             "{name}: {lines:?}"
         );
     }
+    // Every PITR metric the alert rules use is served.
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/rules.yaml"),
+    )
+    .unwrap();
+    let used: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("etcd_lifeboat_pitr_"))
+        .collect();
+    assert_eq!(used.len(), 2, "{used:?}");
+    for name in used {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{name}{{"))),
+            "{name} (used by the rules) is not on /metrics"
+        );
+    }
     let lint = promtool_check(&text);
     assert!(lint.trim().is_empty(), "promtool lint findings: {lint}");
     let (_, body) = readyz(&d);

@@ -438,4 +438,56 @@ mod tests {
             r.reasons
         );
     }
+
+    #[test]
+    fn pitr_check_follows_the_clusters_broken_chain() {
+        let now = Utc::now();
+        let ok = Health {
+            store: Some(Ok(())),
+            newest: Some(("x".into(), now)),
+            ..Health::default()
+        };
+        // Without PITR there is no pitr check.
+        let r = readiness(&ok, Duration::from_secs(3600), now);
+        assert!(r.ready && !r.checks.contains_key("pitr"));
+        // (The unlabelled set: a named one would change what other unit tests encode.)
+        let (sa, sb) = (
+            crate::pitr::capture::Status::new(crate::metrics::metrics()),
+            crate::pitr::capture::Status::new(crate::metrics::metrics()),
+        );
+        let health = |s: &Arc<crate::pitr::capture::Status>, name: &str| {
+            Arc::new(Mutex::new(Health {
+                pitr: Some(s.clone()),
+                name: Some(name.into()),
+                ..ok.clone()
+            }))
+        };
+        let clusters = [
+            ClusterHealth {
+                name: Some("a".into()),
+                health: health(&sa, "a"),
+                max_age: Duration::from_secs(3600),
+            },
+            ClusterHealth {
+                name: Some("b".into()),
+                health: health(&sb, "b"),
+                max_age: Duration::from_secs(3600),
+            },
+        ];
+        let r = multi_readiness(&clusters, now);
+        assert!(r.ready, "{:?}", r.reasons);
+        assert!(r.clusters["a"].checks["pitr"].ok);
+        sb.set_broken(Some(
+            "PITR chain of backup B broken at r9 (gap: ...)".into(),
+        ));
+        let r = multi_readiness(&clusters, now);
+        assert!(!r.ready);
+        assert_eq!(
+            r.reasons,
+            ["b: pitr: PITR chain of backup B broken at r9 (gap: ...)"]
+        );
+        assert!(r.clusters["a"].checks["pitr"].ok);
+        sb.set_broken(None);
+        assert!(multi_readiness(&clusters, now).ready);
+    }
 }

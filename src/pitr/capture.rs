@@ -170,7 +170,8 @@ impl Status {
         self.broken.lock().expect("broken").clone()
     }
 
-    fn set_broken(&self, why: Option<String>) {
+    /// Sets (or clears) what [`Status::broken_chain`] reports.
+    pub(crate) fn set_broken(&self, why: Option<String>) {
         *self.broken.lock().expect("broken") = why;
     }
 
