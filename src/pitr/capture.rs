@@ -138,9 +138,17 @@ pub struct Status {
     m: &'static PitrMetrics,
     /// Set while a chain is broken and no new chain has stored a delta yet: what broke.
     broken: Mutex<Option<String>>,
-    /// Newest covered time stored (max over the chains this process saw), and the current
-    /// chain's base `finished_at`: the lag is from the later of the two.
-    covered: Mutex<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    /// What the lag is measured from.
+    covered: Mutex<Covered>,
+}
+
+/// The times the lag is measured from: the later of the two.
+#[derive(Debug, Default, Clone, Copy)]
+struct Covered {
+    /// Newest covered time stored (max over the chains this process saw).
+    stored: Option<DateTime<Utc>>,
+    /// The current chain's base `finished_at`.
+    base: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Status {
@@ -158,7 +166,7 @@ impl Status {
         Arc::new(Status {
             m: m.pitr(),
             broken: Mutex::new(None),
-            covered: Mutex::new((None, None)),
+            covered: Mutex::new(Covered::default()),
         })
     }
 
@@ -178,30 +186,25 @@ impl Status {
     /// Records the chain's base (its `finished_at` bounds the lag) and, when the chain has
     /// deltas, their covered time.
     fn set_base(&self, base: &Manifest, covered_until: Option<DateTime<Utc>>) {
-        let mut c = self.covered.lock().expect("covered");
-        c.1 = Some(base.finished_at);
+        self.covered.lock().expect("covered").base = Some(base.finished_at);
         if let Some(t) = covered_until {
-            c.0 = Some(c.0.map_or(t, |old| old.max(t)));
+            self.set_covered(t);
         }
     }
 
     /// A delta covering time up to `t` was stored.
     fn set_covered(&self, t: DateTime<Utc>) {
         let mut c = self.covered.lock().expect("covered");
-        c.0 = Some(c.0.map_or(t, |old| old.max(t)));
+        c.stored = Some(c.stored.map_or(t, |old| old.max(t)));
     }
 
     /// Sets `etcd_lifeboat_pitr_lag_seconds` from the newest covered time stored, or the
     /// base's `finished_at` when later (a new chain before its first delta); unchanged while
     /// neither is known.
     fn update_lag(&self) {
-        let (stored, base) = *self.covered.lock().expect("covered");
-        let covered = match (stored, base) {
-            (Some(a), Some(b)) => a.max(b),
-            (a, b) => match a.or(b) {
-                Some(t) => t,
-                None => return,
-            },
+        let c = *self.covered.lock().expect("covered");
+        let Some(covered) = c.stored.max(c.base) else {
+            return;
         };
         let lag = (Utc::now() - covered).num_milliseconds().max(0) as f64 / 1000.0;
         self.m.lag.set(lag);
@@ -1239,6 +1242,27 @@ fn compress_spill(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_from_the_newest_covered_time_and_stood_down() {
+        let s = Status::new(crate::metrics::metrics());
+        let lag = || s.m.lag.get();
+        s.m.lag.set(-1.0);
+        // Nothing known yet: unchanged.
+        s.update_lag();
+        assert_eq!(lag(), -1.0);
+        s.set_covered(Utc::now() - chrono::Duration::seconds(100));
+        s.update_lag();
+        assert!((100.0..101.0).contains(&lag()), "{}", lag());
+        // An older covered time never moves it back; a newer one does.
+        s.set_covered(Utc::now() - chrono::Duration::seconds(500));
+        s.set_covered(Utc::now() - chrono::Duration::seconds(20));
+        s.update_lag();
+        assert!((20.0..21.0).contains(&lag()), "{}", lag());
+        s.set_broken(Some("x".into()));
+        s.stood_down();
+        assert_eq!((lag(), s.broken_chain()), (0.0, None));
+    }
 
     #[test]
     fn versions_with_the_watch_bugs() {
