@@ -30,6 +30,12 @@
 //! `etcd_lifeboat_backup_in_progress`,
 //! `etcd_lifeboat_build_info{version}`.
 //!
+//! PITR (daemon with `pitr.enabled`, registered in the cluster's set by [`Metrics::pitr`]):
+//! `etcd_lifeboat_pitr_last_revision`, `etcd_lifeboat_pitr_lag_seconds`,
+//! `etcd_lifeboat_pitr_events_total`, `etcd_lifeboat_pitr_stored_bytes_total`,
+//! `etcd_lifeboat_pitr_chain_breaks_total{reason="compacted|gap|outage"}`
+//! ([`PitrMetrics`]; never pushed).
+//!
 //! # Clusters
 //! Each cluster of a daemon with `clusters:` (or a top-level `name`) has its own set
 //! ([`for_cluster`]) whose series carry `cluster="<name>"`; [`encode`] then merges the sets
@@ -38,7 +44,7 @@
 //! A single unnamed cluster uses the unlabelled set ([`metrics`]): no `cluster` label.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -103,6 +109,8 @@ pub struct Metrics {
     pub verifies_total: IntCounterVec,
     /// `etcd_lifeboat_upload_bytes_total`
     pub upload_bytes: IntCounter,
+    /// The PITR families, registered by [`Metrics::pitr`] (only a daemon with PITR on).
+    pitr: OnceLock<PitrMetrics>,
     store_refreshed: AtomicBool,
     success_recorded: AtomicBool,
 }
@@ -114,7 +122,64 @@ const DAEMON_ONLY: &[&str] = &[
     "etcd_lifeboat_verifies_total",
     "etcd_lifeboat_next_backup_timestamp_seconds",
     "etcd_lifeboat_backup_in_progress",
+    "etcd_lifeboat_pitr_last_revision",
+    "etcd_lifeboat_pitr_lag_seconds",
+    "etcd_lifeboat_pitr_events_total",
+    "etcd_lifeboat_pitr_stored_bytes_total",
+    "etcd_lifeboat_pitr_chain_breaks_total",
 ];
+
+/// The PITR delta capture's metrics of one cluster (`src/pitr/capture.rs`), in its metric
+/// set: with a named cluster every series carries `cluster="<name>"` like the set's others.
+pub struct PitrMetrics {
+    /// `etcd_lifeboat_pitr_last_revision`: last etcd revision stored in a delta (0: none yet).
+    pub last_revision: IntGauge,
+    /// `etcd_lifeboat_pitr_lag_seconds`: seconds from the newest time the stored chain covers
+    /// (or its base's `finished_at`, when later) to now, on the capturing leader; 0 on a
+    /// replica that does not capture.
+    pub lag: Gauge,
+    /// `etcd_lifeboat_pitr_events_total`: watch events written into deltas.
+    pub events: IntCounter,
+    /// `etcd_lifeboat_pitr_stored_bytes_total`: bytes of delta objects stored.
+    pub stored_bytes: IntCounter,
+    /// `etcd_lifeboat_pitr_chain_breaks_total{reason}`: chains ended by a break, `reason` =
+    /// `compacted`, `gap` or `outage` (each series exists from the start at 0).
+    pub chain_breaks: IntCounterVec,
+}
+
+impl PitrMetrics {
+    fn register(r: &Registry) -> PitrMetrics {
+        PitrMetrics {
+            last_revision: int_gauge(
+                r,
+                "etcd_lifeboat_pitr_last_revision",
+                "Last etcd revision stored in a delta of the current PITR chain (0: none yet).",
+            ),
+            lag: gauge(
+                r,
+                "etcd_lifeboat_pitr_lag_seconds",
+                "Seconds from the newest time the stored PITR chain covers to now (the recovery point objective), on the capturing leader; 0 on other replicas.",
+            ),
+            events: int_counter(
+                r,
+                "etcd_lifeboat_pitr_events_total",
+                "Watch events stored in PITR deltas by this process.",
+            ),
+            stored_bytes: int_counter(
+                r,
+                "etcd_lifeboat_pitr_stored_bytes_total",
+                "Bytes of PITR delta objects stored by this process.",
+            ),
+            chain_breaks: counter_vec(
+                r,
+                "etcd_lifeboat_pitr_chain_breaks_total",
+                "PITR chains ended by a break (a full backup starts a new chain), by reason.",
+                "reason",
+                &["compacted", "gap", "outage"],
+            ),
+        }
+    }
+}
 
 fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
     let g = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
@@ -359,6 +424,7 @@ impl Metrics {
             verify_last_failure,
             verifies_total,
             upload_bytes,
+            pitr: OnceLock::new(),
             store_refreshed: AtomicBool::new(false),
             success_recorded: AtomicBool::new(false),
         }
@@ -406,6 +472,13 @@ fn unix(t: DateTime<Utc>) -> f64 {
 }
 
 impl Metrics {
+    /// This set's PITR metrics, registered in its registry on the first call (so a daemon
+    /// without PITR exports none of them).
+    pub fn pitr(&self) -> &PitrMetrics {
+        self.pitr
+            .get_or_init(|| PitrMetrics::register(&self.registry))
+    }
+
     /// Records a successful backup: success counter and timestamp (now), duration histogram,
     /// the sizes, revision and key count of `m`.
     pub fn record_backup_success(&self, m: &Manifest, duration: Duration) {

@@ -6,7 +6,10 @@
 //!   the store younger than `http.max_backup_age`; future-dated backups do not count),
 //!   `last_run` (this replica's last backup run, if any, succeeded), `future_backups` (no
 //!   backup dated more than `store.future_tolerance` ahead), `manifests` (no broken manifest),
-//!   `verify` (this replica's last re-verification of the newest backup, if any, succeeded).
+//!   `verify` (this replica's last re-verification of the newest backup, if any, succeeded),
+//!   and with `pitr.enabled` `pitr` (the PITR chain is not broken: it fails from a break,
+//!   compaction, gap or outage, until the new chain has stored its first delta, and names the
+//!   break: `pitr: PITR chain of backup <id> broken at r<N> (compacted: ...)`).
 //!   `warnings` lists what does not fail readiness but needs fixing (a store root or temp dir
 //!   that other users can read, with the `chmod` that fixes it).
 //!   Example:
@@ -59,6 +62,8 @@ pub struct Health {
     pub name: Option<String>,
     /// The etcd cluster id (hex, as the store's keys have it) of the newest backup.
     pub cluster_id: Option<String>,
+    /// The cluster's PITR capture state, when `pitr.enabled` (the `pitr` check).
+    pub pitr: Option<Arc<crate::pitr::capture::Status>>,
 }
 
 /// One cluster as `/readyz` reports it.
@@ -234,6 +239,19 @@ fn readiness(h: &Health, max_age: Duration, now: DateTime<Utc>) -> Readiness {
         "re-verification failed",
     );
     checks.insert("verify", verify);
+    if let Some(p) = &h.pitr {
+        let check = match p.broken_chain() {
+            None => Check {
+                ok: true,
+                detail: None,
+            },
+            Some(why) => Check {
+                ok: false,
+                detail: Some(why),
+            },
+        };
+        checks.insert("pitr", check);
+    }
     let reasons: Vec<String> = checks
         .iter()
         .filter(|(_, c)| !c.ok)
@@ -419,5 +437,57 @@ mod tests {
             "{:?}",
             r.reasons
         );
+    }
+
+    #[test]
+    fn pitr_check_follows_the_clusters_broken_chain() {
+        let now = Utc::now();
+        let ok = Health {
+            store: Some(Ok(())),
+            newest: Some(("x".into(), now)),
+            ..Health::default()
+        };
+        // Without PITR there is no pitr check.
+        let r = readiness(&ok, Duration::from_secs(3600), now);
+        assert!(r.ready && !r.checks.contains_key("pitr"));
+        // (The unlabelled set: a named one would change what other unit tests encode.)
+        let (sa, sb) = (
+            crate::pitr::capture::Status::new(crate::metrics::metrics()),
+            crate::pitr::capture::Status::new(crate::metrics::metrics()),
+        );
+        let health = |s: &Arc<crate::pitr::capture::Status>, name: &str| {
+            Arc::new(Mutex::new(Health {
+                pitr: Some(s.clone()),
+                name: Some(name.into()),
+                ..ok.clone()
+            }))
+        };
+        let clusters = [
+            ClusterHealth {
+                name: Some("a".into()),
+                health: health(&sa, "a"),
+                max_age: Duration::from_secs(3600),
+            },
+            ClusterHealth {
+                name: Some("b".into()),
+                health: health(&sb, "b"),
+                max_age: Duration::from_secs(3600),
+            },
+        ];
+        let r = multi_readiness(&clusters, now);
+        assert!(r.ready, "{:?}", r.reasons);
+        assert!(r.clusters["a"].checks["pitr"].ok);
+        sb.set_broken(Some(
+            "PITR chain of backup B broken at r9 (gap: ...)".into(),
+        ));
+        let r = multi_readiness(&clusters, now);
+        assert!(!r.ready);
+        assert_eq!(
+            r.reasons,
+            ["b: pitr: PITR chain of backup B broken at r9 (gap: ...)"]
+        );
+        assert!(r.clusters["a"].checks["pitr"].ok);
+        sb.set_broken(None);
+        assert!(multi_readiness(&clusters, now).ready);
     }
 }

@@ -18,13 +18,16 @@
 //! - **catalog refresher**: every `--refresh-interval` reads the store catalog into the
 //!   `etcd_lifeboat_store_*` metrics and `/readyz`, so the backup age is visible whoever takes
 //!   the backups (a CronJob, another replica).
+//! - **PITR capture** ([`crate::pitr::capture`]) when `pitr.enabled`: the leader streams
+//!   deltas after the newest backup; its metrics are in the cluster's set and a broken chain
+//!   fails the cluster's `pitr` check of `/readyz` until the new chain stores a delta.
 //! - **HTTP** ([`http`]): `/metrics`, `/healthz`, `/readyz` on `http.listen`.
 //! - **election** ([`election`]) when `leader_election.enabled`.
 //!
 //! # Clusters
 //! Each cluster of [`Config::clusters`] (one for a config without `clusters:`) gets all of the
 //! tasks above but HTTP: its own scheduler, election (named `<leader_election.name>-<name>`,
-//! in its own etcd), refresher, re-verification, store and metric set
+//! in its own etcd), refresher, re-verification, PITR capture, store and metric set
 //! ([`metrics::for_cluster`]), in a task of its own. Nothing is shared between clusters but
 //! the HTTP server and the shutdown token, so a cluster whose etcd or store hangs delays no
 //! other cluster's backup. `/readyz` reports each cluster ([`http`]).
@@ -322,14 +325,20 @@ async fn run_cluster(
             }
         })
     };
-    // Point-in-time recovery: the leader's delta capture (pitr::capture), off by default.
+    // Point-in-time recovery: the leader's delta capture (pitr::capture), off by default;
+    // its metrics go into this cluster's set, its broken chain into this cluster's /readyz.
     let pitr = crate::pitr::capture::spawn(
         cfg.clone(),
         d.store.clone(),
         d.leader.clone(),
         d.shutdown.clone(),
         pitr_backup(cfg.clone(), d.store.clone()),
-    );
+        d.m,
+    )
+    .map(|(task, status)| {
+        d.health.lock().expect("health").pitr = Some(status);
+        task
+    });
     let verifier = vs.map(|vs| {
         let d = d.clone();
         tokio::spawn(async move { d.verify_loop(&vs).await })

@@ -37,22 +37,27 @@
 //!   (at least 1), as the daemon holds no copy of the base db ([`super::chain`]).
 //! - SIGKILL: the spill is lost; the store holds a valid chain up to its last manifest; the next
 //!   leader resumes at `last_revision + 1` (or breaks if that was compacted).
-//! - Metrics `etcd_lifeboat_pitr_{last_revision, lag_seconds, events_total,
-//!   stored_bytes_total, chain_breaks_total{reason}}` (registered when PITR is on);
-//!   [`broken_chain`] for `/readyz`. The backup of a new chain is the daemon's ([`BackupFn`]):
-//!   pitr does not know the backup pipeline.
+//! - **Per cluster**: [`spawn`] runs once per cluster of the daemon, with that cluster's
+//!   metric set ([`crate::metrics::for_cluster`]): the metrics
+//!   `etcd_lifeboat_pitr_{last_revision, lag_seconds, events_total, stored_bytes_total,
+//!   chain_breaks_total{reason}}` ([`crate::metrics::PitrMetrics`], registered when PITR is
+//!   on) carry the cluster's `cluster` label like its other series, and its [`Status`] gives
+//!   `/readyz` the cluster's broken chain ([`Status::broken_chain`]). The lag is updated at
+//!   least every `interval` (at most 15 s) while leader, also while a session retries or
+//!   takes a backup; a replica that loses leadership reports lag 0 and no break.
+//! - The backup of a new chain is the daemon's ([`BackupFn`]): pitr does not know the backup
+//!   pipeline.
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
 use futures::future::BoxFuture;
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -62,6 +67,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::crypto::{EncryptionConfig, Recipients};
 use crate::etcd;
+use crate::metrics::{Metrics, PitrMetrics};
 use crate::store::manifest::{catalog_at, Manifest};
 use crate::store::{Store, StoreError};
 use crate::workdir::{self, WorkDir};
@@ -124,84 +130,122 @@ pub enum CaptureError {
     Chain(#[from] chain::ChainError),
 }
 
-/// The PITR metrics, registered in the process registry on first use.
-struct PitrMetrics {
-    last_revision: IntGauge,
-    lag: Gauge,
-    events: IntCounter,
-    stored_bytes: IntCounter,
-    breaks: IntCounterVec,
+/// One cluster's capture state beside its metrics: what `/readyz` reports (a broken chain)
+/// and what the lag gauge is computed from. Made by [`spawn`], one per cluster; read by the
+/// daemon's health ([`Status::broken_chain`]).
+pub struct Status {
+    /// The cluster's PITR metrics (its metric set's, so named clusters carry `cluster`).
+    m: &'static PitrMetrics,
+    /// Set while a chain is broken and no new chain has stored a delta yet: what broke.
+    broken: Mutex<Option<String>>,
+    /// What the lag is measured from.
+    covered: Mutex<Covered>,
 }
 
-static METRICS: LazyLock<PitrMetrics> = LazyLock::new(|| {
-    let r = &crate::metrics::metrics().registry;
-    let last_revision = IntGauge::new(
-        "etcd_lifeboat_pitr_last_revision",
-        "Last etcd revision stored in a delta of the current PITR chain (0: none yet).",
-    )
-    .expect("valid metric");
-    let lag = Gauge::new(
-        "etcd_lifeboat_pitr_lag_seconds",
-        "Seconds from the newest time the stored PITR chain covers to now (the recovery point objective).",
-    )
-    .expect("valid metric");
-    let events = IntCounter::new(
-        "etcd_lifeboat_pitr_events_total",
-        "Watch events stored in PITR deltas by this process.",
-    )
-    .expect("valid metric");
-    let stored_bytes = IntCounter::new(
-        "etcd_lifeboat_pitr_stored_bytes_total",
-        "Bytes of PITR delta objects stored by this process.",
-    )
-    .expect("valid metric");
-    let breaks = IntCounterVec::new(
-        Opts::new(
-            "etcd_lifeboat_pitr_chain_breaks_total",
-            "PITR chains ended by a break (a full backup starts a new chain), by reason.",
-        ),
-        &["reason"],
-    )
-    .expect("valid metric");
-    for c in [
-        Box::new(last_revision.clone()) as Box<dyn prometheus::core::Collector>,
-        Box::new(lag.clone()),
-        Box::new(events.clone()),
-        Box::new(stored_bytes.clone()),
-        Box::new(breaks.clone()),
-    ] {
-        r.register(c).expect("unique metric");
-    }
-    for reason in ["compacted", "gap", "outage"] {
-        breaks.with_label_values(&[reason]);
-    }
-    PitrMetrics {
-        last_revision,
-        lag,
-        events,
-        stored_bytes,
-        breaks,
-    }
-});
+/// The times the lag is measured from: the later of the two.
+#[derive(Debug, Default, Clone, Copy)]
+struct Covered {
+    /// Newest covered time stored (max over the chains this process saw).
+    stored: Option<DateTime<Utc>>,
+    /// The current chain's base `finished_at`.
+    base: Option<DateTime<Utc>>,
+}
 
-/// Starts the capture task when `pitr.enabled` (`None` otherwise): it captures while `leader`
-/// is `true` (for good when its sender is gone while `true`: no election), stops capturing
-/// when it turns `false`, and returns on `shutdown` (the delta being filled is not stored; the
-/// chain stays valid up to its last manifest). `backup` takes the full backup of a new chain.
+impl std::fmt::Debug for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Status")
+            .field("broken", &self.broken_chain())
+            .field("covered", &*self.covered.lock().expect("covered"))
+            .finish()
+    }
+}
+
+impl Status {
+    /// The state of a cluster whose metric set is `m` (registers its PITR families).
+    pub fn new(m: &'static Metrics) -> Arc<Status> {
+        Arc::new(Status {
+            m: m.pitr(),
+            broken: Mutex::new(None),
+            covered: Mutex::new(Covered::default()),
+        })
+    }
+
+    /// `Some(reason)` while this cluster's last chain broke (compaction, gap, outage, or a
+    /// closed or damaged chain found at start) and no new chain has stored its first delta,
+    /// on the capturing leader: for `/readyz`. `None` otherwise (also on a replica that is
+    /// not leader).
+    pub fn broken_chain(&self) -> Option<String> {
+        self.broken.lock().expect("broken").clone()
+    }
+
+    /// Sets (or clears) what [`Status::broken_chain`] reports.
+    pub(crate) fn set_broken(&self, why: Option<String>) {
+        *self.broken.lock().expect("broken") = why;
+    }
+
+    /// Records the chain's base (its `finished_at` bounds the lag) and, when the chain has
+    /// deltas, their covered time.
+    fn set_base(&self, base: &Manifest, covered_until: Option<DateTime<Utc>>) {
+        self.covered.lock().expect("covered").base = Some(base.finished_at);
+        if let Some(t) = covered_until {
+            self.set_covered(t);
+        }
+    }
+
+    /// A delta covering time up to `t` was stored.
+    fn set_covered(&self, t: DateTime<Utc>) {
+        let mut c = self.covered.lock().expect("covered");
+        c.stored = Some(c.stored.map_or(t, |old| old.max(t)));
+    }
+
+    /// Sets `etcd_lifeboat_pitr_lag_seconds` from the newest covered time stored, or the
+    /// base's `finished_at` when later (a new chain before its first delta); unchanged while
+    /// neither is known.
+    fn update_lag(&self) {
+        let c = *self.covered.lock().expect("covered");
+        let Some(covered) = c.stored.max(c.base) else {
+            return;
+        };
+        let lag = (Utc::now() - covered).num_milliseconds().max(0) as f64 / 1000.0;
+        self.m.lag.set(lag);
+    }
+
+    /// This replica stopped capturing (leadership lost): it reports no lag and no break (the
+    /// new leader does).
+    fn stood_down(&self) {
+        self.set_broken(None);
+        self.m.lag.set(0.0);
+    }
+}
+
+/// Starts the capture task of one cluster when `pitr.enabled` (`None` otherwise): it
+/// captures while `leader` is `true` (for good when its sender is gone while `true`: no
+/// election), stops capturing when it turns `false`, and returns on `shutdown` (the delta
+/// being filled is not stored; the chain stays valid up to its last manifest). `backup` takes
+/// the full backup of a new chain. `metrics` is the cluster's set
+/// ([`crate::metrics::for_cluster`]): its PITR families are registered there. Returns the task
+/// and the cluster's [`Status`] (for `/readyz`).
 pub fn spawn(
     cfg: Arc<Config>,
     store: Arc<Store>,
     leader: watch::Receiver<bool>,
     shutdown: CancellationToken,
     backup: BackupFn,
-) -> Option<JoinHandle<()>> {
+    metrics: &'static Metrics,
+) -> Option<(JoinHandle<()>, Arc<Status>)> {
     if !cfg.pitr.enabled {
         return None;
     }
-    LazyLock::force(&METRICS);
-    Some(tokio::spawn(supervise(
-        cfg, store, leader, shutdown, backup,
-    )))
+    let status = Status::new(metrics);
+    let task = tokio::spawn(supervise(
+        cfg,
+        store,
+        leader,
+        shutdown,
+        backup,
+        status.clone(),
+    ));
+    Some((task, status))
 }
 
 /// Resolves when `rx` says `false` (never when its sender is gone while `true`).
@@ -225,8 +269,17 @@ async fn supervise(
     mut leader: watch::Receiver<bool>,
     shutdown: CancellationToken,
     backup: BackupFn,
+    status: Arc<Status>,
 ) {
     let pause = cfg.pitr.interval.max(Duration::from_secs(1)) * 2;
+    // The lag gauge keeps growing while a session retries, takes a backup or waits on the
+    // store (the session itself updates it on every tick and delta).
+    let mut lag_tick = tokio::time::interval(
+        cfg.pitr
+            .interval
+            .clamp(Duration::from_secs(1), Duration::from_secs(15)),
+    );
+    lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while !*leader.borrow_and_update() {
             tokio::select! {
@@ -241,26 +294,44 @@ async fn supervise(
             store: store.clone(),
             stop: stop.clone(),
             backup: backup.clone(),
+            status: status.clone(),
         };
         let run = cap.run();
         tokio::pin!(run);
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                // Let the session see the cancellation (no store writes after it).
-                let _ = timeout(Duration::from_secs(10), &mut run).await;
-                return;
-            }
-            _ = lost(&mut leader) => {
-                stop.cancel();
-                tracing::info!("pitr: leadership lost: delta capture stopped");
-            }
-            r = &mut run => {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, retry_in = ?pause, "pitr: delta capture stopped; retrying");
+        let ended = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    // Let the session see the cancellation (no store writes after it).
+                    let _ = timeout(Duration::from_secs(10), &mut run).await;
+                    return;
                 }
+                _ = lost(&mut leader) => {
+                    stop.cancel();
+                    status.stood_down();
+                    tracing::info!("pitr: leadership lost: delta capture stopped");
+                    break false;
+                }
+                r = &mut run => {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, retry_in = ?pause, "pitr: delta capture stopped; retrying");
+                    }
+                    break true;
+                }
+                _ = lag_tick.tick() => status.update_lag(),
+            }
+        };
+        if ended {
+            let wake = sleep(pause);
+            tokio::pin!(wake);
+            loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = sleep(pause) => {}
+                    _ = &mut wake => break,
+                    _ = lost(&mut leader) => {
+                        status.stood_down();
+                        break;
+                    }
+                    _ = lag_tick.tick() => status.update_lag(),
                 }
             }
         }
@@ -297,6 +368,22 @@ impl Break {
             Break::Handover(_) => "base-handover",
         }
     }
+    /// The break for people (`/readyz`, logs): the label and what it means.
+    fn describe(&self) -> String {
+        match self {
+            Break::Compacted(c) => format!(
+                "compacted: etcd compacted its history through r{c} before the watch read it"
+            ),
+            Break::Gap { expected, got } => {
+                format!("gap: the watch skipped from r{expected} to r{got}")
+            }
+            Break::Outage => format!(
+                "outage: no etcd member reachable for {}s",
+                MAX_OUTAGE.as_secs()
+            ),
+            Break::Handover(id) => format!("base-handover to backup {id}"),
+        }
+    }
 }
 
 /// Where a chain continues: its base and the next delta's fields.
@@ -326,6 +413,7 @@ struct Capture {
     store: Arc<Store>,
     stop: CancellationToken,
     backup: BackupFn,
+    status: Arc<Status>,
 }
 
 /// A delta being written to its spill file.
@@ -396,6 +484,21 @@ impl Capture {
         if let Some(c) = unusable {
             tracing::warn!(base = %c.base_id, chain = c.summary().unwrap_or_default(),
                 "pitr: the newest base's chain is closed or damaged; a full backup starts a new chain");
+            // A chain handed over to a newer base is not broken; any other end is (found at
+            // start, e.g. after a restart: /readyz reports it until the new chain's delta).
+            let handed_over = c
+                .closed
+                .as_ref()
+                .is_some_and(|x| x.reason == "base-handover")
+                && c.gaps.is_empty()
+                && c.broken.is_empty();
+            if !handed_over {
+                self.status.set_broken(Some(format!(
+                    "PITR chain of backup {} is closed or damaged ({}); a new base and chain are being made",
+                    c.base_id,
+                    c.summary().unwrap_or_default()
+                )));
+            }
         }
         if need_backup || unusable.is_some() {
             tracing::info!("pitr: taking a full backup for a new chain");
@@ -410,6 +513,10 @@ impl Capture {
             return Err(CaptureError::NoBase(cluster));
         };
         let ch = ch.expect("read with the base");
+        self.status.set_base(&base, ch.covered_until);
+        if let Some(t) = ch.tail() {
+            self.status.m.last_revision.set(t.last_revision);
+        }
         let recipients = match &base.encryption {
             Some(e) => Some(Arc::new(
                 Recipients::from_config(&EncryptionConfig {
@@ -591,7 +698,7 @@ impl Capture {
                         if anchor.is_none() {
                             anchor = self.probe(&mut client).await;
                         }
-                        update_lag(&chain);
+                        self.status.update_lag();
                     }
                     msg = ws.message() => {
                         let resp = match msg {
@@ -652,13 +759,17 @@ impl Capture {
         }
         self.close(&chain, &b, &member).await?;
         if !matches!(b, Break::Handover(_)) {
-            METRICS.breaks.with_label_values(&[b.label()]).inc();
-            *BROKEN.lock().expect("broken") = Some(format!(
+            self.status
+                .m
+                .chain_breaks
+                .with_label_values(&[b.label()])
+                .inc();
+            self.status.set_broken(Some(format!(
                 "PITR chain of backup {} broken at r{} ({}); a new base and chain are being made",
                 chain.base.id,
                 chain.next,
-                b.label()
-            ));
+                b.describe()
+            )));
             tracing::warn!(base = %chain.base.id, reason = b.label(), detail = ?b, next_revision = chain.next,
                 "pitr: chain broken and closed; a full backup starts a new chain");
         } else {
@@ -791,7 +902,7 @@ impl Capture {
                 }
                 EventType::Delete => spill.writer.delete(kv.key())?,
             }
-            METRICS.events.inc();
+            self.status.m.events.inc();
         }
         if !is_fragment(resp) {
             if let Some(r) = pos.open.take() {
@@ -848,19 +959,18 @@ impl Capture {
         };
         let m = self.upload(m, &path, chain.recipients.clone()).await?;
         let _ = std::fs::remove_file(&path);
-        METRICS.last_revision.set(m.last_revision);
-        *BROKEN.lock().expect("broken") = None;
-        METRICS.stored_bytes.inc_by(m.stored_bytes);
+        self.status.m.last_revision.set(m.last_revision);
+        self.status.set_broken(None);
+        self.status.m.stored_bytes.inc_by(m.stored_bytes);
         tracing::info!(base = %m.base_id, seq = m.seq, first = m.first_revision, last = m.last_revision,
             events = m.events, stored_bytes = m.stored_bytes, "pitr: delta stored");
         chain.next = m.last_revision + 1;
         chain.seq += 1;
         chain.prev_stored_sha256 = Some(m.stored_sha256.clone());
         if let Some(t) = m.covered_until {
-            let mut c = COVERED.lock().expect("covered");
-            *c = Some(c.map_or(t, |old| old.max(t)));
+            self.status.set_covered(t);
         }
-        update_lag(chain);
+        self.status.update_lag();
         new_spill(work, chain)
     }
 
@@ -980,27 +1090,6 @@ impl Capture {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// Set while a chain is broken and no new chain has stored a delta yet: what broke.
-static BROKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
-/// `Some(reason)` while the last chain broke (compaction, gap, outage) and no new chain has
-/// stored its first delta: for `/readyz` (the daemon's HTTP owner wires it). `None` otherwise.
-pub fn broken_chain() -> Option<String> {
-    BROKEN.lock().expect("broken").clone()
-}
-
-/// Newest covered time of the last stored delta (for the lag gauge).
-static COVERED: std::sync::Mutex<Option<DateTime<Utc>>> = std::sync::Mutex::new(None);
-
-/// Sets `etcd_lifeboat_pitr_lag_seconds` from the newest covered time stored, or the base's
-/// `finished_at` when later (a new chain before its first delta).
-fn update_lag(chain: &ChainPos) {
-    let stored = *COVERED.lock().expect("covered");
-    let covered = stored.map_or(chain.base.finished_at, |t| t.max(chain.base.finished_at));
-    let lag = (Utc::now() - covered).num_milliseconds().max(0) as f64 / 1000.0;
-    METRICS.lag.set(lag);
 }
 
 /// Whether etcd `version` has the watch bugs #18089 (fixed 3.5.16 / 3.4.34) or #19179 (fixed
@@ -1153,6 +1242,27 @@ fn compress_spill(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_from_the_newest_covered_time_and_stood_down() {
+        let s = Status::new(crate::metrics::metrics());
+        let lag = || s.m.lag.get();
+        s.m.lag.set(-1.0);
+        // Nothing known yet: unchanged.
+        s.update_lag();
+        assert_eq!(lag(), -1.0);
+        s.set_covered(Utc::now() - chrono::Duration::seconds(100));
+        s.update_lag();
+        assert!((100.0..101.0).contains(&lag()), "{}", lag());
+        // An older covered time never moves it back; a newer one does.
+        s.set_covered(Utc::now() - chrono::Duration::seconds(500));
+        s.set_covered(Utc::now() - chrono::Duration::seconds(20));
+        s.update_lag();
+        assert!((20.0..21.0).contains(&lag()), "{}", lag());
+        s.set_broken(Some("x".into()));
+        s.stood_down();
+        assert_eq!((lag(), s.broken_chain()), (0.0, None));
+    }
 
     #[test]
     fn versions_with_the_watch_bugs() {
