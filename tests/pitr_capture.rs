@@ -17,7 +17,6 @@ use std::time::Duration;
 use common::*;
 use daemon_support::*;
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
-use etcd_lifeboat::config::{Backend, LocalConfig, StorageConfig};
 use etcd_lifeboat::pitr::chain::{read_chain, verify_chain, Chain};
 use etcd_lifeboat::pitr::delta::{tombstone_value, DeltaReader, KvRef, Record};
 use etcd_lifeboat::pitr::manifest::DeltaManifest;
@@ -55,17 +54,6 @@ fn spawn(etcd: &Etcd, cfg: &Path, port: u16, log: &str) -> DaemonProc {
         "--refresh-interval 1s --retry-backoff 1s",
         &etcd.dir.path().join(log),
     )
-}
-
-fn local_store(rt: &tokio::runtime::Runtime, dir: &Path) -> Store {
-    let s = StorageConfig {
-        backend: Backend::Local,
-        local: LocalConfig {
-            path: dir.to_path_buf(),
-        },
-        ..Default::default()
-    };
-    rt.block_on(Store::from_config(&s)).unwrap()
 }
 
 async fn bases(store: &Store) -> Vec<Manifest> {
@@ -279,7 +267,7 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     rt.block_on(fill(&client, 20, 64, "pre/"));
     let store_dir = etcd.dir.path().join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
-    let store = local_store(&rt, &store_dir);
+    let store = local_store(&store_dir);
     let port = free_port();
     let cfg = config(&etcd, &store_dir, port, "");
     let mut d = spawn(&etcd, &cfg, port, "d1.log");
@@ -542,7 +530,7 @@ fn encrypted_base_encrypted_chain() {
     let client = rt.block_on(etcd.client());
     let store_dir = etcd.dir.path().join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
-    let store = local_store(&rt, &store_dir);
+    let store = local_store(&store_dir);
     let (identity, recipient) = keygen(etcd.dir.path(), "key.txt");
     let port = free_port();
     let cfg = config(
@@ -674,7 +662,7 @@ fn daemon_capture_restores_revision_exact() {
     rt.block_on(fill(&client, 20, 64, "pre/"));
     let store_dir = etcd.dir.path().join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
-    let store = local_store(&rt, &store_dir);
+    let store = local_store(&store_dir);
     let port = free_port();
     let cfg = config(&etcd, &store_dir, port, "");
     let d = spawn(&etcd, &cfg, port, "d.log");
@@ -746,7 +734,7 @@ fn scheduled_backups_hand_the_chain_over() {
     rt.block_on(fill(&client, 10, 64, "pre/"));
     let store_dir = etcd.dir.path().join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
-    let store = local_store(&rt, &store_dir);
+    let store = local_store(&store_dir);
     let port = free_port();
     let cfg = config(
         &etcd,
@@ -813,7 +801,7 @@ fn etcd_restart_resumes_the_chain_without_a_break() {
     rt.block_on(fill(&client, 10, 64, "pre/"));
     let store_dir = etcd.dir.path().join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
-    let store = local_store(&rt, &store_dir);
+    let store = local_store(&store_dir);
     let port = free_port();
     let cfg = config(&etcd, &store_dir, port, "");
     let d = spawn(&etcd, &cfg, port, "d.log");
