@@ -1047,6 +1047,21 @@ async fn http_send(
         .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
+/// The metric names of the design contract (shared/DESIGN.md, "Metrics"): what dashboards
+/// and alert rules may rely on, kept by every release.
+pub const CONTRACT_METRICS: &[&str] = &[
+    "etcd_lifeboat_backup_last_success_timestamp_seconds",
+    "etcd_lifeboat_backup_last_failure_timestamp_seconds",
+    "etcd_lifeboat_backups_total",
+    "etcd_lifeboat_backup_duration_seconds",
+    "etcd_lifeboat_backup_size_bytes",
+    "etcd_lifeboat_snapshot_revision",
+    "etcd_lifeboat_snapshot_keys",
+    "etcd_lifeboat_store_latest_backup_timestamp_seconds",
+    "etcd_lifeboat_store_backups",
+    "etcd_lifeboat_is_leader",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1054,24 +1069,15 @@ mod tests {
     #[test]
     fn contract_names_are_exposed_with_help() {
         let text = encode();
-        for name in [
-            "etcd_lifeboat_backup_last_success_timestamp_seconds",
-            "etcd_lifeboat_backup_last_failure_timestamp_seconds",
-            "etcd_lifeboat_backups_total",
-            "etcd_lifeboat_backup_duration_seconds",
-            "etcd_lifeboat_backup_size_bytes",
-            "etcd_lifeboat_snapshot_revision",
-            "etcd_lifeboat_snapshot_keys",
-            "etcd_lifeboat_store_latest_backup_timestamp_seconds",
-            "etcd_lifeboat_store_backups",
-            "etcd_lifeboat_is_leader",
+        let more = [
             "etcd_lifeboat_store_refresh_errors_total",
             "etcd_lifeboat_store_future_backups",
             "etcd_lifeboat_store_broken_manifests",
             "etcd_lifeboat_verify_last_success_timestamp_seconds",
             "etcd_lifeboat_verifies_total",
             "etcd_lifeboat_build_info",
-        ] {
+        ];
+        for name in CONTRACT_METRICS.iter().chain(&more) {
             assert!(
                 text.contains(&format!("# HELP {name} ")),
                 "{name} missing:\n{text}"

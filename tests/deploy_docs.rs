@@ -206,20 +206,6 @@ fn rules() -> Vec<Value> {
         .collect()
 }
 
-/// The metric names of the design contract (shared/DESIGN.md, "Metrics").
-const CONTRACT_METRICS: &[&str] = &[
-    "etcd_lifeboat_backup_last_success_timestamp_seconds",
-    "etcd_lifeboat_backup_last_failure_timestamp_seconds",
-    "etcd_lifeboat_backups_total",
-    "etcd_lifeboat_backup_duration_seconds",
-    "etcd_lifeboat_backup_size_bytes",
-    "etcd_lifeboat_snapshot_revision",
-    "etcd_lifeboat_snapshot_keys",
-    "etcd_lifeboat_store_latest_backup_timestamp_seconds",
-    "etcd_lifeboat_store_backups",
-    "etcd_lifeboat_is_leader",
-];
-
 #[test]
 fn metrics_reference_documents_metrics_and_alerts() {
     let doc = read("docs/metrics.md");
@@ -234,7 +220,11 @@ fn metrics_reference_documents_metrics_and_alerts() {
         );
     }
     assert!(used.len() >= 6, "{used:?}");
-    used.extend(CONTRACT_METRICS.iter().map(|s| s.to_string()));
+    used.extend(
+        etcd_lifeboat::metrics::CONTRACT_METRICS
+            .iter()
+            .map(|s| s.to_string()),
+    );
     for m in used {
         assert!(
             doc.contains(&format!("`{m}`")),

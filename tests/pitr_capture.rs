@@ -56,6 +56,16 @@ fn spawn(etcd: &Etcd, cfg: &Path, port: u16, log: &str) -> DaemonProc {
     )
 }
 
+/// Waits (20 s) for the daemon's first base backup.
+fn wait_base(rt: &tokio::runtime::Runtime, store: &Store) -> Manifest {
+    let mut base = None;
+    wait("a base backup", Duration::from_secs(20), || {
+        base = rt.block_on(bases(store)).into_iter().next();
+        base.is_some()
+    });
+    base.unwrap()
+}
+
 async fn bases(store: &Store) -> Vec<Manifest> {
     catalog(store).await.unwrap().backups.clone()
 }
@@ -266,19 +276,13 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     let client = rt.block_on(etcd.client());
     rt.block_on(fill(&client, 20, 64, "pre/"));
     let store_dir = etcd.dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
     let store = local_store(&store_dir);
     let port = free_port();
     let cfg = config(&etcd, &store_dir, port, "");
     let mut d = spawn(&etcd, &cfg, port, "d1.log");
 
     // The base (the scheduler's first run) and the chain's start.
-    let mut base = None;
-    wait("a base backup", Duration::from_secs(20), || {
-        base = rt.block_on(bases(&store)).into_iter().next();
-        base.is_some()
-    });
-    let base = base.unwrap();
+    let base = wait_base(&rt, &store);
     let b_eff = base.revision;
     let seen = independent_watch(&rt, client.clone(), b_eff + 1);
 
@@ -529,7 +533,6 @@ fn encrypted_base_encrypted_chain() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = rt.block_on(etcd.client());
     let store_dir = etcd.dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
     let store = local_store(&store_dir);
     let (identity, recipient) = keygen(etcd.dir.path(), "key.txt");
     let port = free_port();
@@ -540,12 +543,7 @@ fn encrypted_base_encrypted_chain() {
         &format!("encryption:\n  age_recipients: [\"{recipient}\"]\n"),
     );
     let d = spawn(&etcd, &cfg, port, "d.log");
-    let mut base = None;
-    wait("a base backup", Duration::from_secs(20), || {
-        base = rt.block_on(bases(&store)).into_iter().next();
-        base.is_some()
-    });
-    let base = base.unwrap();
+    let base = wait_base(&rt, &store);
     assert!(base.encryption.is_some());
     let r = rt.block_on(workload(&client, "enc"));
     let ch = wait_chain(&rt, &store, &base, r);
@@ -661,17 +659,11 @@ fn daemon_capture_restores_revision_exact() {
     let client = rt.block_on(etcd.client());
     rt.block_on(fill(&client, 20, 64, "pre/"));
     let store_dir = etcd.dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
     let store = local_store(&store_dir);
     let port = free_port();
     let cfg = config(&etcd, &store_dir, port, "");
     let d = spawn(&etcd, &cfg, port, "d.log");
-    let mut base = None;
-    wait("a base backup", Duration::from_secs(20), || {
-        base = rt.block_on(bases(&store)).into_iter().next();
-        base.is_some()
-    });
-    let base = base.unwrap();
+    let base = wait_base(&rt, &store);
     // The capture is live (its first, idle delta is stored): revisions are observed as they
     // commit, not later in a catch-up (whose observed times would all be after T).
     wait("the first delta", Duration::from_secs(20), || {
@@ -733,7 +725,6 @@ fn scheduled_backups_hand_the_chain_over() {
     let client = rt.block_on(etcd.client());
     rt.block_on(fill(&client, 10, 64, "pre/"));
     let store_dir = etcd.dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
     let store = local_store(&store_dir);
     let port = free_port();
     let cfg = config(
@@ -800,17 +791,11 @@ fn etcd_restart_resumes_the_chain_without_a_break() {
     let client = rt.block_on(etcd.client());
     rt.block_on(fill(&client, 10, 64, "pre/"));
     let store_dir = etcd.dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
     let store = local_store(&store_dir);
     let port = free_port();
     let cfg = config(&etcd, &store_dir, port, "");
     let d = spawn(&etcd, &cfg, port, "d.log");
-    let mut base = None;
-    wait("a base backup", Duration::from_secs(20), || {
-        base = rt.block_on(bases(&store)).into_iter().next();
-        base.is_some()
-    });
-    let base = base.unwrap();
+    let base = wait_base(&rt, &store);
     wait("the capture is live", Duration::from_secs(20), || {
         rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
     });

@@ -23,8 +23,6 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use common::*;
 use etcd_client::{Client, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
-use etcd_lifeboat::acquire::{self, AcquireOptions, TrailerRule};
-use etcd_lifeboat::config::Config;
 use etcd_lifeboat::pitr::delta::{
     base_revision, bytes_to_rev, decode_lease, lease_value, tombstone_value, DeltaHeader,
     DeltaWriter, KvRef,
@@ -433,28 +431,13 @@ async fn run(version: Version, encrypted: bool, extras: bool) {
     std::fs::write(&cfg, &cfg_text).unwrap();
     lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "backup"]));
 
-    let config = Config::load(Some(&cfg)).unwrap();
-    let store = Store::from_config(&config.storage).await.unwrap();
-    let base = etcd_lifeboat::store::find(&store, "latest").await.unwrap();
     let ident = match &ids {
         Some((f, _)) => {
             etcd_lifeboat::crypto::identities_from_args(std::slice::from_ref(f)).unwrap()
         }
         None => None,
     };
-    let got = acquire::acquire(
-        acquire::Source::Stored {
-            store: &store,
-            manifest: &base,
-        },
-        &AcquireOptions {
-            identities: ident,
-            trailer: TrailerRule::Required,
-            temp_base: work.path(),
-        },
-    )
-    .await
-    .unwrap();
+    let (store, base, got) = acquire_latest(&cfg, ident, work.path()).await;
     let b_eff = base_revision(&Db::open(&got.path, Some(got.db_len)).unwrap()).unwrap();
     assert_eq!(
         b_eff, base.revision,
@@ -784,22 +767,7 @@ async fn chain_of_an_empty_base_starts_at_revision_2() {
     let work = tempfile::tempdir().unwrap();
     let cfg = src.write_config(&work.path().join("store"));
     lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "backup"]));
-    let config = Config::load(Some(&cfg)).unwrap();
-    let store = Store::from_config(&config.storage).await.unwrap();
-    let base = etcd_lifeboat::store::find(&store, "latest").await.unwrap();
-    let got = acquire::acquire(
-        acquire::Source::Stored {
-            store: &store,
-            manifest: &base,
-        },
-        &AcquireOptions {
-            identities: None,
-            trailer: TrailerRule::Required,
-            temp_base: work.path(),
-        },
-    )
-    .await
-    .unwrap();
+    let (store, base, got) = acquire_latest(&cfg, None, work.path()).await;
     assert_eq!(base.revision, 0);
     let b_eff = base_revision(&Db::open(&got.path, Some(got.db_len)).unwrap()).unwrap();
     assert_eq!(b_eff, 1);

@@ -18,8 +18,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use common::*;
-use etcd_lifeboat::acquire::{self, AcquireOptions, TrailerRule};
-use etcd_lifeboat::config::Config;
 use etcd_lifeboat::pitr::delta::{base_revision, DeltaHeader, DeltaWriter, KvRef};
 use etcd_lifeboat::pitr::manifest::{DeltaKind, DeltaManifest, FORMAT};
 use etcd_lifeboat::snapshot::Db;
@@ -117,22 +115,7 @@ async fn apply_scales_linearly_in_bounded_memory() {
     let work = tempfile::tempdir().unwrap();
     let cfg = src.write_config(&work.path().join("store"));
     lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "backup"]));
-    let config = Config::load(Some(&cfg)).unwrap();
-    let store = Store::from_config(&config.storage).await.unwrap();
-    let base = etcd_lifeboat::store::find(&store, "latest").await.unwrap();
-    let got = acquire::acquire(
-        acquire::Source::Stored {
-            store: &store,
-            manifest: &base,
-        },
-        &AcquireOptions {
-            identities: None,
-            trailer: TrailerRule::Required,
-            temp_base: work.path(),
-        },
-    )
-    .await
-    .unwrap();
+    let (store, base, got) = acquire_latest(&cfg, None, work.path()).await;
     let b_eff = base_revision(&Db::open(&got.path, Some(got.db_len)).unwrap()).unwrap();
     drop(got);
 

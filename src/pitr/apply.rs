@@ -458,19 +458,7 @@ fn read_delta(
         let mut rd =
             DeltaReader::new(BufReader::with_capacity(1 << 20, &mut bounded)).map_err(delta_err)?;
         let h = rd.header().clone();
-        if (
-            h.cluster_id.as_str(),
-            h.base_id.as_str(),
-            h.base_revision,
-            h.seq,
-            h.first_revision,
-        ) != (
-            m.cluster_id.as_str(),
-            m.base_id.as_str(),
-            m.base_revision,
-            m.seq,
-            m.first_revision,
-        ) {
+        if !m.matches_header(&h) {
             return Err(corrupt(format!(
                 "its header {h:?} does not match its manifest (cluster, base, base revision, seq, first revision)"
             )));

@@ -439,6 +439,44 @@ struct Leases {
     in_open: Vec<i64>,
 }
 
+/// The manifest of an empty delta at the chain's next position, written by `member` now (the
+/// fields a delta and a close share; a delta fills in its counts, a close its reason).
+fn empty_manifest(chain: &ChainPos, member: &Member) -> DeltaManifest {
+    DeltaManifest {
+        kind: DeltaKind::Delta,
+        format: FORMAT,
+        cluster_id: chain.cluster.clone(),
+        base_id: chain.base.id.clone(),
+        base_revision: chain.base_revision,
+        seq: chain.seq,
+        first_revision: chain.next,
+        last_revision: chain.next - 1,
+        events: 0,
+        revisions: 0,
+        lease_records: 0,
+        first_time: None,
+        last_time: None,
+        covered_until: None,
+        raw_bytes: 0,
+        raw_sha256: String::new(),
+        stored_bytes: 0,
+        stored_sha256: String::new(),
+        prev_stored_sha256: chain.prev_stored_sha256.clone(),
+        nonce: format!("{:016x}", rand::random::<u64>()),
+        compression: "zstd".into(),
+        compression_level: ZSTD_LEVEL,
+        encryption: chain.base.encryption.clone(),
+        member_id: member.id.clone(),
+        endpoint: member.endpoint.clone(),
+        etcd_version: member.version.clone(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        written_at: Utc::now(),
+        reason: None,
+        compact_revision: None,
+        next_base_id: None,
+    }
+}
+
 fn ms_to_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
     ms.and_then(|m| Utc.timestamp_millis_opt(m).single())
 }
@@ -925,13 +963,6 @@ impl Capture {
         let (out, sum) = writer.finish()?;
         out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
         let m = DeltaManifest {
-            kind: DeltaKind::Delta,
-            format: FORMAT,
-            cluster_id: chain.cluster.clone(),
-            base_id: chain.base.id.clone(),
-            base_revision: chain.base_revision,
-            seq: chain.seq,
-            first_revision: chain.next,
             last_revision: sum.last_revision,
             events: sum.events,
             revisions: sum.revisions,
@@ -941,21 +972,7 @@ impl Capture {
             covered_until: ms_to_time(sum.covered_until_ms),
             raw_bytes: sum.raw_bytes,
             raw_sha256: sum.raw_sha256.clone(),
-            stored_bytes: 0,
-            stored_sha256: String::new(),
-            prev_stored_sha256: chain.prev_stored_sha256.clone(),
-            nonce: format!("{:016x}", rand::random::<u64>()),
-            compression: "zstd".into(),
-            compression_level: ZSTD_LEVEL,
-            encryption: chain.base.encryption.clone(),
-            member_id: member.id.clone(),
-            endpoint: member.endpoint.clone(),
-            etcd_version: member.version.clone(),
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            written_at: Utc::now(),
-            reason: None,
-            compact_revision: None,
-            next_base_id: None,
+            ..empty_manifest(chain, member)
         };
         let m = self.upload(m, &path, chain.recipients.clone()).await?;
         let _ = std::fs::remove_file(&path);
@@ -1045,33 +1062,6 @@ impl Capture {
     ) -> Result<(), CaptureError> {
         let m = DeltaManifest {
             kind: DeltaKind::Close,
-            format: FORMAT,
-            cluster_id: chain.cluster.clone(),
-            base_id: chain.base.id.clone(),
-            base_revision: chain.base_revision,
-            seq: chain.seq,
-            first_revision: chain.next,
-            last_revision: chain.next - 1,
-            events: 0,
-            revisions: 0,
-            lease_records: 0,
-            first_time: None,
-            last_time: None,
-            covered_until: None,
-            raw_bytes: 0,
-            raw_sha256: String::new(),
-            stored_bytes: 0,
-            stored_sha256: String::new(),
-            prev_stored_sha256: chain.prev_stored_sha256.clone(),
-            nonce: format!("{:016x}", rand::random::<u64>()),
-            compression: "zstd".into(),
-            compression_level: ZSTD_LEVEL,
-            encryption: chain.base.encryption.clone(),
-            member_id: member.id.clone(),
-            endpoint: member.endpoint.clone(),
-            etcd_version: member.version.clone(),
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            written_at: Utc::now(),
             reason: Some(b.reason()),
             compact_revision: match b {
                 Break::Compacted(c) => Some(*c),
@@ -1081,6 +1071,7 @@ impl Capture {
                 Break::Handover(id) => Some(id.clone()),
                 _ => None,
             },
+            ..empty_manifest(chain, member)
         };
         m.validate().map_err(CaptureError::Invalid)?;
         let key = m.key()?;

@@ -709,19 +709,7 @@ fn check_delta(
 fn check_stream(raw: impl Read, m: &DeltaManifest) -> Result<(), String> {
     let mut r = DeltaReader::new(raw).map_err(|e| e.to_string())?;
     let h = r.header().clone();
-    if (
-        h.cluster_id.as_str(),
-        h.base_id.as_str(),
-        h.base_revision,
-        h.seq,
-        h.first_revision,
-    ) != (
-        m.cluster_id.as_str(),
-        m.base_id.as_str(),
-        m.base_revision,
-        m.seq,
-        m.first_revision,
-    ) {
+    if !m.matches_header(&h) {
         return Err(format!("stream header {h:?} does not match the manifest"));
     }
     let mut lease_records = 0u64;

@@ -221,6 +221,24 @@ pub fn parse_delta_manifest_name(key: &ObjectKey) -> Option<(i64, u64)> {
 }
 
 impl DeltaManifest {
+    /// Whether a delta stream's header names this manifest's chain position (cluster, base,
+    /// base revision, seq, first revision).
+    pub fn matches_header(&self, h: &super::delta::DeltaHeader) -> bool {
+        (
+            h.cluster_id.as_str(),
+            h.base_id.as_str(),
+            h.base_revision,
+            h.seq,
+            h.first_revision,
+        ) == (
+            self.cluster_id.as_str(),
+            self.base_id.as_str(),
+            self.base_revision,
+            self.seq,
+            self.first_revision,
+        )
+    }
+
     /// Key of this manifest ([`delta_manifest_key`]).
     ///
     /// Errors: InvalidKey.

@@ -768,3 +768,38 @@ pub fn local_store(dir: &Path) -> etcd_lifeboat::store::Store {
         .unwrap()
     })
 }
+
+/// The newest backup in the store of the config file `cfg`, as the product acquires it
+/// (downloaded, decrypted with `identities`, checked against its manifest, into a temp dir
+/// under `temp_base`): the store, the manifest and the verified local file.
+pub async fn acquire_latest(
+    cfg: &Path,
+    identities: Option<std::sync::Arc<etcd_lifeboat::crypto::Identities>>,
+    temp_base: &Path,
+) -> (
+    etcd_lifeboat::store::Store,
+    etcd_lifeboat::store::Manifest,
+    etcd_lifeboat::acquire::Acquired,
+) {
+    use etcd_lifeboat::acquire::{acquire, AcquireOptions, Source, TrailerRule};
+    let config = etcd_lifeboat::config::Config::load(Some(cfg)).unwrap();
+    let store = etcd_lifeboat::store::Store::from_config(&config.storage)
+        .await
+        .unwrap();
+    let base = etcd_lifeboat::store::find(&store, "latest").await.unwrap();
+    let opts = AcquireOptions {
+        identities,
+        trailer: TrailerRule::Required,
+        temp_base,
+    };
+    let got = acquire(
+        Source::Stored {
+            store: &store,
+            manifest: &base,
+        },
+        &opts,
+    )
+    .await
+    .unwrap();
+    (store, base, got)
+}
