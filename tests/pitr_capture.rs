@@ -462,6 +462,25 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
         .cloned()
         .collect();
     assert!(got == want, "new chain's events differ from the watch");
+    // A restore to a revision inside the break is refused, naming the nearest covered ones.
+    let out = lifeboat()
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "restore",
+            "--from-store",
+            "latest",
+        ])
+        .args(["--to-revision", &(l3 + 1).to_string(), "--dry-run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("r{l3} ")) && err.contains(&format!("r{} ", new_base.revision)),
+        "the refusal names r{l3} (old chain) and r{} (new base): {err}",
+        new_base.revision
+    );
     let m = d3.metrics();
     assert_eq!(
         sample(
