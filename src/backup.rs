@@ -30,17 +30,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::crypto::Recipients;
+use crate::crypto::{AgeOutput, Recipients};
 use crate::etcd::{self, Candidate, EtcdError};
 use crate::progress::Progress;
 use crate::snapshot::{self, Status, TrailerHasher};
 use crate::store::manifest::{self, EncryptionInfo, FilesInfo, Manifest, AGE_FORMAT};
-use crate::store::{ObjectKey, Store, StoreError};
+use crate::store::{ChunkWriter, ObjectKey, Store, StoreError};
 use crate::workdir::{self, WorkDir, WorkDirError};
 
 /// Chunks of the raw stream in flight between the gRPC reader and the writer thread.
@@ -797,28 +796,25 @@ async fn store_files(
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STORED_CHANNEL_CHUNKS);
     let level = cfg.compression.level;
     let writer = tokio::task::spawn_blocking(move || {
-        let channel = ChannelWriter {
-            tx,
-            buf: Vec::with_capacity(STORED_CHUNK_BYTES),
-            sha: Sha256::new(),
-            bytes: 0,
-        };
+        let channel = ChunkWriter::new(tx, STORED_CHUNK_BYTES);
         let io = |source| crate::files::FilesError::Io {
             what: "compressing the files archive",
             path: PathBuf::new(),
             source,
         };
         let output = match sink {
-            Sink::Plain => Output::Plain(channel),
-            Sink::Age(enc) => Output::Age(enc.wrap_output(channel).map_err(io)?),
+            Sink::Plain => AgeOutput::Plain(channel),
+            Sink::Age(enc) => AgeOutput::Age(enc.wrap_output(channel).map_err(io)?),
         };
         let enc = zstd::stream::write::Encoder::new(output, level).map_err(io)?;
         let (entries, enc) = crate::files::write_archive(&paths, enc)?;
-        let mut out = enc.finish().and_then(|o| o.finish()).map_err(io)?;
-        out.flush().map_err(io)?;
-        let sha: [u8; 32] = out.sha.finalize().into();
+        let (stored_bytes, sha) = enc
+            .finish()
+            .and_then(|o| o.finish())
+            .and_then(ChunkWriter::finish)
+            .map_err(io)?;
         Ok::<_, crate::files::FilesError>(FilesInfo {
-            stored_bytes: out.bytes,
+            stored_bytes,
             stored_sha256: hex::encode(sha),
             entries,
         })
@@ -963,72 +959,6 @@ enum Sink {
 impl Sink {
     fn encrypted(r: &Recipients) -> std::io::Result<Sink> {
         r.encryptor().map(Sink::Age)
-    }
-}
-
-/// The writer end of the compressed stream: the uploader's channel, maybe behind age.
-enum Output {
-    Plain(ChannelWriter),
-    Age(age::stream::StreamWriter<ChannelWriter>),
-}
-
-impl Output {
-    /// Ends the stream (age: the final chunk) and returns the channel writer.
-    fn finish(self) -> std::io::Result<ChannelWriter> {
-        match self {
-            Output::Plain(w) => Ok(w),
-            Output::Age(w) => w.finish(),
-        }
-    }
-}
-
-impl Write for Output {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Output::Plain(w) => w.write(data),
-            Output::Age(w) => w.write(data),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Output::Plain(w) => w.flush(),
-            Output::Age(w) => w.flush(),
-        }
-    }
-}
-
-/// A `Write` that hands stored bytes to the async uploader in chunks, hashing them.
-struct ChannelWriter {
-    tx: mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-    sha: Sha256,
-    bytes: u64,
-}
-
-impl ChannelWriter {
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(STORED_CHUNK_BYTES));
-        self.tx
-            .blocking_send(chunk)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload stopped"))
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.sha.update(data);
-        self.bytes += data.len() as u64;
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= STORED_CHUNK_BYTES {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.send()
     }
 }
 
@@ -1195,15 +1125,10 @@ fn write_stored<R: Read>(
     stored_tx: mpsc::Sender<Vec<u8>>,
 ) -> std::io::Result<StreamResult> {
     let mut trailer = TrailerHasher::new();
-    let channel = ChannelWriter {
-        tx: stored_tx,
-        buf: Vec::with_capacity(STORED_CHUNK_BYTES),
-        sha: Sha256::new(),
-        bytes: 0,
-    };
+    let channel = ChunkWriter::new(stored_tx, STORED_CHUNK_BYTES);
     let output = match sink {
-        Sink::Plain => Output::Plain(channel),
-        Sink::Age(enc) => Output::Age(enc.wrap_output(channel)?),
+        Sink::Plain => AgeOutput::Plain(channel),
+        Sink::Age(enc) => AgeOutput::Age(enc.wrap_output(channel)?),
     };
     let mut enc = zstd::stream::write::Encoder::new(output, level)?;
     if threads > 1 {
@@ -1227,15 +1152,14 @@ fn write_stored<R: Read>(
     if let Some(c) = copy.as_mut() {
         c.flush()?;
     }
-    let mut sink = enc.finish()?.finish()?;
-    sink.flush()?;
+    let (stored_bytes, stored_sha256) = enc.finish()?.finish()?.finish()?;
     let t = trailer.finish();
     Ok(StreamResult {
         db_len: t.db_len,
         raw_sha256: t.raw_sha256,
         trailer_ok: t.trailer,
-        stored_bytes: sink.bytes,
-        stored_sha256: sink.sha.finalize().into(),
+        stored_bytes,
+        stored_sha256,
     })
 }
 

@@ -235,6 +235,42 @@ impl Recipients {
     }
 }
 
+/// The last stage of a stored object: `W` itself, or age's stream encryptor in front of it
+/// (backups and PITR deltas both end here).
+pub enum AgeOutput<W: Write> {
+    /// Not encrypted.
+    Plain(W),
+    /// age v1 stream encryption to the configured recipients.
+    Age(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> AgeOutput<W> {
+    /// Ends the stream (age: writes the final chunk) and returns `W`.
+    ///
+    /// Errors: those of `W`.
+    pub fn finish(self) -> std::io::Result<W> {
+        match self {
+            AgeOutput::Plain(w) => Ok(w),
+            AgeOutput::Age(w) => w.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for AgeOutput<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            AgeOutput::Plain(w) => w.write(data),
+            AgeOutput::Age(w) => w.write(data),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            AgeOutput::Plain(w) => w.flush(),
+            AgeOutput::Age(w) => w.flush(),
+        }
+    }
+}
+
 /// Reads a key file of at most [`MAX_KEY_FILE`] bytes.
 fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
     let f = std::fs::File::open(path)?;

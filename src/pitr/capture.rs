@@ -65,11 +65,11 @@ use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::crypto::{EncryptionConfig, Recipients};
+use crate::crypto::{AgeOutput, EncryptionConfig, Recipients};
 use crate::etcd;
 use crate::metrics::{Metrics, PitrMetrics};
 use crate::store::manifest::{catalog_at, Manifest};
-use crate::store::{Store, StoreError};
+use crate::store::{ChunkWriter, Store, StoreError};
 use crate::workdir::{self, WorkDir};
 
 use super::chain;
@@ -1137,58 +1137,6 @@ fn new_spill(work: &WorkDir, chain: &ChainPos) -> Result<Spill, CaptureError> {
     })
 }
 
-/// The uploader's end of the stored stream: chunks of [`UPLOAD_CHUNK`] bytes.
-struct Chan {
-    tx: mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl Write for Chan {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(b);
-        if self.buf.len() >= UPLOAD_CHUNK {
-            self.send()?;
-        }
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Chan {
-    fn send(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            let b = std::mem::take(&mut self.buf);
-            self.tx
-                .blocking_send(b)
-                .map_err(|_| std::io::Error::other("the uploader stopped"))?;
-        }
-        Ok(())
-    }
-}
-
-/// The zstd output: the channel, or age's stream encryptor in front of it.
-enum Out {
-    Plain(Chan),
-    Age(age::stream::StreamWriter<Chan>),
-}
-
-impl Write for Out {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Out::Plain(c) => c.write(b),
-            Out::Age(w) => w.write(b),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Out::Plain(c) => c.flush(),
-            Out::Age(w) => w.flush(),
-        }
-    }
-}
-
 /// Reads the spill at `path` and hashes it (size and sha256 of the plaintext, returned),
 /// compresses it (zstd level 3, checksum, one frame), encrypts it for `recipients` when given
 /// (age v1), and sends the stored bytes to `tx`. Blocking.
@@ -1198,13 +1146,10 @@ fn compress_spill(
     tx: mpsc::Sender<Vec<u8>>,
 ) -> std::io::Result<(u64, [u8; 32])> {
     let mut input = BufReader::new(File::open(path)?);
-    let chan = Chan {
-        tx,
-        buf: Vec::with_capacity(UPLOAD_CHUNK),
-    };
+    let chan = ChunkWriter::new(tx, UPLOAD_CHUNK);
     let out = match recipients {
-        Some(r) => Out::Age(r.encrypt(chan)?),
-        None => Out::Plain(chan),
+        Some(r) => AgeOutput::Age(r.encrypt(chan)?),
+        None => AgeOutput::Plain(chan),
     };
     let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
     enc.include_checksum(true)?;
@@ -1222,11 +1167,7 @@ fn compress_spill(
         enc.write_all(&buf[..k])?;
         n += k as u64;
     }
-    let mut chan = match enc.finish()? {
-        Out::Plain(c) => c,
-        Out::Age(w) => w.finish()?,
-    };
-    chan.send()?;
+    enc.finish()?.finish()?.finish()?;
     Ok((n, sha.finalize().into()))
 }
 

@@ -696,6 +696,66 @@ impl Upload {
     }
 }
 
+/// The blocking side of an upload: a `Write` that hands what it is given to the async
+/// uploader over `tx` in chunks of `chunk` bytes (the last one smaller), counting and hashing
+/// it on the way: the stored object's size (bytes) and sha256. `flush` sends what is
+/// buffered.
+///
+/// Errors: `BrokenPipe` when the uploader has stopped (its receiver is gone).
+pub struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    chunk: usize,
+    buf: Vec<u8>,
+    sha: Sha256,
+    bytes: u64,
+}
+
+impl ChunkWriter {
+    /// A writer sending chunks of `chunk` bytes to `tx`.
+    pub fn new(tx: tokio::sync::mpsc::Sender<Vec<u8>>, chunk: usize) -> ChunkWriter {
+        ChunkWriter {
+            tx,
+            chunk,
+            buf: Vec::with_capacity(chunk),
+            sha: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Sends the buffered bytes, then returns the size (bytes) and sha256 of all written.
+    ///
+    /// Errors: `BrokenPipe` as above.
+    pub fn finish(mut self) -> std::io::Result<(u64, [u8; 32])> {
+        self.send()?;
+        Ok((self.bytes, self.sha.finalize().into()))
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload stopped"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.sha.update(data);
+        self.bytes += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= self.chunk {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
