@@ -86,6 +86,11 @@ pub struct AcquireOptions<'a> {
     /// Where the private per-run directory is made (same file system as the target, for
     /// restore).
     pub temp_base: &'a Path,
+    /// For a raw file: leave the sha256 trailer check (one full read) to the caller, who runs
+    /// [`Acquired::check_deferred_trailer`] while it copies the db (restore) and must not use
+    /// the result before it passed. The bbolt check still comes first; when it fails, the
+    /// trailer is checked at once so that a changed file is reported as such.
+    pub defer_raw_hash: bool,
 }
 
 /// Size and sha256 of the compressed (and maybe encrypted) input that was read.
@@ -117,6 +122,25 @@ pub struct Acquired {
     pub input: Option<InputCheck>,
     /// Holds the temp file's directory (removed on drop).
     _work: Option<WorkDir>,
+    /// The trailer rule still to apply ([`AcquireOptions::defer_raw_hash`]).
+    deferred: Option<TrailerRule>,
+}
+
+impl Acquired {
+    /// Applies the trailer rule that [`AcquireOptions::defer_raw_hash`] left out (one full
+    /// read of the raw file) and fills `raw_sha256` and `trailer`; nothing when nothing was
+    /// deferred. Runs on the caller's thread (restore runs it beside the db copy).
+    ///
+    /// Errors: [`AcquireError::TrailerMismatch`], [`AcquireError::Io`].
+    pub fn check_deferred_trailer(&mut self) -> Result<(), AcquireError> {
+        if let Some(rule) = self.deferred {
+            let tc = hash_file(&self.path)?;
+            self.trailer = trailer_rule(&tc, rule, &self.path.display().to_string(), &self.path)?;
+            self.raw_sha256 = hex::encode(tc.raw_sha256);
+            self.deferred = None;
+        }
+        Ok(())
+    }
 }
 
 /// Why a snapshot could not be acquired. Messages name the file or backup and the fix.
@@ -271,10 +295,12 @@ pub async fn acquire(
     match source {
         Source::File(path) => {
             let path = path.to_path_buf();
-            let rule = opts.trailer;
-            tokio::task::spawn_blocking(move || acquire_file(&path, rule, ids.as_deref(), &base))
-                .await
-                .expect("acquire thread")
+            let (rule, defer) = (opts.trailer, opts.defer_raw_hash);
+            tokio::task::spawn_blocking(move || {
+                acquire_file(&path, rule, defer, ids.as_deref(), &base)
+            })
+            .await
+            .expect("acquire thread")
         }
         Source::Stored { store, manifest: m } => {
             let what = format!("backup {}", m.id);
@@ -516,6 +542,7 @@ pub async fn verify_stored(
         identities,
         trailer: TrailerRule::Required,
         temp_base,
+        defer_raw_hash: false,
     };
     let got = acquire(Source::Stored { store, manifest: m }, &opts).await?;
     Ok(Verified::Content(got.status.clone()))
@@ -525,6 +552,7 @@ pub async fn verify_stored(
 fn acquire_file(
     path: &Path,
     rule: TrailerRule,
+    defer: bool,
     ids: Option<&Identities>,
     base: &Path,
 ) -> Result<Acquired, AcquireError> {
@@ -538,7 +566,7 @@ fn acquire_file(
     let what = path.display().to_string();
     let format = crypto::detect_format(path).map_err(io("reading"))?;
     if format == FileFormat::Raw {
-        return acquire_raw(path, rule);
+        return acquire_raw(path, rule, defer);
     }
     if format == FileFormat::Age && ids.is_none() {
         return Err(AcquireError::NeedIdentity {
@@ -554,8 +582,8 @@ fn acquire_file(
 }
 
 /// A raw db file, used in place: the trailer hash (one full read) runs on a second thread
-/// while the bbolt structure is checked.
-fn acquire_raw(path: &Path, rule: TrailerRule) -> Result<Acquired, AcquireError> {
+/// while the bbolt structure is checked, or is left to the caller (`defer`).
+fn acquire_raw(path: &Path, rule: TrailerRule, defer: bool) -> Result<Acquired, AcquireError> {
     let what = path.display().to_string();
     let size = std::fs::metadata(path)
         .map_err(|source| AcquireError::Io {
@@ -585,6 +613,28 @@ fn acquire_raw(path: &Path, rule: TrailerRule) -> Result<Acquired, AcquireError>
             format: FileFormat::Raw,
             input: None,
             _work: None,
+            deferred: None,
+        });
+    }
+    if defer {
+        let status = match verify(path, db_len, &what) {
+            Ok(s) => s,
+            Err(e) => {
+                // As below: a file whose bytes changed is reported as such first.
+                trailer_rule(&hash_file(path)?, rule, &what, path)?;
+                return Err(e);
+            }
+        };
+        return Ok(Acquired {
+            path: path.to_path_buf(),
+            db_len,
+            status,
+            raw_sha256: String::new(),
+            trailer: TrailerState::NotChecked,
+            format: FileFormat::Raw,
+            input: None,
+            _work: None,
+            deferred: Some(rule),
         });
     }
     let (hashed, status) = std::thread::scope(|s| {
@@ -605,6 +655,7 @@ fn acquire_raw(path: &Path, rule: TrailerRule) -> Result<Acquired, AcquireError>
         format: FileFormat::Raw,
         input: None,
         _work: None,
+        deferred: None,
     })
 }
 
@@ -865,6 +916,7 @@ fn unpack<R: Read>(
             sha256: hex::encode(counted.sha.finalize()),
         }),
         _work: Some(work),
+        deferred: None,
     })
 }
 

@@ -57,6 +57,35 @@ async fn corrupted_snapshot() {
     assert_eq!(code, 1);
 }
 
+/// A byte of a value changed: the bbolt structure is intact, so the db is copied while the
+/// trailer hash runs beside it; the mismatch must still stop the restore and leave nothing,
+/// for one member and for a whole `--out-dir` cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn changed_value_is_refused_after_the_copy_started() {
+    let d = tempfile::tempdir().unwrap();
+    let mut b = std::fs::read(snapshot()).unwrap();
+    let at = b
+        .windows(10)
+        .position(|w| w == b"with-lease")
+        .expect("the value is in the db");
+    b[at] = b'W';
+    let bad = d.path().join("bad.db");
+    std::fs::write(&bad, &b).unwrap();
+    let db_len = b.len() as u64 - 32;
+    etcd_lifeboat::snapshot::verify_file(&bad, Some(db_len)).expect("structure intact");
+    let (msg, code) = fails(args(&bad, &d.path().join("out")), d.path()).await;
+    assert!(msg.contains("sha256 trailer does not match"), "{msg}");
+    assert_eq!(code, 1);
+    let a = RestoreOptions {
+        snapshot: Some(bad.clone()),
+        initial_cluster: Some("a=http://127.0.0.1:2380,b=http://127.0.0.1:2381".into()),
+        out_dir: Some(d.path().join("cluster")),
+        ..Default::default()
+    };
+    let (msg, _) = fails(a, d.path()).await;
+    assert!(msg.contains("sha256 trailer does not match"), "{msg}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn truncated_snapshot() {
     let d = tempfile::tempdir().unwrap();

@@ -288,7 +288,16 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()>
     // A private temp file (not the user's --snapshot file) is moved, not copied.
     let owned = pitr_work.is_some() || snapshot.format != crate::crypto::FileFormat::Raw;
     let (status, staged) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let staged = stage_members(&plan2, &src_path, src_len, bump, owned)?;
+        let mut snapshot = snapshot;
+        // A raw file's trailer hash (a full read) runs on a second thread while the db is
+        // copied; a mismatch drops the staged dirs (removed) and is reported first.
+        let (checked, staged) = std::thread::scope(|s| {
+            let hash = s.spawn(|| snapshot.check_deferred_trailer());
+            let staged = stage_members(&plan2, &src_path, src_len, bump, owned);
+            (hash.join().expect("trailer hash thread"), staged)
+        });
+        checked?;
+        let staged = staged?;
         drop(snapshot);
         Ok((src_status, staged))
     })
@@ -733,15 +742,9 @@ async fn acquire_snapshot(
     temp_dir: &Path,
     config_path: Option<&Path>,
 ) -> Result<acquire::Acquired> {
-    let opts = AcquireOptions {
-        identities: crate::crypto::identities_from_args(&args.identity)?,
-        trailer: if args.skip_hash_check {
-            TrailerRule::Skip
-        } else {
-            TrailerRule::Required
-        },
-        temp_base: temp_dir,
-    };
+    // A raw file's trailer hash runs beside the db copy (`run`); not for a dry run, which
+    // copies nothing.
+    let opts = acquire_options(args, temp_dir, !args.dry_run)?;
     match spec {
         SourceSpec::File { path, .. } => {
             Ok(acquire::acquire(acquire::Source::File(path), &opts).await?)
@@ -826,7 +829,18 @@ async fn acquire_stored(
     m: &Manifest,
     temp_dir: &Path,
 ) -> Result<acquire::Acquired> {
-    let opts = AcquireOptions {
+    let opts = acquire_options(args, temp_dir, false)?;
+    Ok(acquire::acquire(acquire::Source::Stored { store, manifest: m }, &opts).await?)
+}
+
+/// The acquire options of a restore: `--identity`, etcdutl's trailer rule (required unless
+/// `--skip-hash-check`), temp files under `temp_dir`.
+fn acquire_options<'a>(
+    args: &RestoreOptions,
+    temp_dir: &'a Path,
+    defer_raw_hash: bool,
+) -> Result<AcquireOptions<'a>> {
+    Ok(AcquireOptions {
         identities: crate::crypto::identities_from_args(&args.identity)?,
         trailer: if args.skip_hash_check {
             TrailerRule::Skip
@@ -834,8 +848,8 @@ async fn acquire_stored(
             TrailerRule::Required
         },
         temp_base: temp_dir,
-    };
-    Ok(acquire::acquire(acquire::Source::Stored { store, manifest: m }, &opts).await?)
+        defer_raw_hash,
+    })
 }
 
 /// Copies the base into a private dir (0700) under `temp_dir` as `pitr.db`, applies the
