@@ -27,6 +27,7 @@
 
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -1112,19 +1113,21 @@ impl Read for ChannelReader {
 }
 
 /// The stored object's pipeline, whatever the input (a snapshot stream, a data dir's db):
-/// reads `input` to its end, copies it to `copy` (the temp file to verify, when given), feeds
-/// the trailer hasher, compresses (zstd `level`, `threads` workers), encrypts (`sink`) and
-/// hands the result to the uploader through `stored_tx`. Blocking: run it on a blocking
-/// thread. Errors: reading the input, writing the copy, or the uploader having stopped.
+/// reads `input` to its end in 1 MiB chunks; a second thread copies each chunk to `copy`
+/// (the temp file to verify, when given) and feeds the trailer hasher, while this one
+/// compresses (zstd `level`, `threads` workers), encrypts (`sink`) and hands the result to the
+/// uploader through `stored_tx`. The two halves cost about the same per byte, so on two
+/// cores the stream is not held up by one of them (at most [`SIDE_CHUNKS`] MiB between them).
+/// Blocking: run it on a blocking thread. Errors: reading the input, writing the copy (reported
+/// first: a full temp disk explains a stopped pipeline), or the uploader having stopped.
 fn write_stored<R: Read>(
     mut input: R,
-    mut copy: Option<BufWriter<std::fs::File>>,
+    copy: Option<BufWriter<std::fs::File>>,
     sink: Sink,
     level: i32,
     threads: u32,
     stored_tx: mpsc::Sender<Vec<u8>>,
 ) -> std::io::Result<StreamResult> {
-    let mut trailer = TrailerHasher::new();
     let channel = ChunkWriter::new(stored_tx, STORED_CHUNK_BYTES);
     let output = match sink {
         Sink::Plain => AgeOutput::Plain(channel),
@@ -1134,33 +1137,62 @@ fn write_stored<R: Read>(
     if threads > 1 {
         enc.multithread(threads)?;
     }
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let chunk = &buf[..n];
+    let (side_tx, side_rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(SIDE_CHUNKS);
+    std::thread::scope(|s| {
+        let side = s.spawn(move || copy_and_hash(side_rx, copy));
+        let compressed = (|| {
+            loop {
+                let chunk = read_chunk(&mut input, 1 << 20)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let chunk = Arc::new(chunk);
+                if side_tx.send(Arc::clone(&chunk)).is_err() {
+                    break; // The side thread failed: its error is returned below.
+                }
+                enc.write_all(&chunk)?;
+            }
+            drop(side_tx);
+            enc.finish()?.finish()?.finish()
+        })();
+        let t = side.join().expect("copy thread")?;
+        let (stored_bytes, stored_sha256) = compressed?;
+        Ok(StreamResult {
+            db_len: t.db_len,
+            raw_sha256: t.raw_sha256,
+            trailer_ok: t.trailer,
+            stored_bytes,
+            stored_sha256,
+        })
+    })
+}
+
+/// Chunks in flight from [`write_stored`] to its copy thread (1 MiB each).
+const SIDE_CHUNKS: usize = 4;
+
+/// [`write_stored`]'s second thread: the temp file copy and the trailer hash.
+fn copy_and_hash(
+    rx: std::sync::mpsc::Receiver<Arc<Vec<u8>>>,
+    mut copy: Option<BufWriter<std::fs::File>>,
+) -> std::io::Result<snapshot::TrailerCheck> {
+    let mut trailer = TrailerHasher::new();
+    for chunk in rx {
         if let Some(c) = copy.as_mut() {
-            c.write_all(chunk)?;
+            c.write_all(&chunk)?;
         }
-        trailer.update(chunk);
-        enc.write_all(chunk)?;
+        trailer.update(&chunk);
     }
     if let Some(c) = copy.as_mut() {
         c.flush()?;
     }
-    let (stored_bytes, stored_sha256) = enc.finish()?.finish()?.finish()?;
-    let t = trailer.finish();
-    Ok(StreamResult {
-        db_len: t.db_len,
-        raw_sha256: t.raw_sha256,
-        trailer_ok: t.trailer,
-        stored_bytes,
-        stored_sha256,
-    })
+    Ok(trailer.finish())
+}
+
+/// Up to `max` bytes of `input` (fewer only at its end; empty at the end).
+fn read_chunk<R: Read>(input: &mut R, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(max);
+    input.by_ref().take(max as u64).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// When a backup happened, for `list`'s age column.
