@@ -86,11 +86,12 @@ pub struct AcquireOptions<'a> {
     /// Where the private per-run directory is made (same file system as the target, for
     /// restore).
     pub temp_base: &'a Path,
-    /// For a raw file: leave the sha256 trailer check (one full read) to the caller, who runs
-    /// [`Acquired::check_deferred_trailer`] while it copies the db (restore) and must not use
-    /// the result before it passed. The bbolt check still comes first; when it fails, the
-    /// trailer is checked at once so that a changed file is reported as such.
-    pub defer_raw_hash: bool,
+    /// For a raw file: leave both full-read checks, the bbolt check with its status and the
+    /// sha256 trailer, to the caller, who runs [`Acquired::run_deferred_checks`] while it
+    /// copies the db (restore, into a staging dir it discards on error) and must not use
+    /// `status`, `raw_sha256` or `trailer` before that passed. A trailer required but absent
+    /// (known from the size) is still refused at once.
+    pub defer_raw_checks: bool,
 }
 
 /// Size and sha256 of the compressed (and maybe encrypted) input that was read.
@@ -127,18 +128,35 @@ pub struct Acquired {
 }
 
 impl Acquired {
-    /// Applies the trailer rule that [`AcquireOptions::defer_raw_hash`] left out (one full
-    /// read of the raw file) and fills `raw_sha256` and `trailer`; nothing when nothing was
-    /// deferred. Runs on the caller's thread (restore runs it beside the db copy).
+    /// Runs the checks that [`AcquireOptions::defer_raw_checks`] left out, on two threads
+    /// (each reads the whole file): the bbolt check, which fills `status`, and the trailer
+    /// rule, which fills `raw_sha256` and `trailer`. Nothing when nothing was deferred.
     ///
-    /// Errors: [`AcquireError::TrailerMismatch`], [`AcquireError::Io`].
-    pub fn check_deferred_trailer(&mut self) -> Result<(), AcquireError> {
-        if let Some(rule) = self.deferred {
-            let tc = hash_file(&self.path)?;
-            self.trailer = trailer_rule(&tc, rule, &self.path.display().to_string(), &self.path)?;
-            self.raw_sha256 = hex::encode(tc.raw_sha256);
-            self.deferred = None;
+    /// Errors: [`AcquireError::TrailerMismatch`] (first: a file whose bytes changed is
+    /// reported as such whatever its structure says), [`AcquireError::Snapshot`],
+    /// [`AcquireError::Io`].
+    pub fn run_deferred_checks(&mut self) -> Result<(), AcquireError> {
+        let Some(rule) = self.deferred else {
+            return Ok(());
+        };
+        let what = self.path.display().to_string();
+        let (hashed, status) = std::thread::scope(|s| {
+            let h = s.spawn(|| hash_file(&self.path));
+            let status = verify(&self.path, self.db_len, &what);
+            (h.join().expect("hash thread"), status)
+        });
+        let tc = hashed?;
+        if tc.db_len != self.db_len {
+            return Err(AcquireError::Io {
+                what: "reading",
+                path: self.path.clone(),
+                source: std::io::Error::other("the file changed size while it was read"),
+            });
         }
+        self.trailer = trailer_rule(&tc, rule, &what, &self.path)?;
+        self.raw_sha256 = hex::encode(tc.raw_sha256);
+        self.status = status?;
+        self.deferred = None;
         Ok(())
     }
 }
@@ -295,7 +313,7 @@ pub async fn acquire(
     match source {
         Source::File(path) => {
             let path = path.to_path_buf();
-            let (rule, defer) = (opts.trailer, opts.defer_raw_hash);
+            let (rule, defer) = (opts.trailer, opts.defer_raw_checks);
             tokio::task::spawn_blocking(move || {
                 acquire_file(&path, rule, defer, ids.as_deref(), &base)
             })
@@ -542,7 +560,7 @@ pub async fn verify_stored(
         identities,
         trailer: TrailerRule::Required,
         temp_base,
-        defer_raw_hash: false,
+        defer_raw_checks: false,
     };
     let got = acquire(Source::Stored { store, manifest: m }, &opts).await?;
     Ok(Verified::Content(got.status.clone()))
@@ -582,7 +600,7 @@ fn acquire_file(
 }
 
 /// A raw db file, used in place: the trailer hash (one full read) runs on a second thread
-/// while the bbolt structure is checked, or is left to the caller (`defer`).
+/// while the bbolt structure is checked, or both are left to the caller (`defer`).
 fn acquire_raw(path: &Path, rule: TrailerRule, defer: bool) -> Result<Acquired, AcquireError> {
     let what = path.display().to_string();
     let size = std::fs::metadata(path)
@@ -598,65 +616,36 @@ fn acquire_raw(path: &Path, rule: TrailerRule, defer: bool) -> Result<Acquired, 
         return Err(AcquireError::MissingTrailer { what, size });
     }
     let db_len = if has { size - TRAILER } else { size };
-    if rule == TrailerRule::Skip {
-        // etcdutl's --skip-hash-check: no full read at all.
-        return Ok(Acquired {
-            path: path.to_path_buf(),
-            db_len,
-            status: verify(path, db_len, &what)?,
-            raw_sha256: String::new(),
-            trailer: if has {
-                TrailerState::NotChecked
-            } else {
-                TrailerState::Absent
-            },
-            format: FileFormat::Raw,
-            input: None,
-            _work: None,
-            deferred: None,
-        });
-    }
-    if defer {
-        let status = match verify(path, db_len, &what) {
-            Ok(s) => s,
-            Err(e) => {
-                // As below: a file whose bytes changed is reported as such first.
-                trailer_rule(&hash_file(path)?, rule, &what, path)?;
-                return Err(e);
-            }
-        };
-        return Ok(Acquired {
-            path: path.to_path_buf(),
-            db_len,
-            status,
-            raw_sha256: String::new(),
-            trailer: TrailerState::NotChecked,
-            format: FileFormat::Raw,
-            input: None,
-            _work: None,
-            deferred: Some(rule),
-        });
-    }
-    let (hashed, status) = std::thread::scope(|s| {
-        let h = s.spawn(|| hash_file(path));
-        let status = verify(path, db_len, &what);
-        (h.join().expect("hash thread"), status)
-    });
-    let tc = hashed?;
-    // The trailer error is reported first: a file whose bytes changed is refused whatever
-    // its structure says.
-    let trailer = trailer_rule(&tc, rule, &what, path)?;
-    Ok(Acquired {
+    let mut a = Acquired {
         path: path.to_path_buf(),
-        db_len: tc.db_len,
-        status: status?,
-        raw_sha256: hex::encode(tc.raw_sha256),
-        trailer,
+        db_len,
+        // Filled by `run_deferred_checks` (or the Skip branch).
+        status: Status {
+            hash: 0,
+            revision: 0,
+            total_key: 0,
+            total_size: 0,
+            version: None,
+        },
+        raw_sha256: String::new(),
+        trailer: if has {
+            TrailerState::NotChecked
+        } else {
+            TrailerState::Absent
+        },
         format: FileFormat::Raw,
         input: None,
         _work: None,
-        deferred: None,
-    })
+        deferred: Some(rule),
+    };
+    if rule == TrailerRule::Skip {
+        // etcdutl's --skip-hash-check: no full read at all.
+        a.status = verify(path, db_len, &what)?;
+        a.deferred = None;
+    } else if !defer {
+        a.run_deferred_checks()?;
+    }
+    Ok(a)
 }
 
 fn hash_file(path: &Path) -> Result<TrailerCheck, AcquireError> {

@@ -87,7 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     TrailerRule::IfPresent
                 },
                 temp_base: &base,
-                defer_raw_hash: false,
+                defer_raw_checks: false,
             };
             let got = acquire::acquire(Source::File(&a.file), &opts).await?;
             if !a.skip_hash_check && got.trailer == acquire::TrailerState::Absent {

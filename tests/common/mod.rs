@@ -730,7 +730,7 @@ pub fn acquire_file(
         identities: None,
         trailer: rule,
         temp_base: path.parent().unwrap_or(Path::new(".")),
-        defer_raw_hash: false,
+        defer_raw_checks: false,
     };
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -792,7 +792,7 @@ pub async fn acquire_latest(
         identities,
         trailer: TrailerRule::Required,
         temp_base,
-        defer_raw_hash: false,
+        defer_raw_checks: false,
     };
     let got = acquire(
         Source::Stored {
