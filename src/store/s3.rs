@@ -29,7 +29,8 @@
 //!   [`MAX_RANGE`]) come as ranged GETs, [`RANGES_IN_FLIGHT`] in flight, handed over in order
 //!   with bounded memory, each with `If-Match` on the object's ETag so a replaced object fails
 //!   the read rather than mixing versions. The reader decompresses a range while the next
-//!   ones download; each range is kept as the frames it arrived in (no copy).
+//!   ones download; each range is kept as the frames it arrived in (no copy; frames under
+//!   4 KiB are coalesced, so a store trickling a body cannot blow up the frame list).
 //! - Timeouts: connect 10 s; per attempt max(5 min, part_size at 1 MiB/s); per operation
 //!   (retries included) 3x that. Streaming bodies are covered by the SDK's stalled-stream
 //!   protection.
@@ -896,7 +897,7 @@ impl S3Store {
             // into one buffer per range cost a memcpy and left the allocator holding freed
             // range-sized blocks (glibc's adaptive mmap threshold): ~25 MiB more peak RSS.
             let mut body = resp.body;
-            let mut frames = Vec::new();
+            let mut frames = RangeFrames::default();
             let mut got = 0u64;
             let read = loop {
                 match body.next().await {
@@ -914,7 +915,7 @@ impl S3Store {
                 }
             };
             match read {
-                Ok(()) if got == want => return Ok(frames),
+                Ok(()) if got == want => return Ok(frames.finish()),
                 Ok(()) => {
                     return Err(self.err(
                         s3_key,
@@ -1105,6 +1106,49 @@ async fn upload_part(
         part = part.checksum_crc32_c(c);
     }
     Ok(part.build())
+}
+
+/// The frames of one range, in order. Frames of at least [`SMALL_FRAME`] bytes are kept as
+/// they are; smaller ones are copied together into blocks of up to [`SMALL_BLOCK`] bytes, so
+/// that a store sending a range in tiny pieces cannot make the list (32 bytes per entry)
+/// outgrow the data: at most about `2 * range / SMALL_FRAME + 1` entries.
+#[derive(Default)]
+struct RangeFrames {
+    frames: Vec<Bytes>,
+    small: bytes::BytesMut,
+}
+
+/// Frames shorter than this (bytes) are coalesced by [`RangeFrames`].
+const SMALL_FRAME: usize = 4 << 10;
+/// Size of the blocks [`RangeFrames`] coalesces small frames into (bytes).
+const SMALL_BLOCK: usize = 64 << 10;
+
+impl RangeFrames {
+    fn push(&mut self, frame: Bytes) {
+        if frame.len() >= SMALL_FRAME {
+            self.flush();
+            self.frames.push(frame);
+            return;
+        }
+        if self.small.len() + frame.len() > SMALL_BLOCK {
+            self.flush();
+        }
+        if self.small.capacity() == 0 {
+            self.small.reserve(SMALL_BLOCK);
+        }
+        self.small.extend_from_slice(&frame);
+    }
+
+    fn flush(&mut self) {
+        if !self.small.is_empty() {
+            self.frames.push(std::mem::take(&mut self.small).freeze());
+        }
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        self.flush();
+        self.frames
+    }
 }
 
 /// Ranged GetObjects in flight in [`S3Store::get_stream`] (besides the range being read).
@@ -1326,6 +1370,52 @@ impl Drop for S3Upload {
 mod tests {
     use super::*;
     use crate::config::ObjectLockMode as Mode;
+
+    #[test]
+    fn range_frames_keep_order_and_coalesce_small_frames() {
+        let mut f = RangeFrames::default();
+        let mut want = Vec::new();
+        let mut n = 0u8;
+        let mut frame = |len: usize| {
+            let b: Vec<u8> = (0..len)
+                .map(|_| {
+                    n = n.wrapping_add(1);
+                    n
+                })
+                .collect();
+            Bytes::from(b)
+        };
+        // A mixed range, then 100 000 one-byte frames (a store trickling the body).
+        for len in [
+            5,
+            40 << 10,
+            7,
+            9,
+            SMALL_FRAME,
+            SMALL_FRAME - 1,
+            100 << 10,
+            3,
+        ] {
+            let b = frame(len);
+            want.extend_from_slice(&b);
+            f.push(b);
+        }
+        for _ in 0..100_000 {
+            let b = frame(1);
+            want.extend_from_slice(&b);
+            f.push(b);
+        }
+        let frames = f.finish();
+        assert_eq!(frames.concat(), want);
+        // 40 KiB, SMALL_FRAME and 100 KiB kept, the small ones between them coalesced, then
+        // the trailing 3 bytes and the 100 000 one-byte frames in blocks of SMALL_BLOCK.
+        let lens: Vec<usize> = frames.iter().map(Bytes::len).collect();
+        let tail = 3 + 100_000;
+        let mut expect = vec![5, 40 << 10, 16, SMALL_FRAME, SMALL_FRAME - 1, 100 << 10];
+        expect.extend(std::iter::repeat_n(SMALL_BLOCK, tail / SMALL_BLOCK));
+        expect.push(tail % SMALL_BLOCK);
+        assert_eq!(lens, expect);
+    }
 
     #[tokio::test]
     async fn object_protection_follows_the_config() {
