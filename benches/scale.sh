@@ -21,8 +21,11 @@
 #        (skip the build), ONLY="status restore local backup verify" (subset; without
 #        "local" only the S3 rows of backup and verify),
 #        S3_ENDPOINT/S3_BUCKET/AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/S3_REGION (S3 rows),
-#        S3_PART_MIB="8" (part sizes to try, MiB); the S3 server: scripts/bench-seaweedfs.sh
-#        or scripts/bench-garage.sh (`eval "$(scripts/bench-seaweedfs.sh start DIR)"`)
+#        S3_PART_MIB="8" (part sizes to try, MiB), S3_CHECKSUM=when_supported
+#        (storage.s3.checksum: CRC32C; when_required sends Content-MD5, an MD5 pass per byte);
+#        the S3 server: scripts/bench-seaweedfs.sh or scripts/bench-garage.sh
+#        (`eval "$(scripts/bench-garage.sh start DIR)"`; with GARAGE_PID set, the CPU seconds
+#        of etcd-lifeboat, etcd and Garage are logged for each run)
 # Disk: CACHE holds the snapshots (4 GiB + K8S_GIB [+ 8 GiB]); WORK needs about 2x the
 # largest db at a time (restored data dir + one saved snapshot or store object).
 set -euo pipefail
@@ -99,18 +102,26 @@ build_db() {
   echo "$snap"
 }
 
+# cpu_s PID: user + system CPU seconds of a running process so far (0 when not running).
+cpu_s() {
+  [[ -n ${1:-} ]] && awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
 # measure DB OP TOOL CMD...: runs CMD under GNU time RUNS times (page cache as the previous
-# step left it), records "db op tool wall_s rss_mib" (median wall, max RSS) in RESULTS.
+# step left it), records "db op tool wall_s rss_mib" (median wall, max RSS) in RESULTS, and
+# logs each run's CPU seconds: the command's own, etcd's and the S3 server's (GARAGE_PID).
 # PRE (a shell snippet) runs before each run, untimed.
 measure() {
   local db=$1 op=$2 tool=$3; shift 3
-  local walls=() rss=0 r w m
+  local walls=() rss=0 r w m u s e0 g0
   for r in $(seq "$RUNS"); do
     [[ -n ${PRE:-} ]] && eval "$PRE"
-    if ! /usr/bin/time -f '%e %M' -o "$WORK/time.txt" "$@" >"$WORK/cmd.log" 2>&1; then
+    e0=$(cpu_s "$ETCD_PID"); g0=$(cpu_s "${GARAGE_PID:-}")
+    if ! /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.txt" "$@" >"$WORK/cmd.log" 2>&1; then
       echo "$tool failed:" >&2; tail -20 "$WORK/cmd.log" >&2; exit 1
     fi
-    read -r w m <"$WORK/time.txt"
+    read -r w m u s <"$WORK/time.txt"
+    log "  run $r: ${w} s, CPU s: own $(echo "$u + $s" | bc), etcd $(echo "$(cpu_s "$ETCD_PID") - $e0" | bc), S3 server $(echo "$(cpu_s "${GARAGE_PID:-}") - $g0" | bc); load $(cut -d' ' -f1 /proc/loadavg)"
     walls+=("$w"); ((m > rss)) && rss=$m
   done
   w=$(printf '%s\n' "${walls[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
@@ -129,6 +140,7 @@ config() {
         "$S3_BUCKET" "scale-$3" "$S3_ENDPOINT"
       printf '    region: %s\n    force_path_style: true\n    insecure: true\n    part_size: %s\n' \
         "${S3_REGION:-garage}" $(($3 * 1024 * 1024))
+      printf '    checksum: %s\n' "${S3_CHECKSUM:-when_supported}"
     else
       printf 'storage:\n  backend: local\n  local:\n    path: %s\n' "$1"
     fi

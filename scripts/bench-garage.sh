@@ -10,7 +10,10 @@
 #                                     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, GARAGE_PID
 #   scripts/bench-garage.sh stop DIR  stop it (the DIR stays; delete it yourself)
 # Env: GARAGE_ROOT (default ~/.cache/etcd-lifeboat/garage), GARAGE_PORT (S3 port, default a
-#      free one; RPC and admin use the next ones), GARAGE_TARGET_DIR (its cargo target dir).
+#      free one; RPC and admin use the next ones), GARAGE_TARGET_DIR (its cargo target dir),
+#      GARAGE_COMPRESSION (Garage's `compression_level`: "none", the default here, or a zstd
+#      level; Garage's own default is 1). Backups are zstd or age already: compressing each
+#      block again costs Garage CPU for nothing (docs/storage.md, "Garage").
 # Loopback only; the key and RPC secret are fixed test values, never use this setup elsewhere.
 set -euo pipefail
 
@@ -40,6 +43,7 @@ garage_start() { # DIR
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
 db_engine = "lmdb"
+compression_level = $(c=${GARAGE_COMPRESSION:-none}; [[ $c == none ]] && echo '"none"' || echo "$c")
 replication_factor = 1
 rpc_bind_addr = "127.0.0.1:$((port + 1))"
 rpc_public_addr = "127.0.0.1:$((port + 1))"
