@@ -21,7 +21,8 @@
 #        (skip the build), ONLY="status restore local backup verify" (subset; without
 #        "local" only the S3 rows of backup and verify),
 #        S3_ENDPOINT/S3_BUCKET/AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/S3_REGION (S3 rows),
-#        S3_PART_MIB="8" (part sizes to try, MiB), S3_CHECKSUM=when_supported
+#        S3_PART_MIB="8" (part sizes to try, MiB), S3_CHECKSUM=when_supported,
+#        LEVELS="3" (zstd levels of the local-store backup rows, e.g. "1 3"; the default config's is 3)
 #        (storage.s3.checksum: CRC32C; when_required sends Content-MD5, an MD5 pass per byte);
 #        the S3 server: scripts/bench-seaweedfs.sh or scripts/bench-garage.sh
 #        (`eval "$(scripts/bench-garage.sh start DIR)"`; with GARAGE_PID set, the CPU seconds
@@ -144,7 +145,7 @@ config() {
     else
       printf 'storage:\n  backend: local\n  local:\n    path: %s\n' "$1"
     fi
-    printf 'compression:\n  level: 3\n'
+    printf 'compression:\n  level: %s\n' "${LEVEL:-3}"
   } >"$f"
   echo "$f"
 }
@@ -177,9 +178,13 @@ bench_db() { # SNAPSHOT LABEL
     start_etcd "$run/o" bench "$pp" "$cp"
     PRE="rm -f $run/save.db; sync" measure "$db" backup "etcdctl snapshot save" "$ETCDCTL" --endpoints="http://127.0.0.1:$cp" snapshot save "$run/save.db"
     rm -f "$run/save.db"
-    local cfg
-    cfg=$(config "$run/store" "$cp")
-    PRE="rm -rf $run/store; sync" measure "$db" backup "etcd-lifeboat backup, local store" "$LIFEBOAT" --config "$cfg" backup --no-progress
+    local cfg lv label
+    # One row per zstd level in LEVELS; verify and restore below read the last one's backup.
+    for lv in ${LEVELS:-3}; do
+      cfg=$(LEVEL=$lv config "$run/store" "$cp")
+      label="etcd-lifeboat backup, local store"; [[ $lv != 3 ]] && label+=", zstd level $lv"
+      PRE="rm -rf $run/store; sync" measure "$db" backup "$label" "$LIFEBOAT" --config "$cfg" backup --no-progress
+    done
     stop_etcd
     rm -rf "$run/o"
     if has verify; then
