@@ -620,13 +620,7 @@ fn acquire_raw(path: &Path, rule: TrailerRule, defer: bool) -> Result<Acquired, 
         path: path.to_path_buf(),
         db_len,
         // Filled by `run_deferred_checks` (or the Skip branch).
-        status: Status {
-            hash: 0,
-            revision: 0,
-            total_key: 0,
-            total_size: 0,
-            version: None,
-        },
+        status: unchecked_status(),
         raw_sha256: String::new(),
         trailer: if has {
             TrailerState::NotChecked
@@ -646,6 +640,17 @@ fn acquire_raw(path: &Path, rule: TrailerRule, defer: bool) -> Result<Acquired, 
         a.run_deferred_checks()?;
     }
     Ok(a)
+}
+
+/// The status of a db not walked yet (all zero), until [`verify`] fills it in.
+fn unchecked_status() -> Status {
+    Status {
+        hash: 0,
+        revision: 0,
+        total_key: 0,
+        total_size: 0,
+        version: None,
+    }
 }
 
 fn hash_file(path: &Path) -> Result<TrailerCheck, AcquireError> {
@@ -890,13 +895,7 @@ fn unpack<R: Read>(
     Ok(Acquired {
         path: out_path,
         db_len: tc.db_len,
-        status: Status {
-            hash: 0,
-            revision: 0,
-            total_key: 0,
-            total_size: 0,
-            version: None,
-        },
+        status: unchecked_status(),
         raw_sha256: hex::encode(tc.raw_sha256),
         trailer,
         format,

@@ -21,15 +21,7 @@ use common::*;
 use daemon_support::*;
 use etcd_lifeboat::daemon::DaemonOptions;
 
-/// The metric `name` of cluster `c`, with the other labels `labels` (`result="success"`).
-fn m(text: &str, name: &str, labels: &str, c: &str) -> Option<f64> {
-    let l = if labels.is_empty() {
-        format!("{name}{{cluster=\"{c}\"}}")
-    } else {
-        format!("{name}{{{labels},cluster=\"{c}\"}}")
-    };
-    sample(text, &l)
-}
+use daemon_support::cluster_sample as m;
 
 /// `etcd:` section of a cluster entry for `etcd` (one member, plain HTTP).
 fn etcd_entry(etcd: &Etcd) -> String {
@@ -213,13 +205,7 @@ async fn two_clusters_and_a_dead_one_from_one_daemon() {
             "{text}"
         );
     }
-    let out = lifeboat_ok(
-        lifeboat()
-            .args(["--config"])
-            .arg(&cfg)
-            .args(["list", "-o", "json"]),
-    );
-    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let v = list_json(&cfg);
     assert_eq!(v.len(), ids_a.len() + ids_b.len());
     assert!(v
         .iter()

@@ -500,19 +500,8 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
             && table.contains("closed: compacted at r"),
         "{table}"
     );
-    let out = lifeboat_ok(
-        lifeboat()
-            .arg("--config")
-            .arg(&cfg)
-            .args(["list", "-o", "json"]),
-    );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let old_json = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == base.id.as_str())
-        .unwrap();
+    let list = list_json(&cfg);
+    let old_json = list.iter().find(|m| m["id"] == base.id.as_str()).unwrap();
     assert_eq!(old_json["pitr"]["last_revision"], l3);
     assert_eq!(old_json["pitr"]["closed"]["reason"], "compacted");
     let victim = &old.deltas[old.deltas.len() / 2];

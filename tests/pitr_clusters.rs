@@ -106,16 +106,7 @@ async fn bases(store: &Store) -> Vec<Manifest> {
     catalog(store).await.unwrap().backups
 }
 
-/// The sample of `name` for cluster `c` (`labels`: other labels before it, e.g.
-/// `reason="compacted"`).
-fn m(text: &str, name: &str, labels: &str, c: &str) -> Option<f64> {
-    let l = if labels.is_empty() {
-        format!("{name}{{cluster=\"{c}\"}}")
-    } else {
-        format!("{name}{{{labels},cluster=\"{c}\"}}")
-    };
-    sample(text, &l)
-}
+use daemon_support::cluster_sample as m;
 
 /// Puts `n` keys under `prefix` and returns the revision of the last.
 async fn puts(c: &etcd_client::Client, prefix: &str, n: usize) -> i64 {

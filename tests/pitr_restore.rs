@@ -619,19 +619,8 @@ async fn run(version: Version, encrypted: bool, extras: bool) {
     // download, naming the object.
     let gone = chain[3].derived_data_key().unwrap().unwrap();
     store.delete(&gone).await.unwrap();
-    let out = lifeboat_ok(
-        lifeboat()
-            .arg("--config")
-            .arg(&cfg)
-            .args(["list", "-o", "json"]),
-    );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let entry = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == base.id.as_str())
-        .unwrap();
+    let list = list_json(&cfg);
+    let entry = list.iter().find(|m| m["id"] == base.id.as_str()).unwrap();
     assert_eq!(entry["pitr"]["last_revision"], mid + 3, "{entry}");
     assert_eq!(entry["pitr"]["broken"][0]["key"], gone.as_str(), "{entry}");
     let o = restore_cmd(&cfg, w.last, &dir, &spec).output().unwrap();

@@ -80,18 +80,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use s3h::pseudo_random as data;
 
 async fn round_trip(mode: ChecksumMode, checksum_header: &str) {
     let srv = tokio::task::spawn_blocking(s3h::S3Server::start)

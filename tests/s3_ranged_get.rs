@@ -10,18 +10,7 @@ use bytes::Bytes;
 use etcd_lifeboat::store::{ObjectKey, Store};
 use tokio::io::AsyncReadExt;
 
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use s3h::pseudo_random as data;
 
 async fn s3_store() -> (Store, s3h::S3Server) {
     let srv = tokio::task::spawn_blocking(s3h::S3Server::start)

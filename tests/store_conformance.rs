@@ -66,18 +66,7 @@ fn key(s: &str) -> ObjectKey {
     ObjectKey::new(s).unwrap()
 }
 
-/// Deterministic pseudo-random bytes (incompressible, so sizes are real).
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use s3h::pseudo_random as data;
 
 async fn read_all(store: &Store, k: &ObjectKey) -> Vec<u8> {
     let mut r = store.get_stream(k).await.unwrap();

@@ -732,17 +732,37 @@ pub fn acquire_file(
         temp_base: path.parent().unwrap_or(Path::new(".")),
         defer_raw_checks: false,
     };
+    block_on_own_thread(acquire(Source::File(path), &opts))
+}
+
+/// Runs `fut` to completion on a current-thread runtime of a thread of its own, so that sync
+/// helpers can be called from async tests too.
+fn block_on_own_thread<F: std::future::Future + Send>(fut: F) -> F::Output
+where
+    F::Output: Send,
+{
     std::thread::scope(|s| {
         s.spawn(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(acquire(Source::File(path), &opts))
+                .block_on(fut)
         })
         .join()
         .unwrap()
     })
+}
+
+/// `etcd-lifeboat --config CFG list -o json`, which must succeed: its entries.
+pub fn list_json(cfg: &Path) -> Vec<serde_json::Value> {
+    let out = lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(cfg)
+            .args(["list", "-o", "json"]),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// A local-directory store at `dir` (created if missing), opened outside any runtime.
@@ -756,18 +776,7 @@ pub fn local_store(dir: &Path) -> etcd_lifeboat::store::Store {
         },
         ..Default::default()
     };
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(etcd_lifeboat::store::Store::from_config(&cfg))
-                .unwrap()
-        })
-        .join()
-        .unwrap()
-    })
+    block_on_own_thread(etcd_lifeboat::store::Store::from_config(&cfg)).unwrap()
 }
 
 /// The newest backup in the store of the config file `cfg`, as the product acquires it

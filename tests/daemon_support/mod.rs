@@ -40,6 +40,17 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The sample of `name` for cluster `c` (`labels`: the other labels before it, e.g.
+/// `result="success"`).
+pub fn cluster_sample(text: &str, name: &str, labels: &str, c: &str) -> Option<f64> {
+    let l = if labels.is_empty() {
+        format!("{name}{{cluster=\"{c}\"}}")
+    } else {
+        format!("{name}{{{labels},cluster=\"{c}\"}}")
+    };
+    sample(text, &l)
+}
+
 /// Runs `promtool check metrics` on `text`; returns its combined output, panicking on failure.
 pub fn promtool_check(text: &str) -> String {
     let mut child = std::process::Command::new("promtool")
