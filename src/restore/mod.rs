@@ -753,8 +753,8 @@ async fn acquire_snapshot(
     temp_dir: &Path,
     config_path: Option<&Path>,
 ) -> Result<acquire::Acquired> {
-    // A raw file's trailer hash runs beside the db copy (`run`); not for a dry run, which
-    // copies nothing.
+    // A raw file's bbolt check and trailer hash run beside the db copy (`run`); not for a
+    // dry run, which copies nothing.
     let opts = acquire_options(args, temp_dir, !args.dry_run)?;
     match spec {
         SourceSpec::File { path, .. } => {
