@@ -7,23 +7,40 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
 
-/// A loopback TCP port that is free now (bound then released). Two calls in a row never
-/// return the same port, so parallel tests in one binary do not race for one port.
+/// The first port of the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`,
+/// 32768 by default): ports from there up are handed out as source ports of outgoing
+/// connections, so a port found free there can be taken by any connect() before the server
+/// that was meant to listen on it binds it.
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// A loopback TCP port that is free now (bound then released), below the ephemeral range so no
+/// outgoing connection of this or another process takes it before the server binds it (a CI
+/// run once failed on etcd's peer port taken that way). Ports come from a per-process counter
+/// starting at a pid-derived offset, so parallel tests in one binary never get the same port
+/// and consecutive test binaries start in different places.
 pub fn free_port() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        let prev = NEXT_PORT.swap(p, Ordering::SeqCst);
-        if prev != p {
+    const LOW: u32 = 10_000;
+    let high = ephemeral_low().clamp(LOW + 1_000, 65_536);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        let p = (LOW + (start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
             return p;
         }
     }
+    panic!("no free loopback port in {LOW}..{high}");
 }
 
 /// The tests' HTTP agent: statuses >= 400 are answers, not errors; 2 s to connect, 30 s per

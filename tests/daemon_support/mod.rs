@@ -327,9 +327,19 @@ impl DaemonProc {
 
     /// Resident set size in KiB (`VmRSS` of /proc/<pid>/status).
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// Anonymous resident memory in KiB (`RssAnon` of /proc/<pid>/status): heap and stacks,
+    /// without the mapped code, whose size depends on the build profile of the binary.
+    pub fn anon_kib(&self) -> u64 {
+        self.status_kib("RssAnon:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap()
