@@ -38,14 +38,14 @@ else
   # Worktrees sharing one CARGO_TARGET_DIR overwrite each other's crate artifacts (same
   # metadata hash): make this worktree's sources newer so cargo rebuilds them.
   touch "$ROOT/src/lib.rs"
-  DRIVER=$(cd "$ROOT" && cargo test --release --test restore_bench --no-run --message-format=json 2>/dev/null \
+  DRIVER=$(cd "$ROOT" && cargo test --release --test integration --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import sys,json
 for l in sys.stdin:
     m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="restore_bench": print(m["executable"])' | tail -1)
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="integration": print(m["executable"])' | tail -1)
   [[ -x "$DRIVER" ]] || { echo "driver build failed" >&2; exit 1; }
   cp "$DRIVER" "$WORK/driver"; DRIVER=$WORK/driver
-  ours() { echo env RESTORE_BENCH_SNAPSHOT="$1" RESTORE_BENCH_DATA_DIR="$2" "$DRIVER" --ignored --exact bench_restore_once -q; }
+  ours() { echo env RESTORE_BENCH_SNAPSHOT="$1" RESTORE_BENCH_DATA_DIR="$2" "$DRIVER" --ignored --exact restore_bench::bench_restore_once -q; }
 fi
 
 # 2. A snapshot of about SIZE_MIB MiB.

@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/etcd-lifeboat/target}"
-exec cargo test --release --test snapshot_bench -- --ignored --exact bench --nocapture --test-threads=1
+exec cargo test --release --test integration -- --ignored --exact snapshot_bench::bench --nocapture --test-threads=1

@@ -13,7 +13,7 @@ set +e
 cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 set -e
-echo "== summary (one line per test binary) =="
+echo "== summary (one line per test binary: unit tests of the library and the binary, then tests/integration.rs) =="
 grep -E '^test result:' "$LOG" || true
 grep -E '^test result:' "$LOG" | awk '{p+=$4; f+=$6; s+=$8} END {printf "%d passed, %d failed, %d skipped\n", p, f, s}'
 exit "$status"

@@ -1,10 +1,9 @@
 //! `backup`, `list`, `verify`, `status` and `config check` driven through the binary against
 //! real etcd 3.4 and 3.5 servers on loopback, with a local store.
-mod common;
 
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn json(out: &[u8]) -> Value {

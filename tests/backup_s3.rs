@@ -1,15 +1,12 @@
 //! `backup`, `list`, `verify` against an S3 server on loopback (moto, started here), or an
 //! external S3 endpoint named by `ETCD_LIFEBOAT_TEST_S3_*` (see tests/common/s3.rs).
-mod common;
-#[path = "common/s3.rs"]
-mod s3h;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use crate::s3h::S3Server;
 use etcd_lifeboat::config::StorageConfig;
 use etcd_lifeboat::store::Store;
-use s3h::S3Server;
 use serde_json::Value;
 
 fn json(out: &[u8]) -> Value {

@@ -3,9 +3,7 @@
 //! ConfigMaps) validates against it; and what the loader rejects (unknown keys at any level,
 //! wrong types, unknown enum names, durations humantime cannot read) the schema rejects too.
 
-mod deploy_support;
-
-use deploy_support::config_texts;
+use crate::deploy_support::config_texts;
 use etcd_lifeboat::config::Config;
 use serde_json::{json, Value};
 

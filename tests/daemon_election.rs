@@ -1,11 +1,10 @@
 //! Leader election against a real etcd: exactly one leader among replicas; resign hands over
 //! at once; a leader that dies (stops renewing its lease) is replaced within the lease TTL.
-mod common;
-mod daemon_support;
+use crate::daemon_support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use etcd_lifeboat::config::Config;
 use etcd_lifeboat::daemon::election;
 use tokio::sync::watch;

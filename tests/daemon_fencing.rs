@@ -2,21 +2,13 @@
 //! TCP proxy (it stops forwarding snapshot bytes), its election lease is revoked with
 //! `etcdctl lease revoke`; the old leader cancels the backup (nothing stored, no retention),
 //! the other replica takes over, and only it stores backups afterwards.
-mod common;
-mod daemon_support;
-#[path = "common/proxy.rs"]
-mod proxy;
+use crate::proxy;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
-use daemon_support::*;
-
-#[test]
-fn daemon_child() {
-    child_entry();
-}
+use crate::common::*;
+use crate::daemon_support::*;
 
 fn config(etcd: &Etcd, store: &std::path::Path, port: u16, endpoint: &str) -> std::path::PathBuf {
     let mut y = etcd.config_yaml(store);

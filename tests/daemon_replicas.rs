@@ -1,18 +1,11 @@
 //! Daemon processes: two replicas with leader election share one store: exactly one leader
 //! and one set of backups; SIGTERM the leader: it exits 0 at once and the other takes over and
 //! keeps backing up. Also the idle footprint (RSS, CPU) of a daemon between runs.
-mod common;
-mod daemon_support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
-use daemon_support::*;
-
-#[test]
-fn daemon_child() {
-    child_entry();
-}
+use crate::common::*;
+use crate::daemon_support::*;
 
 fn config(
     etcd: &Etcd,

@@ -2,18 +2,15 @@
 //! against the local store and S3 (moto): what is in the store afterwards is checked object by
 //! object. Safety: never the newest backup without --force, unknown/invalid/broken ids delete
 //! nothing, --dry-run deletes nothing, Object Lock is a clear error.
-mod common;
-#[path = "common/s3.rs"]
-mod s3h;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use crate::s3h::S3Server;
 use etcd_lifeboat::config::StorageConfig;
 use etcd_lifeboat::store::Store;
-use s3h::S3Server;
 use serde_json::Value;
 
 fn json(out: &[u8]) -> Value {

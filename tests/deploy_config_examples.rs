@@ -9,9 +9,7 @@
 //! (`deploy_support::materialize`). Unchanged are all keys and every other value. The
 //! unmodified example must fail only on one of those paths (exit 2 naming the key).
 
-mod deploy_support;
-
-use deploy_support::*;
+use crate::deploy_support::*;
 use etcd_lifeboat::config::{Config, ENV_OVERRIDES};
 
 /// The binary with no config-affecting variables from the environment.

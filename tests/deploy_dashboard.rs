@@ -10,14 +10,13 @@
 //! the S3 store (a local store in a temp dir), temp_dir, the schedule (every 2 s), the election
 //! name, and the port 9790 (a free port).
 
-mod common;
-mod deploy_support;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::prometheus::Prometheus;
-use common::{Etcd, EtcdOpts};
-use deploy_support::*;
+use crate::common::prometheus::Prometheus;
+use crate::common::{Etcd, EtcdOpts};
+use crate::deploy_support::*;
 
 /// Every (panel title, query) of the dashboard, with the template variables as Grafana sets
 /// them for job etcd-lifeboat.

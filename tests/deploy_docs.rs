@@ -8,14 +8,12 @@
 //! - every alert's runbook_url anchor exists as a heading in docs/runbook.md, and every
 //!   relative link between the docs points at a file and heading that exist.
 //!
-//! `DEPLOY_DOCS_PRINT=1 cargo test --test deploy_docs -- --nocapture` prints the config table
+//! `DEPLOY_DOCS_PRINT=1 cargo test --test integration deploy_docs:: -- --nocapture` prints the config table
 //! rows the code implies (key, default, env), to paste into docs/config.md.
-
-mod deploy_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use deploy_support::*;
+use crate::deploy_support::*;
 use etcd_lifeboat::config::{AuthConfig, Config, TlsConfig, ENV_OVERRIDES};
 use serde_yaml::Value;
 

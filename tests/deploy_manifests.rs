@@ -11,14 +11,12 @@
 //! Needs promtool, kubernetes-validate (scripts/install.sh) and kubectl (scripts/fetch-kubectl.sh,
 //! run by the tests when kubectl is missing); a missing tool fails the test.
 
-mod deploy_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use deploy_support::*;
+use crate::deploy_support::*;
 use serde_yaml::Value;
 
 /// Kubernetes versions validated against: an older supported one and the newest schema.

@@ -10,17 +10,16 @@
 //! environment as a pod would: the downward API's pod IP is 127.0.0.2 and its node IP
 //! 127.0.0.1, the ports 2379 and 9790 become the test's.
 
-mod common;
-mod deploy_support;
+use crate::common;
 
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::prometheus::Prometheus;
-use common::{Etcd, EtcdOpts};
-use deploy_support::*;
+use crate::common::prometheus::Prometheus;
+use crate::common::{Etcd, EtcdOpts};
+use crate::deploy_support::*;
 
 #[test]
 fn cronjob_backup_then_prune_with_its_configmap() {

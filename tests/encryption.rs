@@ -5,13 +5,12 @@
 //! cleanly; `status x.age`; a zstd bomb is refused within the
 //! manifest's sizes; plaintext backups still verify and restore.
 
-mod common;
-mod restore_util;
+use crate::restore_util;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const MARKER: &str = "LIFEBOAT-MARKER-9f3c2a71-secret-value";

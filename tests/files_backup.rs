@@ -4,12 +4,10 @@
 //! --identity K` gives byte-identical files with the same modes; the stored object holds no
 //! key bytes; a second extraction into the same OUT is refused; no recipients: exit 2.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{files_under, keygen, lifeboat, lifeboat_ok, Etcd, EtcdOpts, Version};
+use crate::common::{files_under, keygen, lifeboat, lifeboat_ok, Etcd, EtcdOpts, Version};
 
 fn write(p: &Path, data: &[u8], mode: u32) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();

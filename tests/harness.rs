@@ -1,6 +1,5 @@
 //! The harness itself: real etcd 3.4 and 3.5 start with TLS and as a cluster.
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn etcd_34_tls_single_member_serves_puts() {

@@ -2,15 +2,11 @@
 //! data: when the store applied the PUT but its response was lost (a 500 after the write),
 //! the backup is complete and kept; when the PUT never reached the store, the data object is
 //! removed and the run fails. Real etcd and moto on loopback, faults injected by an HTTP proxy.
-mod common;
-#[path = "common/http_fault.rs"]
-mod http_fault;
-#[path = "common/s3.rs"]
-mod s3h;
+use crate::http_fault;
 
-use common::*;
-use http_fault::Fault;
-use s3h::S3Server;
+use crate::common::*;
+use crate::http_fault::Fault;
+use crate::s3h::S3Server;
 
 #[test]
 fn lost_manifest_response_keeps_the_backup_and_a_refused_put_leaves_nothing() {

@@ -2,13 +2,13 @@
 //! backup (no etcd connection), verified, restored and booted with every key; refused while
 //! etcd runs on the dir (nothing stored); `status DIR/member/snap/db` works on the bare db.
 
-mod common;
-mod restore_util;
+use crate::common;
+use crate::restore_util;
 
 use std::path::Path;
 
-use common::{files_under, keygen, lifeboat, lifeboat_ok, Etcd, EtcdOpts, Version};
-use restore_util::{Cluster, MemberSpec, V};
+use crate::common::{files_under, keygen, lifeboat, lifeboat_ok, Etcd, EtcdOpts, Version};
+use crate::restore_util::{Cluster, MemberSpec, V};
 
 /// Config with a local store and no etcd section: the data-dir backup needs no connection.
 fn offline_config(work: &Path) -> std::path::PathBuf {

@@ -7,26 +7,19 @@
 //! Then: SIGKILL of the daemon leaves a valid chain that a restarted daemon continues at
 //! last+1; a compaction past the chain's next revision closes the chain ("compacted"), takes a
 //! new base and starts a new chain on it.
-mod common;
-mod daemon_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
-use daemon_support::*;
+use crate::common::*;
+use crate::daemon_support::*;
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
 use etcd_lifeboat::pitr::chain::{read_chain, verify_chain, Chain};
 use etcd_lifeboat::pitr::delta::{tombstone_value, DeltaReader, KvRef, Record};
 use etcd_lifeboat::pitr::manifest::DeltaManifest;
 use etcd_lifeboat::store::manifest::{catalog, Manifest};
 use etcd_lifeboat::store::Store;
-
-#[test]
-fn daemon_child() {
-    child_entry();
-}
 
 /// One key-bucket entry as the chain must hold it: (main, sub, tag 2 put / 3 del, value).
 type Ev = (i64, i64, u8, Vec<u8>);

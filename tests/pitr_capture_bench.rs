@@ -1,24 +1,17 @@
-//! PITR capture under load (ignored; run with `cargo test --test pitr_capture_bench --
-//! --ignored --nocapture`): a daemon process captures while 32 concurrent writers put random
+//! PITR capture under load (ignored; run with `cargo test --test integration
+//! pitr_capture_bench:: -- --ignored --nocapture`): a daemon process captures while 32 concurrent writers put random
 //! 300-byte values (k8s-like object sizes, incompressible) as fast as etcd takes them. Prints
 //! the write rate, the capture lag, the daemon's peak RSS and the bytes stored per event; asserts
 //! the chain covers every revision and the RSS stays bounded (< 128 MiB).
-mod common;
-mod daemon_support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use daemon_support::*;
+use crate::common::*;
+use crate::daemon_support::*;
 use etcd_lifeboat::pitr::chain::read_chain;
 use etcd_lifeboat::store::manifest::catalog;
-
-#[test]
-fn daemon_child() {
-    child_entry();
-}
 
 #[test]
 #[ignore]

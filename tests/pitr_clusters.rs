@@ -7,8 +7,6 @@
 //!   `etcd_lifeboat_pitr_chain_breaks_total{reason="compacted",cluster="pb"}` and makes
 //!   `/readyz` fail naming `pb` and the break, never `pa`, until `pb`'s new chain (on a new
 //!   base) has stored a delta.
-mod common;
-mod daemon_support;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -16,17 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
-use daemon_support::*;
+use crate::common::*;
+use crate::daemon_support::*;
 use etcd_lifeboat::config::{Backend, LocalConfig, StorageConfig};
 use etcd_lifeboat::pitr::chain::read_chain;
 use etcd_lifeboat::store::manifest::{catalog, Manifest};
 use etcd_lifeboat::store::Store;
-
-#[test]
-fn daemon_child() {
-    child_entry();
-}
 
 /// A TCP proxy that can cut its clients off: while `blocked`, live connections are shut down
 /// and new ones closed at once (the client sees a dead endpoint, not a hanging one).
@@ -106,7 +99,7 @@ async fn bases(store: &Store) -> Vec<Manifest> {
     catalog(store).await.unwrap().backups
 }
 
-use daemon_support::cluster_sample as m;
+use crate::daemon_support::cluster_sample as m;
 
 /// Puts `n` keys under `prefix` and returns the revision of the last.
 async fn puts(c: &etcd_client::Client, prefix: &str, n: usize) -> i64 {

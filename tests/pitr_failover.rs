@@ -3,20 +3,12 @@
 //! delta; the other replica becomes leader and continues the same chain at last + 1 (same
 //! base, no close, no gap, no second writer), and every delta verifies.
 
-mod common;
-mod daemon_support;
-
 use std::time::Duration;
 
-use common::*;
-use daemon_support::*;
+use crate::common::*;
+use crate::daemon_support::*;
 use etcd_lifeboat::pitr::chain::{read_chain, verify_chain};
 use etcd_lifeboat::store::manifest::catalog;
-
-#[test]
-fn daemon_child() {
-    child_entry();
-}
 
 /// Puts `n` keys `tag/i`; returns the revision of the last.
 async fn puts(c: &etcd_client::Client, tag: &str, n: usize) -> i64 {

@@ -15,13 +15,11 @@
 //! `--bump-revision --mark-compacted` and a 3-member `--out-dir` cluster), 3.5.30 and 3.4
 //! (chain and base age-encrypted).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use etcd_client::{Client, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use etcd_lifeboat::pitr::delta::{
     base_revision, bytes_to_rev, decode_lease, lease_value, tombstone_value, DeltaHeader,

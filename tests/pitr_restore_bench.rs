@@ -1,6 +1,6 @@
 //! Scale of the point-in-time apply (issue 16: "24 h at 100 writes/s restore with peak RSS
 //! <= 128 MiB, in time proportional to the events"). Ignored by default (minutes); run with
-//! `cargo test --test pitr_restore_bench -- --ignored --nocapture` (the test profile is optimised)
+//! `cargo test --test integration pitr_restore_bench:: -- --ignored --nocapture` (the test profile is optimised)
 //! (`PITR_BENCH_EVENTS`, default 1000000; 8640000 = 24 h at 100 writes/s).
 //!
 //! A real base (etcd 3.5, 2000 keys, taken with the CLI), then a generated chain written with
@@ -11,13 +11,11 @@
 //! the table gives events/s, peak RSS and stored bytes per event, and the restored member's
 //! revision and a read of the last written key are checked on etcd.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use etcd_lifeboat::pitr::delta::{base_revision, DeltaHeader, DeltaWriter, KvRef};
 use etcd_lifeboat::pitr::manifest::{DeltaKind, DeltaManifest, FORMAT};
 use etcd_lifeboat::snapshot::Db;

@@ -3,16 +3,14 @@
 //! (the snapshot stream stalled by a proxy) leaves its directory, which the next `backup`
 //! removes, while the directory of a backup that is still running is never touched.
 
-mod common;
-#[path = "common/proxy.rs"]
-mod proxy;
+use crate::proxy;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777

@@ -2,13 +2,12 @@
 //! umask 022, no file or directory this tool made in the store, the temp dir or the restored
 //! data dir grants any access to group or others, and an unprivileged user (uid 65534, via
 //! `setpriv`) can read none of the files, although every directory above them is open (0755).
-mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Runs the binary under umask 022 with `args`; asserts success.
 fn run_umask_022(args: &[&str]) -> String {

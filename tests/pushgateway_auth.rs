@@ -5,13 +5,12 @@
 //!   with `tls_server_config` and a bcrypt `basic_auth_users` entry): the push lands; a wrong
 //!   password is refused (401), logged, and the password appears nowhere in the output; an
 //!   unknown CA fails the TLS handshake.
-mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const JOB: &str = "etcd-lifeboat-backup";
 

@@ -5,14 +5,11 @@
 //! at an old revision with "required revision has been compacted" and gives a new write a
 //! revision above old + N. The flags are checked as etcdutl checks them.
 
-mod common;
-mod restore_util;
-
 use std::path::Path;
 
+use crate::restore_util::*;
 use etcd_lifeboat::restore::{run, RestoreOptions};
 use etcd_lifeboat::snapshot::verify_file;
-use restore_util::*;
 
 const BUMP: u64 = 1_000_000;
 

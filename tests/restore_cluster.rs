@@ -2,13 +2,10 @@
 //! 3 members forms a healthy 3.5 cluster with every key; a .db.zst restored into one 3.4
 //! member boots with every key. Member and cluster IDs equal etcdutl 3.5's.
 
-mod common;
-mod restore_util;
-
 use std::path::Path;
 
+use crate::restore_util::*;
 use etcd_lifeboat::restore::{ids, run, RestoreOptions};
-use restore_util::*;
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap()

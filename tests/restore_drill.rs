@@ -1,8 +1,7 @@
 //! The README's restore drill, through the binary: back up a TLS etcd 3.5 member, lose it,
 //! restore from the store into a new data dir, start etcd on it, check every key and a write.
-mod common;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn backup_lose_restore_from_store_start_check() {

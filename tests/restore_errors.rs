@@ -1,15 +1,12 @@
 //! Restore refuses bad input with a clear error and writes nothing: corrupted or truncated
 //! snapshots, a non-empty target, a name missing from --initial-cluster, duplicate peer URLs.
 
-mod common;
-mod restore_util;
-
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::restore_util::*;
 use etcd_lifeboat::error::exit_code;
 use etcd_lifeboat::restore::{run, RestoreOptions};
-use restore_util::*;
 
 /// One real snapshot (etcd 3.5, a few keys) shared by the tests of this file.
 fn snapshot() -> &'static Path {

@@ -1,13 +1,10 @@
 //! The WAL and .snap files written by the native restore are byte-identical to etcdutl 3.5.1's
 //! for the same flags, and so are the member and cluster IDs they carry.
 
-mod common;
-mod restore_util;
-
 use std::path::Path;
 
+use crate::restore_util::*;
 use etcd_lifeboat::restore::{run, RestoreOptions};
-use restore_util::*;
 
 fn make_snapshot(dir: &Path) -> std::path::PathBuf {
     let m = MemberSpec::new("src", dir.join("src.etcd"));

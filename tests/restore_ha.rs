@@ -6,13 +6,10 @@
 //! list) gives one healthy 3-member cluster: one cluster ID, each member its own ID, the IDs
 //! etcd derives from the peer URLs and token (here equal to the original cluster's).
 
-mod common;
-mod restore_util;
-
 use std::path::PathBuf;
 
+use crate::restore_util::*;
 use etcd_lifeboat::restore::{run, RestoreError, RestoreOptions};
-use restore_util::*;
 
 fn member_ids(c: &Cluster, endpoint: &str) -> (u64, Vec<u64>) {
     let out = c.etcdctl_ok_at(endpoint, &["member", "list", "-w", "json"]);

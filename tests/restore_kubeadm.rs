@@ -2,11 +2,8 @@
 //! static pod manifest (the shape of seed 003); etcd started with the manifest's own flags
 //! boots from the restored data dir with every key.
 
-mod common;
-mod restore_util;
-
+use crate::restore_util::*;
 use etcd_lifeboat::restore::{run, RestoreOptions};
-use restore_util::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_from_kubeadm_manifest() {

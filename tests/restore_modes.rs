@@ -2,14 +2,11 @@
 //! umask (the db holds every Kubernetes Secret; etcd itself uses 0700/0600). The binary runs
 //! under `umask 000`, which would leave 0777/0666 for anything created with default modes.
 
-mod common;
-mod restore_util;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use restore_util::*;
+use crate::restore_util::*;
 
 fn check_modes(p: &Path, out: &mut Vec<String>) {
     let md = std::fs::symlink_metadata(p).unwrap();

@@ -2,14 +2,14 @@
 //! (.db.zst + manifest) restored into one etcd 3.4 member boots with every key; a corrupted
 //! stored object is refused against its manifest and nothing is written.
 
-mod common;
-mod restore_util;
+use crate::common;
+use crate::restore_util;
 
 use std::path::Path;
 
-use common::{lifeboat, Etcd, EtcdOpts, Version};
+use crate::common::{lifeboat, Etcd, EtcdOpts, Version};
+use crate::restore_util::{Cluster, MemberSpec, V};
 use etcd_lifeboat::restore::{run, RestoreOptions};
-use restore_util::{Cluster, MemberSpec, V};
 
 /// A 3.4 source with overwrites, deletes, a lease and 1 MiB values, backed up to `store`.
 async fn backup_of_3_4(work: &Path) -> (Etcd, std::path::PathBuf, Vec<(String, String)>) {

@@ -6,8 +6,7 @@
 //! proxy in front of moto (or the endpoint of `ETCD_LIFEBOAT_TEST_S3_*` when it is plain
 //! http, see tests/common/s3.rs).
 
-#[path = "common/s3.rs"]
-mod s3h;
+use crate::s3h;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -80,7 +79,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-use s3h::pseudo_random as data;
+use crate::s3h::pseudo_random as data;
 
 async fn round_trip(mode: ChecksumMode, checksum_header: &str) {
     let srv = tokio::task::spawn_blocking(s3h::S3Server::start)

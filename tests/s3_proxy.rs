@@ -3,16 +3,13 @@
 //! whose log names every request: absolute-form for http://, CONNECT for https://);
 //! `NO_PROXY=127.0.0.1` bypasses it; a proxy that is down makes the store unreachable (so the
 //! proxy really is on the path). Each run is a separate process with its own environment.
-mod common;
-#[path = "common/s3.rs"]
-mod s3h;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::*;
-use s3h::S3Server;
+use crate::common::*;
+use crate::s3h::S3Server;
 
 struct Tinyproxy {
     child: Child,

@@ -3,14 +3,13 @@
 //! (`If-Match` on every range) instead of mixing two versions. Against moto on loopback (or
 //! the endpoint of `ETCD_LIFEBOAT_TEST_S3_*`, see tests/common/s3.rs).
 
-#[path = "common/s3.rs"]
-mod s3h;
+use crate::s3h;
 
 use bytes::Bytes;
 use etcd_lifeboat::store::{ObjectKey, Store};
 use tokio::io::AsyncReadExt;
 
-use s3h::pseudo_random as data;
+use crate::s3h::pseudo_random as data;
 
 async fn s3_store() -> (Store, s3h::S3Server) {
     let srv = tokio::task::spawn_blocking(s3h::S3Server::start)

@@ -5,8 +5,7 @@
 //! `$BENCH_MB` MiB (default 600) of 64 KiB values with etcd 3.5, or uses `$BENCH_SNAPSHOT`.
 //! Every tool runs as its own process under GNU time (wall seconds, peak RSS), best of 3,
 //! page cache warm. Prints a table: tool, wall s, peak RSS MiB, ratio to the reference.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,7 +108,7 @@ fn child(op: &str, file: &Path, out: Option<&Path>) -> Command {
     c.args([
         "--ignored",
         "--exact",
-        "bench_child",
+        "snapshot_bench::bench_child",
         "--nocapture",
         "--test-threads=1",
         "-q",

@@ -2,8 +2,7 @@
 //! sha256 trailers, flipped bytes in pages, broken meta pages, pages reachable twice,
 //! unreachable pages, files that are not bbolt at all. The exact messages are asserted so they
 //! cannot silently rot.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

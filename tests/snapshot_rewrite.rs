@@ -2,8 +2,7 @@
 //! bucket, key and value equal), passes our check and `etcdutl snapshot status`, and etcd 3.5
 //! and 3.4 boot from it (the db dropped into an etcdutl-made data dir, so this tests the db
 //! alone, not our WAL/snap writers).
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

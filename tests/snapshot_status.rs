@@ -2,8 +2,7 @@
 //! -w json` / `etcdctl` 3.5, on real snapshots taken with `etcdctl snapshot save`: empty db,
 //! deep B+trees, 1 MiB values (overflow pages), overwritten and deleted keys, leases, after
 //! compaction, after defragmentation, with auth enabled.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

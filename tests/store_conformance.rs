@@ -5,8 +5,7 @@
 
 #![allow(clippy::field_reassign_with_default)]
 
-#[path = "common/s3.rs"]
-mod s3h;
+use crate::s3h;
 
 use std::time::Duration;
 
@@ -66,7 +65,7 @@ fn key(s: &str) -> ObjectKey {
     ObjectKey::new(s).unwrap()
 }
 
-use s3h::pseudo_random as data;
+use crate::s3h::pseudo_random as data;
 
 async fn read_all(store: &Store, k: &ObjectKey) -> Vec<u8> {
     let mut r = store.get_stream(k).await.unwrap();
@@ -897,7 +896,7 @@ fn spawn_child(role: &str, umask: &str, dir: &std::path::Path) -> std::process::
     std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "umask {umask}; exec \"$0\" --exact child_process_helper --nocapture --test-threads 1"
+            "umask {umask}; exec \"$0\" --exact store_conformance::child_process_helper --nocapture --test-threads 1"
         ))
         .arg(exe)
         .env(CHILD_ENV, role)

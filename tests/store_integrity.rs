@@ -3,11 +3,10 @@
 //! an unrelated object) are listed as BROKEN, make `verify --all` fail, and `prune` deletes
 //! nothing of theirs; manifests written with a clock two days behind or ahead are ordered by
 //! revision (`latest`, keep_last) and flagged when future-dated; `orphan_grace` is validated.
-mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use etcd_lifeboat::store::manifest::{backup_id, Manifest};
 use serde_json::Value;
 

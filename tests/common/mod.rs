@@ -814,3 +814,40 @@ pub async fn acquire_latest(
     .unwrap();
     (store, base, got)
 }
+
+/// Environment variable naming the one test that a child process of the test binary runs
+/// (see [`in_own_process`]).
+const OWN_PROCESS_ENV: &str = "LIFEBOAT_TEST_OWN_PROCESS";
+
+/// Runs a test alone in a child process of this test binary, for tests that read or change
+/// process-wide state: the library's metrics registry (`etcd_lifeboat::metrics`), which an
+/// in-process daemon or another such test would change under them. Call it first in the test
+/// as `if !in_own_process(module_path!(), "the_test_fn") { return; }`.
+///
+/// Returns true in the child (run the test body there). In the parent, runs
+/// `<test binary> --exact <module>::<test_fn>` with [`OWN_PROCESS_ENV`] set, waits, prints the
+/// child's output, panics unless it passed exactly one test, and returns false.
+pub fn in_own_process(module_path: &str, test_fn: &str) -> bool {
+    // module_path!() is `integration::<file>`; test names leave out the crate.
+    let module = module_path.split_once("::").map_or(module_path, |(_, m)| m);
+    let name = format!("{module}::{test_fn}");
+    if std::env::var(OWN_PROCESS_ENV).as_deref() == Ok(name.as_str()) {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", &name, "--nocapture", "--test-threads=1"])
+        .env(OWN_PROCESS_ENV, &name)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("{name} in its own process:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} failed in its own process ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    false
+}

@@ -1,6 +1,6 @@
 //! Loopback networking of the tests: free ports and the one HTTP client (`ureq`, plain HTTP,
-//! no proxy from the environment). Loaded by tests/common/mod.rs and tests/common/s3.rs
-//! (`#[path = "net.rs"] mod net;`), since some test binaries load s3.rs alone.
+//! no proxy from the environment). `common::net`, used by tests/common/s3.rs too: one port
+//! allocator per binary.
 //!
 //! The deliberate fault servers (tests/common/http_fault.rs, tests/common/proxy.rs) stay raw
 //! TCP: they break the protocol on purpose.

@@ -10,16 +10,12 @@
 //! `moto_server` on `PATH`. Credentials `testing`/`testing` are put in the environment when
 //! none are set (moto accepts any).
 //!
-//! Used as `#[path = "common/s3.rs"] mod s3h;` or through `mod common;` (`pub mod s3;`).
+//! Loaded as `#[path = "common/s3.rs"] mod s3h;` beside `mod common;` (tests/integration.rs,
+//! benches/backup.rs).
 #![allow(dead_code, clippy::field_reassign_with_default)]
 
-// The same files as common::net and common::tls when a test loads both common and s3.rs.
-#[allow(clippy::duplicate_mod)]
-#[path = "net.rs"]
-mod net;
-#[allow(clippy::duplicate_mod)]
-#[path = "tls.rs"]
-mod tls;
+// One copy of the port allocator in the binary: two would hand out the same ports.
+use crate::common::{net, tls};
 pub use net::free_port;
 
 use std::net::TcpStream;

@@ -172,7 +172,13 @@ fn files_with(store: &Path, suffix: &str) -> Vec<String> {
 pub const CHILD_CONFIG_ENV: &str = "LIFEBOAT_TEST_DAEMON_CONFIG";
 const CHILD_ARGS_ENV: &str = "LIFEBOAT_TEST_DAEMON_ARGS";
 
-/// Body of a `#[test] fn daemon_child()` in each test file that spawns daemon processes: when
+/// The daemon as a child process of this test binary ([`child_entry`]); a no-op test otherwise.
+#[test]
+fn daemon_child() {
+    child_entry();
+}
+
+/// Body of the `#[test] fn daemon_child()` above, which tests that spawn daemon processes run: when
 /// [`CHILD_CONFIG_ENV`] is set, runs `etcd_lifeboat::daemon::run` (signals included) with that
 /// config and exits with its status (0 Ok, 1 error), as the `daemon` subcommand does. Used
 /// when the built binary has no `daemon` subcommand yet; otherwise the binary is used.
@@ -262,9 +268,14 @@ impl DaemonProc {
             c
         } else {
             let mut c = std::process::Command::new(std::env::current_exe().unwrap());
-            c.args(["--exact", "daemon_child", "--nocapture", "--test-threads=1"])
-                .env(CHILD_CONFIG_ENV, config)
-                .env(CHILD_ARGS_ENV, args);
+            c.args([
+                "--exact",
+                "daemon_support::daemon_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_CONFIG_ENV, config)
+            .env(CHILD_ARGS_ENV, args);
             c
         };
         for (k, _) in std::env::vars() {
