@@ -183,7 +183,9 @@ pub struct ListArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct ClusterArg {
     /// Cluster of the config's `clusters:` list (or its top-level `name`) to work on. Needed
-    /// when the config has several clusters (`list` without it lists them all).
+    /// when the config has several clusters (`list` without it lists them all). With a
+    /// single unnamed cluster: the etcd cluster ID (16 hex digits) whose stored backups
+    /// list, verify, prune, delete and restore --from-store see.
     #[arg(long, value_name = "NAME")]
     pub cluster: Option<String>,
 }

@@ -149,6 +149,18 @@ pub struct Cluster {
     pub name: Option<String>,
     /// The effective config of this cluster.
     pub config: Config,
+    /// The etcd cluster ID (16 lower-case hex digits) that `--cluster <cluster-id>` named for
+    /// the single unnamed cluster: the CLI then sees only that cluster's backups in the store
+    /// ([`crate::store::Store::scoped_to_cluster`]). `None` otherwise.
+    pub etcd_cluster_id: Option<String>,
+}
+
+/// True for an etcd cluster ID as the store's keys and manifests spell it: 16 lower-case hex
+/// digits (`ResponseHeader.cluster_id` formatted `{:016x}`).
+pub fn is_cluster_id(s: &str) -> bool {
+    s.len() == 16
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Checks that `name` is a DNS label (`[a-z0-9-]`, 1 ..= 63 characters, letter or digit at
@@ -771,6 +783,7 @@ impl Config {
             return vec![Cluster {
                 name: self.name.clone(),
                 config: self.clone(),
+                etcd_cluster_id: None,
             }];
         }
         self.clusters
@@ -778,6 +791,7 @@ impl Config {
             .map(|c| Cluster {
                 name: Some(c.name.clone()),
                 config: self.cluster_config(c),
+                etcd_cluster_id: None,
             })
             .collect()
     }
@@ -828,7 +842,9 @@ impl Config {
     }
 
     /// The cluster `--cluster NAME` selects: `Some(name)` must name a cluster of the config;
-    /// `None` is the one cluster when there is exactly one.
+    /// `None` is the one cluster when there is exactly one. A config without `name` and
+    /// `clusters` is one cluster named by its etcd cluster ID: `Some(<cluster-id>)` (16 hex
+    /// digits, as `list` shows them) selects it with [`Cluster::etcd_cluster_id`] set.
     ///
     /// Errors ([`ConfigError`] on `--cluster`): an unknown name, or no name with several
     /// clusters; both list the names.
@@ -852,10 +868,16 @@ impl Config {
             )),
             Some(n) => match all.iter().find(|c| c.name.as_deref() == Some(n)) {
                 Some(c) => Ok(c.clone()),
+                None if all.len() == 1 && all[0].name.is_none() && is_cluster_id(n) => {
+                    Ok(Cluster {
+                        etcd_cluster_id: Some(n.to_string()),
+                        ..all[0].clone()
+                    })
+                }
                 None if all.len() == 1 && all[0].name.is_none() => Err(ConfigError::new(
                     "--cluster",
                     format!(
-                        "{n:?}: the config names no cluster; set `name: {n}` or drop --cluster"
+                        "{n:?}: the config names no cluster; give the etcd cluster ID of the backups (16 hex digits: `cluster_id` in `list -o json`), set `name: {n}`, or drop --cluster"
                     ),
                 )),
                 None => Err(ConfigError::new(
@@ -1460,11 +1482,19 @@ mod tests {
             one.clusters(),
             [Cluster {
                 name: None,
-                config: one.clone()
+                config: one.clone(),
+                etcd_cluster_id: None,
             }]
         );
         assert_eq!(one.select_cluster(None).unwrap().config, one);
-        assert!(one.select_cluster(Some("x")).is_err());
+        let e = one.select_cluster(Some("x")).unwrap_err();
+        assert!(e.message.contains("etcd cluster ID"), "{e}");
+        // ... and is named by the etcd cluster ID of its backups.
+        let by_id = one.select_cluster(Some("cdf818194e3a8c32")).unwrap();
+        assert_eq!(by_id.config, one);
+        assert_eq!(by_id.etcd_cluster_id.as_deref(), Some("cdf818194e3a8c32"));
+        assert!(one.select_cluster(Some("CDF818194E3A8C32")).is_err());
+        assert!(one.select_cluster(Some("cdf818194e3a8c3")).is_err());
     }
 
     #[test]

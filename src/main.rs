@@ -10,7 +10,7 @@ use etcd_lifeboat::acquire::{self, AcquireOptions, Source, TrailerRule};
 mod cli;
 
 use cli::{Cli, Command, ConfigCommand, LogFormat, Output};
-use etcd_lifeboat::config::Config;
+use etcd_lifeboat::config::{Cluster, Config};
 use etcd_lifeboat::crypto;
 use etcd_lifeboat::snapshot::humanize_bytes;
 use etcd_lifeboat::store::{manifest, Store};
@@ -62,13 +62,23 @@ async fn load(cli: &Cli) -> anyhow::Result<Config> {
 ///
 /// Errors: config errors (exit 2), an unknown name or a missing `--cluster` with several
 /// clusters (exit 2, listing the names).
-async fn load_cluster(cli: &Cli, sel: &cli::ClusterArg) -> anyhow::Result<Config> {
+async fn load_cluster(cli: &Cli, sel: &cli::ClusterArg) -> anyhow::Result<Cluster> {
     let cfg = load(cli).await?;
-    Ok(cfg.select_cluster(sel.cluster.as_deref())?.config)
+    Ok(cfg.select_cluster(sel.cluster.as_deref())?)
 }
 
 async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     Ok(Store::from_config(&cfg.storage).await?)
+}
+
+/// The store of cluster `c`, seeing only the backups of `c.etcd_cluster_id` when
+/// `--cluster <cluster-id>` named one ([`Store::scoped_to_cluster`]).
+async fn open_cluster_store(c: &Cluster) -> anyhow::Result<Store> {
+    let store = open_store(&c.config).await?;
+    Ok(match &c.etcd_cluster_id {
+        Some(id) => store.scoped_to_cluster(id),
+        None => store,
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -146,7 +156,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Backup(a) => {
-            let cfg = load_cluster(&cli, &a.cluster).await?;
+            let c = load_cluster(&cli, &a.cluster).await?;
+            if let Some(id) = &c.etcd_cluster_id {
+                anyhow::bail!("--cluster {id}: backup takes the cluster ID from etcd; a cluster ID selects stored backups only (list, verify, prune, delete, restore --from-store): drop --cluster");
+            }
+            let cfg = c.config;
             let store = open_store(&cfg).await?;
             let cancel = tokio_util::sync::CancellationToken::new();
             let on_signal = cancel.clone();
@@ -180,8 +194,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if a.cluster.cluster.is_none() && all.clusters().len() > 1 {
                 return list_clusters(&all, a.output.output).await;
             }
-            let cfg = all.select_cluster(a.cluster.cluster.as_deref())?.config;
-            let store = open_store(&cfg).await?;
+            let c = all.select_cluster(a.cluster.cluster.as_deref())?;
+            let store = open_cluster_store(&c).await?;
+            let cfg = c.config;
             let cat = manifest::catalog_at(&store, chrono::Utc::now(), cfg.store.future_tolerance)
                 .await?;
             // PITR delta chains of the bases (issue 16), when the store holds any.
@@ -203,8 +218,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Restore(a) => cmd_restore(&cli, a).await,
         Command::Prune(a) => {
-            let cfg = load_cluster(&cli, &a.cluster).await?;
-            let store = open_store(&cfg).await?;
+            let c = load_cluster(&cli, &a.cluster).await?;
+            let store = open_cluster_store(&c).await?;
+            let cfg = c.config;
             let plan = etcd_lifeboat::store::retention::prune(&cfg, &store, a.dry_run).await?;
             match a.output.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
@@ -222,8 +238,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(etcd_lifeboat::daemon::run(a.clone().into(), cfg).await?)
         }
         Command::Verify(a) => {
-            let cfg = load_cluster(&cli, &a.cluster).await?;
-            let store = open_store(&cfg).await?;
+            let c = load_cluster(&cli, &a.cluster).await?;
+            let store = open_cluster_store(&c).await?;
+            let cfg = c.config;
             // Broken manifests do not stop the others from being verified; they fail the run.
             let (targets, broken) = if a.all {
                 let cat = manifest::catalog(&store).await?;
@@ -727,8 +744,9 @@ async fn list_clusters(all: &Config, output: Output) -> anyhow::Result<()> {
 /// `delete ID... [--dry-run] [--force]`: [`etcd_lifeboat::store::retention::delete`], then the
 /// plan as a table or JSON.
 async fn cmd_delete(cli: &Cli, a: &cli::DeleteArgs) -> anyhow::Result<()> {
-    let cfg = load_cluster(cli, &a.cluster).await?;
-    let store = open_store(&cfg).await?;
+    let c = load_cluster(cli, &a.cluster).await?;
+    let store = open_cluster_store(&c).await?;
+    let cfg = c.config;
     let plan =
         etcd_lifeboat::store::retention::delete(&cfg, &store, &a.ids, a.force, a.dry_run).await?;
     match a.output.output {

@@ -21,6 +21,7 @@ mod s3h;
 mod backup_cli;
 mod backup_s3;
 mod cli_completion;
+mod cluster_id_select;
 mod config_schema;
 mod daemon_backups;
 mod daemon_election;

@@ -600,13 +600,16 @@ async fn find_stored(
     config_path: Option<&Path>,
     cluster: Option<&str>,
 ) -> Result<(Store, Manifest)> {
-    let cfg = Config::load(config_path)?.select_cluster(cluster)?.config;
-    let store = Store::from_config(&cfg.storage)
+    let selected = Config::load(config_path)?.select_cluster(cluster)?;
+    let mut store = Store::from_config(&selected.config.storage)
         .await
         .map_err(|source| RestoreError::Store {
             what: format!("--from-store {which}: opening the configured store"),
             source,
         })?;
+    if let Some(id) = &selected.etcd_cluster_id {
+        store = store.scoped_to_cluster(id);
+    }
     match manifest::find(&store, which).await {
         Ok(m) => Ok((store, m)),
         Err(source) => Err(RestoreError::Store {

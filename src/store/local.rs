@@ -77,6 +77,8 @@ pub const PARTIAL_MARKER: &str = ".partial-";
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     root: PathBuf,
+    /// Set by [`super::Store::scoped_to_cluster`]: listings see only `<cluster_id>/` keys.
+    pub(super) cluster_scope: Option<String>,
 }
 
 /// An upload to a temp file; see [`super::Upload`].
@@ -146,6 +148,7 @@ impl LocalStore {
         }
         Ok(LocalStore {
             root: root.to_path_buf(),
+            cluster_scope: None,
         })
     }
 

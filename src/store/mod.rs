@@ -331,6 +331,18 @@ pub(crate) fn mismatch(head: &ObjectHead, bytes: u64, sha256: &[u8; 32]) -> Opti
 /// A readable object body, for large objects ([`Store::get_stream`]).
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
 
+/// The listing prefix of a store [scoped](Store::scoped_to_cluster) to `scope` (a cluster ID):
+/// the narrower of `prefix` and `<cluster_id>/`, `None` when the two are disjoint (nothing to
+/// list); `prefix` itself when unscoped.
+fn scoped_prefix(scope: Option<&str>, prefix: &str) -> Option<String> {
+    match scope.map(|c| format!("{c}/")) {
+        None => Some(prefix.to_string()),
+        Some(dir) if dir.starts_with(prefix) => Some(dir),
+        Some(dir) if prefix.starts_with(&dir) => Some(prefix.to_string()),
+        Some(_) => None,
+    }
+}
+
 /// An object store. Enum dispatch over the backends; cheap to clone (S3 clients share their
 /// connection pool).
 #[derive(Clone, Debug)]
@@ -357,12 +369,32 @@ impl Store {
         })
     }
 
-    /// Where the store is: `"local:/var/lib/etcd-lifeboat"` or `"s3://bucket/prefix"`.
+    /// Where the store is: `"local:/var/lib/etcd-lifeboat"` or `"s3://bucket/prefix"`, with
+    /// ` (cluster <cluster_id>)` when [scoped](Store::scoped_to_cluster).
     pub fn describe(&self) -> String {
-        match self {
-            Store::Local(s) => s.describe(),
-            Store::S3(s) => s.describe(),
+        let (place, scope) = match self {
+            Store::Local(s) => (s.describe(), &s.cluster_scope),
+            Store::S3(s) => (s.describe(), &s.cluster_scope),
+        };
+        match scope {
+            Some(c) => format!("{place} (cluster {c})"),
+            None => place,
         }
+    }
+
+    /// This store seen through the objects of one etcd cluster: [`Store::list`] returns only
+    /// keys under `<cluster_id>/` (where every object of that cluster's backups lives), so the
+    /// catalog, `prune`, `delete` and `restore --from-store` see that cluster's backups only and
+    /// never take another cluster's objects for orphans. Reads and writes of named keys are
+    /// unchanged. `cluster_id`: 16 lower-case hex digits (the caller checks, see
+    /// [`crate::config::is_cluster_id`]).
+    pub fn scoped_to_cluster(mut self, cluster_id: &str) -> Store {
+        let scope = Some(cluster_id.to_string());
+        match &mut self {
+            Store::Local(s) => s.cluster_scope = scope,
+            Store::S3(s) => s.cluster_scope = scope,
+        }
+        self
     }
 
     /// Checks that the store is reachable, without writing or deleting anything: local: the
@@ -599,9 +631,16 @@ impl Store {
     ///
     /// Errors: backend errors; a missing local directory lists as empty.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let scope = match self {
+            Store::Local(s) => s.cluster_scope.as_deref(),
+            Store::S3(s) => s.cluster_scope.as_deref(),
+        };
+        let Some(prefix) = scoped_prefix(scope, prefix) else {
+            return Ok(Vec::new());
+        };
         let mut v = match self {
-            Store::Local(s) => s.list(prefix).await?,
-            Store::S3(s) => s.list(prefix).await?,
+            Store::Local(s) => s.list(&prefix).await?,
+            Store::S3(s) => s.list(&prefix).await?,
         };
         v.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(v)
@@ -759,6 +798,21 @@ impl std::io::Write for ChunkWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scoped_listing_prefix() {
+        let c = Some("cdf818194e3a8c32");
+        assert_eq!(scoped_prefix(None, "x/"), Some("x/".into()));
+        assert_eq!(scoped_prefix(c, ""), Some("cdf818194e3a8c32/".into()));
+        assert_eq!(scoped_prefix(c, "cdf8"), Some("cdf818194e3a8c32/".into()));
+        assert_eq!(
+            scoped_prefix(c, "cdf818194e3a8c32/2026"),
+            Some("cdf818194e3a8c32/2026".into())
+        );
+        // Another cluster, or a sibling ID that shares the first digits: nothing.
+        assert_eq!(scoped_prefix(c, "0123456789abcdef/"), None);
+        assert_eq!(scoped_prefix(c, "cdf818194e3a8c321"), None);
+    }
 
     fn head(size: u64, sha: Option<String>) -> ObjectHead {
         ObjectHead {

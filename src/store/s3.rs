@@ -96,6 +96,8 @@ pub struct S3Store {
     sse: Option<SseMode>,
     sse_kms_key_id: Option<String>,
     object_lock: Option<ObjectLockConfig>,
+    /// Set by [`super::Store::scoped_to_cluster`]: listings see only `<cluster_id>/` keys.
+    pub(super) cluster_scope: Option<String>,
 }
 
 /// Converts an SDK timestamp to chrono (the epoch when out of range).
@@ -222,6 +224,7 @@ impl S3Store {
             sse: cfg.sse,
             sse_kms_key_id: cfg.sse_kms_key_id.clone(),
             object_lock: cfg.object_lock.clone(),
+            cluster_scope: None,
         })
     }
 
