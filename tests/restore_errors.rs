@@ -84,6 +84,13 @@ async fn changed_value_is_refused_after_the_copy_started() {
     };
     let (msg, _) = fails(a, d.path()).await;
     assert!(msg.contains("sha256 trailer does not match"), "{msg}");
+    // A flag error found before the copy (a name not in --initial-cluster): the changed file
+    // is still reported as changed, as its checks had not run yet.
+    let mut a = args(&bad, &d.path().join("out"));
+    a.name = Some("c".into());
+    let (msg, code) = fails(a, d.path()).await;
+    assert!(msg.contains("sha256 trailer does not match"), "{msg}");
+    assert_eq!(code, 1);
 }
 
 /// The root page of the `key` bucket with an impossible element count and a trailer

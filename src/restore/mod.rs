@@ -267,26 +267,23 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()>
     };
     let mut info = match read_snapshot_info(&src_path, src_len, bump) {
         Ok(i) => i,
-        Err(e) => {
-            // A raw file not checked yet: its own checks explain a bad db best.
-            tokio::task::spawn_blocking(move || {
-                let mut s = snapshot;
-                s.run_deferred_checks()
-            })
-            .await
-            .expect("check thread")?;
-            return Err(e);
-        }
+        Err(e) => return Err(checks_first(snapshot, e).await),
     };
     info.pitr = pitr_plan.as_ref().map(|(_, p)| PitrReport {
         plan: p.clone(),
         applied: None,
     });
-    info.warnings = version_warnings(&args, manifest.as_ref(), &info)?;
+    info.warnings = match version_warnings(&args, manifest.as_ref(), &info) {
+        Ok(w) => w,
+        Err(e) => return Err(checks_first(snapshot, e).await),
+    };
     for w in &info.warnings {
         eprintln!("warning: {w}");
     }
-    let plan = make_plan(&args, manifest.as_ref(), &info.members)?;
+    let plan = match make_plan(&args, manifest.as_ref(), &info.members) {
+        Ok(p) => p,
+        Err(e) => return Err(checks_first(snapshot, e).await),
+    };
     if args.dry_run {
         print_report(&args, &plan, &spec, None, &info, manifest.as_ref(), true);
         return Ok(());
@@ -771,6 +768,23 @@ async fn acquire_snapshot(
             };
             Ok(acquire::acquire(src, &opts).await?)
         }
+    }
+}
+
+/// `e`, an error found before the copy, unless `snapshot`'s deferred checks (a raw file's
+/// bbolt walk and trailer hash, not run yet) fail: then theirs, as a bad db is explained best
+/// by its own checks (a changed file is reported as changed, not as, say, a membership
+/// error). A snapshot already checked returns `e` at once.
+async fn checks_first(snapshot: acquire::Acquired, e: RestoreError) -> RestoreError {
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut s = snapshot;
+        s.run_deferred_checks()
+    })
+    .await
+    .expect("check thread");
+    match checked {
+        Err(c) => c.into(),
+        Ok(()) => e,
     }
 }
 
