@@ -503,9 +503,35 @@ const PUSH_JOB: &str = "etcd-lifeboat-backup";
 const PUSH_UNKNOWN_CLUSTER: &str = "unknown";
 
 /// `list`: the backups in the one order of truth, with a NOTE column (future-dated, Object
-/// Lock retain-until), then a BROKEN section naming each broken manifest and why.
+/// Lock retain-until) and, when the store holds backups of several etcd cluster IDs, a
+/// CLUSTER ID column first; then a BROKEN section naming each broken manifest and why.
 fn catalog_table(cat: &manifest::Catalog) -> String {
-    let mut out = table_with_notes(&cat.backups, cat.now, |m| catalog_note(cat, m));
+    let ids: std::collections::BTreeSet<&str> =
+        cat.backups.iter().map(|m| m.cluster_id.as_str()).collect();
+    let mut out = if ids.len() > 1 {
+        // Several etcd clusters in one store (e.g. a restored cluster with a new ID backing
+        // up into the old store): say whose each backup is, and how to pick one.
+        let mut header = vec!["CLUSTER ID"];
+        header.extend(TABLE_HEADER);
+        let rows = cat
+            .backups
+            .iter()
+            .map(|m| {
+                let mut row = vec![m.cluster_id.clone()];
+                row.extend(manifest_row(m, cat.now, catalog_note(cat, m)));
+                row
+            })
+            .collect();
+        render_table(&header, rows)
+            + &format!(
+                "
+backups of {} etcd clusters; --cluster <cluster-id> selects one
+",
+                ids.len()
+            )
+    } else {
+        table_with_notes(&cat.backups, cat.now, |m| catalog_note(cat, m))
+    };
     if !cat.broken.is_empty() {
         out += &format!(
             "\nBROKEN ({} manifests not trusted; prune leaves them, verify --all fails on them):\n",

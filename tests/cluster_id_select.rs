@@ -80,6 +80,23 @@ fn unnamed_config_selects_backups_by_etcd_cluster_id() {
         3,
         "without --cluster: every backup"
     );
+    // The table says whose each backup is, and how to pick one.
+    let table = ok(&cfg_a, &["list"]);
+    assert!(table.starts_with("CLUSTER ID"), "{table}");
+    for m in [&a1, &a2, &b1] {
+        let id = m["id"].as_str().unwrap();
+        let line = table.lines().find(|l| l.contains(id)).expect(id);
+        assert!(
+            line.starts_with(m["cluster_id"].as_str().unwrap()),
+            "{table}"
+        );
+    }
+    assert!(
+        table.contains("backups of 2 etcd clusters; --cluster <cluster-id> selects one"),
+        "{table}"
+    );
+    let one = ok(&cfg_a, &["list", "--cluster", &id_b]);
+    assert!(one.starts_with("ID "), "{one}");
 
     // list: one cluster's backups each.
     assert_eq!(ids(&cfg_a, &id_a).len(), 2);
