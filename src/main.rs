@@ -524,9 +524,7 @@ fn catalog_table(cat: &manifest::Catalog) -> String {
             .collect();
         render_table(&header, rows)
             + &format!(
-                "
-backups of {} etcd clusters; --cluster <cluster-id> selects one
-",
+                "\nbackups of {} etcd clusters; --cluster <cluster-id> selects one\n",
                 ids.len()
             )
     } else {
