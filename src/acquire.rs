@@ -123,7 +123,7 @@ pub struct Acquired {
     pub input: Option<InputCheck>,
     /// Holds the temp file's directory (removed on drop).
     _work: Option<WorkDir>,
-    /// The trailer rule still to apply ([`AcquireOptions::defer_raw_hash`]).
+    /// The trailer rule still to apply ([`AcquireOptions::defer_raw_checks`]).
     deferred: Option<TrailerRule>,
 }
 

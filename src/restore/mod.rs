@@ -265,22 +265,21 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()>
         }
         _ => (snapshot.path.clone(), snapshot.db_len, None),
     };
-    let mut info = match read_snapshot_info(&src_path, src_len, bump) {
-        Ok(i) => i,
-        Err(e) => return Err(checks_first(snapshot, e).await),
-    };
-    info.pitr = pitr_plan.as_ref().map(|(_, p)| PitrReport {
-        plan: p.clone(),
-        applied: None,
-    });
-    info.warnings = match version_warnings(&args, manifest.as_ref(), &info) {
-        Ok(w) => w,
-        Err(e) => return Err(checks_first(snapshot, e).await),
-    };
-    for w in &info.warnings {
-        eprintln!("warning: {w}");
-    }
-    let plan = match make_plan(&args, manifest.as_ref(), &info.members) {
+    // Everything decided before the copy; its errors go through `checks_first`.
+    let planned = (|| -> Result<_> {
+        let mut info = read_snapshot_info(&src_path, src_len, bump)?;
+        info.pitr = pitr_plan.as_ref().map(|(_, p)| PitrReport {
+            plan: p.clone(),
+            applied: None,
+        });
+        info.warnings = version_warnings(&args, manifest.as_ref(), &info)?;
+        for w in &info.warnings {
+            eprintln!("warning: {w}");
+        }
+        let plan = make_plan(&args, manifest.as_ref(), &info.members)?;
+        Ok((info, plan))
+    })();
+    let (mut info, plan) = match planned {
         Ok(p) => p,
         Err(e) => return Err(checks_first(snapshot, e).await),
     };

@@ -372,13 +372,21 @@ impl Store {
     /// Where the store is: `"local:/var/lib/etcd-lifeboat"` or `"s3://bucket/prefix"`, with
     /// ` (cluster <cluster_id>)` when [scoped](Store::scoped_to_cluster).
     pub fn describe(&self) -> String {
-        let (place, scope) = match self {
-            Store::Local(s) => (s.describe(), &s.cluster_scope),
-            Store::S3(s) => (s.describe(), &s.cluster_scope),
+        let place = match self {
+            Store::Local(s) => s.describe(),
+            Store::S3(s) => s.describe(),
         };
-        match scope {
+        match self.cluster_scope() {
             Some(c) => format!("{place} (cluster {c})"),
             None => place,
+        }
+    }
+
+    /// The cluster ID set by [`Store::scoped_to_cluster`], if any.
+    fn cluster_scope(&self) -> Option<&str> {
+        match self {
+            Store::Local(s) => s.cluster_scope.as_deref(),
+            Store::S3(s) => s.cluster_scope.as_deref(),
         }
     }
 
@@ -631,11 +639,7 @@ impl Store {
     ///
     /// Errors: backend errors; a missing local directory lists as empty.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        let scope = match self {
-            Store::Local(s) => s.cluster_scope.as_deref(),
-            Store::S3(s) => s.cluster_scope.as_deref(),
-        };
-        let Some(prefix) = scoped_prefix(scope, prefix) else {
+        let Some(prefix) = scoped_prefix(self.cluster_scope(), prefix) else {
             return Ok(Vec::new());
         };
         let mut v = match self {
