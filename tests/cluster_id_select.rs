@@ -8,7 +8,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::common::{files_under, lifeboat, lifeboat_ok, list_json, Etcd, EtcdOpts};
+use crate::common::{
+    files_under, lifeboat, lifeboat_ok, list_json, run_with_config, Etcd, EtcdOpts,
+};
 
 /// `etcd-lifeboat --config CFG ARGS...`, which must succeed: its stdout.
 fn ok(cfg: &Path, args: &[&str]) -> String {
@@ -18,17 +20,9 @@ fn ok(cfg: &Path, args: &[&str]) -> String {
 
 /// `etcd-lifeboat --config CFG ARGS...`, which must fail: (exit code, stderr).
 fn fails(cfg: &Path, args: &[&str]) -> (i32, String) {
-    let out = lifeboat()
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{args:?} succeeded");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, stderr) = run_with_config(cfg, args);
+    assert_ne!(code, 0, "{args:?} succeeded");
+    (code, stderr)
 }
 
 /// `list --cluster ID -o json`: the ids of the backups listed.

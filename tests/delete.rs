@@ -18,25 +18,10 @@ fn json(out: &[u8]) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
-/// Runs the binary with `--config cfg` and `args`; (exit code, stdout, stderr).
-fn run(cfg: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = lifeboat()
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// One backup after a write (so each has its own revision); returns its manifest.
 fn backup(etcd: &Etcd, cfg: &Path, n: usize) -> Value {
     etcd.etcdctl_ok(&["put", &format!("/registry/k{n}"), "v"]);
-    let (code, out, err) = run(cfg, &["backup", "--no-progress", "-o", "json"]);
+    let (code, out, err) = run_with_config(cfg, &["backup", "--no-progress", "-o", "json"]);
     assert_eq!(code, 0, "backup: {err}");
     json(out.as_bytes())
 }
@@ -57,7 +42,7 @@ fn own_keys(m: &Value) -> Vec<String> {
 }
 
 fn listed_ids(cfg: &Path) -> Vec<String> {
-    let (code, out, err) = run(cfg, &["list", "-o", "json"]);
+    let (code, out, err) = run_with_config(cfg, &["list", "-o", "json"]);
     assert_eq!(code, 0, "list: {err}");
     json(out.as_bytes())
         .as_array()
@@ -105,7 +90,7 @@ fn delete_on_the_local_store() {
     }
 
     // The newest backup needs --force.
-    let (code, _, err) = run(&cfg, &["delete", &id(2)]);
+    let (code, _, err) = run_with_config(&cfg, &["delete", &id(2)]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("newest backup") && err.contains("--force"),
@@ -114,7 +99,7 @@ fn delete_on_the_local_store() {
     assert_eq!(keys(&storage), before);
 
     // An unknown id among known ones: exit 1 naming it, nothing deleted.
-    let (code, _, err) = run(
+    let (code, _, err) = run_with_config(
         &cfg,
         &["delete", &id(0), "20200101T000000Z-r0000000000000001"],
     );
@@ -124,20 +109,20 @@ fn delete_on_the_local_store() {
     assert_eq!(keys(&storage), before);
 
     // Prefixes are not ids (delete is exact).
-    let (code, _, err) = run(&cfg, &["delete", &id(0)[..8]]);
+    let (code, _, err) = run_with_config(&cfg, &["delete", &id(0)[..8]]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(keys(&storage), before);
 
     // Ids that are not key segments are rejected before the store is read.
     for bad in ["../x", "a/b/c", ".hidden", "x\\y"] {
-        let (code, _, err) = run(&cfg, &["delete", bad]);
+        let (code, _, err) = run_with_config(&cfg, &["delete", bad]);
         assert_eq!(code, 1, "{bad}: {err}");
         assert!(err.contains("is not a backup id"), "{bad}: {err}");
     }
     assert_eq!(keys(&storage), before);
 
     // --dry-run names the objects and deletes nothing.
-    let (code, out, err) = run(&cfg, &["delete", &id(0), &id(1), "--dry-run"]);
+    let (code, out, err) = run_with_config(&cfg, &["delete", &id(0), &id(1), "--dry-run"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("would delete {}", id(0))), "{out}");
     assert!(out.contains("nothing was deleted"), "{out}");
@@ -148,7 +133,7 @@ fn delete_on_the_local_store() {
 
     // A real delete of the oldest, written CLUSTER_ID/ID: its three objects go, nothing else.
     let qualified = format!("{}/{}", ms[0]["cluster_id"].as_str().unwrap(), id(0));
-    let (code, out, err) = run(&cfg, &["delete", &qualified, "-o", "json"]);
+    let (code, out, err) = run_with_config(&cfg, &["delete", &qualified, "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let plan = json(out.as_bytes());
     assert_eq!(plan["dry_run"], false, "{plan}");
@@ -161,7 +146,7 @@ fn delete_on_the_local_store() {
     assert_eq!(listed_ids(&cfg), [id(2), id(1)]);
 
     // Deleting it again: unknown now.
-    let (code, _, err) = run(&cfg, &["delete", &id(0)]);
+    let (code, _, err) = run_with_config(&cfg, &["delete", &id(0)]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&id(0)), "{err}");
 
@@ -179,13 +164,13 @@ fn delete_on_the_local_store() {
     )
     .unwrap();
     let with_broken = keys(&storage);
-    let (code, _, err) = run(&cfg, &["delete", broken_id]);
+    let (code, _, err) = run_with_config(&cfg, &["delete", broken_id]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("is broken"), "{err}");
     assert_eq!(keys(&storage), with_broken);
 
     // --force deletes the newest too; both remaining backups at once.
-    let (code, out, err) = run(&cfg, &["delete", &id(2), &id(1), "--force"]);
+    let (code, out, err) = run_with_config(&cfg, &["delete", &id(2), &id(1), "--force"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("2 backups deleted"), "{out}");
     let left = keys(&storage);
@@ -212,15 +197,15 @@ fn delete_on_s3_and_object_lock() {
     let before = keys(&storage);
     assert_eq!(before.len(), 6, "{before:?}");
 
-    let (code, _, err) = run(&cfg, &["delete", &id(2)]);
+    let (code, _, err) = run_with_config(&cfg, &["delete", &id(2)]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("newest backup"), "{err}");
-    let (code, out, err) = run(&cfg, &["delete", &id(0), "--dry-run"]);
+    let (code, out, err) = run_with_config(&cfg, &["delete", &id(0), "--dry-run"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("would delete {}", id(0))), "{out}");
     assert_eq!(keys(&storage), before);
 
-    let (code, out, err) = run(&cfg, &["delete", &id(0), &id(1)]);
+    let (code, out, err) = run_with_config(&cfg, &["delete", &id(0), &id(1)]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("2 backups deleted"), "{out}");
     assert_eq!(
@@ -246,7 +231,7 @@ fn delete_on_s3_and_object_lock() {
     let before = keys(&locked);
     assert_eq!(before.len(), 4, "{before:?}");
     let old = ls[0]["id"].as_str().unwrap();
-    let (code, _, err) = run(&cfg, &["delete", old]);
+    let (code, _, err) = run_with_config(&cfg, &["delete", old]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!("backup {old} was not deleted, nor any other"))
@@ -255,7 +240,7 @@ fn delete_on_s3_and_object_lock() {
     );
     assert_eq!(keys(&locked), before);
     // --force does not get around Object Lock either.
-    let (code, _, err) = run(&cfg, &["delete", old, "--force"]);
+    let (code, _, err) = run_with_config(&cfg, &["delete", old, "--force"]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(keys(&locked), before);
 
@@ -280,7 +265,7 @@ fn delete_on_s3_and_object_lock() {
             .await
             .unwrap();
     });
-    let (code, _, err) = run(&cfg, &["delete", old]);
+    let (code, _, err) = run_with_config(&cfg, &["delete", old]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!("refused to delete {data_key} of backup {old}"))

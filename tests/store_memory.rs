@@ -1,11 +1,11 @@
 //! Uploads are bounded in memory: a large object streamed through [`Upload::write`] raises the
 //! process's peak RSS by about two parts (S3) or a few MiB (local), whatever its size. The
-//! measurement runs in a child process of the test binary (the test re-runs itself with
-//! [`CHILD_ENV`] set), so that no other test of the binary moves the peak. Prints throughput
-//! figures.
+//! measurement runs in a child process of the test binary (`common::in_own_process`), so that
+//! no other test of the binary moves the peak. Prints throughput figures.
 
 #![allow(clippy::field_reassign_with_default)]
 
+use crate::common::in_own_process;
 use crate::s3h;
 
 use std::time::Instant;
@@ -61,33 +61,10 @@ async fn stream_through(store: &Store, total: usize) -> (u64, f64) {
     (peak_rss().saturating_sub(before), up)
 }
 
-/// Set in the child process that does the measuring.
-const CHILD_ENV: &str = "LIFEBOAT_STORE_MEMORY_CHILD";
-
-#[test]
-fn uploads_use_bounded_memory() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "store_memory::uploads_use_bounded_memory_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success() && stderr.contains("s3 (moto):"),
-        "the measuring child failed: {out:?}"
-    );
-}
-
-/// The measurement itself; does nothing unless [`CHILD_ENV`] is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_use_bounded_memory_child() {
-    if std::env::var_os(CHILD_ENV).is_none() {
+async fn uploads_use_bounded_memory() {
+    // Alone in a child process: no other test of the binary may move the peak.
+    if !in_own_process(module_path!(), "uploads_use_bounded_memory") {
         return;
     }
     let total = 160 * MIB;

@@ -625,6 +625,22 @@ pub fn lifeboat() -> assert_cmd::Command {
     cmd
 }
 
+/// `etcd-lifeboat --config CFG ARGS...` ([`lifeboat`]), whatever its exit: (exit code, -1 when
+/// killed by a signal; stdout; stderr).
+pub fn run_with_config(cfg: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = lifeboat()
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs `cmd` (usually [`lifeboat`] with its arguments) and returns its output; panics with
 /// the command, exit status, stdout and stderr unless it exited 0.
 pub fn lifeboat_ok(cmd: &mut assert_cmd::Command) -> Output {

@@ -255,7 +255,6 @@ impl Drop for S3Server {
 
 /// Deterministic pseudo-random bytes (xorshift; incompressible, so sizes are real), distinct
 /// per seed.
-#[allow(dead_code)]
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
