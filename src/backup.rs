@@ -44,7 +44,11 @@ use crate::store::{ChunkWriter, ObjectKey, Store, StoreError};
 use crate::workdir::{self, WorkDir, WorkDirError};
 
 /// Chunks of the raw stream in flight between the gRPC reader and the writer thread.
-const RAW_CHANNEL_CHUNKS: usize = 64;
+const RAW_CHANNEL_CHUNKS: usize = 2;
+/// Size of the raw chunks handed to the writer thread, in bytes: etcd's stream messages (32 KiB
+/// each) are gathered into chunks of this size, so the writer and its copy thread pass fewer,
+/// bigger buffers and no byte is copied between them.
+const RAW_CHUNK_BYTES: usize = 1024 * 1024;
 /// Compressed chunks in flight between the compressor and the uploader.
 const STORED_CHANNEL_CHUNKS: usize = 8;
 /// Size of the compressed chunks handed to the uploader, in bytes.
@@ -466,7 +470,7 @@ pub async fn run_backup_from_data_dir(
         })?,
         None => Sink::Plain,
     };
-    let input = db
+    let mut input = db
         .locked
         .try_clone()
         .map_err(|e| BackupError::DataDir {
@@ -481,7 +485,8 @@ pub async fn run_backup_from_data_dir(
     let (stored_tx, mut stored_rx) = mpsc::channel::<Vec<u8>>(STORED_CHANNEL_CHUNKS);
     let (level, threads) = (cfg.compression.level, zstd_threads(cfg));
     let writer = tokio::task::spawn_blocking(move || {
-        write_stored(input, None, sink, level, threads, stored_tx)
+        let next = || read_chunk(&mut input, RAW_CHUNK_BYTES);
+        write_stored(next, None, sink, level, threads, stored_tx)
     });
     let uploaded = tokio::select! {
         r = upload_chunks(&mut stored_rx, &mut upload, store) => r,
@@ -996,13 +1001,11 @@ async fn stream_snapshot(
     // Writer thread: temp file, trailer hash, compression, encryption. Blocking I/O and CPU
     // stay off the async runtime.
     let writer = tokio::task::spawn_blocking(move || {
-        let input = ChannelReader {
-            rx: raw_rx,
-            cur: Vec::new(),
-            pos: 0,
-        };
-        let copy = BufWriter::with_capacity(1 << 20, file);
-        write_stored(input, Some(copy), sink, level, threads, stored_tx)
+        let mut raw_rx = raw_rx;
+        // An empty chunk ends the input: the receiver never sends one.
+        let next = || Ok(raw_rx.blocking_recv().unwrap_or_default());
+        let copy = BufWriter::with_capacity(RAW_CHUNK_BYTES, file);
+        write_stored(next, Some(copy), sink, level, threads, stored_tx)
     });
 
     let progress = Progress::bytes(opts.progress, "snapshot", Some(status.db_size));
@@ -1012,6 +1015,7 @@ async fn stream_snapshot(
             fatal: None,
         })?;
         let idle = cfg.etcd.request_timeout.max(Duration::from_secs(10));
+        let mut chunk = Vec::with_capacity(RAW_CHUNK_BYTES);
         loop {
             let msg = tokio::select! {
                 _ = opts.cancel.cancelled() => return Err(BackupError::Cancelled.into()),
@@ -1035,13 +1039,24 @@ async fn stream_snapshot(
                 }
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(resp))) => {
-                    progress.inc(resp.blob().len() as u64);
-                    if raw_tx.send(resp.blob().to_vec()).await.is_err() {
-                        // The writer thread stopped: its error is reported below.
-                        break;
+                    let blob = resp.blob();
+                    progress.inc(blob.len() as u64);
+                    // Sent before it would outgrow its capacity: no reallocation, no copy.
+                    if !chunk.is_empty() && chunk.len() + blob.len() > RAW_CHUNK_BYTES {
+                        let full =
+                            std::mem::replace(&mut chunk, Vec::with_capacity(RAW_CHUNK_BYTES));
+                        if raw_tx.send(full).await.is_err() {
+                            // The writer thread stopped: its error is reported below.
+                            break;
+                        }
                     }
+                    chunk.extend_from_slice(blob);
                 }
             }
+        }
+        if !chunk.is_empty() {
+            // An error here means the writer thread stopped; it is reported below.
+            let _ = raw_tx.send(chunk).await;
         }
         drop(raw_tx);
         Ok::<(), AttemptError>(())
@@ -1087,41 +1102,17 @@ async fn upload_chunks(
     Ok(())
 }
 
-/// The raw snapshot stream's chunks (from the gRPC receiver) as a blocking `Read`.
-struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.blocking_recv() {
-                Some(c) => {
-                    self.cur = c;
-                    self.pos = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// The stored object's pipeline, whatever the input (a snapshot stream, a data dir's db):
-/// reads `input` to its end in 1 MiB chunks; a second thread copies each chunk to `copy`
-/// (the temp file to verify, when given) and feeds the trailer hasher, while this one
+/// takes the input's chunks from `next` until it returns an empty one (chunks of up to
+/// [`RAW_CHUNK_BYTES`]; a bigger one only costs memory); a second thread copies each chunk to
+/// `copy` (the temp file to verify, when given) and feeds the trailer hasher, while this one
 /// compresses (zstd `level`, `threads` workers), encrypts (`sink`) and hands the result to the
 /// uploader through `stored_tx`. The two halves cost about the same per byte, so on two
 /// cores the stream is not held up by one of them (at most [`SIDE_CHUNKS`] MiB between them).
 /// Blocking: run it on a blocking thread. Errors: reading the input, writing the copy (reported
 /// first: a full temp disk explains a stopped pipeline), or the uploader having stopped.
-fn write_stored<R: Read>(
-    mut input: R,
+fn write_stored(
+    mut next: impl FnMut() -> std::io::Result<Vec<u8>>,
     copy: Option<BufWriter<std::fs::File>>,
     sink: Sink,
     level: i32,
@@ -1142,7 +1133,7 @@ fn write_stored<R: Read>(
         let side = s.spawn(move || copy_and_hash(side_rx, copy));
         let compressed = (|| {
             loop {
-                let chunk = read_chunk(&mut input, 1 << 20)?;
+                let chunk = next()?;
                 if chunk.is_empty() {
                     break;
                 }
