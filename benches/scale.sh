@@ -11,6 +11,8 @@
 #            backup (local store; S3 too when S3_ENDPOINT is set, see benches/s3-garage.sh)
 #   verify:  etcd-lifeboat verify latest (local store; S3 too)
 #   restore --from-store (local store; S3 too)
+# The commands compared with each other run in rounds (RUNS rounds, each tool once per round, in
+# the order above), and each row is the median of its RUNS runs.
 # Restored dirs, saved snapshots and stores are deleted after each measurement.
 #
 # Usage: benches/scale.sh              (from anywhere; builds the release binary)
@@ -108,32 +110,46 @@ cpu_s() {
   [[ -n ${1:-} ]] && awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
-# measure DB OP TOOL CMD...: runs CMD under GNU time RUNS times (page cache as the previous
-# step left it), records "db op tool wall_s rss_mib" (median wall, max RSS) in RESULTS, and
-# logs each run's CPU seconds: the command's own, etcd's and the S3 server's (GARAGE_PID).
-# PRE (a shell snippet) runs before each run, untimed.
-measure() {
-  local db=$1 op=$2 tool=$3; shift 3
-  local walls=() rss=0 r w m u s e0 g0
+# Measurements run in groups: `add TOOL PRE CMD...` queues a command (PRE: a shell snippet run
+# before each of its runs, untimed), `run_group DB OP` runs the queue RUNS times in rounds (each
+# round runs every queued command once, in order), so that a drift of the machine (page cache,
+# the disk's pending discards, other load) falls on every tool of a comparison alike. Each run
+# is timed with GNU time (page cache as the previous step left it) and logged with its CPU
+# seconds: the command's own, etcd's and the S3 server's (GARAGE_PID). Per tool, RESULTS gets
+# "db op tool wall_s rss_mib" (median wall, max RSS).
+G_TOOLS=() G_PRES=() G_CMDS=()
+add() { # TOOL PRE CMD...
+  G_TOOLS+=("$1"); G_PRES+=("$2"); shift 2
+  G_CMDS+=("$(printf '%q ' "$@")")
+}
+run_group() { # DB OP
+  local db=$1 op=$2 n=${#G_TOOLS[@]} r i w m u s e0 g0
+  local -a walls rss
   for r in $(seq "$RUNS"); do
-    [[ -n ${PRE:-} ]] && eval "$PRE"
-    e0=$(cpu_s "$ETCD_PID"); g0=$(cpu_s "${GARAGE_PID:-}")
-    if ! /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.txt" "$@" >"$WORK/cmd.log" 2>&1; then
-      echo "$tool failed:" >&2; tail -20 "$WORK/cmd.log" >&2; exit 1
-    fi
-    read -r w m u s <"$WORK/time.txt"
-    log "  run $r: ${w} s, CPU s: own $(echo "$u + $s" | bc), etcd $(echo "$(cpu_s "$ETCD_PID") - $e0" | bc), S3 server $(echo "$(cpu_s "${GARAGE_PID:-}") - $g0" | bc); load $(cut -d' ' -f1 /proc/loadavg)"
-    walls+=("$w"); ((m > rss)) && rss=$m
+    for ((i = 0; i < n; i++)); do
+      [[ -n ${G_PRES[i]} ]] && eval "${G_PRES[i]}"
+      e0=$(cpu_s "$ETCD_PID"); g0=$(cpu_s "${GARAGE_PID:-}")
+      if ! eval "/usr/bin/time -f '%e %M %U %S' -o '$WORK/time.txt' ${G_CMDS[i]}" >"$WORK/cmd.log" 2>&1; then
+        echo "${G_TOOLS[i]} failed:" >&2; tail -20 "$WORK/cmd.log" >&2; exit 1
+      fi
+      read -r w m u s <"$WORK/time.txt"
+      log "  round $r, ${G_TOOLS[i]}: ${w} s, CPU s: own $(echo "$u + $s" | bc), etcd $(echo "$(cpu_s "$ETCD_PID") - $e0" | bc), S3 server $(echo "$(cpu_s "${GARAGE_PID:-}") - $g0" | bc); load $(cut -d' ' -f1 /proc/loadavg)"
+      walls[i]="${walls[i]:-} $w"
+      ((m > ${rss[i]:-0})) && rss[i]=$m
+    done
   done
-  w=$(printf '%s\n' "${walls[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  printf '%s\t%s\t%s\t%s\t%.0f\n' "$db" "$op" "$tool" "$w" "$((rss / 1024))" >>"$RESULTS"
-  log "$db $op $tool: ${w} s, $((rss / 1024)) MiB"
+  for ((i = 0; i < n; i++)); do
+    w=$(printf '%s\n' ${walls[i]} | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    printf '%s\t%s\t%s\t%s\t%.0f\n' "$db" "$op" "${G_TOOLS[i]}" "$w" "$((rss[i] / 1024))" >>"$RESULTS"
+    log "$db $op ${G_TOOLS[i]}: ${w} s (median of $RUNS), $((rss[i] / 1024)) MiB"
+  done
+  G_TOOLS=() G_PRES=() G_CMDS=()
 }
 
-# config STORE_DIR CLIENT_PORT [S3_PART_MIB]: a config file for the member; S3 when a part size
-# is given.
+# config STORE_DIR CLIENT_PORT [S3_PART_MIB] [LEVEL]: a config file for the member; S3 when a part
+# size is given; one file per part size and level (all of a group's files exist at once).
 config() {
-  local f=$WORK/run/lifeboat-${3:-local}.yaml
+  local f=$WORK/run/lifeboat-${3:-local}${4:+-level$4}.yaml
   {
     printf 'etcd:\n  endpoints: ["http://127.0.0.1:%s"]\n  dial_timeout: 5s\n  request_timeout: 60s\n' "$2"
     if [[ -n ${3:-} ]]; then
@@ -158,38 +174,42 @@ bench_db() { # SNAPSHOT LABEL
   log "== $db: $(stat -c %s "$snap") bytes"
   cat "$snap" >/dev/null 2>&1 || true # same page-cache start for every tool
   if has status; then
-    measure "$db" status "etcdctl snapshot status" "$ETCDCTL" snapshot status "$snap"
-    measure "$db" status "etcd-lifeboat status --skip-hash-check" "$LIFEBOAT" status --skip-hash-check "$snap"
-    measure "$db" status "etcd-lifeboat status (sha256 too)" "$LIFEBOAT" status "$snap"
+    add "etcdctl snapshot status" "" "$ETCDCTL" snapshot status "$snap"
+    add "etcd-lifeboat status --skip-hash-check" "" "$LIFEBOAT" status --skip-hash-check "$snap"
+    add "etcd-lifeboat status (sha256 too)" "" "$LIFEBOAT" status "$snap"
+    run_group "$db" status
   fi
   local pp cp
   pp=$(port); cp=$(port)
   local ic=(--name bench --initial-cluster "bench=http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp")
   if has restore; then
-  PRE="rm -rf $run/u; sync" measure "$db" restore "etcdutl snapshot restore" "$ETCDUTL" snapshot restore "$snap" --data-dir "$run/u" "${ic[@]}"
-  rm -rf "$run/u"
-  PRE="rm -f $run/cp.db; sync" measure "$db" restore "cp + fsync (floor)" sh -c "cp '$snap' '$run/cp.db' && sync '$run/cp.db'"
-  rm -f "$run/cp.db"
-  PRE="rm -rf $run/o; sync" measure "$db" restore "etcd-lifeboat restore" "$LIFEBOAT" restore --snapshot "$snap" --data-dir "$run/o" "${ic[@]}"
-  rm -rf "$run/o"
+    add "etcdutl snapshot restore" "rm -rf $run/u; sync" "$ETCDUTL" snapshot restore "$snap" --data-dir "$run/u" "${ic[@]}"
+    add "cp + fsync (floor)" "rm -f $run/cp.db; sync" sh -c "cp '$snap' '$run/cp.db' && sync '$run/cp.db'"
+    add "etcd-lifeboat restore" "rm -rf $run/o; sync" "$LIFEBOAT" restore --snapshot "$snap" --data-dir "$run/o" "${ic[@]}"
+    run_group "$db" restore
+    rm -rf "$run/u" "$run/cp.db" "$run/o"
   fi
   if has local && { has backup || has verify; }; then
     "$LIFEBOAT" restore --snapshot "$snap" --data-dir "$run/o" "${ic[@]}" >/dev/null 2>&1
     start_etcd "$run/o" bench "$pp" "$cp"
-    PRE="rm -f $run/save.db; sync" measure "$db" backup "etcdctl snapshot save" "$ETCDCTL" --endpoints="http://127.0.0.1:$cp" snapshot save "$run/save.db"
-    rm -f "$run/save.db"
+    add "etcdctl snapshot save" "rm -f $run/save.db; rm -rf $run/store; sync" "$ETCDCTL" --endpoints="http://127.0.0.1:$cp" snapshot save "$run/save.db"
     local cfg lv label
-    # One row per zstd level in LEVELS; verify and restore below read the last one's backup.
+    # One row per zstd level in LEVELS; verify and restore below read the last one's backup
+    # (the last command of the last round).
     for lv in ${LEVELS:-3}; do
-      cfg=$(LEVEL=$lv config "$run/store" "$cp")
+      cfg=$(LEVEL=$lv config "$run/store" "$cp" "" "$lv")
       label="etcd-lifeboat backup, local store"; [[ $lv != 3 ]] && label+=", zstd level $lv"
-      PRE="rm -rf $run/store; sync" measure "$db" backup "$label" "$LIFEBOAT" --config "$cfg" backup --no-progress
+      add "$label" "rm -f $run/save.db; rm -rf $run/store; sync" "$LIFEBOAT" --config "$cfg" backup --no-progress
     done
+    run_group "$db" backup
+    rm -f "$run/save.db"
     stop_etcd
     rm -rf "$run/o"
     if has verify; then
-      PRE="sync" measure "$db" verify "etcd-lifeboat verify, local store" "$LIFEBOAT" --config "$cfg" verify latest
-      PRE="rm -rf $run/o; sync" measure "$db" restore "etcd-lifeboat restore --from-store, local" "$LIFEBOAT" --config "$cfg" restore --from-store latest --data-dir "$run/o" "${ic[@]}"
+      add "etcd-lifeboat verify, local store" "sync" "$LIFEBOAT" --config "$cfg" verify latest
+      run_group "$db" verify
+      add "etcd-lifeboat restore --from-store, local" "rm -rf $run/o; sync" "$LIFEBOAT" --config "$cfg" restore --from-store latest --data-dir "$run/o" "${ic[@]}"
+      run_group "$db" restore
       rm -rf "$run/o"
     fi
     rm -rf "$run/store"
@@ -199,18 +219,21 @@ bench_db() { # SNAPSHOT LABEL
       "$LIFEBOAT" restore --snapshot "$snap" --data-dir "$run/o" "${ic[@]}" >/dev/null 2>&1
       start_etcd "$run/o" bench "$pp" "$cp"
       if ! has local; then
-        PRE="rm -f $run/save.db; sync" measure "$db" backup "etcdctl snapshot save" "$ETCDCTL" --endpoints="http://127.0.0.1:$cp" snapshot save "$run/save.db"
-        rm -f "$run/save.db"
+        add "etcdctl snapshot save" "rm -f $run/save.db; sync" "$ETCDCTL" --endpoints="http://127.0.0.1:$cp" snapshot save "$run/save.db"
       fi
       for ps in ${S3_PART_MIB:-8}; do
         cfg=$(config "" "$cp" "$ps")
-        measure "$db" backup "etcd-lifeboat backup, S3 part ${ps} MiB" "$LIFEBOAT" --config "$cfg" backup --no-progress
+        add "etcd-lifeboat backup, S3 part ${ps} MiB" "rm -f $run/save.db; sync" "$LIFEBOAT" --config "$cfg" backup --no-progress
       done
+      run_group "$db" backup
+      rm -f "$run/save.db"
       stop_etcd
       rm -rf "$run/o"
       if has verify; then
-        measure "$db" verify "etcd-lifeboat verify, S3" "$LIFEBOAT" --config "$cfg" verify latest
-        PRE="rm -rf $run/o; sync" measure "$db" restore "etcd-lifeboat restore --from-store, S3" "$LIFEBOAT" --config "$cfg" restore --from-store latest --data-dir "$run/o" "${ic[@]}"
+        add "etcd-lifeboat verify, S3" "" "$LIFEBOAT" --config "$cfg" verify latest
+        run_group "$db" verify
+        add "etcd-lifeboat restore --from-store, S3" "rm -rf $run/o; sync" "$LIFEBOAT" --config "$cfg" restore --from-store latest --data-dir "$run/o" "${ic[@]}"
+        run_group "$db" restore
         rm -rf "$run/o"
       fi
   fi
