@@ -132,6 +132,9 @@ async fn scenario(v: Version) {
         .unwrap();
     }
     fill(&client, 4, 1 << 20, "big/").await;
+    // Values of 23 and 130 KiB: leaf pages with 6 to 34 pages of overflow.
+    fill(&client, 40, 23 << 10, "mid/").await;
+    fill(&client, 40, 130 << 10, "mid2/").await;
     let populated = save(&etcd, tmp.path(), "populated.db", &[]);
     let s = assert_same_as_etcd(v, &populated, "populated");
     assert!(s.total_key > 33_000, "{s:?}");
