@@ -15,17 +15,19 @@
 //!   the temp files whose writer is gone and never those of a running upload, in any process.
 //!   (On NFS, Linux emulates `flock` with POSIX locks, which works between clients when the
 //!   server supports locking.)
+//! - **Past the page cache**: objects are written with `O_DIRECT` where the file system takes
+//!   it ([`super::direct::DirectWriter`]): a backup is not read back, and caching it would
+//!   evict the node's own working set.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::direct::DirectWriter;
+use super::{ObjectHead, ObjectKey, ObjectMeta, ObjectReader, StoreError};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use tokio::io::AsyncWriteExt;
-
-use super::{ObjectHead, ObjectKey, ObjectMeta, ObjectReader, StoreError};
 
 /// Mode of every file this tool creates (`rw-------`).
 pub const FILE_MODE: u32 = 0o600;
@@ -84,8 +86,10 @@ pub struct LocalStore {
 /// An upload to a temp file; see [`super::Upload`].
 #[derive(Debug)]
 pub struct LocalUpload {
-    /// Open, with the writer's exclusive lock, until finish or abort.
-    file: Option<tokio::fs::File>,
+    /// The temp file, open with the writer's exclusive lock until finish or abort, written
+    /// past the page cache where the file system allows it ([`DirectWriter`]). `None` only
+    /// while a write runs on a blocking thread (or after one was cancelled).
+    file: Option<DirectWriter>,
     key: ObjectKey,
     tmp: PathBuf,
     target: PathBuf,
@@ -279,7 +283,7 @@ impl LocalStore {
         .await
         .expect("create task panicked")?;
         Ok(LocalUpload {
-            file: Some(tokio::fs::File::from_std(file)),
+            file: Some(DirectWriter::new(file)),
             key: key.clone(),
             tmp,
             target,
@@ -539,13 +543,45 @@ fn random_suffix() -> String {
 
 impl LocalUpload {
     pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        let f = self
-            .file
-            .as_mut()
-            .expect("upload file open until finish/abort");
-        f.write_all(chunk)
-            .await
-            .map_err(|e| io_err(&self.tmp, "cannot write", e))
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let w = self.writer()?;
+            let n = w.stage(rest);
+            rest = &rest[n..];
+            if w.is_full() {
+                self.on_blocking_thread("cannot write", DirectWriter::write_stage)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn writer(&mut self) -> Result<&mut DirectWriter, StoreError> {
+        self.file.as_mut().ok_or_else(|| {
+            io_err(
+                &self.tmp,
+                "cannot write",
+                std::io::Error::other("an earlier write of this upload was interrupted"),
+            )
+        })
+    }
+
+    /// Runs `op` on the writer on a blocking thread; its error is reported as `what`.
+    async fn on_blocking_thread(
+        &mut self,
+        what: &str,
+        op: fn(&mut DirectWriter) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        self.writer()?;
+        let mut w = self.file.take().expect("checked above");
+        let (w, r) = tokio::task::spawn_blocking(move || {
+            let r = op(&mut w);
+            (w, r)
+        })
+        .await
+        .expect("write task panicked");
+        self.file = Some(w);
+        r.map_err(|e| io_err(&self.tmp, what, e))
     }
 
     /// Renames the temp file over the target (replacing it).
@@ -573,16 +609,10 @@ impl LocalUpload {
     }
 
     async fn finish_inner(&mut self, exclusive: bool) -> Result<(), StoreError> {
-        let f = self
-            .file
-            .as_mut()
-            .expect("upload file open until finish/abort");
-        f.flush()
-            .await
-            .map_err(|e| io_err(&self.tmp, "cannot write", e))?;
-        f.sync_all()
-            .await
-            .map_err(|e| io_err(&self.tmp, "cannot fsync", e))?;
+        self.on_blocking_thread("cannot write", DirectWriter::write_stage)
+            .await?;
+        self.on_blocking_thread("cannot fsync", |w| w.file().sync_all())
+            .await?;
         // The file (and its lock) stays open until the temp name is gone, so a cleaner never
         // sees an unlocked temp file of a live upload.
         if exclusive {

@@ -32,6 +32,7 @@
 //! [`manifest`].
 #![warn(missing_docs)]
 
+mod direct;
 pub mod local;
 pub mod manifest;
 pub mod retention;
