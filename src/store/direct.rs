@@ -10,11 +10,11 @@
 //! that is a multiple of 1 MiB. The last, partial stage is written after the flag is cleared
 //! (`fcntl(F_SETFL)`), so the file may have any length. A file system that refuses `O_DIRECT`
 //! (tmpfs before Linux 6.6, some FUSE and network file systems) gets buffered writes instead:
-//! the flag cannot be set, or the first direct write fails with `EINVAL`. Durability is the
-//! caller's `fsync`, as for buffered writes.
+//! the flag cannot be set, or a direct write fails (`EINVAL`), and the stage is written again
+//! through the page cache, as is everything after it. Durability is the caller's `fsync`, as
+//! for buffered writes.
 
 use std::fs::File;
-use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 
 use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
@@ -94,17 +94,16 @@ impl DirectWriter {
             return Ok(());
         }
         let staged = &self.buf[self.start..self.start + self.len];
-        if self.direct && self.len == STAGE_BYTES {
-            match self.file.write_all_at(staged, self.pos) {
-                Ok(()) => {
-                    self.pos += self.len as u64;
-                    self.len = 0;
-                    return Ok(());
-                }
-                // Direct I/O not supported after all: the same bytes again, buffered.
-                Err(e) if e.kind() == ErrorKind::InvalidInput => {}
-                Err(e) => return Err(e),
-            }
+        // On a failed direct write (EINVAL: direct I/O refused after all, or a failure of its
+        // own) the same bytes go again, buffered from here on; a real failure (ENOSPC, EIO)
+        // repeats there and is returned.
+        if self.direct
+            && self.len == STAGE_BYTES
+            && self.file.write_all_at(staged, self.pos).is_ok()
+        {
+            self.pos += self.len as u64;
+            self.len = 0;
+            return Ok(());
         }
         if self.direct {
             let fl = fcntl_getfl(&self.file)?;
