@@ -993,7 +993,7 @@ async fn stream_snapshot(
     store: &Store,
 ) -> Result<StreamResult, AttemptError> {
     let temp_dir = workdir::temp_base(cfg);
-    let (raw_tx, raw_rx) = mpsc::channel::<Vec<u8>>(RAW_CHANNEL_CHUNKS);
+    let (raw_tx, mut raw_rx) = mpsc::channel::<Vec<u8>>(RAW_CHANNEL_CHUNKS);
     let (stored_tx, mut stored_rx) = mpsc::channel::<Vec<u8>>(STORED_CHANNEL_CHUNKS);
     let level = cfg.compression.level;
     let threads = zstd_threads(cfg);
@@ -1001,7 +1001,6 @@ async fn stream_snapshot(
     // Writer thread: temp file, trailer hash, compression, encryption. Blocking I/O and CPU
     // stay off the async runtime.
     let writer = tokio::task::spawn_blocking(move || {
-        let mut raw_rx = raw_rx;
         // An empty chunk ends the input: the receiver never sends one.
         let next = || Ok(raw_rx.blocking_recv().unwrap_or_default());
         let copy = BufWriter::with_capacity(RAW_CHUNK_BYTES, file);

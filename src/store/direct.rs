@@ -97,20 +97,17 @@ impl DirectWriter {
         // On a failed direct write (EINVAL: direct I/O refused after all, or a failure of its
         // own) the same bytes go again, buffered from here on; a real failure (ENOSPC, EIO)
         // repeats there and is returned.
-        if self.direct
+        let wrote_direct = self.direct
             && self.len == STAGE_BYTES
-            && self.file.write_all_at(staged, self.pos).is_ok()
-        {
-            self.pos += self.len as u64;
-            self.len = 0;
-            return Ok(());
+            && self.file.write_all_at(staged, self.pos).is_ok();
+        if !wrote_direct {
+            if self.direct {
+                let fl = fcntl_getfl(&self.file)?;
+                fcntl_setfl(&self.file, fl - OFlags::DIRECT)?;
+                self.direct = false;
+            }
+            self.file.write_all_at(staged, self.pos)?;
         }
-        if self.direct {
-            let fl = fcntl_getfl(&self.file)?;
-            fcntl_setfl(&self.file, fl - OFlags::DIRECT)?;
-            self.direct = false;
-        }
-        self.file.write_all_at(staged, self.pos)?;
         self.pos += self.len as u64;
         self.len = 0;
         Ok(())

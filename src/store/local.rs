@@ -24,10 +24,11 @@ use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::direct::DirectWriter;
-use super::{ObjectHead, ObjectKey, ObjectMeta, ObjectReader, StoreError};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+
+use super::direct::DirectWriter;
+use super::{ObjectHead, ObjectKey, ObjectMeta, ObjectReader, StoreError};
 
 /// Mode of every file this tool creates (`rw-------`).
 pub const FILE_MODE: u32 = 0o600;
@@ -541,6 +542,15 @@ fn random_suffix() -> String {
     hex::encode(rand::random::<[u8; 8]>())
 }
 
+/// The error of an upload whose writer is gone: an earlier write was cancelled mid-way.
+fn interrupted(tmp: &Path) -> StoreError {
+    io_err(
+        tmp,
+        "cannot write",
+        std::io::Error::other("an earlier write of this upload was interrupted"),
+    )
+}
+
 impl LocalUpload {
     pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         let mut rest = chunk;
@@ -557,13 +567,8 @@ impl LocalUpload {
     }
 
     fn writer(&mut self) -> Result<&mut DirectWriter, StoreError> {
-        self.file.as_mut().ok_or_else(|| {
-            io_err(
-                &self.tmp,
-                "cannot write",
-                std::io::Error::other("an earlier write of this upload was interrupted"),
-            )
-        })
+        let tmp = &self.tmp;
+        self.file.as_mut().ok_or_else(|| interrupted(tmp))
     }
 
     /// Runs `op` on the writer on a blocking thread; its error is reported as `what`.
@@ -572,8 +577,7 @@ impl LocalUpload {
         what: &str,
         op: fn(&mut DirectWriter) -> std::io::Result<()>,
     ) -> Result<(), StoreError> {
-        self.writer()?;
-        let mut w = self.file.take().expect("checked above");
+        let mut w = self.file.take().ok_or_else(|| interrupted(&self.tmp))?;
         let (w, r) = tokio::task::spawn_blocking(move || {
             let r = op(&mut w);
             (w, r)
