@@ -25,6 +25,11 @@ use etcd_lifeboat::store::Store;
 type Ev = (i64, i64, u8, Vec<u8>);
 
 fn config(etcd: &Etcd, store: &Path, port: u16, extra: &str) -> PathBuf {
+    config_every(etcd, store, port, extra, "1s")
+}
+
+/// [`config`] with `pitr.interval: INTERVAL` (the capture's tick).
+fn config_every(etcd: &Etcd, store: &Path, port: u16, extra: &str, interval: &str) -> PathBuf {
     let mut y = etcd.config_yaml(store);
     y += extra;
     if !extra.contains("schedule:") {
@@ -32,7 +37,7 @@ fn config(etcd: &Etcd, store: &Path, port: u16, extra: &str) -> PathBuf {
         y += "schedule:\n  cron: \"0 0 1 1 *\"\n";
     }
     y += &format!(
-        "pitr:\n  enabled: true\n  interval: 1s\n  idle_interval: 2s\n\
+        "pitr:\n  enabled: true\n  interval: {interval}\n  idle_interval: 2s\n\
          http:\n  listen: \"127.0.0.1:{port}\"\n"
     );
     let p = etcd.dir.path().join(format!("daemon-{port}.yaml"));
@@ -240,6 +245,14 @@ fn wait_chain(rt: &tokio::runtime::Runtime, store: &Store, base: &Manifest, rev:
         },
     );
     ch.unwrap()
+}
+
+/// Waits (20 s) until the chain of `base` has one delta more than now: a tick has just cut.
+fn wait_cut(rt: &tokio::runtime::Runtime, store: &Store, base: &Manifest) {
+    let cuts = rt.block_on(read_chain(store, base)).unwrap().delta_count;
+    wait("a cut", Duration::from_secs(20), || {
+        rt.block_on(read_chain(store, base)).unwrap().delta_count > cuts
+    });
 }
 
 fn assert_sound(ch: &Chain, b_eff: i64) {
@@ -782,9 +795,68 @@ fn scheduled_backups_hand_the_chain_over() {
     );
 }
 
+/// A handover to a base at exactly the last revision received keeps that revision in the
+/// closed chain. Right after a cut (ticks every interval, 5s), a workload and a one-shot
+/// `backup` make a base at the last revision while the capture holds it unstored; the next
+/// tick checks for a handover before it cuts, so the chain is closed with that revision still
+/// in the spill. The closed chain must end at the new base's revision with the source's
+/// events.
+#[test]
+fn handover_at_the_last_received_revision_keeps_it() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(etcd.client());
+    rt.block_on(fill(&client, 10, 64, "pre/"));
+    let store_dir = etcd.dir.path().join("store");
+    let store = local_store(&store_dir);
+    let port = free_port();
+    let cfg = config_every(&etcd, &store_dir, port, "", "5s");
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    let base = wait_base(&rt, &store);
+    wait("the capture is live", Duration::from_secs(20), || {
+        rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
+    });
+    // Start right after a cut: the next tick is about 5 s away.
+    wait_cut(&rt, &store, &base);
+    let last = rt.block_on(workload(&client, "a"));
+    lifeboat_ok(lifeboat().arg("--config").arg(&cfg).arg("backup"));
+    let newer = rt.block_on(bases(&store)).into_iter().next().unwrap();
+    assert_eq!(
+        newer.revision, last,
+        "the one-shot base is at the last write"
+    );
+    let mut ch = None;
+    wait("the chain is handed over", Duration::from_secs(20), || {
+        let c = rt.block_on(read_chain(&store, &base)).unwrap();
+        let closed = c.closed.is_some();
+        ch = Some(c);
+        closed
+    });
+    let ch = ch.unwrap();
+    let c = ch.closed.as_ref().unwrap();
+    assert_eq!(c.reason, "base-handover", "{}", d.log_text());
+    assert_eq!(c.next_base_id.as_deref(), Some(newer.id.as_str()));
+    assert_sound(&ch, base.revision);
+    assert_eq!(
+        ch.last_revision,
+        last,
+        "{:?}\n{}",
+        ch.summary(),
+        d.log_text()
+    );
+    let seen = independent_watch(&rt, client, base.revision + 1);
+    wait(
+        "watch reaches the last revision",
+        Duration::from_secs(10),
+        || seen.lock().unwrap().last().is_some_and(|e| e.0 == last),
+    );
+    assert!(decode(&store_dir, &ch.deltas) == *seen.lock().unwrap());
+}
+
 /// etcd stopped and restarted under the watch (the stream errors, the member is unreachable
-/// for a while): the capture resumes from the last complete revision + 1 on reconnect; the
-/// chain neither breaks nor misses a revision, and its events are the source's history.
+/// for a while) while the spill holds complete revisions not yet stored: the capture resumes
+/// from the last complete revision + 1 on reconnect without stopping; the chain neither breaks
+/// nor misses a revision, and its events are the source's history.
 #[test]
 fn etcd_restart_resumes_the_chain_without_a_break() {
     let mut etcd = Etcd::start(EtcdOpts::default());
@@ -794,12 +866,15 @@ fn etcd_restart_resumes_the_chain_without_a_break() {
     let store_dir = etcd.dir.path().join("store");
     let store = local_store(&store_dir);
     let port = free_port();
-    let cfg = config(&etcd, &store_dir, port, "");
+    // Ticks every 5 s: the workload's complete revisions are still in the spill, unstored,
+    // when the stream breaks; the reconnect must keep them.
+    let cfg = config_every(&etcd, &store_dir, port, "", "5s");
     let d = spawn(&etcd, &cfg, port, "d.log");
     let base = wait_base(&rt, &store);
     wait("the capture is live", Duration::from_secs(20), || {
         rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
     });
+    wait_cut(&rt, &store, &base);
     rt.block_on(workload(&client, "a"));
     etcd.stop_member(0);
     std::thread::sleep(Duration::from_secs(2));
@@ -819,6 +894,13 @@ fn etcd_restart_resumes_the_chain_without_a_break() {
     );
     assert!(decode(&store_dir, &ch.deltas) == *seen.lock().unwrap());
     assert!(d.log_text().contains("resuming"), "{}", d.log_text());
+    // (Before the first base the capture waits for it, logged the same way.)
+    let log = d.log_text();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("delta capture stopped") && !l.contains("no base backup")),
+        "{log}"
+    );
     assert_eq!(
         sample(
             &d.metrics(),

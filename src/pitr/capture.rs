@@ -909,6 +909,7 @@ impl Capture {
             let main = kv.mod_revision();
             if pos.open != Some(main) {
                 if let Some(r) = pos.open.take() {
+                    spill.writer.complete_revision()?;
                     pos.next = r + 1;
                     leases.in_open.clear();
                 }
@@ -944,6 +945,7 @@ impl Capture {
         }
         if !is_fragment(resp) {
             if let Some(r) = pos.open.take() {
+                spill.writer.complete_revision()?;
                 pos.next = r + 1;
                 leases.in_open.clear();
             }

@@ -494,13 +494,15 @@ impl Truncate for Vec<u8> {
 /// order ([`put`](DeltaWriter::put), [`delete`](DeltaWriter::delete)), lease and anchor
 /// records anywhere, and [`finish`](DeltaWriter::finish) (END). Checks what the reader checks,
 /// so it never writes a stream the reader refuses. The capture wraps a spill file in a
-/// `BufWriter`; on a broken watch it drops an incomplete revision with
-/// [`discard_open_revision`](DeltaWriter::discard_open_revision).
+/// `BufWriter`, marks each revision complete when the watch says so
+/// ([`complete_revision`](DeltaWriter::complete_revision)), and on a broken watch drops an
+/// incomplete one with [`discard_open_revision`](DeltaWriter::discard_open_revision).
 pub struct DeltaWriter<W: Write> {
     out: W,
     header: DeltaHeader,
     st: WriterState,
-    /// State and byte offset just before the open revision's REV record.
+    /// State and byte offset just before the open (begun, not yet complete) revision's REV
+    /// record.
     at_rev: Option<(WriterState, u64)>,
     scratch: Vec<u8>,
 }
@@ -551,8 +553,8 @@ impl<W: Write> DeltaWriter<W> {
         self.st.written
     }
 
-    /// Byte offset of the REV record of the newest revision (the one events go to), `None`
-    /// before the first revision. Truncating the stream there removes that revision.
+    /// Byte offset of the REV record of the open revision (begun, not yet marked complete),
+    /// `None` when none is open. Truncating the stream there removes that revision.
     pub fn open_revision_offset(&self) -> Option<u64> {
         self.at_rev.as_ref().map(|(_, o)| *o)
     }
@@ -713,11 +715,33 @@ impl<W: Write> DeltaWriter<W> {
         Ok(())
     }
 
+    /// Marks the open revision complete (the watch delivered all its events): it is no longer
+    /// dropped by [`discard_open_revision`](Self::discard_open_revision). Events can still
+    /// follow until the next [`begin_revision`](Self::begin_revision); the capture adds none.
+    ///
+    /// Errors: Misuse when no revision is open or it has no event.
+    pub fn complete_revision(&mut self) -> Result<(), DeltaError> {
+        match self.st.open_events {
+            Some(0) => Err(DeltaError::Misuse(format!(
+                "revision {} has no event",
+                self.st.last_revision
+            ))),
+            Some(_) if self.at_rev.is_some() => {
+                self.at_rev = None;
+                Ok(())
+            }
+            _ => Err(DeltaError::Misuse(
+                "complete_revision with no open revision".into(),
+            )),
+        }
+    }
+
     /// Drops the open revision (its REV record and every record after it) by truncating the
     /// output to [`open_revision_offset`](Self::open_revision_offset), so the stream ends at
     /// the previous complete revision; returns the revision dropped (`None` when no revision
-    /// is open). Lease or anchor records written after that REV are dropped with it. Only
-    /// once per revision: the revision before is complete.
+    /// is open: none begun, or the last one marked complete). Lease or anchor records written
+    /// after that REV are dropped with it. Only once per revision: the revision before is
+    /// complete.
     ///
     /// Errors: Io.
     pub fn discard_open_revision(&mut self) -> Result<Option<i64>, DeltaError>
@@ -1474,6 +1498,35 @@ mod tests {
                 .collect::<Result<Vec<_>, _>>()
                 .unwrap();
         }
+    }
+
+    /// A revision marked complete stays when the watch breaks after it (the capture discards
+    /// on every reconnect and at a chain's end).
+    #[test]
+    fn a_complete_revision_is_not_discarded() {
+        let mut w = DeltaWriter::new(Vec::new(), header()).unwrap();
+        assert!(w.complete_revision().is_err(), "nothing open");
+        w.begin_revision(11, 5).unwrap();
+        assert!(w.complete_revision().is_err(), "no event");
+        w.put(kv(b"a", 11, 11, 1, b"x", 0).as_ref()).unwrap();
+        w.complete_revision().unwrap();
+        assert!(w.complete_revision().is_err(), "already complete");
+        assert_eq!(w.open_revision_offset(), None);
+        assert_eq!(w.discard_open_revision().unwrap(), None);
+        assert_eq!(w.last_revision(), 11);
+        w.begin_revision(12, 6).unwrap();
+        w.delete(b"a").unwrap();
+        assert_eq!(w.discard_open_revision().unwrap(), Some(12));
+        assert_eq!(w.last_revision(), 11);
+        let (out, sum) = w.finish().unwrap();
+        assert_eq!((sum.revisions, sum.events, sum.last_revision), (1, 1, 11));
+        let recs = read_all(&out).unwrap();
+        assert_eq!(
+            recs.iter()
+                .filter(|r| matches!(r, Record::Put { .. }))
+                .count(),
+            1
+        );
     }
 
     fn read_all(b: &[u8]) -> Result<Vec<Record>, DeltaError> {
