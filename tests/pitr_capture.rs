@@ -853,6 +853,129 @@ fn handover_at_the_last_received_revision_keeps_it() {
     assert!(decode(&store_dir, &ch.deltas) == *seen.lock().unwrap());
 }
 
+/// A daemon stopped after a new backup but before the handover to it: the restarted capture
+/// continues the previous base's open chain (starting on the newer base would leave the
+/// revisions between the chain's end and that base uncovered, and the old chain open for
+/// good), and hands it over once it reaches the newer base's revision.
+#[test]
+fn restart_between_a_backup_and_its_handover_continues_the_old_chain() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(etcd.client());
+    rt.block_on(fill(&client, 10, 64, "pre/"));
+    let store_dir = etcd.dir.path().join("store");
+    let store = local_store(&store_dir);
+    let port = free_port();
+    let cfg = config(&etcd, &store_dir, port, "");
+    let mut d = spawn(&etcd, &cfg, port, "d.log");
+    let base = wait_base(&rt, &store);
+    wait("the capture is live", Duration::from_secs(20), || {
+        rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
+    });
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    let stopped_at = rt
+        .block_on(read_chain(&store, &base))
+        .unwrap()
+        .last_revision;
+    rt.block_on(workload(&client, "a"));
+    lifeboat_ok(lifeboat().arg("--config").arg(&cfg).arg("backup"));
+    let newer = rt.block_on(bases(&store)).into_iter().next().unwrap();
+    assert!(newer.revision > stopped_at + 1);
+    let last = rt.block_on(workload(&client, "b"));
+    let d2 = spawn(&etcd, &cfg, port, "d2.log");
+    let mut ch = None;
+    wait(
+        "the old chain is handed over",
+        Duration::from_secs(30),
+        || {
+            let c = rt.block_on(read_chain(&store, &base)).unwrap();
+            let closed = c.closed.is_some();
+            ch = Some(c);
+            closed
+        },
+    );
+    let ch = ch.unwrap();
+    assert_sound(&ch, base.revision);
+    let c = ch.closed.as_ref().unwrap();
+    assert_eq!(c.reason, "base-handover", "{}", d2.log_text());
+    assert_eq!(c.next_base_id.as_deref(), Some(newer.id.as_str()));
+    assert!(
+        ch.last_revision >= newer.revision,
+        "{:?}\n{}",
+        ch.summary(),
+        d2.log_text()
+    );
+    let nch = wait_chain(&rt, &store, &newer, last);
+    assert_sound(&nch, newer.revision);
+    assert!(nch.closed.is_none());
+}
+
+/// etcd compacted past a newer backup's revision before the chain was handed over to it: the
+/// new chain could not start (its watch would be refused), so the chain is not handed over
+/// and goes on on its base, with no break and no revision missed.
+#[test]
+fn no_handover_to_a_base_etcd_compacted_past() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(etcd.client());
+    rt.block_on(fill(&client, 10, 64, "pre/"));
+    let store_dir = etcd.dir.path().join("store");
+    let store = local_store(&store_dir);
+    let port = free_port();
+    let cfg = config_every(&etcd, &store_dir, port, "", "5s");
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    let base = wait_base(&rt, &store);
+    wait("the capture is live", Duration::from_secs(20), || {
+        rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
+    });
+    // Right after a cut, the next tick (and handover check) is about 5 s away: a newer base,
+    // then writes and a compaction past its revision, all before it.
+    wait_cut(&rt, &store, &base);
+    rt.block_on(workload(&client, "a"));
+    lifeboat_ok(lifeboat().arg("--config").arg(&cfg).arg("backup"));
+    let newer = rt.block_on(bases(&store)).into_iter().next().unwrap();
+    let compacted = rt.block_on(async {
+        let mut kv = client.kv_client();
+        let mut rev = 0;
+        for i in 0..5 {
+            rev = kv
+                .put(format!("c/k{i}"), "v", None)
+                .await
+                .unwrap()
+                .header()
+                .unwrap()
+                .revision();
+        }
+        kv.compact(rev, None).await.unwrap();
+        rev
+    });
+    assert!(compacted > newer.revision + 1);
+    wait("the handover was refused", Duration::from_secs(20), || {
+        d.log_text()
+            .contains("compacted past the newer backup's revision")
+    });
+    let last = rt.block_on(workload(&client, "b"));
+    let ch = wait_chain(&rt, &store, &base, last);
+    assert_sound(&ch, base.revision);
+    assert!(ch.closed.is_none(), "{:?}\n{}", ch.summary(), d.log_text());
+    assert_eq!(
+        rt.block_on(read_chain(&store, &newer)).unwrap().delta_count,
+        0
+    );
+    for reason in ["compacted", "gap"] {
+        assert_eq!(
+            sample(
+                &d.metrics(),
+                &format!("etcd_lifeboat_pitr_chain_breaks_total{{reason=\"{reason}\"}}")
+            ),
+            Some(0.0),
+            "{}",
+            d.log_text()
+        );
+    }
+}
+
 /// etcd stopped and restarted under the watch (the stream errors, the member is unreachable
 /// for a while) while the spill holds complete revisions not yet stored: the capture resumes
 /// from the last complete revision + 1 on reconnect without stopping; the chain neither breaks

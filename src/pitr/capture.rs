@@ -22,7 +22,10 @@
 //!   backup is taken at once and a new chain starts on it. A plain stream error resumes on the
 //!   next member from the last complete revision + 1 (no gap, no break).
 //! - **Handover**: when a newer base exists and the chain has reached its revision, the chain
-//!   is closed ("base-handover") and a new one starts on the newer base.
+//!   is closed ("base-handover") and a new one starts on the newer base, unless etcd has
+//!   compacted past that base's revision (its chain could not start; this one goes on). A
+//!   capture that starts while the newest base has no chain yet and the one before has an
+//!   open chain continues that chain (a daemon stopped between a backup and the handover).
 //! - **Writers**: delta manifests are created with `If-None-Match: *` and keyed by their first
 //!   revision and seq (the next slot of the chain), so two writers (an old leader that has not
 //!   noticed) can never fork a chain; a conflict stops this writer's session.
@@ -507,6 +510,7 @@ impl Capture {
         id: Option<String>,
     ) -> Result<Option<ChainPos>, CaptureError> {
         let cluster = self.cluster_id().await?;
+        let handed_over_to = id.is_some();
         let mut base = match id {
             Some(id) => match self.base_by_id(&cluster, &id).await? {
                 Some(b) => Some(b),
@@ -518,6 +522,15 @@ impl Capture {
             Some(b) => Some(chain::read_chain(&self.store, b).await?),
             None => None,
         };
+        if let (false, false, Some(b), Some(c)) = (handed_over_to, need_backup, &base, &ch) {
+            if c.delta_count == 0 && c.closed.is_none() {
+                if let Some((prev, prev_ch)) = self.previous_open_chain(&cluster, b).await? {
+                    tracing::info!(base = %prev.id, newer = %b.id, newer_revision = b.revision,
+                        "pitr: a newer backup has no chain yet; the previous base's open chain continues and is handed over to it once it reaches its revision");
+                    (base, ch) = (Some(prev), Some(prev_ch));
+                }
+            }
+        }
         let unusable = ch.as_ref().filter(|c| !c.is_open_and_sound());
         if let Some(c) = unusable {
             tracing::warn!(base = %c.base_id, chain = c.summary().unwrap_or_default(),
@@ -609,6 +622,63 @@ impl Capture {
         let cat = catalog_at(&self.store, Utc::now(), self.cfg.store.future_tolerance).await?;
         let newest = cat.current().find(|m| m.cluster_id == cluster).cloned();
         Ok(newest)
+    }
+
+    /// The base before `newest` (the next in the order of truth) when its chain is open, sound,
+    /// has deltas, and etcd still holds the revision after its end: a daemon stopped between a
+    /// new backup and the handover to it left that chain. Starting on `newest` instead would
+    /// leave the revisions between the chain's end and `newest` uncovered, and the chain open
+    /// for good; continued, it is handed over at the first check past `newest`'s revision.
+    async fn previous_open_chain(
+        &self,
+        cluster: &str,
+        newest: &Manifest,
+    ) -> Result<Option<(Manifest, chain::Chain)>, CaptureError> {
+        let cat = catalog_at(&self.store, Utc::now(), self.cfg.store.future_tolerance).await?;
+        let Some(prev) = cat
+            .current()
+            .filter(|m| m.cluster_id == cluster)
+            .skip_while(|m| m.id != newest.id)
+            .nth(1)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let ch = chain::read_chain(&self.store, &prev).await?;
+        let Some(next) = ch.tail().map(|t| t.last_revision + 1) else {
+            return Ok(None);
+        };
+        if !ch.is_open_and_sound() {
+            return Ok(None);
+        }
+        let Ok((mut client, _)) = self.connect().await else {
+            return Ok(None);
+        };
+        Ok((self.history_holds(&mut client, next).await == Some(true)).then_some((prev, ch)))
+    }
+
+    /// Whether etcd's history still holds revision `rev` (a count-only range read at it, as a
+    /// watch from `rev` needs): `Some(false)` when compacted away (mvcc `ErrCompacted`,
+    /// "required revision has been compacted"), `Some(true)` when readable or still in the
+    /// future, `None` when the read failed otherwise.
+    async fn history_holds(&self, client: &mut Client, rev: i64) -> Option<bool> {
+        let opts = GetOptions::new().with_revision(rev).with_count_only();
+        match timeout(self.cfg.etcd.request_timeout, client.get("\0", Some(opts))).await {
+            Ok(Ok(_)) => Some(true),
+            Ok(Err(etcd_client::Error::GRpcStatus(st))) => {
+                if st
+                    .message()
+                    .contains("required revision has been compacted")
+                {
+                    Some(false)
+                } else if st.message().contains("future revision") {
+                    Some(true)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
     }
 
     /// The intact backup `id` of `cluster`, if the store has it.
@@ -728,10 +798,10 @@ impl Capture {
                     _ = self.stop.cancelled() => break 'outer None,
                     _ = ticker.tick() => {
                         if pos.open.is_none() {
-                            if let Some(b) = self.handover_due(&chain, pos.next - 1, &mut last_handover_check).await {
+                            if let Some(b) = self.handover_due(&mut client, &chain, pos.next - 1, &mut last_handover_check).await {
                                 break 'outer Some(b);
                             }
-                            self.poll_leases(&mut client, &mut spill, &mut leases).await?;
+                            self.poll_leases(&mut client, &mut spill, &mut leases, pos.next - 1).await?;
                         }
                         if anchor.is_none() {
                             anchor = self.probe(&mut client).await;
@@ -832,18 +902,27 @@ impl Capture {
     }
 
     /// Records leases granted (with their TTL) and gone since the last poll (design §3); only
-    /// between revisions. Failures are logged and retried at the next tick.
+    /// between revisions, `received_through` the last complete one. Failures are logged and
+    /// retried at the next tick.
     async fn poll_leases(
         &self,
         client: &mut Client,
         spill: &mut Spill,
         leases: &mut Leases,
+        received_through: i64,
     ) -> Result<(), CaptureError> {
         let limit = self.cfg.etcd.request_timeout;
         let Ok(Ok(resp)) = timeout(limit, client.leases()).await else {
             return Ok(());
         };
-        let seen = resp.header().map(|h| h.revision()).unwrap_or(0);
+        // A lagging member answers at a revision below what the watch delivered already; the
+        // records go into the spill after `received_through`, so a restore to a revision
+        // before that would never read them: they are stamped no lower.
+        let seen = resp
+            .header()
+            .map(|h| h.revision())
+            .unwrap_or(0)
+            .max(received_through);
         let now: HashSet<i64> = resp.leases().iter().map(|l| l.id()).collect();
         let gone: Vec<i64> = leases.known.difference(&now).copied().collect();
         for id in gone {
@@ -861,9 +940,12 @@ impl Capture {
     }
 
     /// A newer base whose revision the chain has reached: hand over to it (checked at most
-    /// every `idle_interval`).
+    /// every `idle_interval`). Not while etcd has compacted past that base's revision: its
+    /// chain could not start (the watch from its revision + 1 would be refused), so this
+    /// chain goes on until a newer base can take over.
     async fn handover_due(
         &self,
+        client: &mut Client,
         chain: &ChainPos,
         received_through: i64,
         last_check: &mut Instant,
@@ -873,10 +955,21 @@ impl Capture {
         }
         *last_check = Instant::now();
         let newest = self.newest_base(&chain.cluster).await.ok()??;
-        (newest.id != chain.base.id
+        let due = newest.id != chain.base.id
             && newest.revision > chain.base_revision
-            && newest.revision <= received_through)
-            .then_some(Break::Handover(newest.id))
+            && newest.revision <= received_through;
+        if !due {
+            return None;
+        }
+        match self.history_holds(client, newest.revision + 1).await {
+            Some(true) => Some(Break::Handover(newest.id)),
+            Some(false) => {
+                tracing::warn!(base = %chain.base.id, newer = %newest.id, newer_revision = newest.revision,
+                    "pitr: etcd compacted past the newer backup's revision before the chain could be handed over to it; the chain goes on on its base until a newer backup");
+                None
+            }
+            None => None,
+        }
     }
 
     /// Writes one watch response's events into the spill.
