@@ -1113,6 +1113,7 @@ impl Config {
                 "empty; set an etcd key prefix",
             ));
         }
+        self.pitr.validate()?;
         crate::crypto::Recipients::from_config(&self.encryption)?;
         SocketAddr::from_str(&self.http.listen).map_err(|_| {
             ConfigError::new(
@@ -1297,6 +1298,37 @@ pub struct PitrConfig {
     pub idle_interval: Duration,
 }
 
+impl PitrConfig {
+    /// Smallest `pitr.max_bytes`: below it a busy cluster stores a delta object per revision.
+    pub const MIN_MAX_BYTES: u64 = 64 * 1024;
+
+    /// `pitr.interval` and `pitr.idle_interval` above 0; `pitr.max_bytes` in
+    /// [`Self::MIN_MAX_BYTES`]`..=`[`crate::pitr::manifest::MAX_RAW_BYTES`] (what a delta
+    /// manifest may state; a larger cut could never be stored).
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, d) in [
+            ("pitr.interval", self.interval),
+            ("pitr.idle_interval", self.idle_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "must be greater than 0 (e.g. 10s)"));
+            }
+        }
+        let max = crate::pitr::manifest::MAX_RAW_BYTES;
+        if !(Self::MIN_MAX_BYTES..=max).contains(&self.max_bytes) {
+            return Err(ConfigError::new(
+                "pitr.max_bytes",
+                format!(
+                    "{} is outside {}..={max} bytes (default 67108864, 64 MiB)",
+                    self.max_bytes,
+                    Self::MIN_MAX_BYTES
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for PitrConfig {
     fn default() -> Self {
         PitrConfig {
@@ -1440,6 +1472,26 @@ mod tests {
         let mut c = Config::default();
         c.etcd.endpoints = vec!["localhost".into()];
         assert_eq!(c.validate().unwrap_err().key, "etcd.endpoints[0]");
+        for (bytes, ok) in [
+            (0, false),
+            (1 << 16, true),
+            (4 << 30, true),
+            ((4 << 30) + 1, false),
+        ] {
+            let mut c = Config::default();
+            c.pitr.max_bytes = bytes;
+            match c.validate() {
+                Ok(()) => assert!(ok, "{bytes}"),
+                Err(e) => {
+                    assert!(!ok, "{bytes}: {e}");
+                    assert_eq!(e.key, "pitr.max_bytes");
+                    assert!(e.message.contains(&bytes.to_string()), "{e}");
+                }
+            }
+        }
+        let mut c = Config::default();
+        c.pitr.idle_interval = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().key, "pitr.idle_interval");
     }
 
     #[test]

@@ -20,7 +20,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::manifest::{EncryptionInfo, AGE_FORMAT};
+use crate::store::manifest::{EncryptionInfo, AGE_FORMAT, MAX_REVISION};
 use crate::store::ObjectKey;
 
 /// Format number of the delta stream and manifest this version writes and reads.
@@ -309,6 +309,17 @@ impl DeltaManifest {
         if self.base_revision < 0 {
             return Err(format!("base_revision {} < 0", self.base_revision));
         }
+        // Bounded so that `+ 1` on any of them (the next delta, the next seq) cannot overflow.
+        for (what, r) in [
+            ("first_revision", self.first_revision),
+            ("last_revision", self.last_revision),
+            ("compact_revision", self.compact_revision.unwrap_or(0)),
+            ("seq", i64::try_from(self.seq).unwrap_or(i64::MAX)),
+        ] {
+            if r > MAX_REVISION {
+                return Err(format!("{what} {r} above {MAX_REVISION}"));
+            }
+        }
         if self.first_revision <= self.base_revision {
             return Err(format!(
                 "first_revision {} is not above base_revision {}",
@@ -572,6 +583,13 @@ mod tests {
             ("sha256", Box::new(|m| m.stored_sha256 = "../".repeat(20))),
             ("first_time", Box::new(|m| m.first_time = None)),
             ("last_revision", Box::new(|m| m.last_revision = i64::MIN)),
+            ("last_revision", Box::new(|m| m.last_revision = i64::MAX)),
+            ("first_revision", Box::new(|m| m.first_revision = i64::MAX)),
+            ("seq", Box::new(|m| m.seq = u64::MAX)),
+            (
+                "compact_revision",
+                Box::new(|m| m.compact_revision = Some(i64::MAX)),
+            ),
         ];
         for (want, f) in cases {
             let mut m = sample();

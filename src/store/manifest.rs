@@ -377,10 +377,22 @@ pub fn newest_first(a: &Manifest, b: &Manifest) -> Ordering {
         .then_with(|| b.id.cmp(&a.id))
 }
 
+/// Highest revision a manifest read from the store may name: 2^62, far above any revision etcd
+/// reaches (int64, one per write), and low enough that `revision + 1` and the other steps the
+/// capture and the chain take from it cannot overflow.
+pub const MAX_REVISION: i64 = 1 << 62;
+
 /// Checks that `m`, read from `key`, can be trusted: its cluster id and id are single key
-/// segments, it is stored at `<cluster_id>/<id>.json`, and its `data_key` field is the key
-/// derived from them. Returns the reason when not.
+/// segments, it is stored at `<cluster_id>/<id>.json`, its `data_key` field is the key
+/// derived from them, and its revision lies in `0..=`[`MAX_REVISION`]. Returns the reason
+/// when not.
 pub fn check_manifest(key: &ObjectKey, m: &Manifest) -> Result<(), String> {
+    if !(0..=MAX_REVISION).contains(&m.revision) {
+        return Err(format!(
+            "its revision {} is outside 0..={MAX_REVISION}; not a manifest written by etcd-lifeboat",
+            m.revision
+        ));
+    }
     for (what, v) in [("cluster_id", &m.cluster_id), ("id", &m.id)] {
         if v.is_empty() || v.contains('/') || ObjectKey::new(v.as_str()).is_err() {
             return Err(format!(
@@ -672,6 +684,14 @@ mod tests {
 
         let big = vec![b' '; MAX_MANIFEST_BYTES as usize + 1];
         assert!(classify(&key, &big).unwrap_err().contains("more than"));
+
+        // A revision that would overflow the capture's `revision + 1`, or a negative one.
+        for r in [i64::MAX, MAX_REVISION + 1, -1] {
+            let mut hostile = m.clone();
+            hostile.revision = r;
+            let e = classify(&key, hostile.to_json().as_bytes()).unwrap_err();
+            assert!(e.contains(&format!("its revision {r} is outside")), "{e}");
+        }
     }
 
     #[test]
