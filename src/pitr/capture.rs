@@ -84,6 +84,11 @@ use super::manifest::{CloseReason, DeltaKind, DeltaManifest, FORMAT};
 pub const MAX_WATCH_MESSAGE: usize = 64 * 1024 * 1024;
 /// No member reachable for this long ends the chain ("outage").
 pub const MAX_OUTAGE: Duration = Duration::from_secs(5 * 60);
+
+/// Clock slack when deciding whether a chain was live at another writer's backup: the
+/// daemons of a cluster (leader and standbys) may run on hosts whose clocks differ.
+const LIVE_CHAIN_SLACK: Duration = Duration::from_secs(300);
+
 /// zstd level of delta objects.
 const ZSTD_LEVEL: i32 = 3;
 /// Buffer of the spill writer, bytes.
@@ -625,8 +630,10 @@ impl Capture {
     }
 
     /// The base before `newest` (the next in the order of truth) when its chain is open, sound,
-    /// has deltas, and etcd still holds the revision after its end: a daemon stopped between a
-    /// new backup and the handover to it left that chain. Starting on `newest` instead would
+    /// was live when `newest` started (its last delta written at most twice the longer of
+    /// `pitr.interval` and `pitr.idle_interval`, plus [`LIVE_CHAIN_SLACK`], before), and etcd
+    /// still holds the revision after its end: a daemon stopped between a new backup and the
+    /// handover to it left that chain. Starting on `newest` instead would
     /// leave the revisions between the chain's end and `newest` uncovered, and the chain open
     /// for good; continued, it is handed over at the first check past `newest`'s revision.
     async fn previous_open_chain(
@@ -645,12 +652,20 @@ impl Capture {
             return Ok(None);
         };
         let ch = chain::read_chain(&self.store, &prev).await?;
-        let Some(next) = ch.tail().map(|t| t.last_revision + 1) else {
+        let Some(tail) = ch.tail() else {
             return Ok(None);
         };
-        if !ch.is_open_and_sound() {
+        // Live when `newest` was taken: a delta at least every interval / idle_interval (plus
+        // slack for the clocks of other writers). A chain left long before (PITR switched off
+        // for a while) is not caught up over that whole time.
+        let p = &self.cfg.pitr;
+        let live_within = p.interval.max(p.idle_interval) * 2 + LIVE_CHAIN_SLACK;
+        let live = chrono::Duration::from_std(live_within)
+            .is_ok_and(|d| tail.written_at >= newest.started_at - d);
+        if !ch.is_open_and_sound() || !live {
             return Ok(None);
         }
+        let next = tail.last_revision + 1;
         let Ok((mut client, _)) = self.connect().await else {
             return Ok(None);
         };
