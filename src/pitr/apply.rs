@@ -8,8 +8,9 @@
 //! `key` in batches of [`BATCH_BYTES`] ([`BucketEdit::Append`]: one copy-on-write bbolt
 //! transaction per batch, only the bucket's rightmost path rewritten). Every delta key is
 //! above every base key (they start at `B_eff + 1`, checked against the base db), so the
-//! appends keep bucket order. After the last delta: bucket `lease` = base + grants - gones
-//! seen at or before R, plus every lease still referenced by a key put by the deltas and live
+//! appends keep bucket order. After the last delta: bucket `lease` = base, with each lease
+//! the capture recorded granted or gone as its record seen at the highest revision <= R says,
+//! plus every lease still referenced by a key put by the deltas and live
 //! at R (as `{ID}` with TTL 0, which etcd raises to its minimum TTL; warned), written as
 //! [`BucketEdit::Replace`] with base entries kept byte for byte. Nothing in `meta` changes:
 //! etcd derives the current revision from the greatest key.
@@ -505,6 +506,29 @@ fn read_delta(
     Ok(())
 }
 
+/// Each recorded lease's state at revision `r`: `Some(ttl)` granted, `None` gone, decided by
+/// its record seen at the highest revision `<= r` (of records seen at the same revision, the
+/// later in the chain). Not by chain order alone: the capture records a lease again at a
+/// lower revision when a put it replays shows the lease in use before its first sighting
+/// (capture.rs, catch-up after a chain start), possibly after a record of it gone.
+fn lease_states(recs: &[LeaseRec], r: i64) -> BTreeMap<i64, Option<i64>> {
+    let mut newest: BTreeMap<i64, (i64, Option<i64>)> = BTreeMap::new();
+    for rec in recs {
+        let (id, seen, state) = match *rec {
+            LeaseRec::Grant { id, ttl, seen } => (id, seen, Some(ttl)),
+            LeaseRec::Gone { id, seen } => (id, seen, None),
+        };
+        if seen > r {
+            continue;
+        }
+        let e = newest.entry(id).or_insert((seen, state));
+        if seen >= e.0 {
+            *e = (seen, state);
+        }
+    }
+    newest.into_iter().map(|(id, (_, s))| (id, s)).collect()
+}
+
 /// Bucket `lease` at the resolved revision (module doc).
 fn write_leases(st: &mut State) -> Result<(), ApplyError> {
     let r = st.last_applied;
@@ -523,9 +547,9 @@ fn write_leases(st: &mut State) -> Result<(), ApplyError> {
     drop(db);
     let mut leases: BTreeMap<Vec<u8>, Vec<u8>> = base.iter().cloned().collect();
     let mut changed = false;
-    for rec in &st.leases {
-        match *rec {
-            LeaseRec::Grant { id, ttl, seen } if seen <= r => {
+    for (id, state) in lease_states(&st.leases, r) {
+        match state {
+            Some(ttl) => {
                 if let std::collections::btree_map::Entry::Vacant(e) =
                     leases.entry(lease_key(id).to_vec())
                 {
@@ -533,10 +557,7 @@ fn write_leases(st: &mut State) -> Result<(), ApplyError> {
                     changed = true;
                 }
             }
-            LeaseRec::Gone { id, seen } if seen <= r => {
-                changed |= leases.remove(&lease_key(id)[..]).is_some();
-            }
-            _ => {}
+            None => changed |= leases.remove(&lease_key(id)[..]).is_some(),
         }
     }
     // Safety net: every lease a live delta-put key refers to exists.
@@ -583,4 +604,48 @@ fn write_leases(st: &mut State) -> Result<(), ApplyError> {
         st.out.transactions += 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_as_its_record_seen_highest_at_or_before_r() {
+        use LeaseRec::{Gone, Grant};
+        let recs = [
+            // Seen by a poll at 50, gone at 70, then a replayed put at 20 shows it in use.
+            Grant {
+                id: 1,
+                ttl: 600,
+                seen: 50,
+            },
+            Gone { id: 1, seen: 70 },
+            Grant {
+                id: 1,
+                ttl: 600,
+                seen: 20,
+            },
+            // Granted at 30 only.
+            Grant {
+                id: 2,
+                ttl: 60,
+                seen: 30,
+            },
+            // Gone and granted again at the same revision: the later record wins.
+            Gone { id: 3, seen: 40 },
+            Grant {
+                id: 3,
+                ttl: 5,
+                seen: 40,
+            },
+        ];
+        let at = |r| lease_states(&recs, r).into_iter().collect::<Vec<_>>();
+        assert_eq!(at(10), []);
+        assert_eq!(at(20), [(1, Some(600))]);
+        assert_eq!(at(35), [(1, Some(600)), (2, Some(60))]);
+        assert_eq!(at(40), [(1, Some(600)), (2, Some(60)), (3, Some(5))]);
+        assert_eq!(at(69), [(1, Some(600)), (2, Some(60)), (3, Some(5))]);
+        assert_eq!(at(70), [(1, None), (2, Some(60)), (3, Some(5))]);
+    }
 }

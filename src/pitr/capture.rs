@@ -51,7 +51,7 @@
 //! - The backup of a new chain is the daemon's ([`BackupFn`]): pitr does not know the backup
 //!   pipeline.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -439,11 +439,12 @@ struct Pos {
     open: Option<i64>,
 }
 
-/// Leases seen by the session: ids known to exist, and those first recorded inside the open
-/// revision (forgotten again when it is discarded).
+/// Leases seen by the session: ids known to exist with the lowest revision a grant of each
+/// was recorded at, and those recorded inside the open revision (forgotten again when it is
+/// discarded).
 #[derive(Default)]
 struct Leases {
-    known: HashSet<i64>,
+    known: HashMap<i64, i64>,
     in_open: Vec<i64>,
 }
 
@@ -939,17 +940,26 @@ impl Capture {
             .unwrap_or(0)
             .max(received_through);
         let now: HashSet<i64> = resp.leases().iter().map(|l| l.id()).collect();
-        let gone: Vec<i64> = leases.known.difference(&now).copied().collect();
+        let mut gone: Vec<i64> = leases
+            .known
+            .keys()
+            .filter(|id| !now.contains(id))
+            .copied()
+            .collect();
+        gone.sort_unstable();
         for id in gone {
             spill.writer.lease_gone(id, seen)?;
             leases.known.remove(&id);
         }
-        let mut new: Vec<i64> = now.difference(&leases.known).copied().collect();
+        let mut new: Vec<i64> = now
+            .into_iter()
+            .filter(|id| !leases.known.contains_key(id))
+            .collect();
         new.sort_unstable();
         for id in new {
             let ttl = lease_ttl(client, id, limit).await;
             spill.writer.lease_grant(id, ttl, seen)?;
-            leases.known.insert(id);
+            leases.known.insert(id, seen);
         }
         Ok(())
     }
@@ -1040,10 +1050,15 @@ impl Capture {
                         value: kv.value(),
                         lease: kv.lease(),
                     })?;
+                    // A lease first seen here, or seen so far only at a later revision (a poll
+                    // while the watch replays older revisions): recorded granted at this put, so
+                    // that a restore to it has the lease (apply.rs: the record seen highest
+                    // at or before the target decides).
                     let id = kv.lease();
-                    if id != 0 && leases.known.insert(id) {
+                    if id != 0 && leases.known.get(&id).is_none_or(|&seen| seen > main) {
                         let ttl = lease_ttl(client, id, self.cfg.etcd.request_timeout).await;
                         spill.writer.lease_grant(id, ttl, main)?;
+                        leases.known.insert(id, main);
                         leases.in_open.push(id);
                     }
                 }
