@@ -227,6 +227,8 @@ struct Stored<'a> {
     cluster_id: &'a str,
     started_at: DateTime<Utc>,
     status: &'a Status,
+    /// The db's current revision ([`crate::pitr::delta::base_revision`]).
+    current_revision: i64,
     streamed: &'a StreamResult,
     data_key: &'a ObjectKey,
 }
@@ -267,6 +269,7 @@ async fn seal(
         started_at: s.started_at,
         finished_at: Utc::now(),
         revision: s.status.revision,
+        current_revision: Some(s.current_revision),
         hash: s.status.hash,
         total_key: s.status.total_key,
         total_size: s.status.total_size,
@@ -379,13 +382,18 @@ async fn attempt(
         }
     }
     let verify_path = tmp_path.clone();
-    let verified =
-        tokio::task::spawn_blocking(move || snapshot::verify_file(&verify_path, Some(raw)))
-            .await
-            .expect("verification thread");
+    let verified = tokio::task::spawn_blocking(move || {
+        let db = snapshot::Db::open(&verify_path, Some(raw))?;
+        Ok::<_, snapshot::SnapshotError>((
+            db.check_and_status()?,
+            crate::pitr::delta::base_revision(&db)?,
+        ))
+    })
+    .await
+    .expect("verification thread");
     drop(work);
-    let st = match verified {
-        Ok(st) => st,
+    let (st, current_revision) = match verified {
+        Ok(v) => v,
         Err(e) => {
             abort(upload).await;
             return Err(AttemptError {
@@ -417,6 +425,7 @@ async fn attempt(
             cluster_id: &cluster_hex,
             started_at,
             status: &st,
+            current_revision,
             streamed: &streamed,
             data_key: &data_key,
         },
@@ -435,6 +444,8 @@ struct DataDirDb {
     member_name: String,
     consistent_index: Option<u64>,
     status: Status,
+    /// The db's current revision ([`crate::pitr::delta::base_revision`]).
+    current_revision: i64,
 }
 
 /// Takes a stopped member's db (`DIR/member/snap/db`, no sha256 trailer) as a backup: locks
@@ -541,6 +552,7 @@ pub async fn run_backup_from_data_dir(
             cluster_id: &cluster_hex,
             started_at,
             status: &db.status,
+            current_revision: db.current_revision,
             streamed: &streamed,
             data_key: &data_key,
         },
@@ -576,9 +588,10 @@ fn open_data_dir(dir: &Path) -> Result<DataDirDb, BackupError> {
     }
     let wal_dir = dir.join("member").join("wal");
     let (member_id, cluster_id) = wal_ids(&wal_dir)?;
-    let verify = |p: &Path| -> Result<(Status, Option<u64>, String), snapshot::SnapshotError> {
+    let verify = |p: &Path| -> Result<(Status, i64, Option<u64>, String), snapshot::SnapshotError> {
         let db = snapshot::Db::open(p, None)?;
         let status = db.check_and_status()?;
+        let current_revision = crate::pitr::delta::base_revision(&db)?;
         let ci = db
             .root_bucket_entries(b"meta")?
             .unwrap_or_default()
@@ -591,9 +604,9 @@ fn open_data_dir(dir: &Path) -> Result<DataDirDb, BackupError> {
             .and_then(|ms| ms.into_iter().find(|m| m.id == member_id))
             .map(|m| m.name)
             .unwrap_or_default();
-        Ok((status, ci, name))
+        Ok((status, current_revision, ci, name))
     };
-    let (status, consistent_index, member_name) = verify(&path).map_err(|e| {
+    let (status, current_revision, consistent_index, member_name) = verify(&path).map_err(|e| {
         bad(
             &path,
             format!("the db failed verification, not stored: {e}"),
@@ -607,6 +620,7 @@ fn open_data_dir(dir: &Path) -> Result<DataDirDb, BackupError> {
         member_name,
         consistent_index,
         status,
+        current_revision,
     })
 }
 

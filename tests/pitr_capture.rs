@@ -1073,6 +1073,67 @@ fn a_lease_used_before_its_first_sighting_restores_with_its_ttl() {
     });
 }
 
+/// A base whose final writes were deletes that a compaction then removed (a cleanup, then
+/// `etcdctl compact` at the current revision): the db's current revision is above its status
+/// revision. The backup records it (`current_revision`) and the chain starts right after it,
+/// with no compacted-watch break and no second full backup.
+#[test]
+fn a_base_whose_final_tombstones_were_compacted_starts_its_chain_after_them() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(etcd.client());
+    let deleted_at = rt.block_on(async {
+        let mut kv = client.kv_client();
+        kv.put("keep", "v", None).await.unwrap();
+        for i in 0..10 {
+            kv.put(format!("tmp/k{i}"), "v", None).await.unwrap();
+        }
+        let rev = kv
+            .delete(
+                "tmp/",
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        kv.compact(rev, None).await.unwrap();
+        rev
+    });
+    let store_dir = etcd.dir.path().join("store");
+    let store = local_store(&store_dir);
+    let port = free_port();
+    let cfg = config(&etcd, &store_dir, port, "");
+    lifeboat_ok(lifeboat().arg("--config").arg(&cfg).arg("backup"));
+    let base = rt.block_on(bases(&store)).into_iter().next().unwrap();
+    assert!(base.revision < deleted_at, "{base:?}");
+    assert_eq!(base.current_revision, Some(deleted_at));
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    let last = rt.block_on(async {
+        let mut kv = client.kv_client();
+        kv.put("after", "v", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision()
+    });
+    let ch = wait_chain(&rt, &store, &base, last);
+    assert_sound(&ch, deleted_at);
+    assert!(ch.closed.is_none(), "{:?}\n{}", ch.summary(), d.log_text());
+    assert_eq!(
+        sample(
+            &d.metrics(),
+            "etcd_lifeboat_pitr_chain_breaks_total{reason=\"compacted\"}"
+        ),
+        Some(0.0),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(rt.block_on(bases(&store)).len(), 1, "{}", d.log_text());
+}
+
 /// etcd stopped and restarted under the watch (the stream errors, the member is unreachable
 /// for a while) while the spill holds complete revisions not yet stored: the capture resumes
 /// from the last complete revision + 1 on reconnect without stopping; the chain neither breaks

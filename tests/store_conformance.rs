@@ -306,6 +306,7 @@ fn manifest(cluster: &str, t: chrono::DateTime<Utc>, rev: i64) -> Manifest {
         started_at: t,
         finished_at: t + chrono::Duration::seconds(3),
         revision: rev,
+        current_revision: None,
         hash: 12345,
         total_key: 10,
         total_size: 20480,

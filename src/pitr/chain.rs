@@ -8,10 +8,13 @@
 //! Contiguity: the chain of base `B` starts at `B_eff + 1` with seq 0 and each delta is the
 //! manifest at the previous one's `(last_revision + 1, seq + 1)`, hash-linked to it
 //! ([`assemble`] has the rules). `B_eff` is the `base_revision` of the chain's deltas;
-//! before the first delta it is the base manifest's `revision`. The two differ only when the
-//! base's compaction removed a final tombstone (design §2 pitfall #2): the daemon holds no
-//! copy of the base db (it may be encrypted for recipients only), so the capture starts such a
-//! chain at `revision + 1`, and `verify` with the base db compares it with the db's `B_eff`.
+//! before the first delta it is [`manifest_base_revision`]: the base manifest's
+//! `current_revision`, computed from the db at backup time (the daemon holds no copy of the
+//! base db; it may be encrypted for recipients only). It differs from the manifest's
+//! `revision` when the base's compaction removed a final tombstone (design §2 pitfall #2).
+//! Backups written before `current_revision` existed have only `revision`; a chain on such a
+//! base starts at `revision + 1`, and `verify` with the base db compares it with the db's
+//! `B_eff`.
 //!
 //! Every manifest read is untrusted: [`super::manifest::parse_delta_manifest`] bounds and
 //! validates it; a manifest of another base or cluster, or one that does not parse, is
@@ -208,12 +211,13 @@ impl Chain {
     }
 }
 
-/// `B_eff` as the daemon knows it from a base manifest alone: its `revision` (the last key's
-/// main revision), at least 1 — etcd's store starts at revision 1 with no key (mvcc
-/// `NewStore`: `currentRev: 1`), so a snapshot of an empty keyspace has revision 0 in its
-/// status but the first write is revision 2.
+/// `B_eff` as the daemon knows it from a base manifest alone: its `current_revision` (the
+/// db's, computed at backup time), else, for backups written before that field existed, its
+/// `revision` (the last key's main revision); at least 1 — etcd's store starts at revision 1
+/// with no key (mvcc `NewStore`: `currentRev: 1`), so a snapshot of an empty keyspace has
+/// revision 0 in its status but the first write is revision 2.
 pub fn manifest_base_revision(base: &Manifest) -> i64 {
-    base.revision.max(1)
+    base.current_revision.unwrap_or(base.revision).max(1)
 }
 
 /// Manifests read at once by [`read_chain`].

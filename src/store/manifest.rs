@@ -98,6 +98,14 @@ pub struct Manifest {
     pub finished_at: DateTime<Utc>,
     /// Store revision of the snapshot (`etcdctl snapshot status` `revision`).
     pub revision: i64,
+    /// The revision a member restored from this snapshot continues from: etcd's mvcc
+    /// `store.restore` current revision, the greatest of 1, the last key's main revision,
+    /// `meta/finishedCompactRev` and `meta/scheduledCompactRev`
+    /// ([`crate::pitr::delta::base_revision`]). Above `revision` only when a compaction removed
+    /// the final writes' tombstones; a PITR chain on this backup starts right after it. Absent
+    /// in backups written before it existed (then `revision` stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<i64>,
     /// KV hash of the snapshot (`etcdctl snapshot status` `hash`).
     pub hash: u32,
     /// Number of keys (`totalKey`).
@@ -387,11 +395,12 @@ pub const MAX_REVISION: i64 = 1 << 62;
 /// derived from them, and its revision lies in `0..=`[`MAX_REVISION`]. Returns the reason
 /// when not.
 pub fn check_manifest(key: &ObjectKey, m: &Manifest) -> Result<(), String> {
-    if !(0..=MAX_REVISION).contains(&m.revision) {
-        return Err(format!(
-            "its revision {} is outside 0..={MAX_REVISION}; not a manifest written by etcd-lifeboat",
-            m.revision
-        ));
+    for r in std::iter::once(m.revision).chain(m.current_revision) {
+        if !(0..=MAX_REVISION).contains(&r) {
+            return Err(format!(
+                "its revision {r} is outside 0..={MAX_REVISION}; not a manifest written by etcd-lifeboat"
+            ));
+        }
     }
     for (what, v) in [("cluster_id", &m.cluster_id), ("id", &m.id)] {
         if v.is_empty() || v.contains('/') || ObjectKey::new(v.as_str()).is_err() {
@@ -622,6 +631,7 @@ mod tests {
             started_at: at,
             finished_at: at + chrono::Duration::seconds(5),
             revision,
+            current_revision: None,
             hash: 0,
             total_key: 0,
             total_size: 0,
@@ -689,6 +699,10 @@ mod tests {
         for r in [i64::MAX, MAX_REVISION + 1, -1] {
             let mut hostile = m.clone();
             hostile.revision = r;
+            let e = classify(&key, hostile.to_json().as_bytes()).unwrap_err();
+            assert!(e.contains(&format!("its revision {r} is outside")), "{e}");
+            let mut hostile = m.clone();
+            hostile.current_revision = Some(r);
             let e = classify(&key, hostile.to_json().as_bytes()).unwrap_err();
             assert!(e.contains(&format!("its revision {r} is outside")), "{e}");
         }
