@@ -941,13 +941,16 @@ fn no_handover_to_a_base_etcd_compacted_past() {
     let store_dir = etcd.dir.path().join("store");
     let store = local_store(&store_dir);
     let port = free_port();
-    let cfg = config_every(&etcd, &store_dir, port, "", "5s");
+    // Ticks every 10 s: room for a backup and a compaction between two handover checks, even
+    // on a loaded machine.
+    let cfg = config_every(&etcd, &store_dir, port, "", "10s");
     let d = spawn(&etcd, &cfg, port, "d.log");
     let base = wait_base(&rt, &store);
-    wait("the capture is live", Duration::from_secs(20), || {
+    // (Two ticks: the first delta holds the leader election's put.)
+    wait("the capture is live", Duration::from_secs(45), || {
         rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
     });
-    // Right after a cut, the next tick (and handover check) is about 5 s away: a newer base,
+    // Right after a cut, the next tick (and handover check) is about 10 s away: a newer base,
     // then writes and a compaction past its revision, all before it.
     wait_cut(&rt, &store, &base);
     rt.block_on(workload(&client, "a"));
@@ -969,7 +972,7 @@ fn no_handover_to_a_base_etcd_compacted_past() {
         rev
     });
     assert!(compacted > newer.revision + 1);
-    wait("the handover was refused", Duration::from_secs(20), || {
+    wait("the handover was refused", Duration::from_secs(30), || {
         d.log_text()
             .contains("compacted past the newer backup's revision")
     });

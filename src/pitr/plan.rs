@@ -59,8 +59,9 @@ fn covers(c: &Chain, target: PitrTarget) -> bool {
     }
 }
 
-/// Reads the chains of `bases` (newest first; [`read_chain`]) until one covers `target`, and
-/// plans with them ([`plan`]).
+/// Reads the chains of `bases` (newest first; [`read_chain`]) until one covers `target` (for
+/// a time: until, after one that covers it, one that does not), and plans with them
+/// ([`plan`]).
 ///
 /// Errors: [`PitrPlanError::Chain`] when the store cannot be read;
 /// [`PitrPlanError::NotCovered`] as [`plan`].
@@ -70,11 +71,16 @@ pub async fn plan_from_store(
     target: PitrTarget,
 ) -> Result<PitrPlan, PitrPlanError> {
     let mut chains = Vec::new();
+    let mut hit = false;
     for b in bases {
         let c = read_chain(store, b).await?;
-        let hit = covers(&c, target);
+        let covering = covers(&c, target);
+        if hit && !covering {
+            break;
+        }
         chains.push(c);
-        if hit {
+        hit |= covering;
+        if hit && matches!(target, PitrTarget::Revision(_)) {
             break;
         }
     }
@@ -85,10 +91,13 @@ fn name(c: &Chain) -> String {
     format!("base {}", c.base_id)
 }
 
-/// Picks, among `chains` (newest base first), the first whose run covers `target`, and the
-/// deltas needed. Revision R: `B_eff <= R <= L`. Time T: the base finished at or before T and
-/// T <= the chain's `covered_until` (the base alone when T is before the first delta's first
-/// observed time).
+/// Picks, among `chains` (newest base first), the chain that serves `target`, and the deltas
+/// needed. Revision R: the first (newest base) with `B_eff <= R <= L`. Time T: of the chains
+/// whose base finished at or before T with T <= their `covered_until` (the base alone when T
+/// is before the first delta's first observed time), the one with the oldest base: a chain
+/// starts by catching up from its base's revision, and those revisions are stamped when
+/// received, after the fact (a handover comes up to a backup's duration after the backup),
+/// while the older chain observed the same revisions as they were committed.
 ///
 /// Errors: [`PitrPlanError::NotCovered`] naming the nearest covered revisions (or times)
 /// below and above the target, with their bases, and how the chain below ends
@@ -143,7 +152,7 @@ pub fn plan(chains: &[Chain], target: PitrTarget) -> Result<PitrPlan, PitrPlanEr
             Err(PitrPlanError::NotCovered(msg))
         }
         PitrTarget::Time(t) => {
-            if let Some(c) = chains.iter().find(|c| covers(c, target)) {
+            if let Some(c) = chains.iter().rfind(|c| covers(c, target)) {
                 // Deltas whose first revision was observed at or before T: a prefix of the
                 // run (empty idle deltas included; the apply stops at the first later REV).
                 let n = c
@@ -340,6 +349,43 @@ mod tests {
         assert!(err.contains("nearest covered times"), "{err}");
         assert!(err.contains(&format!("(r200, base {})", b1.id)), "{err}");
         assert!(err.contains(&format!("(r302, base {})", b2.id)), "{err}");
+    }
+
+    /// A time both a handed-over chain and the chain of the newer base cover is served by the
+    /// older chain, which saw the revisions after the newer base's revision as they came; the
+    /// newer chain received them in its catch-up, stamped later than T.
+    #[test]
+    fn a_time_covered_twice_is_served_by_the_older_chain() {
+        let b1 = base(
+            "20261122T230000Z-r0000000000000100",
+            100,
+            "2026-11-22T23:00:00Z",
+        );
+        // The newer base finished 20 s after the first; its chain's catch-up (r301..r350) was
+        // received 35 s after the first base, with time covered until +45 s.
+        let b2 = base(
+            "20261122T230020Z-r0000000000000300",
+            300,
+            "2026-11-22T23:00:20Z",
+        );
+        let d0 = delta(&b1, 100, 0, 101, 299, 10, None);
+        let d1 = delta(&b1, 100, 1, 300, 360, 22, Some(&d0));
+        let e0 = delta(&b2, 300, 0, 301, 400, 15, None);
+        let c1 = assemble(&b1, vec![d0.clone(), d1.clone()], vec![]);
+        let c2 = assemble(&b2, vec![e0], vec![]);
+        let chains = vec![c2, c1];
+        // +25 s: both cover it; the newer chain would give its base alone (r300).
+        let t = b1.finished_at + chrono::Duration::seconds(25);
+        let p = plan(&chains, PitrTarget::Time(t)).unwrap();
+        assert_eq!(p.chain.base_id, b1.id);
+        assert_eq!((p.deltas, p.revision), (vec![d0, d1], 360));
+        // After the older chain's coverage (+32 s): the newer chain.
+        let t = b1.finished_at + chrono::Duration::seconds(40);
+        let p = plan(&chains, PitrTarget::Time(t)).unwrap();
+        assert_eq!(p.chain.base_id, b2.id);
+        // Revisions: still the newest base that covers them.
+        let p = plan(&chains, PitrTarget::Revision(330)).unwrap();
+        assert_eq!(p.chain.base_id, b2.id);
     }
 
     /// What `list` says is covered is what restore accepts: the planner sees the same run,
