@@ -980,13 +980,14 @@ impl Capture {
         }
         *last_check = Instant::now();
         let newest = self.newest_base(&chain.cluster).await.ok()??;
-        let due = newest.id != chain.base.id
-            && newest.revision > chain.base_revision
-            && newest.revision <= received_through;
+        // The newer base's chain starts right after its B_eff (its manifest's current revision).
+        let b_eff = chain::manifest_base_revision(&newest);
+        let due =
+            newest.id != chain.base.id && b_eff > chain.base_revision && b_eff <= received_through;
         if !due {
             return None;
         }
-        match self.history_holds(client, newest.revision + 1).await {
+        match self.history_holds(client, b_eff + 1).await {
             Some(true) => Some(Break::Handover(newest.id)),
             Some(false) => {
                 tracing::warn!(base = %chain.base.id, newer = %newest.id, newer_revision = newest.revision,
