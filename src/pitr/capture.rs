@@ -448,6 +448,21 @@ struct Leases {
     in_open: Vec<i64>,
 }
 
+/// The watch ended the open revision (if any): the spill keeps it for good (a discard no
+/// longer drops it), the next revision follows it, and its leases stay known.
+fn complete_open_revision(
+    pos: &mut Pos,
+    spill: &mut Spill,
+    leases: &mut Leases,
+) -> Result<(), CaptureError> {
+    if let Some(r) = pos.open.take() {
+        spill.writer.complete_revision()?;
+        pos.next = r + 1;
+        leases.in_open.clear();
+    }
+    Ok(())
+}
+
 /// The manifest of an empty delta at the chain's next position, written by `member` now (the
 /// fields a delta and a close share; a delta fills in its counts, a close its reason).
 fn empty_manifest(chain: &ChainPos, member: &Member) -> DeltaManifest {
@@ -516,24 +531,25 @@ impl Capture {
         id: Option<String>,
     ) -> Result<Option<ChainPos>, CaptureError> {
         let cluster = self.cluster_id().await?;
+        let bases = self.cluster_bases(&cluster).await?;
         let handed_over_to = id.is_some();
-        let mut base = match id {
-            Some(id) => match self.base_by_id(&cluster, &id).await? {
-                Some(b) => Some(b),
-                None => self.newest_base(&cluster).await?,
-            },
-            None => self.newest_base(&cluster).await?,
-        };
+        let mut base = id
+            .and_then(|id| bases.iter().find(|m| m.id == id))
+            .or(bases.first())
+            .cloned();
         let mut ch = match &base {
             Some(b) => Some(chain::read_chain(&self.store, b).await?),
             None => None,
         };
-        if let (false, false, Some(b), Some(c)) = (handed_over_to, need_backup, &base, &ch) {
+        // The newest base (not handed over to): the one before it, if any, is `bases[1]`.
+        if let (false, false, Some(b), Some(c), Some(prev)) =
+            (handed_over_to, need_backup, &base, &ch, bases.get(1))
+        {
             if c.delta_count == 0 && c.closed.is_none() {
-                if let Some((prev, prev_ch)) = self.previous_open_chain(&cluster, b).await? {
+                if let Some(prev_ch) = self.previous_open_chain(prev, b).await? {
                     tracing::info!(base = %prev.id, newer = %b.id, newer_revision = b.revision,
                         "pitr: a newer backup has no chain yet; the previous base's open chain continues and is handed over to it once it reaches its revision");
-                    (base, ch) = (Some(prev), Some(prev_ch));
+                    (base, ch) = (Some(prev.clone()), Some(prev_ch));
                 }
             }
         }
@@ -623,36 +639,35 @@ impl Capture {
         }
     }
 
-    /// The newest (highest revision) intact, not future-dated backup of `cluster`.
-    async fn newest_base(&self, cluster: &str) -> Result<Option<Manifest>, CaptureError> {
+    /// The intact, not future-dated backups of `cluster`, newest (highest revision) first:
+    /// one catalog read.
+    async fn cluster_bases(&self, cluster: &str) -> Result<Vec<Manifest>, CaptureError> {
         let cat = catalog_at(&self.store, Utc::now(), self.cfg.store.future_tolerance).await?;
-        let newest = cat.current().find(|m| m.cluster_id == cluster).cloned();
-        Ok(newest)
-    }
-
-    /// The base before `newest` (the next in the order of truth) when its chain is open, sound,
-    /// was live when `newest` started (its last delta written at most twice the longer of
-    /// `pitr.interval` and `pitr.idle_interval`, plus [`LIVE_CHAIN_SLACK`], before), and etcd
-    /// still holds the revision after its end: a daemon stopped between a new backup and the
-    /// handover to it left that chain. Starting on `newest` instead would
-    /// leave the revisions between the chain's end and `newest` uncovered, and the chain open
-    /// for good; continued, it is handed over at the first check past `newest`'s revision.
-    async fn previous_open_chain(
-        &self,
-        cluster: &str,
-        newest: &Manifest,
-    ) -> Result<Option<(Manifest, chain::Chain)>, CaptureError> {
-        let cat = catalog_at(&self.store, Utc::now(), self.cfg.store.future_tolerance).await?;
-        let Some(prev) = cat
+        Ok(cat
             .current()
             .filter(|m| m.cluster_id == cluster)
-            .skip_while(|m| m.id != newest.id)
-            .nth(1)
             .cloned()
-        else {
-            return Ok(None);
-        };
-        let ch = chain::read_chain(&self.store, &prev).await?;
+            .collect())
+    }
+
+    /// The newest (highest revision) intact, not future-dated backup of `cluster`.
+    async fn newest_base(&self, cluster: &str) -> Result<Option<Manifest>, CaptureError> {
+        Ok(self.cluster_bases(cluster).await?.into_iter().next())
+    }
+
+    /// The chain of `prev`, the base before `newest` in the order of truth, when it is open,
+    /// sound, was live when `newest` started (its last delta written at most twice the longer
+    /// of `pitr.interval` and `pitr.idle_interval`, plus [`LIVE_CHAIN_SLACK`], before), and
+    /// etcd still holds the revision after its end: a daemon stopped between a new backup and
+    /// the handover to it left that chain. Starting on `newest` instead would leave the
+    /// revisions between the chain's end and `newest` uncovered, and the chain open for good;
+    /// continued, it is handed over at the first check past `newest`'s revision.
+    async fn previous_open_chain(
+        &self,
+        prev: &Manifest,
+        newest: &Manifest,
+    ) -> Result<Option<chain::Chain>, CaptureError> {
+        let ch = chain::read_chain(&self.store, prev).await?;
         let Some(tail) = ch.tail() else {
             return Ok(None);
         };
@@ -670,7 +685,7 @@ impl Capture {
         let Ok((mut client, _)) = self.connect().await else {
             return Ok(None);
         };
-        Ok((self.history_holds(&mut client, next).await == Some(true)).then_some((prev, ch)))
+        Ok((self.history_holds(&mut client, next).await == Some(true)).then_some(ch))
     }
 
     /// Whether etcd's history still holds revision `rev` (a count-only range read at it, as a
@@ -695,16 +710,6 @@ impl Capture {
             }
             _ => None,
         }
-    }
-
-    /// The intact backup `id` of `cluster`, if the store has it.
-    async fn base_by_id(&self, cluster: &str, id: &str) -> Result<Option<Manifest>, CaptureError> {
-        let cat = catalog_at(&self.store, Utc::now(), self.cfg.store.future_tolerance).await?;
-        let found = cat
-            .current()
-            .find(|m| m.cluster_id == cluster && m.id == id)
-            .cloned();
-        Ok(found)
     }
 
     /// A client pinned to the first healthy member (the order `backup` uses).
@@ -1027,11 +1032,7 @@ impl Capture {
             let Some(kv) = ev.kv() else { continue };
             let main = kv.mod_revision();
             if pos.open != Some(main) {
-                if let Some(r) = pos.open.take() {
-                    spill.writer.complete_revision()?;
-                    pos.next = r + 1;
-                    leases.in_open.clear();
-                }
+                complete_open_revision(pos, spill, leases)?;
                 if main != pos.next {
                     return Ok(Some(Break::Gap {
                         expected: pos.next,
@@ -1068,11 +1069,7 @@ impl Capture {
             self.status.m.events.inc();
         }
         if !is_fragment(resp) {
-            if let Some(r) = pos.open.take() {
-                spill.writer.complete_revision()?;
-                pos.next = r + 1;
-                leases.in_open.clear();
-            }
+            complete_open_revision(pos, spill, leases)?;
         }
         Ok(None)
     }
