@@ -45,6 +45,39 @@ fn config_every(etcd: &Etcd, store: &Path, port: u16, extra: &str, interval: &st
     p
 }
 
+/// An etcd 3.5 member on loopback with `pre_keys` keys under `pre/` (64-byte values), a
+/// local store in its dir and a free port for the daemon's HTTP server.
+struct Fixture {
+    etcd: Etcd,
+    rt: tokio::runtime::Runtime,
+    client: etcd_client::Client,
+    store_dir: PathBuf,
+    store: Store,
+    port: u16,
+}
+
+impl Fixture {
+    fn start(pre_keys: usize) -> Fixture {
+        let etcd = Etcd::start(EtcdOpts::default());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let client = rt.block_on(etcd.client());
+        if pre_keys > 0 {
+            rt.block_on(fill(&client, pre_keys, 64, "pre/"));
+        }
+        let store_dir = etcd.dir.path().join("store");
+        let store = local_store(&store_dir);
+        let port = free_port();
+        Fixture {
+            etcd,
+            rt,
+            client,
+            store_dir,
+            store,
+            port,
+        }
+    }
+}
+
 fn spawn(etcd: &Etcd, cfg: &Path, port: u16, log: &str) -> DaemonProc {
     DaemonProc::spawn(
         cfg,
@@ -249,18 +282,46 @@ async fn workload(c: &etcd_client::Client, tag: &str) -> i64 {
 
 /// Waits until the chain of `base` reaches `rev`; returns it.
 fn wait_chain(rt: &tokio::runtime::Runtime, store: &Store, base: &Manifest, rev: i64) -> Chain {
-    let mut ch = None;
-    wait(
+    wait_chain_where(
+        rt,
+        store,
+        base,
         &format!("chain of {} reaches r{rev}", base.id),
         Duration::from_secs(30),
-        || {
-            let c = rt.block_on(read_chain(store, base)).unwrap();
-            let done = c.last_revision >= rev;
-            ch = Some(c);
-            done
-        },
-    );
+        |c| c.last_revision >= rev,
+    )
+}
+
+/// Waits (`limit`) until the chain of `base` satisfies `done` (`what` names it); returns it.
+fn wait_chain_where(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    base: &Manifest,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Chain) -> bool,
+) -> Chain {
+    let mut ch = None;
+    wait(what, limit, || {
+        let c = rt.block_on(read_chain(store, base)).unwrap();
+        let ok = done(&c);
+        ch = Some(c);
+        ok
+    });
     ch.unwrap()
+}
+
+/// Waits (`limit`) until the chain of `base` has its first delta: the capture is live.
+fn wait_live(rt: &tokio::runtime::Runtime, store: &Store, base: &Manifest, limit: Duration) {
+    wait_chain_where(rt, store, base, "the capture is live", limit, |c| {
+        c.delta_count > 0
+    });
+}
+
+/// A one-shot `backup` with `cfg` (beside any daemon); returns the store's newest backup.
+fn backup_now(rt: &tokio::runtime::Runtime, cfg: &Path, store: &Store) -> Manifest {
+    lifeboat_ok(lifeboat().arg("--config").arg(cfg).arg("backup"));
+    rt.block_on(bases(store)).into_iter().next().unwrap()
 }
 
 /// Waits (20 s) until the chain of `base` has one delta more than now: a tick has just cut.
@@ -635,6 +696,25 @@ async fn range_at(
     (kvs, r.count(), r.more())
 }
 
+/// `restore --from-store latest ARGS` of `cfg` into `dir`, as the one member `r` (exit 0
+/// asserted); returns the member and the output.
+fn restore_latest(cfg: &Path, args: &[&str], dir: &Path) -> (MemberSpec, std::process::Output) {
+    let spec = MemberSpec::new("r", dir.to_path_buf());
+    let out = lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(cfg)
+            .args(["restore", "--from-store", "latest"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--name", &spec.name])
+            .args(["--initial-cluster", &format!("r={}", spec.peer_url())])
+            .args(["--initial-advertise-peer-urls", &spec.peer_url()]),
+    );
+    (spec, out)
+}
+
 /// `restore --from-store latest FLAG VALUE` into a fresh member dir, booted: its revision,
 /// `hashkv` at `check` (hash, compact revision) and range at `check`.
 #[allow(clippy::type_complexity)]
@@ -652,18 +732,7 @@ fn restore_and_read(
         (Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>, i64, bool),
     )>,
 ) {
-    let spec = MemberSpec::new("r", dir.to_path_buf());
-    let out = lifeboat_ok(
-        lifeboat()
-            .arg("--config")
-            .arg(cfg)
-            .args(["restore", "--from-store", "latest", flag, value])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--name", &spec.name])
-            .args(["--initial-cluster", &format!("r={}", spec.peer_url())])
-            .args(["--initial-advertise-peer-urls", &spec.peer_url()]),
-    );
+    let (spec, out) = restore_latest(cfg, &[flag, value], dir);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("Point in time: revision"), "{text}");
     let restored = Etcd::boot(Version::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
@@ -686,13 +755,14 @@ fn restore_and_read(
 /// `hashkv --rev R` and range at R equal the source's.
 #[test]
 fn daemon_capture_restores_revision_exact() {
-    let etcd = Etcd::start(EtcdOpts::default());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(etcd.client());
-    rt.block_on(fill(&client, 20, 64, "pre/"));
-    let store_dir = etcd.dir.path().join("store");
-    let store = local_store(&store_dir);
-    let port = free_port();
+    let Fixture {
+        etcd,
+        rt,
+        client,
+        store_dir,
+        store,
+        port,
+    } = Fixture::start(20);
     let cfg = config(&etcd, &store_dir, port, "");
     let d = spawn(&etcd, &cfg, port, "d.log");
     let base = wait_base(&rt, &store);
@@ -752,13 +822,14 @@ fn daemon_capture_restores_revision_exact() {
 /// at its revision + 1, so revisions and time stay covered across bases.
 #[test]
 fn scheduled_backups_hand_the_chain_over() {
-    let etcd = Etcd::start(EtcdOpts::default());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(etcd.client());
-    rt.block_on(fill(&client, 10, 64, "pre/"));
-    let store_dir = etcd.dir.path().join("store");
-    let store = local_store(&store_dir);
-    let port = free_port();
+    let Fixture {
+        etcd,
+        rt,
+        client,
+        store_dir,
+        store,
+        port,
+    } = Fixture::start(10);
     let cfg = config(
         &etcd,
         &store_dir,
@@ -821,36 +892,34 @@ fn scheduled_backups_hand_the_chain_over() {
 /// events.
 #[test]
 fn handover_at_the_last_received_revision_keeps_it() {
-    let etcd = Etcd::start(EtcdOpts::default());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(etcd.client());
-    rt.block_on(fill(&client, 10, 64, "pre/"));
-    let store_dir = etcd.dir.path().join("store");
-    let store = local_store(&store_dir);
-    let port = free_port();
+    let Fixture {
+        etcd,
+        rt,
+        client,
+        store_dir,
+        store,
+        port,
+    } = Fixture::start(10);
     let cfg = config_every(&etcd, &store_dir, port, "", "5s");
     let d = spawn(&etcd, &cfg, port, "d.log");
     let base = wait_base(&rt, &store);
-    wait("the capture is live", Duration::from_secs(20), || {
-        rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
-    });
+    wait_live(&rt, &store, &base, Duration::from_secs(20));
     // Start right after a cut: the next tick is about 5 s away.
     wait_cut(&rt, &store, &base);
     let last = rt.block_on(workload(&client, "a"));
-    lifeboat_ok(lifeboat().arg("--config").arg(&cfg).arg("backup"));
-    let newer = rt.block_on(bases(&store)).into_iter().next().unwrap();
+    let newer = backup_now(&rt, &cfg, &store);
     assert_eq!(
         newer.revision, last,
         "the one-shot base is at the last write"
     );
-    let mut ch = None;
-    wait("the chain is handed over", Duration::from_secs(20), || {
-        let c = rt.block_on(read_chain(&store, &base)).unwrap();
-        let closed = c.closed.is_some();
-        ch = Some(c);
-        closed
-    });
-    let ch = ch.unwrap();
+    let ch = wait_chain_where(
+        &rt,
+        &store,
+        &base,
+        "the chain is handed over",
+        Duration::from_secs(20),
+        |c| c.closed.is_some(),
+    );
     let c = ch.closed.as_ref().unwrap();
     assert_eq!(c.reason, "base-handover", "{}", d.log_text());
     assert_eq!(c.next_base_id.as_deref(), Some(newer.id.as_str()));
@@ -877,19 +946,18 @@ fn handover_at_the_last_received_revision_keeps_it() {
 /// good), and hands it over once it reaches the newer base's revision.
 #[test]
 fn restart_between_a_backup_and_its_handover_continues_the_old_chain() {
-    let etcd = Etcd::start(EtcdOpts::default());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(etcd.client());
-    rt.block_on(fill(&client, 10, 64, "pre/"));
-    let store_dir = etcd.dir.path().join("store");
-    let store = local_store(&store_dir);
-    let port = free_port();
+    let Fixture {
+        etcd,
+        rt,
+        client,
+        store_dir,
+        store,
+        port,
+    } = Fixture::start(10);
     let cfg = config(&etcd, &store_dir, port, "");
     let mut d = spawn(&etcd, &cfg, port, "d.log");
     let base = wait_base(&rt, &store);
-    wait("the capture is live", Duration::from_secs(20), || {
-        rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
-    });
+    wait_live(&rt, &store, &base, Duration::from_secs(20));
     d.child.kill().unwrap();
     d.child.wait().unwrap();
     let stopped_at = rt
@@ -897,23 +965,18 @@ fn restart_between_a_backup_and_its_handover_continues_the_old_chain() {
         .unwrap()
         .last_revision;
     rt.block_on(workload(&client, "a"));
-    lifeboat_ok(lifeboat().arg("--config").arg(&cfg).arg("backup"));
-    let newer = rt.block_on(bases(&store)).into_iter().next().unwrap();
+    let newer = backup_now(&rt, &cfg, &store);
     assert!(newer.revision > stopped_at + 1);
     let last = rt.block_on(workload(&client, "b"));
     let d2 = spawn(&etcd, &cfg, port, "d2.log");
-    let mut ch = None;
-    wait(
+    let ch = wait_chain_where(
+        &rt,
+        &store,
+        &base,
         "the old chain is handed over",
         Duration::from_secs(30),
-        || {
-            let c = rt.block_on(read_chain(&store, &base)).unwrap();
-            let closed = c.closed.is_some();
-            ch = Some(c);
-            closed
-        },
+        |c| c.closed.is_some(),
     );
-    let ch = ch.unwrap();
     assert_sound(&ch, base.revision);
     let c = ch.closed.as_ref().unwrap();
     assert_eq!(c.reason, "base-handover", "{}", d2.log_text());
@@ -934,28 +997,26 @@ fn restart_between_a_backup_and_its_handover_continues_the_old_chain() {
 /// and goes on on its base, with no break and no revision missed.
 #[test]
 fn no_handover_to_a_base_etcd_compacted_past() {
-    let etcd = Etcd::start(EtcdOpts::default());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(etcd.client());
-    rt.block_on(fill(&client, 10, 64, "pre/"));
-    let store_dir = etcd.dir.path().join("store");
-    let store = local_store(&store_dir);
-    let port = free_port();
+    let Fixture {
+        etcd,
+        rt,
+        client,
+        store_dir,
+        store,
+        port,
+    } = Fixture::start(10);
     // Ticks every 10 s: room for a backup and a compaction between two handover checks, even
     // on a loaded machine.
     let cfg = config_every(&etcd, &store_dir, port, "", "10s");
     let d = spawn(&etcd, &cfg, port, "d.log");
     let base = wait_base(&rt, &store);
     // (Two ticks: the first delta holds the leader election's put.)
-    wait("the capture is live", Duration::from_secs(45), || {
-        rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
-    });
+    wait_live(&rt, &store, &base, Duration::from_secs(45));
     // Right after a cut, the next tick (and handover check) is about 10 s away: a newer base,
     // then writes and a compaction past its revision, all before it.
     wait_cut(&rt, &store, &base);
     rt.block_on(workload(&client, "a"));
-    lifeboat_ok(lifeboat().arg("--config").arg(&cfg).arg("backup"));
-    let newer = rt.block_on(bases(&store)).into_iter().next().unwrap();
+    let newer = backup_now(&rt, &cfg, &store);
     let compacted = rt.block_on(async {
         let mut kv = client.kv_client();
         let mut rev = 0;
@@ -1003,16 +1064,16 @@ fn no_handover_to_a_base_etcd_compacted_past() {
 /// with its TTL, not the unknown-lease fallback (etcd's minimum TTL).
 #[test]
 fn a_lease_used_before_its_first_sighting_restores_with_its_ttl() {
-    let etcd = Etcd::start(EtcdOpts::default());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(etcd.client());
-    rt.block_on(fill(&client, 10, 64, "pre/"));
-    let store_dir = etcd.dir.path().join("store");
-    let store = local_store(&store_dir);
-    let port = free_port();
+    let Fixture {
+        etcd,
+        rt,
+        client,
+        store_dir,
+        store,
+        port,
+    } = Fixture::start(10);
     let cfg = config(&etcd, &store_dir, port, "");
-    lifeboat_ok(lifeboat().arg("--config").arg(&cfg).arg("backup"));
-    let base = rt.block_on(bases(&store)).into_iter().next().unwrap();
+    let base = backup_now(&rt, &cfg, &store);
     let (lease, put_rev, last) = rt.block_on(async {
         let mut c = client.clone();
         let lease = c.lease_grant(600, None).await.unwrap().id();
@@ -1047,18 +1108,10 @@ fn a_lease_used_before_its_first_sighting_restores_with_its_ttl() {
     );
     drop(d);
     let dir = etcd.dir.path().join("restored");
-    let spec = MemberSpec::new("r", dir.clone());
-    let out = lifeboat_ok(
-        lifeboat()
-            .arg("--config")
-            .arg(&cfg)
-            .args(["restore", "--from-store", "latest", "-o", "json"])
-            .args(["--to-revision", &put_rev.to_string()])
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--name", &spec.name])
-            .args(["--initial-cluster", &format!("r={}", spec.peer_url())])
-            .args(["--initial-advertise-peer-urls", &spec.peer_url()]),
+    let (spec, out) = restore_latest(
+        &cfg,
+        &["-o", "json", "--to-revision", &put_rev.to_string()],
+        &dir,
     );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -1108,8 +1161,7 @@ fn a_base_whose_final_tombstones_were_compacted_starts_its_chain_after_them() {
     let store = local_store(&store_dir);
     let port = free_port();
     let cfg = config(&etcd, &store_dir, port, "");
-    lifeboat_ok(lifeboat().arg("--config").arg(&cfg).arg("backup"));
-    let base = rt.block_on(bases(&store)).into_iter().next().unwrap();
+    let base = backup_now(&rt, &cfg, &store);
     assert!(base.revision < deleted_at, "{base:?}");
     assert_eq!(base.current_revision, Some(deleted_at));
     let d = spawn(&etcd, &cfg, port, "d.log");
@@ -1143,21 +1195,20 @@ fn a_base_whose_final_tombstones_were_compacted_starts_its_chain_after_them() {
 /// nor misses a revision, and its events are the source's history.
 #[test]
 fn etcd_restart_resumes_the_chain_without_a_break() {
-    let mut etcd = Etcd::start(EtcdOpts::default());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(etcd.client());
-    rt.block_on(fill(&client, 10, 64, "pre/"));
-    let store_dir = etcd.dir.path().join("store");
-    let store = local_store(&store_dir);
-    let port = free_port();
+    let Fixture {
+        mut etcd,
+        rt,
+        client,
+        store_dir,
+        store,
+        port,
+    } = Fixture::start(10);
     // Ticks every 5 s: the workload's complete revisions are still in the spill, unstored,
     // when the stream breaks; the reconnect must keep them.
     let cfg = config_every(&etcd, &store_dir, port, "", "5s");
     let d = spawn(&etcd, &cfg, port, "d.log");
     let base = wait_base(&rt, &store);
-    wait("the capture is live", Duration::from_secs(20), || {
-        rt.block_on(read_chain(&store, &base)).unwrap().delta_count > 0
-    });
+    wait_live(&rt, &store, &base, Duration::from_secs(20));
     wait_cut(&rt, &store, &base);
     rt.block_on(workload(&client, "a"));
     etcd.stop_member(0);
