@@ -133,32 +133,16 @@ fn decode(store_dir: &Path, deltas: &[DeltaManifest]) -> Vec<Ev> {
     out
 }
 
-/// The LEASE_GRANT records (id, ttl) of the deltas.
-fn lease_grants(store_dir: &Path, deltas: &[DeltaManifest]) -> Vec<(i64, i64)> {
+/// The LEASE_GRANT records (id, ttl, seen revision) of the deltas, in chain order.
+fn lease_grants(store_dir: &Path, deltas: &[DeltaManifest]) -> Vec<(i64, i64, i64)> {
     let mut out = Vec::new();
     for m in deltas {
         let key = m.derived_data_key().unwrap().unwrap();
         let raw =
             zstd::decode_all(&std::fs::read(store_dir.join(key.as_str())).unwrap()[..]).unwrap();
         for rec in DeltaReader::new(&raw[..]).unwrap() {
-            if let Record::LeaseGrant { id, ttl, .. } = rec.unwrap() {
-                out.push((id, ttl));
-            }
-        }
-    }
-    out
-}
-
-/// (lease id, seen revision) of every LEASE_GRANT record of the deltas, in chain order.
-fn lease_grant_revisions(store_dir: &Path, deltas: &[DeltaManifest]) -> Vec<(i64, i64)> {
-    let mut out = Vec::new();
-    for m in deltas {
-        let key = m.derived_data_key().unwrap().unwrap();
-        let raw =
-            zstd::decode_all(&std::fs::read(store_dir.join(key.as_str())).unwrap()[..]).unwrap();
-        for rec in DeltaReader::new(&raw[..]).unwrap() {
-            if let Record::LeaseGrant { id, seen_rev, .. } = rec.unwrap() {
-                out.push((id, seen_rev));
+            if let Record::LeaseGrant { id, ttl, seen_rev } = rec.unwrap() {
+                out.push((id, ttl, seen_rev));
             }
         }
     }
@@ -1100,7 +1084,10 @@ fn a_lease_used_before_its_first_sighting_restores_with_its_ttl() {
     let d = spawn(&etcd, &cfg, port, "d.log");
     let ch = wait_chain(&rt, &store, &base, last);
     assert_sound(&ch, base.revision);
-    let grants = lease_grant_revisions(&store_dir, &ch.deltas);
+    let grants: Vec<(i64, i64)> = lease_grants(&store_dir, &ch.deltas)
+        .into_iter()
+        .map(|(id, _, seen)| (id, seen))
+        .collect();
     assert!(
         grants.contains(&(lease, put_rev)),
         "grants (id, seen revision) {grants:?} lack lease {lease} at r{put_rev}\n{}",
