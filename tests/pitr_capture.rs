@@ -1116,6 +1116,71 @@ fn a_lease_used_before_its_first_sighting_restores_with_its_ttl() {
     });
 }
 
+/// A lease of the base revoked before the capture's first lease poll: the capture never knew
+/// it, so no diff of its polls records it gone. The session's lease list (LEASE_LIST) does,
+/// and a restore past that poll brings back neither the lease nor its key.
+#[test]
+fn a_base_lease_revoked_before_the_first_poll_is_not_restored() {
+    let Fixture {
+        etcd,
+        rt,
+        client,
+        store_dir,
+        store,
+        port,
+    } = Fixture::start(10);
+    let cfg = config(&etcd, &store_dir, port, "");
+    let (revoked, kept) = rt.block_on(async {
+        let mut c = client.clone();
+        let revoked = c.lease_grant(600, None).await.unwrap().id();
+        let kept = c.lease_grant(600, None).await.unwrap().id();
+        let lease = etcd_client::PutOptions::new().with_lease(revoked);
+        c.put("leased/k", "v", Some(lease)).await.unwrap();
+        (revoked, kept)
+    });
+    let base = backup_now(&rt, &cfg, &store);
+    let last = rt.block_on(async {
+        let mut c = client.clone();
+        c.lease_revoke(revoked).await.unwrap();
+        c.put("after/k", "v", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision()
+    });
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    let ch = wait_chain(&rt, &store, &base, last);
+    assert_sound(&ch, base.revision);
+    drop(d);
+    let dir = etcd.dir.path().join("restored");
+    let (spec, out) = restore_latest(
+        &cfg,
+        &["-o", "json", "--to-revision", &last.to_string()],
+        &dir,
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["pitr"]["applied"]["revision"], last, "{j}");
+    let restored = Etcd::boot(Version::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
+    rt.block_on(async {
+        let mut c = restored.client().await;
+        let ids: Vec<i64> = c
+            .leases()
+            .await
+            .unwrap()
+            .leases()
+            .iter()
+            .map(|l| l.id())
+            .collect();
+        assert!(
+            ids.contains(&kept) && !ids.contains(&revoked),
+            "restored leases {ids:?}: want {kept} and not the revoked {revoked}"
+        );
+        assert!(c.get("leased/k", None).await.unwrap().kvs().is_empty());
+        assert_eq!(c.get("after/k", None).await.unwrap().kvs().len(), 1);
+    });
+}
+
 /// A base whose final writes were deletes that a compaction then removed (a cleanup, then
 /// `etcdctl compact` at the current revision): the db's current revision is above its status
 /// revision. The backup records it (`current_revision`) and the chain starts right after it,

@@ -9,8 +9,9 @@
 //! transaction per batch, only the bucket's rightmost path rewritten). Every delta key is
 //! above every base key (they start at `B_eff + 1`, checked against the base db), so the
 //! appends keep bucket order. After the last delta: bucket `lease` = base, with each lease
-//! the capture recorded granted or gone as its record seen at the highest revision <= R says,
-//! plus every lease still referenced by a key put by the deltas and live
+//! the capture recorded granted or gone as its record seen at the highest revision <= R says
+//! (a lease list at revision X counts as a gone record at X for every lease, of the base or
+//! of a record, that it does not name), plus every lease still referenced by a key put by the deltas and live
 //! at R (as `{ID}` with TTL 0, which etcd raises to its minimum TTL; warned), written as
 //! [`BucketEdit::Replace`] with base entries kept byte for byte. Nothing in `meta` changes:
 //! etcd derives the current revision from the greatest key.
@@ -212,8 +213,20 @@ impl<R: Read> Read for Bounded<R> {
 
 /// A lease record, kept until the final revision is known.
 enum LeaseRec {
-    Grant { id: i64, ttl: i64, seen: i64 },
-    Gone { id: i64, seen: i64 },
+    Grant {
+        id: i64,
+        ttl: i64,
+        seen: i64,
+    },
+    Gone {
+        id: i64,
+        seen: i64,
+    },
+    /// Every lease live at `seen` (ascending ids).
+    List {
+        seen: i64,
+        ids: Vec<i64>,
+    },
 }
 
 /// State carried across the deltas of one apply.
@@ -301,6 +314,10 @@ impl State {
             Record::LeaseGone { id, seen_rev } => {
                 self.leases.push(LeaseRec::Gone { id, seen: seen_rev })
             }
+            Record::LeaseList { seen_rev, ids } => self.leases.push(LeaseRec::List {
+                seen: seen_rev,
+                ids,
+            }),
             _ => {}
         }
         Ok(())
@@ -506,24 +523,39 @@ fn read_delta(
     Ok(())
 }
 
-/// Each recorded lease's state at revision `r`: `Some(ttl)` granted, `None` gone, decided by
-/// its record seen at the highest revision `<= r` (of records seen at the same revision, the
-/// later in the chain). Not by chain order alone: the capture records a lease again at a
-/// lower revision when a put it replays shows the lease in use before its first sighting
-/// (capture.rs, catch-up after a chain start), possibly after a record of it gone.
-fn lease_states(recs: &[LeaseRec], r: i64) -> BTreeMap<i64, Option<i64>> {
-    let mut newest: BTreeMap<i64, (i64, Option<i64>)> = BTreeMap::new();
+/// Each lease's state at revision `r`, for the leases recorded and those of the base
+/// (`base_ids`): `Some(ttl)` granted, `None` gone, decided by its record seen at the highest
+/// revision `<= r` (of records seen at the same revision, the later in the chain); a lease
+/// list is a gone record for every one of these leases it does not name. Not by chain order
+/// alone: the capture records a lease again at a lower revision when a put it replays shows
+/// the lease in use before its first sighting (capture.rs, catch-up after a chain start),
+/// possibly after a record of it gone. Base leases no record mentions are left out.
+fn lease_states(recs: &[LeaseRec], r: i64, base_ids: &[i64]) -> BTreeMap<i64, Option<i64>> {
+    let mut all: Vec<i64> = base_ids.to_vec();
     for rec in recs {
-        let (id, seen, state) = match *rec {
-            LeaseRec::Grant { id, ttl, seen } => (id, seen, Some(ttl)),
-            LeaseRec::Gone { id, seen } => (id, seen, None),
-        };
-        if seen > r {
-            continue;
+        if let LeaseRec::Grant { id, .. } | LeaseRec::Gone { id, .. } = *rec {
+            all.push(id);
         }
+    }
+    all.sort_unstable();
+    all.dedup();
+    let mut newest: BTreeMap<i64, (i64, Option<i64>)> = BTreeMap::new();
+    let mut see = |id: i64, seen: i64, state: Option<i64>| {
         let e = newest.entry(id).or_insert((seen, state));
         if seen >= e.0 {
             *e = (seen, state);
+        }
+    };
+    for rec in recs {
+        match rec {
+            LeaseRec::Grant { id, ttl, seen } if *seen <= r => see(*id, *seen, Some(*ttl)),
+            LeaseRec::Gone { id, seen } if *seen <= r => see(*id, *seen, None),
+            LeaseRec::List { seen, ids } if *seen <= r => {
+                for id in all.iter().filter(|id| ids.binary_search(id).is_err()) {
+                    see(*id, *seen, None);
+                }
+            }
+            _ => {}
         }
     }
     newest.into_iter().map(|(id, (_, s))| (id, s)).collect()
@@ -545,9 +577,13 @@ fn write_leases(st: &mut State) -> Result<(), ApplyError> {
         .map(|e| (e.key, e.value))
         .collect();
     drop(db);
+    let base_ids: Vec<i64> = base
+        .iter()
+        .filter_map(|(k, _)| Some(i64::from_be_bytes(k.as_slice().try_into().ok()?)))
+        .collect();
     let mut leases: BTreeMap<Vec<u8>, Vec<u8>> = base.iter().cloned().collect();
     let mut changed = false;
-    for (id, state) in lease_states(&st.leases, r) {
+    for (id, state) in lease_states(&st.leases, r, &base_ids) {
         match state {
             Some(ttl) => {
                 if let std::collections::btree_map::Entry::Vacant(e) =
@@ -640,12 +676,53 @@ mod tests {
                 seen: 40,
             },
         ];
-        let at = |r| lease_states(&recs, r).into_iter().collect::<Vec<_>>();
+        let at = |r| lease_states(&recs, r, &[]).into_iter().collect::<Vec<_>>();
         assert_eq!(at(10), []);
         assert_eq!(at(20), [(1, Some(600))]);
         assert_eq!(at(35), [(1, Some(600)), (2, Some(60))]);
         assert_eq!(at(40), [(1, Some(600)), (2, Some(60)), (3, Some(5))]);
         assert_eq!(at(69), [(1, Some(600)), (2, Some(60)), (3, Some(5))]);
         assert_eq!(at(70), [(1, None), (2, Some(60)), (3, Some(5))]);
+    }
+
+    /// A lease list removes every lease it does not name, of the base or recorded, from its
+    /// revision on; a later grant still wins.
+    #[test]
+    fn a_lease_list_is_a_gone_record_for_every_lease_it_leaves_out() {
+        use LeaseRec::{Grant, List};
+        let recs = [
+            Grant {
+                id: 5,
+                ttl: 60,
+                seen: 12,
+            },
+            // At 20: base lease 1 and lease 5 live, base lease 2 revoked before.
+            List {
+                seen: 20,
+                ids: vec![1, 5],
+            },
+            // Lease 2's id granted again later (etcd reuses no ids, but a record wins anyway).
+            Grant {
+                id: 2,
+                ttl: 30,
+                seen: 40,
+            },
+            // At 50 only lease 2.
+            List {
+                seen: 50,
+                ids: vec![2],
+            },
+        ];
+        let base = [1, 2];
+        let at = |r| {
+            lease_states(&recs, r, &base)
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(15), [(5, Some(60))]);
+        // Lease 1 is named: no state of its own, the base's entry stays.
+        assert_eq!(at(20), [(2, None), (5, Some(60))]);
+        assert_eq!(at(40), [(2, Some(30)), (5, Some(60))]);
+        assert_eq!(at(50), [(1, None), (2, Some(30)), (5, None)]);
     }
 }

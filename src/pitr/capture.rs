@@ -35,7 +35,8 @@
 //!   time (observed later than committed during a catch-up).
 //! - **Leases** (design §3): a put's unknown lease is looked up at once (granted TTL, 0 when
 //!   already gone) and recorded LEASE_GRANT; every `interval` the lease list is diffed
-//!   (LEASE_GRANT / LEASE_GONE at the header revision).
+//!   (LEASE_GRANT / LEASE_GONE at the header revision); the first poll of a session also
+//!   records the whole list (LEASE_LIST), for the leases it never knew (the base's).
 //! - **B_eff**: the chain's deltas' `base_revision`; for a new chain the base manifest's revision
 //!   (at least 1), as the daemon holds no copy of the base db ([`super::chain`]).
 //! - SIGKILL: the spill is lost; the store holds a valid chain up to its last manifest; the next
@@ -76,7 +77,7 @@ use crate::store::{ChunkWriter, Store, StoreError};
 use crate::workdir::{self, WorkDir};
 
 use super::chain;
-use super::delta::{DeltaHeader, DeltaWriter, KvRef};
+use super::delta::{DeltaHeader, DeltaWriter, KvRef, MAX_LEASE_LIST};
 use super::manifest::{CloseReason, DeltaKind, DeltaManifest, FORMAT};
 
 /// Largest watch response accepted, in bytes (etcd-client's default, 4 MiB, would wedge the
@@ -446,6 +447,8 @@ struct Pos {
 struct Leases {
     known: HashMap<i64, i64>,
     in_open: Vec<i64>,
+    /// This session wrote its LEASE_LIST.
+    listed: bool,
 }
 
 /// The watch ended the open revision (if any): the spill keeps it for good (a discard no
@@ -965,6 +968,25 @@ impl Capture {
             let ttl = lease_ttl(client, id, limit).await;
             spill.writer.lease_grant(id, ttl, seen)?;
             leases.known.insert(id, seen);
+        }
+        // The session starts knowing no lease: one of the base (or of an earlier session)
+        // revoked before this poll would get no LEASE_GONE. The complete list tells a restore
+        // which leases were gone here.
+        if !leases.listed {
+            let mut ids: Vec<i64> = resp
+                .leases()
+                .iter()
+                .map(|l| l.id())
+                .filter(|&id| id != 0)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() <= MAX_LEASE_LIST {
+                spill.writer.lease_list(seen, &ids)?;
+            } else {
+                tracing::warn!(leases = ids.len(), "pitr: too many leases to list; leases revoked before this session's first poll stay in a restore until their TTL");
+            }
+            leases.listed = true;
         }
         Ok(())
     }

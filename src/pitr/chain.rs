@@ -719,7 +719,9 @@ fn check_stream(raw: impl Read, m: &DeltaManifest) -> Result<(), String> {
     let mut lease_records = 0u64;
     for rec in &mut r {
         match rec.map_err(|e| e.to_string())? {
-            Record::LeaseGrant { .. } | Record::LeaseGone { .. } => lease_records += 1,
+            Record::LeaseGrant { .. } | Record::LeaseGone { .. } | Record::LeaseList { .. } => {
+                lease_records += 1
+            }
             Record::End {
                 events,
                 revisions,

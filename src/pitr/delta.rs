@@ -1,9 +1,9 @@
 //! The plaintext delta stream (docs/design/pitr.md §5) and etcd's exact `key`-bucket encodings
 //! (§1): revision keys and `mvccpb.KeyValue` values.
 //!
-//! # Stream (format 1)
+//! # Stream (format 2; format 1 is format 2 without LEASE_LIST, and is still read)
 //! ```text
-//! magic   "LBPITR\0" 0x01                                    8 bytes
+//! magic   "LBPITR\0" 0x02                                    8 bytes
 //! header  u32 LE len (<= 64 KiB) + JSON DeltaHeader
 //! record* tag u8 | len varint (LEB128, <= 64 MiB) | payload
 //!   0x01 REV         main i64 BE | observed_unix_ms i64 BE
@@ -12,6 +12,8 @@
 //!   0x04 LEASE_GRANT id i64 BE | ttl i64 BE (seconds, 0 = unknown) | seen_rev i64 BE
 //!   0x05 LEASE_GONE  id i64 BE | seen_rev i64 BE
 //!   0x06 ANCHOR      sent_unix_ms i64 BE | revision i64 BE
+//!   0x07 LEASE_LIST  seen_rev i64 BE | id i64 BE * n (n >= 0, ids non-zero, ascending):
+//!                    every lease live at seen_rev; any other lease is gone there
 //!   0xFF END         events u64 BE | revisions u64 BE | last_revision i64 BE | sha256
 //! ```
 //! `sub` is implicit: the position of a PUT/DEL among the events after its REV (lease and
@@ -31,8 +33,10 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The 8 bytes every delta stream starts with: `"LBPITR\0"` and format 1.
-pub const MAGIC: [u8; 8] = *b"LBPITR\x00\x01";
+/// The 8 bytes every delta stream starts with: `"LBPITR\0"` and format 2 (written).
+pub const MAGIC: [u8; 8] = *b"LBPITR\x00\x02";
+/// Format 1's magic (streams without LEASE_LIST records): still read.
+pub const MAGIC_V1: [u8; 8] = *b"LBPITR\x00\x01";
 /// Largest header JSON accepted, in bytes (64 KiB).
 pub const MAX_HEADER_LEN: u32 = 64 << 10;
 /// Largest record payload accepted, in bytes (64 MiB): etcd's own request limit is far lower,
@@ -51,6 +55,10 @@ pub const TAG_LEASE_GRANT: u8 = 0x04;
 pub const TAG_LEASE_GONE: u8 = 0x05;
 /// Record tag: an anchor probe (time coverage).
 pub const TAG_ANCHOR: u8 = 0x06;
+/// Record tag: the complete list of live leases (format 2).
+pub const TAG_LEASE_LIST: u8 = 0x07;
+/// Most lease ids in one LEASE_LIST record (its payload stays within [`MAX_RECORD_LEN`]).
+pub const MAX_LEASE_LIST: usize = (MAX_RECORD_LEN as usize - 8) / 8;
 /// Record tag: end of the stream.
 pub const TAG_END: u8 = 0xFF;
 
@@ -63,7 +71,7 @@ pub enum DeltaError {
     #[error("delta stream I/O: {0}")]
     Io(#[from] io::Error),
     /// The bytes are not a delta stream of a format this version reads.
-    #[error("not an etcd-lifeboat delta stream (magic {found}); expected \"LBPITR\\0\" format 1")]
+    #[error("not an etcd-lifeboat delta stream (magic {found}); expected \"LBPITR\\0\" format 1 or 2 (a newer format needs a newer etcd-lifeboat)")]
     NotDelta {
         /// The first bytes found, hex.
         found: String,
@@ -696,6 +704,33 @@ impl<W: Write> DeltaWriter<W> {
         Ok(())
     }
 
+    /// Every lease live at revision `seen_rev` (`ids`, any order, no duplicates): a lease
+    /// known to a restore (from the base db or an earlier record) and not in `ids` is gone
+    /// there. The capture writes one at the first lease poll of a session, when it cannot
+    /// know which leases of the base (or of an earlier session) were revoked meanwhile.
+    ///
+    /// Errors: Misuse (a zero or duplicate id, a negative revision, more than
+    /// [`MAX_LEASE_LIST`] ids); Io.
+    pub fn lease_list(&mut self, seen_rev: i64, ids: &[i64]) -> Result<(), DeltaError> {
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        let dup = sorted.windows(2).any(|w| w[0] == w[1]);
+        if seen_rev < 0 || dup || sorted.contains(&0) || sorted.len() > MAX_LEASE_LIST {
+            return Err(DeltaError::Misuse(format!(
+                "lease list of {} ids at seen_rev {seen_rev} (ids must be non-zero and distinct, at most {MAX_LEASE_LIST})",
+                ids.len()
+            )));
+        }
+        let mut p = Vec::with_capacity(8 + 8 * sorted.len());
+        p.extend_from_slice(&seen_rev.to_be_bytes());
+        for id in &sorted {
+            p.extend_from_slice(&id.to_be_bytes());
+        }
+        self.record(TAG_LEASE_LIST, &p)?;
+        self.st.lease_records += 1;
+        Ok(())
+    }
+
     /// An anchor: a linearizable read sent at `sent_unix_ms` answered at `revision`; every
     /// commit before that time is <= `revision`.
     ///
@@ -865,6 +900,13 @@ pub enum Record {
         /// Revision at which it was seen gone.
         seen_rev: i64,
     },
+    /// Every lease live at `seen_rev` (format 2); any other is gone there.
+    LeaseList {
+        /// Revision at which the list was read.
+        seen_rev: i64,
+        /// Lease ids, ascending, non-zero.
+        ids: Vec<i64>,
+    },
     /// An anchor probe.
     Anchor {
         /// Send time of the probe, Unix milliseconds.
@@ -924,6 +966,8 @@ pub struct DeltaReader<R: Read> {
     events: u64,
     revisions: u64,
     done: bool,
+    /// Format 2 (LEASE_LIST allowed).
+    v2: bool,
 }
 
 fn read_exact_at<R: Read>(
@@ -958,7 +1002,7 @@ impl<R: Read> DeltaReader<R> {
         };
         let mut magic = [0u8; 8];
         let n = read_full(&mut r, &mut magic)?;
-        if n < 8 || magic != MAGIC {
+        if n < 8 || (magic != MAGIC && magic != MAGIC_V1) {
             return Err(DeltaError::NotDelta {
                 found: hex::encode(&magic[..n]),
             });
@@ -986,6 +1030,7 @@ impl<R: Read> DeltaReader<R> {
             events: 0,
             revisions: 0,
             done: false,
+            v2: magic == MAGIC,
         })
     }
 
@@ -1035,6 +1080,15 @@ impl<R: Read> DeltaReader<R> {
             TAG_LEASE_GRANT => Some(24),
             TAG_END => Some(END_LEN as u64),
             TAG_PUT | TAG_DEL => None,
+            TAG_LEASE_LIST if self.v2 => {
+                if len < 8 || !len.is_multiple_of(8) {
+                    return Err(corrupt(
+                        offset,
+                        format!("lease list of {len} bytes (8 + 8 per id expected)"),
+                    ));
+                }
+                None
+            }
             _ => return Err(corrupt(offset, format!("unknown record tag 0x{tag:02x}"))),
         };
         if let Some(f) = fixed {
@@ -1144,6 +1198,19 @@ impl<R: Read> DeltaReader<R> {
                     ));
                 }
                 Ok(Record::LeaseGone { id, seen_rev })
+            }
+            TAG_LEASE_LIST => {
+                let seen_rev = be_i64(&payload);
+                let ids: Vec<i64> = payload[8..].chunks_exact(8).map(be_i64).collect();
+                if seen_rev < 0 || ids.contains(&0) || ids.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(corrupt(
+                        offset,
+                        format!(
+                            "lease list at seen_rev {seen_rev}: ids must be non-zero and ascending"
+                        ),
+                    ));
+                }
+                Ok(Record::LeaseList { seen_rev, ids })
             }
             TAG_ANCHOR => {
                 let revision = be_i64(&payload[8..]);
@@ -1271,6 +1338,7 @@ mod tests {
         w.delete(b"c").unwrap();
         w.anchor(2500, 12).unwrap();
         w.lease_gone(0x99, 12).unwrap();
+        w.lease_list(12, &[0x1234, 0x7]).unwrap();
         w.finish().unwrap()
     }
 
@@ -1349,7 +1417,7 @@ mod tests {
                 sum.lease_records,
                 sum.last_revision
             ),
-            (4, 2, 2, 12)
+            (4, 2, 3, 12)
         );
         assert_eq!(
             (sum.first_observed_ms, sum.last_observed_ms),
@@ -1397,6 +1465,11 @@ mod tests {
         assert!(recs.contains(&Record::Anchor {
             sent_unix_ms: 2500,
             revision: 12
+        }));
+        // Written sorted.
+        assert!(recs.contains(&Record::LeaseList {
+            seen_rev: 12,
+            ids: vec![0x7, 0x1234]
         }));
         assert!(matches!(
             recs.last(),
@@ -1449,6 +1522,9 @@ mod tests {
             "version 0"
         );
         assert!(w.delete(b"").is_err());
+        assert!(w.lease_list(5, &[3, 0]).is_err(), "lease id 0");
+        assert!(w.lease_list(5, &[3, 4, 3]).is_err(), "duplicate lease id");
+        assert!(w.lease_list(-1, &[3]).is_err(), "negative revision");
         assert!(w.finish().is_err(), "open revision without events");
         let mut bad = header();
         bad.first_revision = 10;
@@ -1584,9 +1660,9 @@ mod tests {
         let mut extra = good.clone();
         extra.push(0);
         assert!(err_of(&extra).contains("after the END"));
-        // Not a delta.
+        // Not a delta, or of a format after 2.
         assert!(matches!(
-            read_all(b"LBPITR\0\x02rest"),
+            read_all(b"LBPITR\0\x03rest"),
             Err(DeltaError::NotDelta { .. })
         ));
         // A huge length is refused before allocating.
@@ -1635,6 +1711,51 @@ mod tests {
         // Fixed-size record with the wrong length; unknown tag.
         assert!(err_of(&stream(&[(TAG_REV, vec![0; 15])], None)).contains("expected 16"));
         assert!(err_of(&stream(&[(0x42, vec![])], None)).contains("unknown record tag"));
+        // Lease lists: 8 + 8n bytes, ids non-zero and ascending, revision not negative.
+        let list = |seen: i64, ids: &[i64]| {
+            let mut p = seen.to_be_bytes().to_vec();
+            for id in ids {
+                p.extend_from_slice(&id.to_be_bytes());
+            }
+            (TAG_LEASE_LIST, p)
+        };
+        let ok = |l: (u8, Vec<u8>)| stream(&[l, rev(11), put11.clone()], Some((1, 1, 11)));
+        assert_eq!(
+            read_all(&ok(list(9, &[]))).unwrap()[0],
+            Record::LeaseList {
+                seen_rev: 9,
+                ids: vec![]
+            }
+        );
+        for bad in [
+            list(9, &[2, 1]),
+            list(9, &[1, 1]),
+            list(9, &[0, 1]),
+            list(-1, &[1]),
+        ] {
+            let e = err_of(&ok(bad));
+            assert!(e.contains("ids must be non-zero and ascending"), "{e}");
+        }
+        let e = err_of(&ok((TAG_LEASE_LIST, vec![0; 12])));
+        assert!(e.contains("8 + 8 per id"), "{e}");
+        let e = err_of(&ok((TAG_LEASE_LIST, vec![0; 4])));
+        assert!(e.contains("8 + 8 per id"), "{e}");
+        // Format 1 streams are read, without lease lists.
+        let mut v1 = ok(list(9, &[1]));
+        v1[..8].copy_from_slice(&MAGIC_V1);
+        let e = err_of(&v1);
+        assert!(e.contains("unknown record tag 0x07"), "{e}");
+        let mut v1 = stream(&[rev(11), put11.clone()], None);
+        v1[..8].copy_from_slice(&MAGIC_V1);
+        let sha = Sha256::digest(&v1);
+        v1.push(TAG_END);
+        v1.push(END_LEN as u8);
+        for n in [1u64, 1] {
+            v1.extend_from_slice(&n.to_be_bytes());
+        }
+        v1.extend_from_slice(&11i64.to_be_bytes());
+        v1.extend_from_slice(&sha);
+        assert_eq!(read_all(&v1).unwrap().len(), 3);
         // A valid hand-made stream passes (the helper itself is right).
         read_all(&stream(&[rev(11), put11], Some((1, 1, 11)))).unwrap();
     }
