@@ -908,6 +908,14 @@ fn handover_at_the_last_received_revision_keeps_it() {
     assert_eq!(c.reason, "base-handover", "{}", d.log_text());
     assert_eq!(c.next_base_id.as_deref(), Some(newer.id.as_str()));
     assert_sound(&ch, base.revision);
+    // The closed chain covers the time up to the handover, past the newer base's end: no time
+    // between the two chains is left uncovered.
+    assert!(
+        ch.covered_until.is_some_and(|u| u >= newer.finished_at),
+        "closed chain covers until {:?}, the newer base finished at {}",
+        ch.covered_until,
+        newer.finished_at
+    );
     assert_eq!(
         ch.last_revision,
         last,

@@ -18,11 +18,13 @@
 //!   `pitr.max_bytes` at a revision boundary. Storing a delta pauses the watch (the server
 //!   buffers; a long pause ends in a compaction break, never a silent gap).
 //! - **Breaks**: a watch cancelled by compaction, a revision gap, or no member reachable for
-//!   [`MAX_OUTAGE`]: the complete revisions are stored, a close manifest ends the chain, a full
+//!   [`MAX_OUTAGE`]: the complete revisions (and the anchors and lease records since the last
+//!   delta, also when idle) are stored, a close manifest ends the chain, a full
 //!   backup is taken at once and a new chain starts on it. A plain stream error resumes on the
 //!   next member from the last complete revision + 1 (no gap, no break).
 //! - **Handover**: when a newer base exists and the chain has reached its revision, the chain
-//!   is closed ("base-handover") and a new one starts on the newer base, unless etcd has
+//!   is closed ("base-handover") after a last anchor (so that it covers the time past the
+//!   newer base's end) and a new one starts on the newer base, unless etcd has
 //!   compacted past that base's revision (its chain could not start; this one goes on). A
 //!   capture that starts while the newest base has no chain yet and the one before has an
 //!   open chain continues that chain (a daemon stopped between a backup and the handover).
@@ -823,6 +825,14 @@ impl Capture {
                     _ = ticker.tick() => {
                         if pos.open.is_none() {
                             if let Some(b) = self.handover_due(&mut client, &chain, pos.next - 1, &mut last_handover_check).await {
+                                // A last anchor, so that the closed chain covers the time up to
+                                // now, past the newer base's end: no time between the two is
+                                // left uncovered.
+                                if let Some((t_a, r_a)) = self.probe(&mut client).await {
+                                    if r_a < pos.next {
+                                        spill.writer.anchor(t_a.timestamp_millis(), r_a)?;
+                                    }
+                                }
                                 break 'outer Some(b);
                             }
                             self.poll_leases(&mut client, &mut spill, &mut leases, pos.next - 1).await?;
@@ -886,7 +896,10 @@ impl Capture {
         if spill.writer.discard_open_revision()?.is_some() {
             tracing::warn!("pitr: the chain broke inside a revision; that revision is not stored");
         }
-        if spill.writer.events() > 0 {
+        // Also an idle spill: its anchors cover the time up to the break (a handover of an
+        // idle cluster would otherwise leave the time since the last idle delta uncovered),
+        // and its lease records count.
+        if spill.writer.holds_records() {
             self.cut(&work, spill, &mut chain, &member).await?;
         }
         self.close(&chain, &b, &member).await?;

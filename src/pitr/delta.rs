@@ -577,6 +577,12 @@ impl<W: Write> DeltaWriter<W> {
         self.st.events
     }
 
+    /// Whether the stream holds anything a restore uses: events, lease records, or an anchor
+    /// that extends the time covered.
+    pub fn holds_records(&self) -> bool {
+        self.st.events > 0 || self.st.lease_records > 0 || self.st.covered_until_ms.is_some()
+    }
+
     fn record(&mut self, tag: u8, payload: &[u8]) -> Result<(), DeltaError> {
         if payload.len() as u64 > MAX_RECORD_LEN {
             return Err(DeltaError::Misuse(format!(
@@ -1497,6 +1503,21 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    /// What a break stores of an idle spill: anchors covering time and lease records count,
+    /// an anchor past the last revision does not.
+    #[test]
+    fn an_idle_stream_holds_records_once_it_covers_time_or_leases() {
+        let mut w = DeltaWriter::new(Vec::new(), header()).unwrap();
+        assert!(!w.holds_records());
+        w.anchor(100, 11).unwrap();
+        assert!(!w.holds_records(), "anchor above the last revision (10)");
+        w.anchor(100, 10).unwrap();
+        assert!(w.holds_records());
+        let mut w = DeltaWriter::new(Vec::new(), header()).unwrap();
+        w.lease_list(10, &[]).unwrap();
+        assert!(w.holds_records());
     }
 
     #[test]
