@@ -30,7 +30,9 @@
 #        (`eval "$(scripts/bench-garage.sh start DIR)"`; with GARAGE_PID set, the CPU seconds
 #        of etcd-lifeboat, etcd and Garage are logged for each run)
 # Disk: CACHE holds the snapshots (4 GiB + K8S_GIB [+ 8 GiB]); WORK needs about 2x the
-# largest db at a time (restored data dir + one saved snapshot or store object).
+# largest db at a time (restored data dir + one saved snapshot or store object). With CACHE and
+# WORK on one XFS (reflink=1) or btrfs file system the restores clone the db instead of copying
+# it (ours, etcdutl's and cp's alike): ONLY="status restore" there measures that path.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
