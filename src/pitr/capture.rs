@@ -949,17 +949,24 @@ impl Capture {
         received_through: i64,
     ) -> Result<(), CaptureError> {
         let limit = self.cfg.etcd.request_timeout;
+        // For the session's lease list: the member's revision just before (see below).
+        let before = if leases.listed {
+            None
+        } else {
+            let opts = GetOptions::new().with_count_only().with_serializable();
+            match timeout(limit, client.get("\0", Some(opts))).await {
+                Ok(Ok(r)) => r.header().map(|h| h.revision()),
+                _ => None,
+            }
+        };
         let Ok(Ok(resp)) = timeout(limit, client.leases()).await else {
             return Ok(());
         };
+        let header = resp.header().map(|h| h.revision()).unwrap_or(0);
         // A lagging member answers at a revision below what the watch delivered already; the
         // records go into the spill after `received_through`, so a restore to a revision
         // before that would never read them: they are stamped no lower.
-        let seen = resp
-            .header()
-            .map(|h| h.revision())
-            .unwrap_or(0)
-            .max(received_through);
+        let seen = header.max(received_through);
         let now: HashSet<i64> = resp.leases().iter().map(|l| l.id()).collect();
         let mut gone: Vec<i64> = leases
             .known
@@ -984,8 +991,14 @@ impl Capture {
         }
         // The session starts knowing no lease: one of the base (or of an earlier session)
         // revoked before this poll would get no LEASE_GONE. The complete list tells a restore
-        // which leases were gone here.
-        if !leases.listed {
+        // which leases were gone here; every lease it leaves out counts as gone from `seen` on,
+        // with no later poll to correct it, so it is written only when exact at `seen`: the
+        // member is not behind the watch (`header >= received_through`; a lagging member
+        // lacks leases granted since), and its revision did not move while it answered (etcd
+        // reads the lease list, then the revision for the header: a lease granted and put in
+        // between would be missing from a list stamped after that put). Else the next poll
+        // tries again.
+        if before == Some(header) && header >= received_through {
             let mut ids: Vec<i64> = resp
                 .leases()
                 .iter()

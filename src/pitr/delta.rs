@@ -13,7 +13,8 @@
 //!   0x05 LEASE_GONE  id i64 BE | seen_rev i64 BE
 //!   0x06 ANCHOR      sent_unix_ms i64 BE | revision i64 BE
 //!   0x07 LEASE_LIST  seen_rev i64 BE | id i64 BE * n (n >= 0, ids non-zero, ascending):
-//!                    every lease live at seen_rev; any other lease is gone there
+//!                    every lease live at seen_rev; any other lease is gone there (at most
+//!                    one per stream)
 //!   0xFF END         events u64 BE | revisions u64 BE | last_revision i64 BE | sha256
 //! ```
 //! `sub` is implicit: the position of a PUT/DEL among the events after its REV (lease and
@@ -460,6 +461,8 @@ struct WriterState {
     events: u64,
     revisions: u64,
     lease_records: u64,
+    /// A LEASE_LIST was written (at most one per stream).
+    listed: bool,
     last_revision: i64,
     first_observed_ms: Option<i64>,
     last_observed_ms: Option<i64>,
@@ -536,6 +539,7 @@ impl<W: Write> DeltaWriter<W> {
             events: 0,
             revisions: 0,
             lease_records: 0,
+            listed: false,
             last_revision: header.first_revision - 1,
             first_observed_ms: None,
             last_observed_ms: None,
@@ -716,14 +720,19 @@ impl<W: Write> DeltaWriter<W> {
     /// know which leases of the base (or of an earlier session) were revoked meanwhile.
     ///
     /// Errors: Misuse (a zero or duplicate id, a negative revision, more than
-    /// [`MAX_LEASE_LIST`] ids); Io.
+    /// [`MAX_LEASE_LIST`] ids, a second list in the stream); Io.
     pub fn lease_list(&mut self, seen_rev: i64, ids: &[i64]) -> Result<(), DeltaError> {
         let mut sorted = ids.to_vec();
         sorted.sort_unstable();
         let dup = sorted.windows(2).any(|w| w[0] == w[1]);
-        if seen_rev < 0 || dup || sorted.contains(&0) || sorted.len() > MAX_LEASE_LIST {
+        if seen_rev < 0
+            || dup
+            || sorted.contains(&0)
+            || sorted.len() > MAX_LEASE_LIST
+            || self.st.listed
+        {
             return Err(DeltaError::Misuse(format!(
-                "lease list of {} ids at seen_rev {seen_rev} (ids must be non-zero and distinct, at most {MAX_LEASE_LIST})",
+                "lease list of {} ids at seen_rev {seen_rev} (ids must be non-zero and distinct, at most {MAX_LEASE_LIST}, one list per stream)",
                 ids.len()
             )));
         }
@@ -734,6 +743,7 @@ impl<W: Write> DeltaWriter<W> {
         }
         self.record(TAG_LEASE_LIST, &p)?;
         self.st.lease_records += 1;
+        self.st.listed = true;
         Ok(())
     }
 
@@ -974,6 +984,8 @@ pub struct DeltaReader<R: Read> {
     done: bool,
     /// Format 2 (LEASE_LIST allowed).
     v2: bool,
+    /// A LEASE_LIST was read (at most one per stream: one per capture session).
+    listed: bool,
 }
 
 fn read_exact_at<R: Read>(
@@ -1037,6 +1049,7 @@ impl<R: Read> DeltaReader<R> {
             revisions: 0,
             done: false,
             v2: magic == MAGIC,
+            listed: false,
         })
     }
 
@@ -1206,6 +1219,9 @@ impl<R: Read> DeltaReader<R> {
                 Ok(Record::LeaseGone { id, seen_rev })
             }
             TAG_LEASE_LIST => {
+                if std::mem::replace(&mut self.listed, true) {
+                    return Err(corrupt(offset, "a second lease list in one stream"));
+                }
                 let seen_rev = be_i64(&payload);
                 let ids: Vec<i64> = payload[8..].chunks_exact(8).map(be_i64).collect();
                 if seen_rev < 0 || ids.contains(&0) || ids.windows(2).any(|w| w[0] >= w[1]) {
@@ -1546,6 +1562,8 @@ mod tests {
         assert!(w.lease_list(5, &[3, 0]).is_err(), "lease id 0");
         assert!(w.lease_list(5, &[3, 4, 3]).is_err(), "duplicate lease id");
         assert!(w.lease_list(-1, &[3]).is_err(), "negative revision");
+        w.lease_list(5, &[3]).unwrap();
+        assert!(w.lease_list(5, &[3]).is_err(), "a second list");
         assert!(w.finish().is_err(), "open revision without events");
         let mut bad = header();
         bad.first_revision = 10;
@@ -1761,6 +1779,11 @@ mod tests {
         assert!(e.contains("8 + 8 per id"), "{e}");
         let e = err_of(&ok((TAG_LEASE_LIST, vec![0; 4])));
         assert!(e.contains("8 + 8 per id"), "{e}");
+        let e = err_of(&stream(
+            &[list(9, &[1]), list(9, &[1]), rev(11), put11.clone()],
+            Some((1, 1, 11)),
+        ));
+        assert!(e.contains("a second lease list"), "{e}");
         // Format 1 streams are read, without lease lists.
         let mut v1 = ok(list(9, &[1]));
         v1[..8].copy_from_slice(&MAGIC_V1);

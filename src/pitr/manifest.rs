@@ -23,8 +23,12 @@ use serde::{Deserialize, Serialize};
 use crate::store::manifest::{EncryptionInfo, AGE_FORMAT, MAX_REVISION};
 use crate::store::ObjectKey;
 
-/// Format number of the delta stream and manifest this version writes and reads.
-pub const FORMAT: u32 = 1;
+/// Format number of the delta stream and manifest this version writes: 2 since streams may
+/// hold a LEASE_LIST (`delta.rs`); a version that reads only 1 then says "upgrade" instead of
+/// calling the stream damaged.
+pub const FORMAT: u32 = 2;
+/// Oldest format this version reads.
+pub const FORMAT_MIN: u32 = 1;
 /// Suffix of a chain's directory segment: `<base-id>.pitr`.
 pub const PITR_DIR_SUFFIX: &str = ".pitr";
 /// Suffix of delta manifests.
@@ -68,7 +72,7 @@ pub enum CloseReason {
 pub struct DeltaManifest {
     /// `delta` or `close`.
     pub kind: DeltaKind,
-    /// [`FORMAT`].
+    /// [`FORMAT`] when written ([`FORMAT_MIN`]..=[`FORMAT`] read).
     pub format: u32,
     /// etcd cluster id, 16 lower-case hex digits (a key segment).
     pub cluster_id: String,
@@ -288,9 +292,9 @@ impl DeltaManifest {
     ///
     /// Errors: the reason as text.
     pub fn validate(&self) -> Result<(), String> {
-        if self.format != FORMAT {
+        if !(FORMAT_MIN..=FORMAT).contains(&self.format) {
             return Err(format!(
-                "format {} (this version reads {FORMAT}); upgrade etcd-lifeboat",
+                "format {} (this version reads {FORMAT_MIN} to {FORMAT}); upgrade etcd-lifeboat",
                 self.format
             ));
         }
@@ -478,6 +482,14 @@ pub fn parse_delta_manifest(
 mod tests {
     use super::*;
 
+    /// Chains written before LEASE_LIST (format 1) stay readable.
+    #[test]
+    fn format_1_manifests_are_read() {
+        let mut m = sample();
+        m.format = 1;
+        m.validate().unwrap();
+    }
+
     pub(crate) fn sample() -> DeltaManifest {
         DeltaManifest {
             kind: DeltaKind::Delta,
@@ -577,7 +589,8 @@ mod tests {
             ("seq 0", Box::new(|m| m.first_revision = 2489)),
             ("events", Box::new(|m| m.events = 3)),
             ("raw_bytes", Box::new(|m| m.raw_bytes = u64::MAX)),
-            ("format", Box::new(|m| m.format = 2)),
+            ("format", Box::new(|m| m.format = 3)),
+            ("format", Box::new(|m| m.format = 0)),
             ("compression", Box::new(|m| m.compression = "gzip".into())),
             ("prev_stored_sha256", Box::new(|m| m.seq = 3)),
             ("sha256", Box::new(|m| m.stored_sha256 = "../".repeat(20))),
