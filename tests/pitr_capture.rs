@@ -857,6 +857,15 @@ fn scheduled_backups_hand_the_chain_over() {
             .expect("next base in the store");
         assert!(next.revision > b.revision);
         assert!(ch.last_revision >= next.revision, "{:?}", ch.summary());
+        // Time too: the closed chain covers past the newer base's end (a last anchor).
+        assert!(
+            ch.covered_until.is_some_and(|u| u >= next.finished_at),
+            "chain of {} covers until {:?}, base {} finished at {}",
+            b.id,
+            ch.covered_until,
+            next.id,
+            next.finished_at
+        );
         let nch = rt.block_on(read_chain(&store, next)).unwrap();
         assert_eq!(nch.first_revision, next.revision + 1);
         handovers += 1;

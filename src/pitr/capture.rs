@@ -754,6 +754,9 @@ impl Capture {
         let mut anchor: Option<(DateTime<Utc>, i64)> = None;
         let mut last_handover_check = Instant::now();
         let mut last_connect: Option<Instant> = None;
+        // A handover found due, and since when: the chain is closed once the anchor probed
+        // then is written (below).
+        let mut handover: Option<(Break, Instant)> = None;
         let outcome: Option<Break> = 'outer: loop {
             // (Re)connect and watch from the first revision not complete; at most once a
             // second (a stream that ends at once must not spin).
@@ -824,21 +827,25 @@ impl Capture {
                     _ = self.stop.cancelled() => break 'outer None,
                     _ = ticker.tick() => {
                         if pos.open.is_none() {
-                            if let Some(b) = self.handover_due(&mut client, &chain, pos.next - 1, &mut last_handover_check).await {
-                                // A last anchor, so that the closed chain covers the time up to
-                                // now, past the newer base's end: no time between the two is
-                                // left uncovered.
-                                if let Some((t_a, r_a)) = self.probe(&mut client).await {
-                                    if r_a < pos.next {
-                                        spill.writer.anchor(t_a.timestamp_millis(), r_a)?;
-                                    }
+                            if handover.is_none() {
+                                if let Some(b) = self.handover_due(&mut client, &chain, pos.next - 1, &mut last_handover_check).await {
+                                    // A last anchor, probed now, after the newer base's end:
+                                    // the chain is closed once it is written, so that no time
+                                    // between the two chains is left uncovered. On a busy
+                                    // cluster that is when the watch has delivered its revision.
+                                    anchor = self.probe(&mut client).await;
+                                    handover = Some((b, Instant::now()));
                                 }
-                                break 'outer Some(b);
                             }
                             self.poll_leases(&mut client, &mut spill, &mut leases, pos.next - 1).await?;
                         }
                         if anchor.is_none() {
                             anchor = self.probe(&mut client).await;
+                        }
+                        // No anchor (the probe failed), or not written in time (the watch
+                        // lags): close without it.
+                        if handover.as_ref().is_some_and(|(_, since)| anchor.is_none() || since.elapsed() >= pcfg.interval * 3) {
+                            break 'outer handover.take().map(|h| h.0);
                         }
                         self.status.update_lag();
                     }
@@ -867,6 +874,9 @@ impl Capture {
                     if pos.next > r_a {
                         spill.writer.anchor(t_a.timestamp_millis(), r_a)?;
                         anchor = None;
+                        if let Some((b, _)) = handover.take() {
+                            break 'outer Some(b);
+                        }
                         let busy =
                             spill.writer.events() > 0 && spill.started.elapsed() >= pcfg.interval;
                         let idle = spill.writer.events() == 0
