@@ -287,6 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         continue;
                     }
                 };
+                let (failed_before, unchecked_before) = (failed, unchecked);
                 match acquire::verify_stored(&store, m, identities.clone(), &base).await {
                     Ok(acquire::Verified::Content(st)) => {
                         tracing::info!(id = %m.id, "backup verified");
@@ -329,6 +330,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                         if table {
                             println!("FAIL  {}  {e}", m.id);
+                        }
+                    }
+                }
+                // The backup's PITR delta chain, when it has one: every delta read and checked
+                // (docs/pitr.md), once the base itself verified.
+                if failed == failed_before {
+                    let v = etcd_lifeboat::pitr::chain::verify_chain(&store, m, identities.clone())
+                        .await?;
+                    if let Some(summary) = v.chain.summary() {
+                        let problems = v.problems();
+                        let unchecked_deltas =
+                            v.deltas.iter().filter(|d| !d.content_checked).count();
+                        if let Some(last) = results.last_mut() {
+                            last["pitr"] = serde_json::json!({
+                                "chain": summary, "deltas_checked": v.deltas.len(),
+                                "content_unchecked": unchecked_deltas, "problems": problems,
+                            });
+                            if !problems.is_empty() {
+                                last["ok"] = serde_json::json!(false);
+                            }
+                        }
+                        if !problems.is_empty() {
+                            failed += 1;
+                        } else if unchecked_deltas > 0
+                            && !a.ciphertext_only
+                            && unchecked == unchecked_before
+                        {
+                            unchecked += 1;
+                        }
+                        if table {
+                            for p in &problems {
+                                println!("FAIL  {}  {p}", m.id);
+                            }
+                            if problems.is_empty() {
+                                let how = if unchecked_deltas > 0 {
+                                    "stored size and sha256 checked, content NOT (pass --identity FILE)"
+                                } else {
+                                    "every delta checked"
+                                };
+                                println!("      {summary}: {how}");
+                            }
                         }
                     }
                 }

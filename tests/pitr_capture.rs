@@ -573,6 +573,23 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     let old_json = list.iter().find(|m| m["id"] == base.id.as_str()).unwrap();
     assert_eq!(old_json["pitr"]["last_revision"], l3);
     assert_eq!(old_json["pitr"]["closed"]["reason"], "compacted");
+    // `verify ID` checks the base and every delta of its chain.
+    let verify = |id: &str| {
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["verify", id])
+            .output()
+            .unwrap()
+    };
+    let out = verify(&base.id);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("pitr r{}..r{l3} ", b_eff + 1))
+            && text.contains("every delta checked"),
+        "{text}"
+    );
     let victim = &old.deltas[old.deltas.len() / 2];
     let path = store_dir.join(victim.derived_data_key().unwrap().unwrap().as_str());
     let mut bytes = std::fs::read(&path).unwrap();
@@ -584,6 +601,16 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     let bad: Vec<_> = v.deltas.iter().filter(|d| d.error.is_some()).collect();
     assert_eq!(bad.len(), 1, "{:?}", v.problems());
     assert_eq!(bad[0].first_revision, victim.first_revision);
+    let out = verify(&base.id);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "FAIL  {}  delta r{}..",
+            base.id, victim.first_revision
+        )),
+        "{text}"
+    );
 
     // 4. Deleting the old base deletes its chain (delta manifests and data, the close).
     let chain_dir = store_dir.join(format!("{}/{}.pitr", base.cluster_id, base.id));
@@ -635,6 +662,22 @@ fn encrypted_base_encrypted_chain() {
         let stored = std::fs::read(store_dir.join(key.as_str())).unwrap();
         assert!(stored.starts_with(b"age-encryption.org/v1"));
     }
+    let out = lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["verify", &base.id, "--identity"])
+            .arg(&identity),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("every delta checked"), "{text}");
+    let out = lifeboat_ok(lifeboat().arg("--config").arg(&cfg).args([
+        "verify",
+        &base.id,
+        "--ciphertext-only",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("content NOT"), "{text}");
     let ids = etcd_lifeboat::crypto::Identities::load(&[identity]).unwrap();
     let v = rt
         .block_on(verify_chain(&store, &base, Some(Arc::new(ids))))
