@@ -71,10 +71,12 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     Ok(Store::from_config(&cfg.storage).await?)
 }
 
-/// The store of cluster `c`, seeing only the backups of `c.etcd_cluster_id` when
-/// `--cluster <cluster-id>` named one ([`Store::scoped_to_cluster`]).
+/// The store of cluster `c` for the commands that read it (list, verify, prune, delete): a
+/// local store directory must exist ([`Store::from_config_existing`]); seeing only the
+/// backups of `c.etcd_cluster_id` when `--cluster <cluster-id>` named one
+/// ([`Store::scoped_to_cluster`]).
 async fn open_cluster_store(c: &Cluster) -> anyhow::Result<Store> {
-    let store = open_store(&c.config).await?;
+    let store = Store::from_config_existing(&c.config.storage).await?;
     Ok(match &c.etcd_cluster_id {
         Some(id) => store.scoped_to_cluster(id),
         None => store,
@@ -756,7 +758,7 @@ async fn list_clusters(all: &Config, output: Output) -> anyhow::Result<()> {
     for c in all.clusters() {
         let name = c.name.clone().unwrap_or_default();
         let r = async {
-            let store = open_store(&c.config).await?;
+            let store = Store::from_config_existing(&c.config.storage).await?;
             anyhow::Ok(
                 manifest::catalog_at(&store, chrono::Utc::now(), c.config.store.future_tolerance)
                     .await?,

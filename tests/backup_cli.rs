@@ -426,6 +426,48 @@ fn unknown_config_key_exits_2_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("etcd.tls.ca_file"));
 }
 
+/// A mistyped local store path is an error for the commands that read the store, not an
+/// empty store, and none of them creates it (a dry run writes nothing).
+#[test]
+fn reading_commands_refuse_a_missing_local_store_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ghost = dir.path().join("ghost");
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!("storage:\n  local: {{path: {}}}\n", ghost.display()),
+    )
+    .unwrap();
+    let target = dir.path().join("restored");
+    let target = target.to_str().unwrap();
+    for cmd in [
+        vec!["list"],
+        vec!["verify", "latest"],
+        vec!["prune", "--dry-run"],
+        vec![
+            "restore",
+            "--from-store",
+            "latest",
+            "--dry-run",
+            "--data-dir",
+            target,
+        ],
+    ] {
+        let out = lifeboat()
+            .args(["--config", cfg.to_str().unwrap()])
+            .args(&cmd)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd:?}");
+        assert!(
+            err.contains(&format!("store path {} does not exist", ghost.display())),
+            "{cmd:?}: {err}"
+        );
+        assert!(!ghost.exists(), "{cmd:?} created the store directory");
+    }
+}
+
 /// Runs the binary inside a private mount namespace with `mount_opts` tmpfs on `dir`.
 fn in_tmpfs(dir: &Path, mount_opts: &str, args: &[&str]) -> std::process::Output {
     assert!(

@@ -597,7 +597,7 @@ async fn find_stored(
     cluster: Option<&str>,
 ) -> Result<(Store, Manifest)> {
     let selected = Config::load(config_path)?.select_cluster(cluster)?;
-    let mut store = Store::from_config(&selected.config.storage)
+    let mut store = Store::from_config_existing(&selected.config.storage)
         .await
         .map_err(|source| RestoreError::Store {
             what: format!("--from-store {which}: opening the configured store"),

@@ -157,6 +157,28 @@ impl LocalStore {
         })
     }
 
+    /// Opens the store at `root` for reading (list, verify, prune, delete, restore): unlike
+    /// [`LocalStore::new`] it creates nothing, so a mistyped path is an error rather than an
+    /// empty store (and a dry run writes nothing).
+    ///
+    /// Errors: [`StoreError::Io`] when `root` does not exist (the message names the path and
+    /// `storage.local.path`), is not a directory, or cannot be accessed.
+    pub async fn existing(root: &Path) -> Result<LocalStore, StoreError> {
+        match tokio::fs::metadata(root).await {
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                Err(StoreError::Io {
+                    path: root.to_path_buf(),
+                    message: format!(
+                        "store path {} does not exist: check storage.local.path (ETCD_LIFEBOAT_LOCAL_PATH); a backup creates it",
+                        root.display()
+                    ),
+                    cause: e,
+                })
+            }
+            _ => LocalStore::new(root).await,
+        }
+    }
+
     /// The store directory.
     pub fn root(&self) -> &Path {
         &self.root

@@ -370,6 +370,17 @@ impl Store {
         })
     }
 
+    /// [`Store::from_config`] for reading: a local store directory must exist
+    /// ([`LocalStore::existing`]).
+    ///
+    /// Errors: those of [`Store::from_config`], and a missing local directory.
+    pub async fn from_config_existing(cfg: &StorageConfig) -> Result<Store, StoreError> {
+        Ok(match cfg.backend {
+            Backend::Local => Store::Local(LocalStore::existing(&cfg.local.path).await?),
+            Backend::S3 => Store::S3(S3Store::from_config(&cfg.s3).await?),
+        })
+    }
+
     /// Where the store is: `"local:/var/lib/etcd-lifeboat"` or `"s3://bucket/prefix"`, with
     /// ` (cluster <cluster_id>)` when [scoped](Store::scoped_to_cluster).
     pub fn describe(&self) -> String {
