@@ -274,6 +274,26 @@ fn wrong_ca_is_refused_with_a_hint() {
     assert!(manifests(&store).is_empty());
 }
 
+/// An https:// endpoint on a plain-http etcd: the hint says to use http://.
+#[test]
+fn https_endpoint_on_plain_http_etcd_hints_at_http() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let store = etcd.dir.path().join("store");
+    let cfg = etcd
+        .config_yaml(&store)
+        .replace("http://127.0.0.1", "https://127.0.0.1");
+    let path = etcd.dir.path().join("https.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = lifeboat()
+        .args(["--config", path.to_str().unwrap(), "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use an http:// endpoint"), "{err}");
+    assert!(manifests(&store).is_empty());
+}
+
 #[test]
 fn bad_password_fails_and_good_password_works() {
     let etcd = Etcd::start(EtcdOpts::default());

@@ -71,6 +71,9 @@ pub fn describe_error(err: &etcd_client::Error) -> String {
         || lower.contains("invalid peer certificate")
     {
         " (the server certificate is not signed by etcd.tls.ca_file; use the etcd CA, e.g. /etc/kubernetes/pki/etcd/ca.crt)"
+    } else if lower.contains("handshake eof") {
+        // A plain-http etcd reads the ClientHello as garbage and hangs up.
+        " (the server closed the TLS handshake: if etcd listens on plain HTTP, use an http:// endpoint; else it may require a client certificate: set etcd.tls.cert_file and key_file)"
     } else if lower.contains("certificate required")
         || lower.contains("bad certificate")
         || lower.contains("handshake")
