@@ -1221,6 +1221,12 @@ fn a_base_lease_revoked_before_the_first_poll_is_not_restored() {
     );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["pitr"]["applied"]["revision"], last, "{j}");
+    // The report names the backup `latest` resolved to.
+    assert_eq!(
+        j["source"]["store"],
+        serde_json::json!({"which": "latest", "id": base.id}),
+        "{j}"
+    );
     let restored = Etcd::boot(Version::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
     rt.block_on(async {
         let mut c = restored.client().await;

@@ -48,6 +48,42 @@ async fn from_store_into_one_etcd_3_4_member() {
     let (_src, cfg, want) = backup_of_3_4(work.path()).await;
 
     let spec = MemberSpec::new("restored", work.path().join("restored.etcd"));
+    // The dry run names the backup `latest` resolved to.
+    let id = String::from_utf8(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["list", "-o", "json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let id: serde_json::Value = serde_json::from_str(&id).unwrap();
+    let id = id[0]["id"].as_str().unwrap().to_string();
+    let out = lifeboat()
+        .arg("--config")
+        .arg(&cfg)
+        .args([
+            "restore",
+            "--from-store",
+            "latest",
+            "--dry-run",
+            "--name",
+            "restored",
+        ])
+        .arg("--initial-cluster")
+        .arg(format!("restored={}", spec.peer_url()))
+        .arg("--data-dir")
+        .arg(&spec.data_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("store backup {id} (latest)")),
+        "{text}"
+    );
     run(
         RestoreOptions {
             from_store: Some("latest".into()),

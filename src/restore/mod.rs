@@ -200,8 +200,17 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 enum SourceSpec {
-    File { path: PathBuf, format: FileFormat },
-    Store { which: String },
+    File {
+        path: PathBuf,
+        format: FileFormat,
+    },
+    Store {
+        /// As given: an id, a unique prefix or `latest`.
+        which: String,
+        /// The backup it resolved to (set once found).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
 }
 
 /// etcd's default `--quota-backend-bytes` (2 GiB): a point-in-time restore keeps the whole
@@ -220,7 +229,7 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()>
     }
     let manifest = read_kubeadm_manifest(&args)?;
     let bump = bump_amount(&args, manifest.is_some())?;
-    let spec = source_spec(&args)?;
+    let mut spec = source_spec(&args)?;
     // Parents of the targets (and of separate WAL dirs) are created (etcdutl:
     // `CreateDirAll`), and removed again on failure. A dry run creates nothing.
     let mut parents = Vec::new();
@@ -233,21 +242,25 @@ pub async fn run(args: RestoreOptions, config_path: Option<&Path>) -> Result<()>
     // The snapshot as a checked local file (acquire: sha256 trailer, bbolt structure, status,
     // and for a stored backup the comparison with its manifest), before anything is planned.
     let pitr_target = pitr_target(&args)?;
-    let (snapshot, pitr_plan) = match (&spec, pitr_target) {
-        (SourceSpec::Store { which }, Some(target)) => {
+    let (snapshot, pitr_plan, backup_id) = match (&spec, pitr_target) {
+        (SourceSpec::Store { which, .. }, Some(target)) => {
             let (store, base, p) =
                 plan_pitr(which, target, config_path, args.cluster.as_deref()).await?;
             if !args.json {
                 print_pitr_plan(&p, args.dry_run);
             }
             let snap = acquire_stored(&args, &store, &base, &temp_dir).await?;
-            (snap, Some((store, p)))
+            (snap, Some((store, p)), Some(base.id))
         }
-        _ => (
-            acquire_snapshot(&args, &spec, &temp_dir, config_path).await?,
-            None,
-        ),
+        _ => {
+            let (snap, id) = acquire_snapshot(&args, &spec, &temp_dir, config_path).await?;
+            (snap, None, id)
+        }
     };
+    // The report names the backup `latest` (or a prefix) resolved to.
+    if let SourceSpec::Store { id, .. } = &mut spec {
+        *id = backup_id;
+    }
     // Point-in-time: the deltas applied once to a private copy of the base, which then is
     // the source of every member (bump and membership rewrites come after, on R).
     let mut pitr_work = None;
@@ -698,7 +711,10 @@ fn source_spec(args: &RestoreOptions) -> Result<SourceSpec> {
             "--snapshot FILE or --from-store ID|latest: a source is required",
         )
         .into()),
-        (None, Some(w)) => Ok(SourceSpec::Store { which: w.clone() }),
+        (None, Some(w)) => Ok(SourceSpec::Store {
+            which: w.clone(),
+            id: None,
+        }),
         (Some(p), None) => {
             let format = crate::crypto::detect_format(&p)
                 .map_err(io(format!("--snapshot: cannot read {}", p.display())))?;
@@ -745,27 +761,28 @@ fn temp_parent(dir: &Path) -> Result<TempParent> {
 /// Steps 2-3 (`copyAndVerifyDB`): the snapshot as a verified local file through
 /// [`crate::acquire`] (decrypted and decompressed beside the target when needed; a stored
 /// backup compared with its manifest). etcdutl's trailer rule: required unless
-/// `--skip-hash-check`.
+/// `--skip-hash-check`. With the id of the stored backup it found, for a store source.
 async fn acquire_snapshot(
     args: &RestoreOptions,
     spec: &SourceSpec,
     temp_dir: &Path,
     config_path: Option<&Path>,
-) -> Result<acquire::Acquired> {
+) -> Result<(acquire::Acquired, Option<String>)> {
     // A raw file's bbolt check and trailer hash run beside the db copy (`run`); not for a
     // dry run, which copies nothing.
     let opts = acquire_options(args, temp_dir, !args.dry_run)?;
     match spec {
-        SourceSpec::File { path, .. } => {
-            Ok(acquire::acquire(acquire::Source::File(path), &opts).await?)
-        }
-        SourceSpec::Store { which } => {
+        SourceSpec::File { path, .. } => Ok((
+            acquire::acquire(acquire::Source::File(path), &opts).await?,
+            None,
+        )),
+        SourceSpec::Store { which, .. } => {
             let (store, m) = find_stored(which, config_path, args.cluster.as_deref()).await?;
             let src = acquire::Source::Stored {
                 store: &store,
                 manifest: &m,
             };
-            Ok(acquire::acquire(src, &opts).await?)
+            Ok((acquire::acquire(src, &opts).await?, Some(m.id)))
         }
     }
 }
@@ -1381,7 +1398,10 @@ fn print_report(
     }
     let src = match spec {
         SourceSpec::File { path, .. } => path.display().to_string(),
-        SourceSpec::Store { which } => format!("store backup {which}"),
+        SourceSpec::Store { which, id } => match id {
+            Some(id) if id != which => format!("store backup {id} ({which})"),
+            _ => format!("store backup {which}"),
+        },
     };
     if dry_run {
         println!(
