@@ -710,7 +710,14 @@ impl Config {
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     ConfigError::new(
                         path.display().to_string(),
-                        format!("cannot read config file: {e} (pass --config FILE)"),
+                        format!(
+                            "cannot read config file: {e}{}",
+                            if explicit.is_some() {
+                                " (check the --config path)"
+                            } else {
+                                " (pass --config FILE)"
+                            }
+                        ),
                     )
                 })?;
                 Config::from_yaml(&text, &path.display().to_string())?

@@ -323,8 +323,15 @@ async fn supervise(
                     break false;
                 }
                 r = &mut run => {
-                    if let Err(e) = r {
-                        tracing::error!(error = %e, retry_in = ?pause, "pitr: delta capture stopped; retrying");
+                    match r {
+                        // Expected until the first scheduled backup of a new cluster.
+                        Err(e @ CaptureError::NoBase(_)) => {
+                            tracing::info!(reason = %e, retry_in = ?pause, "pitr: delta capture waiting");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, retry_in = ?pause, "pitr: delta capture stopped; retrying");
+                        }
+                        Ok(()) => {}
                     }
                     break true;
                 }
