@@ -629,6 +629,60 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
     assert_eq!(new_chain.last_revision, ch4.last_revision);
 }
 
+/// The daemon's re-verification (`verify.cron`) checks the newest backup's PITR chain too:
+/// a damaged delta fails it, and the reason names the chain.
+#[test]
+fn reverification_checks_the_newest_chain() {
+    let Fixture {
+        etcd,
+        rt,
+        client,
+        store_dir,
+        store,
+        port,
+    } = Fixture::start(10);
+    let cfg = config(
+        &etcd,
+        &store_dir,
+        port,
+        "verify:\n  cron: \"*/2 * * * * *\"\n",
+    );
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    let base = wait_base(&rt, &store);
+    let r = rt.block_on(workload(&client, "v"));
+    let ch = wait_chain(&rt, &store, &base, r);
+    let count = |result: &str| {
+        sample(
+            &d.metrics(),
+            &format!("etcd_lifeboat_verifies_total{{result=\"{result}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    wait(
+        "a successful re-verification",
+        Duration::from_secs(30),
+        || count("success") >= 1.0,
+    );
+    assert_eq!(count("failure"), 0.0, "{}", d.log_text());
+    let victim = &ch.deltas[0];
+    let path = store_dir.join(victim.derived_data_key().unwrap().unwrap().as_str());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    wait("a failed re-verification", Duration::from_secs(30), || {
+        count("failure") >= 1.0
+    });
+    let log = d.log_text();
+    assert!(
+        log.contains(&format!(
+            "backup {}: PITR chain: delta r{}..",
+            base.id, victim.first_revision
+        )),
+        "{log}"
+    );
+}
+
 /// An encrypted base gets an encrypted chain (`.delta.zst.age`, the base's recipients):
 /// verify checks the plaintext with the identity and only size and sha256 without it.
 #[test]

@@ -543,7 +543,8 @@ impl Daemon {
     }
 
     /// Downloads, decompresses and checks the newest backup (the first in the one order of
-    /// truth) against its manifest; records the result in the metrics and /readyz. An empty
+    /// truth) against its manifest, and every delta of its PITR chain; records the result in
+    /// the metrics and /readyz. An empty
     /// store is not a failure (the backup-age checks report it).
     async fn verify_newest(&self) {
         let limit = self.cfg.etcd.snapshot_timeout + self.args.upload_timeout;
@@ -560,14 +561,25 @@ impl Daemon {
             let ids = crate::crypto::identities_from_env()
                 .map_err(|e| format!("ETCD_LIFEBOAT_AGE_IDENTITY_FILE: {e}"))?;
             let base = crate::workdir::temp_base(&self.cfg);
-            match crate::acquire::verify_stored(&self.store, &m, ids, &base).await {
-                Ok(crate::acquire::Verified::Content(_)) => Ok(Some(m.id.clone())),
+            match crate::acquire::verify_stored(&self.store, &m, ids.clone(), &base).await {
+                Ok(crate::acquire::Verified::Content(_)) => {}
                 Ok(crate::acquire::Verified::CiphertextOnly(_)) => {
                     tracing::info!(id = %m.id, "re-verification: encrypted backup without an identity: stored size and sha256 checked, content not decrypted");
-                    Ok(Some(m.id.clone()))
                 }
-                Err(e) => Err(format!("backup {}: {e}", m.id)),
+                Err(e) => return Err(format!("backup {}: {e}", m.id)),
             }
+            // Its PITR delta chain, when it has one (at most a schedule interval of deltas).
+            let v = crate::pitr::chain::verify_chain(&self.store, &m, ids)
+                .await
+                .map_err(|e| format!("backup {}: reading its PITR chain: {e}", m.id))?;
+            if !v.ok() {
+                return Err(format!(
+                    "backup {}: PITR chain: {}",
+                    m.id,
+                    v.problems().join("; ")
+                ));
+            }
+            Ok(Some(m.id.clone()))
         })
         .await
         .unwrap_or_else(|_| Err(format!("re-verification exceeded {limit:?}")));
