@@ -586,10 +586,13 @@ fn catalog_table(cat: &manifest::Catalog) -> String {
     out
 }
 
-/// The NOTE of a backup in `list`: future-dated, Object Lock retain-until.
+/// The NOTE of a backup in `list`: its `--tag`, future-dated, Object Lock retain-until.
 fn catalog_note(cat: &manifest::Catalog, m: &manifest::Manifest) -> String {
     let now = cat.now;
     let mut notes = Vec::new();
+    if let Some(t) = &m.tag {
+        notes.push(format!("tag {t}"));
+    }
     if cat.is_future(m) {
         notes.push(format!(
             "FUTURE-DATED (clock ahead by {}; ignored for age and scheduling)",

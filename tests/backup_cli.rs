@@ -147,10 +147,13 @@ fn list_is_newest_first_and_json_has_contract_fields() {
     let cfg = etcd.write_config(&store);
     for i in 0..3 {
         etcd.etcdctl_ok(&["put", "k", &i.to_string()]);
-        lifeboat()
-            .args(["--config", cfg.to_str().unwrap(), "backup"])
-            .assert()
-            .success();
+        let tag = format!("before-upgrade-{i}");
+        let mut cmd = lifeboat();
+        cmd.args(["--config", cfg.to_str().unwrap(), "backup"]);
+        if i == 1 {
+            cmd.args(["--tag", &tag]);
+        }
+        cmd.assert().success();
     }
     let out = lifeboat()
         .args(["--config", cfg.to_str().unwrap(), "list", "-o", "json"])
@@ -201,6 +204,11 @@ fn list_is_newest_first_and_json_has_contract_fields() {
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("ID"), "{text}");
     assert_eq!(text.lines().count(), 4, "{text}");
+    // The tagged backup (the middle one) shows its tag in the NOTE column.
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].ends_with("NOTE"), "{text}");
+    assert!(lines[2].ends_with("tag before-upgrade-1"), "{text}");
+    assert_eq!(list[1]["tag"], "before-upgrade-1");
 }
 
 #[test]
