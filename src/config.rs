@@ -685,7 +685,14 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml::from_str(text).map_err(|e| ConfigError::new(origin, e.to_string()))
+        serde_yaml::from_str(text).map_err(|e| {
+            let mut msg = e.to_string();
+            // serde's words for a duration say nothing of the syntax.
+            if msg.contains("expected a duration") {
+                msg += " (a number with a unit: 500ms, 5s, 10m, 1h)";
+            }
+            ConfigError::new(origin, msg)
+        })
     }
 
     /// Finds the config file: `explicit`, else `./etcd-lifeboat.yaml`, else
@@ -1393,6 +1400,9 @@ mod tests {
     fn bad_duration_is_named() {
         let err = Config::from_yaml("etcd:\n  dial_timeout: soon\n", "c.yaml").unwrap_err();
         assert!(err.to_string().contains("dial_timeout"), "{err}");
+        // A bare number: the message shows the syntax.
+        let err = Config::from_yaml("etcd:\n  dial_timeout: 5\n", "c.yaml").unwrap_err();
+        assert!(err.to_string().contains("5s"), "{err}");
     }
 
     #[test]
