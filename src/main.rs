@@ -203,20 +203,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             // PITR delta chains of the bases (issue 16), when the store holds any.
             let chains = etcd_lifeboat::pitr::chain::chains(&store, &cat.backups).await?;
-            match a.output.output {
+            let out = match a.output.output {
                 Output::Json => {
                     let mut list = cat.to_list_json();
                     etcd_lifeboat::pitr::chain::annotate_list_json(&mut list, &chains);
-                    println!("{}", serde_json::to_string_pretty(&list)?)
+                    serde_json::to_string_pretty(&list)? + "\n"
                 }
                 Output::Table => {
-                    print!("{}", catalog_table(&cat));
+                    let mut t = catalog_table(&cat);
                     for c in &chains {
-                        println!("{}  {}", c.base_id, c.summary().unwrap_or_default());
+                        t += &format!("{}  {}\n", c.base_id, c.summary().unwrap_or_default());
                     }
+                    t
                 }
-            }
-            Ok(())
+            };
+            emit(&out)
         }
         Command::Restore(a) => cmd_restore(&cli, a).await,
         Command::Prune(a) => {
@@ -609,6 +610,19 @@ fn catalog_note(cat: &manifest::Catalog, m: &manifest::Manifest) -> String {
         ));
     }
     notes.join("; ")
+}
+
+/// Writes `out` to stdout in one piece. A reader that stopped early (`list | head`) is not an
+/// error: the rest is dropped quietly, as Unix tools do (`println!` would panic).
+fn emit(out: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 fn manifest_table(ms: &[manifest::Manifest], now: chrono::DateTime<chrono::Utc>) -> String {

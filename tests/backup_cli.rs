@@ -496,6 +496,32 @@ fn reading_commands_refuse_a_missing_local_store_and_create_nothing() {
     }
 }
 
+/// `list | head`: a reader that closed early ends `list` quietly (exit 0), no panic.
+#[test]
+fn list_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!("storage:\n  local: {{path: {}}}\n", store.display()),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"))
+        .args(["--config", cfg.to_str().unwrap(), "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the table is written: the write gets EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 /// Runs the binary inside a private mount namespace with `mount_opts` tmpfs on `dir`.
 fn in_tmpfs(dir: &Path, mount_opts: &str, args: &[&str]) -> std::process::Output {
     assert!(
