@@ -16,6 +16,14 @@ use etcd_lifeboat::snapshot::humanize_bytes;
 use etcd_lifeboat::store::{manifest, Store};
 use etcd_lifeboat::{backup, error, workdir};
 
+/// `println!` through [`emit`]: a closed stdout (`verify | head`) does not stop the command,
+/// whose exit code still says how it went.
+macro_rules! emitln {
+    ($($arg:tt)*) => {
+        emit(&format!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
@@ -272,7 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             serde_json::json!({"id": m.id, "ok": false, "error": e.to_string()}),
                         );
                         if table {
-                            println!("FAIL  {}  {e}", m.id);
+                            emitln!("FAIL  {}  {e}", m.id);
                         }
                         continue;
                     }
@@ -285,7 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         failed += 1;
                         results.push(serde_json::json!({"id": m.id, "ok": false, "error": e}));
                         if table {
-                            println!("FAIL  {}  {e}", m.id);
+                            emitln!("FAIL  {}  {e}", m.id);
                         }
                         continue;
                     }
@@ -309,7 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 .as_ref()
                                 .map(|p| format!("  {p}"))
                                 .unwrap_or_default();
-                            println!(
+                            emitln!(
                                 "OK    {}  revision {}  keys {}  hash {:08x}{files}{decrypted}{note}",
                                 m.id, st.revision, st.total_key, st.hash
                             );
@@ -319,7 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         unchecked += 1;
                         results.push(serde_json::json!({"id": m.id, "ok": a.ciphertext_only, "content_checked": false, "ciphertext_ok": true}));
                         if table {
-                            println!(
+                            emitln!(
                                 "{}  {}  encrypted: size and sha256 of the stored object match the manifest; the content was NOT checked (pass --identity FILE to decrypt and verify it)",
                                 if a.ciphertext_only { "OK   " } else { "UNCHECKED" },
                                 m.id
@@ -332,7 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             serde_json::json!({"id": m.id, "ok": false, "error": e.to_string()}),
                         );
                         if table {
-                            println!("FAIL  {}  {e}", m.id);
+                            emitln!("FAIL  {}  {e}", m.id);
                         }
                     }
                 }
@@ -364,7 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                         if table {
                             for p in &problems {
-                                println!("FAIL  {}  {p}", m.id);
+                                emitln!("FAIL  {}  {p}", m.id);
                             }
                             if problems.is_empty() {
                                 let how = if unchecked_deltas > 0 {
@@ -372,7 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 } else {
                                     "every delta checked"
                                 };
-                                println!("      {summary}: {how}");
+                                emitln!("      {summary}: {how}");
                             }
                         }
                     }
@@ -381,11 +389,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for b in &broken {
                 results.push(serde_json::json!({"key": b.key, "ok": false, "error": format!("broken manifest: {}", b.reason)}));
                 if table {
-                    println!("BROKEN  {}  {}", b.key, b.reason);
+                    emitln!("BROKEN  {}  {}", b.key, b.reason);
                 }
             }
             if !table {
-                println!("{}", serde_json::to_string_pretty(&results)?);
+                emitln!("{}", serde_json::to_string_pretty(&results)?);
             }
             if failed > 0 {
                 anyhow::bail!("{failed} of {} backups failed verification", targets.len());

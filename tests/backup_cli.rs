@@ -380,6 +380,32 @@ fn corrupted_stored_object_fails_verify() {
     );
     assert!(text.contains("FAIL"), "{text}");
     assert!(text.contains("failed verification"), "{text}");
+    // Into a reader that closed early (`verify | head`): still exit 1, no panic.
+    let (code, err) = into_closed_pipe(&cfg, &["verify", "latest"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        !err.contains("panicked") && err.contains("failed verification"),
+        "{err}"
+    );
+}
+
+/// Runs `etcd-lifeboat --config CFG ARGS` with stdout a pipe whose read end is closed before
+/// anything is written: (exit code, stderr).
+fn into_closed_pipe(cfg: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"))
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -508,17 +534,8 @@ fn list_into_a_closed_pipe_exits_quietly() {
         format!("storage:\n  local: {{path: {}}}\n", store.display()),
     )
     .unwrap();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"))
-        .args(["--config", cfg.to_str().unwrap(), "list"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Close the read end before the table is written: the write gets EPIPE.
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{:?}: {err}", out.status);
+    let (code, err) = into_closed_pipe(&cfg, &["list"]);
+    assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
