@@ -37,6 +37,8 @@
 //!   (`plan`) and the native apply of deltas to a base db (`apply`). Uses [`snapshot`],
 //!   [`store`], [`crypto`]; knows neither [`daemon`] nor [`backup`] nor [`restore`].
 //! - [`metrics`]: Prometheus registry and metric definitions. Uses [`store`].
+//! - [`output`]: report lines on stdout that a closed pipe does not turn into a panic
+//!   ([`outln!`]). Uses nothing.
 //! - [`backup`]: the pipeline of one backup (stream, verify, compress, encrypt, upload,
 //!   manifest). Uses [`etcd`], [`snapshot`], [`store`], [`files`], [`crypto`], [`workdir`],
 //!   [`progress`], [`config`], and [`restore`] (membership of a data dir, test WALs).
@@ -60,6 +62,7 @@ pub mod error;
 pub mod etcd;
 pub mod files;
 pub mod metrics;
+pub mod output;
 pub mod pitr;
 pub mod progress;
 pub mod restore;

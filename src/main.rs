@@ -16,14 +16,6 @@ use etcd_lifeboat::snapshot::humanize_bytes;
 use etcd_lifeboat::store::{manifest, Store};
 use etcd_lifeboat::{backup, error, workdir};
 
-/// `println!` through [`emit`]: a closed stdout (`verify | head`) does not stop the command,
-/// whose exit code still says how it went.
-macro_rules! emitln {
-    ($($arg:tt)*) => {
-        emit(&format!("{}\n", format_args!($($arg)*)))?
-    };
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
@@ -225,7 +217,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     t
                 }
             };
-            emit(&out)
+            etcd_lifeboat::output::print(&out);
+            Ok(())
         }
         Command::Restore(a) => cmd_restore(&cli, a).await,
         Command::Prune(a) => {
@@ -280,7 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             serde_json::json!({"id": m.id, "ok": false, "error": e.to_string()}),
                         );
                         if table {
-                            emitln!("FAIL  {}  {e}", m.id);
+                            etcd_lifeboat::outln!("FAIL  {}  {e}", m.id);
                         }
                         continue;
                     }
@@ -293,7 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         failed += 1;
                         results.push(serde_json::json!({"id": m.id, "ok": false, "error": e}));
                         if table {
-                            emitln!("FAIL  {}  {e}", m.id);
+                            etcd_lifeboat::outln!("FAIL  {}  {e}", m.id);
                         }
                         continue;
                     }
@@ -317,7 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 .as_ref()
                                 .map(|p| format!("  {p}"))
                                 .unwrap_or_default();
-                            emitln!(
+                            etcd_lifeboat::outln!(
                                 "OK    {}  revision {}  keys {}  hash {:08x}{files}{decrypted}{note}",
                                 m.id, st.revision, st.total_key, st.hash
                             );
@@ -327,7 +320,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         unchecked += 1;
                         results.push(serde_json::json!({"id": m.id, "ok": a.ciphertext_only, "content_checked": false, "ciphertext_ok": true}));
                         if table {
-                            emitln!(
+                            etcd_lifeboat::outln!(
                                 "{}  {}  encrypted: size and sha256 of the stored object match the manifest; the content was NOT checked (pass --identity FILE to decrypt and verify it)",
                                 if a.ciphertext_only { "OK   " } else { "UNCHECKED" },
                                 m.id
@@ -340,7 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             serde_json::json!({"id": m.id, "ok": false, "error": e.to_string()}),
                         );
                         if table {
-                            emitln!("FAIL  {}  {e}", m.id);
+                            etcd_lifeboat::outln!("FAIL  {}  {e}", m.id);
                         }
                     }
                 }
@@ -372,7 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                         if table {
                             for p in &problems {
-                                emitln!("FAIL  {}  {p}", m.id);
+                                etcd_lifeboat::outln!("FAIL  {}  {p}", m.id);
                             }
                             if problems.is_empty() {
                                 let how = if unchecked_deltas > 0 {
@@ -380,7 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 } else {
                                     "every delta checked"
                                 };
-                                emitln!("      {summary}: {how}");
+                                etcd_lifeboat::outln!("      {summary}: {how}");
                             }
                         }
                     }
@@ -389,11 +382,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for b in &broken {
                 results.push(serde_json::json!({"key": b.key, "ok": false, "error": format!("broken manifest: {}", b.reason)}));
                 if table {
-                    emitln!("BROKEN  {}  {}", b.key, b.reason);
+                    etcd_lifeboat::outln!("BROKEN  {}  {}", b.key, b.reason);
                 }
             }
             if !table {
-                emitln!("{}", serde_json::to_string_pretty(&results)?);
+                etcd_lifeboat::outln!("{}", serde_json::to_string_pretty(&results)?);
             }
             if failed > 0 {
                 anyhow::bail!("{failed} of {} backups failed verification", targets.len());
@@ -618,19 +611,6 @@ fn catalog_note(cat: &manifest::Catalog, m: &manifest::Manifest) -> String {
         ));
     }
     notes.join("; ")
-}
-
-/// Writes `out` to stdout in one piece. A reader that stopped early (`list | head`) is not an
-/// error: the rest is dropped quietly, as Unix tools do (`println!` would panic).
-fn emit(out: &str) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => Ok(r?),
-    }
 }
 
 fn manifest_table(ms: &[manifest::Manifest], now: chrono::DateTime<chrono::Utc>) -> String {

@@ -24,6 +24,37 @@ fn snapshot() -> &'static Path {
     })
 }
 
+/// `restore ... | head`: the reader closed before the report; the restore still completes
+/// and exits 0 (it panicked with exit 101 after writing the data dir).
+#[test]
+fn restore_into_a_closed_pipe_completes_and_exits_0() {
+    let work = tempfile::tempdir().unwrap();
+    let data_dir = work.path().join("r.etcd");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"))
+        .arg("restore")
+        .arg("--snapshot")
+        .arg(snapshot())
+        .args([
+            "--name",
+            "a",
+            "--initial-cluster",
+            "a=http://127.0.0.1:2380",
+        ])
+        .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(data_dir.join("member/snap/db").is_file());
+}
+
 fn args(snap: &Path, data_dir: &Path) -> RestoreOptions {
     RestoreOptions {
         snapshot: Some(snap.to_path_buf()),

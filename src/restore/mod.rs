@@ -646,12 +646,12 @@ async fn restore_files(
     acquire::fetch_files(&store, &m, ids, Some(dir)).await?;
     let entries = m.files.as_ref().map(|f| f.entries.len()).unwrap_or(0);
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::json!({"id": m.id, "files_to": dir, "entries": m.files.as_ref().map(|f| &f.entries)})
         );
     } else {
-        println!(
+        crate::outln!(
             "extracted {entries} entries of backup {} below {} (checked against the manifest; modes as recorded)",
             m.id,
             dir.display()
@@ -947,7 +947,7 @@ fn print_pitr_plan(p: &PitrPlan, dry_run: bool) {
     } else {
         "Restoring"
     };
-    println!(
+    crate::outln!(
         "{verb} {target} (point in time) from base backup {} (effective revision r{}, finished {}) and {} delta(s):",
         c.base_id,
         c.base_revision,
@@ -959,7 +959,7 @@ fn print_pitr_plan(p: &PitrPlan, dry_run: bool) {
             (Some(a), Some(b)) => format!("{} .. {}", a.to_rfc3339(), b.to_rfc3339()),
             _ => "no revision".to_string(),
         };
-        println!(
+        crate::outln!(
             "  delta {:>4}  r{}..r{}  {times}  {} events, {} bytes stored{}",
             d.seq,
             d.first_revision,
@@ -970,7 +970,7 @@ fn print_pitr_plan(p: &PitrPlan, dry_run: bool) {
         );
     }
     let raw: u64 = p.deltas.iter().map(|d| d.raw_bytes).sum();
-    println!(
+    crate::outln!(
         "Chain of {}: r{}..r{}, {}; projected db growth <= {} bytes",
         c.base_id,
         c.base_revision,
@@ -985,7 +985,7 @@ fn print_pitr_applied(a: &PitrApplied) {
         .observed_at
         .map(|t| format!(", observed {}", t.to_rfc3339()))
         .unwrap_or_default();
-    println!(
+    crate::outln!(
         "Point in time: revision {}{at}; {} delta(s) read ({} bytes), {} events applied in {} transaction(s); {} lease(s){}",
         a.revision,
         a.deltas_read,
@@ -1390,7 +1390,7 @@ fn print_report(
         reminders: reminders(plan, manifest.is_some(), info),
     };
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&report).expect("report serialises")
         );
@@ -1404,24 +1404,25 @@ fn print_report(
         },
     };
     if dry_run {
-        println!(
+        crate::outln!(
             "Dry run: nothing written. Would restore {src} into cluster {} (token {}):",
-            report.cluster_id, plan.token
+            report.cluster_id,
+            plan.token
         );
     } else {
         let s = status.expect("status after restore");
-        println!(
+        crate::outln!(
             "Restored {src} (revision {}, {} keys, hash {:08x}, {} bytes) into cluster {} (token {}):",
             s.revision, s.total_key, s.hash, s.total_size, report.cluster_id, plan.token
         );
     }
-    println!(
+    crate::outln!(
         "Snapshot membership ({} recorded): {}",
         info.members.len(),
         plan::describe_snapshot_members(&info.members)
     );
     if let Some(b) = &info.bump {
-        println!(
+        crate::outln!(
             "Revision: {} bumped to {} (+{}), marked compacted",
             b.old_revision,
             b.new_revision,
@@ -1429,8 +1430,8 @@ fn print_report(
         );
     }
     for (t, m) in plan.targets.iter().zip(&report.members) {
-        println!();
-        println!(
+        crate::outln!("");
+        crate::outln!(
             "member {}  id {}  data dir {}",
             t.name,
             m.id,
@@ -1442,39 +1443,39 @@ fn print_report(
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            println!("  in {mpath}:");
+            crate::outln!("  in {mpath}:");
             if let Some(hp) = &km.data_host_path {
                 let note = if hp == &t.data_dir {
                     "unchanged".to_string()
                 } else {
                     format!("now {}", hp.display())
                 };
-                println!(
+                crate::outln!(
                     "    the etcd-data volume: hostPath: {{path: {}}}  ({note})",
                     t.data_dir.display()
                 );
             }
             let container_dir = km.data_dir.clone().unwrap_or_else(|| t.data_dir.clone());
-            println!("    the etcd command: (keep the other flags)");
+            crate::outln!("    the etcd command: (keep the other flags)");
             for f in &m.etcd_flags {
                 if f.starts_with("--listen-peer-urls") {
                     continue;
                 }
                 if f.starts_with("--data-dir=") && km.data_host_path.is_some() {
-                    println!("    - --data-dir={}", container_dir.display());
+                    crate::outln!("    - --data-dir={}", container_dir.display());
                 } else {
-                    println!("    - {f}");
+                    crate::outln!("    - {f}");
                 }
             }
         } else {
-            println!("  start it with:");
-            println!("    etcd {}", m.etcd_flags.join(" \\\n      "));
+            crate::outln!("  start it with:");
+            crate::outln!("    etcd {}", m.etcd_flags.join(" \\\n      "));
         }
     }
-    println!();
-    println!("Remember:");
+    crate::outln!("");
+    crate::outln!("Remember:");
     for r in &report.reminders {
-        println!("  - {r}");
+        crate::outln!("  - {r}");
     }
 }
 
