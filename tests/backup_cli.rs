@@ -1,6 +1,7 @@
 //! `backup`, `list`, `verify`, `status` and `config check` driven through the binary against
 //! real etcd 3.4 and 3.5 servers on loopback, with a local store.
 
+use std::ffi::OsStr;
 use std::path::Path;
 
 use crate::common::*;
@@ -272,12 +273,8 @@ fn wrong_ca_is_refused_with_a_hint() {
     );
     let path = etcd.dir.path().join("wrong-ca.yaml");
     std::fs::write(&path, cfg).unwrap();
-    let out = lifeboat()
-        .args(["--config", path.to_str().unwrap(), "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run_with_config(&path, &["backup"]);
+    assert_eq!(code, 1);
     assert!(err.contains("ca_file"), "{err}");
     assert!(manifests(&store).is_empty());
 }
@@ -292,12 +289,8 @@ fn https_endpoint_on_plain_http_etcd_hints_at_http() {
         .replace("http://127.0.0.1", "https://127.0.0.1");
     let path = etcd.dir.path().join("https.yaml");
     std::fs::write(&path, cfg).unwrap();
-    let out = lifeboat()
-        .args(["--config", path.to_str().unwrap(), "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run_with_config(&path, &["backup"]);
+    assert_eq!(code, 1);
     assert!(err.contains("use an http:// endpoint"), "{err}");
     assert!(manifests(&store).is_empty());
 }
@@ -381,31 +374,17 @@ fn corrupted_stored_object_fails_verify() {
     assert!(text.contains("FAIL"), "{text}");
     assert!(text.contains("failed verification"), "{text}");
     // Into a reader that closed early (`verify | head`): still exit 1, no panic.
-    let (code, err) = into_closed_pipe(&cfg, &["verify", "latest"]);
-    assert_eq!(code, Some(1), "{err}");
+    let (code, err) = run_into_closed_pipe([
+        OsStr::new("--config"),
+        cfg.as_os_str(),
+        OsStr::new("verify"),
+        OsStr::new("latest"),
+    ]);
+    assert_eq!(code, 1, "{err}");
     assert!(
         !err.contains("panicked") && err.contains("failed verification"),
         "{err}"
     );
-}
-
-/// Runs `etcd-lifeboat --config CFG ARGS` with stdout a pipe whose read end is closed before
-/// anything is written: (exit code, stderr).
-fn into_closed_pipe(cfg: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -507,13 +486,8 @@ fn reading_commands_refuse_a_missing_local_store_and_create_nothing() {
             target,
         ],
     ] {
-        let out = lifeboat()
-            .args(["--config", cfg.to_str().unwrap()])
-            .args(&cmd)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{cmd:?}");
+        let (code, _, err) = run_with_config(&cfg, &cmd);
+        assert_ne!(code, 0, "{cmd:?}");
         assert!(
             err.contains(&format!("store path {} does not exist", ghost.display())),
             "{cmd:?}: {err}"
@@ -534,8 +508,9 @@ fn list_into_a_closed_pipe_exits_quietly() {
         format!("storage:\n  local: {{path: {}}}\n", store.display()),
     )
     .unwrap();
-    let (code, err) = into_closed_pipe(&cfg, &["list"]);
-    assert_eq!(code, Some(0), "{err}");
+    let (code, err) =
+        run_into_closed_pipe([OsStr::new("--config"), cfg.as_os_str(), OsStr::new("list")]);
+    assert_eq!(code, 0, "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 

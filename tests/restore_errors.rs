@@ -1,6 +1,7 @@
 //! Restore refuses bad input with a clear error and writes nothing: corrupted or truncated
 //! snapshots, a non-empty target, a name missing from --initial-cluster, duplicate peer URLs.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -30,27 +31,20 @@ fn snapshot() -> &'static Path {
 fn restore_into_a_closed_pipe_completes_and_exits_0() {
     let work = tempfile::tempdir().unwrap();
     let data_dir = work.path().join("r.etcd");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"))
-        .arg("restore")
-        .arg("--snapshot")
-        .arg(snapshot())
-        .args([
-            "--name",
-            "a",
-            "--initial-cluster",
-            "a=http://127.0.0.1:2380",
-        ])
-        .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (code, err) = crate::common::run_into_closed_pipe([
+        OsStr::new("restore"),
+        OsStr::new("--snapshot"),
+        snapshot().as_os_str(),
+        OsStr::new("--name"),
+        OsStr::new("a"),
+        OsStr::new("--initial-cluster"),
+        OsStr::new("a=http://127.0.0.1:2380"),
+        OsStr::new("--initial-advertise-peer-urls"),
+        OsStr::new("http://127.0.0.1:2380"),
+        OsStr::new("--data-dir"),
+        data_dir.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(data_dir.join("member/snap/db").is_file());
 }

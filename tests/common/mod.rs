@@ -616,13 +616,44 @@ pub async fn fill(client: &etcd_client::Client, n: usize, value_size: usize, pre
 /// environment leaking in.
 pub fn lifeboat() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("etcd-lifeboat").unwrap();
-    for (k, _) in std::env::vars() {
-        if k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_") {
-            cmd.env_remove(k);
-        }
+    for k in leaking_env() {
+        cmd.env_remove(k);
     }
     cmd.env("NO_COLOR", "1");
     cmd
+}
+
+/// The `ETCDCTL_*` and `ETCD_LIFEBOAT_*` variables of this process, which the binary under
+/// test must not see.
+fn leaking_env() -> impl Iterator<Item = String> {
+    std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_"))
+}
+
+/// `etcd-lifeboat ARGS` (the environment of [`lifeboat`]) with stdout a pipe whose read end
+/// is closed before anything is written, as `| head` leaves it: (exit code, -1 when killed by
+/// a signal; stderr).
+pub fn run_into_closed_pipe<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> (i32, String) {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
+    for k in leaking_env() {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd
+        .env("NO_COLOR", "1")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `etcd-lifeboat --config CFG ARGS...` ([`lifeboat`]), whatever its exit: (exit code, -1 when
