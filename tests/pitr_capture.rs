@@ -133,6 +133,15 @@ fn decode(store_dir: &Path, deltas: &[DeltaManifest]) -> Vec<Ev> {
     out
 }
 
+/// Damages delta `m`'s stored object in place: one bit flipped in its middle byte.
+fn flip_a_byte(store_dir: &Path, m: &DeltaManifest) {
+    let path = store_dir.join(m.derived_data_key().unwrap().unwrap().as_str());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+}
+
 /// The LEASE_GRANT records (id, ttl, seen revision) of the deltas, in chain order.
 fn lease_grants(store_dir: &Path, deltas: &[DeltaManifest]) -> Vec<(i64, i64, i64)> {
     let mut out = Vec::new();
@@ -591,11 +600,7 @@ fn chain_matches_an_independent_watch_survives_sigkill_and_breaks_on_compaction(
         "{text}"
     );
     let victim = &old.deltas[old.deltas.len() / 2];
-    let path = store_dir.join(victim.derived_data_key().unwrap().unwrap().as_str());
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    std::fs::write(&path, bytes).unwrap();
+    flip_a_byte(&store_dir, victim);
     let v = rt.block_on(verify_chain(&store, &base, None)).unwrap();
     assert!(!v.ok());
     let bad: Vec<_> = v.deltas.iter().filter(|d| d.error.is_some()).collect();
@@ -665,11 +670,7 @@ fn reverification_checks_the_newest_chain() {
     );
     assert_eq!(count("failure"), 0.0, "{}", d.log_text());
     let victim = &ch.deltas[0];
-    let path = store_dir.join(victim.derived_data_key().unwrap().unwrap().as_str());
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    std::fs::write(&path, bytes).unwrap();
+    flip_a_byte(&store_dir, victim);
     wait("a failed re-verification", Duration::from_secs(30), || {
         count("failure") >= 1.0
     });
