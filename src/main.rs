@@ -67,10 +67,6 @@ async fn load_cluster(cli: &Cli, sel: &cli::ClusterArg) -> anyhow::Result<Cluste
     Ok(cfg.select_cluster(sel.cluster.as_deref())?)
 }
 
-async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
-    Ok(Store::from_config(&cfg.storage).await?)
-}
-
 /// The store of cluster `c` for the commands that read it (list, verify, prune, delete): a
 /// local store directory must exist ([`Store::from_config_existing`]); seeing only the
 /// backups of `c.etcd_cluster_id` when `--cluster <cluster-id>` named one
@@ -163,7 +159,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--cluster {id}: backup takes the cluster ID from etcd; a cluster ID selects stored backups only (list, verify, prune, delete, restore --from-store): drop --cluster");
             }
             let cfg = c.config;
-            let store = open_store(&cfg).await?;
+            // backup creates a missing local store directory (the reading commands refuse one).
+            let store = Store::from_config(&cfg.storage).await?;
             let cancel = tokio_util::sync::CancellationToken::new();
             let on_signal = cancel.clone();
             tokio::spawn(async move {
