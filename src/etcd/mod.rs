@@ -64,16 +64,23 @@ pub fn describe_error(err: &etcd_client::Error) -> String {
         }
         src = s.source();
     }
-    let lower = text.to_lowercase();
-    let hint = if lower.contains("unknownissuer")
+    format!("{text}{}", hint(&text.to_lowercase()))
+}
+
+/// What to do about an error whose text (lower case, with its sources) is `lower`; `""` when
+/// nothing specific is known.
+fn hint(lower: &str) -> &'static str {
+    if lower.contains("unknownissuer")
         || lower.contains("unknown issuer")
         || lower.contains("certificate verify failed")
         || lower.contains("invalid peer certificate")
     {
         " (the server certificate is not signed by etcd.tls.ca_file; use the etcd CA, e.g. /etc/kubernetes/pki/etcd/ca.crt)"
     } else if lower.contains("handshake eof") {
-        // A plain-http etcd reads the ClientHello as garbage and hangs up.
+        // A plain-http etcd reads the ClientHello as garbage and hangs up (or resets, below).
         " (the server closed the TLS handshake: if etcd listens on plain HTTP, use an http:// endpoint; else it may require a client certificate: set etcd.tls.cert_file and key_file)"
+    } else if lower.contains("connection reset") && lower.contains("connecterror") {
+        " (the server reset the connection while it was being set up: for an https:// endpoint etcd may listen on plain HTTP, then use an http:// endpoint; else check that etcd is running and healthy)"
     } else if lower.contains("certificate required")
         || lower.contains("bad certificate")
         || lower.contains("handshake")
@@ -92,8 +99,7 @@ pub fn describe_error(err: &etcd_client::Error) -> String {
         " (is etcd running and listening on this URL?)"
     } else {
         ""
-    };
-    format!("{text}{hint}")
+    }
 }
 
 /// Normalises an endpoint to a URL: `host:port` becomes `http://host:port`, or `https://` when
@@ -373,6 +379,18 @@ mod tests {
         ]);
         let names: Vec<_> = order.iter().map(|s| s.endpoint.as_str()).collect();
         assert_eq!(names, ["follower", "leader", "lagging"]);
+    }
+
+    /// An https:// endpoint on a plain-HTTP etcd fails either way, both seen on loopback.
+    #[test]
+    fn a_tls_connect_to_plain_http_hints_at_http() {
+        for text in [
+            r#"grpc request error: code: 'the service is currently unavailable', message: "tls handshake eof", source: tonic::transport::error(transport, connecterror(custom { kind: unexpectedeof, error: "tls handshake eof" }))"#,
+            r#"grpc request error: code: 'the service is currently unavailable', message: "connection reset by peer (os error 104)", source: tonic::transport::error(transport, connecterror(os { code: 104, kind: connectionreset, message: "connection reset by peer" }))"#,
+        ] {
+            assert!(hint(text).contains("use an http:// endpoint"), "{text}");
+        }
+        assert!(hint("tcp connect error: connection refused").contains("is etcd running"));
     }
 
     #[test]
