@@ -54,17 +54,37 @@ fn format_failures(f: &[(String, String)]) -> String {
 
 /// Turns an etcd-client error into one line that says what happened and, for the common
 /// cases, what to do (wrong CA, missing client cert, bad password, permission denied).
+///
+/// gRPC failures read as grpc-go and etcdctl print them (`rpc error: code = Unavailable desc =
+/// ...`) followed by the causes' messages (`tcp connect error: Connection refused (os error
+/// 111)`); tonic's own text embeds its causes in Rust debug form, which only the hint reads.
 pub fn describe_error(err: &etcd_client::Error) -> String {
-    let mut text = err.to_string();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(err);
-    while let Some(s) = src {
+    let raw = err.to_string();
+    let text = match err {
+        etcd_client::Error::GRpcStatus(s) => readable(
+            &format!("rpc error: code = {:?} desc = {}", s.code(), s.message()),
+            std::error::Error::source(s),
+        ),
+        etcd_client::Error::TransportError(e) => {
+            readable("transport error", std::error::Error::source(e))
+        }
+        _ => raw.clone(),
+    };
+    format!("{text}{}", hint(&format!("{raw} {text}").to_lowercase()))
+}
+
+/// `head` followed by the messages of `source` and its causes, each once: wrappers that only
+/// repeat their cause's message, or say nothing more than "transport error", are left out.
+fn readable(head: &str, mut source: Option<&dyn std::error::Error>) -> String {
+    let mut text = head.to_string();
+    while let Some(s) = source {
         let t = s.to_string();
-        if !text.contains(&t) {
+        if !t.is_empty() && t != "transport error" && !text.contains(&t) {
             text = format!("{text}: {t}");
         }
-        src = s.source();
+        source = s.source();
     }
-    format!("{text}{}", hint(&text.to_lowercase()))
+    text
 }
 
 /// What to do about an error whose text (lower case, with its sources) is `lower`; `""` when
@@ -90,6 +110,8 @@ fn hint(lower: &str) -> &'static str {
         || lower.contains("invalid user id or password")
     {
         " (check etcd.auth.username and the password)"
+    } else if lower.contains("authentication is not enabled") {
+        " (this etcd has auth disabled: remove etcd.auth from the config, or unset ETCDCTL_USER)"
     } else if lower.contains("permission denied") {
         " (the etcd user needs the root role to take snapshots)"
     } else if lower.contains("connection refused")
@@ -391,6 +413,39 @@ mod tests {
             assert!(hint(text).contains("use an http:// endpoint"), "{text}");
         }
         assert!(hint("tcp connect error: connection refused").contains("is etcd running"));
+        assert!(hint("etcdserver: authentication is not enabled").contains("remove etcd.auth"));
+    }
+
+    /// The shape of a refused connect as tonic reports it: a transport error wrapping a connect
+    /// error wrapping the OS error. Only the messages that say something are kept.
+    #[test]
+    fn readable_errors_keep_each_cause_once() {
+        #[derive(Debug)]
+        struct Wrap(&'static str, Option<std::io::Error>);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_ref().map(|e| e as _)
+            }
+        }
+        let os = std::io::Error::from_raw_os_error(111);
+        let refused = os.to_string();
+        let chain = Wrap("tcp connect error", Some(os));
+        let text = readable(
+            "rpc error: code = Unavailable desc = tcp connect error",
+            Some(&chain),
+        );
+        assert_eq!(
+            text,
+            format!("rpc error: code = Unavailable desc = tcp connect error: {refused}")
+        );
+        assert!(!text.contains("Os {"), "{text}");
+        let bare = Wrap("transport error", None);
+        assert_eq!(readable("rpc error", Some(&bare)), "rpc error");
     }
 
     #[test]
