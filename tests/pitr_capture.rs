@@ -1302,6 +1302,68 @@ fn a_base_lease_revoked_before_the_first_poll_is_not_restored() {
     });
 }
 
+/// An idle cluster: a lease granted after the last revision L (no key, so no revision) is
+/// recorded in an idle delta that starts at L + 1. `--to-revision L` restores it, as a
+/// restore to a time after it would.
+#[test]
+fn a_lease_granted_while_idle_restores_at_the_last_revision() {
+    let Fixture {
+        etcd,
+        rt,
+        client,
+        store_dir,
+        store,
+        port,
+    } = Fixture::start(10);
+    let cfg = config(&etcd, &store_dir, port, "");
+    let d = spawn(&etcd, &cfg, port, "d.log");
+    let base = wait_base(&rt, &store);
+    wait_live(&rt, &store, &base, Duration::from_secs(20));
+    let lease = rt.block_on(async {
+        let mut c = client.clone();
+        c.lease_grant(600, None).await.unwrap().id()
+    });
+    let ch = wait_chain_where(
+        &rt,
+        &store,
+        &base,
+        "the idle lease grant is stored",
+        Duration::from_secs(30),
+        |c| {
+            lease_grants(&store_dir, &c.deltas)
+                .iter()
+                .any(|g| g.0 == lease)
+        },
+    );
+    drop(d);
+    let last = ch.last_revision;
+    assert_eq!(last, ch.base_revision, "no revision after the base");
+    let dir = etcd.dir.path().join("restored");
+    let (spec, out) = restore_latest(
+        &cfg,
+        &["-o", "json", "--to-revision", &last.to_string()],
+        &dir,
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["pitr"]["applied"]["revision"], last, "{j}");
+    let restored = Etcd::boot(Version::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
+    rt.block_on(async {
+        let mut c = restored.client().await;
+        let ids: Vec<i64> = c
+            .leases()
+            .await
+            .unwrap()
+            .leases()
+            .iter()
+            .map(|l| l.id())
+            .collect();
+        assert!(
+            ids.contains(&lease),
+            "restored leases {ids:?}: want {lease}"
+        );
+    });
+}
+
 /// A base whose final writes were deletes that a compaction then removed (a cleanup, then
 /// `etcdctl compact` at the current revision): the db's current revision is above its status
 /// revision. The backup records it (`current_revision`) and the chain starts right after it,

@@ -40,8 +40,11 @@ pub enum PitrTarget {
 pub struct PitrPlan {
     /// The chain of the chosen base (its whole run; the deltas are in [`PitrPlan::deltas`]).
     pub chain: Chain,
-    /// The deltas to read: those with `first_revision <= R` (for a time: whose first observed
-    /// time is <= T), in order.
+    /// The deltas to read, in order: those with `first_revision <= R`, then those starting at
+    /// `R + 1` that hold lease records (lease lists polled while etcd stayed at R are written
+    /// to the next delta, and after the chain's last revision to idle deltas that start at
+    /// `R + 1`; the apply stops at the first later REV). For a time: those whose first
+    /// observed time is <= T.
     pub deltas: Vec<DeltaManifest>,
     /// What was asked.
     pub target: PitrTarget,
@@ -109,7 +112,10 @@ pub fn plan(chains: &[Chain], target: PitrTarget) -> Result<PitrPlan, PitrPlanEr
                 let deltas: Vec<DeltaManifest> = c
                     .deltas
                     .iter()
-                    .filter(|d| d.first_revision <= r)
+                    .filter(|d| {
+                        d.first_revision <= r
+                            || (d.first_revision == r.saturating_add(1) && d.lease_records > 0)
+                    })
                     .cloned()
                     .collect();
                 return Ok(PitrPlan {
@@ -321,6 +327,19 @@ mod tests {
             (p.chain.base_id.as_str(), p.deltas.len()),
             (b2.id.as_str(), 0)
         );
+        // The revision before a delta that holds lease records: that delta too (lease lists
+        // polled at r150 are written to it, before r151).
+        let mut chains_l = chains.clone();
+        chains_l[1].deltas[1].lease_records = 1;
+        let p = plan(&chains_l, PitrTarget::Revision(150)).unwrap();
+        assert_eq!(p.deltas.len(), 2);
+        assert_eq!(
+            plan(&chains_l, PitrTarget::Revision(149))
+                .unwrap()
+                .deltas
+                .len(),
+            1
+        );
         let err = plan(&chains, PitrTarget::Revision(250))
             .unwrap_err()
             .to_string();
@@ -386,6 +405,34 @@ mod tests {
         // Revisions: still the newest base that covers them.
         let p = plan(&chains, PitrTarget::Revision(330)).unwrap();
         assert_eq!(p.chain.base_id, b2.id);
+    }
+
+    /// An idle cluster: after the last revision L the capture writes deltas that hold no
+    /// revision (first_revision L + 1) but may hold lease lists. A restore to L reads the ones
+    /// with lease records, as a restore to a time after them does.
+    #[test]
+    fn a_restore_to_the_last_revision_reads_the_idle_deltas_lease_records() {
+        let b = base(
+            "20261122T230000Z-r0000000000000100",
+            100,
+            "2026-11-22T23:00:00Z",
+        );
+        let d0 = delta(&b, 100, 0, 101, 110, 10, None);
+        let mut idle1 = delta(&b, 100, 1, 111, 110, 20, Some(&d0));
+        idle1.lease_records = 2;
+        let idle2 = delta(&b, 100, 2, 111, 110, 30, Some(&idle1));
+        let mut idle3 = delta(&b, 100, 3, 111, 110, 40, Some(&idle2));
+        idle3.lease_records = 1;
+        let c = assemble(
+            &b,
+            vec![d0.clone(), idle1.clone(), idle2, idle3.clone()],
+            vec![],
+        );
+        assert_eq!(c.last_revision, 110);
+        let p = plan(std::slice::from_ref(&c), PitrTarget::Revision(110)).unwrap();
+        assert_eq!(p.deltas, vec![d0.clone(), idle1, idle3]);
+        let p = plan(&[c], PitrTarget::Revision(109)).unwrap();
+        assert_eq!(p.deltas, vec![d0]);
     }
 
     /// What `list` says is covered is what restore accepts: the planner sees the same run,
