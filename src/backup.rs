@@ -911,16 +911,18 @@ async fn put_manifest(
 
 /// A backup id not yet in the store. Ids have one-second resolution: a second backup in the
 /// same second at the same revision waits for the next second rather than replace the first.
+/// Only the manifest's existence is asked (HEAD), never its content; after
+/// [`ID_ATTEMPTS`] taken ids in a row the backup fails rather than wait on.
 async fn unused_id(
     store: &Store,
     cluster_hex: &str,
     rev: i64,
 ) -> Result<(DateTime<Utc>, String), BackupError> {
-    loop {
+    for _ in 0..ID_ATTEMPTS {
         let now = Utc::now();
         let id = manifest::backup_id(now, rev);
         let key = manifest::manifest_key(cluster_hex, &id);
-        match store.get_bytes(&key).await {
+        match store.head(&key).await {
             Err(e) if e.is_not_found() => return Ok((now, id)),
             Err(e) => return Err(store_err(store)(e)),
             Ok(_) => {
@@ -931,7 +933,15 @@ async fn unused_id(
             }
         }
     }
+    // Every second's id taken: manifests this tool did not write, or a clock stuck.
+    let key = manifest::manifest_key(cluster_hex, &manifest::backup_id(Utc::now(), rev));
+    Err(store_err(store)(StoreError::AlreadyExists {
+        key: key.to_string(),
+    }))
 }
+
+/// How many consecutive seconds [`unused_id`] tries.
+const ID_ATTEMPTS: u32 = 10;
 
 async fn abort(upload: crate::store::Upload) {
     if let Err(e) = upload.abort().await {

@@ -664,6 +664,10 @@ fn table_with_notes(
 /// Aligned columns, two spaces apart; the last column (NOTE) is left out when empty in every
 /// row; `(no backups)` under the header when there are no rows.
 fn render_table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| r.iter().map(|c| table_cell(c)).collect())
+        .collect();
     let last = header.len() - 1;
     let cols = if rows.iter().any(|r| !r[last].is_empty()) {
         header.len()
@@ -673,7 +677,7 @@ fn render_table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
     let line = |cells: Vec<&str>| {
@@ -693,6 +697,29 @@ fn render_table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     }
     if rows.is_empty() {
         out += "(no backups)\n";
+    }
+    out
+}
+
+/// Longest table cell, in characters: manifest fields come from the store, which is untrusted.
+const MAX_CELL_CHARS: usize = 120;
+
+/// `text` fit for a terminal table: control characters escaped (`\u{1b}`, `\r`; a tag or
+/// member name from the store must not move the cursor or retitle the terminal), at most
+/// [`MAX_CELL_CHARS`] characters, cut with `...`.
+fn table_cell(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+        if out.chars().count() > MAX_CELL_CHARS {
+            out = out.chars().take(MAX_CELL_CHARS - 3).collect();
+            out.push_str("...");
+            break;
+        }
     }
     out
 }
@@ -824,4 +851,25 @@ async fn cmd_delete(cli: &Cli, a: &cli::DeleteArgs) -> anyhow::Result<()> {
         Output::Table => print!("{}", plan.to_table()),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_cells_are_escaped_and_cut() {
+        assert_eq!(table_cell("nightly"), "nightly");
+        assert_eq!(table_cell("a\u{1b}[31mb\rc"), "a\\u{1b}[31mb\\rc");
+        let long = table_cell(&"x".repeat(100_000));
+        assert_eq!(long.chars().count(), MAX_CELL_CHARS);
+        assert!(long.ends_with("..."));
+        // A table of such cells renders (no width overflow panic).
+        let t = render_table(&["A", "NOTE"], vec![vec!["y".repeat(70_000), "z".into()]]);
+        assert!(
+            t.lines()
+                .all(|l| l.chars().count() <= 2 * MAX_CELL_CHARS + 2),
+            "{t}"
+        );
+    }
 }

@@ -44,6 +44,7 @@ mod deploy_workloads_e2e;
 mod encryption;
 mod files_backup;
 mod harness;
+mod hostile_store;
 mod layering;
 mod manifest_put;
 mod metrics_names;

@@ -15,6 +15,11 @@
 //!   the temp files whose writer is gone and never those of a running upload, in any process.
 //!   (On NFS, Linux emulates `flock` with POSIX locks, which works between clients when the
 //!   server supports locking.)
+//! - **No links followed**: a symbolic link inside the store (a key's directories or its file)
+//!   is refused by every read, write and delete, and listings skip it: whoever can write to
+//!   the store must not be able to make `prune` delete, or `backup` write, outside it. The root
+//!   itself may be a link the operator made. Objects are opened `O_NOFOLLOW | O_NONBLOCK` and
+//!   must be regular files (a FIFO planted as an object would block a reader forever).
 //! - **Past the page cache**: objects are written with `O_DIRECT` where the file system takes
 //!   it ([`super::direct::DirectWriter`]): a backup is not read back, and caching it would
 //!   evict the node's own working set.
@@ -99,7 +104,13 @@ pub struct LocalUpload {
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> StoreError {
+    let reading = ["cannot open", "cannot read", "cannot stat", "cannot list"]
+        .iter()
+        .any(|w| what.starts_with(w));
     let fix = match e.kind() {
+        ErrorKind::PermissionDenied if reading => {
+            "; give this user read access to it (or run as the user that owns the store)"
+        }
         ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
             "; give this user write access to the directory or set storage.local.path to a writable one"
         }
@@ -115,6 +126,77 @@ fn io_err(path: &Path, what: &str, e: std::io::Error) -> StoreError {
         message: format!("{what} {}{fix}", path.display()),
         cause: e,
     }
+}
+
+/// The error for a symbolic link met inside the store at `path`.
+fn link_err(path: &Path) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        message: format!(
+            "{} is a symbolic link inside the store; the store does not follow links (one could \
+             point anywhere): replace it with the directory or file it points to, or remove it",
+            path.display()
+        ),
+        cause: std::io::Error::other("symbolic link in the store"),
+    }
+}
+
+/// Checks every existing path component below `root` on the way to `rel` (segments separated
+/// by `/`): none may be a symbolic link. Components that do not exist yet end the check.
+///
+/// Errors: a link ([`link_err`]); a component that cannot be examined.
+fn check_no_links(root: &Path, rel: &str) -> Result<(), StoreError> {
+    let mut p = root.to_path_buf();
+    for seg in rel.split('/').filter(|s| !s.is_empty()) {
+        p.push(seg);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => return Err(link_err(&p)),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                return Ok(())
+            }
+            Err(e) => return Err(io_err(&p, "cannot stat", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Opens the object file `p` for reading without following a link and without blocking on a
+/// FIFO, and checks it is a regular file. `key` names it in errors.
+///
+/// Errors: [`StoreError::NotFound`]; a link, or not a regular file, or any OS error.
+fn open_object(p: &Path, key: &ObjectKey) -> Result<File, StoreError> {
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(p)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(StoreError::NotFound {
+                key: key.to_string(),
+            })
+        }
+        // O_NOFOLLOW on a link: ELOOP.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err(link_err(p))
+        }
+        Err(e) => return Err(io_err(p, "cannot open", e)),
+    };
+    let m = f.metadata().map_err(|e| io_err(p, "cannot stat", e))?;
+    if !m.is_file() {
+        return Err(StoreError::Io {
+            path: p.to_path_buf(),
+            message: format!(
+                "store object {} is not a regular file (a directory, FIFO or device); remove it",
+                p.display()
+            ),
+            cause: std::io::Error::from(ErrorKind::InvalidInput),
+        });
+    }
+    // O_NONBLOCK has no effect on a regular file's reads.
+    Ok(f)
 }
 
 /// True for temp file names (`.<name>.partial-<random>`).
@@ -196,6 +278,14 @@ impl LocalStore {
         p
     }
 
+    /// [`LocalStore::path_of`] after [`check_no_links`] on the way to it.
+    ///
+    /// Errors: a symbolic link inside the store, or a component that cannot be examined.
+    fn checked_path(&self, key: &ObjectKey) -> Result<PathBuf, StoreError> {
+        check_no_links(&self.root, key.as_str())?;
+        Ok(self.path_of(key))
+    }
+
     /// Checks, without writing, that the root is a directory this user can create files in:
     /// `stat`, then `access(W_OK | X_OK)` (which also fails on a read-only mount).
     ///
@@ -240,8 +330,8 @@ impl LocalStore {
 
     /// [`super::Store::head`]: `stat` of the object's file.
     pub(crate) async fn head(&self, key: &ObjectKey) -> Result<ObjectHead, StoreError> {
-        let p = self.path_of(key);
-        let m = match tokio::fs::metadata(&p).await {
+        let p = self.checked_path(key)?;
+        let m = match tokio::fs::symlink_metadata(&p).await {
             Ok(m) if m.is_file() => m,
             Ok(_) => {
                 return Err(StoreError::NotFound {
@@ -273,7 +363,7 @@ impl LocalStore {
 
     /// Creates the parent directories of `key` (0700) and its temp file (0600), locked.
     pub(crate) async fn begin_upload(&self, key: &ObjectKey) -> Result<LocalUpload, StoreError> {
-        let target = self.path_of(key);
+        let target = self.checked_path(key)?;
         let dir = target
             .parent()
             .expect("object path has a parent")
@@ -336,16 +426,10 @@ impl LocalStore {
         key: &ObjectKey,
         max: u64,
     ) -> Result<Bytes, StoreError> {
-        let p = self.path_of(key);
+        let p = self.checked_path(key)?;
         let k = key.clone();
         tokio::task::spawn_blocking(move || {
-            let f = match File::open(&p) {
-                Ok(f) => f,
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    return Err(StoreError::NotFound { key: k.to_string() })
-                }
-                Err(e) => return Err(io_err(&p, "cannot open", e)),
-            };
+            let f = open_object(&p, &k)?;
             let size = f
                 .metadata()
                 .map_err(|e| io_err(&p, "cannot stat", e))?
@@ -393,25 +477,27 @@ impl LocalStore {
     }
 
     pub(crate) async fn get_bytes(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
-        let p = self.path_of(key);
-        match tokio::fs::read(&p).await {
-            Ok(v) => Ok(Bytes::from(v)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound {
-                key: key.to_string(),
-            }),
-            Err(e) => Err(io_err(&p, "cannot read", e)),
-        }
+        let p = self.checked_path(key)?;
+        let k = key.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            open_object(&p, &k)?
+                .read_to_end(&mut v)
+                .map_err(|e| io_err(&p, "cannot read", e))?;
+            Ok(Bytes::from(v))
+        })
+        .await
+        .expect("read task panicked")
     }
 
     pub(crate) async fn get_stream(&self, key: &ObjectKey) -> Result<ObjectReader, StoreError> {
-        let p = self.path_of(key);
-        match tokio::fs::File::open(&p).await {
-            Ok(f) => Ok(Box::pin(tokio::io::BufReader::with_capacity(1 << 20, f))),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound {
-                key: key.to_string(),
-            }),
-            Err(e) => Err(io_err(&p, "cannot open", e)),
-        }
+        let p = self.checked_path(key)?;
+        let k = key.clone();
+        let f = tokio::task::spawn_blocking(move || open_object(&p, &k))
+            .await
+            .expect("open task panicked")?;
+        let f = tokio::fs::File::from_std(f);
+        Ok(Box::pin(tokio::io::BufReader::with_capacity(1 << 20, f)))
     }
 
     pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
@@ -423,6 +509,10 @@ impl LocalStore {
     }
 
     pub(crate) async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        // The file itself may be a link (unlink removes the link, not what it names); its
+        // directories may not.
+        let parent = key.as_str().rsplit_once('/').map_or("", |(d, _)| d);
+        check_no_links(&self.root, parent)?;
         let p = self.path_of(key);
         match tokio::fs::remove_file(&p).await {
             Ok(()) => Ok(()),
@@ -446,6 +536,7 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StoreErro
         rel_base.push_str(seg);
         rel_base.push('/');
     }
+    check_no_links(root, start_rel)?;
     let mut out = Vec::new();
     let mut stack = vec![(start, rel_base)];
     while let Some((dir, rel)) = stack.pop() {
@@ -470,6 +561,10 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StoreErro
             let ft = ent
                 .file_type()
                 .map_err(|e| io_err(&ent.path(), "cannot stat", e))?;
+            if ft.is_symlink() {
+                tracing::warn!(path = %ent.path().display(), "store: skipping a symbolic link (the store does not follow links)");
+                continue;
+            }
             if ft.is_dir() {
                 // Descend only where keys below can still match the prefix.
                 let d = format!("{rel_name}/");

@@ -218,6 +218,17 @@ pub fn backup_id(t: DateTime<Utc>, revision: i64) -> String {
     format!("{}-r{:016}", t.format("%Y%m%dT%H%M%SZ"), revision)
 }
 
+/// The start time and revision a backup id names ([`backup_id`]'s shape exactly), `None` for
+/// any other string.
+pub fn parse_backup_id(id: &str) -> Option<(DateTime<Utc>, i64)> {
+    let (time, rev) = id.split_once("-r")?;
+    if time.len() != 16 || rev.len() != 16 || !rev.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let t = chrono::NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%SZ").ok()?;
+    Some((t.and_utc(), rev.parse().ok()?))
+}
+
 /// Key of the data object: `"<cluster-id-hex>/<id>.db.zst"`.
 ///
 /// Panics when `cluster_id_hex` or `id` would make an invalid key (empty, containing `/`
@@ -482,6 +493,12 @@ pub async fn catalog_at(
                 Err(StoreError::NotFound { .. }) => {
                     tracing::debug!(%key, "manifest deleted while listing");
                     Ok(None)
+                }
+                // One manifest this user may not read must not hide every other backup.
+                Err(StoreError::Io { message, cause, .. })
+                    if cause.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    Ok(Some((key, Err(format!("{message}: {cause}")))))
                 }
                 Err(e) => Err(e),
             }

@@ -438,6 +438,10 @@ fn chain_object_orphan(
     delta_firsts: &HashSet<&str>,
 ) -> Option<bool> {
     let (stem, name) = key.split_once(PITR_DIR)?;
+    if !is_backup_stem(stem) || !is_chain_object_name(name) {
+        // Not laid out like a chain object: not ours to remove.
+        return Some(false);
+    }
     if !manifests.contains(format!("{stem}{MANIFEST_SUFFIX}").as_str()) {
         return Some(true);
     }
@@ -450,7 +454,8 @@ fn chain_object_orphan(
 }
 
 /// `<cluster>/<id>` of a data object key (`.db.zst.age`, `.db.zst` or `.db`) or of a files
-/// object key (`.files.tar.zst[.age]`), else `None`.
+/// object key (`.files.tar.zst[.age]`), else `None`. Only keys laid out as this tool writes
+/// them count ([`is_backup_stem`]): a file of someone else's in the store is never an orphan.
 fn data_object_stem(key: &str) -> Option<&str> {
     [
         ENCRYPTED_DATA_SUFFIX,
@@ -461,6 +466,35 @@ fn data_object_stem(key: &str) -> Option<&str> {
     ]
     .iter()
     .find_map(|suffix| key.strip_suffix(suffix))
+    .filter(|stem| is_backup_stem(stem))
+}
+
+/// `<16 hex digit cluster id>/<backup id>`, as this tool names a backup's objects.
+fn is_backup_stem(stem: &str) -> bool {
+    stem.split_once('/').is_some_and(|(cluster, id)| {
+        crate::config::is_cluster_id(cluster) && super::manifest::parse_backup_id(id).is_some()
+    })
+}
+
+/// A name this tool writes in a chain directory: a delta manifest `<first:016>-<seq:016>.delta`
+/// or a delta data object `<first:016>-<last:016>-<nonce, 16 hex>.delta.zst[.age]`
+/// (pitr::manifest).
+fn is_chain_object_name(name: &str) -> bool {
+    let digits = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(stem) = name.strip_suffix(".delta") {
+        return stem
+            .split_once('-')
+            .is_some_and(|(a, b)| digits(a) && digits(b));
+    }
+    let Some(stem) = name
+        .strip_suffix(".delta.zst.age")
+        .or_else(|| name.strip_suffix(".delta.zst"))
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = stem.split('-').collect();
+    matches!(parts.as_slice(), [a, b, nonce] if digits(a) && digits(b)
+        && nonce.len() == 16 && nonce.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// The instant that decides a backup's periods: when its snapshot was taken.
@@ -654,8 +688,15 @@ async fn delete_chain(store: &Store, b: &BackupDecision, op: &str, out: &mut Rem
             return;
         }
     };
+    // Only the names a chain holds: anything else under the prefix is not ours to delete.
     let (mut manifests, data): (Vec<_>, Vec<_>) = objects
         .into_iter()
+        .filter(|o| {
+            o.key
+                .as_str()
+                .strip_prefix(&prefix)
+                .is_some_and(is_chain_object_name)
+        })
         .partition(|o| o.key.as_str().ends_with(".delta"));
     manifests.sort_by(|a, b| b.key.as_str().cmp(a.key.as_str()));
     let n = manifests.len() + data.len();
@@ -1527,34 +1568,36 @@ mod tests {
         };
         let objects = vec![
             // Unparseable manifest (not in the catalog) with its data: both left alone.
-            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r1.json"),
-            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r1.db.zst"),
-            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r2.json"),
-            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r2.db.zst.age"),
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000001.json"),
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000001.db.zst"),
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000002.json"),
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000002.db.zst.age"),
             // Encrypted and plaintext data without a manifest: orphans.
-            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r3.db.zst.age"),
-            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r4.db.zst"),
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000003.db.zst.age"),
+            obj("aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000004.db.zst"),
         ];
         let o = orphans(&objects, &[], Duration::from_secs(3600), now);
         let got: Vec<&str> = o.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(
             got,
             [
-                "aaaaaaaaaaaaaaaa/20261123T090000Z-r3.db.zst.age",
-                "aaaaaaaaaaaaaaaa/20261123T090000Z-r4.db.zst"
+                "aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000003.db.zst.age",
+                "aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000004.db.zst"
             ]
         );
         let p = PrunePlan {
             broken: vec![BrokenManifest {
-                key: crate::store::ObjectKey::new("aaaaaaaaaaaaaaaa/20261123T090000Z-r1.json")
-                    .unwrap(),
+                key: crate::store::ObjectKey::new(
+                    "aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000001.json",
+                )
+                .unwrap(),
                 reason: "not a manifest: EOF".into(),
             }],
             ..plan(&[], &policy(0, 0, 0, 0, 0), now)
         };
         assert_eq!(
             p.broken_summary().unwrap(),
-            "prune: left 1 broken manifests: aaaaaaaaaaaaaaaa/20261123T090000Z-r1.json (not a manifest: EOF)"
+            "prune: left 1 broken manifests: aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000001.json (not a manifest: EOF)"
         );
         assert!(p.to_table().contains("prune: left 1 broken manifests"));
     }
@@ -1571,25 +1614,28 @@ mod tests {
         let objects = vec![
             // A base with its chain: a delta (manifest + data), an empty delta's manifest
             // (same first revision, next seq), a close, and data whose manifest never came.
-            obj(&format!("{c}/20261123T090000Z-r1.json")),
-            obj(&format!("{c}/20261123T090000Z-r1.db.zst")),
-            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000002-0000000000000000.delta")),
-            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000002-0000000000000009-00000000000000ab.delta.zst")),
-            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000010-0000000000000001.delta")),
-            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000010-0000000000000002.delta")),
-            obj(&format!("{c}/20261123T090000Z-r1.pitr/0000000000000012-0000000000000020-00000000000000cd.delta.zst.age")),
+            obj(&format!("{c}/20261123T090000Z-r0000000000000001.json")),
+            obj(&format!("{c}/20261123T090000Z-r0000000000000001.db.zst")),
+            obj(&format!("{c}/20261123T090000Z-r0000000000000001.pitr/0000000000000002-0000000000000000.delta")),
+            obj(&format!("{c}/20261123T090000Z-r0000000000000001.pitr/0000000000000002-0000000000000009-00000000000000ab.delta.zst")),
+            obj(&format!("{c}/20261123T090000Z-r0000000000000001.pitr/0000000000000010-0000000000000001.delta")),
+            obj(&format!("{c}/20261123T090000Z-r0000000000000001.pitr/0000000000000010-0000000000000002.delta")),
+            obj(&format!("{c}/20261123T090000Z-r0000000000000001.pitr/0000000000000012-0000000000000020-00000000000000cd.delta.zst.age")),
+            // A name a chain never holds, in a live chain and in a dead one: not ours.
+            obj(&format!("{c}/20261123T090000Z-r0000000000000001.pitr/README")),
+            obj(&format!("{c}/20261123T080000Z-r0000000000000000.pitr/victim/data.db")),
             // A chain whose base manifest is gone: every object is an orphan.
-            obj(&format!("{c}/20261123T080000Z-r0.pitr/0000000000000001-0000000000000000.delta")),
-            obj(&format!("{c}/20261123T080000Z-r0.pitr/0000000000000001-0000000000000001-00000000000000ef.delta.zst")),
+            obj(&format!("{c}/20261123T080000Z-r0000000000000000.pitr/0000000000000001-0000000000000000.delta")),
+            obj(&format!("{c}/20261123T080000Z-r0000000000000000.pitr/0000000000000001-0000000000000001-00000000000000ef.delta.zst")),
         ];
         let o = orphans(&objects, &[], Duration::from_secs(3600), now);
         let got: Vec<&str> = o.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(
             got,
             [
-                "aaaaaaaaaaaaaaaa/20261123T090000Z-r1.pitr/0000000000000012-0000000000000020-00000000000000cd.delta.zst.age",
-                "aaaaaaaaaaaaaaaa/20261123T080000Z-r0.pitr/0000000000000001-0000000000000000.delta",
-                "aaaaaaaaaaaaaaaa/20261123T080000Z-r0.pitr/0000000000000001-0000000000000001-00000000000000ef.delta.zst",
+                "aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000001.pitr/0000000000000012-0000000000000020-00000000000000cd.delta.zst.age",
+                "aaaaaaaaaaaaaaaa/20261123T080000Z-r0000000000000000.pitr/0000000000000001-0000000000000000.delta",
+                "aaaaaaaaaaaaaaaa/20261123T080000Z-r0000000000000000.pitr/0000000000000001-0000000000000001-00000000000000ef.delta.zst",
             ]
         );
         assert!(o.iter().all(|o| o.remove));
@@ -1611,23 +1657,37 @@ mod tests {
                 "2026-11-23T10:00:00Z",
             ),
             obj(
-                "aaaaaaaaaaaaaaaa/20261123T090000Z-r1.db.zst",
+                "aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000001.db.zst",
                 "2026-11-23T09:00:00Z",
             ),
             obj(
-                "aaaaaaaaaaaaaaaa/20261123T113000Z-r2.db.zst",
+                "aaaaaaaaaaaaaaaa/20261123T113000Z-r0000000000000002.db.zst",
                 "2026-11-23T11:30:00Z",
             ),
             obj("aaaaaaaaaaaaaaaa/notes.txt", "2020-01-01T00:00:00Z"),
             obj("aaaaaaaaaaaaaaaa/broken.json", "2020-01-01T00:00:00Z"),
+            // Not laid out as this tool writes backups: someone else's files, never orphans.
+            obj("unrelated/deep/inventory.db", "2020-01-01T00:00:00Z"),
+            obj("unrelated/photo.files.tar.zst", "2020-01-01T00:00:00Z"),
+            obj("aaaaaaaaaaaaaaaa/backup-1.db.zst", "2020-01-01T00:00:00Z"),
+            obj(
+                "aaaaaaaaaaaaaaaa/x/20261123T090000Z-r0000000000000001.db",
+                "2020-01-01T00:00:00Z",
+            ),
         ];
         let o = orphans(&objects, &[b], Duration::from_secs(3600), now);
         let got: Vec<(&str, bool)> = o.iter().map(|o| (o.key.as_str(), o.remove)).collect();
         assert_eq!(
             got,
             vec![
-                ("aaaaaaaaaaaaaaaa/20261123T090000Z-r1.db.zst", true),
-                ("aaaaaaaaaaaaaaaa/20261123T113000Z-r2.db.zst", false),
+                (
+                    "aaaaaaaaaaaaaaaa/20261123T090000Z-r0000000000000001.db.zst",
+                    true
+                ),
+                (
+                    "aaaaaaaaaaaaaaaa/20261123T113000Z-r0000000000000002.db.zst",
+                    false
+                ),
             ]
         );
     }
@@ -1679,13 +1739,13 @@ mod tests {
         };
         let objects = vec![
             obj(format!("{}/{}.files.tar.zst", new.cluster_id, new.id)),
-            obj("aaaaaaaaaaaaaaaa/20261120T000000Z-r9.files.tar.zst.age".into()),
+            obj("aaaaaaaaaaaaaaaa/20261120T000000Z-r0000000000000009.files.tar.zst.age".into()),
         ];
         let o = orphans(&objects, &[new], Duration::from_secs(3600), now);
         let got: Vec<&str> = o.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(
             got,
-            ["aaaaaaaaaaaaaaaa/20261120T000000Z-r9.files.tar.zst.age"]
+            ["aaaaaaaaaaaaaaaa/20261120T000000Z-r0000000000000009.files.tar.zst.age"]
         );
     }
 }
