@@ -1364,6 +1364,97 @@ fn a_lease_granted_while_idle_restores_at_the_last_revision() {
     });
 }
 
+/// etcd restored to its base (same member name, peer URL and token, so the same cluster id)
+/// without a revision bump: its revision is below the chain's end. The capture must not wait
+/// for etcd to pass the chain's end and append a different history: it closes the chain
+/// (gap), takes a new base, and captures the writes made after the restore.
+#[test]
+fn etcd_restored_below_the_chain_end_starts_a_new_chain() {
+    let Fixture {
+        mut etcd,
+        rt,
+        client,
+        store_dir,
+        store,
+        port,
+    } = Fixture::start(10);
+    let cfg = config(&etcd, &store_dir, port, "");
+    let d = spawn(&etcd, &cfg, port, "d1.log");
+    let base = wait_base(&rt, &store);
+    let last = rt.block_on(workload(&client, "before"));
+    let ch = wait_chain(&rt, &store, &base, last);
+    assert!(ch.last_revision > base.revision);
+    drop(d);
+    // Restore the base into the member's own data dir, same identity, no --bump-revision.
+    etcd.stop_member(0);
+    let m = &etcd.members[0];
+    std::fs::rename(&m.data_dir, m.data_dir.with_extension("old")).unwrap();
+    lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["restore", "--from-store", &base.id, "--data-dir"])
+            .arg(&m.data_dir)
+            .args(["--name", &m.name])
+            .args(["--initial-cluster", &format!("{}={}", m.name, m.peer_url)])
+            .args(["--initial-advertise-peer-urls", &m.peer_url])
+            .args(["--initial-cluster-token", &etcd.opts.token]),
+    );
+    etcd.spawn_member(0, "new");
+    etcd.wait_healthy_member(0);
+    let after = rt.block_on(async {
+        let mut c = etcd.client().await;
+        let r = c
+            .get("\0", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        assert!(
+            r < last,
+            "etcd at r{r} after the restore, the chain ended at r{last}"
+        );
+        c.put("after/restore", "v", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision()
+    });
+    let d = spawn(&etcd, &cfg, port, "d2.log");
+    // A new base (its revision at most the restored one), and its chain holds the new write.
+    let mut newer = None;
+    wait(
+        "a new base after the restore",
+        Duration::from_secs(40),
+        || {
+            newer = rt
+                .block_on(bases(&store))
+                .into_iter()
+                .find(|b| b.id != base.id);
+            newer.is_some()
+        },
+    );
+    let newer = newer.unwrap();
+    assert!(newer.revision < last, "{newer:?}");
+    let _ = wait_chain(&rt, &store, &newer, after);
+    drop(d);
+    let old = rt.block_on(read_chain(&store, &base)).unwrap();
+    assert_eq!(
+        old.closed.as_ref().map(|c| c.reason.as_str()),
+        Some("gap"),
+        "{old:?}"
+    );
+    assert_eq!(
+        old.last_revision, ch.last_revision,
+        "nothing appended after the restore"
+    );
+    let log = std::fs::read_to_string(etcd.dir.path().join("d2.log")).unwrap();
+    assert!(log.contains("etcd is at r"), "{log}");
+    drop(client);
+}
+
 /// A base whose final writes were deletes that a compaction then removed (a cleanup, then
 /// `etcdctl compact` at the current revision): the db's current revision is above its status
 /// revision. The backup records it (`current_revision`) and the chain starts right after it,

@@ -367,13 +367,17 @@ enum Break {
     Outage,
     /// A newer base (this id) covers the chain's revisions.
     Handover(String),
+    /// etcd's revision (linearizable read) is below the chain's last revision: etcd was
+    /// restored to an older revision under the same cluster id without a revision bump (or
+    /// the store's chain was altered). Watching on would append a different history.
+    Ahead { chain_last: i64, etcd: i64 },
 }
 
 impl Break {
     fn reason(&self) -> CloseReason {
         match self {
             Break::Compacted(_) => CloseReason::Compacted,
-            Break::Gap { .. } => CloseReason::Gap,
+            Break::Gap { .. } | Break::Ahead { .. } => CloseReason::Gap,
             Break::Outage => CloseReason::Outage,
             Break::Handover(_) => CloseReason::BaseHandover,
         }
@@ -381,7 +385,7 @@ impl Break {
     fn label(&self) -> &'static str {
         match self {
             Break::Compacted(_) => "compacted",
-            Break::Gap { .. } => "gap",
+            Break::Gap { .. } | Break::Ahead { .. } => "gap",
             Break::Outage => "outage",
             Break::Handover(_) => "base-handover",
         }
@@ -400,6 +404,11 @@ impl Break {
                 MAX_OUTAGE.as_secs()
             ),
             Break::Handover(id) => format!("base-handover to backup {id}"),
+            Break::Ahead { chain_last, etcd } => format!(
+                "gap: the chain holds revisions through r{chain_last} but etcd is at r{etcd} \
+                 (etcd restored to an older revision without --bump-revision, or the store's \
+                 chain altered); a new base is taken"
+            ),
         }
     }
 }
@@ -804,6 +813,16 @@ impl Capture {
                     "pitr: etcd before 3.5.18 / 3.4.34 can drop a tombstone from a watch near a compaction (etcd #18089, #19179); upgrade etcd");
             }
             member = m;
+            // A chain that holds revisions etcd has not reached (etcd went back): watching
+            // from `next` would wait for etcd to pass it and append another history.
+            if let Some((_, r)) = self.probe(&mut client).await {
+                if r < pos.next - 1 {
+                    break Some(Break::Ahead {
+                        chain_last: pos.next - 1,
+                        etcd: r,
+                    });
+                }
+            }
             let opts = WatchOptions::new()
                 .with_all_keys()
                 .with_start_revision(pos.next)
@@ -932,7 +951,7 @@ impl Capture {
                 chain.next,
                 b.describe()
             )));
-            tracing::warn!(base = %chain.base.id, reason = b.label(), detail = ?b, next_revision = chain.next,
+            tracing::warn!(base = %chain.base.id, reason = b.label(), detail = %b.describe(), next_revision = chain.next,
                 "pitr: chain broken and closed; a full backup starts a new chain");
         } else {
             tracing::info!(base = %chain.base.id, detail = ?b, "pitr: chain handed over to a newer base");
