@@ -155,6 +155,29 @@ impl Db {
         }
         let (meta_page, meta) = chosen.ok_or_else(|| not_bbolt(reasons.join("; ")))?;
         let ps = u64::from(page_size);
+        // Both meta pages' headers: bbolt writes them as pages 0 and 1, flag meta. The meta
+        // checksum does not cover the header, and bbolt's page check (`FastCheck`, which
+        // etcdutl runs) panics on a mismatch, so a flipped header byte is corruption.
+        for pg in [0u64, 1] {
+            if (pg + 1) * ps > db_len {
+                continue;
+            }
+            let mut b = [0u8; PAGE_HEADER_SIZE];
+            file.read_exact_at(&mut b, pg * ps)
+                .map_err(|e| io_err(path, e))?;
+            let hdr = PageHeader::parse(&b, pg)?;
+            if hdr.id != pg || hdr.flags != page::META_PAGE_FLAG {
+                return Err(corrupt(
+                    pg,
+                    format!(
+                        "meta page header says id {} flags {:#x} (want id {pg}, flags {:#x})",
+                        hdr.id,
+                        hdr.flags,
+                        page::META_PAGE_FLAG
+                    ),
+                ));
+            }
+        }
         let expected = meta.pgid.checked_mul(ps).ok_or_else(|| {
             corrupt(
                 meta_page,
