@@ -11,9 +11,16 @@
 //! archive checks it against that list: an entry not listed, a listed one missing, a size or
 //! sha256 that differs, a path with `..` or a link: all refused.
 //!
-//! Extraction ([`extract`]) never overwrites: it refuses when any target file exists, unpacks
-//! into a hidden private staging dir inside the destination, checks everything, then moves
-//! the files into place with their recorded modes.
+//! The store is untrusted: reading follows the tar structure before the tar crate does
+//! (`TarGuard`), so a huge GNU long name, a PAX header or a stream longer than the manifest's
+//! entries need is refused before it is held in memory; archive paths are cut short in
+//! messages.
+//!
+//! Extraction ([`extract`]) never overwrites: it refuses when any target file exists or when
+//! a symbolic link or a non-directory inside the destination lies on the way to an entry,
+//! unpacks into a hidden private staging dir inside the destination, checks everything, then
+//! moves the files into place with their recorded modes less setuid, setgid, sticky and
+//! group/other write ([`restored_mode`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,6 +33,30 @@ use sha2::{Digest, Sha256};
 
 /// Most entries one archive may list (a kubeadm node has about 40 files).
 pub const MAX_ENTRIES: usize = 100_000;
+
+/// Largest GNU long name or long link entry (`L`, `K`, holding a path longer than the 100
+/// bytes of a header's name field) an archive may hold, in bytes. The tar crate reads such
+/// an entry whole into memory before it returns the entry it names; Linux's PATH_MAX is 4096.
+pub const MAX_LONG_NAME: u64 = 64 * 1024;
+
+/// Longest path a manifest entry may have, in bytes (Linux's PATH_MAX).
+pub const MAX_PATH: usize = 4096;
+
+/// Longest untrusted string (a path from an archive or a manifest, an error of the tar crate
+/// that may quote one) put into a message, in bytes.
+const MAX_SHOWN: usize = 300;
+
+/// `s`, cut to [`MAX_SHOWN`] bytes (with its full length said) when longer.
+fn shown(s: &str) -> String {
+    if s.len() <= MAX_SHOWN {
+        return s.to_string();
+    }
+    let mut end = MAX_SHOWN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
+}
 
 /// What an entry is.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +138,23 @@ pub enum FilesError {
     Exists {
         /// The existing file.
         path: PathBuf,
+    },
+    /// A symbolic link inside the destination lies on the way to an entry (or is where a
+    /// directory entry goes); nothing was written through it.
+    #[error("refusing to write through the symbolic link {path} inside --files-to {dest}; use an empty directory (nothing was written)")]
+    Symlink {
+        /// The symbolic link.
+        path: PathBuf,
+        /// The destination directory (`--files-to`).
+        dest: PathBuf,
+    },
+    /// Something that is not a directory lies where the archive needs a directory.
+    #[error("{path} inside --files-to {dest} is not a directory, and the backup needs a directory there; use an empty directory (nothing was written)")]
+    NotADirectory {
+        /// The file (or other non-directory).
+        path: PathBuf,
+        /// The destination directory (`--files-to`).
+        dest: PathBuf,
     },
 }
 
@@ -243,10 +291,11 @@ pub fn write_archive<W: Write>(
 }
 
 /// The relative path an entry has in the archive: its absolute path without the leading `/`.
-/// `None` when the path is not absolute or has `..`/`.` components (hostile manifest).
+/// `None` when the path is not absolute, has `..`/`.` components or is longer than
+/// [`MAX_PATH`] (hostile manifest).
 fn archive_path(entry_path: &str) -> Option<PathBuf> {
     let p = Path::new(entry_path);
-    if !p.is_absolute() {
+    if !p.is_absolute() || entry_path.len() > MAX_PATH {
         return None;
     }
     let mut rel = PathBuf::new();
@@ -265,6 +314,12 @@ fn archive_path(entry_path: &str) -> Option<PathBuf> {
 /// entry types, no path outside the list. With `unpack_to`, file contents are written below
 /// that directory (`<dir>/etc/kubernetes/pki/ca.key`, created 0600, directories 0700); the
 /// caller applies modes after the whole archive checked ([`extract`] does all of that).
+///
+/// The stream is read through a guard that follows the tar structure before the tar crate
+/// sees it: GNU long names over [`MAX_LONG_NAME`], PAX headers and sparse entries are
+/// refused, and reading stops past the bytes the manifest's entries can take (per entry a
+/// header, a long-name entry for its path and its data padded to 512 bytes, plus 1024), so a
+/// forged archive cannot make this hold a huge name in memory or decompress without end.
 ///
 /// Errors: [`FilesError::Mismatch`] naming the first difference, I/O errors.
 pub fn check_archive<R: Read>(
@@ -285,36 +340,44 @@ pub fn check_archive<R: Read>(
     }
     let mut want: BTreeMap<PathBuf, &FileEntry> = BTreeMap::new();
     for e in expected {
-        let rel = archive_path(&e.path)
-            .ok_or_else(|| mismatch(format!("the manifest lists an unsafe path {:?}", e.path)))?;
+        let rel = archive_path(&e.path).ok_or_else(|| {
+            mismatch(format!(
+                "the manifest lists an unsafe path {:?}",
+                shown(&e.path)
+            ))
+        })?;
         want.insert(rel, e);
     }
+    let limit = archive_allowance(expected)
+        .ok_or_else(|| mismatch("the manifest's entry sizes add up past 2^64 bytes".to_string()))?;
     let mut seen = 0usize;
-    let mut archive = tar::Archive::new(src);
+    let mut archive = tar::Archive::new(TarGuard::new(src, limit));
     for entry in archive
         .entries()
-        .map_err(|e| mismatch(format!("not a tar stream: {e}")))?
+        .map_err(|e| mismatch(format!("not a tar stream: {}", shown(&e.to_string()))))?
     {
-        let mut entry = entry.map_err(|e| mismatch(format!("unreadable entry: {e}")))?;
+        let mut entry =
+            entry.map_err(|e| mismatch(format!("unreadable entry: {}", shown(&e.to_string()))))?;
         let rel = entry
             .path()
-            .map_err(|e| mismatch(format!("entry with a bad path: {e}")))?
+            .map_err(|e| mismatch(format!("entry with a bad path: {}", shown(&e.to_string()))))?
             .into_owned();
+        let shown_rel = shown(&rel.display().to_string());
         let rel_clean = archive_path(&format!("/{}", rel.display()))
-            .ok_or_else(|| mismatch(format!("entry with an unsafe path {}", rel.display())))?;
+            .ok_or_else(|| mismatch(format!("entry with an unsafe path {shown_rel}")))?;
         let want_entry = want
             .remove(&rel_clean)
-            .ok_or_else(|| mismatch(format!("entry {} is not in the manifest", rel.display())))?;
+            .ok_or_else(|| mismatch(format!("entry {shown_rel} is not in the manifest")))?;
         seen += 1;
         let header = entry.header();
         let mode = header
             .mode()
-            .map_err(|e| mismatch(format!("{}: bad mode: {e}", rel.display())))?
+            .map_err(|e| mismatch(format!("{shown_rel}: bad mode: {e}")))?
             & 0o7777;
         if mode != want_entry.mode {
             return Err(mismatch(format!(
-                "{}: mode {mode:o}, the manifest says {:o}",
-                want_entry.path, want_entry.mode
+                "{shown_rel}: mode {mode:o}, the manifest says {:o}",
+                want_entry.mode
             )));
         }
         match (header.entry_type(), want_entry.kind) {
@@ -326,11 +389,11 @@ pub fn check_archive<R: Read>(
             (tar::EntryType::Regular, EntryKind::File) => {
                 let size = header
                     .size()
-                    .map_err(|e| mismatch(format!("{}: bad size: {e}", rel.display())))?;
+                    .map_err(|e| mismatch(format!("{shown_rel}: bad size: {e}")))?;
                 if size != want_entry.size {
                     return Err(mismatch(format!(
-                        "{}: {size} bytes, the manifest says {}",
-                        want_entry.path, want_entry.size
+                        "{shown_rel}: {size} bytes, the manifest says {}",
+                        want_entry.size
                     )));
                 }
                 let mut out: Box<dyn Write> = match unpack_to {
@@ -352,19 +415,18 @@ pub fn check_archive<R: Read>(
                 };
                 let mut reader = Hashing::new((&mut entry).take(size), u64::MAX);
                 std::io::copy(&mut reader, &mut out)
-                    .map_err(|e| mismatch(format!("{}: {e}", want_entry.path)))?;
+                    .map_err(|e| mismatch(format!("{shown_rel}: {}", shown(&e.to_string()))))?;
                 let sha = hex::encode(reader.sha.finalize());
                 if reader.bytes != size || !sha.eq_ignore_ascii_case(&want_entry.sha256) {
                     return Err(mismatch(format!(
-                        "{}: sha256 {sha}, the manifest says {}",
-                        want_entry.path, want_entry.sha256
+                        "{shown_rel}: sha256 {sha}, the manifest says {}",
+                        shown(&want_entry.sha256)
                     )));
                 }
             }
             (t, k) => {
                 return Err(mismatch(format!(
-                    "{}: entry type {t:?}, the manifest says {k:?}",
-                    rel.display()
+                    "{shown_rel}: entry type {t:?}, the manifest says {k:?}"
                 )))
             }
         }
@@ -372,10 +434,142 @@ pub fn check_archive<R: Read>(
     if let Some((_, missing)) = want.into_iter().next() {
         return Err(mismatch(format!(
             "{} is in the manifest but not in the archive ({seen} entries read)",
-            missing.path
+            shown(&missing.path)
         )));
     }
     Ok(())
+}
+
+/// Tar block size in bytes: headers are one block, data is padded to a whole block.
+const BLOCK: u64 = 512;
+
+fn round_up_block(n: u64) -> Option<u64> {
+    Some(n.checked_add(BLOCK - 1)? & !(BLOCK - 1))
+}
+
+/// Most bytes the tar stream of `entries` can take as [`write_archive`] writes it: per entry
+/// a header, a GNU long-name entry (header and the path with its NUL, padded) and the data
+/// padded to 512 bytes; then the two zero blocks that end the archive. `None` on overflow.
+fn archive_allowance(entries: &[FileEntry]) -> Option<u64> {
+    entries.iter().try_fold(2 * BLOCK, |total, e| {
+        let name = round_up_block(u64::try_from(e.path.len()).ok()?.checked_add(2)?)?;
+        total
+            .checked_add(2 * BLOCK)?
+            .checked_add(name)?
+            .checked_add(round_up_block(e.size)?)
+    })
+}
+
+/// A reader that follows the tar structure of the stream it passes on unchanged (512-byte
+/// headers, each followed by its data padded to 512 bytes; an all-zero block has none), so
+/// that it sees every header before the tar crate does, and fails (`InvalidData`):
+/// - on a GNU long name or long link entry (`L`, `K`) larger than [`MAX_LONG_NAME`], which
+///   the tar crate would read whole into memory;
+/// - on a PAX extended header (`x`, `g`), which the tar crate reads whole and whose `size`
+///   record changes where the next header starts, and on a GNU sparse entry (`S`), whose
+///   extension blocks are not counted in its size: [`write_archive`] writes neither;
+/// - on a size field it cannot read, or one the tar crate would read differently;
+/// - past `limit` bytes in all.
+///
+/// The size field (bytes 124..136) is octal ASCII (up to the first NUL, blanks trimmed), or
+/// base-256 when the high bit of its first byte is set (the tar crate reads its last 8
+/// bytes; the others must be zero). Source: POSIX ustar, GNU tar's `tar.h`; the tar crate's
+/// `Archive::next_entry`.
+struct TarGuard<R> {
+    inner: R,
+    header: [u8; BLOCK as usize],
+    /// Bytes of the current header read so far.
+    filled: usize,
+    /// Bytes of data (padding included) before the next header.
+    data_left: u64,
+    total: u64,
+    limit: u64,
+}
+
+impl<R> TarGuard<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        TarGuard {
+            inner,
+            header: [0; BLOCK as usize],
+            filled: 0,
+            data_left: 0,
+            total: 0,
+            limit,
+        }
+    }
+}
+
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+impl<R: Read> Read for TarGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = if self.data_left > 0 {
+            usize::try_from(self.data_left).map_or(buf.len(), |d| d.min(buf.len()))
+        } else {
+            (BLOCK as usize - self.filled).min(buf.len())
+        };
+        let n = self.inner.read(&mut buf[..want])?;
+        self.total = self.total.saturating_add(n as u64);
+        if self.total > self.limit {
+            return Err(invalid(format!(
+                "the archive is longer than the {} bytes the manifest's entries can take",
+                self.limit
+            )));
+        }
+        if self.data_left > 0 {
+            self.data_left -= n as u64;
+            return Ok(n);
+        }
+        self.header[self.filled..self.filled + n].copy_from_slice(&buf[..n]);
+        self.filled += n;
+        if self.filled == BLOCK as usize {
+            self.filled = 0;
+            self.data_left = guard_header(&self.header)?;
+        }
+        Ok(n)
+    }
+}
+
+/// Checks one tar header block for [`TarGuard`]; returns the bytes that follow it before the
+/// next header (its size rounded up to 512).
+fn guard_header(h: &[u8; BLOCK as usize]) -> std::io::Result<u64> {
+    if h.iter().all(|b| *b == 0) {
+        return Ok(0);
+    }
+    let kind = h[156];
+    let size = tar_size(&h[124..136])
+        .ok_or_else(|| invalid("a tar header with an unreadable size field".to_string()))?;
+    match kind {
+        b'L' | b'K' if size > MAX_LONG_NAME => Err(invalid(format!(
+            "a GNU long {} entry of {size} bytes (at most {MAX_LONG_NAME})",
+            if kind == b'L' { "name" } else { "link" }
+        ))),
+        b'x' | b'g' => Err(invalid(
+            "a PAX extended header entry (never written by etcd-lifeboat)".to_string(),
+        )),
+        b'S' => Err(invalid(
+            "a GNU sparse entry (never written by etcd-lifeboat)".to_string(),
+        )),
+        _ => round_up_block(size).ok_or_else(|| invalid(format!("an entry of {size} bytes"))),
+    }
+}
+
+/// The size field of a tar header as the tar crate reads it, or `None` when unreadable or
+/// when the tar crate would read a different number (base-256 with bytes it ignores set).
+fn tar_size(field: &[u8]) -> Option<u64> {
+    if field[0] & 0x80 != 0 {
+        let (ignored, value) = field.split_at(field.len() - 8);
+        if ignored[0] & 0x7f != 0 || ignored[1..].iter().any(|b| *b != 0) {
+            return None;
+        }
+        Some(u64::from_be_bytes(value.try_into().ok()?))
+    } else {
+        let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
+        let text = std::str::from_utf8(&field[..end]).ok()?;
+        u64::from_str_radix(text.trim(), 8).ok()
+    }
 }
 
 fn make_private_dirs(p: &Path) -> Result<(), FilesError> {
@@ -387,12 +581,19 @@ fn make_private_dirs(p: &Path) -> Result<(), FilesError> {
 }
 
 /// Unpacks the archive `src` below `dest` (`dest/etc/kubernetes/pki/...`) after checking it
-/// against `expected`: refuses before writing anything when a target file exists; unpacks
-/// into a private staging dir inside `dest`; moves files into place (no overwrite) with their
-/// recorded modes, then sets the recorded modes of the directories it created. On any error
-/// the staging dir is removed and no file is left in `dest`.
+/// against `expected`. Before writing anything it refuses a target file that exists
+/// ([`FilesError::Exists`]), and a symbolic link ([`FilesError::Symlink`]) or a
+/// non-directory ([`FilesError::NotADirectory`]) on the way from `dest` to any entry: nothing
+/// is created or written outside `dest` (`dest` itself may be a symbolic link). It unpacks
+/// into a private staging dir inside `dest`, moves files into place (no overwrite, each
+/// directory on the way checked again) with their recorded modes, then sets the recorded
+/// modes of the directories it created. Recorded modes are applied without setuid, setgid,
+/// sticky and group/other write bits (`mode & 0o755`, [`restored_mode`]): never more than the
+/// manifest says. On any error the staging dir is removed and no file or directory it
+/// created is left in `dest`.
 ///
-/// Errors: [`FilesError::Exists`], [`FilesError::Mismatch`], I/O errors.
+/// Errors: [`FilesError::Exists`], [`FilesError::Symlink`], [`FilesError::NotADirectory`],
+/// [`FilesError::Mismatch`], I/O errors.
 pub fn extract<R: Read>(
     id: &str,
     src: R,
@@ -404,12 +605,10 @@ pub fn extract<R: Read>(
     for e in expected {
         let rel = archive_path(&e.path).ok_or_else(|| FilesError::Mismatch {
             id: id.to_string(),
-            reason: format!("the manifest lists an unsafe path {:?}", e.path),
+            reason: format!("the manifest lists an unsafe path {:?}", shown(&e.path)),
         })?;
+        check_target(dest, &rel, e.kind)?;
         let target = dest.join(&rel);
-        if e.kind == EntryKind::File && fs::symlink_metadata(&target).is_ok() {
-            return Err(FilesError::Exists { path: target });
-        }
         targets.push((rel, target, e));
     }
     let staging = tempfile::Builder::new()
@@ -419,45 +618,160 @@ pub fn extract<R: Read>(
     fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o700))
         .map_err(io("cannot set mode of", staging.path()))?;
     check_archive(id, src, expected, Some(staging.path()))?;
-    // Every file checked: move into place. Directories first (parents before children).
-    let mut created_dirs = Vec::new();
-    for (_, target, e) in &targets {
-        if e.kind == EntryKind::Dir && !target.exists() {
-            make_private_dirs(target)?;
-            created_dirs.push((target.clone(), e.mode));
+    let mut placed = Placed::default();
+    match place(dest, staging.path(), &targets, &mut placed) {
+        Ok(()) => Ok(placed.files),
+        Err(e) => {
+            for f in placed.files.iter().rev() {
+                let _ = fs::remove_file(f);
+            }
+            for d in placed.dirs.iter().rev() {
+                let _ = fs::remove_dir(d);
+            }
+            Err(e)
         }
     }
-    let mut written = Vec::new();
-    for (rel, target, e) in &targets {
+}
+
+/// The mode [`extract`] gives an entry the manifest lists with `mode`: without setuid,
+/// setgid, sticky and group/other write (`mode & 0o755`).
+pub fn restored_mode(mode: u32) -> u32 {
+    mode & 0o755
+}
+
+/// What [`place`] wrote in the destination, undone on error.
+#[derive(Default)]
+struct Placed {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+/// Moves the checked files from `staging` into `dest` (directories first, parents before
+/// children), then applies the directories' modes.
+fn place(
+    dest: &Path,
+    staging: &Path,
+    targets: &[(PathBuf, PathBuf, &FileEntry)],
+    placed: &mut Placed,
+) -> Result<(), FilesError> {
+    let mut dirs: Vec<_> = targets
+        .iter()
+        .filter(|(_, _, e)| e.kind == EntryKind::Dir)
+        .collect();
+    dirs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut modes = Vec::new();
+    for (rel, target, e) in dirs {
+        if dirs_below(dest, rel, &mut placed.dirs)? {
+            modes.push((target, e));
+        }
+    }
+    for (rel, target, e) in targets {
         if e.kind != EntryKind::File {
             continue;
         }
-        let staged = staging.path().join(rel);
-        if let Some(parent) = target.parent() {
-            make_private_dirs(parent)?;
+        let staged = staging.join(rel);
+        if let Some(parent) = rel.parent() {
+            dirs_below(dest, parent, &mut placed.dirs)?;
         }
-        fs::set_permissions(&staged, fs::Permissions::from_mode(e.mode))
+        fs::set_permissions(&staged, fs::Permissions::from_mode(mode_for(e, target)))
             .map_err(io("cannot set mode of", &staged))?;
-        // hard_link fails when the target exists (never overwrites, even in a race).
-        if let Err(err) = fs::hard_link(&staged, target) {
-            for w in &written {
-                let _ = fs::remove_file(w);
-            }
-            return Err(if err.kind() == std::io::ErrorKind::AlreadyExists {
+        // hard_link fails when the target exists (never overwrites, even in a race); a
+        // symbolic link as the last component is not followed.
+        fs::hard_link(&staged, target).map_err(|err| {
+            if err.kind() == std::io::ErrorKind::AlreadyExists {
                 FilesError::Exists {
                     path: target.clone(),
                 }
             } else {
                 io("cannot write", target)(err)
-            });
-        }
-        written.push(target.clone());
+            }
+        })?;
+        placed.files.push(target.clone());
     }
-    for (dir, mode) in created_dirs.iter().rev() {
-        fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
+    for (dir, e) in modes.iter().rev() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode_for(e, dir)))
             .map_err(io("cannot set mode of", dir))?;
     }
-    Ok(written)
+    Ok(())
+}
+
+/// [`restored_mode`] of `e`, with a warning when it drops bits the manifest lists.
+fn mode_for(e: &FileEntry, target: &Path) -> u32 {
+    let mode = restored_mode(e.mode);
+    if mode != e.mode & 0o7777 {
+        tracing::warn!(
+            path = %target.display(),
+            manifest_mode = format!("{:o}", e.mode),
+            mode = format!("{mode:o}"),
+            "restore --files-to: setuid, setgid, sticky and group/other write bits are not restored"
+        );
+    }
+    mode
+}
+
+/// Refuses, before anything is written, what stands in the way of `dest/rel`: a symbolic
+/// link or a non-directory among the existing paths between `dest` and it, a directory entry
+/// that exists as a symbolic link or non-directory, a file entry that exists at all.
+fn check_target(dest: &Path, rel: &Path, kind: EntryKind) -> Result<(), FilesError> {
+    let mut p = dest.to_path_buf();
+    let n = rel.components().count();
+    for (i, c) in rel.components().enumerate() {
+        p.push(c);
+        let meta = match fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("cannot read", &p)(e)),
+        };
+        if i + 1 == n && kind == EntryKind::File {
+            return Err(FilesError::Exists { path: p });
+        }
+        need_dir(dest, &p, &meta)?;
+    }
+    Ok(())
+}
+
+/// [`FilesError::Symlink`] or [`FilesError::NotADirectory`] unless `meta` (of `p`, not
+/// followed) is a directory.
+fn need_dir(dest: &Path, p: &Path, meta: &fs::Metadata) -> Result<(), FilesError> {
+    if meta.file_type().is_symlink() {
+        Err(FilesError::Symlink {
+            path: p.to_path_buf(),
+            dest: dest.to_path_buf(),
+        })
+    } else if !meta.is_dir() {
+        Err(FilesError::NotADirectory {
+            path: p.to_path_buf(),
+            dest: dest.to_path_buf(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Creates `dest/rel` and the directories between, one component at a time (0700), never
+/// following a symbolic link below `dest` ([`need_dir`]); records what it created in
+/// `created`. Returns whether it created `dest/rel` itself.
+fn dirs_below(dest: &Path, rel: &Path, created: &mut Vec<PathBuf>) -> Result<bool, FilesError> {
+    let mut p = dest.to_path_buf();
+    let mut made = false;
+    for c in rel.components() {
+        p.push(c);
+        made = false;
+        match fs::symlink_metadata(&p) {
+            Ok(m) => need_dir(dest, &p, &m)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // create (not create_all) fails on anything that appeared meanwhile.
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&p)
+                    .map_err(io("cannot create directory", &p))?;
+                created.push(p.clone());
+                made = true;
+            }
+            Err(e) => return Err(io("cannot read", &p)(e)),
+        }
+    }
+    Ok(made)
 }
 
 /// The EncryptionConfiguration file the kube-apiserver static pod manifest names
@@ -700,6 +1014,140 @@ mod tests {
         let err = check_archive("b1", &tar[..], &moded, None).unwrap_err();
         assert!(err.to_string().contains("mode"), "{err}");
         check_archive("b1", &tar[..], &entries, None).unwrap();
+    }
+
+    /// A tar stream: a `kind` entry named `././@LongLink` of `size` bytes of `a`, then a
+    /// 4-byte file `a` and the end blocks.
+    fn long_entry(kind: u8, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::new(kind));
+        h.set_path("././@LongLink").unwrap();
+        h.set_mode(0o644);
+        h.set_size(size);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        let data = size.min(1 << 20) as usize;
+        out.extend(std::iter::repeat_n(b'a', data));
+        out.resize(out.len().next_multiple_of(512), 0);
+        let mut f = tar::Header::new_gnu();
+        f.set_entry_type(tar::EntryType::Regular);
+        f.set_path("a").unwrap();
+        f.set_mode(0o600);
+        f.set_size(4);
+        f.set_cksum();
+        out.extend_from_slice(f.as_bytes());
+        out.extend_from_slice(b"DATA");
+        out.resize(out.len() + 508 + 1024, 0);
+        out
+    }
+
+    fn entry_a() -> Vec<FileEntry> {
+        vec![FileEntry {
+            path: "/a".into(),
+            kind: EntryKind::File,
+            mode: 0o600,
+            size: 4,
+            sha256: hex::encode(Sha256::digest(b"DATA")),
+        }]
+    }
+
+    #[test]
+    fn tar_guard_refuses_long_names_pax_and_overlong_streams() {
+        // A long name within the bound and the manifest's allowance: the tar crate names
+        // the member by it (not listed, so refused for that).
+        let err = check_archive("b1", &long_entry(b'L', 200)[..], &entry_a(), None).unwrap_err();
+        assert!(err.to_string().contains("not in the manifest"), "{err}");
+        // Over the bound: refused at its header, with a short message.
+        for (kind, size) in [
+            (b'L', MAX_LONG_NAME + 1),
+            (b'K', MAX_LONG_NAME + 1),
+            (b'L', 1 << 40), // base-256 size field
+        ] {
+            let err = check_archive("b1", &long_entry(kind, size)[..], &entry_a(), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("entry of {size} bytes")), "{err}");
+            assert!(err.len() < 400, "{err}");
+        }
+        // PAX headers are refused whatever their size.
+        for kind in [b'x', b'g'] {
+            let err = check_archive("b1", &long_entry(kind, 20)[..], &entry_a(), None).unwrap_err();
+            assert!(err.to_string().contains("PAX"), "{err}");
+        }
+        // Within the bound but past what the manifest's entries can take (a 4-byte file).
+        let err = check_archive("b1", &long_entry(b'L', 60_000)[..], &entry_a(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("manifest's entries can take"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tar_size_fields_read_as_the_tar_crate_reads_them() {
+        let mut f = [0u8; 12];
+        f[..11].copy_from_slice(b"00000001750");
+        assert_eq!(tar_size(&f), Some(0o1750));
+        assert_eq!(tar_size(b" 17 \0\0\0\0\0\0\0\0"), Some(0o17));
+        assert_eq!(tar_size(b"9\0\0\0\0\0\0\0\0\0\0\0"), None);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1 << 40);
+        assert_eq!(h.as_bytes()[124] & 0x80, 0x80);
+        assert_eq!(tar_size(&h.as_bytes()[124..136]), Some(1 << 40));
+        // Bytes the tar crate skips are set: it would read another size than this reader.
+        let mut b = h.as_bytes()[124..136].to_vec();
+        b[2] = 1;
+        assert_eq!(tar_size(&b), None);
+    }
+
+    #[test]
+    fn long_paths_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("x".repeat(120)).join("y".repeat(150));
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("k.key"), b"K").unwrap();
+        let (entries, tar) = write_archive(&[d.path().join("x".repeat(120))], Vec::new()).unwrap();
+        assert!(tar.windows(13).any(|w| w == b"././@LongLink"));
+        check_archive("b1", &tar[..], &entries, None).unwrap();
+    }
+
+    #[test]
+    fn extract_never_writes_through_a_symlink_and_drops_unsafe_mode_bits() {
+        let src = tree();
+        let (mut entries, tar) = write_archive(&[src.path().join("pki")], Vec::new()).unwrap();
+        let rel = src.path().strip_prefix("/").unwrap().join("pki");
+        let dest = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dest.path().join(&rel)).unwrap();
+        let link = dest.path().join(&rel).join("etcd");
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        let err = extract("b1", &tar[..], &entries, dest.path()).unwrap_err();
+        assert!(matches!(err, FilesError::Symlink { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&link.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+        fs::remove_file(&link).unwrap();
+        fs::write(&link, b"a file").unwrap();
+        let err = extract("b1", &tar[..], &entries, dest.path()).unwrap_err();
+        assert!(matches!(err, FilesError::NotADirectory { .. }), "{err}");
+        fs::remove_file(&link).unwrap();
+
+        // A manifest (and archive) with setuid and world-writable modes: checked as listed,
+        // applied as & 0o755.
+        let src = tree();
+        let pki = src.path().join("pki");
+        fs::set_permissions(pki.join("ca.crt"), fs::Permissions::from_mode(0o4777)).unwrap();
+        fs::set_permissions(pki.join("etcd"), fs::Permissions::from_mode(0o1777)).unwrap();
+        let tar;
+        (entries, tar) = write_archive(std::slice::from_ref(&pki), Vec::new()).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        extract("b1", &tar[..], &entries, dest.path()).unwrap();
+        let got = dest.path().join(pki.strip_prefix("/").unwrap());
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&got.join("ca.crt")), 0o755);
+        assert_eq!(mode(&got.join("etcd")), 0o755);
+        assert_eq!(mode(&got.join("ca.key")), 0o600);
     }
 
     #[test]

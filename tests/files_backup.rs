@@ -3,6 +3,10 @@
 //! snapshot; `verify` checks the files object; `restore --from-store latest --files-to OUT
 //! --identity K` gives byte-identical files with the same modes; the stored object holds no
 //! key bytes; a second extraction into the same OUT is refused; no recipients: exit 2.
+//!
+//! A store is untrusted: forged files objects (with a manifest recomputed to match) cannot
+//! restore setuid or world-writable modes, a symbolic link inside `--files-to DIR` is never
+//! written through, and a tar long-name bomb fails `verify` quickly with a short message.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -254,4 +258,300 @@ fn files_without_recipients_are_refused() {
         .args(["config", "check"])
         .assert()
         .success();
+}
+
+/// A plain (`files_unencrypted: true`) backup of a small host tree beside a real etcd 3.5
+/// snapshot, in a local store: what the forging tests start from.
+struct Plain {
+    work: tempfile::TempDir,
+    _etcd: Etcd,
+    cfg: PathBuf,
+    store: PathBuf,
+    host: PathBuf,
+}
+
+fn plain_backup() -> Plain {
+    let work = tempfile::tempdir().unwrap();
+    let host = work.path().join("host");
+    write(&host.join("pki/ca.key"), b"KEY", 0o600);
+    write(&host.join("pki/etcd/server.crt"), b"CERT", 0o644);
+    let e = Etcd::start(EtcdOpts {
+        version: Version::V3_5,
+        ..Default::default()
+    });
+    e.etcdctl_ok(&["put", "/registry/secrets/x", "v"]);
+    let store = work.path().join("store");
+    let cfg = work.path().join("cfg.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}backup:\n  files: [{}]\n  files_unencrypted: true\n",
+            e.config_yaml(&store),
+            host.join("pki").display()
+        ),
+    )
+    .unwrap();
+    lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["backup", "--no-progress"]),
+    );
+    Plain {
+        work,
+        _etcd: e,
+        cfg,
+        store,
+        host,
+    }
+}
+
+impl Plain {
+    /// Replaces the stored files object with `object` and the manifest's `files` with
+    /// `entries` and the object's size and sha256, as someone with write access to the store
+    /// can.
+    fn forge(&self, object: &[u8], entries: serde_json::Value) {
+        let stored = files_under(&self.store);
+        let manifest = stored
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(".json"))
+            .unwrap();
+        let files_obj = stored
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(".files.tar.zst"))
+            .unwrap();
+        std::fs::write(files_obj, object).unwrap();
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+        use sha2::Digest;
+        m["files"] = serde_json::json!({
+            "stored_bytes": object.len(),
+            "stored_sha256": hex::encode(sha2::Sha256::digest(object)),
+            "entries": entries,
+        });
+        std::fs::write(manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    }
+
+    fn run(&self, args: &[&str], files_to: Option<&Path>) -> std::process::Output {
+        let mut cmd = lifeboat();
+        cmd.arg("--config").arg(&self.cfg).args(args);
+        if let Some(d) = files_to {
+            cmd.arg("--files-to").arg(d);
+        }
+        cmd.output().unwrap()
+    }
+}
+
+/// A tar header for `path` (GNU format, checksum set by `append_data`).
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(0);
+    h
+}
+
+#[test]
+fn forged_setuid_and_world_writable_modes_are_not_restored() {
+    let p = plain_backup();
+    let run = b"#!/bin/sh\necho owned\n";
+    let ok = b"kept as is";
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, mode) in [("forged", 0o777), ("forged/bin", 0o1777)] {
+        let mut h = header(tar::EntryType::Directory, mode, 0);
+        tar.append_data(&mut h, path, std::io::empty()).unwrap();
+    }
+    for (path, mode, data) in [
+        ("forged/bin/run", 0o6777, &run[..]),
+        ("forged/bin/ok", 0o640, &ok[..]),
+    ] {
+        let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
+        tar.append_data(&mut h, path, data).unwrap();
+    }
+    let object = zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap();
+    use sha2::Digest;
+    let sha = |d: &[u8]| hex::encode(sha2::Sha256::digest(d));
+    p.forge(
+        &object,
+        serde_json::json!([
+            {"path": "/forged", "kind": "dir", "mode": 0o777, "size": 0},
+            {"path": "/forged/bin", "kind": "dir", "mode": 0o1777, "size": 0},
+            {"path": "/forged/bin/ok", "kind": "file", "mode": 0o640, "size": ok.len(), "sha256": sha(ok)},
+            {"path": "/forged/bin/run", "kind": "file", "mode": 0o6777, "size": run.len(), "sha256": sha(run)},
+        ]),
+    );
+    // The archive matches its manifest: verify passes (the modes are what the manifest says).
+    let out = p.run(&["verify", "latest"], None);
+    assert!(out.status.success(), "{out:?}");
+
+    let dest = p.work.path().join("out");
+    let out = p.run(&["restore", "--from-store", "latest"], Some(&dest));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(dest.join("forged/bin/run")).unwrap(), run);
+    // No setuid, setgid, sticky or group/other write bit; never more than the manifest says.
+    assert_eq!(mode(&dest.join("forged")), 0o755);
+    assert_eq!(mode(&dest.join("forged/bin")), 0o755);
+    assert_eq!(mode(&dest.join("forged/bin/run")), 0o755);
+    assert_eq!(mode(&dest.join("forged/bin/ok")), 0o640);
+}
+
+#[test]
+fn a_symlink_inside_files_to_is_never_written_through() {
+    let p = plain_backup();
+    // The genuine archive: <host>/pki/ca.key and <host>/pki/etcd/server.crt, re-rooted.
+    let elsewhere = p.work.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let dest = p.work.path().join("ft2");
+    // dest/<host>/pki -> elsewhere: a link two levels below DIR.
+    let link = under(&dest, &p.host.join("pki"));
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let before = crate::common::paths_under(&dest);
+
+    let out = p.run(&["restore", "--from-store", "latest"], Some(&dest));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "refusing to write through the symbolic link {}",
+            link.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("use an empty directory"), "{err}");
+    assert_eq!(
+        crate::common::paths_under(&elsewhere),
+        vec![elsewhere.clone()]
+    );
+    // Nothing was added inside DIR either (no staging dir left).
+    assert_eq!(crate::common::paths_under(&dest), before);
+
+    // A file where a directory is needed: refused, named.
+    let dest2 = p.work.path().join("ft3");
+    let file = under(&dest2, &p.host);
+    write(&file, b"not a dir", 0o600);
+    let out = p.run(&["restore", "--from-store", "latest"], Some(&dest2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.contains("not a directory"), "{err}");
+
+    // DIR itself may be a symbolic link the operator made.
+    let real = p.work.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let dest3 = p.work.path().join("ft4");
+    std::os::unix::fs::symlink(&real, &dest3).unwrap();
+    let out = p.run(&["restore", "--from-store", "latest"], Some(&dest3));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(under(&real, &p.host.join("pki/ca.key"))).unwrap(),
+        b"KEY"
+    );
+}
+
+/// Peak resident set (VmHWM, bytes) of a running process, polled until it exits; and its
+/// output.
+fn run_measured(mut cmd: std::process::Command) -> (std::process::Output, u64) {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poll = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = std::fs::read_to_string(&status) {
+                    if let Some(kb) = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    {
+                        peak = peak.max(kb * 1024);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    (out, poll.join().unwrap())
+}
+
+#[test]
+fn a_tar_long_name_bomb_fails_verify_quickly_with_a_short_message() {
+    let p = plain_backup();
+    // A GNU long-name entry ('L', `././@LongLink`) of 256 MiB: about 10 KB compressed. The
+    // tar crate reads such a name whole into memory before it returns the entry.
+    const BOMB: u64 = 256 << 20;
+    let mut enc = zstd::Encoder::new(Vec::new(), 3).unwrap();
+    let mut h = header(tar::EntryType::GNULongName, 0o644, BOMB);
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_cksum();
+    use std::io::Write;
+    enc.write_all(h.as_bytes()).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..BOMB / chunk.len() as u64 {
+        enc.write_all(&chunk).unwrap();
+    }
+    // The member the name describes: the old code named it (all 256 MiB) in its error.
+    let cert = b"CERT";
+    let mut f = header(tar::EntryType::Regular, 0o600, cert.len() as u64);
+    f.set_path("forged/x").unwrap();
+    f.set_cksum();
+    enc.write_all(f.as_bytes()).unwrap();
+    enc.write_all(cert).unwrap();
+    enc.write_all(&[0u8; 508 + 1024]).unwrap();
+    let object = enc.finish().unwrap();
+    assert!(object.len() < 100_000, "{}", object.len());
+    use sha2::Digest;
+    p.forge(
+        &object,
+        serde_json::json!([{"path": "/forged/x", "kind": "file", "mode": 0o600,
+            "size": cert.len(), "sha256": hex::encode(sha2::Sha256::digest(cert))}]),
+    );
+
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ETCDCTL_") || k.starts_with("ETCD_LIFEBOAT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("NO_COLOR", "1")
+        .arg("--config")
+        .arg(&p.cfg)
+        .args(["verify", "latest"]);
+    let t = std::time::Instant::now();
+    let (out, peak) = run_measured(cmd);
+    let took = t.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "verify of the bomb: {took:?}, peak RSS {} MiB:\n{text}",
+        peak >> 20
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.len() < 8192, "{} bytes of output", text.len());
+    assert!(text.contains("FAIL"), "{text}");
+    assert!(text.contains("long name"), "{text}");
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    // The whole name would be 256 MiB (more while the buffer grows).
+    assert!(peak < 150 << 20, "peak RSS {} MiB", peak >> 20);
+
+    // restore --files-to refuses it the same way and writes nothing.
+    let dest = p.work.path().join("out");
+    let out = p.run(&["restore", "--from-store", "latest"], Some(&dest));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.len() < 8192, "{} bytes of stderr", err.len());
+    assert!(files_under(&dest).is_empty());
 }
