@@ -39,6 +39,10 @@ fn restored_dirs_0700_files_0600_under_umask_000() {
     let out_dir = dir.path().join("new/out");
     let data_dir = dir.path().join("single/a/data");
     let wal_dir = dir.path().join("single/wal/x");
+    // An existing empty data dir the operator made, mode 0755: it gets 0700 too.
+    let existing = dir.path().join("existing");
+    std::fs::create_dir_all(&existing).unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).unwrap();
     for args in [
         format!(
             "restore {} --out-dir {} --initial-cluster a=http://127.0.0.1:1,b=http://127.0.0.1:2",
@@ -50,6 +54,11 @@ fn restored_dirs_0700_files_0600_under_umask_000() {
             snap.display(),
             data_dir.display(),
             wal_dir.display()
+        ),
+        format!(
+            "restore {} --data-dir {}",
+            snap.display(),
+            existing.display()
         ),
     ] {
         let o = Command::new("sh")
@@ -66,6 +75,8 @@ fn restored_dirs_0700_files_0600_under_umask_000() {
     let mut bad = Vec::new();
     check_modes(&dir.path().join("new"), &mut bad);
     check_modes(&dir.path().join("single"), &mut bad);
+    check_modes(&existing, &mut bad);
+    assert!(existing.join("member/snap/db").is_file());
     assert!(bad.is_empty(), "{bad:#?}");
     // The trees are complete (so the walk above saw the files).
     assert!(out_dir.join("a/member/snap/db").is_file());

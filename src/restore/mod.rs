@@ -1073,6 +1073,10 @@ impl Staged {
                 fs::rename(e.path(), &to).map_err(io(format!("renaming into {}", to.display())))?;
                 self.placed.push(to);
             }
+            // An existing empty target keeps its owner but gets etcd's data dir mode: it now
+            // holds every Secret (etcd warns about anything wider than 0700).
+            fs::set_permissions(&self.target, fs::Permissions::from_mode(0o700))
+                .map_err(io(format!("chmod 700 {}", self.target.display())))?;
             fsync_dir(&self.target)?;
         } else {
             let tmp = self.root().to_path_buf();
