@@ -49,3 +49,42 @@ async fn restore_from_kubeadm_manifest() {
     assert_eq!(dump(&c, &spec.client_url()), want);
     c.etcdctl_ok(&["put", "/after", "1"]);
 }
+
+/// A full `--initial-cluster` that lacks the manifest's member name: the error says the name
+/// came from the manifest (the operator never typed `--name`) and how to override it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_from_the_manifest_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = MemberSpec::new("m2", dir.path().join("var-lib-etcd"));
+    let data = spec.data_dir.to_str().unwrap();
+    let ic = format!("m2={}", spec.peer_url());
+    let manifest = kubeadm_manifest(&spec, "3.5.1-0", data, &spec.data_dir, &ic, false);
+    let mpath = dir.path().join("etcd.yaml");
+    std::fs::write(&mpath, manifest).unwrap();
+    let src = Cluster::boot(
+        V::V3_5,
+        &[MemberSpec::new("src", dir.path().join("src.etcd"))],
+        "t",
+    );
+    let snap = dir.path().join("snap.db");
+    snapshot_save(&src, &snap);
+    drop(src);
+    let err = run(
+        RestoreOptions {
+            snapshot: Some(snap),
+            kubeadm_manifest: Some(mpath),
+            initial_cluster: Some("cp1=http://127.0.0.1:1,cp2=http://127.0.0.1:2".into()),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("couldn't find local name \"m2\""), "{err}");
+    assert!(
+        err.contains("--name was taken from the --kubeadm-manifest; give --name to override it"),
+        "{err}"
+    );
+    assert!(!spec.data_dir.exists());
+}

@@ -594,10 +594,29 @@ fn make_plan(
         }),
         out_dir: args.out_dir.clone(),
     };
+    // Name the source of a value the operator did not type: the manifest.
+    let from_manifest = |flag: &str| {
+        km.is_some()
+            && match flag {
+                "--name" => args.name.is_none(),
+                "--initial-advertise-peer-urls" => args.initial_advertise_peer_urls.is_none(),
+                "--initial-cluster" => initial_cluster_from_manifest(args),
+                _ => false,
+            }
+    };
     Plan::build(&input).map_err(|e| match e {
+        PlanError::Flag { flag, .. } if from_manifest(flag) => UsageError::new(format!(
+            "{e} ({flag} was taken from the --kubeadm-manifest; give {flag} to override it)"
+        ))
+        .into(),
         PlanError::Flag { .. } => UsageError::new(e.to_string()).into(),
         e => e.into(),
     })
+}
+
+/// Whether `--initial-cluster` comes from the kubeadm manifest (no flag gives it).
+fn initial_cluster_from_manifest(args: &RestoreOptions) -> bool {
+    !args.members_from_snapshot && args.initial_cluster.is_none()
 }
 
 /// The backup `which` (id, unique prefix or `latest`) in the store of the config at
