@@ -1306,8 +1306,10 @@ struct Report<'a> {
     reminders: Vec<String>,
 }
 
-/// The etcd flags that start a restored member.
-fn etcd_flags(plan: &Plan, t: &Target) -> Vec<String> {
+/// The etcd flags that start a restored member. When the snapshot recorded a member of the
+/// same name and peer URLs with client URLs (`snapshot`: its `members` bucket), they are the
+/// member's `--listen-client-urls` and `--advertise-client-urls`: the URLs its clients used.
+fn etcd_flags(plan: &Plan, t: &Target, snapshot: &[SnapshotMember]) -> Vec<String> {
     let m = plan.member(t);
     let urls = m.peer_urls.join(",");
     let mut f = vec![
@@ -1324,6 +1326,16 @@ fn etcd_flags(plan: &Plan, t: &Target) -> Vec<String> {
         format!("--initial-cluster-token={}", plan.token),
         "--initial-cluster-state=new".to_string(),
     ]);
+    let recorded = snapshot
+        .iter()
+        .find(|s| s.name == t.name && s.peer_urls == m.peer_urls && !s.client_urls.is_empty());
+    if let Some(s) = recorded {
+        let c = s.client_urls.join(",");
+        f.extend([
+            format!("--listen-client-urls={c}"),
+            format!("--advertise-client-urls={c}"),
+        ]);
+    }
     f
 }
 
@@ -1338,7 +1350,7 @@ fn reminders(plan: &Plan, kubeadm: bool, info: &SnapshotInfo) -> Vec<String> {
     if kubeadm {
         r.push("stop etcd before restoring and start it after: move the manifest out of /etc/kubernetes/manifests and back (kubelet stops and starts the static pod)".to_string());
     } else {
-        r.push("add your usual client URL and TLS flags (--listen-client-urls, --advertise-client-urls, --cert-file, ...)".to_string());
+        r.push("add your TLS flags (--cert-file, --key-file, --trusted-ca-file, --peer-*), and the client URLs where none are printed (--listen-client-urls, --advertise-client-urls; printed ones are those the snapshot recorded for the member)".to_string());
     }
     if plan.members.len() > 1 {
         r.insert(
@@ -1396,7 +1408,7 @@ fn print_report(
             peer_urls: &plan.member(t).peer_urls,
             data_dir: &t.data_dir,
             wal_dir: t.wal_dir.as_deref(),
-            etcd_flags: etcd_flags(plan, t),
+            etcd_flags: etcd_flags(plan, t, &info.members),
         })
         .collect();
     let report = Report {
@@ -1595,7 +1607,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            etcd_flags(&p, &p.targets[0]),
+            etcd_flags(&p, &p.targets[0], &[]),
             [
                 "--name=a",
                 "--data-dir=/nonexistent/lifeboat/a",
@@ -1606,5 +1618,24 @@ mod tests {
                 "--initial-cluster-state=new",
             ]
         );
+        // The snapshot recorded member a (same name and peer URLs) with client URLs: its
+        // client flags; a same-named member elsewhere is a different member.
+        let rec = |peer: &str| SnapshotMember {
+            id: 1,
+            name: "a".into(),
+            peer_urls: vec![peer.into()],
+            client_urls: vec!["http://10.0.0.1:2379".into()],
+            is_learner: false,
+        };
+        let f = etcd_flags(&p, &p.targets[0], &[rec("http://127.0.0.1:2380")]);
+        assert_eq!(
+            f[f.len() - 2..],
+            [
+                "--listen-client-urls=http://10.0.0.1:2379",
+                "--advertise-client-urls=http://10.0.0.1:2379"
+            ]
+        );
+        let f = etcd_flags(&p, &p.targets[0], &[rec("http://10.9.9.9:2380")]);
+        assert_eq!(f.len(), 7);
     }
 }
