@@ -303,7 +303,7 @@ pub fn plan_in(
             (policy.keep_weekly, Period::Week),
             (policy.keep_monthly, Period::Month),
         ] {
-            for (i, key) in bucket_heads(&group, n, period, &tz) {
+            for (i, key) in bucket_heads(&group, n, period, &tz, now) {
                 reasons[i].push(match period {
                     Period::Hour => KeepReason::Hourly(key),
                     Period::Day => KeepReason::Daily(key),
@@ -353,8 +353,16 @@ fn derived_files_key(m: &Manifest) -> Option<String> {
 
 /// For the `n` most recent periods that have backups in `group` (ordered newest first by
 /// [`newest_first`]), the index of the period's newest backup and the period's name. Periods
-/// are ordered by the latest backup time in them.
-fn bucket_heads(group: &[&Manifest], n: u32, period: Period, tz: &Tz) -> Vec<(usize, String)> {
+/// are ordered by the latest backup time in them. Backups whose time is after `now` (a writer's
+/// clock ahead, or a forged manifest) take no period: they cannot push the backups of real
+/// periods out; `keep_last` (by revision) still applies to them.
+fn bucket_heads(
+    group: &[&Manifest],
+    n: u32,
+    period: Period,
+    tz: &Tz,
+    now: DateTime<Utc>,
+) -> Vec<(usize, String)> {
     if n == 0 {
         return Vec::new();
     }
@@ -362,6 +370,9 @@ fn bucket_heads(group: &[&Manifest], n: u32, period: Period, tz: &Tz) -> Vec<(us
     let mut periods: BTreeMap<String, (usize, DateTime<Utc>)> = BTreeMap::new();
     for (i, m) in group.iter().enumerate() {
         let t = backup_time(m);
+        if t > now {
+            continue;
+        }
         periods
             .entry(period_key(period, t, tz))
             .and_modify(|e| e.1 = e.1.max(t))
@@ -1639,6 +1650,40 @@ mod tests {
             ]
         );
         assert!(o.iter().all(|o| o.remove));
+    }
+
+    /// A backup dated after the prune's clock (a forged or skewed manifest) takes no daily
+    /// slot: the older real days keep theirs, and it goes unless keep_last keeps it.
+    #[test]
+    fn a_future_dated_backup_takes_no_period_slot() {
+        let now = t("2026-11-23T12:00:00Z");
+        let mut future = m("2027-01-01T00:00:00Z");
+        // Its revision is lower than the newest real backup's (a bit flip, a replay).
+        future.revision = 1;
+        let backups = vec![
+            m("2026-11-21T10:00:00Z"),
+            m("2026-11-22T10:00:00Z"),
+            m("2026-11-23T10:00:00Z"),
+            future.clone(),
+        ];
+        let plan = plan_in(&backups, &policy(1, 0, 2, 0, 0), Tz::UTC, now);
+        let reasons = |id: &str| {
+            plan.backups
+                .iter()
+                .find(|b| b.id == id)
+                .unwrap()
+                .reasons
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert!(reasons(&future.id).is_empty());
+        assert_eq!(reasons(&backups[1].id), ["daily 2026-11-22"]);
+        assert_eq!(
+            reasons(&backups[2].id),
+            ["newest", "last", "daily 2026-11-23"]
+        );
+        assert!(reasons(&backups[0].id).is_empty());
     }
 
     #[test]
