@@ -170,7 +170,21 @@ pub async fn run_backup(
     }
     // Interrupted uploads of killed runs: local temp files whose writer is gone, S3 multipart
     // uploads older than retention.orphan_grace. Never a live writer's.
-    match store.remove_stale_uploads(cfg.retention.orphan_grace).await {
+    // Housekeeping: a slow or silent store must not hold the backup up (bounded, and cut
+    // short by cancellation).
+    let cleanup = tokio::time::timeout(
+        CLEANUP_TIMEOUT,
+        store.remove_stale_uploads(cfg.retention.orphan_grace),
+    );
+    let cleaned = tokio::select! {
+        r = cleanup => r.unwrap_or_else(|_| Err(StoreError::Backend {
+            backend: if matches!(store, Store::S3(_)) { "s3" } else { "local" },
+            key: "clean-up of interrupted uploads".into(),
+            message: format!("no answer within {CLEANUP_TIMEOUT:?}; skipped"),
+        })),
+        _ = opts.cancel.cancelled() => return Err(BackupError::Cancelled),
+    };
+    match cleaned {
         Ok(removed) if !removed.is_empty() => {
             tracing::info!(count = removed.len(), uploads = ?removed, "removed interrupted uploads of earlier runs")
         }
@@ -939,6 +953,10 @@ async fn unused_id(
         key: key.to_string(),
     }))
 }
+
+/// Longest wait for the clean-up of interrupted uploads before a backup (housekeeping that
+/// prune repeats).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many consecutive seconds [`unused_id`] tries.
 const ID_ATTEMPTS: u32 = 10;

@@ -174,9 +174,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cancel,
             };
             let t0 = std::time::Instant::now();
-            let result = match &a.from_data_dir {
-                Some(dir) => backup::run_backup_from_data_dir(&cfg, &store, &opts, dir).await,
-                None => backup::run_backup(&cfg, &store, &opts).await,
+            let cancelled = opts.cancel.clone();
+            let work = async {
+                match &a.from_data_dir {
+                    Some(dir) => backup::run_backup_from_data_dir(&cfg, &store, &opts, dir).await,
+                    None => backup::run_backup(&cfg, &store, &opts).await,
+                }
+            };
+            // A request stalled on a silent store or etcd may not see the cancellation: after
+            // a signal the backup gets CANCEL_GRACE to clean up, then it is dropped (its temp
+            // dir is removed on drop; an interrupted upload is swept by the next run or prune).
+            let result = tokio::select! {
+                r = work => r,
+                _ = async {
+                    cancelled.cancelled().await;
+                    tokio::time::sleep(CANCEL_GRACE).await;
+                } => {
+                    tracing::warn!(grace = ?CANCEL_GRACE, "the backup did not stop within the grace period after the signal (a request is stalled): abandoned");
+                    Err(backup::BackupError::Cancelled)
+                }
             };
             if let Some(url) = &a.pushgateway {
                 push_backup_metrics(url, a, &store, &result, t0.elapsed()).await;
@@ -700,6 +716,9 @@ fn render_table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     }
     out
 }
+
+/// How long a one-shot backup may take to stop after SIGTERM/SIGINT before it is abandoned.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Longest table cell, in characters: manifest fields come from the store, which is untrusted.
 const MAX_CELL_CHARS: usize = 120;

@@ -293,3 +293,67 @@ fn sigkill_during_s3_backup_leaves_an_upload_that_cleanup_aborts() {
         "{objects:?} {uploads:?}"
     );
 }
+
+/// A store that accepts connections and never answers (a hung proxy or load balancer): a
+/// one-shot backup stopped with SIGTERM exits within seconds, failed and without a backup,
+/// instead of sitting in the SDK's timeouts (it took 15 minutes, ignoring the signal).
+#[test]
+fn sigterm_stops_a_backup_stalled_on_a_silent_store() {
+    use std::os::unix::process::ExitStatusExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accept and hold every connection, never writing a byte.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    let etcd = Etcd::start(EtcdOpts::default());
+    let mut storage = StorageConfig::default();
+    storage.backend = etcd_lifeboat::config::Backend::S3;
+    storage.s3.bucket = "etcd-backups".into();
+    storage.s3.region = Some("us-east-1".into());
+    storage.s3.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    storage.s3.force_path_style = true;
+    storage.s3.insecure = true;
+    let cfg = etcd.config_file_with_storage(&storage);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"))
+        .args(["--config", cfg.to_str().unwrap(), "backup", "--no-progress"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the backup ended early"
+    );
+    let t = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the backup still ran 30 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{status:?} {:?}: {err}",
+        status.signal()
+    );
+    assert!(err.contains("backup cancelled"), "{err}");
+}

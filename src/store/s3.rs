@@ -31,7 +31,7 @@
 //!   the read rather than mixing versions. The reader decompresses a range while the next
 //!   ones download; each range is kept as the frames it arrived in (no copy; frames under
 //!   4 KiB are coalesced, so a store trickling a body cannot blow up the frame list).
-//! - Timeouts: connect 10 s; per attempt max(5 min, part_size at 1 MiB/s); per operation
+//! - Timeouts: connect 10 s; per attempt max(60 s, part_size at 256 KiB/s); per operation
 //!   (retries included) 3x that. Streaming bodies are covered by the SDK's stalled-stream
 //!   protection.
 //! - Server-side encryption (`storage.s3.sse`, `sse_kms_key_id`) and Object Lock retention
@@ -169,7 +169,9 @@ impl S3Store {
         let part_size = usize::try_from(cfg.part_size)
             .unwrap_or(usize::MAX)
             .max(5 << 20);
-        let attempt = Duration::from_secs(300).max(Duration::from_secs((part_size >> 20) as u64));
+        // A silent store (accepts, never answers) fails an attempt after a minute, not five:
+        // a part still gets its size at 256 KiB/s.
+        let attempt = Duration::from_secs(60).max(Duration::from_secs((part_size >> 18) as u64));
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(10))
             .operation_attempt_timeout(attempt)
