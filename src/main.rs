@@ -603,19 +603,27 @@ fn catalog_table(cat: &manifest::Catalog) -> String {
 
 /// The NOTE of a backup in `list`: its `--tag`, future-dated, Object Lock retain-until.
 fn catalog_note(cat: &manifest::Catalog, m: &manifest::Manifest) -> String {
-    let now = cat.now;
+    let future = cat.is_future(m).then(|| {
+        format!(
+            "FUTURE-DATED (clock ahead by {}; ignored for age and scheduling)",
+            humantime::format_duration(std::time::Duration::from_secs(
+                (m.finished_at.max(m.started_at) - cat.now)
+                    .num_seconds()
+                    .max(0) as u64
+            ))
+        )
+    });
+    note_of(m, future)
+}
+
+/// The NOTE of a backup: its `--tag`, `future` (when future-dated), Object Lock
+/// retain-until.
+fn note_of(m: &manifest::Manifest, future: Option<String>) -> String {
     let mut notes = Vec::new();
     if let Some(t) = &m.tag {
         notes.push(format!("tag {t}"));
     }
-    if cat.is_future(m) {
-        notes.push(format!(
-            "FUTURE-DATED (clock ahead by {}; ignored for age and scheduling)",
-            humantime::format_duration(std::time::Duration::from_secs(
-                (m.finished_at.max(m.started_at) - now).num_seconds().max(0) as u64
-            ))
-        ));
-    }
+    notes.extend(future);
     if let Some(l) = &m.object_lock {
         notes.push(format!(
             "locked ({}) until {}",
@@ -627,7 +635,7 @@ fn catalog_note(cat: &manifest::Catalog, m: &manifest::Manifest) -> String {
 }
 
 fn manifest_table(ms: &[manifest::Manifest], now: chrono::DateTime<chrono::Utc>) -> String {
-    table_with_notes(ms, now, |_| String::new())
+    table_with_notes(ms, now, |m| note_of(m, None))
 }
 
 /// Columns of the backups table (the last, NOTE, only when a backup has a note).

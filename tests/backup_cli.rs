@@ -114,6 +114,18 @@ fn backup_equals_etcdctl(version: Version) {
         String::from_utf8_lossy(&v.stdout)
     );
 
+    // The table `backup` prints is the row `list` shows, NOTE (the tag) included.
+    let t = lifeboat_ok(lifeboat().args([
+        "--config",
+        cfg.to_str().unwrap(),
+        "backup",
+        "--no-progress",
+        "--tag",
+        "t2",
+    ]));
+    let t = String::from_utf8_lossy(&t.stdout);
+    assert!(t.contains("NOTE") && t.contains("tag t2"), "{t}");
+
     // `status` reads the stored .db.zst too and agrees with the manifest.
     let obj = data_objects(&store).pop().unwrap();
     let s2 = json(
