@@ -231,6 +231,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             etcd_lifeboat::output::print(&out);
+            if cat.backups.is_empty() && cat.broken.is_empty() {
+                // An empty store: say so when backups sit under a longer prefix (a parent
+                // prefix configured, e.g. the top-level storage of a clusters: config).
+                let objects = store.list("").await?;
+                let found = manifest::manifests_under_other_prefixes(
+                    objects.iter().map(|o| o.key.as_str()),
+                );
+                if !found.is_empty() {
+                    eprintln!(
+                        "note: {} holds backups under {}: add that to storage.s3.prefix (or storage.local.path), or use --cluster NAME with the clusters: config",
+                        store.describe(),
+                        found.join(", ")
+                    );
+                }
+            }
             Ok(())
         }
         Command::Restore(a) => cmd_restore(&cli, a).await,

@@ -207,3 +207,35 @@ async fn list_escapes_and_cuts_manifest_fields() {
         v["tag"].as_str().unwrap().len()
     );
 }
+
+/// A store configured at a parent of where backups were written (the top-level storage of a
+/// `clusters:` config, whose clusters append `/<name>`): their manifests are not this store's,
+/// so they are not BROKEN (which failed verify and set the broken-manifest alert); `list` says
+/// where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_under_a_longer_prefix_are_not_broken_and_are_pointed_at() {
+    let etcd = Etcd::start(EtcdOpts::default());
+    let store = etcd.dir.path().join("store");
+    let cfg = config(&etcd, &store.join("prod-a"));
+    backup(&cfg);
+    let parent = config(&etcd, &store);
+    let o = run(&parent, &["list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("(no backups)") && !out.contains("BROKEN"),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("holds backups under prod-a/"),
+        "{}",
+        stderr(&o)
+    );
+    // verify: an empty store, not a broken one.
+    let o = run(&parent, &["verify", "--all"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(
+        text.contains("holds no backups") && !text.contains("BROKEN"),
+        "{text}"
+    );
+}

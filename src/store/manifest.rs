@@ -437,6 +437,36 @@ pub fn check_manifest(key: &ObjectKey, m: &Manifest) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `key` is directly in a cluster directory of the store: `<16 hex digits>/<name>`.
+fn in_cluster_dir(key: &str) -> bool {
+    key.split_once('/')
+        .is_some_and(|(c, name)| crate::config::is_cluster_id(c) && !name.contains('/'))
+}
+
+/// The prefixes (each ending in `/`) under which `keys` hold backup manifests laid out as a
+/// store's (`<prefix><cluster id>/<backup id>.json`): backups of another prefix, e.g. when the
+/// configured prefix is a parent of the one they were written with. Sorted, at most 10.
+pub fn manifests_under_other_prefixes<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for k in keys {
+        let Some(stem) = k.strip_suffix(MANIFEST_SUFFIX) else {
+            continue;
+        };
+        let mut parts = stem.rsplitn(3, '/');
+        let (Some(id), Some(cluster), Some(prefix)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if crate::config::is_cluster_id(cluster) && parse_backup_id(id).is_some() {
+            out.insert(format!("{prefix}/"));
+        }
+        if out.len() >= 10 {
+            break;
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// [`catalog_at`] with the clock of this process and the default `store.future_tolerance`
 /// ([`DEFAULT_FUTURE_TOLERANCE`]).
 ///
@@ -465,6 +495,12 @@ pub async fn catalog_at(
     let mut keys = Vec::new();
     for o in store.list("").await? {
         if !o.key.as_str().ends_with(MANIFEST_SUFFIX) {
+            continue;
+        }
+        if !in_cluster_dir(o.key.as_str()) {
+            // Not where this store keeps manifests (`<cluster id>/<name>.json`): another
+            // prefix's backups (a parent prefix configured), or someone else's file.
+            tracing::debug!(key = %o.key, "not a manifest of this store (not <cluster id>/<name>.json)");
             continue;
         }
         if o.size > MAX_MANIFEST_BYTES {
