@@ -464,7 +464,7 @@ struct DataDirDb {
 
 /// Takes a stopped member's db (`DIR/member/snap/db`, no sha256 trailer) as a backup: locks
 /// it as bbolt does (refused while etcd holds the lock), reads member and cluster IDs from the
-/// WAL's metadata record, verifies the bbolt structure and status, then streams the first
+/// WAL's metadata record (`wal_dir`, etcd's `--wal-dir`, else `DIR/member/wal`), verifies the bbolt structure and status, then streams the first
 /// `total_size` bytes (bbolt `tx.Size()`, what a snapshot of it would hold; the file itself is
 /// often longer) through the same compress/encrypt/upload pipeline as [`run_backup`], and
 /// writes a manifest with `source: data-dir`. The lock is held until the manifest is stored.
@@ -478,10 +478,12 @@ pub async fn run_backup_from_data_dir(
     store: &Store,
     opts: &BackupOptions,
     dir: &Path,
+    wal_dir: Option<&Path>,
 ) -> Result<Manifest, BackupError> {
     let recipients = Recipients::from_config(&cfg.encryption).map_err(ConfigError::from)?;
     let d = dir.to_path_buf();
-    let db = tokio::task::spawn_blocking(move || open_data_dir(&d))
+    let w = wal_dir.map(Path::to_path_buf);
+    let db = tokio::task::spawn_blocking(move || open_data_dir(&d, w.as_deref()))
         .await
         .expect("data dir thread")?;
     let dir_text = dir.display().to_string();
@@ -577,7 +579,7 @@ pub async fn run_backup_from_data_dir(
 }
 
 /// Locks and checks a data dir's db; reads the WAL's IDs (blocking).
-fn open_data_dir(dir: &Path) -> Result<DataDirDb, BackupError> {
+fn open_data_dir(dir: &Path, wal_dir: Option<&Path>) -> Result<DataDirDb, BackupError> {
     let path = dir.join("member").join("snap").join("db");
     let bad = |p: &Path, reason: String| BackupError::DataDir {
         path: p.display().to_string(),
@@ -600,8 +602,18 @@ fn open_data_dir(dir: &Path) -> Result<DataDirDb, BackupError> {
             return Err(bad(&path, format!("cannot lock the db: {e}")))
         }
     }
-    let wal_dir = dir.join("member").join("wal");
-    let (member_id, cluster_id) = wal_ids(&wal_dir)?;
+    let (member_id, cluster_id) = match wal_dir {
+        Some(w) => wal_ids(w)?,
+        None => wal_ids(&dir.join("member").join("wal")).map_err(|e| match e {
+            BackupError::DataDir { path, reason } => BackupError::DataDir {
+                path,
+                reason: format!(
+                    "{reason}; if etcd runs with --wal-dir, pass that directory as --wal-dir"
+                ),
+            },
+            e => e,
+        })?,
+    };
     let verify = |p: &Path| -> Result<(Status, i64, Option<u64>, String), snapshot::SnapshotError> {
         let db = snapshot::Db::open(p, None)?;
         let status = db.check_and_status()?;

@@ -163,6 +163,10 @@ pub struct BackupArgs {
     /// is made. Refused while etcd runs on it (it holds the db's lock).
     #[arg(long, value_name = "DIR")]
     pub from_data_dir: Option<PathBuf>,
+    /// With --from-data-dir: the member's WAL directory when etcd runs with --wal-dir (else
+    /// DIR/member/wal). Read for the member and cluster IDs.
+    #[arg(long, value_name = "WAL_DIR", requires = "from_data_dir")]
+    pub wal_dir: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArg,
     #[command(flatten)]

@@ -177,7 +177,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cancelled = opts.cancel.clone();
             let work = async {
                 match &a.from_data_dir {
-                    Some(dir) => backup::run_backup_from_data_dir(&cfg, &store, &opts, dir).await,
+                    Some(dir) => {
+                        backup::run_backup_from_data_dir(
+                            &cfg,
+                            &store,
+                            &opts,
+                            dir,
+                            a.wal_dir.as_deref(),
+                        )
+                        .await
+                    }
                     None => backup::run_backup(&cfg, &store, &opts).await,
                 }
             };

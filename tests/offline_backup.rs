@@ -230,3 +230,51 @@ async fn data_dir_backup_is_encrypted_with_files() {
     let c = Cluster::boot(V::V3_5, std::slice::from_ref(&spec), "etcd-cluster");
     assert!(restore_util::dump(&c, &spec.client_url()) == want);
 }
+
+/// A member whose WAL lives outside its data dir (etcd's `--wal-dir`, as in the systemd
+/// cluster of the seeds): without `--wal-dir` the backup says to pass it; with it, the IDs
+/// come from that WAL.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_dir_backup_with_a_separate_wal_dir() {
+    let work = tempfile::tempdir().unwrap();
+    let mut e = Etcd::start(EtcdOpts {
+        version: Version::V3_5,
+        ..Default::default()
+    });
+    e.etcdctl_ok(&["put", "/k", "v"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&e.etcdctl_ok(&["endpoint", "status", "-w", "json"])).unwrap();
+    let cluster = format!(
+        "{:016x}",
+        status[0]["Status"]["header"]["cluster_id"]
+            .as_u64()
+            .unwrap()
+    );
+    let data_dir = e.members[0].data_dir.clone();
+    e.stop_member(0);
+    let wal = work.path().join("wal");
+    std::fs::rename(data_dir.join("member/wal"), &wal).unwrap();
+    let cfg = offline_config(work.path());
+    let out = lifeboat()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["backup", "--no-progress", "--from-data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("pass that directory as --wal-dir"), "{err}");
+    let out = lifeboat_ok(
+        lifeboat()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["backup", "--no-progress", "-o", "json", "--from-data-dir"])
+            .arg(&data_dir)
+            .arg("--wal-dir")
+            .arg(&wal),
+    );
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["source"], "data-dir");
+    assert_eq!(m["cluster_id"], cluster.as_str());
+}
