@@ -1056,6 +1056,27 @@ impl Config {
                             format!("{ep:?} is not a URL; write https://host:port"),
                         ));
                     }
+                    // The bucket in the endpoint's path (a common slip) would be sent before
+                    // every key as well; a gateway under a path of its own is left alone.
+                    let rest = ep.split_once("://").map_or("", |(_, r)| r);
+                    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+                    if host.is_empty() || path.split('/').any(|seg| seg == s3.bucket) {
+                        return Err(ConfigError::new(
+                            "storage.s3.endpoint",
+                            format!(
+                                "{ep} has no host or names the bucket; write scheme://host:port only (the bucket goes in storage.s3.bucket, key prefixes in storage.s3.prefix)"
+                            ),
+                        ));
+                    }
+                }
+                if s3.bucket.contains('/') || s3.bucket.contains(char::is_whitespace) {
+                    return Err(ConfigError::new(
+                        "storage.s3.bucket",
+                        format!(
+                            "{:?} is not a bucket name (no '/', no spaces, no s3:// scheme); a key prefix goes in storage.s3.prefix",
+                            s3.bucket
+                        ),
+                    ));
                 }
                 if let Some(p) = &s3.ca_file {
                     check_readable_file("storage.s3.ca_file", p)?;
@@ -1617,6 +1638,36 @@ mod tests {
         assert!(parse_cron("*/30 * * * *").is_ok());
         assert!(parse_cron("*/2 * * * * *").is_ok());
         assert!(parse_cron("* *").is_err());
+    }
+
+    /// The bucket in the endpoint's path, or an s3:// URL or a path as the bucket, are config
+    /// errors, not "does not exist" at run time; a gateway under a path of its own is fine.
+    #[test]
+    fn s3_endpoint_and_bucket_shapes() {
+        let mut c = Config::default();
+        c.storage.backend = Backend::S3;
+        c.storage.s3.bucket = "etcd-backups".into();
+        for ok in [
+            "https://minio:9000",
+            "https://minio:9000/",
+            "https://s3.example",
+            "https://gw.example/s3",
+        ] {
+            c.storage.s3.endpoint = Some(ok.into());
+            c.validate().unwrap();
+        }
+        for bad in ["https://minio:9000/etcd-backups", "https://"] {
+            c.storage.s3.endpoint = Some(bad.into());
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, "storage.s3.endpoint", "{bad}");
+            assert!(e.message.contains("names the bucket"), "{e}");
+        }
+        c.storage.s3.endpoint = None;
+        for bad in ["s3://etcd-backups", "etcd-backups/prod", "etcd backups"] {
+            c.storage.s3.bucket = bad.into();
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, "storage.s3.bucket", "{bad}");
+        }
     }
 
     #[test]

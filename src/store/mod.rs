@@ -101,7 +101,7 @@ pub enum StoreError {
     /// A backend (S3 service, network, credentials, bucket) failed. `message` holds the cause
     /// and the fix, e.g. "bucket X does not exist at endpoint Y; create it or fix
     /// storage.s3.bucket".
-    #[error("{backend} store, {key}: {message}")]
+    #[error("{backend} store{}: {message}", if key.is_empty() { String::new() } else { format!(", {key}") })]
     Backend {
         /// `"s3"` or `"local"`.
         backend: &'static str,

@@ -57,7 +57,7 @@
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart,
@@ -281,13 +281,15 @@ impl S3Store {
     }
 
     /// Maps an SDK error of operation `op` on `key` to a [`StoreError`] with a useful message.
+    /// The SDK's error and its causes are given by their messages, each once (the SDK's own
+    /// `DisplayErrorContext` appends a Rust debug dump of the whole chain).
     fn map_err<E>(&self, op: &str, key: &str, e: SdkError<E, Raw>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let status = e.raw_response().map(|r| r.status().as_u16());
         let code = e.code().unwrap_or("").to_string();
-        let detail = DisplayErrorContext(&e).to_string();
+        let detail = cause_chain(&e);
         let (bucket, ep) = (&self.bucket, &self.endpoint);
         let msg = match (code.as_str(), status) {
             ("NoSuchBucket", _) => format!(
@@ -1369,6 +1371,20 @@ impl Drop for S3Upload {
             }
         }
     }
+}
+
+/// `e`'s message followed by each cause's message that adds something (`a: b: c`).
+fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !t.is_empty() && !text.contains(&t) {
+            text = format!("{text}: {t}");
+        }
+        src = s.source();
+    }
+    text
 }
 
 #[cfg(test)]
