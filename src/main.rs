@@ -119,18 +119,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "defaults and environment (no config file found)".into());
             println!("config OK: {origin}");
+            let store_at = |s: &etcd_lifeboat::config::StorageConfig| match s.backend {
+                etcd_lifeboat::config::Backend::Local => s.local.path.display().to_string(),
+                etcd_lifeboat::config::Backend::S3 => format!(
+                    "s3://{}/{}{}",
+                    s.s3.bucket,
+                    s.s3.prefix.trim_matches('/'),
+                    s.s3.endpoint
+                        .as_deref()
+                        .map(|e| format!(" at {e}"))
+                        .unwrap_or_default()
+                ),
+            };
             if cfg.clusters.is_empty() {
                 println!("  etcd endpoints: {}", cfg.etcd.endpoints.join(", "));
-                println!("  storage: {:?}", cfg.storage.backend);
+                println!("  store: {}", store_at(&cfg.storage));
             }
             for c in cfg.clusters().iter().filter(|_| !cfg.clusters.is_empty()) {
-                let s = &c.config.storage;
-                let at = match s.backend {
-                    etcd_lifeboat::config::Backend::Local => s.local.path.display().to_string(),
-                    etcd_lifeboat::config::Backend::S3 => {
-                        format!("s3://{}/{}", s.s3.bucket, s.s3.prefix.trim_matches('/'))
-                    }
-                };
+                let at = store_at(&c.config.storage);
                 println!(
                     "  cluster {}: etcd {}; store {at}; schedule {}",
                     c.name.as_deref().unwrap_or(""),
@@ -146,7 +152,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     r.public().len(),
                     r.public().join(", ")
                 ),
-                None => println!("  encryption: none (backups are stored unencrypted)"),
+                None => match (&cfg.storage.backend, &cfg.storage.s3.sse) {
+                    (etcd_lifeboat::config::Backend::S3, Some(sse)) => println!(
+                        "  encryption: no age recipients (objects are readable by whoever can read the bucket); S3 server-side encryption {sse:?}"
+                    ),
+                    _ => println!("  encryption: none (backups are stored unencrypted)"),
+                },
             }
             for w in workdir::permission_warnings(&cfg) {
                 let _ = writeln!(std::io::stderr(), "warning: {w}");
