@@ -310,8 +310,10 @@ fn sigterm_stops_a_backup_stalled_on_a_silent_store() {
         }
     });
     let etcd = Etcd::start(EtcdOpts::default());
-    let mut storage = StorageConfig::default();
-    storage.backend = etcd_lifeboat::config::Backend::S3;
+    let mut storage = StorageConfig {
+        backend: etcd_lifeboat::config::Backend::S3,
+        ..Default::default()
+    };
     storage.s3.bucket = "etcd-backups".into();
     storage.s3.region = Some("us-east-1".into());
     storage.s3.endpoint = Some(format!("http://127.0.0.1:{port}"));
