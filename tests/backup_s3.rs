@@ -359,3 +359,44 @@ fn sigterm_stops_a_backup_stalled_on_a_silent_store() {
     );
     assert!(err.contains("backup cancelled"), "{err}");
 }
+
+/// A store that ignores the lock headers on multipart uploads (moto does; so may other
+/// S3-compatible stores): the backup is stored, but its manifest and `list` claim no lock, and
+/// a warning says the backup is not immutable.
+#[test]
+fn object_lock_the_store_did_not_apply_is_not_claimed() {
+    use etcd_lifeboat::config::{ObjectLockConfig, ObjectLockMode};
+    let s3 = S3Server::start();
+    let Some(bucket) = s3.create_bucket(true) else {
+        eprintln!("external S3 endpoint: the Object Lock bucket test runs against moto only");
+        return;
+    };
+    let etcd = Etcd::start(EtcdOpts::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Over one 5 MiB part: a multipart upload, whose lock headers moto drops.
+    rt.block_on(async {
+        fill_random(&etcd.client().await, 120, 64 * 1024, "/registry/secrets/s").await
+    });
+    let mut storage = s3.storage_config_for_bucket(&bucket);
+    storage.s3.object_lock = Some(ObjectLockConfig {
+        mode: ObjectLockMode::Governance,
+        retain_for: Duration::from_secs(86400),
+    });
+    let cfg = etcd.config_file_with_storage(&storage);
+    let out = lifeboat_ok(lifeboat().args([
+        "--config",
+        cfg.to_str().unwrap(),
+        "backup",
+        "--no-progress",
+        "-o",
+        "json",
+    ]));
+    let m = json(&out.stdout);
+    assert!(m["stored_bytes"].as_u64().unwrap() > 5 << 20, "{m}");
+    assert!(m["object_lock"].is_null(), "{m}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("this backup is NOT immutable"), "{err}");
+    let list = lifeboat_ok(lifeboat().args(["--config", cfg.to_str().unwrap(), "list"]));
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(!list.contains("locked"), "{list}");
+}
