@@ -400,3 +400,75 @@ fn object_lock_the_store_did_not_apply_is_not_claimed() {
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(!list.contains("locked"), "{list}");
 }
+
+/// The daemon on a store that accepts connections and never answers: SIGTERM stops it within
+/// seconds (the catalog refresh and retention are dropped at shutdown, the backup gets its
+/// grace), not after `--store-timeout` or the SDK's timeouts.
+#[test]
+fn sigterm_stops_the_daemon_on_a_silent_store() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    let etcd = Etcd::start(EtcdOpts::default());
+    let mut storage = StorageConfig {
+        backend: etcd_lifeboat::config::Backend::S3,
+        ..Default::default()
+    };
+    storage.s3.bucket = "etcd-backups".into();
+    storage.s3.region = Some("us-east-1".into());
+    storage.s3.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    storage.s3.force_path_style = true;
+    storage.s3.insecure = true;
+    let cfg = etcd.config_file_with_storage(&storage);
+    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
+    yaml += &format!(
+        "schedule:\n  cron: \"0 0 1 1 *\"\nhttp:\n  listen: \"127.0.0.1:{}\"\n",
+        free_port()
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let log = etcd.dir.path().join("daemon.log");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"))
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "daemon",
+            "--shutdown-grace",
+            "2s",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon ended early"
+    );
+    let t = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(25) {
+            let _ = child.kill();
+            panic!(
+                "the daemon still ran 25 s after SIGTERM:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("daemon stopped {:?} after SIGTERM", t.elapsed());
+}

@@ -484,15 +484,19 @@ impl Daemon {
         }
     }
 
+    /// The catalog refresh, dropped at shutdown (it only reads): a slow store must not hold
+    /// SIGTERM up for `--store-timeout`.
     async fn refresh(&self) -> Option<Catalog> {
-        refresh(
-            &self.store,
-            &self.health,
-            self.m,
-            self.args.store_timeout,
-            self.cfg.store.future_tolerance,
-        )
-        .await
+        tokio::select! {
+            c = refresh(
+                &self.store,
+                &self.health,
+                self.m,
+                self.args.store_timeout,
+                self.cfg.store.future_tolerance,
+            ) => c,
+            _ = self.shutdown.cancelled() => None,
+        }
     }
 
     /// Whether this replica may write: leader, or election off.
@@ -657,11 +661,18 @@ impl Daemon {
     }
 
     async fn prune(&self) {
-        let r = timeout(
-            self.args.store_timeout * 4,
-            crate::store::retention::prune(&self.cfg, &self.store, false),
-        )
-        .await;
+        // Dropped at shutdown: prune deletes a backup's manifest before its data, so what an
+        // interrupted prune leaves is an orphan the next prune removes.
+        let r = tokio::select! {
+            r = timeout(
+                self.args.store_timeout * 4,
+                crate::store::retention::prune(&self.cfg, &self.store, false),
+            ) => r,
+            _ = self.shutdown.cancelled() => {
+                tracing::info!("shutdown: retention run dropped; the next one finishes it");
+                return;
+            }
+        };
         let m = self.m;
         match r {
             Ok(Ok(plan)) => {
