@@ -41,10 +41,17 @@ pub fn exit_code(err: &(dyn Error + 'static)) -> i32 {
 /// message before it already includes (variants print their source) is left out, so each
 /// cause is said once. Parts are joined with `: `.
 pub fn report(err: &(dyn Error + 'static)) -> String {
-    let mut out = String::new();
-    for e in chain(err) {
+    with_causes(&err.to_string(), err.source(), &[])
+}
+
+/// `head`, then the message of `source` and of each of its sources, as [`report`] joins them
+/// (each cause once), leaving out the messages in `skip` (wrappers that say nothing, like
+/// tonic's "transport error"). For errors whose own message is replaced by `head`.
+pub fn with_causes(head: &str, source: Option<&(dyn Error + 'static)>, skip: &[&str]) -> String {
+    let mut out = head.to_string();
+    for e in source.into_iter().flat_map(chain) {
         let m = e.to_string();
-        if !out.contains(&m) {
+        if !skip.contains(&m.as_str()) && !out.contains(&m) {
             if !out.is_empty() {
                 out.push_str(": ");
             }

@@ -73,18 +73,11 @@ pub fn describe_error(err: &etcd_client::Error) -> String {
     format!("{text}{}", hint(&format!("{raw} {text}").to_lowercase()))
 }
 
-/// `head` followed by the messages of `source` and its causes, each once: wrappers that only
-/// repeat their cause's message, or say nothing more than "transport error", are left out.
-fn readable(head: &str, mut source: Option<&dyn std::error::Error>) -> String {
-    let mut text = head.to_string();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !t.is_empty() && t != "transport error" && !text.contains(&t) {
-            text = format!("{text}: {t}");
-        }
-        source = s.source();
-    }
-    text
+/// `head` followed by the messages of `source` and its causes, each once
+/// ([`crate::error::with_causes`]): wrappers that only repeat their cause's message, or say
+/// nothing more than tonic's "transport error", are left out.
+fn readable(head: &str, source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    crate::error::with_causes(head, source, &["transport error"])
 }
 
 /// What to do about an error whose text (lower case, with its sources) is `lower`; `""` when

@@ -289,7 +289,7 @@ impl S3Store {
     {
         let status = e.raw_response().map(|r| r.status().as_u16());
         let code = e.code().unwrap_or("").to_string();
-        let detail = cause_chain(&e);
+        let detail = crate::error::report(&e);
         let (bucket, ep) = (&self.bucket, &self.endpoint);
         let msg = match (code.as_str(), status) {
             ("NoSuchBucket", _) => format!(
@@ -1371,20 +1371,6 @@ impl Drop for S3Upload {
             }
         }
     }
-}
-
-/// `e`'s message followed by each cause's message that adds something (`a: b: c`).
-fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !t.is_empty() && !text.contains(&t) {
-            text = format!("{text}: {t}");
-        }
-        src = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
