@@ -215,13 +215,36 @@ pub fn delta_manifest_key(
 /// (`<first:016>-<seq:016>.delta`), `None` when `key` is not one (a data object, anything
 /// else).
 pub fn parse_delta_manifest_name(key: &ObjectKey) -> Option<(i64, u64)> {
-    let stem = key.file_name().strip_suffix(DELTA_MANIFEST_SUFFIX)?;
+    parse_manifest_file_name(key.file_name())
+}
+
+/// [`parse_delta_manifest_name`] of a file name.
+fn parse_manifest_file_name(name: &str) -> Option<(i64, u64)> {
+    let stem = name.strip_suffix(DELTA_MANIFEST_SUFFIX)?;
     let (first, seq) = stem.split_once('-')?;
     let digits = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(first) || !digits(seq) {
         return None;
     }
     Some((first.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Whether `name` is one this tool writes in a chain directory: a delta manifest
+/// `<first:016>-<seq:016>.delta` ([`delta_manifest_key`]) or a delta data object
+/// `<first:016>-<last:016>-<nonce, 16 hex>.delta.zst[.age]` ([`DeltaManifest::derived_data_key`]).
+pub fn is_chain_object_name(name: &str) -> bool {
+    if parse_manifest_file_name(name).is_some() {
+        return true;
+    }
+    let Some(stem) = name
+        .strip_suffix(ENCRYPTED_DELTA_DATA_SUFFIX)
+        .or_else(|| name.strip_suffix(DELTA_DATA_SUFFIX))
+    else {
+        return false;
+    };
+    let digits = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = stem.split('-').collect();
+    matches!(parts.as_slice(), [a, b, nonce] if digits(a) && digits(b) && is_hex(nonce, 16))
 }
 
 impl DeltaManifest {

@@ -229,6 +229,18 @@ pub fn parse_backup_id(id: &str) -> Option<(DateTime<Utc>, i64)> {
     Some((t.and_utc(), rev.parse().ok()?))
 }
 
+/// Whether `stem` is `<16 hex digit cluster id>/<backup id>`, as this tool names a backup's
+/// objects (the key without its suffix).
+pub fn is_backup_stem(stem: &str) -> bool {
+    stem.split_once('/')
+        .is_some_and(|(cluster, id)| names_a_backup(cluster, id))
+}
+
+/// Whether `cluster` is a cluster id segment and `id` a backup id.
+fn names_a_backup(cluster: &str, id: &str) -> bool {
+    crate::config::is_cluster_id(cluster) && parse_backup_id(id).is_some()
+}
+
 /// Key of the data object: `"<cluster-id-hex>/<id>.db.zst"`.
 ///
 /// Panics when `cluster_id_hex` or `id` would make an invalid key (empty, containing `/`
@@ -457,7 +469,7 @@ pub fn manifests_under_other_prefixes<'a>(keys: impl Iterator<Item = &'a str>) -
         else {
             continue;
         };
-        if crate::config::is_cluster_id(cluster) && parse_backup_id(id).is_some() {
+        if names_a_backup(cluster, id) {
             out.insert(format!("{prefix}/"));
         }
         if out.len() >= 10 {

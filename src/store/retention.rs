@@ -57,9 +57,10 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::config::{Config, RetentionConfig};
+use crate::pitr::manifest::is_chain_object_name;
 use crate::store::manifest::{
-    manifest_key, newest_first, BrokenManifest, Manifest, DATA_SUFFIX, ENCRYPTED_DATA_SUFFIX,
-    MANIFEST_SUFFIX,
+    is_backup_stem, manifest_key, newest_first, BrokenManifest, Manifest, DATA_SUFFIX,
+    ENCRYPTED_DATA_SUFFIX, MANIFEST_SUFFIX,
 };
 use crate::store::{ObjectKey, ObjectMeta, Store, StoreError};
 
@@ -478,34 +479,6 @@ fn data_object_stem(key: &str) -> Option<&str> {
     .iter()
     .find_map(|suffix| key.strip_suffix(suffix))
     .filter(|stem| is_backup_stem(stem))
-}
-
-/// `<16 hex digit cluster id>/<backup id>`, as this tool names a backup's objects.
-fn is_backup_stem(stem: &str) -> bool {
-    stem.split_once('/').is_some_and(|(cluster, id)| {
-        crate::config::is_cluster_id(cluster) && super::manifest::parse_backup_id(id).is_some()
-    })
-}
-
-/// A name this tool writes in a chain directory: a delta manifest `<first:016>-<seq:016>.delta`
-/// or a delta data object `<first:016>-<last:016>-<nonce, 16 hex>.delta.zst[.age]`
-/// (pitr::manifest).
-fn is_chain_object_name(name: &str) -> bool {
-    let digits = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit());
-    if let Some(stem) = name.strip_suffix(".delta") {
-        return stem
-            .split_once('-')
-            .is_some_and(|(a, b)| digits(a) && digits(b));
-    }
-    let Some(stem) = name
-        .strip_suffix(".delta.zst.age")
-        .or_else(|| name.strip_suffix(".delta.zst"))
-    else {
-        return false;
-    };
-    let parts: Vec<&str> = stem.split('-').collect();
-    matches!(parts.as_slice(), [a, b, nonce] if digits(a) && digits(b)
-        && nonce.len() == 16 && nonce.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// The instant that decides a backup's periods: when its snapshot was taken.
