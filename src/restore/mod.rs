@@ -600,7 +600,9 @@ fn make_plan(
             && match flag {
                 "--name" => args.name.is_none(),
                 "--initial-advertise-peer-urls" => args.initial_advertise_peer_urls.is_none(),
-                "--initial-cluster" => initial_cluster_from_manifest(args),
+                "--initial-cluster" => {
+                    !args.members_from_snapshot && args.initial_cluster.is_none()
+                }
                 _ => false,
             }
     };
@@ -612,11 +614,6 @@ fn make_plan(
         PlanError::Flag { .. } => UsageError::new(e.to_string()).into(),
         e => e.into(),
     })
-}
-
-/// Whether `--initial-cluster` comes from the kubeadm manifest (no flag gives it).
-fn initial_cluster_from_manifest(args: &RestoreOptions) -> bool {
-    !args.members_from_snapshot && args.initial_cluster.is_none()
 }
 
 /// The backup `which` (id, unique prefix or `latest`) in the store of the config at
