@@ -294,22 +294,18 @@ fn sigkill_during_s3_backup_leaves_an_upload_that_cleanup_aborts() {
     );
 }
 
-/// A store that accepts connections and never answers (a hung proxy or load balancer): a
-/// one-shot backup stopped with SIGTERM exits within seconds, failed and without a backup,
-/// instead of sitting in the SDK's timeouts (it took 15 minutes, ignoring the signal).
-#[test]
-fn sigterm_stops_a_backup_stalled_on_a_silent_store() {
-    use std::os::unix::process::ExitStatusExt;
+/// A config for `etcd` whose S3 store accepts connections and never answers (a hung proxy or
+/// load balancer: a listener that holds every connection without writing a byte), with
+/// `extra` YAML appended.
+fn silent_s3_config(etcd: &Etcd, extra: &str) -> std::path::PathBuf {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    // Accept and hold every connection, never writing a byte.
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for c in listener.incoming() {
             held.push(c);
         }
     });
-    let etcd = Etcd::start(EtcdOpts::default());
     let mut storage = StorageConfig {
         backend: etcd_lifeboat::config::Backend::S3,
         ..Default::default()
@@ -320,34 +316,63 @@ fn sigterm_stops_a_backup_stalled_on_a_silent_store() {
     storage.s3.force_path_style = true;
     storage.s3.insecure = true;
     let cfg = etcd.config_file_with_storage(&storage);
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"))
-        .args(["--config", cfg.to_str().unwrap(), "backup", "--no-progress"])
+    let yaml = std::fs::read_to_string(&cfg).unwrap() + extra;
+    std::fs::write(&cfg, yaml).unwrap();
+    cfg
+}
+
+/// Starts the binary with `args` and test credentials (no metadata lookup), stderr to `err`.
+fn spawn_on_silent_store(args: &[&str], err: std::process::Stdio) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"))
+        .args(args)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// After 3 s of running (asserted), SIGTERM to `child`; its exit status and how long it took
+/// to stop, or `None` (and SIGKILL) when it still ran `limit` after the signal.
+fn sigterm_after_3s(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<(std::process::ExitStatus, Duration)> {
     std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the backup ended early"
-    );
+    assert!(child.try_wait().unwrap().is_none(), "it ended early");
     let t = std::time::Instant::now();
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let status = loop {
+    loop {
         if let Some(s) = child.try_wait().unwrap() {
-            break s;
+            return Some((s, t.elapsed()));
         }
-        if t.elapsed() > Duration::from_secs(30) {
+        if t.elapsed() > limit {
             let _ = child.kill();
-            panic!("the backup still ran 30 s after SIGTERM");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A store that accepts connections and never answers: a one-shot backup stopped with
+/// SIGTERM exits within seconds, failed and without a backup, instead of sitting in the SDK's
+/// timeouts (it took 15 minutes, ignoring the signal).
+#[test]
+fn sigterm_stops_a_backup_stalled_on_a_silent_store() {
+    use std::os::unix::process::ExitStatusExt;
+    let etcd = Etcd::start(EtcdOpts::default());
+    let cfg = silent_s3_config(&etcd, "");
+    let mut child = spawn_on_silent_store(
+        &["--config", cfg.to_str().unwrap(), "backup", "--no-progress"],
+        std::process::Stdio::piped(),
+    );
+    let Some((status, _)) = sigterm_after_3s(&mut child, Duration::from_secs(30)) else {
+        panic!("the backup still ran 30 s after SIGTERM");
     };
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -406,69 +431,30 @@ fn object_lock_the_store_did_not_apply_is_not_claimed() {
 /// grace), not after `--store-timeout` or the SDK's timeouts.
 #[test]
 fn sigterm_stops_the_daemon_on_a_silent_store() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in listener.incoming() {
-            held.push(c);
-        }
-    });
     let etcd = Etcd::start(EtcdOpts::default());
-    let mut storage = StorageConfig {
-        backend: etcd_lifeboat::config::Backend::S3,
-        ..Default::default()
-    };
-    storage.s3.bucket = "etcd-backups".into();
-    storage.s3.region = Some("us-east-1".into());
-    storage.s3.endpoint = Some(format!("http://127.0.0.1:{port}"));
-    storage.s3.force_path_style = true;
-    storage.s3.insecure = true;
-    let cfg = etcd.config_file_with_storage(&storage);
-    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
-    yaml += &format!(
-        "schedule:\n  cron: \"0 0 1 1 *\"\nhttp:\n  listen: \"127.0.0.1:{}\"\n",
-        free_port()
+    let cfg = silent_s3_config(
+        &etcd,
+        &format!(
+            "schedule:\n  cron: \"0 0 1 1 *\"\nhttp:\n  listen: \"127.0.0.1:{}\"\n",
+            free_port()
+        ),
     );
-    std::fs::write(&cfg, yaml).unwrap();
     let log = etcd.dir.path().join("daemon.log");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("etcd-lifeboat"))
-        .args([
+    let mut child = spawn_on_silent_store(
+        &[
             "--config",
             cfg.to_str().unwrap(),
             "daemon",
             "--shutdown-grace",
             "2s",
-        ])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the daemon ended early"
+        ],
+        std::fs::File::create(&log).unwrap().into(),
     );
-    let t = std::time::Instant::now();
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(25) {
-            let _ = child.kill();
-            panic!(
-                "the daemon still ran 25 s after SIGTERM:\n{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("daemon stopped {:?} after SIGTERM", t.elapsed());
+    let Some((_, took)) = sigterm_after_3s(&mut child, Duration::from_secs(25)) else {
+        panic!(
+            "the daemon still ran 25 s after SIGTERM:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+    };
+    eprintln!("daemon stopped {took:?} after SIGTERM");
 }

@@ -8,19 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::common::*;
+use crate::store_integrity::config;
 use etcd_lifeboat::store::manifest::Manifest;
-
-/// Config with a local store at `store`, keep_last 1 and a one-hour orphan grace.
-fn config(etcd: &Etcd, store: &Path) -> PathBuf {
-    let p = etcd.dir.path().join(format!(
-        "hostile-{}.yaml",
-        store.file_name().unwrap().to_string_lossy()
-    ));
-    let yaml = etcd.config_yaml(store)
-        + "retention:\n  keep_last: 1\n  keep_hourly: 0\n  keep_daily: 0\n  keep_weekly: 0\n  keep_monthly: 0\n  orphan_grace: 1h\n";
-    std::fs::write(&p, yaml).unwrap();
-    p
-}
 
 fn run(cfg: &Path, args: &[&str]) -> std::process::Output {
     lifeboat()

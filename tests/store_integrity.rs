@@ -15,9 +15,13 @@ fn json(out: &[u8]) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
-/// Config with a local store at `store` and keep_last 1 (all other rules off).
-fn config(etcd: &Etcd, store: &Path) -> PathBuf {
-    let p = etcd.dir.path().join("integrity.yaml");
+/// Config with a local store at `store`, keep_last 1 (all other rules off) and a one-hour
+/// orphan grace, in a file named after the store's directory (also used by hostile_store).
+pub(crate) fn config(etcd: &Etcd, store: &Path) -> PathBuf {
+    let p = etcd.dir.path().join(format!(
+        "integrity-{}.yaml",
+        store.file_name().unwrap().to_string_lossy()
+    ));
     let yaml = etcd.config_yaml(store)
         + "retention:\n  keep_last: 1\n  keep_hourly: 0\n  keep_daily: 0\n  keep_weekly: 0\n  keep_monthly: 0\n  orphan_grace: 1h\n";
     std::fs::write(&p, yaml).unwrap();
