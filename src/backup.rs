@@ -269,19 +269,18 @@ async fn seal(
     origin: Origin,
     s: Stored<'_>,
 ) -> Result<Manifest, BackupError> {
-    upload.finish().await.map_err(store_err(store))?;
+    let stored = upload.finish().await.map_err(store_err(store))?;
     let files =
         store_files_or_cleanup(cfg, store, recipients, s.cluster_id, s.id, s.data_key).await?;
     let (sse, mut object_lock) = store.object_protection(Utc::now());
-    if object_lock.is_some() {
-        // The manifest (and `list`) must not claim a retention the store did not apply: some
-        // S3-compatible stores ignore the lock headers on multipart uploads.
-        if let Ok(h) = store.head(s.data_key).await {
-            if h.lock_mode.is_none() || h.retain_until.is_none() {
-                tracing::warn!(key = %s.data_key, "storage.s3.object_lock is set, but the store applied no retention to the data object (HeadObject shows none): this backup is NOT immutable and its manifest says so; check that the bucket has Object Lock enabled and that the store honours it on multipart uploads");
-                object_lock = None;
-            }
-        }
+    // The manifest (and `list`) must not claim a retention the store did not apply: some
+    // S3-compatible stores ignore the lock headers on multipart uploads. The head is the one
+    // the upload's own post-check read.
+    if object_lock.is_some()
+        && (stored.head.lock_mode.is_none() || stored.head.retain_until.is_none())
+    {
+        tracing::warn!(key = %s.data_key, "storage.s3.object_lock is set, but the store applied no retention to the data object (HeadObject shows none): this backup is NOT immutable and its manifest says so; check that the bucket has Object Lock enabled and that the store honours it on multipart uploads");
+        object_lock = None;
     }
     let manifest = Manifest {
         id: s.id.to_string(),

@@ -268,12 +268,15 @@ pub struct ObjectMeta {
 }
 
 /// What a finished [`Upload`] stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadInfo {
     /// Number of bytes written, checked against the stored object's size after the upload.
     pub bytes: u64,
     /// SHA-256 of the bytes written, computed while writing.
     pub sha256: [u8; 32],
+    /// What the store says of the object after the upload (the head the post-upload check
+    /// read: on S3 its server-side encryption and Object Lock retention).
+    pub head: ObjectHead,
 }
 
 /// What the store says about one object ([`Store::head`]): local `stat`, S3 `HeadObject`.
@@ -720,24 +723,24 @@ impl Upload {
 
     /// Publishes the object under its key, checks the stored object (stat / HeadObject: its
     /// size, and a full-object SHA-256 when the store returns one, see
-    /// [`Store::verify_stored`]) and returns the size and SHA-256 of what was written.
+    /// [`Store::verify_stored`]) and returns the size and SHA-256 of what was written, with
+    /// that head.
     ///
     /// Errors: fsync/rename (local) or CompleteMultipartUpload/PutObject (S3) failures, the
     /// upload being cleaned up before the error is returned; [`StoreError::StoredMismatch`]
     /// (the stored object was deleted).
     pub async fn finish(self) -> Result<UploadInfo, StoreError> {
-        let info = UploadInfo {
-            bytes: self.bytes,
-            sha256: self.hasher.finalize().into(),
-        };
+        let (bytes, sha256) = (self.bytes, self.hasher.finalize().into());
         match self.inner {
             UploadInner::Local(u) => u.finish().await?,
             UploadInner::S3(u) => u.finish().await?,
         }
-        self.store
-            .check_written(&self.key, info.bytes, &info.sha256)
-            .await?;
-        Ok(info)
+        let head = self.store.check_written(&self.key, bytes, &sha256).await?;
+        Ok(UploadInfo {
+            bytes,
+            sha256,
+            head,
+        })
     }
 
     /// Discards the upload: removes the temp file (local) or aborts the multipart upload (S3).
