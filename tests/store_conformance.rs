@@ -1420,3 +1420,34 @@ async fn s3_conditional_create_falls_back_when_not_implemented() {
     assert_eq!(store.get_bytes(&k).await.unwrap(), &b"first"[..]);
     assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// A symbolic link planted as an object (its directories are real): every read refuses it,
+/// naming the link (`O_NOFOLLOW`), and never reads what it points to; delete removes the link
+/// only.
+#[tokio::test]
+async fn a_link_as_an_object_is_refused_by_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside.db");
+    std::fs::write(&outside, b"not the store's").unwrap();
+    let store = local_store(&dir.path().join("store")).await;
+    store
+        .put_bytes(&key("c1/a.json"), Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let link = dir.path().join("store/c1/b.db.zst");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let k = key("c1/b.db.zst");
+    let errs = [
+        store.get_bytes(&k).await.err(),
+        store.get_bytes_limited(&k, 1 << 20).await.err(),
+        store.get_stream(&k).await.err(),
+        store.head(&k).await.err(),
+    ];
+    for e in errs {
+        let e = e.expect("a read through a link succeeded").to_string();
+        assert!(e.contains("is a symbolic link inside the store"), "{e}");
+    }
+    store.delete(&k).await.unwrap();
+    assert!(link.symlink_metadata().is_err());
+    assert_eq!(std::fs::read(&outside).unwrap(), b"not the store's");
+}

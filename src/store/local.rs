@@ -286,6 +286,17 @@ impl LocalStore {
         Ok(self.path_of(key))
     }
 
+    /// [`LocalStore::path_of`] after [`check_no_links`] on the key's directories only: for
+    /// deletes (unlink removes a link, not what it names) and for reads through
+    /// [`open_object`] (`O_NOFOLLOW` refuses a link as the file itself).
+    ///
+    /// Errors: as [`LocalStore::checked_path`].
+    fn checked_dirs(&self, key: &ObjectKey) -> Result<PathBuf, StoreError> {
+        let dirs = key.as_str().rsplit_once('/').map_or("", |(d, _)| d);
+        check_no_links(&self.root, dirs)?;
+        Ok(self.path_of(key))
+    }
+
     /// Checks, without writing, that the root is a directory this user can create files in:
     /// `stat`, then `access(W_OK | X_OK)` (which also fails on a read-only mount).
     ///
@@ -426,7 +437,7 @@ impl LocalStore {
         key: &ObjectKey,
         max: u64,
     ) -> Result<Bytes, StoreError> {
-        let p = self.checked_path(key)?;
+        let p = self.checked_dirs(key)?;
         let k = key.clone();
         tokio::task::spawn_blocking(move || {
             let f = open_object(&p, &k)?;
@@ -477,7 +488,7 @@ impl LocalStore {
     }
 
     pub(crate) async fn get_bytes(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
-        let p = self.checked_path(key)?;
+        let p = self.checked_dirs(key)?;
         let k = key.clone();
         tokio::task::spawn_blocking(move || {
             let mut v = Vec::new();
@@ -491,7 +502,7 @@ impl LocalStore {
     }
 
     pub(crate) async fn get_stream(&self, key: &ObjectKey) -> Result<ObjectReader, StoreError> {
-        let p = self.checked_path(key)?;
+        let p = self.checked_dirs(key)?;
         let k = key.clone();
         let f = tokio::task::spawn_blocking(move || open_object(&p, &k))
             .await
@@ -509,11 +520,7 @@ impl LocalStore {
     }
 
     pub(crate) async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
-        // The file itself may be a link (unlink removes the link, not what it names); its
-        // directories may not.
-        let parent = key.as_str().rsplit_once('/').map_or("", |(d, _)| d);
-        check_no_links(&self.root, parent)?;
-        let p = self.path_of(key);
+        let p = self.checked_dirs(key)?;
         match tokio::fs::remove_file(&p).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
